@@ -1,0 +1,4 @@
+"""`python -m vitscope ...` (also what torchrun launches)."""
+from vitscope.cli.main import main
+
+main()

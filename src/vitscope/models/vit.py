@@ -1,0 +1,409 @@
+"""HookedViT: one Vision Transformer that covers every family vitscope loads.
+
+Read top to bottom: position embeddings -> attention -> MLP -> block -> the model. Shapes use
+B = batch, T = tokens at that block, N = patch tokens, H = heads, Dh = head width, D = model width,
+Dm = MLP width. Every activation of the public hook contract passes through a ``HookPoint``
+(see ``vitscope.hooks``); the names are documented in the README.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitscope.hooks.hook_points import HookedRootModule, HookPoint
+from vitscope.models.config import ViTConfig
+from vitscope.models.layout import TokenLayout, token_layout
+
+
+# ----------------------------------------------------------------------------- position embeddings
+def sincos_2d(embed_dim: int, grid: tuple[int, int], temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos embedding (MAE / MoCo-v3): [sin(x w), cos(x w), sin(y w), cos(y w)] -> (N, D)."""
+    if embed_dim % 4:
+        raise ValueError(f"sin-cos position embedding needs embed_dim divisible by 4, got {embed_dim}")
+    rows, cols = grid
+    y, x = torch.meshgrid(torch.arange(rows, dtype=torch.float64),
+                          torch.arange(cols, dtype=torch.float64), indexing="ij")
+    dim = embed_dim // 4
+    omega = 1.0 / temperature ** (torch.arange(dim, dtype=torch.float64) / dim)      # dim
+    ox = x.flatten()[:, None] * omega[None]                                           # N, dim
+    oy = y.flatten()[:, None] * omega[None]                                           # N, dim
+    return torch.cat([ox.sin(), ox.cos(), oy.sin(), oy.cos()], dim=1).float()        # N, D
+
+
+def resample_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resampling of patch position embeddings (1, N_old, D) -> (1, N_new, D), as timm does."""
+    if tuple(old_grid) == tuple(new_grid):
+        return pos
+    D = pos.shape[-1]
+    grid = pos.reshape(1, old_grid[0], old_grid[1], D).permute(0, 3, 1, 2)         # 1, D, h, w
+    grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", align_corners=False, antialias=True)
+    return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D).to(pos.dtype)  # 1, N, D
+
+
+def relative_position_index(grid: tuple[int, int]) -> torch.Tensor:
+    """BEiT's index into the relative-position bias table for [CLS] + patches -> (T, T) with T = N + 1."""
+    rows, cols = grid
+    n_rel = (2 * rows - 1) * (2 * cols - 1) + 3
+    coords = torch.stack(torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")).flatten(1)  # 2, N
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)                  # N, N, 2
+    rel[:, :, 0] += rows - 1
+    rel[:, :, 1] += cols - 1
+    rel[:, :, 0] *= 2 * cols - 1
+    index = torch.zeros(rows * cols + 1, rows * cols + 1, dtype=torch.long)
+    index[1:, 1:] = rel.sum(-1)
+    index[0, :] = n_rel - 3          # CLS -> patch
+    index[:, 0] = n_rel - 2          # patch -> CLS
+    index[0, 0] = n_rel - 1          # CLS -> CLS
+    return index
+
+
+# ----------------------------------------------------------------------------- small modules
+class HookedLayerNorm(nn.LayerNorm):
+    """LayerNorm whose output is ``<name>.hook_normalized``."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__(dim, eps=eps)
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_normalized(super().forward(x))
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (training only)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+_ACTS = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": quick_gelu,
+}
+
+
+# ----------------------------------------------------------------------------- attention
+class Attention(nn.Module):
+    """Multi-head self-attention with a fast (SDPA) and an explicit (hookable pattern) path.
+
+    ``impl``: "auto" uses ``scaled_dot_product_attention`` unless a hook is attached to
+    ``hook_attn_scores`` or ``hook_pattern``; "sdpa" or "explicit" force one path.
+    """
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        D, self.H, self.Dh = cfg.embed_dim, cfg.num_heads, cfg.head_dim
+        self.scale = self.Dh ** -0.5
+        self.qkv = nn.Linear(D, 3 * D, bias=cfg.qkv_bias)
+        if cfg.qv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(D))
+            self.v_bias = nn.Parameter(torch.zeros(D))
+        self.proj = nn.Linear(D, D)
+        if cfg.rel_pos_bias:
+            rows, cols = cfg.grid
+            n_rel = (2 * rows - 1) * (2 * cols - 1) + 3
+            self.relative_position_bias_table = nn.Parameter(torch.zeros(n_rel, self.H))
+            self.register_buffer("relative_position_index", relative_position_index(cfg.grid), persistent=False)
+        self.impl = "auto"
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
+
+    def rel_bias(self, T: int) -> torch.Tensor | None:
+        if not hasattr(self, "relative_position_bias_table"):
+            return None
+        idx = self.relative_position_index
+        if idx.shape[0] != T:
+            raise ValueError(f"relative position bias was built for {idx.shape[0]} tokens, got {T}; "
+                             "BEiT models run at their native input size only")
+        bias = self.relative_position_bias_table[idx.reshape(-1)]                     # T*T, H
+        return bias.reshape(T, T, self.H).permute(2, 0, 1)                              # H, T, T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        bias = self.qkv.bias
+        if hasattr(self, "q_bias"):
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        qkv = F.linear(x, self.qkv.weight, bias)                                        # B, T, 3D
+        q, k, v = qkv.reshape(B, T, 3, self.H, self.Dh).unbind(2)                       # 3 x B, T, H, Dh
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        rel = self.rel_bias(T)                                                          # H, T, T or None
+        explicit = self.impl == "explicit" or (
+            self.impl == "auto" and (self.hook_attn_scores.active or self.hook_pattern.active))
+        if explicit:
+            scores = torch.einsum("bqhd,bkhd->bhqk", q * self.scale, k)                 # B, H, T, T
+            if rel is not None:
+                scores = scores + rel
+            scores = self.hook_attn_scores(scores)
+            pattern = self.hook_pattern(scores.float().softmax(dim=-1).to(v.dtype))    # B, H, T, T
+            z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)                             # B, T, H, Dh
+        else:
+            mask = None if rel is None else rel.to(q.dtype)
+            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               attn_mask=mask, scale=self.scale)        # B, H, T, Dh
+            z = z.transpose(1, 2)                                                       # B, T, H, Dh
+        z = self.hook_z(z)
+        return self.proj(z.reshape(B, T, D))                                            # B, T, D
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.embed_dim, cfg.hidden_dim)
+        self.fc2 = nn.Linear(cfg.hidden_dim, cfg.embed_dim)
+        self.act = _ACTS[cfg.act]
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.hook_pre(self.fc1(x))                                                  # B, T, Dm
+        return self.fc2(self.hook_post(self.act(h)))                                    # B, T, D
+
+
+class Block(nn.Module):
+    """Pre-norm block: x + ls1(attn(ln1(x))), then + ls2(mlp(ln2(x)))."""
+
+    def __init__(self, cfg: ViTConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.ln1 = HookedLayerNorm(cfg.embed_dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ln2 = HookedLayerNorm(cfg.embed_dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+        ls = cfg.layer_scale_init
+        self.ls1 = LayerScale(cfg.embed_dim, ls) if ls else nn.Identity()
+        self.ls2 = LayerScale(cfg.embed_dim, ls) if ls else nn.Identity()
+        self.drop_path = DropPath(drop_path)
+        self.hook_resid_pre, self.hook_attn_out, self.hook_resid_mid = HookPoint(), HookPoint(), HookPoint()
+        self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.hook_resid_pre(x)                                                      # B, T, D
+        x = self.hook_resid_mid(x + self.drop_path(self.hook_attn_out(self.ls1(self.attn(self.ln1(x))))))
+        x = x + self.drop_path(self.hook_mlp_out(self.ls2(self.mlp(self.ln2(x)))))
+        return self.hook_resid_post(x)                                                  # B, T, D
+
+
+# ----------------------------------------------------------------------------- the model
+class HookedViT(HookedRootModule):
+    """A Vision Transformer with the hook contract of ``vitscope.hooks`` (see the README for names)."""
+
+    def __init__(self, cfg: ViTConfig, preprocess_cfg=None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.embed_dim
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(cfg.in_chans, D, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias)
+        if cfg.class_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        if cfg.distill_token:
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, D))
+        if cfg.num_registers:
+            self.reg_token = nn.Parameter(torch.zeros(1, cfg.num_registers, D))
+        n_pos = cfg.stored_pos_grid[0] * cfg.stored_pos_grid[1] + (cfg.num_cls_tokens if cfg.pos_embed_prefix else 0)
+        if cfg.pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, D))
+        elif cfg.pos_embed == "sincos":
+            pe = sincos_2d(D, cfg.stored_pos_grid)[None]                                # 1, N, D
+            if cfg.pos_embed_prefix:
+                pe = torch.cat([torch.zeros(1, cfg.num_cls_tokens, D), pe], dim=1)      # 1, P + N, D
+            self.register_buffer("pos_embed", pe)
+        self.ln_pre = HookedLayerNorm(D, cfg.norm_eps) if cfg.pre_norm else None
+        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList([Block(cfg, dpr[i]) for i in range(cfg.depth)])
+        self.ln_final = HookedLayerNorm(D, cfg.norm_eps) if cfg.final_norm else None
+        self.fc_norm = HookedLayerNorm(D, cfg.norm_eps) if cfg.fc_norm else None
+        if cfg.head in ("linear", "distilled"):
+            self.head = nn.Linear(D, cfg.num_classes, bias=cfg.head_bias)
+        elif cfg.head == "clip_proj":
+            self.head = nn.Linear(D, cfg.num_classes, bias=False)
+        if cfg.head == "distilled":
+            self.head_dist = nn.Linear(D, cfg.num_classes, bias=cfg.head_bias)
+        self.hook_embed, self.hook_pos_embed, self.hook_full_embed = HookPoint(), HookPoint(), HookPoint()
+        self.hook_pooled, self.hook_logits = HookPoint(), HookPoint()
+        if cfg.distill_token:
+            self.hook_pooled_dist = HookPoint()
+        self.preprocess_cfg = preprocess_cfg
+        self.init_weights()
+        self.setup_hooks()
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Random init as timm's ViT (truncated normal 0.02, zero biases, unit LayerNorms)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for name in ("cls_token", "dist_token", "reg_token"):
+            if hasattr(self, name):
+                nn.init.normal_(getattr(self, name), std=0.02)
+        if isinstance(self.pos_embed if self.cfg.pos_embed == "learned" else None, nn.Parameter):
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for blk in self.blocks:
+            if hasattr(blk.attn, "relative_position_bias_table"):
+                nn.init.trunc_normal_(blk.attn.relative_position_bias_table, std=0.02)
+
+    # ------------------------------------------------------------------ layout and attention mode
+    def token_layout(self, block: int, grid: tuple[int, int] | None = None) -> TokenLayout:
+        """Where CLS, DIST, registers and patches sit in the tokens entering ``block`` (``depth`` = output)."""
+        return token_layout(self.cfg, block, grid)
+
+    def set_attention_impl(self, impl: str) -> None:
+        """"auto" (default), "sdpa" or "explicit" for every block."""
+        if impl not in ("auto", "sdpa", "explicit"):
+            raise ValueError(f"attention impl must be 'auto', 'sdpa' or 'explicit', got {impl!r}")
+        for blk in self.blocks:
+            blk.attn.impl = impl
+
+    # ------------------------------------------------------------------ embedding and token insertion
+    def _pos_embed(self, grid: tuple[int, int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(prefix position embeddings (1, P, D) or None, patch position embeddings (1, N, D) or None)."""
+        cfg = self.cfg
+        if cfg.pos_embed == "none":
+            return None, None
+        n_pre = cfg.num_cls_tokens if cfg.pos_embed_prefix else 0
+        prefix, patch = self.pos_embed[:, :n_pre], self.pos_embed[:, n_pre:]
+        if tuple(grid) != tuple(cfg.stored_pos_grid):
+            if cfg.pos_embed == "sincos":
+                patch = sincos_2d(cfg.embed_dim, grid)[None].to(patch)                  # 1, N, D
+            else:
+                patch = resample_pos_embed(patch, cfg.stored_pos_grid, grid)           # 1, N, D
+        return (prefix if n_pre else None), patch
+
+    def _insert_tokens(self, x: torch.Tensor, block: int, pos_prefix: torch.Tensor | None) -> torch.Tensor:
+        """Insert CLS/DIST (prepended) and registers (after CLS/DIST or appended) that enter before ``block``."""
+        cfg, B = self.cfg, x.shape[0]
+        if cfg.num_registers and cfg.register_block == block:
+            reg = self.reg_token.expand(B, -1, -1)                                      # B, R, D
+            if cfg.register_location == "end":
+                x = torch.cat([x, reg], dim=1)
+            else:
+                n_cls = cfg.num_cls_tokens if block >= cfg.cls_block else 0
+                x = torch.cat([x[:, :n_cls], reg, x[:, n_cls:]], dim=1)
+        if cfg.num_cls_tokens and cfg.cls_block == block:
+            toks = [self.cls_token] + ([self.dist_token] if cfg.distill_token else [])
+            prefix = torch.cat(toks, dim=1)                                             # 1, P, D
+            if pos_prefix is not None:
+                prefix = prefix + pos_prefix
+            x = torch.cat([prefix.expand(B, -1, -1), x], dim=1)                         # B, P + T, D
+        return x
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images (B, C, H, W) -> (tokens entering block 0 (B, T, D), prefix position embedding)."""
+        B, C, Hi, Wi = x.shape
+        p = self.cfg.patch_size
+        if C != self.cfg.in_chans or Hi % p or Wi % p:
+            raise ValueError(f"expected images of shape (B, {self.cfg.in_chans}, H, W) with H and W multiples of "
+                             f"the patch size {p}, got {tuple(x.shape)}; use model.preprocess(images)")
+        grid = (Hi // p, Wi // p)
+        x = self.patch_embed.proj(x)                                                    # B, D, rows, cols
+        x = self.hook_embed(x.flatten(2).transpose(1, 2))                               # B, N, D
+        pos_prefix, pos_patch = self._pos_embed(grid)
+        if pos_patch is not None:
+            x = x + self.hook_pos_embed(pos_patch)                                      # B, N, D
+        x = self._insert_tokens(x, 0, pos_prefix)                                       # B, T, D
+        return self.hook_full_embed(x), pos_prefix
+
+    # ------------------------------------------------------------------ forward
+    def forward_features(self, x: torch.Tensor, stop_at: int | None = None) -> torch.Tensor:
+        """Images -> tokens after the final norm (B, T, D); with ``stop_at=k``, the stream entering block k."""
+        x, pos_prefix = self.embed(x)
+        if self.ln_pre is not None:
+            x = self.ln_pre(x)
+        for i, blk in enumerate(self.blocks):
+            if i > 0:
+                x = self._insert_tokens(x, i, pos_prefix)
+            if stop_at is not None and i == stop_at:
+                return x
+            x = blk(x)
+        if stop_at is not None and stop_at == self.cfg.depth:
+            return x
+        return self.ln_final(x) if self.ln_final is not None else x
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final tokens (B, T, D) -> the vector the head reads (B, D)."""
+        cfg = self.cfg
+        if cfg.global_pool == "token":
+            pooled = tokens[:, 0]
+        elif cfg.global_pool == "avg":
+            lay = self.token_layout(cfg.depth)
+            n_patch = tokens.shape[1] - (lay.n_tokens - lay.n_patches)                  # any input size
+            pooled = tokens[:, lay.patches.start:lay.patches.start + n_patch].mean(dim=1)
+        else:
+            return tokens
+        if self.fc_norm is not None:
+            pooled = self.fc_norm(pooled)
+        return self.hook_pooled(pooled)
+
+    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final tokens -> logits (B, C); the pooled vector when the model has no head."""
+        cfg = self.cfg
+        pooled = self.pool(tokens)
+        if cfg.head == "none":
+            return self.hook_logits(pooled)
+        logits = self.head(pooled)
+        if cfg.head == "distilled":
+            dist = self.hook_pooled_dist(tokens[:, 1])
+            logits = (logits + self.head_dist(dist)) / 2
+        return self.hook_logits(logits)
+
+    def forward(self, x: torch.Tensor, stop_at: int | None = None) -> torch.Tensor:
+        """Images (B, C, H, W) -> logits (B, C). With ``stop_at=k`` return the stream entering block k."""
+        tokens = self.forward_features(x, stop_at=stop_at)
+        if stop_at is not None:
+            return tokens
+        return self.forward_head(tokens)
+
+    # ------------------------------------------------------------------ conveniences
+    def project_to_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logit lens (seed 001): head(final_norm(h)) for any residual-stream vector(s) (..., D).
+
+        Models pooled by averaging use ``fc_norm`` in place of the final norm.
+        """
+        if self.cfg.head == "none":
+            raise ValueError("this model has no classification head to project onto")
+        norm = self.fc_norm if self.fc_norm is not None else self.ln_final
+        z = norm(h) if norm is not None else h
+        logits = self.head(z)
+        if self.cfg.head == "distilled":
+            logits = (logits + self.head_dist(z)) / 2
+        return logits
+
+    def preprocess(self, images, **kwargs) -> torch.Tensor:
+        """PIL images, arrays (H, W, C uint8) or paths -> a normalised batch (B, 3, H, W) for this model."""
+        from vitscope.models.preprocess import PreprocessConfig, preprocess
+
+        cfg = self.preprocess_cfg or PreprocessConfig(input_size=self.cfg.img_size)
+        return preprocess(images, cfg, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch_embed.proj.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embed.proj.weight.dtype
