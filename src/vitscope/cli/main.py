@@ -6,6 +6,7 @@ Known errors become one readable line; set ``VITSCOPE_DEBUG=1`` to see the trace
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 
