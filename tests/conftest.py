@@ -1,0 +1,14 @@
+import os
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def tiny_cfg_kwargs():
+    return dict(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=4, num_classes=10)
