@@ -1,14 +1,45 @@
-"""Robust image decoding: every common mode becomes RGB, EXIF orientation is applied, errors are one line."""
+"""Robust image decoding: every common mode becomes RGB, EXIF orientation is applied, errors are one line.
+
+``load_image(path)`` reads a file, ``decode_image(data, name)`` reads bytes (tar members, HF datasets).
+Both raise :class:`ImageDecodeError` whose ``kind`` says what went wrong, so a run can skip the file and
+report it (see :mod:`vitscope.data.skip`). Pillow's decompression-bomb guard stays on.
+"""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# file name endings treated as images when a folder is scanned (lower case)
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico",
+})
+
+# the values ImageDecodeError.kind takes
+DECODE_ERROR_KINDS = ("missing", "folder", "empty", "not_image", "truncated", "too_large", "corrupt")
+
 
 class ImageDecodeError(ValueError):
-    """A file could not be decoded as an image; the message names the file and the reason."""
+    """A file could not be decoded as an image; the message names the file and the reason.
+
+    ``kind`` is one of :data:`DECODE_ERROR_KINDS` (``"corrupt"`` when nothing more precise is known).
+    """
+
+    def __init__(self, message: str, kind: str = "corrupt") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self):  # keep ``kind`` when the error crosses a DataLoader worker boundary
+        return (type(self), (self.args[0] if self.args else "", self.kind))
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True when the name ends with a known image extension (case-insensitive); hidden files are not images."""
+    p = Path(path)
+    return not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -28,27 +59,41 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _decode(src, name: str) -> Image.Image:
+    """Open ``src`` (a path or a binary file object) with Pillow, fully decoded, as RGB; errors named after ``name``."""
+    try:
+        with Image.open(src) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(f"{name} is too large to decode safely ({e})", "too_large") from e
+    except UnidentifiedImageError as e:
+        raise ImageDecodeError(f"{name} is not an image Pillow can read", "not_image") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        msg = str(e)
+        kind = "truncated" if "truncated" in msg.lower() else "corrupt"
+        raise ImageDecodeError(f"{name} could not be decoded: {msg}", kind) from e
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Open an image file as RGB with its EXIF orientation applied; a clear ImageDecodeError otherwise.
 
     Accepts RGB, RGBA, greyscale, palette, CMYK, 16-bit and EXIF-rotated files. Pillow's
-    decompression-bomb guard stays on.
+    decompression-bomb guard stays on. A missing file raises FileNotFoundError.
     """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"image file not found: {p}")
     if p.is_dir():
-        raise ImageDecodeError(f"{p} is a folder, expected an image file")
+        raise ImageDecodeError(f"{p} is a folder, expected an image file", "folder")
     if p.stat().st_size == 0:
-        raise ImageDecodeError(f"{p} is empty (0 bytes)")
-    try:
-        with Image.open(p) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
-    except Image.DecompressionBombError as e:
-        raise ImageDecodeError(f"{p} is too large to decode safely ({e})") from e
-    except UnidentifiedImageError as e:
-        raise ImageDecodeError(f"{p} is not an image Pillow can read") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageDecodeError(f"{p} could not be decoded: {e}") from e
+        raise ImageDecodeError(f"{p} is empty (0 bytes)", "empty")
+    return _decode(p, str(p))
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:
+    """Decode encoded image bytes (a tar member, a HF dataset cell) like :func:`load_image` decodes a file."""
+    if not data:
+        raise ImageDecodeError(f"{name} is empty (0 bytes)", "empty")
+    return _decode(io.BytesIO(data), name)

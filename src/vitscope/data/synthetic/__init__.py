@@ -1,0 +1,15 @@
+"""The synthetic benchmark: shapes with ground truth, deterministic from a seed, generated in seconds.
+
+- :func:`object_sample` / ``open_dataset("synthetic:...")``: one shape per image, with class, mask, parts, keypoints
+- :func:`scene_sample`: several objects per image (instance, semantic and part masks, keypoints with visibility)
+- :func:`retrieval_set`: a Revisited-style database and queries with easy / hard / junk positives
+- :func:`video_sample`: short clips of moving, deforming objects with per-frame masks
+- :func:`write`: all of it on disk in the public formats (ImageFolder, COCO, PartImageNet, ImageNet-S, DAVIS,
+  SPair-71k, Revisited), so the real loaders read it back
+"""
+from vitscope.data.synthetic.config import DIFFICULTY, SynthConfig
+from vitscope.data.synthetic.objects import ShapeSample, SyntheticSource, object_sample
+from vitscope.data.synthetic.shapes import KEYPOINTS, PART_NAMES, SHAPES
+
+__all__ = ["DIFFICULTY", "KEYPOINTS", "PART_NAMES", "SHAPES", "ShapeSample", "SynthConfig", "SyntheticSource",
+           "object_sample"]
