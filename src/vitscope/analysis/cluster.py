@@ -1,0 +1,206 @@
+"""k-means clustering of token features scored against labels (seed 002).
+
+* Image-level: k-means (k = 50, ``random_state=0``) on the CLS token or the mean of the patch tokens of each
+  block, scored against class labels by NMI, ARI (scikit-learn) and purity.
+* Dense object / part level: for every ground-truth object (or part) mask, a mask-weighted average of the patch
+  tokens (the mask resized to the token grid and normalised to sum 1; seed 002 resizes with PIL's bicubic
+  filter, ``resample="area"`` uses exact fractional coverage instead), then k-means with k = 80.
+
+Seed 002 ran scikit-learn's KMeans with its defaults of the time (k-means++, ``n_init=10``); vitscope fixes
+``n_init=10`` so newer scikit-learn versions (``n_init="auto"``) give the same clustering.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from vitscope.analysis.similarity.cka import as_features
+
+DEFAULT_K = 50            # seed 002, image-level clustering (ImageNet-50)
+DEFAULT_DENSE_K = 80      # seed 002, object / part clustering
+DEFAULT_SEED = 0          # seed 002: KMeans(random_state=0)
+DEFAULT_N_INIT = 10       # scikit-learn's default when seed 002 was written
+METRICS = ("nmi", "ari", "purity")
+
+
+# ----------------------------------------------------------------------------- scores
+def purity_score(labels_true: Any, labels_pred: Any) -> float:
+    """Fraction of samples whose cluster's majority class is their class."""
+    t, p = _labels(labels_true, "labels_true"), _labels(labels_pred, "labels_pred")
+    if t.shape != p.shape:
+        raise ValueError(f"labels_true has {t.size} entries but labels_pred has {p.size}")
+    _, ti = np.unique(t, return_inverse=True)
+    _, pi = np.unique(p, return_inverse=True)
+    table = np.zeros((pi.max() + 1, ti.max() + 1), dtype=np.int64)                     # clusters x classes
+    np.add.at(table, (pi, ti), 1)
+    return float(table.max(axis=1).sum() / t.size)
+
+
+def _labels(y: Any, name: str) -> np.ndarray:
+    y = np.asarray(y.cpu() if hasattr(y, "cpu") else y).reshape(-1)
+    if y.size == 0:
+        raise ValueError(f"{name} is empty")
+    return y
+
+
+def cluster_scores(labels_true: Any, labels_pred: Any) -> dict[str, float]:
+    """NMI, ARI (scikit-learn) and purity of a clustering against ground-truth labels."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    t, p = _labels(labels_true, "labels_true"), _labels(labels_pred, "labels_pred")
+    if t.shape != p.shape:
+        raise ValueError(f"labels_true has {t.size} entries but labels_pred has {p.size}")
+    return {"nmi": float(normalized_mutual_info_score(t, p)), "ari": float(adjusted_rand_score(t, p)),
+            "purity": purity_score(t, p)}
+
+
+def kmeans(features: Any, k: int = DEFAULT_K, seed: int = DEFAULT_SEED, n_init: int = DEFAULT_N_INIT) -> np.ndarray:
+    """Cluster ids from scikit-learn KMeans (k-means++, fixed seed) on (n, d) features."""
+    from sklearn.cluster import KMeans
+
+    x = as_features(features, "features").cpu().numpy()
+    if not 1 <= k <= x.shape[0]:
+        raise ValueError(f"k={k} clusters need at least k samples, got {x.shape[0]}; lower k (--k)")
+    return KMeans(n_clusters=k, random_state=seed, n_init=n_init).fit(x).labels_
+
+
+def cluster_and_score(features: Any, labels: Any, k: int = DEFAULT_K, seed: int = DEFAULT_SEED,
+                      n_init: int = DEFAULT_N_INIT) -> dict[str, float]:
+    """k-means on ``features`` then :func:`cluster_scores` against ``labels``."""
+    lab = _labels(labels, "labels")
+    n = (features.shape[0] if hasattr(features, "shape") else len(features))
+    if n != lab.size:
+        raise ValueError(f"features hold {n} samples but labels hold {lab.size}")
+    return cluster_scores(lab, kmeans(features, k, seed, n_init))
+
+
+def blockwise_cluster_scores(features: Sequence[Any] | Mapping[str, Any], labels: Any, k: int = DEFAULT_K,
+                             seed: int = DEFAULT_SEED, n_init: int = DEFAULT_N_INIT,
+                             progress: bool = False) -> dict[str, np.ndarray]:
+    """Scores for every block: ``features`` one (n, d) array per block -> {"nmi": (L,), "ari": (L,), "purity": (L,)}."""
+    feats = list(features.values()) if isinstance(features, Mapping) else list(features)
+    if not feats:
+        raise ValueError("no blocks to cluster")
+    it: Iterable = feats
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(feats, desc="k-means", unit="block")
+    rows = [cluster_and_score(f, labels, k, seed, n_init) for f in it]
+    return {m: np.array([r[m] for r in rows]) for m in METRICS}
+
+
+# ----------------------------------------------------------------------------- token reductions
+def reduce_tokens(tokens: Any, layout=None, mode: str = "cls") -> np.ndarray:
+    """(n, T, D) tokens -> (n, D): ``"cls"`` the CLS token, ``"mean"`` the mean of the patch tokens.
+
+    Positions come from ``layout`` (a :class:`~vitscope.models.layout.TokenLayout`); without one, token 0 is
+    CLS and the rest are patches.
+    """
+    t = np.asarray(tokens.detach().cpu() if hasattr(tokens, "detach") else tokens)
+    if t.ndim != 3:
+        raise ValueError(f"tokens must be (n, T, D), got shape {t.shape}")
+    if mode == "cls":
+        idx = 0 if layout is None else layout.index_of("cls")
+        return t[:, idx]
+    if mode == "mean":
+        sl = slice(1, None) if layout is None else layout.patches
+        return t[:, sl].mean(axis=1)
+    raise ValueError(f"token mode for clustering must be 'cls' or 'mean', got {mode!r}")
+
+
+# ----------------------------------------------------------------------------- dense object / part features
+def token_mask_weights(mask: Any, grid: tuple[int, int], resample: str = "bicubic",
+                       center_crop: bool = False) -> np.ndarray | None:
+    """One binary mask (H, W) -> weights on the token grid (rows, cols) summing to 1, or None if it vanishes.
+
+    ``resample="bicubic"`` (seed 002): PIL bicubic resize of the 0/255 mask, clipped to [0, 255];
+    ``"area"``: the exact fraction of each patch covered by the mask (box average; needs H, W divisible by
+    the grid or uses PIL's box filter otherwise). ``center_crop`` crops the mask to a centred square first,
+    as seed 002 does when the model input was centre-cropped.
+    """
+    from PIL import Image
+
+    m = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask)
+    if m.ndim != 2:
+        raise ValueError(f"a mask must be (H, W), got shape {m.shape}")
+    m = (m > 0).astype(np.uint8)
+    if center_crop:
+        h, w = m.shape
+        if h < w:
+            s = (w - h) // 2
+            m = m[:, s:s + h]
+        else:
+            s = (h - w) // 2
+            m = m[s:s + w, :]
+    rows, cols = grid
+    if resample == "bicubic":
+        wgt = np.asarray(Image.fromarray(m * 255).resize((cols, rows), Image.Resampling.BICUBIC), dtype=np.float64)
+    elif resample == "area":
+        h, w = m.shape
+        if h % rows == 0 and w % cols == 0:
+            wgt = m.reshape(rows, h // rows, cols, w // cols).mean(axis=(1, 3)).astype(np.float64)
+        else:
+            img = Image.fromarray(m.astype(np.float32))
+            wgt = np.asarray(img.resize((cols, rows), Image.Resampling.BOX), dtype=np.float64)
+    else:
+        raise ValueError(f"resample must be 'bicubic' (seed 002) or 'area', got {resample!r}")
+    total = wgt.sum()
+    if total <= 0:
+        return None
+    return wgt / total
+
+
+def object_features(patch_tokens: Any, masks: Any, labels: Sequence[int], grid: tuple[int, int] | None = None,
+                    resample: str = "bicubic", center_crop: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Mask-weighted averages of one image's patch tokens, one per ground-truth object or part.
+
+    Args:
+        patch_tokens: (N, D) patch tokens in row-major grid order, or (L, N, D) / (L, rows, cols, D) for L
+            blocks at once (then the result is (L, K', D)).
+        masks: (K, H, W) binary masks (or a list of (H, W) masks), one per object / part, in image pixels.
+        labels: K class labels.
+    Returns ``(features, labels)`` for the masks that still cover at least one token after resizing.
+    """
+    t = np.asarray(patch_tokens.detach().cpu() if hasattr(patch_tokens, "detach") else patch_tokens, np.float64)
+    squeeze = t.ndim == 2
+    if t.ndim == 2:
+        t = t[None]                                                                    # 1, N, D
+    elif t.ndim == 4:
+        grid = (t.shape[1], t.shape[2])
+        t = t.reshape(t.shape[0], -1, t.shape[-1])                                     # L, N, D
+    elif t.ndim != 3:
+        raise ValueError(f"patch tokens must be (N, D), (L, N, D) or (L, rows, cols, D), got shape {t.shape}")
+    n_tok = t.shape[1]
+    if grid is None:
+        side = int(round(np.sqrt(n_tok)))
+        if side * side != n_tok:
+            raise ValueError(f"{n_tok} patch tokens do not form a square grid; pass grid=(rows, cols)")
+        grid = (side, side)
+    if grid[0] * grid[1] != n_tok:
+        raise ValueError(f"grid {grid} has {grid[0] * grid[1]} cells but there are {n_tok} patch tokens")
+    ms = list(masks) if not hasattr(masks, "ndim") or masks.ndim == 3 else [masks]
+    labels = list(np.asarray(labels).reshape(-1))
+    if len(ms) != len(labels):
+        raise ValueError(f"got {len(ms)} masks but {len(labels)} labels")
+    feats, labs = [], []
+    for m, lab in zip(ms, labels):
+        w = token_mask_weights(m, grid, resample, center_crop)
+        if w is None:
+            continue
+        feats.append(np.einsum("n,lnd->ld", w.reshape(-1), t))                        # L, D
+        labs.append(lab)
+    d = t.shape[-1]
+    if not feats:
+        out = np.zeros((t.shape[0], 0, d))
+    else:
+        out = np.stack(feats, axis=1)                                                  # L, K', D
+    return (out[0] if squeeze else out), np.asarray(labs)
+
+
+def dense_cluster_scores(object_feats: Sequence[Any] | Mapping[str, Any], labels: Any, k: int = DEFAULT_DENSE_K,
+                         seed: int = DEFAULT_SEED, n_init: int = DEFAULT_N_INIT,
+                         progress: bool = False) -> dict[str, np.ndarray]:
+    """Per-block k-means (default k = 80) on object / part features, scored against their labels."""
+    return blockwise_cluster_scores(object_feats, labels, k, seed, n_init, progress)
