@@ -1,0 +1,37 @@
+"""Attention analyses: maps, rollout, gradient relevance, attention distance, seed-002 statistics,
+saliency IoU, video heat maps, CLS / register maps, position-embedding similarity.
+
+Pure functions take softmax patterns (B, H, T, T) from ``blocks.{i}.attn.hook_pattern`` with the
+``TokenLayout`` of the same block; ``*_from_model`` / model-level helpers run the model. Definitions follow
+the reference (seeds 002, 003, 004, vit-explain, Chefer et al.); see docs/attention.md.
+"""
+from vitscope.analysis.attention.distance import (
+    MeanAttentionDistance, attention_distance, distance_matrix, mean_attention_distance, stream_patterns,
+)
+from vitscope.analysis.attention.maps import (
+    attention_map, attention_maps_from_model, block_head_maps, collect_patterns, fuse_heads, mass_threshold,
+)
+from vitscope.analysis.attention.posembed import patch_embedding_filters, position_similarity
+from vitscope.analysis.attention.relevance import (
+    attention_with_gradients, chefer_relevance, gradient_rollout, relevance_from_model,
+)
+from vitscope.analysis.attention.rollout import attention_rollout, rollout_from_model, rollout_map
+from vitscope.analysis.attention.saliency import (
+    SaliencyIoU, binarize_attention, iou, mask_to_token_grid, saliency_iou,
+)
+from vitscope.analysis.attention.stats import (
+    AttentionStats, aligned_attention, attention_offset, attention_statistics, head_std, offset_heads,
+    position_std, spatial_to_cls,
+)
+from vitscope.analysis.attention.tokens import resolve_query, token_names
+from vitscope.analysis.attention.video import attention_video, read_frames, video_attention_maps, write_video
+
+__all__ = [
+    "AttentionStats", "MeanAttentionDistance", "SaliencyIoU", "aligned_attention", "attention_distance",
+    "attention_map", "attention_maps_from_model", "attention_offset", "attention_rollout", "attention_statistics",
+    "attention_video", "attention_with_gradients", "binarize_attention", "block_head_maps", "chefer_relevance",
+    "collect_patterns", "distance_matrix", "fuse_heads", "gradient_rollout", "head_std", "iou",
+    "mask_to_token_grid", "mass_threshold", "mean_attention_distance", "offset_heads", "patch_embedding_filters",
+    "position_similarity", "position_std", "read_frames", "relevance_from_model", "resolve_query", "rollout_from_model", "rollout_map",
+    "saliency_iou", "spatial_to_cls", "stream_patterns", "token_names", "video_attention_maps", "write_video",
+]

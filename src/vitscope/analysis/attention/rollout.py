@@ -1,0 +1,164 @@
+"""Attention rollout (Abnar & Zuidema 2020; seed 003 and vit-explain), correct for every sample of a batch.
+
+For blocks ``start .. end``: fuse the heads (mean / max / min), optionally zero the lowest ``discard_ratio``
+of the entries of each sample's matrix (never the CLS->CLS entry), add the identity, renormalise the
+**rows**, and multiply: ``J_n = Â_n · J_{n-1}`` with ``J`` starting at the identity. The CLS row of ``J`` over
+the patch columns, divided by its max, is the rollout map.
+
+Tokens that enter at a later block (seed 004: CLS or registers inserted before block k) make the matrices
+change size. vitscope rolls out over the tokens present: before multiplying by a block that has more
+tokens, ``J`` is embedded into the larger index set (each old token keeps its identity, found by name
+through the two layouts) and every newly inserted token gets an identity row and column — an inserted
+token is a learned constant, so all of its flow comes from itself. The result is a (B, T_end, T_end)
+matrix over the tokens of the last block; reading the CLS row over the patch columns is then well defined
+even when CLS entered late.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from vitscope.analysis.attention.maps import collect_patterns, fuse_heads
+from vitscope.analysis.attention.tokens import (
+    MEAN_QUERY, grid_of, index_map, normalize_block, resolve_query,
+)
+from vitscope.models.layout import TokenLayout
+
+ROLLOUT_FUSIONS = ("mean", "max", "min")
+
+
+def discard_lowest(a: torch.Tensor, ratio: float, keep: int | None = None) -> torch.Tensor:
+    """Zero the ``int(ratio * T * T)`` smallest entries of each sample's (T, T) matrix; never ``(keep, keep)``.
+
+    ``a`` (B, T, T). Each sample is treated on its own (vit-explain zeroes the first sample's entries only).
+    ``keep`` is the CLS index (None when CLS is absent at this block).
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"discard_ratio must be in [0, 1), got {ratio}")
+    B, T, _ = a.shape
+    k = int(ratio * T * T)
+    if k == 0:
+        return a
+    flat = a.reshape(B, T * T).clone()
+    score = flat
+    if keep is not None:
+        k = min(k, T * T - 1)
+        score = flat.clone()
+        score[:, keep * T + keep] = float("inf")
+    idx = score.topk(k, dim=-1, largest=False).indices                               # B, k
+    flat.scatter_(1, idx, 0.0)
+    return flat.reshape(B, T, T)
+
+
+def add_identity_and_normalize(a: torch.Tensor) -> torch.Tensor:
+    """(A + I) with every row divided by its sum (not the columns: a known bug of public code)."""
+    T = a.shape[-1]
+    a = a + torch.eye(T, dtype=a.dtype, device=a.device)
+    return a / a.sum(dim=-1, keepdim=True)
+
+
+def embed_joint(J: torch.Tensor, old: TokenLayout, new: TokenLayout) -> torch.Tensor:
+    """Embed (B, T_old, T_old) into the token set of ``new`` (B, T_new, T_new), identity for inserted tokens."""
+    where = index_map(old, new)
+    if old.n_tokens == new.n_tokens and where == list(range(new.n_tokens)):
+        return J
+    idx = torch.tensor(where, device=J.device)
+    B = J.shape[0]
+    out = torch.eye(new.n_tokens, dtype=J.dtype, device=J.device).expand(B, -1, -1).clone()
+    out[:, idx[:, None], idx[None, :]] = J
+    return out
+
+
+def _blocks(patterns: Mapping[int, torch.Tensor] | Sequence[torch.Tensor], start_block: int,
+            end_block: int | None) -> tuple[dict[int, torch.Tensor], list[int]]:
+    pats = dict(patterns) if isinstance(patterns, Mapping) else dict(enumerate(patterns))
+    if not pats:
+        raise ValueError("no attention patterns given")
+    last = max(pats)
+    end = last if end_block is None else end_block
+    blocks = list(range(start_block, end + 1))
+    missing = [b for b in blocks if b not in pats]
+    if missing or not blocks:
+        raise ValueError(f"rollout from block {start_block} to {end} needs the patterns of blocks {blocks}; "
+                         f"missing {missing or blocks}")
+    return pats, blocks
+
+
+def rollout_matrices(mats: Mapping[int, torch.Tensor], layouts: Mapping[int, TokenLayout],
+                     blocks: Sequence[int], residual: str = "identity") -> torch.Tensor:
+    """Multiply per-block matrices (B, T_b, T_b) in block order with the size handling described above.
+
+    ``residual="identity"``: J_n = Â_n · J_{n-1} with Â = rownorm(A + I) (rollout);
+    ``residual="add"``: R_n = R_{n-1} + A_n · R_{n-1} (Chefer et al.).
+    """
+    J = None
+    prev = None
+    for b in blocks:
+        A, lay = mats[b], layouts[b]
+        if A.shape[-1] != lay.n_tokens:
+            raise ValueError(f"block {b}: matrix has {A.shape[-1]} tokens, layout has {lay.n_tokens}")
+        if J is None:
+            J = torch.eye(lay.n_tokens, dtype=A.dtype, device=A.device).expand(A.shape[0], -1, -1)
+        else:
+            J = embed_joint(J, prev, lay)
+        J = A @ J if residual == "identity" else J + A @ J
+        prev = lay
+    return J
+
+
+def attention_rollout(patterns: Mapping[int, torch.Tensor] | Sequence[torch.Tensor],
+                      layouts: Mapping[int, TokenLayout] | Sequence[TokenLayout],
+                      head_fusion: str = "mean", discard_ratio: float = 0.0, start_block: int = 0,
+                      end_block: int | None = None) -> torch.Tensor:
+    """Rollout over blocks ``start_block .. end_block`` (default: the last pattern given).
+
+    ``patterns``: {block: (B, H, T_b, T_b)} or a list indexed by block; ``layouts`` likewise.
+    Returns J (B, T_end, T_end) over the tokens of ``end_block``.
+    """
+    if head_fusion not in ROLLOUT_FUSIONS:
+        raise ValueError(f"head_fusion must be one of {ROLLOUT_FUSIONS}, got {head_fusion!r}")
+    pats, blocks = _blocks(patterns, start_block, end_block)
+    lays = dict(layouts) if isinstance(layouts, Mapping) else dict(enumerate(layouts))
+    mats = {}
+    for b in blocks:
+        a = fuse_heads(pats[b].float(), head_fusion, dim=1)                          # B, T, T
+        a = discard_lowest(a, discard_ratio, keep=lays[b].cls)
+        mats[b] = add_identity_and_normalize(a)
+    return rollout_matrices(mats, lays, blocks)
+
+
+def rollout_map(joint: torch.Tensor, layout: TokenLayout, query="cls", normalize: str | None = "max",
+                cfg=None) -> torch.Tensor:
+    """Row of ``query`` (default CLS) over the patch columns, on the grid: (B, rows, cols).
+
+    ``normalize="max"`` divides each map by its max (seed 003 / vit-explain); ``"minmax"`` rescales to [0, 1];
+    None keeps raw values.
+    """
+    q = resolve_query(query, layout, cfg)
+    row = joint[:, layout.patches, :].mean(1) if q == MEAN_QUERY else joint[:, q, :]
+    m = row[:, layout.patches]                                                       # B, N
+    if normalize == "max":
+        mx = m.amax(-1, keepdim=True)
+        m = m / torch.where(mx == 0, torch.ones_like(mx), mx)
+    elif normalize == "minmax":
+        lo, hi = m.amin(-1, keepdim=True), m.amax(-1, keepdim=True)
+        m = (m - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    elif normalize is not None:
+        raise ValueError(f"normalize must be 'max', 'minmax' or None, got {normalize!r}")
+    return m.reshape(m.shape[0], *layout.grid)
+
+
+def rollout_from_model(model, x: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0, start_block: int = 0,
+            end_block: int = -1, query="cls", normalize: str | None = "max") -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model`` on ``x`` and return (rollout maps (B, rows, cols), joint matrix (B, T, T))."""
+    depth = model.cfg.depth
+    start, end = normalize_block(start_block, depth), normalize_block(end_block, depth)
+    if start > end:
+        raise ValueError(f"start_block {start_block} comes after end_block {end_block}")
+    grid = grid_of(x, model)
+    resolve_query(query, model.token_layout(end, grid), model.cfg)
+    pats = collect_patterns(model, x, range(start, end + 1))
+    lays = {b: model.token_layout(b, grid) for b in pats}
+    J = attention_rollout(pats, lays, head_fusion, discard_ratio, start, end)
+    return rollout_map(J, lays[end], query, normalize, cfg=model.cfg), J

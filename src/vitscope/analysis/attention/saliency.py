@@ -1,0 +1,186 @@
+"""Saliency IoU (seed 002): how well a head's attention covers the annotated objects.
+
+Per image, block and head: take the attention of the CLS query, the mean spatial query or the centre
+query over the patch keys (prefix keys dropped, row renormalised), per head or summed over heads
+(``merge``), binarise it by keeping the top ``mass`` (default 0.6) of attention mass (DINO's rule,
+:func:`~vitscope.analysis.attention.maps.mass_threshold`), and score IoU against the ground-truth mask
+(union of all objects) resized to the token grid. Results are averaged over images per block x head.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitscope.analysis.attention.maps import attention_map, mass_threshold
+from vitscope.analysis.attention.tokens import check_pattern
+from vitscope.models.layout import TokenLayout
+
+SALIENCY_QUERIES = ("cls", "mean", "centre")
+MASK_RULES = ("bicubic", "any", "majority")
+
+
+# ----------------------------------------------------------------------------- masks
+def crop_mask_like_preprocess(mask: np.ndarray, preprocess_cfg=None) -> np.ndarray:
+    """Apply the image's geometric preprocessing to a mask (H, W) and return the float mask on the crop.
+
+    ``preprocess_cfg`` (a :class:`~vitscope.models.preprocess.PreprocessConfig`): resize the short side to
+    ``input/crop_pct`` and centre crop, as the image was (area-averaged, values in [0, 1]). None: a square
+    centre crop of the original mask (seed 002's ``ccrop``).
+    """
+    m = np.asarray(mask).astype(np.float32)
+    if m.ndim != 2:
+        raise ValueError(f"expected a 2-D mask (H, W), got shape {m.shape}")
+    m = (m > 0).astype(np.float32)
+    h, w = m.shape
+    if preprocess_cfg is None:
+        if h < w:
+            s = (w - h) // 2
+            return m[:, s:s + h]
+        s = (h - w) // 2
+        return m[s:s + w, :]
+    import math
+
+    th, tw = preprocess_cfg.input_size
+    scale = math.floor(max(th, tw) / preprocess_cfg.crop_pct)
+    if w <= h:
+        nw, nh = scale, int(scale * h / w)
+    else:
+        nh, nw = scale, int(scale * w / h)
+    img = Image.fromarray(m)
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BOX if nw < w else Image.BILINEAR)
+    left, top = int(round((nw - tw) / 2.0)), int(round((nh - th) / 2.0))
+    return np.asarray(img.crop((left, top, left + tw, top + th)), dtype=np.float32)
+
+
+def mask_to_token_grid(mask: np.ndarray, grid: tuple[int, int], preprocess_cfg=None,
+                       rule: str = "bicubic") -> np.ndarray:
+    """Ground-truth mask (H, W) (any non-zero = object) -> bool (rows, cols) on the token grid.
+
+    Cropped as the image was (see :func:`crop_mask_like_preprocess`), then:
+    ``"bicubic"`` (seed 002): bicubic resize of the 0/255 mask, a token is object when its value is > 0
+    (generous: it also takes cells next to the object); ``"any"``: any object pixel in the cell;
+    ``"majority"``: at least half of the cell's pixels are object.
+    """
+    if rule not in MASK_RULES:
+        raise ValueError(f"rule must be one of {MASK_RULES}, got {rule!r}")
+    m = crop_mask_like_preprocess(mask, preprocess_cfg)
+    rows, cols = grid
+    if rule == "bicubic":
+        im = Image.fromarray((m > 0.5).astype(np.uint8) * 255)
+        return np.asarray(im.resize((cols, rows), Image.BICUBIC)) > 0
+    frac = np.asarray(Image.fromarray(m).resize((cols, rows), Image.BOX))
+    return frac > 1e-6 if rule == "any" else frac >= 0.5
+
+
+# ----------------------------------------------------------------------------- scores
+def binarize_attention(pattern: torch.Tensor, layout: TokenLayout, query: str = "cls", merge: bool = False,
+                       mass: float = 0.6, cfg=None) -> torch.Tensor:
+    """Bool (B, H', rows, cols): the top-``mass`` attention of ``query`` over patches, H' = 1 when merged."""
+    m = attention_map(pattern, layout, query, fusion="sum" if merge else None, renormalize=True, cfg=cfg)
+    if merge:
+        m = m[:, None]
+    return mass_threshold(m, mass)
+
+
+def iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """IoU of bool maps ``pred`` (B, K, rows, cols) with ``gt`` (B, rows, cols) -> (B, K); NaN for an empty union."""
+    gt = gt.to(pred.device).bool()[:, None]
+    inter = (pred & gt).sum(dim=(-2, -1)).double()
+    union = (pred | gt).sum(dim=(-2, -1)).double()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(union, float("nan")))
+
+
+class SaliencyIoU:
+    """Accumulates per-image IoU for every (query, merged) setting and block: ``update`` / ``compute``.
+
+    Per-image values are kept (N x L x H floats, small) so that tables can list them.
+    """
+
+    def __init__(self, depth: int, num_heads: int, queries: Sequence[str] = SALIENCY_QUERIES,
+                 mass: float = 0.6, merge: Sequence[bool] = (False, True)) -> None:
+        self.depth, self.H, self.queries, self.mass, self.merge = depth, num_heads, tuple(queries), mass, tuple(merge)
+        self._batch: dict[tuple[str, bool], dict[int, torch.Tensor]] = {}
+        self.values: dict[tuple[str, bool], list[np.ndarray]] = {(q, m): [] for q in self.queries for m in self.merge}
+        self._gt: torch.Tensor | None = None
+
+    def set_masks(self, gt: torch.Tensor) -> None:
+        """Ground truth for the next batch: bool (B, rows, cols)."""
+        self.flush()
+        self._gt = gt.bool()
+
+    def update(self, block: int, pattern: torch.Tensor, layout: TokenLayout) -> None:
+        check_pattern(pattern, layout)
+        if self._gt is None:
+            raise ValueError("call set_masks(gt) before update() for each batch")
+        for q in self.queries:
+            absent = q == "cls" and layout.cls is None
+            for m in self.merge:
+                k = 1 if m else self.H
+                if absent:
+                    v = torch.full((pattern.shape[0], k), float("nan"), dtype=torch.float64)
+                else:
+                    v = iou(binarize_attention(pattern, layout, q, m, self.mass), self._gt)
+                self._batch.setdefault((q, m), {})[block] = v.cpu()
+
+    def flush(self) -> None:
+        for key, per_block in self._batch.items():
+            if not per_block:
+                continue
+            B, K = next(iter(per_block.values())).shape
+            arr = np.full((B, self.depth, K), np.nan)
+            for b, v in per_block.items():
+                arr[:, b] = v.numpy()
+            self.values[key].append(arr)
+        self._batch = {}
+
+    def compute(self) -> dict[tuple[str, bool], np.ndarray]:
+        """{(query, merged): per-image IoU (N, L, H or 1)}; average with ``np.nanmean(v, axis=0)``."""
+        self.flush()
+        return {k: (np.concatenate(v, 0) if v else np.zeros((0, self.depth, 1 if k[1] else self.H)))
+                for k, v in self.values.items()}
+
+
+def saliency_iou(model, batches: Iterable, queries: Sequence[str] = SALIENCY_QUERIES, mass: float = 0.6,
+                 merge: Sequence[bool] = (False, True), device=None, progress: bool = True,
+                 total: int | None = None) -> dict[tuple[str, bool], np.ndarray]:
+    """Per-image saliency IoU over ``batches`` of ``(images (B, C, H, W), masks (B, rows, cols) bool)``.
+
+    Masks must already be on the token grid (:func:`mask_to_token_grid`). Returns
+    ``{(query, merged): (N, L, H or 1)}``.
+    """
+    from vitscope.analysis.attention.distance import stream_patterns
+
+    acc = SaliencyIoU(model.cfg.depth, model.cfg.num_heads, queries, mass, merge)
+
+    def with_masks():
+        for x, gt in batches:
+            acc.set_masks(torch.as_tensor(gt))
+            yield x
+
+    stream_patterns(model, with_masks(), [acc.update], device=device, progress=progress, total=total,
+                    desc="saliency IoU")
+    return acc.compute()
+
+
+def summarize_iou(values: dict[tuple[str, bool], np.ndarray]) -> list[dict]:
+    """Tidy rows (query, merged, block, head, iou_mean, iou_std, n) from :func:`saliency_iou`'s output."""
+    rows = []
+    for (q, m), v in values.items():
+        if v.shape[0] == 0:
+            continue
+        with np.errstate(invalid="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, std = np.nanmean(v, 0), np.nanstd(v, 0)
+        n = np.sum(~np.isnan(v), 0)
+        for b in range(v.shape[1]):
+            for h in range(v.shape[2]):
+                rows.append({"query": q, "merged": m, "block": b, "head": "sum" if m else h,
+                             "iou_mean": float(mean[b, h]), "iou_std": float(std[b, h]), "n": int(n[b, h])})
+    return rows

@@ -1,0 +1,163 @@
+"""The other attention statistics of seed 002 ("Teaching Matters"), per image and streamed over a dataset.
+
+All patch-to-patch statistics drop every prefix token (CLS, DIST, registers) from queries and keys, as
+seed 002 drops CLS. Definitions (per image, one block's pattern (B, H, T, T)):
+
+- ``head_std``: standard deviation over heads (unbiased, as ``torch.std``) of each patch->patch entry,
+  averaged over queries and keys -> (B,).
+- ``position_std``: for each key, standard deviation over the patch queries (unbiased), averaged over
+  keys -> (B, H).
+- ``spatial_to_cls``: attention from the patch queries to the CLS key, averaged over queries -> (B, H).
+  (Seed 002's code reads key index 1, the first patch, where its comment says CLS; vitscope reads CLS.)
+- average maps of the CLS, mean-spatial and centre queries over the patch keys: see ``maps.attention_map``.
+- ``aligned_attention``: each patch query's renormalised patch map shifted so that the query sits at the
+  centre of a (2·rows-1) x (2·cols-1) grid, averaged over queries -> (B, H, 2r-1, 2c-1).
+  (Seed 002 divides the sum by batches x queries, i.e. by a factor of the batch size too many; vitscope
+  divides by images x queries. The offsets below do not depend on that scale.)
+- ``attention_offset``: centre of mass of the aligned map on [-1, 1] coordinates (x along columns, y along
+  rows) and its distance to the centre; ``offset_heads``: heads whose aligned map peaks away from zero offset.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from vitscope.analysis.attention.maps import attention_map
+from vitscope.analysis.attention.tokens import check_pattern
+from vitscope.models.layout import TokenLayout
+
+QUERY_MAPS = ("cls", "mean", "centre")
+
+
+def _patches(pattern: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    check_pattern(pattern, layout)
+    return pattern[:, :, layout.patches, layout.patches].float()                     # B, H, N, N
+
+
+def head_std(pattern: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """(B,) std over heads of patch->patch attention, mean over queries and keys."""
+    a = _patches(pattern, layout)
+    if a.shape[1] < 2:
+        return torch.full((a.shape[0],), float("nan"), device=a.device)
+    return a.std(dim=1).mean(dim=(1, 2))
+
+
+def position_std(pattern: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """(B, H) std over patch queries of the attention on each patch key, mean over keys."""
+    return _patches(pattern, layout).std(dim=2).mean(dim=2)
+
+
+def spatial_to_token(pattern: torch.Tensor, layout: TokenLayout, token: int | None) -> torch.Tensor:
+    """(B, H) mean over patch queries of their attention to key ``token``; NaN when the token is absent."""
+    check_pattern(pattern, layout)
+    if token is None:
+        return torch.full(pattern.shape[:2], float("nan"), device=pattern.device)
+    return pattern[:, :, layout.patches, token].float().mean(-1)
+
+
+def spatial_to_cls(pattern: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """(B, H) attention from patch queries to CLS (NaN at blocks before CLS enters)."""
+    return spatial_to_token(pattern, layout, layout.cls)
+
+
+def aligned_attention(pattern: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """(B, H, 2r-1, 2c-1) query-centred average of the renormalised patch->patch maps."""
+    a = _patches(pattern, layout)
+    s = a.sum(-1, keepdim=True)
+    a = a / torch.where(s == 0, torch.ones_like(s), s)
+    B, H, N, _ = a.shape
+    rows, cols = layout.grid
+    a = a.reshape(B, H, N, rows, cols)
+    out = a.new_zeros(B, H, 2 * rows - 1, 2 * cols - 1)
+    for q in range(N):
+        i, j = divmod(q, cols)
+        out[:, :, rows - 1 - i:2 * rows - 1 - i, cols - 1 - j:2 * cols - 1 - j] += a[:, :, q]
+    return out / N
+
+
+def attention_offset(aligned: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centre of mass of aligned maps (..., R, C) on [-1, 1] axes -> (distance, cx, cy), each (...)."""
+    m = np.asarray(aligned.detach().cpu() if isinstance(aligned, torch.Tensor) else aligned, dtype=np.float64)
+    R, C = m.shape[-2:]
+    ys = 2 * np.arange(R) / max(R - 1, 1) - 1
+    xs = 2 * np.arange(C) / max(C - 1, 1) - 1
+    tot = m.sum(axis=(-2, -1), keepdims=True)
+    m = m / np.where(tot > 0, tot, 1.0)
+    cx = (m * xs[None, :]).sum(axis=(-2, -1))
+    cy = (m * ys[:, None]).sum(axis=(-2, -1))
+    return np.hypot(cx, cy), cx, cy
+
+
+def offset_heads(aligned: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Bool (...): the aligned map's maximum is not at zero offset (the head attends mostly elsewhere)."""
+    m = np.asarray(aligned.detach().cpu() if isinstance(aligned, torch.Tensor) else aligned, dtype=np.float64)
+    R, C = m.shape[-2:]
+    flat = m.reshape(*m.shape[:-2], R * C)
+    centre = (R // 2) * C + C // 2
+    return flat.argmax(-1) != centre
+
+
+class AttentionStats:
+    """Streaming accumulator of every seed-002 statistic over a dataset (per block, means over images).
+
+    ``update(block, pattern, layout)`` per batch; ``compute()`` returns a dict of arrays:
+    ``head_std`` (L,), ``position_std`` (L, H), ``spatial_to_cls`` (L, H), ``map_cls`` / ``map_mean`` /
+    ``map_centre`` (L, H, rows, cols), ``aligned`` (L, H, 2r-1, 2c-1), ``offset`` / ``offset_x`` /
+    ``offset_y`` (L, H), ``offset_head`` (L, H) bool, and ``n_images``. Blocks before CLS enters give NaN for
+    the CLS statistics.
+    """
+
+    def __init__(self, depth: int, num_heads: int, grid: tuple[int, int], queries: Sequence[str] = QUERY_MAPS):
+        self.depth, self.H, self.grid, self.queries = depth, num_heads, tuple(grid), tuple(queries)
+        r, c = self.grid
+        L, H = depth, num_heads
+        self.sums = {
+            "head_std": np.zeros(L), "position_std": np.zeros((L, H)), "spatial_to_cls": np.zeros((L, H)),
+            "aligned": np.zeros((L, H, 2 * r - 1, 2 * c - 1)),
+            **{f"map_{q}": np.zeros((L, H, r, c)) for q in self.queries},
+        }
+        self.counts = {k: np.zeros(L, dtype=np.int64) for k in self.sums}
+
+    def _add(self, key: str, block: int, v: torch.Tensor) -> None:
+        if torch.isnan(v).all():
+            return
+        self.sums[key][block] += v.double().sum(0).cpu().numpy()
+        self.counts[key][block] += v.shape[0]
+
+    def update(self, block: int, pattern: torch.Tensor, layout: TokenLayout) -> None:
+        if tuple(layout.grid) != self.grid:
+            raise ValueError(f"AttentionStats was built for a {self.grid} grid, got {layout.grid}; "
+                             "average maps need one input size")
+        self._add("head_std", block, head_std(pattern, layout))
+        self._add("position_std", block, position_std(pattern, layout))
+        self._add("spatial_to_cls", block, spatial_to_cls(pattern, layout))
+        self._add("aligned", block, aligned_attention(pattern, layout))
+        for q in self.queries:
+            if q == "cls" and layout.cls is None:
+                continue
+            self._add(f"map_{q}", block, attention_map(pattern, layout, q).float())
+
+    def compute(self) -> dict[str, np.ndarray]:
+        out = {}
+        for k, s in self.sums.items():
+            c = self.counts[k].reshape(-1, *([1] * (s.ndim - 1)))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[k] = np.where(c > 0, s / np.maximum(c, 1), np.nan)
+        d, cx, cy = attention_offset(np.nan_to_num(out["aligned"]))
+        out.update(offset=d, offset_x=cx, offset_y=cy, offset_head=offset_heads(np.nan_to_num(out["aligned"])))
+        out["n_images"] = np.array(int(self.counts["position_std"].max()))
+        return out
+
+
+def attention_statistics(model, batches: Iterable, grid: tuple[int, int] | None = None,
+                         queries: Sequence[str] = QUERY_MAPS, device=None, progress: bool = True,
+                         total: int | None = None) -> dict[str, np.ndarray]:
+    """Stream ``model`` over ``batches`` and return :class:`AttentionStats` ``.compute()``."""
+    from vitscope.analysis.attention.distance import stream_patterns
+
+    acc = AttentionStats(model.cfg.depth, model.cfg.num_heads, grid or model.cfg.grid, queries)
+    stream_patterns(model, batches, [acc.update], device=device, progress=progress, total=total,
+                    desc="attention statistics")
+    return acc.compute()

@@ -1,0 +1,249 @@
+"""Attention heat-map videos (seed 003): per-frame attention of a video file or a frame folder.
+
+Each frame is resized so that its short side is ``short_side`` pixels (default: the model's input size),
+centre-cropped to multiples of the patch size (the model resamples its position embedding to that grid),
+normalised with the model's own mean / std, and run in batches. The map of ``query`` (default CLS) at
+``block`` (default the last), fused over heads (default mean), is upsampled to the frame, coloured
+(inferno by default) and blended; frames are written as PNGs and as an mp4 (H.264 through the ffmpeg
+binary that imageio-ffmpeg ships) or a GIF, chosen by the output suffix.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitscope.analysis.attention.maps import attention_map, collect_patterns
+from vitscope.analysis.attention.tokens import normalize_block, resolve_query
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def read_frames(source: str | Path, max_frames: int | None = None, step: int = 1) -> tuple[Iterator[np.ndarray], float | None, int | None]:
+    """Frames of a video file (mp4, GIF, anything ffmpeg reads) or a folder of images (sorted by name).
+
+    Returns (iterator of RGB uint8 (H, W, 3), fps or None, number of frames or None).
+    Uses ``vitscope.data`` video reading when it is available.
+    """
+    src = Path(source)
+    if not src.exists():
+        raise FileNotFoundError(f"video or frame folder not found: {src}")
+    if src.is_dir():
+        files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in frame folder {src}")
+        files = files[::step][:max_frames]
+
+        def gen_dir():
+            from vitscope.data.decode import load_image
+
+            for f in files:
+                yield np.asarray(load_image(f))
+
+        return gen_dir(), None, len(files)
+    import imageio.v2 as iio
+
+    try:
+        reader = iio.get_reader(str(src))
+    except Exception as e:  # imageio raises several types for unreadable files
+        raise ValueError(f"cannot read video {src}: {e}") from e
+    meta = reader.get_meta_data()
+    fps = meta.get("fps")
+    if fps is None and meta.get("duration"):
+        fps = 1000.0 / float(meta["duration"])          # GIF: duration per frame in ms
+    n = None
+    try:
+        n = reader.count_frames() if hasattr(reader, "count_frames") else len(reader)
+    except Exception:
+        n = None
+    if n is not None and n > 10 ** 8:
+        n = None
+    if n is not None:
+        n = len(range(0, n, step))
+        if max_frames is not None:
+            n = min(n, max_frames)
+
+    def gen_video():
+        k = 0
+        try:
+            for i, fr in enumerate(reader):
+                if i % step:
+                    continue
+                if max_frames is not None and k >= max_frames:
+                    break
+                fr = np.asarray(fr)
+                if fr.ndim == 2:
+                    fr = np.stack([fr] * 3, -1)
+                yield fr[..., :3].astype(np.uint8)
+                k += 1
+        finally:
+            reader.close()
+
+    return gen_video(), (float(fps) / step if fps else None), n
+
+
+def frame_to_tensor(frame: np.ndarray, model, short_side: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """RGB frame -> (normalised (3, h, w) with h, w multiples of the patch size, the resized uint8 crop)."""
+    from vitscope.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+    p = model.cfg.patch_size
+    short = short_side or min(model.cfg.img_size)
+    img = Image.fromarray(frame)
+    w, h = img.size
+    s = short / min(w, h)
+    nw, nh = max(p, round(w * s)), max(p, round(h * s))
+    img = img.resize((nw, nh), Image.BICUBIC)
+    cw, ch = (nw // p) * p, (nh // p) * p
+    left, top = (nw - cw) // 2, (nh - ch) // 2
+    img = img.crop((left, top, left + cw, top + ch))
+    arr = np.asarray(img, dtype=np.uint8)
+    pcfg = getattr(model, "preprocess_cfg", None)
+    mean = torch.tensor(pcfg.mean if pcfg else IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(pcfg.std if pcfg else IMAGENET_STD).view(3, 1, 1)
+    x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+    return (x - mean) / std, arr
+
+
+def video_attention_maps(model, frames: Iterable[np.ndarray], block: int = -1, query="cls", fusion: str = "mean",
+                         short_side: int | None = None, batch_size: int = 8, device=None
+                         ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (resized frame uint8 (h, w, 3), attention map (rows, cols) float) for every frame."""
+    b = normalize_block(block, model.cfg.depth)
+    resolve_query(query, model.token_layout(b), model.cfg)
+    device = device or model.device
+    buf_x, buf_f = [], []
+
+    def run():
+        x = torch.stack(buf_x).to(device=device, dtype=model.dtype)
+        grid = (x.shape[-2] // model.cfg.patch_size, x.shape[-1] // model.cfg.patch_size)
+        pat = collect_patterns(model, x, [b])[b]
+        maps = attention_map(pat, model.token_layout(b, grid), query, fusion=fusion, cfg=model.cfg)
+        out = list(zip(buf_f, maps.float().cpu().numpy()))
+        buf_x.clear()
+        buf_f.clear()
+        return out
+
+    shape = None
+    for fr in frames:
+        x, arr = frame_to_tensor(fr, model, short_side)
+        if shape is not None and x.shape != shape:      # frame size changed mid-stream: flush first
+            yield from run()
+        shape = x.shape
+        buf_x.append(x)
+        buf_f.append(arr)
+        if len(buf_x) == batch_size:
+            yield from run()
+    if buf_x:
+        yield from run()
+
+
+class VideoWriter:
+    """Streaming writer: mp4 (H.264 via imageio-ffmpeg, cropped to even sides) or GIF, by the suffix."""
+
+    def __init__(self, path: str | Path, fps: float = 10.0) -> None:
+        self.path, self.fps = Path(path), float(fps)
+        suffix = self.path.suffix.lower()
+        if suffix not in (".gif", ".mp4", ".mov", ".mkv", ".avi"):
+            raise ValueError(f"video output must end in .mp4, .mov, .mkv, .avi or .gif, got {self.path.name}")
+        self.gif = suffix == ".gif"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._frames: list[Image.Image] = []
+        self._writer = None
+        self._size: tuple[int, int] | None = None
+        self.n = 0
+
+    def append(self, frame: np.ndarray) -> None:
+        if self.gif:
+            self._frames.append(Image.fromarray(frame))
+        else:
+            if self._writer is None:
+                import imageio.v2 as iio
+
+                h, w = frame.shape[:2]
+                self._size = (h - h % 2, w - w % 2)              # yuv420p needs even sides
+                self._writer = iio.get_writer(str(self.path), fps=self.fps, codec="libx264",
+                                              pixelformat="yuv420p", macro_block_size=1, quality=7)
+            h2, w2 = self._size
+            self._writer.append_data(np.ascontiguousarray(frame[:h2, :w2]))
+        self.n += 1
+
+    def close(self) -> Path:
+        if self.n == 0:
+            raise ValueError("no frames to write")
+        if self.gif:
+            ims = self._frames
+            ims[0].save(self.path, save_all=True, append_images=ims[1:],
+                        duration=max(1, int(round(1000.0 / self.fps))), loop=0)
+            self._frames = []
+        elif self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        return self.path
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+        elif self._writer is not None:
+            self._writer.close()
+
+
+def write_video(frames: Iterable[np.ndarray], path: str | Path, fps: float = 10.0) -> Path:
+    """Write RGB uint8 frames as mp4 or GIF, by the suffix of ``path``."""
+    with VideoWriter(path, fps) as w:
+        for f in frames:
+            w.append(f)
+    return Path(path)
+
+
+def attention_video(model, source: str | Path, out: str | Path, block: int = -1, query="cls", fusion: str = "mean",
+                    short_side: int | None = None, cmap: str = "inferno", alpha: float = 0.6,
+                    layout: str = "overlay", fps: float | None = None, max_frames: int | None = None,
+                    step: int = 1, batch_size: int = 8, save_frames: bool = True, progress: bool = True,
+                    device=None) -> dict:
+    """Heat-map video of ``source`` -> ``out`` (.mp4 or .gif), plus ``<out stem>_frames/*.png`` and the maps.
+
+    ``layout``: ``"overlay"`` (map blended over the frame) or ``"side"`` (frame | heat map).
+    Frames are streamed to the writer (a GIF is assembled in memory). Returns {"video", "frames_dir",
+    "maps" (F, rows, cols), "fps", "n_frames", "samples" (up to 4 rendered frames for a summary figure)}.
+    """
+    from tqdm.auto import tqdm
+
+    from vitscope.viz.attention import heatmap_frame
+
+    out = Path(out)
+    frames, src_fps, n = read_frames(source, max_frames=max_frames, step=step)
+    fps = fps or src_fps or 10.0
+    frames_dir = out.with_name(out.stem + "_frames")
+    if save_frames:
+        frames_dir.mkdir(parents=True, exist_ok=True)
+    maps, samples, last = [], [], None
+    writer = VideoWriter(out, fps)
+    bar = tqdm(total=n, desc="video attention", unit="frame", disable=not progress)
+    try:
+        for k, (fr, m) in enumerate(video_attention_maps(model, frames, block, query, fusion, short_side,
+                                                          batch_size, device)):
+            img = heatmap_frame(fr, m, cmap=cmap, alpha=alpha, layout=layout)
+            if save_frames:
+                Image.fromarray(img).save(frames_dir / f"frame_{k:05d}.png")
+            writer.append(img)
+            maps.append(m)
+            if k < 3:
+                samples.append((k, img))
+            last = (k, img)
+            bar.update(1)
+    finally:
+        bar.close()
+    if not maps:
+        raise ValueError(f"no frames could be read from {source}")
+    writer.close()
+    shapes = {m.shape for m in maps}
+    maps_arr = np.stack(maps) if len(shapes) == 1 else np.array(maps, dtype=object)
+    keep = samples + ([last] if last[0] >= 3 else [])
+    return {"video": out, "frames_dir": frames_dir if save_frames else None, "maps": maps_arr, "fps": fps,
+            "n_frames": len(maps), "samples": keep}
