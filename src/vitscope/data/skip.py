@@ -68,11 +68,9 @@ def skip_summary(skipped: Iterable[SkipRecord], total: int | None = None, report
     """One line for the end of a run, e.g. ``skipped 3 of 120 images (2 truncated, 1 not an image); see skipped.csv``."""
     rows = list(skipped)
     of = f" of {total}" if total is not None else ""
+    see = f"; see {report}" if report is not None else ""
     if not rows:
-        return f"skipped 0{of} images"
+        return f"skipped 0{of} images{see}"
     kinds = Counter(r.kind for r in rows)
     parts = ", ".join(f"{n} {_KIND_WORDS.get(k, k)}" for k, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
-    line = f"skipped {len(rows)}{of} images ({parts})"
-    if report is not None:
-        line += f"; see {report}"
-    return line
+    return f"skipped {len(rows)}{of} images ({parts}){see}"

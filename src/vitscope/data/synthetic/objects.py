@@ -8,7 +8,7 @@ from PIL import Image
 
 from vitscope.data.synthetic.config import SPLITS, SynthConfig
 from vitscope.data.synthetic.render import Appearance, add_clutter, background, box_of, contrasting_colour, draw_object, finish
-from vitscope.data.synthetic.shapes import KEYPOINT_OFFSETS, KEYPOINTS, SHAPES, Pose, to_image
+from vitscope.data.synthetic.shapes import KEYPOINTS, SHAPES, Pose, keypoint_ids, to_image
 
 # one colour per class, used only when jitter < 1 (a deliberate colour shortcut)
 CLASS_COLOURS = np.array([
@@ -52,8 +52,7 @@ def keypoints_of(shape: str, pose: Pose, size: int, visible_mask: np.ndarray | N
         for k in np.nonzero(vis)[0]:
             x, y = int(xy[k, 0]), int(xy[k, 1])
             vis[k] = bool(visible_mask[max(0, y - 1): y + 2, max(0, x - 1): x + 2].any())
-    ids = KEYPOINT_OFFSETS[shape] + np.arange(len(xy))
-    return np.concatenate([xy, vis[:, None].astype(np.float64)], axis=1), ids.astype(np.int64)
+    return np.concatenate([xy, vis[:, None].astype(np.float64)], axis=1), keypoint_ids(shape)
 
 
 def random_pose(rng: np.random.Generator, cfg: SynthConfig, size: int | None = None) -> Pose:

@@ -70,6 +70,11 @@ KEYPOINT_OFFSETS = dict(zip(SHAPES, np.cumsum([0] + [len(KEYPOINTS[s]) for s in 
 N_KEYPOINT_IDS = sum(len(KEYPOINTS[s]) for s in SHAPES)  # global semantic keypoint ids 0 .. N-1
 
 
+def keypoint_ids(name: str) -> np.ndarray:
+    """Global semantic ids of a shape's keypoints (unique across shapes)."""
+    return (KEYPOINT_OFFSETS[name] + np.arange(len(KEYPOINTS[name]))).astype(np.int64)
+
+
 def shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Boolean mask of the shape at local coordinates (u, v)."""
     r2 = u * u + v * v

@@ -2,6 +2,7 @@
 supercategory "Quadruped"); images are ImageNet files named ``<wnid>_<n>.JPEG``."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,8 @@ class PartImageNet(TaskImages):
         s = self.coco[i]
         supers = {self.part_categories[int(c)][1] for c in s.category_ids}
         name = Path(s.path).name
-        wnid = name.split("_", 1)[0] if name.startswith("n") and "_" in name else ""
+        m = re.match(r"(n\d{8})_", name)
+        wnid = m.group(1) if m else ""
         return PartSample(s.image_id, s.path, s.height, s.width, s.masks, s.category_ids, s.category_names,
                           sorted(supers)[0] if supers else "", wnid)
 
