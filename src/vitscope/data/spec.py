@@ -10,6 +10,7 @@ Forms of ``spec`` (see docs/data.md):
 - ``path/to/video.mp4``       the frames of a video
 - ``path/to/image.jpg``       a single image
 - ``synthetic[:key=value,...]``  the synthetic benchmark, generated in memory
+- ``builtin:samples``         a few real photographs shipped with vitscope (demos, tests)
 
 Options follow a ``?``: ``hf:cifar10?split=test&image=img`` or ``shards/?split=train``; they can also be
 given as keyword arguments, which win. Unknown options are an error that lists the accepted ones.
@@ -43,7 +44,7 @@ def _split_options(text: str, sep_re: str = r"[&,]") -> dict[str, str]:
 
 
 def parse_spec(spec: str | Path) -> tuple[str, str, dict[str, str]]:
-    """Split a dataset spec into (kind, target, options); kind is 'synthetic', 'hf' or 'path'."""
+    """Split a dataset spec into (kind, target, options); kind is 'synthetic', 'hf', 'builtin' or 'path'."""
     if isinstance(spec, Path):
         return "path", str(spec), {}
     s = str(spec).strip()
@@ -58,6 +59,8 @@ def parse_spec(spec: str | Path) -> tuple[str, str, dict[str, str]]:
             target, opts = head, _split_options(tail)
     if target.startswith("hf:"):
         return "hf", target[3:], opts
+    if target.startswith("builtin:"):
+        return "builtin", target[len("builtin:"):], opts
     return "path", target, opts
 
 
@@ -88,6 +91,13 @@ def open_source(spec: str | Path, **options):
         rest = _take(rest, {"n": int, "split": str, "per_class": int}, "synthetic")
         n = rest.get("n", rest["per_class"] * cfg.n_classes if "per_class" in rest else 100 * cfg.n_classes)
         return SyntheticSource(cfg, n, rest.get("split", "train"))
+    if kind == "builtin":
+        if target != "samples":
+            raise ValueError(f"unknown built-in dataset {target!r}; available: samples")
+        from vitscope.data.samples import SampleSource
+
+        _take(opts, {}, "builtin:samples")
+        return SampleSource()
     if kind == "hf":
         from vitscope.data.hf import hub_source
 

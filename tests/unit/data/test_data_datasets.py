@@ -141,3 +141,19 @@ def test_subset_keeps_ids(tmp_path):
     sub = ds.subset([5, 0])
     assert sub.ids == [ds.ids[5], ds.ids[0]] and sub.labels.tolist() == [2, 0]
     torch.testing.assert_close(sub[0][0], ds[5][0])
+
+
+def test_sample_photographs_ship_and_open():
+    from vitscope.data.samples import SHIPPED, sample_image, sample_paths
+
+    paths = sample_paths()
+    assert set(SHIPPED) <= set(paths)
+    img = sample_image("cat")
+    assert img.mode == "RGB" and min(img.size) == 256
+    # real photographs, not flat test cards: plenty of distinct colours and texture
+    a = np.asarray(img)
+    assert len(np.unique(a.reshape(-1, 3), axis=0)) > 5000 and a.std() > 30
+    ds = open_dataset("builtin:samples", transform=TF)
+    assert len(ds) == len(paths) and ds[0][0].shape == (3, 16, 16)
+    with pytest.raises(ValueError, match="unknown built-in"):
+        open_dataset("builtin:nothing")
