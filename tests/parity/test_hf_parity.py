@@ -13,11 +13,9 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 
-import vitscope.models.vit as vit_module  # noqa: E402
 from vitscope.models.config import ViTConfig  # noqa: E402
 from vitscope.models.converters.common import CheckpointError, load_strict  # noqa: E402
 from vitscope.models.converters.hf import (DROPPED_KEYS, config_from_hf, convert_hf_state_dict,  # noqa: E402
@@ -55,23 +53,6 @@ FAMILIES = {
 }
 
 
-def _registers_follow_cls() -> bool:
-    """True when HookedViT puts prefix registers right after CLS when both enter at block 0 (as HF does)."""
-    m = HookedViT(ViTConfig(img_size=16, patch_size=8, embed_dim=8, depth=1, num_heads=2, num_registers=2,
-                            pos_embed="none", head="none")).eval()
-    with torch.no_grad():
-        m.reg_token.fill_(7.0)
-        _, c = m.run_with_cache(torch.zeros(1, 3, 16, 16), names_filter="hook_full_embed")
-    return bool((c["hook_full_embed"][0, 1:3] == 7.0).all())
-
-
-# Known core issue (vit.py, not this converter): HookedViT._insert_tokens inserts prefix registers after
-# num_cls_tokens tokens *before* CLS is prepended, giving [CLS, patch0, registers, patch1, ...] when
-# cls_block == register_block; the fix is `n_cls = cfg.num_cls_tokens if block > cfg.cls_block else 0`.
-# These tests run normally as soon as the core is fixed.
-REGISTER_ORDER_BUG = pytest.mark.xfail(
-    not _registers_follow_cls(), strict=True,
-    reason="vit.py HookedViT._insert_tokens puts registers after patch 0 (token_layout says after CLS)")
 
 
 def hf_mae_sincos(height: int, width: int, dim: int) -> torch.Tensor:
@@ -154,8 +135,7 @@ def check_stream(out, cache, depth: int, perm: torch.Tensor | None = None) -> No
 
 
 # ----------------------------------------------------------------------------- per-family parity
-@pytest.mark.parametrize("name", [pytest.param(n, marks=REGISTER_ORDER_BUG) if n == "dinov2_reg" else n
-                                  for n in FAMILIES])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_family_parity(name, tmp_path):
     hf, folder = build(name, tmp_path)
     model = load_hf_folder(folder)
@@ -291,15 +271,6 @@ def test_pytorch_bin_and_sharded_folders(tmp_path):
 
 
 # ----------------------------------------------------------------------------- interpolated position embeddings
-def _resample_no_antialias(pos, old_grid, new_grid):
-    """HF ViT / DeiT / CLIP / plain Dinov2: bicubic (a = -0.75) without antialias."""
-    D = pos.shape[-1]
-    g = pos.reshape(1, old_grid[0], old_grid[1], D).permute(0, 3, 1, 2)
-    g = F.interpolate(g.float(), size=new_grid, mode="bicubic", align_corners=False)
-    return g.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D).to(pos.dtype)
-
-
-@REGISTER_ORDER_BUG
 def test_interpolation_dinov2_registers_matches(tmp_path):
     """Dinov2WithRegisters interpolates like vitscope (bicubic, antialias=True): parity at 48x48 (6x6 grid)."""
     hf, folder = build("dinov2_reg", tmp_path)
@@ -313,21 +284,20 @@ def test_interpolation_dinov2_registers_matches(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["vit_cls", "dinov2", "clip_proj"])
-def test_interpolation_differs_only_by_kernel(name, tmp_path, monkeypatch):
-    """HF ViT, DeiT, CLIP and plain Dinov2 resample with bicubic *without* antialias; vitscope (like timm and
-    Dinov2WithRegisters) uses antialias=True, so outputs at another size differ. With the HF kernel swapped
-    into vitscope they agree to 1e-4, so the kernel is the only difference (documented in docs/models-hf.md).
-    """
+def test_interpolation_matches_hf_kernel(name, tmp_path):
+    """HF ViT, DeiT, CLIP and plain Dinov2 resample with bicubic *without* antialias (timm antialiases);
+    config_from_hf sets ``pos_interp_antialias=False`` for them, so outputs at another size agree."""
     hf, folder = build(name, tmp_path)
     model = load_hf_folder(folder)
+    assert model.cfg.pos_interp_antialias is False
     x = torch.randn(2, 3, 48, 48)
     kw = {} if name == "dinov2" else {"interpolate_pos_encoding": True}
     with torch.no_grad():
         out = hf(x, **kw)
         ref = out.logits if name == "vit_cls" else (out.pooler_output if name == "dinov2" else out.image_embeds)
-        assert maxdiff(ref, model(x)) > TOL, "HF and vitscope now interpolate alike: update docs/models-hf.md"
-        monkeypatch.setattr(vit_module, "resample_pos_embed", _resample_no_antialias)
-        assert_close(ref, model(x), f"{name} at 48x48 with HF's interpolation kernel")
+        assert_close(ref, model(x), f"{name} at 48x48")
+        model.cfg.pos_interp_antialias = True          # timm's kernel really is different here
+        assert maxdiff(ref, model(x)) > TOL
 
 
 # ----------------------------------------------------------------------------- errors

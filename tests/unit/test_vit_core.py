@@ -52,7 +52,7 @@ def reference_forward(m: HookedViT, x: torch.Tensor):
             if c.register_location == "end":
                 t = torch.cat([t, reg], 1)
             else:
-                k = c.num_cls_tokens if i >= c.cls_block else 0
+                k = c.num_cls_tokens if i > c.cls_block else 0   # CLS of this block comes after
                 t = torch.cat([t[:, :k], reg, t[:, k:]], 1)
         if c.num_cls_tokens and c.cls_block == i:
             pre = [m.cls_token] + ([m.dist_token] if c.distill_token else [])
@@ -208,3 +208,15 @@ def test_config_roundtrip(tmp_path, tiny_cfg_kwargs):
     assert ViTConfig.load(tmp_path / "c.json") == cfg
     with pytest.raises(ConfigError, match="unknown ViTConfig field"):
         ViTConfig.from_dict({**cfg.to_dict(), "depht": 3})
+
+
+@pytest.mark.parametrize("name", ["registers_prefix", "dinov2_reg", "late_tokens_seed004"])
+def test_registers_sit_where_the_layout_says(name, tiny_cfg_kwargs):
+    # independent of the reference forward: the learned register vectors must appear verbatim at the
+    # indices token_layout gives, at the block where they enter
+    m = HookedViT(ViTConfig(**{**tiny_cfg_kwargs, **VARIANTS[name]})).eval()
+    b = m.cfg.register_block
+    _, cache = m.run_with_cache(torch.randn(2, 3, 32, 32), names_filter=f"blocks.{b}.hook_resid_pre")
+    lay = m.token_layout(b)
+    regs = cache[f"blocks.{b}.hook_resid_pre"][:, list(lay.registers)]
+    torch.testing.assert_close(regs, m.reg_token.detach().expand(2, -1, -1))

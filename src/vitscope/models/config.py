@@ -57,6 +57,7 @@ class ViTConfig:
     pos_embed: str = "learned"            # "learned", "sincos" (fixed 2-D, MAE / MoCo-v3) or "none" (BEiT)
     pos_embed_prefix: bool = True         # pos_embed holds entries for CLS/DIST (timm no_embed_class=False)
     pos_embed_grid: tuple[int, int] | None = None   # grid the stored pos_embed was trained at (default img grid)
+    pos_interp_antialias: bool = True     # bicubic resampling kernel: timm antialiases, transformers does not
     pre_norm: bool = False                # CLIP ln_pre
     layer_scale_init: float | None = None # LayerScale (DINOv2, BEiT) when set
     rel_pos_bias: bool = False            # BEiT per-block relative position bias

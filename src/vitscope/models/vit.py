@@ -31,13 +31,17 @@ def sincos_2d(embed_dim: int, grid: tuple[int, int], temperature: float = 10000.
     return torch.cat([ox.sin(), ox.cos(), oy.sin(), oy.cos()], dim=1).float()        # N, D
 
 
-def resample_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
-    """Bicubic resampling of patch position embeddings (1, N_old, D) -> (1, N_new, D), as timm does."""
+def resample_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
+                       antialias: bool = True) -> torch.Tensor:
+    """Bicubic resampling of patch position embeddings (1, N_old, D) -> (1, N_new, D).
+
+    ``antialias=True`` is timm's kernel; transformers' ViT / DeiT / CLIP / DINOv2 use ``antialias=False``.
+    """
     if tuple(old_grid) == tuple(new_grid):
         return pos
     D = pos.shape[-1]
     grid = pos.reshape(1, old_grid[0], old_grid[1], D).permute(0, 3, 1, 2)         # 1, D, h, w
-    grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", align_corners=False, antialias=True)
+    grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", align_corners=False, antialias=antialias)
     return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D).to(pos.dtype)  # 1, N, D
 
 
@@ -291,7 +295,7 @@ class HookedViT(HookedRootModule):
             if cfg.pos_embed == "sincos":
                 patch = sincos_2d(cfg.embed_dim, grid)[None].to(patch)                  # 1, N, D
             else:
-                patch = resample_pos_embed(patch, cfg.stored_pos_grid, grid)           # 1, N, D
+                patch = resample_pos_embed(patch, cfg.stored_pos_grid, grid, cfg.pos_interp_antialias)  # 1, N, D
         return (prefix if n_pre else None), patch
 
     def _insert_tokens(self, x: torch.Tensor, block: int, pos_prefix: torch.Tensor | None) -> torch.Tensor:
@@ -302,7 +306,7 @@ class HookedViT(HookedRootModule):
             if cfg.register_location == "end":
                 x = torch.cat([x, reg], dim=1)
             else:
-                n_cls = cfg.num_cls_tokens if block >= cfg.cls_block else 0
+                n_cls = cfg.num_cls_tokens if block > cfg.cls_block else 0               # CLS not yet prepended
                 x = torch.cat([x[:, :n_cls], reg, x[:, n_cls:]], dim=1)
         if cfg.num_cls_tokens and cfg.cls_block == block:
             toks = [self.cls_token] + ([self.dist_token] if cfg.distill_token else [])

@@ -182,6 +182,9 @@ def config_from_hf(hf_config: Mapping[str, Any], keys: Iterable[str] | None = No
         depth=int(c["num_hidden_layers"]), num_heads=int(c["num_attention_heads"]), act=_ACTS[act],
         norm_eps=float(c["layer_norm_eps"]), pos_embed_grid=(img[0] // ph, img[1] // ph),
         meta={"family": "hf", "model_type": mt, "architectures": list(hf_config.get("architectures") or [])},
+        # HF ViT / DeiT / CLIP / plain Dinov2 resample position embeddings bicubically without antialias;
+        # Dinov2WithRegisters antialiases like timm
+        pos_interp_antialias=(mt == "dinov2_with_registers"),
     )
     if mt in ("vit", "deit", "vit_mae"):
         kw.update(mlp_dim=int(c["intermediate_size"]), qkv_bias=bool(c.get("qkv_bias", True)))
