@@ -204,3 +204,132 @@ def dense_cluster_scores(object_feats: Sequence[Any] | Mapping[str, Any], labels
                          progress: bool = False) -> dict[str, np.ndarray]:
     """Per-block k-means (default k = 80) on object / part features, scored against their labels."""
     return blockwise_cluster_scores(object_feats, labels, k, seed, n_init, progress)
+
+
+# ----------------------------------------------------------------------------- from models, datasets and stores
+def model_cluster_scores(model, data, token_mode: str = "cls", hooks: Sequence[str] | None = None,
+                         k: int = DEFAULT_K, seed: int = DEFAULT_SEED, n_init: int = DEFAULT_N_INIT,
+                         batch_size: int = 64, limit: int | None = None, progress: bool = False
+                         ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Per-block k-means scores of a model over a labelled dataset (CLS or mean-pooled patch tokens).
+
+    Returns ``({"nmi": (L,), "ari": (L,), "purity": (L,)}, hook names)``. Unlabelled images (-1) are an error.
+    """
+    from vitscope.analysis.similarity.compare import block_hooks, collect_features
+
+    if token_mode not in ("cls", "mean"):
+        raise ValueError(f"clustering uses the CLS token or the mean of the patch tokens ('cls' or 'mean'), "
+                         f"got {token_mode!r}")
+    hooks = list(hooks or block_hooks(model.cfg.depth))
+    feats, labels = collect_features(model, data, hooks, token_mode, batch_size, limit, progress)
+    _check_labels(labels)
+    return blockwise_cluster_scores([feats[h] for h in hooks], labels, k, seed, n_init, progress), hooks
+
+
+def _check_labels(labels: np.ndarray) -> None:
+    if (labels < 0).any():
+        raise ValueError(f"{int((labels < 0).sum())} of {labels.size} samples have no label (-1); clustering scores "
+                         f"need a labelled dataset (class folders, a list with labels, or synthetic)")
+
+
+def store_cluster_scores(store, site: str = "resid_post", reduction: str = "cls",
+                         layers: Sequence[int] | None = None, k: int = DEFAULT_K, seed: int = DEFAULT_SEED,
+                         n_init: int = DEFAULT_N_INIT, progress: bool = False
+                         ) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Per-layer k-means scores from a feature store and its labels (skipped samples left out)."""
+    from vitscope.analysis.similarity.compare import _open_store, store_features
+
+    s = _open_store(store)
+    valid = np.asarray(s.valid)
+    labels = np.asarray(s.labels)[valid]
+    _check_labels(labels)
+    layers = list(s.layers if layers is None else layers)
+    feats = store_features(s, site, reduction, layers, valid)
+    return blockwise_cluster_scores([feats[str(layer)] for layer in layers], labels, k, seed, n_init, progress), layers
+
+
+def dataset_masks(source, i: int, level: str = "object") -> tuple[list[np.ndarray], list[int]]:
+    """Ground-truth masks of image ``i`` of a dataset source at ``level`` "object" or "part" -> (masks, labels).
+
+    A source may define ``masks(i, level)``; the synthetic benchmark's parts are labelled
+    ``class * n_parts + part`` so that a part of one class never shares a label with another class's part.
+    """
+    if level not in ("object", "part"):
+        raise ValueError(f"level must be 'object' or 'part', got {level!r}")
+    while hasattr(source, "base") and hasattr(source, "indices"):                      # a subset
+        i, source = source.indices[i], source.base
+    if hasattr(source, "masks"):
+        masks, labels = source.masks(i, level)
+        return list(masks), [int(v) for v in labels]
+    if hasattr(source, "sample"):
+        from vitscope.data.synthetic.shapes import N_PARTS
+
+        s = source.sample(i)
+        if level == "object":
+            return [np.asarray(s.mask)], [int(s.label)]
+        parts = np.asarray(s.parts)
+        out = [(parts == p, int(s.label) * N_PARTS + p) for p in range(N_PARTS) if (parts == p).any()]
+        return [m for m, _ in out], [lab for _, lab in out]
+    raise ValueError(f"the dataset ({getattr(source, 'description', type(source).__name__)}) has no object / part "
+                     f"masks; use the synthetic benchmark or a segmentation dataset")
+
+
+def _align_mask(mask: np.ndarray, cfg) -> np.ndarray:
+    """Put a mask through the same resize + centre crop as the image (nearest neighbour)."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from vitscope.models.preprocess import resize_crop
+
+    img = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255)
+    return np.asarray(resize_crop(img, replace(cfg, interpolation="nearest"))) > 127
+
+
+def model_object_features(model, data, level: str = "object", hooks: Sequence[str] | None = None,
+                          resample: str = "bicubic", batch_size: int = 64, limit: int | None = None,
+                          progress: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Mask-weighted patch-token averages per ground-truth object / part, at every hook -> ({hook: (K, D)}, (K,))."""
+    import torch
+
+    from vitscope.analysis.similarity.compare import block_hooks, image_batches, layout_for, preprocess_config
+
+    hooks = list(hooks or block_hooks(model.cfg.depth))
+    cfg = preprocess_config(model)
+    source = data.source if hasattr(data, "source") else data
+    feats: list[np.ndarray] = []
+    labs: list[np.ndarray] = []
+    it = image_batches([model], data, batch_size, limit, min_size=1)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc=f"{level} features", unit="batch")
+    for images, _, idx in it:
+        x = images[0].to(model.device, model.dtype)
+        grid = (x.shape[-2] // model.cfg.patch_size, x.shape[-1] // model.cfg.patch_size)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(x, names_filter=hooks)
+        toks = torch.stack([cache[h][:, layout_for(model, h, grid).patches] for h in hooks], dim=1)  # B, L, Np, D
+        toks = toks.float().cpu().numpy()
+        for b, i in enumerate(idx.tolist()):
+            masks, labels = dataset_masks(source, i, level)
+            masks = [_align_mask(m, cfg) for m in masks]
+            f, lab = object_features(toks[b], masks, labels, grid, resample)
+            if lab.size:
+                feats.append(f)                                                        # L, K, D
+                labs.append(lab)
+    if not labs:
+        raise ValueError(f"no {level} mask covered any token; check the dataset's masks")
+    allf = np.concatenate(feats, axis=1)
+    return {h: allf[j] for j, h in enumerate(hooks)}, np.concatenate(labs)
+
+
+def model_dense_cluster_scores(model, data, level: str = "object", hooks: Sequence[str] | None = None,
+                               k: int = DEFAULT_DENSE_K, seed: int = DEFAULT_SEED, n_init: int = DEFAULT_N_INIT,
+                               resample: str = "bicubic", batch_size: int = 64, limit: int | None = None,
+                               progress: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Dense object / part clustering (seed 002): per-block k-means (default k = 80) on mask-pooled features."""
+    from vitscope.analysis.similarity.compare import block_hooks
+
+    hooks = list(hooks or block_hooks(model.cfg.depth))
+    feats, labels = model_object_features(model, data, level, hooks, resample, batch_size, limit, progress)
+    return dense_cluster_scores([feats[h] for h in hooks], labels, k, seed, n_init, progress), hooks

@@ -1,0 +1,582 @@
+"""Comparisons built on CKA / RSA: layer x layer (one model or two), last layer across many models, residual CKA.
+
+Inputs are either arrays (one (n, d) or (n, T, D) array per layer, e.g. read from a feature store) or a
+:class:`~vitscope.models.vit.HookedViT` plus images (a :class:`~vitscope.data.ImageDataset`, an (N, 3, H, W)
+tensor or an iterable of batches) streamed through :class:`MinibatchCKA`, so memory does not grow with the
+number of images.
+
+Token modes (where the tokens sit comes from ``model.token_layout``, never from a hard-coded ``1:``):
+
+* ``"cls"``      the CLS token (seed 002 "cls")
+* ``"mean"``     the mean of the patch tokens
+* ``"all"``      every token, flattened per image (seed 002 "all", its default)
+* ``"patches"``  the patch tokens, flattened per image (seed 002 "spat")
+
+Seed presets (:data:`PRESETS`): ``"default"`` is full-data unbiased linear CKA on raw features; ``"seed000"``
+the same on L2-normalised features; ``"seed002"`` minibatch unbiased CKA with the min-max kernel quirk,
+all tokens, on the ``ln1`` / ``ln2`` outputs of every block.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitscope.analysis.similarity.cka import cka_matrix
+from vitscope.analysis.similarity.minibatch import MinibatchCKA
+from vitscope.analysis.similarity.rsa import rsa_matrix
+
+TOKEN_MODES = ("cls", "mean", "all", "patches")
+DEFAULT_SITE = "hook_resid_post"
+SEED002_SITES = ("ln1.hook_normalized", "ln2.hook_normalized")
+RESIDUAL_HOOKS = {"attn": ("hook_resid_pre", "hook_attn_out"), "mlp": ("hook_resid_mid", "hook_mlp_out")}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # the default: exact full-data CKA (linear kernel, unbiased HSIC), features as they come
+    "default": dict(kernel="linear", unbiased=True, minmax=False, normalize=False, minibatch=False,
+                    token_mode="cls", sites=(DEFAULT_SITE,)),
+    # seed 000: full-data CKA on L2-normalised features (linear or RBF), unbiased by default
+    "seed000": dict(kernel="linear", unbiased=True, minmax=False, normalize=True, minibatch=False,
+                    token_mode="cls", sites=(DEFAULT_SITE,)),
+    # seed 002: minibatch unbiased HSIC with min-max scaled linear kernels, all tokens, ln1/ln2 outputs
+    "seed002": dict(kernel="linear", unbiased=True, minmax=True, normalize=False, minibatch=True,
+                    token_mode="all", sites=SEED002_SITES),
+}
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class SimilarityResult:
+    """A similarity matrix with the names of its rows and columns and how it was computed."""
+
+    matrix: np.ndarray
+    rows: list[str]
+    cols: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> list[dict[str, Any]]:
+        """Tidy rows ``{"row", "col", "value"}``."""
+        return [{"row": r, "col": c, "value": float(self.matrix[i, j])}
+                for i, r in enumerate(self.rows) for j, c in enumerate(self.cols)]
+
+    def __repr__(self) -> str:
+        return f"SimilarityResult({self.matrix.shape[0]}x{self.matrix.shape[1]}, {self.meta.get('metric', '')})"
+
+
+@dataclass
+class ResidualResult:
+    """Residual CKA of one model: skip input x branch output matrices and the norm ratios ||skip|| / ||branch||.
+
+    ``norm_ratios[branch][tokens]`` is a (depth,) array (mean over images) for branch "attn" / "mlp" and tokens
+    "all" / "cls" / "patches" ("cls" absent when the model has no CLS token).
+    """
+
+    attn: SimilarityResult
+    mlp: SimilarityResult
+    norm_ratios: dict[str, dict[str, np.ndarray]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def diagonal(self, branch: str) -> np.ndarray:
+        """CKA between the skip input and the branch output of the same block, per block."""
+        return np.diag(getattr(self, branch).matrix).copy()
+
+
+# ----------------------------------------------------------------------------- names and tokens
+def block_hooks(depth: int, sites: str | Sequence[str] = DEFAULT_SITE, blocks: Iterable[int] | None = None
+                ) -> list[str]:
+    """``blocks.{i}.{site}`` for every block (and every site, interleaved per block, as seed 002 lists them)."""
+    sites = [sites] if isinstance(sites, str) else list(sites)
+    idx = range(depth) if blocks is None else list(blocks)
+    out = []
+    for i in idx:
+        if not 0 <= i < depth:
+            raise ValueError(f"block {i} does not exist in a model of depth {depth}")
+        out += [f"blocks.{i}.{s}" for s in sites]
+    return out
+
+
+def short_name(hook: str) -> str:
+    """``blocks.3.ln1.hook_normalized`` -> ``3.ln1``; ``blocks.3.hook_resid_post`` -> ``3``."""
+    m = re.match(r"blocks\.(\d+)\.(.*)$", hook)
+    if not m:
+        return hook.replace("hook_", "")
+    rest = m.group(2)
+    if rest in (DEFAULT_SITE,):
+        return m.group(1)
+    rest = rest.replace(".hook_normalized", "").replace("hook_", "")
+    return f"{m.group(1)}.{rest}"
+
+
+def layout_for(model, hook: str, grid: tuple[int, int] | None = None):
+    """The token layout of the activation at ``hook`` (block i's hooks all see the tokens entering block i)."""
+    m = re.match(r"blocks\.(\d+)\.", hook)
+    if m:
+        return model.token_layout(int(m.group(1)), grid)
+    if hook.startswith("ln_final"):
+        return model.token_layout(model.cfg.depth, grid)
+    if hook in ("hook_full_embed",):
+        return model.token_layout(0, grid)
+    raise ValueError(f"no token layout for {hook!r}: token modes apply to block activations (B, T, D)")
+
+
+def reduce_tokens(acts: torch.Tensor, layout, mode: str) -> torch.Tensor:
+    """(B, T, D) activations -> (B, d) for one token mode (see the module docstring)."""
+    if mode not in TOKEN_MODES:
+        raise ValueError(f"token mode must be one of {TOKEN_MODES}, got {mode!r}")
+    if acts.ndim == 2:
+        if mode in ("cls", "mean"):
+            return acts
+        raise ValueError(f"token mode {mode!r} needs (B, T, D) activations, got (B, D)")
+    if acts.ndim != 3:
+        raise ValueError(f"expected (B, T, D) activations, got shape {tuple(acts.shape)}")
+    if acts.shape[1] != layout.n_tokens:
+        raise ValueError(f"activations have {acts.shape[1]} tokens but the layout expects {layout.n_tokens}")
+    if mode == "cls":
+        return acts[:, layout.index_of("cls")]
+    if mode == "mean":
+        return acts[:, layout.patches].mean(dim=1)
+    if mode == "patches":
+        return acts[:, layout.patches].reshape(acts.shape[0], -1)
+    return acts.reshape(acts.shape[0], -1)
+
+
+def model_features(model, images: torch.Tensor, hooks: Sequence[str], token_mode: str) -> dict[str, torch.Tensor]:
+    """Run ``model`` on a batch and return ``{hook: (B, d)}`` reduced by ``token_mode``."""
+    images = images.to(model.device, model.dtype)
+    grid = (images.shape[-2] // model.cfg.patch_size, images.shape[-1] // model.cfg.patch_size)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(images, names_filter=list(hooks))
+    missing = [h for h in hooks if h not in cache]
+    if missing:
+        raise ValueError(f"hook(s) {missing[:3]} recorded nothing; see model.hook_names")
+    return {h: reduce_tokens(cache[h], layout_for(model, h, grid), token_mode) for h in hooks}
+
+
+# ----------------------------------------------------------------------------- image streams
+class _MultiPreprocess:
+    """Dataset transform that returns one tensor per distinct preprocessing config (picklable)."""
+
+    def __init__(self, cfgs) -> None:
+        from vitscope.models.preprocess import Preprocessor
+
+        self.tfs = [Preprocessor(c) for c in cfgs]
+
+    def __call__(self, img):
+        return tuple(tf(img) for tf in self.tfs)
+
+
+def preprocess_config(model):
+    from vitscope.models.preprocess import PreprocessConfig
+
+    return model.preprocess_cfg or PreprocessConfig(input_size=model.cfg.img_size)
+
+
+def _merge_short_tail(batches: Iterator[tuple], min_size: int) -> Iterator[tuple]:
+    """Yield batches, merging a last batch smaller than ``min_size`` into the one before it."""
+    prev = None
+    for b in batches:
+        if prev is not None and len(b[2]) < min_size:
+            prev = tuple(_cat(p, q) for p, q in zip(prev, b))
+            continue
+        if prev is not None:
+            yield prev
+        prev = b
+    if prev is not None:
+        yield prev
+
+
+def _cat(a, b):
+    if isinstance(a, tuple):
+        return tuple(torch.cat([x, y]) for x, y in zip(a, b))
+    return torch.cat([a, b])
+
+
+def image_batches(models: Sequence[Any], data: Any, batch_size: int = 256, limit: int | None = None,
+                  num_workers: int = 0, progress: bool = False, min_size: int = 4
+                  ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]:
+    """Batches ``([images for each model], labels, indices)`` from a dataset, a tensor or an iterable.
+
+    An :class:`~vitscope.data.ImageDataset` is re-read with each model's own preprocessing (one decode per
+    image); a tensor (N, 3, H, W) or an iterable of tensors / ``(images, labels, ...)`` tuples is used as is
+    by every model. A last batch with fewer than ``min_size`` images is merged into the previous one.
+    """
+    from vitscope.data.datasets import ImageDataset
+
+    def raw() -> Iterator[tuple]:
+        seen = 0
+        if isinstance(data, ImageDataset):
+            cfgs = [preprocess_config(m) for m in models]
+            uniq = list(dict.fromkeys(cfgs))
+            ds = ImageDataset(data.source, transform=_MultiPreprocess(uniq), on_error=data.on_error)
+            if limit is not None:
+                ds = ds.subset(range(min(limit, len(ds))))
+            for images, labels, idx in ds.batches(batch_size=batch_size, num_workers=num_workers,
+                                                  progress=progress):
+                per = [images[uniq.index(c)] for c in cfgs]
+                yield tuple(per), labels, idx
+            data.record_skips(ds.skipped)
+            return
+        if isinstance(data, torch.Tensor):
+            stream = (data[s:s + batch_size] for s in range(0, data.shape[0], batch_size))
+        else:
+            stream = iter(data)
+        for item in stream:
+            if isinstance(item, (tuple, list)):
+                images = item[0]
+                labels = item[1] if len(item) > 1 else torch.full((images.shape[0],), -1)
+            else:
+                images, labels = item, torch.full((item.shape[0],), -1)
+            if limit is not None and seen + images.shape[0] > limit:
+                images, labels = images[:limit - seen], labels[:limit - seen]
+            if images.shape[0] == 0:
+                break
+            idx = torch.arange(seen, seen + images.shape[0])
+            seen += images.shape[0]
+            yield tuple(images for _ in models), torch.as_tensor(labels), idx
+            if limit is not None and seen >= limit:
+                break
+
+    for images, labels, idx in _merge_short_tail(raw(), min_size):
+        yield list(images), labels, idx
+
+
+# ----------------------------------------------------------------------------- from arrays (e.g. a store)
+def preset_options(preset: str | None, **overrides) -> dict[str, Any]:
+    """The options of a seed preset (:data:`PRESETS`), with explicit (non-None) overrides applied."""
+    if preset is None:
+        return {k: v for k, v in overrides.items() if v is not None}
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    out = dict(PRESETS[preset])
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    return out
+
+
+def layer_cka(feats: Sequence[Any] | Mapping[str, Any], feats2: Sequence[Any] | Mapping[str, Any] | None = None,
+              kernel: str = "linear", unbiased: bool = True, sigma: float | None = None, minmax: bool = False,
+              normalize: bool = False, method: str = "auto", progress: bool = False) -> SimilarityResult:
+    """Full-data CKA, layer x layer within one model (``feats2=None``) or between two models.
+
+    ``feats``: a dict ``{layer name: (n, d) array}`` or a list of arrays; lazy arrays are read one at a time.
+    """
+    rows = list(feats) if isinstance(feats, Mapping) else [f"layer{i}" for i in range(len(feats))]
+    cols = rows if feats2 is None else (list(feats2) if isinstance(feats2, Mapping)
+                                        else [f"layer{i}" for i in range(len(feats2))])
+    m = cka_matrix(feats, feats2, kernel=kernel, unbiased=unbiased, sigma=sigma, minmax=minmax,
+                   normalize=normalize, method=method, progress=progress)
+    return SimilarityResult(m, rows, cols, dict(metric="cka", kernel=kernel, unbiased=unbiased, sigma=sigma,
+                                                minmax=minmax, normalize=normalize, minibatch=False))
+
+
+def cross_model_cka(feats: Mapping[str, Any], **kw) -> SimilarityResult:
+    """CKA between one layer (e.g. the last) of many models: ``{model name: (n, d)}`` -> (M, M)."""
+    res = layer_cka(feats, **kw)
+    res.meta["comparison"] = "models"
+    return res
+
+
+def layer_rsa(feats: Sequence[Any] | Mapping[str, Any], feats2: Sequence[Any] | Mapping[str, Any] | None = None,
+              rdm_method: str = "correlation", compare: str = "spearman") -> SimilarityResult:
+    rows = list(feats) if isinstance(feats, Mapping) else [f"layer{i}" for i in range(len(feats))]
+    cols = rows if feats2 is None else (list(feats2) if isinstance(feats2, Mapping)
+                                        else [f"layer{i}" for i in range(len(feats2))])
+    m = rsa_matrix(feats, feats2, rdm_method=rdm_method, compare=compare)
+    return SimilarityResult(m, rows, cols, dict(metric="rsa", rdm=rdm_method, compare=compare))
+
+
+def norm_ratios(skip: torch.Tensor, branch: torch.Tensor, layout) -> dict[str, torch.Tensor]:
+    """Per image ||skip|| / ||branch|| (Frobenius over tokens x width) for all tokens, CLS and patches -> (B,) each."""
+    def ratio(a, b, what):
+        nb = b.norm(dim=tuple(range(1, b.ndim)))
+        if bool((nb == 0).any()):
+            raise ValueError(f"a branch output is exactly zero ({what} tokens) for some image: ||skip|| / ||branch|| "
+                             f"is undefined")
+        return a.norm(dim=tuple(range(1, a.ndim))) / nb
+
+    s, b = skip.to(torch.float64), branch.to(torch.float64)
+    out = {"all": ratio(s, b, "all"), "patches": ratio(s[:, layout.patches], b[:, layout.patches], "patch")}
+    if layout.cls is not None:
+        out["cls"] = ratio(s[:, layout.cls], b[:, layout.cls], "CLS")
+    return out
+
+
+def residual_cka(acts: Mapping[str, Sequence[Any]], layouts: Sequence[Any], token_mode: str = "all",
+                 kernel: str = "linear", unbiased: bool = True, sigma: float | None = None,
+                 minmax: bool = False) -> ResidualResult:
+    """Residual CKA from arrays: ``acts[hook]`` is a list over blocks of (n, T, D) arrays for the hooks
+    ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid`` and ``hook_mlp_out``; ``layouts[i]`` block i's layout."""
+    need = [h for pair in RESIDUAL_HOOKS.values() for h in pair]
+    missing = [h for h in need if h not in acts]
+    if missing:
+        raise ValueError(f"residual CKA needs activations for {need}; missing {missing}")
+    depth = len(acts["hook_resid_pre"])
+    mats, ratios = {}, {}
+    for branch, (skip_h, out_h) in RESIDUAL_HOOKS.items():
+        skips = [torch.as_tensor(np.asarray(a)) for a in acts[skip_h]]
+        outs = [torch.as_tensor(np.asarray(a)) for a in acts[out_h]]
+        xs = {f"{i}": reduce_tokens(s, layouts[i], token_mode) for i, s in enumerate(skips)}
+        ys = {f"{i}": reduce_tokens(o, layouts[i], token_mode) for i, o in enumerate(outs)}
+        m = cka_matrix(xs, ys, kernel=kernel, unbiased=unbiased, sigma=sigma, minmax=minmax)
+        mats[branch] = SimilarityResult(m, [f"skip {i}" for i in range(depth)], [f"{branch} {i}" for i in range(depth)],
+                                        dict(metric="cka", branch=branch, token_mode=token_mode))
+        per = [norm_ratios(s, o, layouts[i]) for i, (s, o) in enumerate(zip(skips, outs))]
+        ratios[branch] = {k: np.array([float(p[k].mean()) for p in per]) for k in per[0]}
+    return ResidualResult(mats["attn"], mats["mlp"], ratios, dict(token_mode=token_mode, minibatch=False))
+
+
+# ----------------------------------------------------------------------------- from feature stores
+class LazyRows:
+    """Rows ``mask`` of a lazy array (a store's memmap), read only when converted with ``np.asarray``."""
+
+    def __init__(self, arr: Any, mask: np.ndarray | None) -> None:
+        self.arr, self.mask = arr, mask
+        n = int(mask.sum()) if mask is not None else arr.shape[0]
+        self.shape = (n,) + tuple(arr.shape[1:])
+
+    def __array__(self, dtype=None, copy=None):
+        a = np.asarray(self.arr if self.mask is None else self.arr[self.mask])
+        return a.astype(dtype) if dtype is not None else a
+
+
+def _open_store(store):
+    if isinstance(store, (str, bytes)) or hasattr(store, "__fspath__"):
+        from vitscope.features import open_store
+
+        return open_store(store)
+    return store
+
+
+def store_name(store) -> str:
+    model = getattr(store, "model", {}) or {}
+    return str(model.get("name") or getattr(store, "path", "store"))
+
+
+def _common_valid(stores: Sequence[Any]) -> np.ndarray:
+    """Rows valid in every store; the stores must describe the same samples in the same order."""
+    n = {s.n for s in stores}
+    if len(n) > 1:
+        raise ValueError(f"the feature stores hold different numbers of samples {sorted(n)}; CKA compares the same "
+                         f"images seen by two models, so extract both from the same dataset")
+    ids = [s.ids for s in stores if getattr(s, "ids", None)]
+    if len(ids) > 1 and any(i != ids[0] for i in ids[1:]):
+        raise ValueError("the feature stores hold different samples (their ids differ); extract both from the "
+                         "same dataset in the same order")
+    valid = np.ones(stores[0].n, dtype=bool)
+    for s in stores:
+        valid &= np.asarray(s.valid)
+    return valid
+
+
+def store_features(store, site: str = "resid_post", reduction: str = "cls", layers: Sequence[int] | None = None,
+                   valid: np.ndarray | None = None) -> dict[str, LazyRows]:
+    """``{"<layer>": lazy (n_valid, d) rows}`` for one site and reduction of a feature store (nothing read yet)."""
+    store = _open_store(store)
+    if reduction not in store.reductions:
+        raise ValueError(f"the store at {getattr(store, 'path', '?')} has reductions {store.reductions}, not "
+                         f"{reduction!r}; extract it with --tokens {reduction}")
+    layers = list(store.layers if layers is None else layers)
+    valid = np.asarray(store.valid) if valid is None else valid
+    mask = None if valid.all() else valid
+    return {str(layer): LazyRows(store[site, layer, reduction], mask) for layer in layers}
+
+
+def store_layer_cka(store, store2=None, site: str = "resid_post", reduction: str = "cls",
+                    layers: Sequence[int] | None = None, site2: str | None = None,
+                    layers2: Sequence[int] | None = None, **kw) -> SimilarityResult:
+    """Full-data CKA layer x layer from one feature store, or between two stores of the same images."""
+    s1 = _open_store(store)
+    s2 = None if store2 is None else _open_store(store2)
+    valid = _common_valid([s1] if s2 is None else [s1, s2])
+    f1 = store_features(s1, site, reduction, layers, valid)
+    f2 = None if s2 is None else store_features(s2, site2 or site, reduction, layers2, valid)
+    res = layer_cka(f1, f2, **kw)
+    res.meta.update(site=site, site2=site2 or site, token_mode=reduction, n_images=int(valid.sum()),
+                    models=[store_name(s1)] + ([] if s2 is None else [store_name(s2)]))
+    return res
+
+
+def store_cross_model_cka(stores: Sequence[Any], site: str = "resid_post", reduction: str = "cls",
+                          layer: int = -1, **kw) -> SimilarityResult:
+    """CKA between one layer (default the last) of several stores over the same images -> (M, M)."""
+    ss = [_open_store(s) for s in stores]
+    if len(ss) < 2:
+        raise ValueError("comparing models needs at least two feature stores")
+    valid = _common_valid(ss)
+    feats = {}
+    for s in ss:
+        lay = s.layers[layer] if layer < 0 else layer
+        name = store_name(s)
+        while name in feats:
+            name += "'"
+        feats[name] = LazyRows(s[site, lay, reduction], None if valid.all() else valid)
+    res = cross_model_cka(feats, **kw)
+    res.meta.update(site=site, token_mode=reduction, layer=layer, n_images=int(valid.sum()))
+    return res
+
+
+def store_layer_rsa(store, site: str = "resid_post", reduction: str = "cls", layers: Sequence[int] | None = None,
+                    rdm_method: str = "correlation", compare: str = "spearman") -> SimilarityResult:
+    s = _open_store(store)
+    res = layer_rsa(store_features(s, site, reduction, layers), rdm_method=rdm_method, compare=compare)
+    res.meta.update(site=site, token_mode=reduction, models=[store_name(s)])
+    return res
+
+
+def store_residual_cka(store, token_mode: str = "all", layers: Sequence[int] | None = None, **kw) -> ResidualResult:
+    """Residual CKA from a store holding the ``"all"`` reduction of resid_pre, attn_out, resid_mid and mlp_out."""
+    from vitscope.models.config import ViTConfig
+    from vitscope.models.layout import token_layout
+
+    s = _open_store(store)
+    need = ("resid_pre", "attn_out", "resid_mid", "mlp_out")
+    if not set(need) <= set(s.sites) or "all" not in s.reductions:
+        raise ValueError(f"residual CKA from a store needs sites {list(need)} with the 'all' reduction; this store "
+                         f"has sites {s.sites} and reductions {s.reductions}")
+    layers = list(s.layers if layers is None else layers)
+    cfg = ViTConfig.from_dict(s.model["config"])
+    valid = np.asarray(s.valid)
+    acts = {f"hook_{site}": [np.asarray(s[site, layer, "all"])[valid] for layer in layers] for site in need}
+    res = residual_cka(acts, [token_layout(cfg, layer) for layer in layers], token_mode=token_mode, **kw)
+    res.meta.update(layers=layers, models=[store_name(s)])
+    return res
+
+
+# ----------------------------------------------------------------------------- streamed from models
+def _progress(it, on: bool, desc: str):
+    if not on:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, desc=desc, unit="batch")
+
+
+def stream_layer_cka(model, data, model2=None, hooks: Sequence[str] | None = None,
+                     hooks2: Sequence[str] | None = None, token_mode: str = "cls", batch_size: int = 256,
+                     kernel: str = "linear", sigma: float | None = None, minmax: bool = False,
+                     normalize: bool = False, limit: int | None = None, progress: bool = False,
+                     names: tuple[str, str] = ("model", "model2")) -> SimilarityResult:
+    """Minibatch CKA, layer x layer, within ``model`` or between ``model`` and ``model2``, over ``data``.
+
+    ``hooks`` default to every block's ``hook_resid_post``. Memory is independent of the number of images.
+    """
+    hooks = list(hooks or block_hooks(model.cfg.depth))
+    models = [model] if model2 is None else [model, model2]
+    if model2 is not None:
+        hooks2 = list(hooks2 or block_hooks(model2.cfg.depth))
+    mb = MinibatchCKA(kernel=kernel, sigma=sigma, minmax=minmax, normalize=normalize)
+    for images, _, _ in _progress(image_batches(models, data, batch_size, limit), progress, "CKA"):
+        fx = model_features(model, images[0], hooks, token_mode)
+        fy = None if model2 is None else model_features(model2, images[1], hooks2, token_mode)
+        mb.update(fx, fy)
+    rows = [short_name(h) for h in hooks]
+    cols = rows if model2 is None else [short_name(h) for h in hooks2]
+    return SimilarityResult(mb.compute(), rows, cols,
+                            dict(metric="cka", kernel=kernel, sigma=sigma, minmax=minmax, normalize=normalize,
+                                 unbiased=True, minibatch=True, batch_size=batch_size, token_mode=token_mode,
+                                 n_images=mb.n_samples, hooks=hooks, hooks2=hooks2 if model2 is not None else hooks,
+                                 models=list(names[:len(models)])))
+
+
+def stream_cross_model_cka(models: Mapping[str, Any], data, hooks: Mapping[str, str] | None = None,
+                           token_mode: str = "cls", batch_size: int = 256, kernel: str = "linear",
+                           sigma: float | None = None, minmax: bool = False, normalize: bool = False,
+                           limit: int | None = None, progress: bool = False) -> SimilarityResult:
+    """Minibatch CKA between one layer of each of many models (default: each model's last block output)."""
+    names = list(models)
+    if len(names) < 2:
+        raise ValueError("comparing models needs at least two of them")
+    mods = [models[n] for n in names]
+    hk = {n: (hooks or {}).get(n) or f"blocks.{models[n].cfg.depth - 1}.{DEFAULT_SITE}" for n in names}
+    mb = MinibatchCKA(kernel=kernel, sigma=sigma, minmax=minmax, normalize=normalize)
+    for images, _, _ in _progress(image_batches(mods, data, batch_size, limit), progress, "CKA"):
+        feats = {}
+        for n, m, x in zip(names, mods, images):
+            feats[n] = model_features(m, x, [hk[n]], token_mode)[hk[n]]
+        mb.update(feats)
+    return SimilarityResult(mb.compute(), names, names,
+                            dict(metric="cka", comparison="models", kernel=kernel, minmax=minmax, unbiased=True,
+                                 minibatch=True, batch_size=batch_size, token_mode=token_mode, hooks=hk,
+                                 n_images=mb.n_samples))
+
+
+def stream_residual_cka(model, data, token_mode: str = "all", batch_size: int = 256, kernel: str = "linear",
+                        sigma: float | None = None, minmax: bool = False, limit: int | None = None,
+                        progress: bool = False) -> ResidualResult:
+    """Residual CKA (seed 002) streamed: skip input vs branch output of every block, for both branches.
+
+    Attention branch: ``hook_resid_pre`` (skip) vs ``hook_attn_out``; MLP branch: ``hook_resid_mid`` (the
+    MLP's skip input, after the attention update) vs ``hook_mlp_out``. Matrices are skip(block i) x
+    branch(block j); norm ratios ||skip|| / ||branch|| are averaged over images.
+    """
+    depth = model.cfg.depth
+    mbs = {b: MinibatchCKA(kernel=kernel, sigma=sigma, minmax=minmax) for b in RESIDUAL_HOOKS}
+    sums: dict[str, dict[str, torch.Tensor]] = {b: {} for b in RESIDUAL_HOOKS}
+    n_img = 0
+    for images, _, _ in _progress(image_batches([model], data, batch_size, limit), progress, "residual CKA"):
+        x = images[0].to(model.device, model.dtype)
+        grid = (x.shape[-2] // model.cfg.patch_size, x.shape[-1] // model.cfg.patch_size)
+        hooks = [f"blocks.{i}.{h}" for i in range(depth) for pair in RESIDUAL_HOOKS.values() for h in pair]
+        with torch.no_grad():
+            _, cache = model.run_with_cache(x, names_filter=hooks)
+        for branch, (skip_h, out_h) in RESIDUAL_HOOKS.items():
+            xs, ys = {}, {}
+            for i in range(depth):
+                lay = model.token_layout(i, grid)
+                s, o = cache[f"blocks.{i}.{skip_h}"], cache[f"blocks.{i}.{out_h}"]
+                xs[f"skip {i}"] = reduce_tokens(s, lay, token_mode)
+                ys[f"{branch} {i}"] = reduce_tokens(o, lay, token_mode)
+                for k, v in norm_ratios(s, o, lay).items():
+                    acc = sums[branch].setdefault(k, torch.zeros(depth, dtype=torch.float64))
+                    acc[i] += float(v.sum())
+            mbs[branch].update(xs, ys)
+        n_img += x.shape[0]
+    if n_img == 0:
+        raise ValueError("no images were read; check the dataset")
+    mats = {}
+    for branch, mb in mbs.items():
+        mats[branch] = SimilarityResult(mb.compute(), list(mb.names_x), list(mb.names_y),
+                                        dict(metric="cka", branch=branch, token_mode=token_mode, minibatch=True,
+                                             minmax=minmax, kernel=kernel, n_images=n_img))
+    ratios = {b: {k: (v / n_img).numpy() for k, v in d.items()} for b, d in sums.items()}
+    return ResidualResult(mats["attn"], mats["mlp"], ratios,
+                          dict(token_mode=token_mode, minibatch=True, batch_size=batch_size, n_images=n_img,
+                               skip_hooks={b: p[0] for b, p in RESIDUAL_HOOKS.items()},
+                               branch_hooks={b: p[1] for b, p in RESIDUAL_HOOKS.items()}))
+
+
+def collect_features(model, data, hooks: Sequence[str] | None = None, token_mode: str = "cls",
+                     batch_size: int = 256, limit: int | None = None, progress: bool = False
+                     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Reduced features of every image at every hook, kept in memory: ``({hook: (N, d) float32}, labels (N,))``."""
+    hooks = list(hooks or block_hooks(model.cfg.depth))
+    parts: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
+    labels = []
+    for images, lab, _ in _progress(image_batches([model], data, batch_size, limit, min_size=1), progress,
+                                    "features"):
+        for h, f in model_features(model, images[0], hooks, token_mode).items():
+            parts[h].append(f.float().cpu().numpy())
+        labels.append(np.asarray(lab))
+    if not labels:
+        raise ValueError("no images were read; check the dataset")
+    return {h: np.concatenate(v) for h, v in parts.items()}, np.concatenate(labels)
+
+
+def stream_layer_rsa(model, data, hooks: Sequence[str] | None = None, token_mode: str = "cls",
+                     rdm_method: str = "correlation", compare: str = "spearman", batch_size: int = 256,
+                     limit: int | None = None, progress: bool = False) -> SimilarityResult:
+    """RSA layer x layer of one model (RDMs need every image at once: features are collected first)."""
+    feats, _ = collect_features(model, data, hooks, token_mode, batch_size, limit, progress)
+    res = layer_rsa({short_name(h): v for h, v in feats.items()}, rdm_method=rdm_method, compare=compare)
+    res.meta.update(token_mode=token_mode, n_images=int(next(iter(feats.values())).shape[0]))
+    return res
+
+
+__all__ = ["LazyRows", "PRESETS", "RESIDUAL_HOOKS", "ResidualResult", "SEED002_SITES", "SimilarityResult", "TOKEN_MODES",
+           "block_hooks", "collect_features", "cross_model_cka", "image_batches", "layer_cka", "layer_rsa",
+           "layout_for", "model_features", "norm_ratios", "preset_options", "reduce_tokens", "residual_cka", "short_name",
+           "store_cross_model_cka", "store_features", "store_layer_cka", "store_layer_rsa", "store_residual_cka",
+           "stream_cross_model_cka", "stream_layer_cka", "stream_layer_rsa", "stream_residual_cka"]

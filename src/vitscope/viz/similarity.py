@@ -1,0 +1,235 @@
+"""Figures for representation similarity and clustering; every ``save_*`` writes the numbers beside the picture.
+
+* :func:`plot_cka` one heat map (layer x layer or model x model), optional cluster strip (spectral clustering)
+* :func:`plot_cka_grid` a grid of heat maps, one per model pair
+* :func:`plot_residual` residual CKA (skip x branch) for both branches and the norm ratios per block
+* :func:`plot_cluster_curves` NMI / ARI / purity per block, one line per model
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vitscope.viz.save import save_figure, save_json, save_table  # noqa: E402
+
+CMAP = "magma"          # seed 002's CKA colour map
+METRIC_LABELS = {"nmi": "NMI", "ari": "ARI", "purity": "purity"}
+
+
+def _matrix(res: Any) -> tuple[np.ndarray, list[str] | None, list[str] | None, dict]:
+    if hasattr(res, "matrix"):
+        return np.asarray(res.matrix), list(res.rows), list(res.cols), dict(getattr(res, "meta", {}) or {})
+    m = np.asarray(res, dtype=float)
+    if m.ndim != 2:
+        raise ValueError(f"expected a 2-D similarity matrix, got shape {m.shape}")
+    return m, None, None, {}
+
+
+def _ticks(ax, names: Sequence[str] | None, n: int, axis: str, max_labels: int = 24) -> None:
+    if names is None:
+        names = [str(i) for i in range(n)]
+    step = max(1, int(np.ceil(n / max_labels)))
+    pos = list(range(0, n, step))
+    getattr(ax, f"set_{axis}ticks")(pos)
+    getattr(ax, f"set_{axis}ticklabels")([names[i] for i in pos], fontsize=7,
+                                         rotation=90 if axis == "x" and max(len(s) for s in names) > 3 else 0)
+
+
+def plot_cka(res: Any, rows: Sequence[str] | None = None, cols: Sequence[str] | None = None,
+             title: str | None = None, xlabel: str | None = None, ylabel: str | None = None, ax=None,
+             vmin: float | None = 0.0, vmax: float | None = 1.0, cmap: str = CMAP, annotate: bool | None = None,
+             clusters: Sequence[int] | None = None, colorbar: bool = True, label: str = "CKA"):
+    """Heat map of a similarity matrix (a :class:`SimilarityResult` or an array), origin at the lower left."""
+    m, r0, c0, meta = _matrix(res)
+    rows = list(rows) if rows is not None else r0
+    cols = list(cols) if cols is not None else c0
+    fig = None
+    if ax is None:
+        side = min(7.0, 2.2 + 0.28 * max(m.shape))
+        fig, ax = plt.subplots(figsize=(side + 0.8, side))
+    else:
+        fig = ax.figure
+    im = ax.imshow(m, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    _ticks(ax, cols, m.shape[1], "x")
+    _ticks(ax, rows, m.shape[0], "y")
+    ax.set_xlabel(xlabel or meta.get("xlabel", ""))
+    ax.set_ylabel(ylabel or meta.get("ylabel", ""))
+    if title:
+        ax.set_title(title, fontsize=10)
+    if annotate is None:
+        annotate = max(m.shape) <= 8
+    if annotate:
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                v = m[i, j]
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if v > 0.6 * (vmax if vmax is not None else 1.0) else "white")
+    if clusters is not None:
+        cl = np.asarray(clusters)
+        if cl.size != m.shape[0]:
+            raise ValueError(f"{cl.size} cluster ids for {m.shape[0]} rows")
+        # a strip above the map: the cluster of each layer (columns and rows are the same layers)
+        strip = ax.inset_axes([0, 1.01, 1, 0.04], sharex=ax)
+        strip.imshow(cl[None, :] % 10, cmap="tab10", aspect="auto", interpolation="nearest", vmin=0, vmax=9)
+        strip.set_yticks([])
+        strip.tick_params(labelbottom=False, bottom=False)
+        if title:
+            ax.set_title(title, fontsize=10, pad=16)
+    if colorbar:
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
+    return fig
+
+
+def plot_cka_grid(pairs: Mapping[tuple[str, str], Any], title: str | None = None, cmap: str = CMAP,
+                  panel: float = 2.4):
+    """Grid of heat maps, one per model pair: ``{(model_a, model_b): result or matrix}``; rows are the ``a``s."""
+    if not pairs:
+        raise ValueError("no model pairs to draw")
+    rows = list(dict.fromkeys(a for a, _ in pairs))
+    cols = list(dict.fromkeys(b for _, b in pairs))
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(panel * len(cols) + 1.0, panel * len(rows) + 0.4),
+                             squeeze=False, constrained_layout=True)
+    im = None
+    for i, a in enumerate(rows):
+        for j, b in enumerate(cols):
+            ax = axes[i, j]
+            if (a, b) not in pairs:
+                ax.axis("off")
+                continue
+            m, _, _, _ = _matrix(pairs[(a, b)])
+            im = ax.imshow(m, origin="lower", cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == len(rows) - 1 or (a, b) == (a, cols[-1]) and i == len(rows) - 1:
+                ax.set_xlabel(b, fontsize=8)
+            if j == 0:
+                ax.set_ylabel(a, fontsize=8)
+            ax.set_title(f"{a} x {b}", fontsize=7)
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.8, label="CKA")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_residual(res, title: str | None = None):
+    """Residual CKA: attention and MLP heat maps (skip x branch) and the norm ratios ||skip|| / ||branch||."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
+    for ax, branch in zip(axes[:2], ("attn", "mlp")):
+        r = getattr(res, branch)
+        depth = r.matrix.shape[0]
+        plot_cka(r, rows=[str(i) for i in range(depth)], cols=[str(i) for i in range(depth)], ax=ax,
+                 xlabel=f"{'attention' if branch == 'attn' else 'MLP'} branch output (block)",
+                 ylabel="skip input (block)", title=f"{branch}: skip vs branch", annotate=False)
+    ax = axes[2]
+    styles = {"all": "-", "cls": "--", "patches": ":"}
+    for branch, colour in (("attn", "C0"), ("mlp", "C3")):
+        for tok, vals in res.norm_ratios[branch].items():
+            ax.plot(np.arange(len(vals)), vals, styles.get(tok, "-"), color=colour, marker="o", ms=3,
+                    label=f"{branch}, {tok}")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("block")
+    ax.set_ylabel("||skip|| / ||branch||")
+    ax.set_title("norm ratios", fontsize=10)
+    ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def plot_cluster_curves(scores: Mapping[str, Mapping[str, Sequence[float]]], metrics: Sequence[str] | None = None,
+                        title: str | None = None, xlabel: str = "block"):
+    """Clustering scores per block: ``{model: {"nmi": (L,), "ari": (L,), "purity": (L,)}}``, one panel per metric.
+
+    Models of different depth share the axis as a fraction of depth when depths differ (seed 002's plots).
+    """
+    if not scores:
+        raise ValueError("no models to plot")
+    metrics = list(metrics or [m for m in ("nmi", "ari", "purity") if any(m in s for s in scores.values())])
+    depths = {len(next(iter(s.values()))) for s in scores.values()}
+    relative = len(depths) > 1
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.0 * len(metrics), 3.2), squeeze=False,
+                             constrained_layout=True)
+    for ax, met in zip(axes[0], metrics):
+        for name, s in scores.items():
+            v = np.asarray(s[met], dtype=float)
+            x = (np.arange(len(v)) + 1) / len(v) if relative else np.arange(len(v))
+            ax.plot(x, v, marker="o", ms=3, label=name)
+        ax.set_xlabel("relative depth" if relative else xlabel)
+        if not relative:
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_ylabel(METRIC_LABELS.get(met, met))
+        ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+# ----------------------------------------------------------------------------- save with numbers
+def save_similarity(res, stem: str | Path, formats: Sequence[str] = ("png",), title: str | None = None,
+                    clusters: Sequence[int] | None = None, **kw) -> list[Path]:
+    """Heat map + ``stem.matrix.npy`` + ``stem.json`` (names, settings) + ``stem.csv`` (tidy rows)."""
+    fig = plot_cka(res, title=title, clusters=clusters, label=res.meta.get("metric", "CKA").upper(), **kw)
+    meta = {"rows": res.rows, "cols": res.cols, **res.meta}
+    arrays = {"matrix": res.matrix}
+    if clusters is not None:
+        meta["clusters"] = [int(c) for c in clusters]
+        arrays["clusters"] = np.asarray(clusters)
+    paths = save_figure(fig, stem, formats, arrays=arrays, meta=meta)
+    paths.append(save_table(res.table(), Path(f"{stem}.csv"), ["row", "col", "value"]))
+    return paths
+
+
+def save_cka_grid(pairs: Mapping[tuple[str, str], Any], stem: str | Path, formats: Sequence[str] = ("png",),
+                  title: str | None = None) -> list[Path]:
+    fig = plot_cka_grid(pairs, title=title)
+    arrays = {f"{a}__{b}".replace("/", "_"): _matrix(r)[0] for (a, b), r in pairs.items()}
+    meta = {"pairs": [[a, b] for a, b in pairs],
+            "arrays": {f"{a}__{b}".replace("/", "_"): [a, b] for a, b in pairs}}
+    return save_figure(fig, stem, formats, arrays=arrays, meta=meta)
+
+
+def save_residual(res, stem: str | Path, formats: Sequence[str] = ("png",), title: str | None = None) -> list[Path]:
+    fig = plot_residual(res, title=title)
+    arrays = {"attn": res.attn.matrix, "mlp": res.mlp.matrix}
+    for b, d in res.norm_ratios.items():
+        for k, v in d.items():
+            arrays[f"norm_{b}_{k}"] = v
+    rows = []
+    depth = res.attn.matrix.shape[0]
+    for i in range(depth):
+        row = {"block": i, "cka_attn": float(res.attn.matrix[i, i]), "cka_mlp": float(res.mlp.matrix[i, i])}
+        for b, d in res.norm_ratios.items():
+            for k, v in d.items():
+                row[f"norm_ratio_{b}_{k}"] = float(v[i])
+        rows.append(row)
+    paths = save_figure(fig, stem, formats, arrays=arrays, meta={**res.meta})
+    paths.append(save_table(rows, Path(f"{stem}.csv")))
+    return paths
+
+
+def save_cluster_curves(scores: Mapping[str, Mapping[str, Sequence[float]]], stem: str | Path,
+                        formats: Sequence[str] = ("png",), title: str | None = None,
+                        meta: Mapping[str, Any] | None = None) -> list[Path]:
+    fig = plot_cluster_curves(scores, title=title)
+    rows = [{"model": name, "block": i, **{m: float(v[i]) for m, v in s.items()}}
+            for name, s in scores.items() for i in range(len(next(iter(s.values()))))]
+    arrays = {f"{name}.{m}".replace("/", "_"): np.asarray(v) for name, s in scores.items() for m, v in s.items()}
+    paths = save_figure(fig, stem, formats, arrays=arrays, meta={**(meta or {}), "models": list(scores)})
+    paths.append(save_table(rows, Path(f"{stem}.csv")))
+    return paths
+
+
+__all__ = ["plot_cka", "plot_cka_grid", "plot_cluster_curves", "plot_residual", "save_cka_grid",
+           "save_cluster_curves", "save_json", "save_residual", "save_similarity"]
