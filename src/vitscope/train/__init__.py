@@ -1,0 +1,5 @@
+"""Training recipes for small ViTs: from scratch, dynamic CLS / register placement (seed 004), distillation."""
+from vitscope.train.config import TrainConfig
+from vitscope.train.loop import evaluate, train
+
+__all__ = ["TrainConfig", "evaluate", "train"]
