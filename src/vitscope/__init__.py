@@ -3,8 +3,10 @@ from vitscope.data import open_dataset
 from vitscope.data.decode import load_image
 from vitscope.hooks import ActivationCache, HookPoint
 from vitscope.models import HookedViT, PreprocessConfig, TokenLayout, ViTConfig
+from vitscope.models.loading import load_model, save_model
+from vitscope.models.registry import list_models
 
 __version__ = "0.1.0"
 
 __all__ = ["ActivationCache", "HookPoint", "HookedViT", "PreprocessConfig", "TokenLayout", "ViTConfig",
-           "__version__", "load_image", "open_dataset"]
+           "__version__", "list_models", "load_image", "load_model", "open_dataset", "save_model"]
