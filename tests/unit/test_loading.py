@@ -338,7 +338,7 @@ def test_timm_folder_and_timm_hub_name(hub_cache, tmp_path):
 
 
 @pytest.mark.slow
-def test_transformers_folder(tmp_path):
+def test_transformers_folder(tmp_path, hub_cache):
     transformers = pytest.importorskip("transformers")
     hfconv = pytest.importorskip("vitscope.models.converters.hf")
     torch.manual_seed(0)
@@ -356,6 +356,10 @@ def test_transformers_folder(tmp_path):
     assert torch.allclose(a(x, stop_at=2), out, atol=1e-5)
     r = vs.load_model(tmp_path / "hf", pretrained=False, seed=0)
     assert r.cfg.replace(meta={}) == a.cfg.replace(meta={}) and not _same_weights(a, r)
+    # the same folder as a hub repository, through hf_hub_download's cache (no preprocessor_config.json)
+    hub_cache("someone/tiny-vit", {f.name: f.read_bytes() for f in (tmp_path / "hf").iterdir() if f.is_file()})
+    h = vs.load_model("hf:someone/tiny-vit")
+    assert _same_weights(a, h) and h.meta["source"] == "hub:someone/tiny-vit" and h.meta["name"] == "hf:someone/tiny-vit"
 
 
 def test_url_download_offline_and_bad_scheme(tmp_path, monkeypatch):
