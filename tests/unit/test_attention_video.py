@@ -96,12 +96,12 @@ def test_position_similarity_matches_reference():
         PE.position_similarity(make_model(pos_embed="none"))
 
 
-def test_patch_filters_against_sklearn_pca():
-    from sklearn.decomposition import PCA
-
+def test_patch_filters_against_covariance_eigenvectors():
     model = make_model()
     w = model.patch_embed.proj.weight.detach().double().numpy().reshape(32, -1)
-    comps = PCA(n_components=5).fit(w).components_
+    wc = w - w.mean(0)
+    evals, evecs = np.linalg.eigh(wc.T @ wc)                   # principal axes = top covariance eigenvectors
+    comps = evecs[:, ::-1][:, :5].T
     got = PE.patch_embedding_filters(model, n=5, mode="pca")
     assert got.shape == (5, 8, 8, 3) and got.min() >= 0 and got.max() <= 1
     for k in range(5):

@@ -36,6 +36,7 @@ def test_denormalize_roundtrip():
     np.testing.assert_array_equal(VA.denormalize(x, mean, std), img)
 
 
+@pytest.mark.slow
 def test_every_figure_saves_with_its_numbers(tmp_path):
     img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
     figs = {

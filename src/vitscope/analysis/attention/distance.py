@@ -171,6 +171,31 @@ def stream_patterns(model, batches: Iterable, reducers, blocks: Sequence[int] | 
     return n
 
 
+def multi_variant_reducer(accumulators: dict[str, MeanAttentionDistance]):
+    """One hook reducer that feeds several variants from a single read of each pattern (stacked einsum)."""
+    variants = list(accumulators)
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def reduce(block: int, pattern: torch.Tensor, layout: TokenLayout) -> None:
+        a = _patch_block(pattern, layout)
+        if a.dtype != torch.float64:
+            a = a.float()
+        key = (tuple(layout.grid), str(a.device), a.dtype)
+        if key not in cache:
+            cache[key] = torch.stack([distance_matrix(layout.grid, v, accumulators[v].patch_size)
+                                      for v in variants]).to(device=a.device, dtype=a.dtype)    # V, N, N
+        d = torch.einsum("bhqk,vqk->vbhq", a, cache[key])                                   # V, B, H, N
+        rowsum = None
+        for k, v in enumerate(variants):
+            dv = d[k]
+            if v == "A":
+                rowsum = a.sum(-1) if rowsum is None else rowsum
+                dv = dv / torch.where(rowsum == 0, torch.ones_like(rowsum), rowsum)
+            accumulators[v].update_values(block, dv.mean(-1))
+
+    return reduce
+
+
 def attention_distance(model, batches: Iterable, variants: Sequence[str] = ("A", "B"),
                        blocks: Sequence[int] | None = None, device=None, progress: bool = True,
                        total: int | None = None) -> dict[str, MeanAttentionDistance]:
@@ -179,7 +204,7 @@ def attention_distance(model, batches: Iterable, variants: Sequence[str] = ("A",
     Returns ``{variant: MeanAttentionDistance}``; ``.compute()`` is (depth, heads), ``.std()`` likewise.
     """
     cfg = model.cfg
-    acc = {v: MeanAttentionDistance(cfg.depth, cfg.num_heads, v, cfg.patch_size) for v in variants}
-    stream_patterns(model, batches, [a.update for a in acc.values()], blocks, device, progress, total,
+    acc = {v: MeanAttentionDistance(cfg.depth, cfg.num_heads, v, cfg.patch_size) for v in dict.fromkeys(variants)}
+    stream_patterns(model, batches, [multi_variant_reducer(acc)], blocks, device, progress, total,
                     desc="attention distance")
     return acc

@@ -184,3 +184,70 @@ def summarize_iou(values: dict[tuple[str, bool], np.ndarray]) -> list[dict]:
                 rows.append({"query": q, "merged": m, "block": b, "head": "sum" if m else h,
                              "iou_mean": float(mean[b, h]), "iou_std": float(std[b, h]), "n": int(n[b, h])})
     return rows
+
+
+# ----------------------------------------------------------------------------- inputs with masks
+def image_mask_pairs(structure, limit: int | None = None):
+    """(image, mask (H, W) bool, id) for each item of a task structure with object masks.
+
+    Accepts what ``vitscope.data`` reads: COCO instances (``sample.foreground()``: the union of non-crowd
+    objects), PartImageNet / ImageNet-S (``sample.object_mask()``), the synthetic classification set (an
+    ImageDataset or source whose ``sample(i)`` has ``image`` and ``mask``), or any iterable of
+    ``(image, mask)`` pairs. Images are PIL images, arrays or paths.
+    """
+    src = getattr(structure, "source", structure)
+    if hasattr(src, "sample") and hasattr(src, "ids"):                       # synthetic shapes
+        n = len(src.ids) if limit is None else min(limit, len(src.ids))
+        for i in range(n):
+            s = src.sample(i)
+            yield s.image, np.asarray(s.mask, bool), src.ids[i]
+        return
+    if hasattr(structure, "__getitem__") and hasattr(structure, "__len__") and hasattr(structure, "image_paths"):
+        n = len(structure) if limit is None else min(limit, len(structure))
+        for i in range(n):
+            s = structure[i]
+            if hasattr(s, "foreground"):
+                m = s.foreground()
+            elif hasattr(s, "object_mask"):
+                m = s.object_mask()
+            else:
+                raise ValueError(f"{type(s).__name__} has no object mask (foreground() or object_mask())")
+            yield s.path, np.asarray(m, bool), s.path
+        return
+    for k, item in enumerate(structure):
+        if limit is not None and k >= limit:
+            return
+        img, m = item[0], item[1]
+        yield img, np.asarray(m, bool), str(k)
+
+
+def saliency_batches(model, pairs, batch_size: int = 16, rule: str = "bicubic", skipped: list | None = None):
+    """Preprocess (image, mask, id) triples into batches (images (B, 3, H, W), masks (B, rows, cols) bool).
+
+    The mask follows the image's own resize and centre crop (the model's PreprocessConfig). Images without
+    any object pixel are left out (IoU is undefined there), and their ids appended to ``skipped``.
+    """
+    from vitscope.models.preprocess import PreprocessConfig, Preprocessor
+
+    pcfg = model.preprocess_cfg or PreprocessConfig(input_size=model.cfg.img_size)
+    tf = Preprocessor(pcfg)
+    p = model.cfg.patch_size
+    grid = (pcfg.input_size[0] // p, pcfg.input_size[1] // p)
+    xs, ms = [], []
+    for img, mask, ident in pairs:
+        if not mask.any():
+            if skipped is not None:
+                skipped.append(ident)
+            continue
+        gm = mask_to_token_grid(mask, grid, preprocess_cfg=pcfg, rule=rule)
+        if not gm.any():
+            if skipped is not None:
+                skipped.append(ident)
+            continue
+        xs.append(tf(img))
+        ms.append(torch.from_numpy(gm))
+        if len(xs) == batch_size:
+            yield torch.stack(xs), torch.stack(ms)
+            xs, ms = [], []
+    if xs:
+        yield torch.stack(xs), torch.stack(ms)
