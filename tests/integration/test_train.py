@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vitscope.train import train
-from vitscope.train.checkpoint import load_any, save_model_folder
+from vitscope.models.loading import load_model, save_model
 from vitscope.train.data import split_indices
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, batch_size=32, progress=False,
@@ -84,7 +84,7 @@ def test_train_learns_and_keeps_the_best_by_validation(bars, plain_run):
     assert summary["best_val_acc"] >= 0.9                                     # chance is 0.25
     # the saved best model, loaded back, gives the logged validation accuracy on the held-out split
     _, val_idx = split_indices(bars.labels, 0.1, seed=0)
-    best = load_any(out / "best")
+    best = load_model(str(out / "best"))
     assert _accuracy(best, bars, val_idx) == pytest.approx(summary["best_val_acc"])
     assert best.cfg.meta["classes"] == Bars.classes
     for f in ("curves.png", "summary.json", "last/train_state.pt", "best/model.safetensors", "best/config.json"):
@@ -98,8 +98,8 @@ def test_resume_continues_exactly_and_runs_are_reproducible(bars, plain_run, tmp
     train(stop_after=2, **opts)                                                # "interrupted" after 2 epochs
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 3
     train(resume=True, **opts)
-    a = load_any(straight / "last").state_dict()
-    b = load_any(tmp_path / "last").state_dict()
+    a = load_model(str(straight / "last")).state_dict()
+    b = load_model(str(tmp_path / "last")).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)                            # bit-identical to the straight run
     log_a = [json.loads(r) for r in (straight / "log.jsonl").read_text().splitlines()[1:]]
     log_b = [json.loads(r) for r in (tmp_path / "log.jsonl").read_text().splitlines()[1:]]
@@ -115,7 +115,7 @@ def test_dynamic_token_flags(bars, tmp_path):
     opts = {**TINY, "depth": 3}
     summary = train(data=bars, out=str(tmp_path), epochs=3, lr=2e-3, num_registers=2, register_block=1,
                     cls_block=2, drop_path=0.1, **opts)
-    model = load_any(tmp_path / "best")
+    model = load_model(str(tmp_path / "best"))
     cfg = model.cfg
     assert (cfg.num_registers, cfg.register_block, cfg.cls_block, cfg.register_location) == (2, 1, 2, "end")
     assert cfg.drop_path_rate == 0.1
@@ -143,19 +143,19 @@ def test_dynamic_token_flags(bars, tmp_path):
 def test_distillation_follows_the_teacher(bars, plain_run, tmp_path, kind):
     # a teacher that is confidently wrong in a known way: the trained model with its classes rotated by one
     _, plain = plain_run
-    teacher = load_any(plain / "best")
+    teacher = load_model(str(plain / "best"))
     with torch.no_grad():
         perm = torch.tensor([3, 0, 1, 2])              # teacher class c = true class c - 1 (mod 4)
         teacher.head.weight.copy_(teacher.head.weight[perm] * 4)
         teacher.head.bias.copy_(teacher.head.bias[perm] * 4)
-    save_model_folder(teacher, tmp_path / "teacher")
+    save_model(teacher, tmp_path / "teacher")
     summary = train(data=bars, out=str(tmp_path / "student"), epochs=4, lr=2e-3, drop_path=0.0,
                     distill_token=True, teacher=str(tmp_path / "teacher"), distill=kind, distill_alpha=0.5,
                     distill_tau=2.0, **TINY)
     last = summary["history"][-1]
     # the CLS head learns the labels, the DIST head learns the teacher's rotated classes
     assert last["val_acc_cls"] >= 0.8 and last["val_acc_dist"] <= 0.3
-    student = load_any(tmp_path / "student" / "best")
+    student = load_model(str(tmp_path / "student" / "best"))
     assert student.cfg.head == "distilled"
     _, val_idx = split_indices(bars.labels, 0.1, seed=0)
     x = (bars.x[val_idx] - 0.5) / 0.5
@@ -204,8 +204,29 @@ def test_torchrun_two_processes_match_one(tmp_path):
     train(data=Bars(), out=str(tmp_path / "one"), **{**TINY, **ns["NO_RANDOM_AUG"]})
     subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "two")],
                    check=True, env=env, timeout=300, capture_output=True)
-    a = load_any(tmp_path / "one" / "last").state_dict()
-    b = load_any(tmp_path / "two" / "last").state_dict()
+    a = load_model(str(tmp_path / "one" / "last")).state_dict()
+    b = load_model(str(tmp_path / "two" / "last")).state_dict()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
     head = json.loads((tmp_path / "two" / "log.jsonl").read_text().splitlines()[0])
     assert head["world_size"] == 2
+
+
+def test_cli_train_on_the_synthetic_benchmark(tmp_path):
+    from typer.testing import CliRunner
+
+    from vitscope.cli.main import app
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, [
+        "train", "synthetic:n=64,size=16", "--out", str(out), "--img-size", "16", "--patch-size", "8",
+        "--embed-dim", "16", "--depth", "2", "--num-heads", "2", "--epochs", "1", "--batch-size", "16",
+        "--num-registers", "2", "--register-block", "1", "--cls-block", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "best validation accuracy" in res.output
+    model = load_model(str(out / "best"))
+    assert (model.cfg.num_registers, model.cfg.register_block, model.cfg.cls_block) == (2, 1, 1)
+    assert model.cfg.meta["classes"][:2] == ["circle", "square"]
+    assert model.meta["extra"]["trained_by"] == "vitscope train"
+    bad = CliRunner().invoke(app, ["train", "synthetic:n=64,size=16", "--out", str(tmp_path / "x"),
+                                   "--teacher", str(out / "best"), "--quiet"])
+    assert bad.exit_code != 0 and "distill-token" in str(bad.exception)

@@ -64,14 +64,14 @@ class TrainConfig:
     formats: tuple[str, ...] = ("png", "pdf")
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def vit_config(self, num_classes: int, classes: list[str] | None = None) -> ViTConfig:
+    def vit_config(self, num_classes: int, classes: list[str] | None = None, name: str | None = None) -> ViTConfig:
         return ViTConfig(
             img_size=self.img_size, patch_size=self.patch_size, embed_dim=self.embed_dim, depth=self.depth,
             num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, num_classes=num_classes,
             num_registers=self.num_registers, register_block=self.register_block, cls_block=self.cls_block,
             register_location=self.register_location, distill_token=self.distill_token,
             head="distilled" if self.distill_token else "linear", drop_path_rate=self.drop_path,
-            meta={"trained_by": "vitscope train", "classes": list(classes or [])},
+            meta={"name": name or "vit", "family": "vitscope-trained", "classes": list(classes or [])},
         )
 
     def validate(self) -> None:

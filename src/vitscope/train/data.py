@@ -1,7 +1,8 @@
 """Datasets for training: open a spec, split it, decode every image once to a uint8 tensor at the model size.
 
-Training reads ``(image, label, index)`` items (``vitscope.data.open_dataset``) or ``(image, label)`` from any
-indexable object with ``classes``. Images become uint8 tensors (3, S, S) (short side resized to S, centre
+Training reads a :func:`vitscope.data.open_dataset` dataset (the image before its transform, ``ds.load(i)``)
+or any indexable object with ``classes`` whose items start with (image, label). Images that cannot be
+decoded are left out. Images become uint8 tensors (3, S, S) (short side resized to S, centre
 crop); augmentations then run on whole batches (:mod:`vitscope.train.augment`).
 """
 from __future__ import annotations
@@ -64,6 +65,26 @@ def split_indices(labels: Sequence[int], fraction: float, seed: int = 0) -> tupl
     return train, held
 
 
+def _fetch(ds, i: int):
+    """The raw image of item ``i`` (PIL or tensor), or None when it cannot be decoded (left out)."""
+    if hasattr(ds, "load"):                       # vitscope ImageDataset / source: the image before any transform
+        from vitscope.data.decode import ImageDecodeError
+
+        try:
+            return ds.load(int(i))
+        except (ImageDecodeError, FileNotFoundError):
+            return None
+    image = ds[int(i)][0]
+    return None if type(image).__name__ == "SkipRecord" else image
+
+
+def _collate(items):
+    good = [it for it in items if it is not None]
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
+    return torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good], dtype=torch.long)
+
+
 def to_uint8(image, size: tuple[int, int]) -> torch.Tensor:
     """One image (PIL, path, array, or a float/uint8 tensor (3, H, W)) -> uint8 tensor (3, *size)."""
     if isinstance(image, torch.Tensor):
@@ -86,15 +107,17 @@ class ImageTensors(torch.utils.data.Dataset):
         self.ds, self.indices, self.size = ds, np.asarray(indices, dtype=np.int64), tuple(size)
         self.labels = torch.as_tensor(labels[self.indices])
         self.cache: torch.Tensor | None = None
+        self.skipped: list[int] = []
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+        """(uint8 image, label), or None for an image that cannot be decoded."""
         if self.cache is not None:
             return self.cache[i], int(self.labels[i])
-        item = self.ds[int(self.indices[i])]
-        return to_uint8(item[0], self.size), int(self.labels[i])
+        image = _fetch(self.ds, self.indices[i])
+        return None if image is None else (to_uint8(image, self.size), int(self.labels[i]))
 
     def nbytes(self) -> int:
         return len(self) * 3 * self.size[0] * self.size[1]
@@ -104,8 +127,16 @@ class ImageTensors(torch.utils.data.Dataset):
         from tqdm.auto import tqdm
 
         out = torch.empty(len(self), 3, *self.size, dtype=torch.uint8)
+        good = torch.ones(len(self), dtype=torch.bool)
         for i in tqdm(range(len(self)), desc=desc, disable=not progress, leave=False):
-            out[i] = self[i][0]
+            item = self[i]
+            if item is None:
+                good[i] = False
+            else:
+                out[i] = item[0]
+        if not good.all():                        # undecodable files are left out
+            self.skipped = [int(self.indices[i]) for i in torch.nonzero(~good).flatten()]
+            self.indices, self.labels, out = self.indices[good.numpy()], self.labels[good], out[good]
         self.cache = out
 
     def batches(self, batch_indices: Sequence[Sequence[int]], num_workers: int = 0):
@@ -116,5 +147,7 @@ class ImageTensors(torch.utils.data.Dataset):
                 yield self.cache[b], self.labels[b]
             return
         loader = torch.utils.data.DataLoader(self, batch_sampler=[list(b) for b in batch_indices],
-                                             num_workers=num_workers)
-        yield from loader
+                                             num_workers=num_workers, collate_fn=_collate)
+        for x, y in loader:
+            if len(y):
+                yield x, y

@@ -85,10 +85,10 @@ class TeacherInput:
 
 
 def load_teacher(name_or_path: str, num_classes: int, device: torch.device | str = "cpu"):
-    """A frozen teacher in eval mode: anything :func:`vitscope.train.checkpoint.load_any` reads."""
-    from vitscope.train.checkpoint import load_any
+    """A frozen teacher in eval mode: any model ``vitscope.load_model`` reads (name, hub id, folder, file)."""
+    from vitscope.models.loading import load_model
 
-    teacher = load_any(name_or_path)
+    teacher = load_model(str(name_or_path))
     n = teacher.cfg.num_classes if teacher.cfg.head != "none" else None
     if n != num_classes:
         raise ValueError(f"the teacher {name_or_path!r} predicts {n} classes but the dataset has {num_classes}; "

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from vitscope.models import HookedViT, PreprocessConfig
 from vitscope.train import augment as A
-from vitscope.train.checkpoint import load_train_state, save_model_folder, save_train_state
+from vitscope.models.loading import save_model
+from vitscope.train.checkpoint import load_train_state, save_train_state
 from vitscope.train.config import TrainConfig
 from vitscope.train.data import ImageTensors, dataset_classes, dataset_labels, open_training_dataset, split_indices
 from vitscope.train.distill import StudentHeads, TeacherInput, distillation_loss, load_teacher
@@ -140,7 +141,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
 
     torch.manual_seed(cfg.seed)
-    vcfg = cfg.vit_config(len(classes), classes)
+    vcfg = cfg.vit_config(len(classes), classes, name=out.name)
     pcfg = PreprocessConfig(input_size=cfg.img_size, crop_pct=1.0, interpolation="bicubic",
                             mean=cfg.mean, std=cfg.std)
     model = HookedViT(vcfg, preprocess_cfg=pcfg).to(env.device)
@@ -228,9 +229,11 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         row["best_val_acc"] = best_acc
         history.append(row)
         if env.main:
+            extra = {"trained_by": "vitscope train", "epoch": epoch, "val_acc": row["val_acc"],
+                     "train_config": cfg.to_dict()}
             if improved:
-                save_model_folder(model, out / "best")
-            save_model_folder(model, out / "last")
+                save_model(model, out / "best", extra=extra)
+            save_model(model, out / "last", extra=extra)
             save_train_state(out / "last", {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                 "best_acc": best_acc, "best_epoch": best_epoch, "history": json.dumps(history),
