@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,7 @@ class VideoSource:
         self.classes: list[str] = []
         self.description = f"video {self.path} ({len(frames)} of {n} frames)"
         self._reader = None
+        self._pid = os.getpid()
 
     def __getstate__(self):
         d = dict(self.__dict__)
@@ -82,6 +84,8 @@ class VideoSource:
         return d
 
     def load(self, i: int) -> Image.Image:
+        if self._pid != os.getpid():  # a forked DataLoader worker opens its own reader
+            self._reader, self._pid = None, os.getpid()
         if self._reader is None:
             self._reader = _open_reader(self.path)
         try:

@@ -13,6 +13,7 @@ read directly, in any DataLoader worker; a shard cut short keeps the samples bef
 from __future__ import annotations
 
 import glob
+import os
 import re
 import tarfile
 import warnings
@@ -134,6 +135,7 @@ class ShardSource:
         self.templates = _read_lines(tp) if tp is not None else []
         self.description = f"{len(self.shards)} tar shard(s) at {meta_dir}"
         self._handles: dict[int, object] = {}
+        self._pid = os.getpid()
 
     @staticmethod
     def _index(shard: str) -> dict[str, tuple[tuple[int, int, str] | None, int]]:
@@ -176,6 +178,8 @@ class ShardSource:
 
     def load(self, i: int) -> Image.Image:
         si, offset, size, ext = self.members[i]
+        if self._pid != os.getpid():  # a forked DataLoader worker: never share a file offset with the parent
+            self._handles, self._pid = {}, os.getpid()
         f = self._handles.get(si)
         if f is None:
             f = self._handles[si] = open(self.shards[si], "rb")  # noqa: SIM115 - kept open for later reads

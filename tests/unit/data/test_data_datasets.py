@@ -157,3 +157,12 @@ def test_sample_photographs_ship_and_open():
     assert len(ds) == len(paths) and ds[0][0].shape == (3, 16, 16)
     with pytest.raises(ValueError, match="unknown built-in"):
         open_dataset("builtin:nothing")
+
+
+def test_top_level_images_beside_class_folders_warn(tmp_path):
+    root = _imagefolder(tmp_path / "f")
+    save_rgb(root / "stray.png")
+    with pytest.warns(UserWarning, match="1 images at the top level are ignored"):
+        ds = open_dataset(root, transform=TF)
+    assert len(ds) == 6
+    assert len(open_dataset(root, transform=TF, layout="flat")) == 7

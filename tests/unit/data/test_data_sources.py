@@ -173,3 +173,18 @@ def test_gif_and_unreadable_video(tmp_path):
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
     with pytest.raises(ValueError, match="cannot read"):
         open_dataset(tmp_path / "bad.mp4")
+
+
+def test_shards_read_in_the_parent_then_in_forked_workers(tmp_path):
+    """A shard opened in the parent must not share its file offset with forked workers."""
+    import torch
+
+    exp = write_clip_benchmark(tmp_path / "wds", splits=("test",), shards=2, per_shard=6)
+    ds = open_dataset(tmp_path / "wds", transform=lambda im: torch.from_numpy(np.array(im)))
+    ds[0], ds[7]  # opens both shards in this process
+    seen = {}
+    for images, labels, idx in ds.batches(batch_size=1, num_workers=2, multiprocessing_context="fork"):
+        seen[int(idx[0])] = images[0].numpy()
+    assert sorted(seen) == list(range(12))
+    for i, (_, _, arr, _) in enumerate(exp["test"]):
+        np.testing.assert_array_equal(seen[i], arr)

@@ -11,11 +11,16 @@ from vitscope.data.synthetic.shapes import SHAPES
 # noise: std of per-pixel Gaussian noise (image in [0, 1]); clutter: distractor strokes and dots per image;
 # texture: amplitude of the background pattern; scale: object radius as a fraction of the image side;
 # contrast: least luminance gap between object and background; jitter: how far an object's colour varies
-# from its class colour (0: each class has one colour, a shortcut; 1: colours say nothing about the class).
+# from its class colour (0: each class has one colour, a shortcut; 1: colours say nothing about the class);
+# rotation: largest turn from upright in degrees (180: any); stripes: largest stripe amplitude on the object;
+# stretch: largest deformation (each axis scaled within 1 +- stretch).
 DIFFICULTY: dict[str, dict[str, Any]] = {
-    "easy": dict(noise=0.02, clutter=0, texture=0.15, scale_min=0.30, scale_max=0.42, contrast=0.45, jitter=1.0),
-    "medium": dict(noise=0.05, clutter=3, texture=0.35, scale_min=0.22, scale_max=0.42, contrast=0.30, jitter=1.0),
-    "hard": dict(noise=0.10, clutter=8, texture=0.60, scale_min=0.14, scale_max=0.42, contrast=0.15, jitter=1.0),
+    "easy": dict(noise=0.02, clutter=0, texture=0.15, scale_min=0.30, scale_max=0.42, contrast=0.45, jitter=1.0,
+                 rotation=30.0, stripes=0.0, stretch=0.05),
+    "medium": dict(noise=0.05, clutter=3, texture=0.35, scale_min=0.22, scale_max=0.42, contrast=0.30, jitter=1.0,
+                   rotation=180.0, stripes=0.3, stretch=0.15),
+    "hard": dict(noise=0.10, clutter=8, texture=0.60, scale_min=0.14, scale_max=0.42, contrast=0.15, jitter=1.0,
+                 rotation=180.0, stripes=0.3, stretch=0.15),
 }
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -35,6 +40,9 @@ class SynthConfig:
     scale_max: float | None = None
     contrast: float | None = None
     jitter: float | None = None
+    rotation: float | None = None
+    stripes: float | None = None
+    stretch: float | None = None
 
     def __post_init__(self) -> None:
         if self.difficulty not in DIFFICULTY:

@@ -55,11 +55,22 @@ def keypoints_of(shape: str, pose: Pose, size: int, visible_mask: np.ndarray | N
     return np.concatenate([xy, vis[:, None].astype(np.float64)], axis=1), keypoint_ids(shape)
 
 
-def random_pose(rng: np.random.Generator, cfg: SynthConfig, size: int | None = None) -> Pose:
+def random_angle(rng: np.random.Generator, cfg: SynthConfig) -> float:
+    """A turn from upright within +-``cfg.rotation`` degrees."""
+    return float(np.deg2rad(rng.uniform(-cfg.rotation, cfg.rotation)))
+
+
+def random_look(rng: np.random.Generator, cfg: SynthConfig, label: int, bg_mean: np.ndarray) -> Appearance:
+    return Appearance(tuple(object_colour(rng, cfg, label, bg_mean)), stripe_amp=rng.uniform(0, cfg.stripes),
+                      stripe_freq=rng.uniform(0.8, 2.0), stripe_angle=rng.uniform(0, np.pi))
+
+
+def random_pose(rng: np.random.Generator, cfg: SynthConfig, size: int | None = None, scale: float = 1.0) -> Pose:
+    """Radius in the config's scale range (times ``scale``), inside the image, turned and stretched per the config."""
     size = size or cfg.size
-    r = rng.uniform(cfg.scale_min, cfg.scale_max) * size
+    r = rng.uniform(cfg.scale_min, cfg.scale_max) * size * scale
     cx, cy = rng.uniform(r, size - r, size=2)
-    return Pose(cx, cy, r, rng.uniform(0, 2 * np.pi), *rng.uniform(0.85, 1.15, size=2))
+    return Pose(cx, cy, r, random_angle(rng, cfg), *rng.uniform(1 - cfg.stretch, 1 + cfg.stretch, size=2))
 
 
 def render_object_image(cfg: SynthConfig, rng: np.random.Generator, label: int, pose: Pose | None = None,
@@ -70,9 +81,7 @@ def render_object_image(cfg: SynthConfig, rng: np.random.Generator, label: int, 
     add_clutter(rng, img, cfg.clutter, max_radius=0.06 * cfg.size)
     pose = pose or random_pose(rng, cfg)
     if look is None:
-        bg_mean = img.reshape(-1, 3).mean(0)
-        look = Appearance(tuple(object_colour(rng, cfg, label, bg_mean)), stripe_amp=rng.uniform(0, 0.3),
-                          stripe_freq=rng.uniform(0.8, 2.0), stripe_angle=rng.uniform(0, np.pi))
+        look = random_look(rng, cfg, label, img.reshape(-1, 3).mean(0))
     mask, parts = draw_object(img, shape, pose, look)
     kps, ids = keypoints_of(shape, pose, cfg.size)
     return ShapeSample(finish(img, rng, cfg.noise), label, shape, mask, parts.astype(np.int8), kps, ids,

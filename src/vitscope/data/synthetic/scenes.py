@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vitscope.data.synthetic.config import SynthConfig
-from vitscope.data.synthetic.objects import keypoints_of, object_colour
-from vitscope.data.synthetic.render import Appearance, add_clutter, background, box_of, draw_object, finish
+from vitscope.data.synthetic.objects import keypoints_of, random_look, random_pose
+from vitscope.data.synthetic.render import add_clutter, background, box_of, draw_object, finish
 from vitscope.data.synthetic.shapes import SHAPES, Pose
 
 SCENE_KEY = 10  # seed-sequence key of scenes (objects use the split codes 0..2)
@@ -47,13 +47,10 @@ def scene_sample(cfg: SynthConfig, i: int, size: int | None = None, n_objects: t
     for _ in range(n):
         label = int(rng.integers(cfg.n_classes))
         for _attempt in range(30):
-            r = rng.uniform(cfg.scale_min, cfg.scale_max) * size * 0.55
-            cx, cy = rng.uniform(r, size - r, size=2)
-            pose = Pose(cx, cy, r, rng.uniform(0, 2 * np.pi), *rng.uniform(0.85, 1.15, size=2))
-            if all(np.hypot(cx - p.cx, cy - p.cy) > 0.9 * max(r, p.radius) for p in poses):
+            pose = random_pose(rng, cfg, size, scale=0.55)
+            if all(np.hypot(pose.cx - p.cx, pose.cy - p.cy) > 0.9 * max(pose.radius, p.radius) for p in poses):
                 break
-        look = Appearance(tuple(object_colour(rng, cfg, label, bg_mean)), stripe_amp=rng.uniform(0, 0.3),
-                          stripe_freq=rng.uniform(0.8, 2.0), stripe_angle=rng.uniform(0, np.pi))
+        look = random_look(rng, cfg, label, bg_mean)
         m, parts = draw_object(img, SHAPES[label], pose, look)
         labels.append(label)
         full.append(m)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vitscope.data.synthetic.config import SynthConfig
-from vitscope.data.synthetic.objects import keypoints_of, object_colour
-from vitscope.data.synthetic.render import Appearance, background, draw_object, finish
+from vitscope.data.synthetic.objects import keypoints_of, random_angle, random_look
+from vitscope.data.synthetic.render import background, draw_object, finish
 from vitscope.data.synthetic.shapes import SHAPES, Pose, keypoint_ids
 
 VIDEO_KEY = 30
@@ -39,9 +39,8 @@ def video_sample(cfg: SynthConfig, i: int, n_frames: int = 12, n_objects: int = 
         r = rng.uniform(cfg.scale_min, cfg.scale_max) * size * 0.5
         objs.append(dict(
             label=label, r=r, pos=rng.uniform(r, size - r, size=2), vel=rng.normal(0, 1, 2),
-            angle=rng.uniform(0, 2 * np.pi), spin=rng.uniform(-0.2, 0.2), phase=rng.uniform(0, 2 * np.pi),
-            look=Appearance(tuple(object_colour(rng, cfg, label, bg_mean)), stripe_amp=rng.uniform(0, 0.3),
-                            stripe_freq=rng.uniform(0.8, 2.0), stripe_angle=rng.uniform(0, np.pi))))
+            angle=random_angle(rng, cfg), spin=rng.uniform(-0.2, 0.2), phase=rng.uniform(0, 2 * np.pi),
+            look=random_look(rng, cfg, label, bg_mean)))
         o = objs[-1]
         o["vel"] = o["vel"] / max(np.linalg.norm(o["vel"]), 1e-9) * speed * size
     frames, masks, kps = [], [], []
