@@ -109,7 +109,8 @@ class RankProgress:
         self.skipped = prev["skipped"]
         self.fsync = fsync
 
-    def add(self, start: int, stop: int, skipped: dict[int, dict]) -> None:
-        self.done = merge(self.done + [[start, stop]])
+    def add(self, ranges, skipped: dict[int, dict]) -> None:
+        """Record flushed sample ranges ``[(start, stop), ...]`` and their skipped samples, atomically."""
+        self.done = merge(self.done + [list(r) for r in ranges])
         self.skipped.update({str(k): v for k, v in skipped.items()})
         write_json_atomic(self.path, {"done": self.done, "skipped": self.skipped}, fsync=self.fsync)

@@ -3,6 +3,8 @@
 The main thread hands over one job per batch; a single thread writes the rows (``seek`` + ``write`` into
 the already-created files, so the page cache holds them and the process's resident memory does not grow
 with the dataset), flushes them to disk, and only then records the batch in the rank's progress file.
+Batches that queued up while the thread was busy are committed together (one flush, one progress update),
+so a fast GPU is never held back by one ``fsync`` per batch.
 A bounded queue keeps at most ``max_pending`` batches in flight, so peak memory is independent of N.
 """
 from __future__ import annotations
@@ -110,15 +112,28 @@ class BackgroundWriter:
     # ------------------------------------------------------------------ writer thread
     def _run(self) -> None:
         while True:
-            job = self._q.get()
-            if job is None:
+            jobs = [self._q.get()]
+            # group commit: whatever else is already queued is written now and synced once with it
+            while jobs[-1] is not None:
+                try:
+                    jobs.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            stop = jobs[-1] is None
+            jobs = [j for j in jobs if j is not None]
+            if jobs and self._error is None:
+                try:
+                    for job in jobs:
+                        self._write(job)
+                    if self.fsync:
+                        for f in self.files + [self.labels]:
+                            f.sync()
+                    self.progress.add([(j.start, j.stop) for j in jobs],
+                                      {k: v for j in jobs for k, v in j.skipped.items()})
+                except BaseException as e:  # noqa: BLE001 (handed to the main thread)
+                    self._error = e
+            if stop:
                 return
-            if self._error is not None:
-                continue
-            try:
-                self._write(job)
-            except BaseException as e:  # noqa: BLE001 (handed to the main thread)
-                self._error = e
 
     def _write(self, job: Job) -> None:
         if job.ready is not None:
@@ -142,10 +157,6 @@ class BackgroundWriter:
         self.labels.write(job.start, lab)
         if job.release is not None:
             job.release()
-        if self.fsync:
-            for f in self.files + [self.labels]:
-                f.sync()
-        self.progress.add(job.start, job.stop, job.skipped)
 
 
 class _Aborted(Exception):
