@@ -384,14 +384,16 @@ def _run_batches(runner: _Runner, dataset, out_dir: Path, plan: Plan, batches, d
             if cuda:
                 if pool is None:
                     widths = [int(np.prod(o.shape[1:])) for o in outs]
-                    pool = _PinnedPool(max_pending + 2, batch_size, sum(widths), outs[0].dtype)
+                    row_bytes = sum(widths) * outs[0].element_size()
+                    n_buf = max(2, min(max_pending + 2, (2 << 30) // max(1, row_bytes * batch_size)))
+                    pool = _PinnedPool(n_buf, batch_size, sum(widths), outs[0].dtype)   # <= ~2 GB pinned
                 flat = torch.cat([o.reshape(B, -1) for o in outs], dim=1)      # B, sum(widths) on device
                 buf = pool.get()
                 host = buf[:B]
                 host.copy_(flat, non_blocking=True)
                 ev = torch.cuda.Event()
                 ev.record()
-                arrays = [t.reshape(B, *o.shape[1:]) for t, o in zip(host.split(widths, dim=1), outs)]
+                arrays = list(host.split(widths, dim=1))       # (B, width) views; reshaped after the copy
                 job = Job(a, b, idx.numpy(), labels.numpy(), arrays, skipped, ready=ev.synchronize,
                           release=(lambda buf=buf: pool.put(buf)))
             else:

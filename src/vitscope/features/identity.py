@@ -35,7 +35,7 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
 
 
 def model_identity(model) -> dict[str, Any]:
-    """{"name", "weights_sha256", "weights_hash_source", "config"} for the manifest."""
+    """{"name", "weights_sha256", "weights_hash_source", "config", "source"} for the manifest."""
     meta = _meta(model)
     name = meta.get("name") or meta.get("model") or meta.get("source") or type(model).__name__
     weights = next((str(meta[k]) for k in _WEIGHT_KEYS if meta.get(k)), None)
@@ -44,7 +44,10 @@ def model_identity(model) -> dict[str, Any]:
         weights, source = state_dict_sha256(model), "state_dict"
     cfg = model.cfg.to_dict() if hasattr(model, "cfg") and hasattr(model.cfg, "to_dict") else {}
     cfg.pop("meta", None)
-    return {"name": str(name), "weights_sha256": weights, "weights_hash_source": source, "config": cfg}
+    out = {"name": str(name), "weights_sha256": weights, "weights_hash_source": source, "config": cfg}
+    if meta.get("source"):
+        out["source"] = str(meta["source"])          # where the weights came from ("random-init", a path, ...)
+    return out
 
 
 def preprocessing_identity(dataset, model=None) -> dict[str, Any] | None:

@@ -61,7 +61,7 @@ class Job:
     stop: int
     indices: np.ndarray
     labels: np.ndarray
-    arrays: list                       # per store key: array-like (B_good, ...); torch tensors are converted here
+    arrays: list                       # per store key: (B_good, ...) or (B_good, width); converted after ready()
     skipped: dict[int, dict] = field(default_factory=dict)
     ready: Callable[[], None] | None = None     # waits for an asynchronous device->host copy
     release: Callable[[], None] | None = None   # gives a pinned buffer back once written
@@ -143,6 +143,7 @@ class BackgroundWriter:
         full = len(pos) == n
         for f, key, arr in zip(self.files, self.keys, job.arrays):
             a = arr.numpy() if hasattr(arr, "numpy") else np.asarray(arr)
+            a = a.reshape((a.shape[0],) + f.shape[1:])        # flat (B, width) views from a pinned buffer
             if self.check_f16 and a.size and not np.isfinite(a).all():
                 raise ValueError(f"features of {key} are not finite in float16 (|x| > {_F16_MAX:g} overflows); "
                                  "extract with dtype='float32'")
