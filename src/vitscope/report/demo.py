@@ -1,0 +1,57 @@
+"""`vitscope demo`: the whole analysis suite on the bundled demo models and the synthetic benchmark.
+
+No network and no user data: the two models are committed under ``vitscope/assets/models/`` (trained with
+``vitscope train``, see docs/demo-model.md) and the images are generated on the fly from a held-out split.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
+
+# the synthetic benchmark the demo models were trained on (train split) and are shown on (test split)
+DEMO_DATA = "synthetic:size=32,classes=8,difficulty=easy"
+DEMO_MODELS = {
+    "demo-vit": "Demo ViT: 6 blocks, CLS from block 0",
+    "demo-vit-reg4": "Demo ViT with 4 registers from block 3 and CLS from block 6 (seed 004)",
+}
+
+
+def demo_model_path(name: str) -> Path:
+    """Folder of a bundled demo model (config.json + model.safetensors)."""
+    path = ASSETS / name
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"bundled model {name!r} not found in {ASSETS}; available: "
+                                f"{sorted(p.name for p in ASSETS.iterdir()) if ASSETS.exists() else []}")
+    return path
+
+
+def bundled_models() -> list[str]:
+    return sorted(p.name for p in ASSETS.iterdir() if (p / "config.json").exists()) if ASSETS.exists() else []
+
+
+def test_spec(n: int = 512) -> str:
+    """The held-out split of the demo benchmark (never seen in training or validation)."""
+    return f"{DEMO_DATA},n={n},split=test"
+
+
+def run_demo(out: str | Path = "runs/demo", n_images: int = 32, n_eval: int = 512, progress: bool = True,
+             analyses=None) -> Path:
+    """Write ``out/report.html`` for both demo models on the held-out synthetic split; returns its path."""
+    from vitscope.models.loading import load_model
+    from vitscope.report.build import ModelSpec, build_report
+
+    data = test_spec(n_eval)
+    specs = []
+    for name, title in DEMO_MODELS.items():
+        model = load_model(str(demo_model_path(name)))
+        extra = model.meta.get("extra", {})
+        info = {"trained": f"vitscope train, seed {extra.get('seed', '?')}, {extra.get('epochs', '?')} epochs, "
+                           f"best validation accuracy {100 * float(extra.get('best_val_acc', float('nan'))):.1f}%"}
+        specs.append(ModelSpec(model, data, name=name, title=title, info=info))
+    subtitle = (f"Two small ViTs trained by <code>vitscope train</code> on the synthetic shapes benchmark, shown on "
+                f"its held-out test split (<code>{data}</code>, {n_eval} images, object masks known). "
+                f"Every section below is one entry of the report registry; "
+                f"<code>vitscope report --model M --data D</code> runs the same suite on your model and images.")
+    return build_report(specs, out, title="vitscope demo", subtitle=subtitle, analyses=analyses,
+                        progress=progress, n_images=n_images, n_eval=n_eval)

@@ -1,0 +1,216 @@
+"""Attention sections: per-head maps, rollout, mean attention distance, saliency IoU, attention statistics,
+position-embedding similarity. Computation comes from ``vitscope.analysis.attention``; figures from ``vitscope.viz``."""
+from __future__ import annotations
+
+from html import escape
+
+import numpy as np
+import torch
+
+from vitscope.report.registry import Section, analysis
+
+
+def _titles(ctx, k: int) -> list[str]:
+    if ctx.classes and (ctx.labels >= 0).all():
+        return [f"#{int(i)} {ctx.classes[int(y)]}" for i, y in zip(ctx.indices[:k], ctx.labels[:k])]
+    return [f"#{int(i)}" for i in ctx.indices[:k]]
+
+
+def _cls_blocks(model) -> list[int]:
+    return [b for b in range(model.cfg.depth) if model.token_layout(b).cls is not None]
+
+
+@analysis("attention_maps", "Attention maps per head", needs=("images", "cls"), order=20)
+def attention_maps(ctx) -> Section:
+    """CLS-query attention over the patches: every head of the last block over one image, the block x head
+    grid, and the head-mean map of the last block over several images."""
+    from vitscope.analysis.attention.maps import attention_map
+    from vitscope.viz.attention import plot_block_head_grid, plot_head_maps, plot_image_overlays
+
+    model, last = ctx.model, ctx.model.cfg.depth - 1
+    blocks = _cls_blocks(model)
+    sec = Section()
+    maps = {b: attention_map(ctx.patterns[b], ctx.layout(b), "cls") for b in blocks}             # n, H, r, c
+    sec.add_text(f"Attention of the CLS query to the patch tokens (prefix keys dropped, rows not renormalised), "
+                 f"blocks {blocks[0]}..{last}. Brighter = more attention. Inferno colour map, overlays at alpha 0.6.")
+    fig = plot_head_maps(maps[last][0], ctx.display[0], overlay_image=True,
+                         title=f"block {last}, CLS -> patches, every head ({_titles(ctx, 1)[0]})")
+    sec.figure(ctx, fig, "heads_last_block", f"Block {last}: each head's CLS attention over image "
+               f"{_titles(ctx, 1)[0]}.", arrays={"maps": maps[last][0].numpy()})
+    grid = torch.stack([maps[b][0] for b in blocks])                                               # L, H, r, c
+    fig = plot_block_head_grid(grid, blocks, title="CLS attention, block x head (first image)")
+    sec.figure(ctx, fig, "block_head_grid", "Every block (rows) and head (columns), raw maps on the patch grid.",
+               arrays={"maps": grid.numpy()})
+    k = min(ctx.n_show, len(ctx.images))
+    mean_maps = maps[last][:k].mean(1)                                                            # k, r, c
+    fig = plot_image_overlays(list(ctx.display[:k]), mean_maps, _titles(ctx, k),
+                              title=f"block {last}, CLS attention (mean over heads)")
+    sec.figure(ctx, fig, "overlays", f"Head-mean CLS attention of block {last} over {k} images.",
+               arrays={"maps": mean_maps.numpy()})
+    return sec
+
+
+@analysis("rollout", "Attention rollout", needs=("images", "cls"), order=25)
+def rollout(ctx) -> Section:
+    """Attention rollout (Abnar & Zuidema; seed 003): heads fused by mean, identity added, rows renormalised,
+    multiplied through the blocks; the CLS row over the patches, divided by its max."""
+    from vitscope.analysis.attention.rollout import attention_rollout, rollout_map
+    from vitscope.viz.attention import plot_image_overlays
+
+    model = ctx.model
+    depth = model.cfg.depth
+    layouts = {b: ctx.layout(b) for b in range(depth)}
+    k = min(ctx.n_show, len(ctx.images))
+    joint = attention_rollout({b: p[:k] for b, p in ctx.patterns.items()}, layouts)
+    maps = rollout_map(joint, layouts[depth - 1], "cls")
+    sec = Section()
+    if model.cfg.cls_block:
+        sec.add_text(f"CLS enters before block {model.cfg.cls_block}: the rollout follows it from there and the "
+                     f"patch tokens from block 0.")
+    fig = plot_image_overlays(list(ctx.display[:k]), maps, _titles(ctx, k), title="attention rollout (CLS)")
+    sec.figure(ctx, fig, "overlays", f"Rollout maps over {k} images (mean head fusion, no discard).",
+               arrays={"maps": maps.numpy()})
+    return sec
+
+
+@analysis("attention_distance", "Mean attention distance", needs=("images",), order=30)
+def attention_distance(ctx) -> Section:
+    """Mean attention distance per block and head: variant A (seed 002: normalised coordinates, prefix tokens
+    dropped, rows renormalised) and variant B (seed 003: pixels, no renormalisation)."""
+    from vitscope.analysis.attention.distance import MeanAttentionDistance
+    from vitscope.viz.attention_distance import plot_attention_distance
+
+    cfg = ctx.model.cfg
+    sec = Section()
+    rows = []
+    for variant, unit in (("A", "normalised [0, 1] coordinates"), ("B", "pixels")):
+        acc = MeanAttentionDistance(cfg.depth, cfg.num_heads, variant, patch_size=cfg.patch_size)
+        for b, p in ctx.patterns.items():
+            acc.update(b, p, ctx.layout(b))
+        dist, std = acc.compute(), acc.std()
+        fig = plot_attention_distance(dist, variant, title=f"variant {variant} ({unit}), {acc.n_images} images")
+        sec.figure(ctx, fig, f"variant_{variant}", f"Variant {variant}: one point per head at its block.",
+                   arrays={"distance": dist, "std": std})
+        for b in range(cfg.depth):
+            rows.append({"variant": variant, "block": b, "mean over heads": round(float(np.nanmean(dist[b])), 4),
+                         "min head": round(float(np.nanmin(dist[b])), 4),
+                         "max head": round(float(np.nanmax(dist[b])), 4)})
+    sec.add_text("Low values: local heads (attending near the query patch); high values: global heads.")
+    sec.table(ctx, rows, "per_block", "Mean attention distance per block (over heads and images)")
+    return sec
+
+
+def saliency_values(model, images: torch.Tensor, gt: torch.Tensor, patterns=None) -> dict:
+    """{(query, merged): (n, L, H or 1)} saliency IoU of ``model`` on ``images`` against token-grid masks."""
+    from vitscope.analysis.attention.maps import collect_patterns
+    from vitscope.analysis.attention.saliency import SaliencyIoU
+
+    pats = patterns if patterns is not None else collect_patterns(model, images)
+    acc = SaliencyIoU(model.cfg.depth, model.cfg.num_heads, queries=("cls", "mean"))
+    acc.set_masks(gt)
+    for b, p in pats.items():
+        acc.update(b, p, model.token_layout(b))
+    return acc.compute()
+
+
+def saliency_summary(values: dict, depth: int) -> dict[str, float]:
+    """Headline numbers: CLS query at the last block (heads merged, and the best head), the best block x head."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_head = np.nanmean(values[("cls", False)], 0)                                       # L, H
+        merged = np.nanmean(values[("cls", True)], 0)[:, 0]                                   # L
+    b, h = np.unravel_index(np.nanargmax(per_head), per_head.shape)
+    return {"last_block_merged": float(merged[depth - 1]), "last_block_best_head": float(np.nanmax(per_head[-1])),
+            "best": float(per_head[b, h]), "best_block": int(b), "best_head": int(h)}
+
+
+@analysis("saliency_iou", "Saliency IoU against object masks", needs=("images", "masks", "cls"), order=35)
+def saliency_iou(ctx) -> Section:
+    """Seed 002's saliency IoU: the top 60% of each head's CLS attention mass, binarised, IoU with the object
+    mask on the token grid; compared with the same architecture with random weights."""
+    from vitscope.analysis.attention.saliency import summarize_iou
+    from vitscope.viz.attention_stats import plot_block_head_heatmap
+
+    model, depth = ctx.model, ctx.model.cfg.depth
+    gt = ctx.token_masks
+    trained = saliency_values(model, ctx.images, gt, ctx.patterns)
+    random = saliency_values(ctx.random_model, ctx.images, gt)
+    s_t, s_r = saliency_summary(trained, depth), saliency_summary(random, depth)
+    ctx.info["saliency"] = {"trained": s_t, "random": s_r}
+    cover = float(gt.float().mean())
+    sec = Section()
+    sec.add_text(
+        f"On {len(gt)} images (objects cover {100 * cover:.0f}% of the token grid on average): CLS attention of the "
+        f"last block, heads merged, has IoU <b>{s_t['last_block_merged']:.3f}</b> with the object masks, against "
+        f"{s_r['last_block_merged']:.3f} for the same architecture with random weights; best single head "
+        f"{s_t['best']:.3f} (block {s_t['best_block']}, head {s_t['best_head']}) vs {s_r['best']:.3f} random.")
+    with np.errstate(invalid="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ht, hr = np.nanmean(trained[("cls", False)], 0), np.nanmean(random[("cls", False)], 0)
+    fig = plot_block_head_heatmap(ht, title="saliency IoU, CLS query (trained)", label="IoU")
+    sec.figure(ctx, fig, "trained", "Mean IoU per block and head (blocks before CLS enters are empty).",
+               arrays={"iou": ht})
+    fig = plot_block_head_heatmap(hr, title="saliency IoU, CLS query (random weights)", label="IoU")
+    sec.figure(ctx, fig, "random", "The same for the randomly initialised twin (seed 0).", arrays={"iou": hr})
+    rows = [dict(r, model="trained") for r in summarize_iou(trained) if r["merged"]]
+    rows += [dict(r, model="random") for r in summarize_iou(random) if r["merged"]]
+    sec.table(ctx, [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+              "merged", "IoU with heads merged, per query and block",
+              columns=["model", "query", "block", "iou_mean", "iou_std", "n"])
+    return sec
+
+
+@analysis("attention_stats", "Attention statistics", needs=("images",), order=40)
+def attention_stats(ctx) -> Section:
+    """Seed 002's statistics: spread of attention over heads and over positions, attention from the spatial
+    tokens to CLS, and the average attention map of the mean spatial query per block and head."""
+    from vitscope.analysis.attention.stats import AttentionStats
+    from vitscope.viz.attention import plot_block_head_grid
+    from vitscope.viz.attention_stats import plot_block_metric, plot_head_metric
+
+    cfg = ctx.model.cfg
+    acc = AttentionStats(cfg.depth, cfg.num_heads, cfg.grid)
+    for b, p in ctx.patterns.items():
+        acc.update(b, p, ctx.layout(b))
+    res = acc.compute()
+    sec = Section()
+    fig = plot_block_metric(res["head_std"], "std over heads", title="diversity of heads per block")
+    sec.figure(ctx, fig, "head_std", "Standard deviation of the attention maps over heads, per block.",
+               arrays={"head_std": res["head_std"]})
+    fig = plot_head_metric(res["position_std"], "std over positions", title="spread over query positions")
+    sec.figure(ctx, fig, "position_std", "Per head (sorted within each block): how much the attention changes "
+               "with the query position.", arrays={"position_std": res["position_std"]})
+    if cfg.class_token:
+        fig = plot_head_metric(res["spatial_to_cls"], "attention to CLS", title="spatial tokens -> CLS")
+        sec.figure(ctx, fig, "spatial_to_cls", "Mean attention that patch queries give the CLS key.",
+                   arrays={"spatial_to_cls": res["spatial_to_cls"]})
+    fig = plot_block_head_grid(res["map_mean"], title="average attention of the mean spatial query")
+    sec.figure(ctx, fig, "map_mean", "Average over images of the mean patch query's attention, block x head.",
+               arrays={"map_mean": res["map_mean"]})
+    rows = [{"block": b, "head_std": round(float(res["head_std"][b]), 5),
+             "position_std (mean over heads)": round(float(np.nanmean(res["position_std"][b])), 5),
+             "offset heads": int(np.sum(res["offset_head"][b]))} for b in range(cfg.depth)]
+    sec.table(ctx, rows, "per_block", f"Statistics per block ({int(res['n_images'])} images)")
+    return sec
+
+
+@analysis("position_embedding", "Position-embedding similarity", order=45)
+def position_embedding(ctx) -> Section:
+    """Seed 003: cosine similarity of each patch's learned position embedding to every other patch."""
+    from vitscope.analysis.attention.posembed import position_similarity
+    from vitscope.viz.attention_tokens import plot_position_similarity
+
+    if ctx.model.cfg.pos_embed != "learned":
+        return Section.skip(f"skipped: the model's position embedding is {escape(ctx.model.cfg.pos_embed)!s}, "
+                            f"not learned")
+    sim = position_similarity(ctx.model)
+    sec = Section()
+    fig = plot_position_similarity(sim)
+    sec.figure(ctx, fig, "similarity", "Each small map: one patch's similarity to all patches (its own position "
+               "is the brightest).", arrays={"similarity": sim})
+    return sec

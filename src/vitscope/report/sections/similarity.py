@@ -1,0 +1,89 @@
+"""Representation sections: CKA layer x layer, and k-means clustering scores per block.
+Computation comes from ``vitscope.analysis.similarity`` and ``vitscope.analysis.cluster``."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vitscope.report.registry import Section, analysis
+
+
+def block_features(model, images: torch.Tensor, token_mode: str, batch_size: int = 64,
+                   blocks=None) -> dict[str, np.ndarray]:
+    """{block name: (n, d)} of each block's output (``hook_resid_post``) reduced by ``token_mode``."""
+    from vitscope.analysis.similarity.compare import block_hooks, model_features, short_name
+
+    hooks = block_hooks(model.cfg.depth, blocks=blocks)
+    parts: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    for x in images.split(batch_size):
+        for h, f in model_features(model, x, hooks, token_mode).items():
+            parts[h].append(f.float().cpu())
+    return {short_name(h): torch.cat(v).numpy() for h, v in parts.items()}
+
+
+def _cls_blocks(model) -> list[int]:
+    return [b for b in range(model.cfg.depth) if model.token_layout(b).cls is not None]
+
+
+@analysis("cka", "CKA between blocks", needs=("images",), order=50)
+def cka_section(ctx) -> Section:
+    """Linear CKA (unbiased HSIC, full data) between every pair of block outputs, on the mean of the patch
+    tokens and on all tokens; and between the trained model and its random-weight twin."""
+    from vitscope.analysis.similarity.compare import layer_cka
+    from vitscope.viz.similarity import plot_cka
+
+    n = len(ctx.eval_images)
+    if n < 8:
+        return Section.skip(f"skipped: CKA needs at least 8 images, got {n}")
+    sec = Section()
+    feats = {}
+    for mode, label in (("mean", "mean of patch tokens"), ("all", "all tokens")):
+        feats[mode] = block_features(ctx.model, ctx.eval_images, mode, ctx.batch_size)
+        res = layer_cka(feats[mode])
+        fig = plot_cka(res, title=f"CKA, block outputs ({label}), {n} images", xlabel="block", ylabel="block")
+        sec.figure(ctx, fig, f"layers_{mode}", f"Linear CKA between block outputs, {label}.",
+                   arrays={"cka": res.matrix})
+    rand = block_features(ctx.random_model, ctx.eval_images, "mean", ctx.batch_size)
+    res = layer_cka(feats["mean"], rand)
+    fig = plot_cka(res, title="CKA, trained (rows) vs random weights (columns)", xlabel="block (random)",
+                   ylabel="block (trained)")
+    sec.figure(ctx, fig, "trained_vs_random", "Where the trained model's representations still resemble those "
+               "of a random network (mean of patch tokens).", arrays={"cka": res.matrix})
+    m = layer_cka(feats["mean"]).matrix
+    sec.add_text(f"Adjacent blocks: CKA {np.mean(np.diag(m, 1)):.2f} on average; first vs last block "
+                 f"{m[0, -1]:.2f}.")
+    return sec
+
+
+@analysis("clustering", "Clustering scores per block", needs=("images", "labels"), order=55)
+def clustering(ctx) -> Section:
+    """k-means (k = number of classes, seed 0, 10 inits) on the CLS token and on the mean patch token of every
+    block, scored against the labels by NMI, ARI and purity (seed 002); the random-weight twin for reference."""
+    from vitscope.analysis.cluster import blockwise_cluster_scores
+    from vitscope.viz.similarity import plot_cluster_curves
+
+    y = ctx.eval_labels
+    k = len(ctx.classes)
+    if len(y) < 2 * k:
+        return Section.skip(f"skipped: {len(y)} labelled images are too few for k-means with k={k}")
+    sec = Section()
+    rows = []
+    for mode, label in (("cls", "CLS token"), ("mean", "mean patch token")):
+        blocks = _cls_blocks(ctx.model) if mode == "cls" else None
+        if mode == "cls" and not blocks:
+            continue
+        curves = {}
+        for who, model in (("trained", ctx.model), ("random", ctx.random_model)):
+            f = block_features(model, ctx.eval_images, mode, ctx.batch_size, blocks=blocks)
+            s = blockwise_cluster_scores(list(f.values()), y, k=k)
+            curves[who] = s
+            for j, name in enumerate(f):
+                rows.append({"tokens": label, "model": who, "block": name,
+                             **{m: round(float(v[j]), 4) for m, v in s.items()}})
+        fig = plot_cluster_curves(curves, title=f"k-means on the {label} (k={k}, {len(y)} images)")
+        if blocks and blocks[0] > 0:
+            sec.add_text(f"CLS exists from block {blocks[0]}: its curve starts there (x = blocks {blocks}).")
+        sec.figure(ctx, fig, mode, f"NMI, ARI and purity per block, {label}.",
+                   arrays={f"{who}_{m}": v for who, s in curves.items() for m, v in s.items()})
+    sec.table(ctx, rows, "scores", "Clustering scores per block")
+    return sec
