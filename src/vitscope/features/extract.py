@@ -267,6 +267,7 @@ def extract_features(model, dataset, out_dir, layers="all", sites=("resid_post",
     ``resume``: continue an interrupted run of the same extraction (default), refusing a store of another
     model / weights / preprocessing / dataset; ``resume=False`` deletes an existing store first.
     Launched by ``torchrun`` the samples are split between the ranks and rank 0 finalises the store.
+    The model is moved to ``device`` and put in eval mode for the run (its training flag is restored).
     Returns the (complete) :class:`FeatureStore`; ``store.run`` holds this run's counts and timing.
     """
     if dtype not in STORAGE_DTYPES:
@@ -294,6 +295,8 @@ def extract_features(model, dataset, out_dir, layers="all", sites=("resid_post",
         with model.hooks(runner.fwd_hooks()), torch.inference_mode():
             # learn the input size and the feature shapes from one image (same on every rank)
             probe = _probe_item(dataset)[None].to(dev)
+            if model.dtype in (torch.float16, torch.bfloat16):
+                probe = probe.to(model.dtype)
             runner.set_grid(probe)
             with amp:
                 outs = runner(probe)
@@ -366,6 +369,7 @@ def _run_batches(runner: _Runner, dataset, out_dir: Path, plan: Plan, batches, d
     total = sum(b - a for a, b in batches)
     bar = tqdm(total=total, unit="img", disable=not (progress and d.is_main), dynamic_ncols=True,
                desc=f"extract (rank 0 of {d.world_size})" if d.active else "extract", file=sys.stderr)
+    in_dtype = runner.model.dtype if runner.model.dtype in (torch.float16, torch.bfloat16) else torch.float32
     n_img = n_skip = 0
     try:
         for (a, b), (images, labels, idx, skipped) in zip(batches, loader):
@@ -377,6 +381,8 @@ def _run_batches(runner: _Runner, dataset, out_dir: Path, plan: Plan, batches, d
                 bar.update(b - a)
                 continue
             x = images.to(dev, non_blocking=True)
+            if x.dtype != in_dtype:
+                x = x.to(in_dtype)                             # a model loaded in half precision
             runner.set_grid(x)
             with amp:
                 outs = fn(x)
