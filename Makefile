@@ -10,7 +10,6 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints-ci.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints-ci.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints-ci.txt -e ".[test]"
 	touch $(STAMP)
