@@ -85,7 +85,8 @@ def main() -> None:
     for d in a.difficulties.split(","):
         r = run(d, a)
         curve = " ".join(f"{v:.2f}" for v in r["accs"])
-        print(f"{d:10s} {r['gen_s']:6.1f} {r['train_s']:8.1f} {r['accs'][-1]:6.3f} {r['accs'][-1] / chance:10.1f}  {curve}",
+        acc = r["accs"][-1]
+        print(f"{d:10s} {r['gen_s']:6.1f} {r['train_s']:8.1f} {acc:6.3f} {acc / chance:10.1f}  {curve}",
               flush=True)
 
 

@@ -19,7 +19,8 @@ def test_synth_writes_every_format_and_refuses_a_full_folder(tmp_path):
     res = CliRunner().invoke(app, ["synth", str(out), *SMALL])
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "synth.json").read_text())
-    assert set(manifest["written"]) == {"imagefolder", "coco", "partimagenet", "imagenet_s", "davis", "spair", "revisited"}
+    assert set(manifest["written"]) == {"imagefolder", "coco", "partimagenet", "imagenet_s", "davis", "spair",
+                                        "revisited"}
     assert manifest["config"]["size"] == 32 and manifest["classes"] == ["circle", "square", "triangle"]
     ds = open_dataset(out / "classification" / "train", transform=np.array)
     assert len(ds) == 6 and ds[0][0].shape == (32, 32, 3)
@@ -27,7 +28,8 @@ def test_synth_writes_every_format_and_refuses_a_full_folder(tmp_path):
     again = CliRunner().invoke(app, ["synth", str(out), *SMALL])
     assert again.exit_code != 0 and "not empty" in str(again.exception)
     only = CliRunner().invoke(app, ["synth", str(tmp_path / "only"), *SMALL, "--formats", "imagefolder"])
-    assert only.exit_code == 0 and sorted(p.name for p in (tmp_path / "only").iterdir()) == ["classification", "synth.json"]
+    assert only.exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "only").iterdir()) == ["classification", "synth.json"]
 
 
 def test_check_data_lists_bad_files_and_writes_a_report(tmp_path):

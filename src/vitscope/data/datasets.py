@@ -176,8 +176,7 @@ class ImageDataset(Dataset):
 
     def subset(self, indices: Iterable[int]) -> ImageDataset:
         """A dataset over some samples (new indices 0..n-1; ``ids`` keep naming the files)."""
-        sub = ImageDataset(SubsetSource(self.source, [int(i) for i in indices]), self.transform, self.on_error)
-        return sub
+        return ImageDataset(SubsetSource(self.source, [int(i) for i in indices]), self.transform, self.on_error)
 
 
 class SubsetSource:

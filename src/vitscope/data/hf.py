@@ -53,7 +53,8 @@ class HFSource:
             cands = [c for c, f in feats.items() if isinstance(f, datasets.Image)]
             cands = cands or [c for c in _IMAGE_NAMES if c in feats]
             if not cands:
-                raise ValueError(f"no image column in {where} (columns: {', '.join(feats)}); name it with ?image=COLUMN")
+                raise ValueError(f"no image column in {where} (columns: {', '.join(feats)}); "
+                                 f"name it with ?image=COLUMN")
             image = cands[0]
         elif image not in feats:
             raise ValueError(f"image column {image!r} not in {where}; columns: {', '.join(feats)}")

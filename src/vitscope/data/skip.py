@@ -65,7 +65,8 @@ def read_skip_report(path: str | Path) -> list[SkipRecord]:
 
 
 def skip_summary(skipped: Iterable[SkipRecord], total: int | None = None, report: str | Path | None = None) -> str:
-    """One line for the end of a run, e.g. ``skipped 3 of 120 images (2 truncated, 1 not an image); see skipped.csv``."""
+    """One line for the end of a run, e.g.
+    ``skipped 3 of 120 images (2 truncated, 1 not an image); see skipped.csv``."""
     rows = list(skipped)
     of = f" of {total}" if total is not None else ""
     see = f"; see {report}" if report is not None else ""

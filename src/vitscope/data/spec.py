@@ -67,16 +67,9 @@ def parse_spec(spec: str | Path) -> tuple[str, str, dict[str, str]]:
 def _take(options: dict[str, Any], allowed: dict[str, Callable[[Any], Any]], what: str) -> dict[str, Any]:
     bad = sorted(set(options) - set(allowed))
     if bad:
-        raise ValueError(f"unknown option(s) {', '.join(bad)} for {what}; accepted: {', '.join(sorted(allowed)) or 'none'}")
+        accepted = ", ".join(sorted(allowed)) or "none"
+        raise ValueError(f"unknown option(s) {', '.join(bad)} for {what}; accepted: {accepted}")
     return {k: (allowed[k](v) if isinstance(v, str) else v) for k, v in options.items()}
-
-
-def _bool(v: str) -> bool:
-    if v.lower() in ("1", "true", "yes", "on"):
-        return True
-    if v.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {v!r}")
 
 
 def open_source(spec: str | Path, **options):

@@ -51,7 +51,8 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def _tars(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix == ".tar"), key=lambda p: natural_key(p.name))
+    tars = (p for p in folder.iterdir() if p.is_file() and p.suffix == ".tar")
+    return sorted(tars, key=lambda p: natural_key(p.name))
 
 
 def is_shard_folder(p: Path) -> bool:

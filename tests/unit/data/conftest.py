@@ -26,7 +26,8 @@ def png_bomb_bytes(width=100_000, height=100_000) -> bytes:
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    idat = chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
 
 
 def exif_rotated_jpeg(path: Path, h=20, w=30):
@@ -57,7 +58,8 @@ def write_mixed_folder(root: Path) -> tuple[dict[str, str], dict[str, tuple]]:
     bad = {}
     buf = io.BytesIO()
     Image.fromarray(rgb_array(64, 64, 5)).save(buf, format="JPEG")
-    (root / "p_truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2]); bad["p_truncated.jpg"] = "truncated"
+    (root / "p_truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    bad["p_truncated.jpg"] = "truncated"
     (root / "q_empty.png").write_bytes(b""); bad["q_empty.png"] = "empty"
     (root / "r_text.jpg").write_text("this is not an image\n"); bad["r_text.jpg"] = "not_image"
     (root / "s_bomb.png").write_bytes(png_bomb_bytes()); bad["s_bomb.png"] = "too_large"

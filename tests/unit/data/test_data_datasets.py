@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import rgb_array, save_rgb, write_mixed_folder
+from conftest import save_rgb, write_mixed_folder
 from PIL import Image
 
 from vitscope.data import collate_skip, open_dataset, read_skip_report

@@ -161,6 +161,12 @@ def test_video_frames_and_options(tmp_path):
     assert [i.rsplit("=", 1)[1] for i in ds.ids] == ["1", "4", "7"]
     assert abs(float(ds[2][0].mean()) - 140) < 6
     assert len(open_dataset(tmp_path / "clip.mp4", max_frames=2, transform=RAW)) == 2
+    from vitscope.data.video import count_frames, read_frames
+
+    assert count_frames(tmp_path / "clip.mp4") == 8
+    clip = read_frames(tmp_path / "clip.mp4")
+    assert clip.shape == (8, 32, 48, 3) and np.allclose(clip.reshape(8, -1).mean(1), 20 * np.arange(8), atol=6)
+    np.testing.assert_array_equal(read_frames(tmp_path / "clip.mp4", [5, 1]), clip[[5, 1]])
 
 
 def test_gif_and_unreadable_video(tmp_path):

@@ -7,7 +7,8 @@ import numpy as np
 from PIL import Image
 
 from vitscope.data.synthetic.config import SPLITS, SynthConfig
-from vitscope.data.synthetic.render import Appearance, add_clutter, background, box_of, contrasting_colour, draw_object, finish
+from vitscope.data.synthetic.render import (Appearance, add_clutter, background, box_of, contrasting_colour,
+                                            draw_object, finish)
 from vitscope.data.synthetic.shapes import KEYPOINTS, SHAPES, Pose, keypoint_ids, to_image
 
 # one colour per class, used only when jitter < 1 (a deliberate colour shortcut)
@@ -43,7 +44,8 @@ def object_colour(rng: np.random.Generator, cfg: SynthConfig, label: int, bg: np
     return contrasting_colour(rng, c, bg, cfg.contrast)
 
 
-def keypoints_of(shape: str, pose: Pose, size: int, visible_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def keypoints_of(shape: str, pose: Pose, size: int,
+                 visible_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Keypoints (K, 3) as (x, y, visible) and their global ids; visible = inside the image (and, with
     ``visible_mask``, on a visible pixel of the object or next to one)."""
     xy = to_image(pose, KEYPOINTS[shape])

@@ -1,4 +1,6 @@
-"""Drawing: textured backgrounds, clutter, shaded objects with their masks, noise. Images are float (H, W, 3) in [0, 1]."""
+"""Drawing: textured backgrounds, clutter, shaded objects with their masks, noise.
+
+Images are float (H, W, 3) in [0, 1] until :func:`finish` quantises them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -72,7 +74,8 @@ def luminance(c: np.ndarray) -> float:
     return float(np.asarray(c) @ _LUMA)
 
 
-def contrasting_colour(rng: np.random.Generator, colour: np.ndarray, against: np.ndarray, contrast: float) -> np.ndarray:
+def contrasting_colour(rng: np.random.Generator, colour: np.ndarray, against: np.ndarray,
+                       contrast: float) -> np.ndarray:
     """Shift ``colour`` in luminance so it differs from ``against`` by at least ``contrast``."""
     delta = luminance(colour) - luminance(against)
     sign = np.sign(delta) if delta != 0 else rng.choice([-1.0, 1.0])

@@ -77,7 +77,8 @@ def _view(cfg: SynthConfig, rng: np.random.Generator, label: int, look: Appearan
         w, h = max(1, x1 - x0), max(1, y1 - y0)
         ox, oy = int(x0 + rng.uniform(0, 0.6) * w), int(y0 + rng.uniform(0, 0.6) * h)
         img = img.copy()
-        img[oy: oy + max(2, int(0.4 * h)), ox: ox + max(2, int(0.4 * w))] = (rng.uniform(0, 255, size=3)).astype(np.uint8)
+        colour = rng.uniform(0, 255, size=3).astype(np.uint8)
+        img[oy: oy + max(2, int(0.4 * h)), ox: ox + max(2, int(0.4 * w))] = colour
     return img, sample
 
 

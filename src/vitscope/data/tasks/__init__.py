@@ -3,8 +3,8 @@
 | loader | format | returns |
 |---|---|---|
 | :func:`load_coco` | COCO instances json (polygon and RLE masks) | :class:`CocoInstances` of :class:`InstanceSample` |
-| :func:`load_partimagenet` | PartImageNet (COCO-style part annotations) | :class:`PartImageNet` of :class:`PartSample` |
-| :func:`load_imagenet_s` | ImageNet-S (semantic mask PNGs, id = R + 256 G) | :class:`ImageNetS` of :class:`SemanticSample` |
+| :func:`load_partimagenet` | PartImageNet (COCO-style parts) | :class:`PartImageNet` of :class:`PartSample` |
+| :func:`load_imagenet_s` | ImageNet-S (mask PNGs, id = R + 256 G) | :class:`ImageNetS` of :class:`SemanticSample` |
 | :func:`load_davis` | DAVIS-2017 (JPEGImages / Annotations / ImageSets) | :class:`Davis` of :class:`DavisSequence` |
 | :func:`load_spair` | SPair-71k (pair json with keypoints and boxes) | :class:`SPair` of :class:`SPairPair` |
 | :func:`load_revisited` | Revisited Oxford / Paris (``gnd_*.pkl``, safe unpickling) | :class:`Revisited` |

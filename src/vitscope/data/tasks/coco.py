@@ -60,8 +60,9 @@ class CocoInstances(TaskImages):
         self.image_root = require(Path(image_root), "COCO image folder")
         with contextlib.redirect_stdout(io.StringIO()):
             self.coco = _coco_api()(str(annotation_file))
-        self.categories = {int(c["id"]): c["name"] for c in self.coco.loadCats(self.coco.getCatIds())}
-        self.supercategories = {int(c["id"]): c.get("supercategory", "") for c in self.coco.loadCats(self.coco.getCatIds())}
+        cats = self.coco.loadCats(self.coco.getCatIds())
+        self.categories = {int(c["id"]): c["name"] for c in cats}
+        self.supercategories = {int(c["id"]): c.get("supercategory", "") for c in cats}
         ids = sorted(self.coco.getImgIds())
         if categories is not None:
             keep = set()

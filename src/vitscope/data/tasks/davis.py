@@ -85,7 +85,8 @@ class Davis(TaskImages):
         for name in sequences:
             fdir = require(jpeg / name, f"frames of sequence {name!r}")
             frames = sorted((str(p) for p in fdir.glob("*.jpg")), key=natural_key)
-            masks = sorted((str(p) for p in (ann / name).glob("*.png")), key=natural_key) if (ann / name).is_dir() else []
+            mdir = ann / name
+            masks = sorted((str(p) for p in mdir.glob("*.png")), key=natural_key) if mdir.is_dir() else []
             if not frames:
                 raise ValueError(f"sequence {name!r} has no frames in {fdir}")
             if not masks:

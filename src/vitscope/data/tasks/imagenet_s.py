@@ -63,8 +63,9 @@ class ImageNetS(TaskImages):
         self.samples = []
         for m in masks:
             rel = m.relative_to(seg).with_suffix("")
-            cands = [p for p in (img_dir / rel.parent).glob(rel.name + ".*") if is_image_file(p)] if (img_dir / rel.parent).is_dir() else []
-            img = sorted(cands)[0] if cands else img_dir / rel.parent / (rel.name + ".JPEG")
+            folder = img_dir / rel.parent
+            cands = sorted(p for p in folder.glob(rel.name + ".*") if is_image_file(p)) if folder.is_dir() else []
+            img = cands[0] if cands else folder / (rel.name + ".JPEG")
             self.samples.append(SemanticSample(str(img), str(m), rel.parent.name))
         if categories is None:
             found = sorted(root.glob("ImageNetS_categories_im*.txt"))
@@ -90,5 +91,6 @@ class ImageNetS(TaskImages):
 
 
 def load_imagenet_s(root: str | Path, split: str = "validation", categories: str | Path | None = None) -> ImageNetS:
-    """Read an ImageNet-S folder (``ImageNetS919``/``ImageNetS50``...) for a split (``validation``, ``test``, ``train-semi``)."""
+    """Read an ImageNet-S folder (``ImageNetS919``, ``ImageNetS50``, ...) for a split
+    (``validation``, ``test``, ``train-semi``)."""
     return ImageNetS(root, split, categories)

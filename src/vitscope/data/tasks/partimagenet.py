@@ -46,7 +46,8 @@ class PartSample:
 class PartImageNet(TaskImages):
     """``ds[i]`` is a :class:`PartSample`; ``part_categories`` maps id -> (name, supercategory)."""
 
-    def __init__(self, annotation_file: str | Path, image_root: str | Path, supercategories: list[str] | None = None) -> None:
+    def __init__(self, annotation_file: str | Path, image_root: str | Path,
+                 supercategories: list[str] | None = None) -> None:
         self.coco = CocoInstances(annotation_file, image_root)
         self.part_categories = {k: (v, self.coco.supercategories[k]) for k, v in self.coco.categories.items()}
         ids = self.coco.image_ids

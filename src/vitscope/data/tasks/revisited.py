@@ -82,7 +82,8 @@ class RevisitedQuery:
     junk: np.ndarray
 
     def positives(self, protocol: str = "medium") -> np.ndarray:
-        return {"easy": self.easy, "medium": np.concatenate([self.easy, self.hard]), "hard": self.hard}[_check(protocol)]
+        pos = {"easy": self.easy, "medium": np.concatenate([self.easy, self.hard]), "hard": self.hard}
+        return pos[_check(protocol)]
 
     def ignored(self, protocol: str = "medium") -> np.ndarray:
         return {"easy": np.concatenate([self.junk, self.hard]), "medium": self.junk,
@@ -127,7 +128,8 @@ class Revisited(TaskImages):
             for kind in ("easy", "hard", "junk"):
                 bad = getattr(item, kind)[(getattr(item, kind) < 0) | (getattr(item, kind) >= n)]
                 if len(bad):
-                    raise ValueError(f"{gnd_file}: query {q} lists {kind} index {int(bad[0])} outside the {n} database images")
+                    raise ValueError(f"{gnd_file}: query {q} lists {kind} index {int(bad[0])} "
+                                     f"outside the {n} database images")
             self.queries.append(item)
         self.description = f"Revisited {self.name} ({n} images, {len(self.queries)} queries)"
 
