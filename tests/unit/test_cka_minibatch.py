@@ -145,3 +145,13 @@ def test_errors_never_nan(layers):
     rbf_const = MinibatchCKA(kernel="rbf").update([layers[0][:8], np.zeros((8, 3))])
     with pytest.raises(ValueError, match="constant"):
         rbf_const.compute()
+
+
+def test_non_finite_features_are_an_error(layers):
+    bad = layers[1][:8].copy()
+    bad[3, 2] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        MinibatchCKA().update([layers[0][:8], bad])
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match=r"xs\[1\]"):
+        MinibatchCKA(kernel="rbf", sigma=1.0).update([layers[0][:8], bad])

@@ -18,6 +18,7 @@ mismatched sample counts are each a ``ValueError`` that says what came and what 
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
@@ -30,7 +31,8 @@ METHODS = ("auto", "gram", "features")
 
 
 # ----------------------------------------------------------------------------- input validation (one place)
-def as_features(x: Any, name: str = "X", device: torch.device | str | None = None) -> torch.Tensor:
+def as_features(x: Any, name: str = "X", device: torch.device | str | None = None,
+                check_finite: bool = True) -> torch.Tensor:
     """Any (n, ...) array or tensor -> a finite float64 tensor (n, d); trailing dims are flattened.
 
     Tensors stay on their device unless ``device`` is given; numpy arrays (also memory maps) go to the CPU.
@@ -38,7 +40,10 @@ def as_features(x: Any, name: str = "X", device: torch.device | str | None = Non
     if isinstance(x, torch.Tensor):
         t = x.detach()
     else:
-        t = torch.as_tensor(np.asarray(x))
+        a = np.asarray(x)
+        with warnings.catch_warnings():                                                # read-only memmaps: never written
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.as_tensor(a)
     if device is not None:
         t = t.to(device)
     if t.ndim == 0:
@@ -52,7 +57,7 @@ def as_features(x: Any, name: str = "X", device: torch.device | str | None = Non
     if not t.is_floating_point():
         t = t.to(torch.float64)
     t = t.to(torch.float64)
-    if not torch.isfinite(t).all():
+    if check_finite and not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite values; clean the features before comparing them")
     return t

@@ -22,11 +22,9 @@ from vitscope.analysis.similarity.cka import (
     DEGENERATE_RTOL,
     _check_kernel,
     as_features,
-    center_gram,
     check_n,
     l2_normalize_rows,
     median_sigma,
-    minmax_scale_gram,
     pairwise_sq_dists,
 )
 
@@ -37,6 +35,29 @@ def _as_list(feats: Any) -> tuple[list[str] | None, list[Any]]:
     if isinstance(feats, (np.ndarray, torch.Tensor)):
         return None, [feats]
     return None, list(feats)
+
+
+def _minmax_stack(k: torch.Tensor) -> torch.Tensor:
+    """Seed 002's quirk on a stack of Gram matrices (L, b, b): each scaled to [0, 1], diagonal zeroed."""
+    k = k - k.amin(dim=(1, 2), keepdim=True)
+    top = k.amax(dim=(1, 2), keepdim=True)
+    k = torch.where(top > 0, k / torch.where(top > 0, top, torch.ones_like(top)), k)
+    idx = torch.arange(k.shape[1], device=k.device)
+    k[:, idx, idx] = 0
+    return k
+
+
+def _u_centre_stack(k: torch.Tensor) -> torch.Tensor:
+    """Szekely-Rizzo U-centring of a stack of Gram matrices (L, b, b), as :func:`center_gram` does for one."""
+    b = k.shape[1]
+    k = k.clone()
+    idx = torch.arange(b, device=k.device)
+    k[:, idx, idx] = 0
+    means = k.sum(dim=1) / (b - 2)                                                     # L, b
+    means = means - means.sum(dim=1, keepdim=True) / (2 * (b - 1))
+    k = k - means[:, :, None] - means[:, None, :]
+    k[:, idx, idx] = 0
+    return k
 
 
 class MinibatchCKA:
@@ -72,9 +93,9 @@ class MinibatchCKA:
 
     # ------------------------------------------------------------------ one batch
     def _centred(self, feats: list[Any], b: int | None, side: str) -> tuple[torch.Tensor, torch.Tensor, int]:
-        rows, energy = [], []
+        xs = []
         for i, f in enumerate(feats):
-            x = as_features(f, f"{side}[{i}]", self.device)                            # b, d
+            x = as_features(f, f"{side}[{i}]", self.device, check_finite=False)       # checked below
             if b is None:
                 b = x.shape[0]
                 check_n(b, True, "a minibatch CKA batch")
@@ -83,24 +104,35 @@ class MinibatchCKA:
                                  f"{x.shape[0]} rows, expected {b}")
             if self.normalize:
                 x = l2_normalize_rows(x)
-            if self.kernel == "linear":
-                if not self.minmax:
-                    x = x - x.mean(dim=0, keepdim=True)                                # shift invariant, stabler
-                k = x @ x.T                                                            # b, b
+            if self.kernel == "linear" and not self.minmax:
+                x = x - x.mean(dim=0, keepdim=True)                                    # shift invariant, stabler
+            xs.append(x)
+        if not xs:
+            raise ValueError(f"no representations given for {side}")
+        if self.kernel == "linear":
+            if len({x.shape for x in xs}) == 1:
+                xx = torch.stack(xs)                                                   # L, b, d
+                grams = torch.bmm(xx, xx.transpose(1, 2))                              # L, b, b
             else:
+                grams = torch.stack([x @ x.T for x in xs])
+        else:
+            ks = []
+            for x in xs:
                 d = pairwise_sq_dists(x)
                 if self.sigma is None and not bool((d > 0).any()):
-                    k = torch.ones_like(d)                                             # constant batch: U(K) = 0
-                else:
-                    s = median_sigma(sq_dists=d) if self.sigma is None else float(self.sigma)
-                    k = torch.exp(-d / (2.0 * s * s))
-            if self.minmax:
-                k = minmax_scale_gram(k)
-            energy.append((k * k).sum())
-            rows.append(center_gram(k, unbiased=True).reshape(-1))                    # b*b
-        if not rows:
-            raise ValueError(f"no representations given for {side}")
-        return torch.stack(rows), torch.stack(energy), b                               # L, b*b; L
+                    ks.append(torch.ones_like(d))                                      # constant batch: U(K) = 0
+                    continue
+                s = median_sigma(sq_dists=d) if self.sigma is None else float(self.sigma)
+                ks.append(torch.exp(-d / (2.0 * s * s)))
+            grams = torch.stack(ks)                                                    # L, b, b
+        if self.minmax:
+            grams = _minmax_stack(grams)
+        energy = (grams * grams).sum(dim=(1, 2))                                       # L
+        bad = torch.nonzero(~torch.isfinite(energy)).flatten().tolist()
+        if bad:                                                                        # NaN / inf in, or overflow
+            raise ValueError(f"{side}[{bad[0]}] contains NaN or infinite values (or values so large that its Gram "
+                             f"matrix overflows); clean the features before comparing them")
+        return _u_centre_stack(grams).reshape(len(xs), -1), energy, b                  # L, b*b; L
 
     def update(self, xs: Sequence[Any] | Mapping[str, Any], ys: Sequence[Any] | Mapping[str, Any] | None = None
                ) -> "MinibatchCKA":

@@ -1,0 +1,380 @@
+"""`vitscope cka`, `vitscope rsa`, `vitscope cluster`: thin wrappers over vitscope.analysis.similarity / cluster.
+
+Inputs are models (registry names, timm/..., hf:..., local folders) run over ``--data``, or feature stores
+written by `vitscope extract` (``--store DIR``, optionally ``--store2 DIR``). Every figure is saved with its
+numbers (.npy, .json, .csv) under ``--out``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+SITE_HOOKS = {
+    "resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
+    "ln1": "ln1.hook_normalized", "ln2": "ln2.hook_normalized", "attn_out": "hook_attn_out",
+    "mlp_out": "hook_mlp_out",
+}
+SITE_NAMES = {v: k for k, v in SITE_HOOKS.items()}
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)).strip("_") or "model"
+
+
+def _formats(fmt: str) -> list[str]:
+    out = [f.strip().lstrip(".") for f in fmt.split(",") if f.strip()]
+    bad = [f for f in out if f not in ("png", "pdf", "svg", "jpg")]
+    if bad or not out:
+        raise ValueError(f"--format takes a comma-separated list of png, pdf, svg, jpg; got {fmt!r}")
+    return out
+
+
+def _site_hooks(sites: str) -> list[str]:
+    out = []
+    for s in (x.strip() for x in sites.split(",") if x.strip()):
+        if s in SITE_HOOKS:
+            out.append(SITE_HOOKS[s])
+        elif s in SITE_NAMES:
+            out.append(s)
+        else:
+            raise ValueError(f"unknown site {s!r}; choose among {', '.join(SITE_HOOKS)}")
+    if not out:
+        raise ValueError("--sites is empty")
+    return out
+
+
+def _load_models(names: list[str], random: bool, device: Optional[str], seed: int = 0,
+                 with_random: bool = False) -> dict:
+    """Load every model; ``random`` random-inits them all, ``with_random`` adds a random-init copy of each."""
+    from vitscope.models.loading import load_model
+
+    models = {}
+    for n in names:
+        for rand in ([random] + ([True] if with_random and not random else [])):
+            m = load_model(n, pretrained=not rand, device=device, seed=seed)
+            m.eval()
+            label = str((getattr(m, "meta", None) or {}).get("name") or Path(n).name or n)
+            if rand:
+                label += " (random)"
+            while label in models:
+                label += "'"
+            models[label] = m
+    return models
+
+
+def _open_data(data: Optional[str], what: str):
+    if not data:
+        raise ValueError(f"{what} from models needs images: pass --data SPEC (a folder, a list, shards, hf:NAME "
+                         f"or synthetic:n=256)")
+    from vitscope.data import open_dataset
+
+    return open_dataset(data)
+
+
+def _check_inputs(models: list[str], store: Optional[Path], store2: Optional[Path]) -> None:
+    if store2 is not None and store is None:
+        raise ValueError("--store2 needs --store")
+    if store is not None and models:
+        raise ValueError("give either models (with --data) or --store, not both")
+    if store is None and not models:
+        raise ValueError("nothing to compare: give one or more MODELS with --data, or --store DIR")
+
+
+def _echo_written(paths, quiet: bool) -> None:
+    if not quiet:
+        figs = [p for p in paths if str(p).endswith((".png", ".pdf", ".svg", ".jpg"))]
+        for p in figs:
+            typer.echo(f"wrote {p}")
+
+
+# ----------------------------------------------------------------------------- cka
+def cka_command(
+    models: List[str] = typer.Argument(None, help="Models: registry names, timm/NAME, hf:REPO or local folders. "
+                                                  "One: layer x layer; two: model A x model B; --last-layer: "
+                                                  "last layer across all of them."),
+    data: Optional[str] = typer.Option(None, "--data", help="Images for models: folder, list, shards, hf:NAME, "
+                                                            "synthetic:n=256 ..."),
+    random: bool = typer.Option(False, "--random", help="Random-init weights (no download); for baselines and tests."),
+    with_random: bool = typer.Option(False, "--with-random", help="Add a random-init copy of every model (seed 001's "
+                                                                  "baseline)."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Feature store written by `vitscope extract`."),
+    store2: Optional[Path] = typer.Option(None, "--store2", help="Second feature store (same images): store x store2."),
+    out: Path = typer.Option(Path("runs/similarity"), "--out", help="Output folder."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Seed preset: default, seed000 (L2-normalised, full "
+                                                                "data) or seed002 (minibatch, min-max kernels, "
+                                                                "all tokens, ln1/ln2)."),
+    sites: Optional[str] = typer.Option(None, "--sites", help="Block sites, comma-separated: resid_post (default), "
+                                                              "resid_pre, resid_mid, ln1, ln2, attn_out, mlp_out."),
+    tokens: Optional[str] = typer.Option(None, "--tokens", help="Token mode: cls (default; all with --residual), "
+                                                                "mean, all, patches."),
+    kernel: Optional[str] = typer.Option(None, "--kernel", help="linear (default) or rbf."),
+    sigma: Optional[float] = typer.Option(None, "--sigma", help="RBF bandwidth; default: median heuristic."),
+    biased: bool = typer.Option(False, "--biased", help="Biased HSIC (default: unbiased); full-data CKA only."),
+    minmax: Optional[bool] = typer.Option(None, "--minmax/--no-minmax", help="Seed 002's kernel quirk (scale each "
+                                                                             "Gram matrix to [0, 1], zero diagonal)."),
+    normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize", help="L2-normalise each sample's "
+                                                                                      "features first (seed 000)."),
+    full: Optional[bool] = typer.Option(None, "--full/--minibatch", help="Models: collect every feature and compute "
+                                                                         "exact CKA (--full) or stream minibatch "
+                                                                         "CKA (default, memory independent of N)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images per batch (the minibatch size of minibatch CKA)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images."),
+    last_layer: bool = typer.Option(False, "--last-layer", help="Compare the last block of every model (or store)."),
+    residual: bool = typer.Option(False, "--residual", help="Residual CKA: skip input vs attention / MLP branch "
+                                                            "output of every block, with norm ratios."),
+    grid: bool = typer.Option(False, "--grid", help="With several models: one layer x layer map per model pair, "
+                                                    "drawn as a grid."),
+    clusters: Optional[int] = typer.Option(None, "--clusters", help="Spectral clustering of the layers into K groups "
+                                                                   "by the CKA matrix (one model or store)."),
+    site: str = typer.Option("resid_post", "--site", help="Store site to read (--store)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CPU)."),
+    fmt: str = typer.Option("png", "--format", help="Figure formats, comma-separated (png, pdf, svg)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or messages."),
+) -> None:
+    """CKA between layers, models or the residual branches; heat maps with their numbers."""
+    from vitscope.analysis.similarity import compare as C
+    from vitscope.analysis.similarity.rsa import spectral_cluster_layers
+    from vitscope.viz.similarity import save_cka_grid, save_residual, save_similarity
+
+    models = list(models or [])
+    _check_inputs(models, store, store2)
+    o = C.preset_options(preset or "default", kernel=kernel, minmax=minmax, normalize=normalize,
+                         token_mode=tokens, minibatch=None if full is None else not full)
+    if residual and tokens is None and preset is None:
+        o["token_mode"] = "all"                                                        # seed 002's residual CKA
+    if sites:
+        o["sites"] = tuple(_site_hooks(sites))
+    if o["token_mode"] not in C.TOKEN_MODES:
+        raise ValueError(f"--tokens must be one of {', '.join(C.TOKEN_MODES)}, got {o['token_mode']!r}")
+    formats = _formats(fmt)
+    if preset is None and full is None:
+        o["minibatch"] = True                                                          # models stream by default
+    unbiased = not biased
+    if biased and o["minibatch"] and store is None:
+        raise ValueError("minibatch CKA uses unbiased HSIC only; add --full for biased CKA")
+    kw = dict(kernel=o["kernel"], sigma=sigma, minmax=o["minmax"], normalize=o["normalize"])
+    progress = not quiet
+    out = Path(out)
+    written = []
+
+    if store is not None:
+        if residual:
+            res = C.store_residual_cka(store, token_mode=o["token_mode"], unbiased=unbiased, kernel=o["kernel"],
+                                       sigma=sigma, minmax=o["minmax"])
+            name = C.store_name(C._open_store(store))
+            written += save_residual(res, out / f"residual_{_slug(name)}", formats, title=f"{name}: residual CKA")
+        elif last_layer:
+            if store2 is None:
+                raise ValueError("--last-layer with stores needs --store and --store2")
+            res = C.store_cross_model_cka([store, store2], site=site, reduction=o["token_mode"], unbiased=unbiased,
+                                          **kw)
+            written += save_similarity(res, out / "cka_last_layer", formats, title="last-layer CKA")
+        else:
+            res = C.store_layer_cka(store, store2, site=site, reduction=o["token_mode"], unbiased=unbiased,
+                                    progress=progress, **kw)
+            names = res.meta["models"]
+            cl = _clusters(res, clusters, store2 is None, spectral_cluster_layers)
+            stem = out / ("cka_" + "_x_".join(_slug(n) for n in names))
+            written += save_similarity(res, stem, formats, title=" x ".join(names) + " (CKA)", clusters=cl,
+                                       xlabel=f"{names[-1]} layer", ylabel=f"{names[0]} layer")
+        _echo_written(written, quiet)
+        return
+
+    ds = _open_data(data, "CKA")
+    mods = _load_models(models, random, device, with_random=with_random)
+    names = list(mods)
+    common = dict(token_mode=o["token_mode"], batch_size=batch_size, limit=limit, progress=progress)
+    if residual:
+        for n, m in mods.items():
+            res = C.stream_residual_cka(m, ds, kernel=o["kernel"], sigma=sigma, minmax=o["minmax"], **common)
+            written += save_residual(res, out / f"residual_{_slug(n)}", formats, title=f"{n}: residual CKA")
+    elif last_layer:
+        if len(mods) < 2:
+            raise ValueError("--last-layer compares at least two models")
+        if o["minibatch"]:
+            res = C.stream_cross_model_cka(mods, ds, **common, **kw)
+        else:
+            feats = {}
+            for n, m in mods.items():
+                h = f"blocks.{m.cfg.depth - 1}.{C.DEFAULT_SITE}"
+                f, _ = C.collect_features(m, ds, [h], o["token_mode"], batch_size, limit, progress)
+                feats[n] = f[h]
+            res = C.cross_model_cka(feats, unbiased=unbiased, **kw)
+            res.meta.update(token_mode=o["token_mode"])
+        written += save_similarity(res, out / "cka_last_layer", formats,
+                                   title=f"last-layer CKA ({o['token_mode']} tokens)")
+    else:
+        if len(mods) > 2 and not grid:
+            raise ValueError("layer x layer CKA takes one or two models; add --grid for every pair, or "
+                             "--last-layer to compare the last layers")
+        pairs = [(names[0], names[0])] if len(names) == 1 else (
+            [(a, b) for a in names for b in names] if grid else [(names[0], names[1])])
+        results = {}
+        for a, b in pairs:
+            ma, mb = mods[a], mods[b]
+            ha = C.block_hooks(ma.cfg.depth, o["sites"])
+            hb = C.block_hooks(mb.cfg.depth, o["sites"])
+            if o["minibatch"]:
+                res = C.stream_layer_cka(ma, ds, None if a == b else mb, ha, hb, names=(a, b), **common, **kw)
+            else:
+                fa, _ = C.collect_features(ma, ds, ha, o["token_mode"], batch_size, limit, progress)
+                fb = fa if a == b else C.collect_features(mb, ds, hb, o["token_mode"], batch_size, limit,
+                                                          progress)[0]
+                res = C.layer_cka({C.short_name(h): v for h, v in fa.items()},
+                                  None if a == b else {C.short_name(h): v for h, v in fb.items()},
+                                  unbiased=unbiased, **kw)
+                res.meta.update(token_mode=o["token_mode"], models=[a, b])
+            results[(a, b)] = res
+        if grid and len(names) > 1:
+            written += save_cka_grid(results, out / "cka_grid", formats, title=f"CKA ({o['token_mode']} tokens)")
+        else:
+            (a, b), res = next(iter(results.items()))
+            cl = _clusters(res, clusters, a == b, spectral_cluster_layers)
+            stem = out / (f"cka_{_slug(a)}" if a == b else f"cka_{_slug(a)}_x_{_slug(b)}")
+            written += save_similarity(res, stem, formats, title=f"{a} x {b} (CKA, {o['token_mode']})",
+                                       clusters=cl, xlabel=f"{b} layer", ylabel=f"{a} layer")
+    _echo_written(written, quiet)
+
+
+def _clusters(res, k: Optional[int], square: bool, fn):
+    if k is None:
+        return None
+    if not square:
+        raise ValueError("--clusters groups the layers of one model (a square layer x layer matrix)")
+    return fn(res.matrix, k)
+
+
+# ----------------------------------------------------------------------------- rsa
+def rsa_command(
+    models: List[str] = typer.Argument(None, help="One model (layer x layer RSA); registry name or local folder."),
+    data: Optional[str] = typer.Option(None, "--data", help="Images for the model (folder, list, synthetic:n=256 ...)."),
+    random: bool = typer.Option(False, "--random", help="Random-init weights (no download)."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Feature store written by `vitscope extract`."),
+    store2: Optional[Path] = typer.Option(None, "--store2", help="Second store (same images): store x store2 layers."),
+    out: Path = typer.Option(Path("runs/similarity"), "--out", help="Output folder."),
+    rdm_method: str = typer.Option("correlation", "--rdm", help="RDM: correlation (default), cosine or euclidean."),
+    compare: str = typer.Option("spearman", "--compare", help="RDM comparison: spearman (default) or pearson."),
+    tokens: str = typer.Option("cls", "--tokens", help="Token mode: cls (default), mean, all, patches."),
+    sites: str = typer.Option("resid_post", "--sites", help="Block sites for models, comma-separated."),
+    site: str = typer.Option("resid_post", "--site", help="Store site to read (--store)."),
+    clusters: Optional[int] = typer.Option(None, "--clusters", help="Spectral clustering of the layers into K groups."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images (RDMs are N x N)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: CPU)."),
+    fmt: str = typer.Option("png", "--format", help="Figure formats, comma-separated."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or messages."),
+) -> None:
+    """RSA between layers (correlation RDMs compared by Spearman, seed 000), optional spectral clustering."""
+    from vitscope.analysis.similarity import compare as C
+    from vitscope.analysis.similarity.rsa import spectral_cluster_layers
+    from vitscope.viz.similarity import save_similarity
+
+    models = list(models or [])
+    _check_inputs(models, store, store2)
+    formats = _formats(fmt)
+    if store is not None:
+        s1 = C._open_store(store)
+        if store2 is None:
+            res = C.store_layer_rsa(s1, site, tokens, rdm_method=rdm_method, compare=compare)
+        else:
+            s2 = C._open_store(store2)
+            valid = C._common_valid([s1, s2])
+            res = C.layer_rsa(C.store_features(s1, site, tokens, None, valid),
+                              C.store_features(s2, site, tokens, None, valid), rdm_method, compare)
+            res.meta.update(models=[C.store_name(s1), C.store_name(s2)])
+        names = res.meta.get("models", ["store"])
+    else:
+        if len(models) != 1:
+            raise ValueError("rsa from models takes one model (layer x layer); use stores for two")
+        ds = _open_data(data, "RSA")
+        (name, m), = _load_models(models, random, device).items()
+        hooks = C.block_hooks(m.cfg.depth, _site_hooks(sites))
+        res = C.stream_layer_rsa(m, ds, hooks, tokens, rdm_method, compare, batch_size, limit, progress=not quiet)
+        names = [name]
+    cl = _clusters(res, clusters, len(names) == 1, spectral_cluster_layers)
+    stem = Path(out) / ("rsa_" + "_x_".join(_slug(n) for n in names))
+    written = save_similarity(res, stem, formats, title=f"{' x '.join(names)} (RSA: {rdm_method}, {compare})",
+                              clusters=cl, vmin=None, vmax=1.0, cmap="viridis")
+    _echo_written(written, quiet)
+
+
+# ----------------------------------------------------------------------------- cluster
+def cluster_command(
+    models: List[str] = typer.Argument(None, help="Models to score, one curve each (registry names, folders)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Labelled images (class folders, list with labels, "
+                                                            "synthetic:n=256 ...)."),
+    random: bool = typer.Option(False, "--random", help="Random-init weights (no download)."),
+    with_random: bool = typer.Option(False, "--with-random", help="Add a random-init copy of every model."),
+    store: Optional[List[Path]] = typer.Option(None, "--store", help="Feature store(s) with labels; repeat for "
+                                                                     "several models."),
+    out: Path = typer.Option(Path("runs/similarity"), "--out", help="Output folder."),
+    tokens: str = typer.Option("cls", "--tokens", help="cls (default) or mean (mean-pooled patch tokens)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Clusters; default 50 (images) or 80 (--dense), as seed 002."),
+    seed: int = typer.Option(0, "--seed", help="k-means random_state (seed 002: 0)."),
+    n_init: int = typer.Option(10, "--n-init", help="k-means restarts (scikit-learn's old default, used by seed 002)."),
+    dense: Optional[str] = typer.Option(None, "--dense", help="object or part: cluster mask-pooled patch features of "
+                                                              "every ground-truth object / part."),
+    sites: str = typer.Option("resid_post", "--sites", help="Block sites for models, comma-separated."),
+    site: str = typer.Option("resid_post", "--site", help="Store site to read (--store)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: CPU)."),
+    fmt: str = typer.Option("png", "--format", help="Figure formats, comma-separated."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or messages."),
+) -> None:
+    """k-means on CLS / mean-pooled tokens (or object / part features) per block: NMI, ARI, purity curves."""
+    from vitscope.analysis import cluster as K
+    from vitscope.analysis.similarity import compare as C
+    from vitscope.viz.similarity import save_cluster_curves
+
+    models = list(models or [])
+    stores = list(store or [])
+    if stores and models:
+        raise ValueError("give either models (with --data) or --store, not both")
+    if not stores and not models:
+        raise ValueError("nothing to cluster: give MODELS with --data, or --store DIR")
+    if dense is not None and dense not in ("object", "part"):
+        raise ValueError(f"--dense must be 'object' or 'part', got {dense!r}")
+    formats = _formats(fmt)
+    kk = k if k is not None else (K.DEFAULT_DENSE_K if dense else K.DEFAULT_K)
+    scores = {}
+    progress = not quiet
+    if stores:
+        if dense:
+            raise ValueError("--dense needs the images and their masks: run it on models with --data")
+        for s in stores:
+            st = C._open_store(s)
+            sc, _ = K.store_cluster_scores(st, site, tokens, None, kk, seed, n_init, progress)
+            name = C.store_name(st)
+            while name in scores:
+                name += "'"
+            scores[name] = sc
+    else:
+        ds = _open_data(data, "clustering")
+        for name, m in _load_models(models, random, device, with_random=with_random).items():
+            hooks = C.block_hooks(m.cfg.depth, _site_hooks(sites))
+            if dense:
+                sc, _ = K.model_dense_cluster_scores(m, ds, dense, hooks, kk, seed, n_init, batch_size=batch_size,
+                                                     limit=limit, progress=progress)
+            else:
+                sc, _ = K.model_cluster_scores(m, ds, tokens, hooks, kk, seed, n_init, batch_size, limit, progress)
+            scores[name] = sc
+    what = f"{dense} clustering" if dense else f"{tokens} clustering"
+    stem = Path(out) / f"cluster_{dense or tokens}"
+    written = save_cluster_curves(scores, stem, formats, title=f"{what} (k={kk})",
+                                  meta=dict(k=kk, seed=seed, n_init=n_init, tokens=tokens, dense=dense))
+    if not quiet:
+        for name, sc in scores.items():
+            best = int(sc["nmi"].argmax())
+            typer.echo(f"{name}: best NMI {sc['nmi'][best]:.3f} at block {best}")
+    _echo_written(written, quiet)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("cka")(cka_command)
+    app.command("rsa")(rsa_command)
+    app.command("cluster")(cluster_command)
