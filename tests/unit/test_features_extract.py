@@ -55,7 +55,7 @@ def reference(model, ds, hooks):
 def test_read_back_equals_run_with_cache(tmp_path):
     m = tiny(num_registers=2)
     ds = ToyData()
-    store = extract_features(m, ds, tmp_path / "s", layers="0,2", sites="resid_post,ln2,mlp_out,ln_final",
+    store = extract_features(m, ds, tmp_path / "s", layers="0,2", sites="resid_post,ln2,mlp_out,ln_final,mlp.hook_pre",
                              tokens="cls,mean,cls+mean,registers,patches,all", batch_size=8, progress=False)
     cache = reference(m, ds, lambda n: True)
     for site, hook in [("resid_post", "blocks.{i}.hook_resid_post"), ("ln2", "blocks.{i}.ln2.hook_normalized"),
@@ -69,6 +69,9 @@ def test_read_back_equals_run_with_cache(tmp_path):
             np.testing.assert_allclose(store[site, i, "registers"], t[:, 1:3], atol=1e-5)
             np.testing.assert_allclose(store[site, i, "patches"], t[:, 3:], atol=1e-5)
             np.testing.assert_allclose(store.get(site, i, "all"), t, atol=1e-5)
+    pre = cache["blocks.2.mlp.hook_pre"].numpy()                     # N, T, 4D
+    np.testing.assert_allclose(store["mlp.hook_pre", 2, "cls"], pre[:, 0], atol=1e-5)
+    np.testing.assert_allclose(store["blocks.{i}.mlp.hook_pre", 2, "mean"], pre[:, 3:].mean(1), atol=1e-5)
     fin = cache["ln_final.hook_normalized"].numpy()
     np.testing.assert_allclose(store["ln_final", "cls"], fin[:, 0], atol=1e-5)
     np.testing.assert_allclose(store["ln_final.hook_normalized", "mean"], fin[:, 3:].mean(1), atol=1e-5)
@@ -191,3 +194,14 @@ def test_compile_and_autocast_cpu(tmp_path, monkeypatch):
         np.testing.assert_allclose(amp[key], ref[key], atol=0.1, rtol=0.05)
     with pytest.raises(ValueError, match="autocast"):
         extract_features(m, ds, tmp_path / "x", autocast="int8", progress=False)
+
+
+def test_other_input_size_uses_that_grid(tmp_path):
+    m = tiny()                                                         # built for 32 px (4x4 patches)
+    ds = ToyData(n=5, size=48)                                         # 6x6 patches, position embedding resampled
+    store = extract_features(m, ds, tmp_path / "s", layers="3", tokens="patches,mean", batch_size=4,
+                             progress=False)
+    t = reference(m, ds, "blocks.3.hook_resid_post")["blocks.3.hook_resid_post"].numpy()
+    assert store["resid_post", 3, "patches"].shape == (5, 36, 32) and store.manifest["input_shape"] == [3, 48, 48]
+    np.testing.assert_allclose(store["resid_post", 3, "patches"], t[:, 1:], atol=1e-5)
+    np.testing.assert_allclose(store["resid_post", 3, "mean"], t[:, 1:].mean(1), atol=1e-5)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitscope.features import identity
 from vitscope.features.distributed import Dist, setup, split_contiguous
-from vitscope.features.plan import Plan, make_plan, reduce_tokens
+from vitscope.features.plan import Plan, make_plan, reduce_tokens, reduced_shape
 from vitscope.features.progress import PROGRESS_DIR, complement, covered, grid_batches, read_all, write_json_atomic
 from vitscope.features.store import (FORMAT, FORMAT_VERSION, MANIFEST, STORAGE_DTYPES, FeatureStore,
                                      IncompatibleStoreError, array_file, create_arrays, open_store, read_manifest,
@@ -71,13 +71,30 @@ def _collate(items):
 
 
 def _probe_item(dataset, limit: int = 256) -> torch.Tensor:
-    """The first decodable image (3, H, W), to learn the input size and the feature shapes."""
+    """The first decodable image (3, H, W), to learn the input size."""
     items = _Items(dataset)
     for i in range(min(len(items), limit)):
         img = items[i][0]
         if img is not None:
             return img
     raise ValueError(f"none of the first {min(len(items), limit)} samples could be loaded; check the dataset")
+
+
+def feature_shapes(model, plan: Plan, image_hw: tuple[int, int]) -> dict:
+    """Per-sample shape of every store key for images of ``image_hw`` (no forward pass needed)."""
+    cfg = model.cfg
+    p = cfg.patch_size
+    if image_hw[0] % p or image_hw[1] % p:
+        raise ValueError(f"images of {image_hw[0]}x{image_hw[1]} px are not a multiple of the patch size {p}; "
+                         "use the model's preprocessing")
+    grid = (image_hw[0] // p, image_hw[1] // p)
+    shapes = {}
+    for e in plan.entries:
+        lay = model.token_layout(e.block, grid)
+        width = cfg.hidden_dim if ".mlp.hook_" in f".{e.hook}" else cfg.embed_dim   # q/k/v/z: H*Dh = D
+        for r in e.reductions:
+            shapes[(e.site, e.layer, r)] = reduced_shape(lay, r, width)
+    return shapes
 
 
 # ----------------------------------------------------------------------------- the hooked runner
@@ -293,15 +310,10 @@ def extract_features(model, dataset, out_dir, layers="all", sites=("resid_post",
                if autocast is not None else contextlib.nullcontext())
 
         with model.hooks(runner.fwd_hooks()), torch.inference_mode():
-            # learn the input size and the feature shapes from one image (same on every rank)
-            probe = _probe_item(dataset)[None].to(dev)
-            if model.dtype in (torch.float16, torch.bfloat16):
-                probe = probe.to(model.dtype)
-            runner.set_grid(probe)
-            with amp:
-                outs = runner(probe)
-            shapes = {k: tuple(o.shape[1:]) for k, o in zip(plan.keys, outs)}
-            manifest = _new_manifest(model, dataset, plan, shapes, dtype, batch_size, tuple(probe.shape[1:]),
+            # the input size comes from the first decodable image; feature shapes from the token layout
+            probe = _probe_item(dataset)
+            shapes = feature_shapes(model, plan, tuple(probe.shape[-2:]))
+            manifest = _new_manifest(model, dataset, plan, shapes, dtype, batch_size, tuple(probe.shape),
                                      d.world_size)
             if d.active:                                      # every rank must compute the same thing
                 mine = identity.fingerprint(manifest)
