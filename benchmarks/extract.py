@@ -1,0 +1,253 @@
+"""Feature-extraction throughput and memory: vitscope's store writer vs a plain forward and the alternatives.
+
+    .venv/bin/python benchmarks/extract.py [--images 256] [--rounds 3] [--rss 2000,8000] [--quick] [--device cpu]
+
+ViT-S/16 with random weights (ViTConfig(embed_dim=384, depth=12, num_heads=6, patch_size=16, img_size=224)),
+batch 32, 224 px. In one run, side by side (methods interleaved round by round; best round per method, since
+the machine may be shared and noisy):
+
+- vitscope plain forward: ``model(x)`` under inference_mode over the same DataLoader;
+- vitscope extraction: ``extract_features`` of CLS + patch mean of ``resid_post`` for all 12 blocks, written to
+  an on-disk store (store creation, weights hash and fsync per batch included);
+- transformers ``ViTModel(..., output_hidden_states=True)`` (same architecture, SDPA attention) followed by the
+  same reductions, copied into a preallocated NumPy array in memory (no disk: favourable to it);
+- timm ``forward_intermediates`` + the same reductions, when timm is importable.
+
+Then the peak resident memory (VmHWM) of an extraction of 2,000 and 8,000 images, each in its own
+subprocess, images generated on the fly (``--quick``: 200 and 800 images and one short round).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+BATCH = 32
+SIZE = 224
+
+
+class PoolData(torch.utils.data.Dataset):
+    """``n`` items cycling over a few fixed random images (no decoding cost: we measure the model side)."""
+
+    def __init__(self, n: int, pool: int = 32) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.pool = torch.randn(pool, 3, SIZE, SIZE, generator=g)
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return self.pool[i % len(self.pool)], -1, i
+
+
+class FreshData(torch.utils.data.Dataset):
+    """``n`` distinct images generated from their index (memory use independent of n)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return torch.randn(3, SIZE, SIZE, generator=torch.Generator().manual_seed(i)), -1, i
+
+
+def vit_s16():
+    from vitscope import HookedViT, ViTConfig
+
+    torch.manual_seed(0)
+    return HookedViT(ViTConfig(embed_dim=384, depth=12, num_heads=6, patch_size=16, img_size=224)).eval()
+
+
+def loader(ds):
+    return torch.utils.data.DataLoader(ds, batch_size=BATCH, num_workers=0)
+
+
+# ----------------------------------------------------------------------------- the contenders
+class Clock:
+    """Wall time and CPU time of this process (all threads, the writer thread included)."""
+
+    def __enter__(self):
+        self.w0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.w0, time.process_time() - self.c0
+
+
+def run_plain(model, ds, device) -> Clock:
+    with Clock() as c, torch.inference_mode():
+        for x, _, _ in loader(ds):
+            model(x.to(device, non_blocking=True))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return c
+
+
+def run_extract(model, ds, device) -> Clock:
+    from vitscope.features import extract_features
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("VITSCOPE_BENCH_TMP")) as d, Clock() as c:
+        extract_features(model, ds, os.path.join(d, "store"), layers="all", sites="resid_post",
+                         tokens="cls,mean", batch_size=BATCH, num_workers=0, device=device, progress=False)
+    return c
+
+
+def make_hf(device):
+    from transformers import ViTConfig as HFConfig
+    from transformers import ViTModel
+
+    torch.manual_seed(0)
+    cfg = HFConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+                   image_size=SIZE, patch_size=16, layer_norm_eps=1e-6)
+    try:
+        m = ViTModel(cfg, add_pooling_layer=False, attn_implementation="sdpa")
+    except TypeError:
+        m = ViTModel(cfg, add_pooling_layer=False)
+    return m.to(device).eval()
+
+
+def run_hf(hf, ds, device) -> Clock:
+    out = np.zeros((len(ds), 12, 2, 384), dtype=np.float32)
+    with Clock() as c, torch.inference_mode():
+        for x, _, idx in loader(ds):
+            hs = hf(pixel_values=x.to(device), output_hidden_states=True).hidden_states[1:]   # 12 x (B, 197, 384)
+            red = torch.stack([torch.stack([h[:, 0], h[:, 1:].mean(1)], 1) for h in hs], 1)  # B, 12, 2, 384
+            out[idx.numpy()] = red.cpu().numpy()
+    return c
+
+
+def make_timm(device):
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0).to(device).eval()
+
+
+def run_timm(tm, ds, device) -> Clock:
+    out = np.zeros((len(ds), 12, 2, 384), dtype=np.float32)
+    with Clock() as c, torch.inference_mode():
+        for x, _, idx in loader(ds):
+            inter = tm.forward_intermediates(x.to(device), indices=12, output_fmt="NLC", intermediates_only=True,
+                                             return_prefix_tokens=True)                      # 12 x (patches, prefix)
+            red = torch.stack([torch.stack([pre[:, 0], p.mean(1)], 1) for p, pre in inter], 1)
+            out[idx.numpy()] = red.cpu().numpy()
+    return c
+
+
+# ----------------------------------------------------------------------------- peak memory (child process)
+def rss_child(n: int, device: str) -> None:
+    from vitscope.features import extract_features
+
+    model = vit_s16()
+    with tempfile.TemporaryDirectory(dir=os.environ.get("VITSCOPE_BENCH_TMP")) as d:
+        t0 = time.perf_counter()
+        store = extract_features(model, FreshData(n), os.path.join(d, "store"), layers="all", sites="resid_post",
+                                 tokens="cls,mean", batch_size=BATCH, num_workers=0, device=device, progress=False)
+        sec = time.perf_counter() - t0
+        size = store.nbytes
+    print(json.dumps({"n": n, "peak_rss_mb": peak_rss_mb(), "seconds": sec, "store_mb": size / 2**20}))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process: VmHWM on Linux (ru_maxrss survives exec, so it would report the
+    parent's size at fork time), ru_maxrss elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
+def measure_rss(n: int, device: str) -> dict:
+    p = subprocess.run([sys.executable, __file__, "--rss-child", str(n), "--device", device],
+                       capture_output=True, text=True, check=True)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=256, help="images per round and method (multiple of 32)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best round counts")
+    ap.add_argument("--rss", default="2000,8000", help="image counts for the peak-memory runs")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 64 images, 1 round, RSS at 200 and 800")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--skip-rss", action="store_true", help="only the throughput comparison")
+    ap.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rss_child is not None:
+        return rss_child(args.rss_child, args.device)
+    if args.quick:
+        args.images, args.rounds, args.rss = 64, 1, "200,800"
+    device = torch.device(args.device)
+    print(f"ViT-S/16 random weights, batch {BATCH}, {SIZE} px, device {device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {args.images} images x {args.rounds} rounds", flush=True)
+
+    model = vit_s16().to(device)
+    ds = PoolData(args.images)
+    methods = {"vitscope forward": lambda: run_plain(model, ds, device),
+               "vitscope extract -> disk": lambda: run_extract(model, ds, device)}
+    try:
+        hf = make_hf(device)
+        methods["transformers hidden_states + reductions"] = lambda: run_hf(hf, ds, device)
+    except ImportError as e:
+        print(f"(transformers not importable: {e})")
+    try:
+        tm = make_timm(device)
+        methods["timm forward_intermediates + reductions"] = lambda: run_timm(tm, ds, device)
+    except ImportError:
+        print("(timm not importable: skipped)")
+    warm = PoolData(BATCH)
+    run_plain(model, warm, device)
+    if "transformers hidden_states + reductions" in methods:
+        run_hf(hf, warm, device)
+    best: dict[str, float] = {}
+    cpu: dict[str, list[float]] = {}
+    n = len(ds)
+    for r in range(args.rounds):
+        for name, fn in methods.items():
+            c = fn()
+            best[name] = max(best.get(name, 0.0), n / c.wall)
+            cpu.setdefault(name, []).append(c.cpu / n * 1000)
+            print(f"  round {r + 1}: {name:<42} {n / c.wall:7.2f} img/s  {c.cpu / n * 1000:7.1f} CPU-ms/img",
+                  flush=True)
+    med = {k: float(np.median(v)) for k, v in cpu.items()}
+    base, ext = best["vitscope forward"], best["vitscope extract -> disk"]
+    print("\nthroughput: img/s of the best round; CPU-ms/img is the median over rounds of the process CPU time")
+    print("(all threads), which contention from other jobs disturbs much less than wall time")
+    print(f"{'method':<44}{'img/s':>8}{'vs forward':>12}{'CPU-ms/img':>12}{'extract faster by':>19}")
+    for name, rate in best.items():
+        print(f"{name:<44}{rate:8.2f}{rate / base:11.2f}x{med[name]:12.1f}"
+              f"{rate and ext / rate:9.2f}x wall{med[name] / med['vitscope extract -> disk']:6.2f}x CPU")
+    print(f"extraction / plain forward = {ext / base:.3f} by wall, "
+          f"{med['vitscope forward'] / med['vitscope extract -> disk']:.3f} by CPU time (target >= 0.9)")
+    if args.skip_rss:
+        return
+    print("\npeak resident memory of an extraction (own process, images generated on the fly)")
+    rows = [measure_rss(int(n), args.device) for n in args.rss.split(",")]
+    for r in rows:
+        print(f"  {r['n']:>6} images: peak RSS {r['peak_rss_mb']:8.1f} MB, {r['seconds']:7.1f} s "
+              f"({r['n'] / r['seconds']:.1f} img/s), store {r['store_mb']:.1f} MB")
+    if len(rows) == 2:
+        a, b = rows[0]["peak_rss_mb"], rows[1]["peak_rss_mb"]
+        print(f"  difference {abs(b - a) / a * 100:.1f}% for {rows[1]['n'] / rows[0]['n']:.0f}x the images "
+              "(target < 10%)")
+
+
+if __name__ == "__main__":
+    main()
