@@ -330,7 +330,7 @@ def extract_features(model, dataset, out_dir, layers="all", sites=("resid_post",
             my_batches = state["batches"][d.rank]
             n_img, n_skip, nbytes = _run_batches(
                 runner, dataset, out_dir, plan, my_batches, dev, d, batch_size, num_workers, compile, amp,
-                progress, fsync, max_pending, dtype, total_left=sum(b - a for bl in state["batches"] for a, b in bl))
+                progress, fsync, max_pending, dtype)
             n_img, n_skip = d.sum([float(n_img), float(n_skip)])
             d.barrier()
             elapsed = time.perf_counter() - t0
@@ -360,7 +360,7 @@ def summary_line(store: FeatureStore) -> str:
 
 def _run_batches(runner: _Runner, dataset, out_dir: Path, plan: Plan, batches, dev: torch.device, d: Dist,
                  batch_size: int, num_workers, compile: bool, amp, progress: bool, fsync: bool,
-                 max_pending: int, dtype: str, total_left: int) -> tuple[int, int, int]:
+                 max_pending: int, dtype: str) -> tuple[int, int, int]:
     from vitscope.features.progress import RankProgress
 
     if not batches:
@@ -370,7 +370,8 @@ def _run_batches(runner: _Runner, dataset, out_dir: Path, plan: Plan, batches, d
     loader = DataLoader(_Items(dataset), batch_sampler=[list(range(a, b)) for a, b in batches],
                         collate_fn=_collate, num_workers=workers, pin_memory=cuda,
                         persistent_workers=False, prefetch_factor=(4 if workers else None))
-    files = [a["file"] for a in read_manifest(out_dir)["arrays"]]
+    arrays_meta = read_manifest(out_dir)["arrays"]
+    files = [a["file"] for a in arrays_meta]
     writer = BackgroundWriter(out_dir, files, plan.keys, RankProgress(out_dir, d.rank, fsync=fsync),
                               max_pending=max_pending, fsync=fsync, check_f16=(dtype != "float32"))
     fn = torch.compile(runner) if compile else runner
@@ -388,7 +389,7 @@ def _run_batches(runner: _Runner, dataset, out_dir: Path, plan: Plan, batches, d
             n_skip += len(skipped)
             if len(idx) == 0:                                  # every item of the batch failed
                 writer.submit(Job(a, b, np.zeros(0, np.int64), np.zeros(0, np.int64),
-                                  [np.zeros((0,) + tuple(s[1:]), np.float32) for s in _shapes(out_dir)],
+                                  [np.zeros([0, *a["shape"][1:]], np.float32) for a in arrays_meta],
                                   skipped))
                 bar.update(b - a)
                 continue
@@ -430,6 +431,3 @@ def _run_batches(runner: _Runner, dataset, out_dir: Path, plan: Plan, batches, d
         bar.close()
     return n_img, n_skip, writer.bytes_written
 
-
-def _shapes(out_dir: Path) -> list[list[int]]:
-    return [a["shape"] for a in read_manifest(out_dir)["arrays"]]
