@@ -153,6 +153,12 @@ def test_residual_cka_and_norm_ratios(images):
         for k in ("all", "cls", "patches"):
             np.testing.assert_allclose(arr.norm_ratios[b][k], res.norm_ratios[b][k], rtol=1e-9)
     assert res.diagonal("mlp").shape == (3,)
+    # the named alternative: the MLP output against the block input
+    alt = C.stream_residual_cka(m, images, token_mode="all", batch_size=20, mlp_skip="resid_pre")
+    np.testing.assert_allclose(alt.mlp.matrix, cka_matrix(skip, mlp), rtol=1e-8)
+    np.testing.assert_allclose(alt.attn.matrix, res.attn.matrix, rtol=1e-12)
+    with pytest.raises(ValueError, match="mlp_skip"):
+        C.residual_hooks("resid_post")
 
 
 def test_cls_at_the_first_block_is_constant_so_residual_cls_cka_is_an_error(images):

@@ -106,6 +106,10 @@ def test_merge_equals_one_accumulator(layers):
         whole.update(b)
         (p1 if i % 2 else p2).update(b)
     np.testing.assert_allclose(p1.merge(p2).compute(), whole.compute(), rtol=1e-12)
+    restored = MinibatchCKA().load_state_dict(whole.state_dict())
+    np.testing.assert_allclose(restored.compute(), whole.compute())
+    with pytest.raises(ValueError, match="missing"):
+        MinibatchCKA().load_state_dict({"hsic_xy": None})
 
 
 def test_tensor_and_token_inputs(layers):

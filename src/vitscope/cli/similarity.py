@@ -126,6 +126,8 @@ def cka_command(
     last_layer: bool = typer.Option(False, "--last-layer", help="Compare the last block of every model (or store)."),
     residual: bool = typer.Option(False, "--residual", help="Residual CKA: skip input vs attention / MLP branch "
                                                             "output of every block, with norm ratios."),
+    mlp_skip: str = typer.Option("resid_mid", "--mlp-skip", help="Residual CKA: skip input of the MLP branch, "
+                                                                 "resid_mid (seed 002, default) or resid_pre."),
     grid: bool = typer.Option(False, "--grid", help="With several models: one layer x layer map per model pair, "
                                                     "drawn as a grid."),
     clusters: Optional[int] = typer.Option(None, "--clusters", help="Spectral clustering of the layers into K groups "
@@ -164,7 +166,7 @@ def cka_command(
     if store is not None:
         if residual:
             res = C.store_residual_cka(store, token_mode=o["token_mode"], unbiased=unbiased, kernel=o["kernel"],
-                                       sigma=sigma, minmax=o["minmax"])
+                                       sigma=sigma, minmax=o["minmax"], mlp_skip=mlp_skip)
             name = C.store_name(C._open_store(store))
             written += save_residual(res, out / f"residual_{_slug(name)}", formats, title=f"{name}: residual CKA")
         elif last_layer:
@@ -190,7 +192,8 @@ def cka_command(
     common = dict(token_mode=o["token_mode"], batch_size=batch_size, limit=limit, progress=progress)
     if residual:
         for n, m in mods.items():
-            res = C.stream_residual_cka(m, ds, kernel=o["kernel"], sigma=sigma, minmax=o["minmax"], **common)
+            res = C.stream_residual_cka(m, ds, kernel=o["kernel"], sigma=sigma, minmax=o["minmax"],
+                                        mlp_skip=mlp_skip, **common)
             written += save_residual(res, out / f"residual_{_slug(n)}", formats, title=f"{n}: residual CKA")
     elif last_layer:
         if len(mods) < 2:
@@ -251,7 +254,7 @@ def _clusters(res, k: Optional[int], square: bool, fn):
 # ----------------------------------------------------------------------------- rsa
 def rsa_command(
     models: List[str] = typer.Argument(None, help="One model (layer x layer RSA); registry name or local folder."),
-    data: Optional[str] = typer.Option(None, "--data", help="Images for the model (folder, list, synthetic:n=256 ...)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Images for the model (folder, list, synthetic:n=256)."),
     random: bool = typer.Option(False, "--random", help="Random-init weights (no download)."),
     store: Optional[Path] = typer.Option(None, "--store", help="Feature store written by `vitscope extract`."),
     store2: Optional[Path] = typer.Option(None, "--store2", help="Second store (same images): store x store2 layers."),

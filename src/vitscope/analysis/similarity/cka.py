@@ -41,7 +41,7 @@ def as_features(x: Any, name: str = "X", device: torch.device | str | None = Non
         t = x.detach()
     else:
         a = np.asarray(x)
-        with warnings.catch_warnings():                                                # read-only memmaps: never written
+        with warnings.catch_warnings():                                        # read-only memmaps: never written
             warnings.simplefilter("ignore", UserWarning)
             t = torch.as_tensor(a)
     if device is not None:

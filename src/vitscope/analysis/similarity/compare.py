@@ -34,6 +34,15 @@ TOKEN_MODES = ("cls", "mean", "all", "patches")
 DEFAULT_SITE = "hook_resid_post"
 SEED002_SITES = ("ln1.hook_normalized", "ln2.hook_normalized")
 RESIDUAL_HOOKS = {"attn": ("hook_resid_pre", "hook_attn_out"), "mlp": ("hook_resid_mid", "hook_mlp_out")}
+MLP_SKIPS = ("resid_mid", "resid_pre")
+
+
+def residual_hooks(mlp_skip: str = "resid_mid") -> dict[str, tuple[str, str]]:
+    """(skip, branch) hook suffixes per branch. The MLP's skip input is ``hook_resid_mid`` (seed 002, default:
+    the stream the MLP is added to); ``mlp_skip="resid_pre"`` uses the block input for both branches."""
+    if mlp_skip not in MLP_SKIPS:
+        raise ValueError(f"mlp_skip must be one of {MLP_SKIPS}, got {mlp_skip!r}")
+    return {"attn": RESIDUAL_HOOKS["attn"], "mlp": (f"hook_{mlp_skip}", "hook_mlp_out")}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # the default: exact full-data CKA (linear kernel, unbiased HSIC), features as they come
@@ -306,16 +315,17 @@ def norm_ratios(skip: torch.Tensor, branch: torch.Tensor, layout) -> dict[str, t
 
 def residual_cka(acts: Mapping[str, Sequence[Any]], layouts: Sequence[Any], token_mode: str = "all",
                  kernel: str = "linear", unbiased: bool = True, sigma: float | None = None,
-                 minmax: bool = False) -> ResidualResult:
+                 minmax: bool = False, mlp_skip: str = "resid_mid") -> ResidualResult:
     """Residual CKA from arrays: ``acts[hook]`` is a list over blocks of (n, T, D) arrays for the hooks
     ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid`` and ``hook_mlp_out``; ``layouts[i]`` block i's layout."""
-    need = [h for pair in RESIDUAL_HOOKS.values() for h in pair]
+    pairs = residual_hooks(mlp_skip)
+    need = list(dict.fromkeys(h for pair in pairs.values() for h in pair))
     missing = [h for h in need if h not in acts]
     if missing:
         raise ValueError(f"residual CKA needs activations for {need}; missing {missing}")
     depth = len(acts["hook_resid_pre"])
     mats, ratios = {}, {}
-    for branch, (skip_h, out_h) in RESIDUAL_HOOKS.items():
+    for branch, (skip_h, out_h) in pairs.items():
         skips = [torch.as_tensor(np.asarray(a)) for a in acts[skip_h]]
         outs = [torch.as_tensor(np.asarray(a)) for a in acts[out_h]]
         xs = {f"{i}": reduce_tokens(s, layouts[i], token_mode) for i, s in enumerate(skips)}
@@ -325,7 +335,8 @@ def residual_cka(acts: Mapping[str, Sequence[Any]], layouts: Sequence[Any], toke
                                         dict(metric="cka", branch=branch, token_mode=token_mode))
         per = [norm_ratios(s, o, layouts[i]) for i, (s, o) in enumerate(zip(skips, outs))]
         ratios[branch] = {k: np.array([float(p[k].mean()) for p in per]) for k in per[0]}
-    return ResidualResult(mats["attn"], mats["mlp"], ratios, dict(token_mode=token_mode, minibatch=False))
+    return ResidualResult(mats["attn"], mats["mlp"], ratios, dict(token_mode=token_mode, minibatch=False,
+                                                                  mlp_skip=mlp_skip))
 
 
 # ----------------------------------------------------------------------------- from feature stores
@@ -505,24 +516,26 @@ def stream_cross_model_cka(models: Mapping[str, Any], data, hooks: Mapping[str, 
 
 def stream_residual_cka(model, data, token_mode: str = "all", batch_size: int = 256, kernel: str = "linear",
                         sigma: float | None = None, minmax: bool = False, limit: int | None = None,
-                        progress: bool = False) -> ResidualResult:
+                        progress: bool = False, mlp_skip: str = "resid_mid") -> ResidualResult:
     """Residual CKA (seed 002) streamed: skip input vs branch output of every block, for both branches.
 
     Attention branch: ``hook_resid_pre`` (skip) vs ``hook_attn_out``; MLP branch: ``hook_resid_mid`` (the
     MLP's skip input, after the attention update) vs ``hook_mlp_out``. Matrices are skip(block i) x
-    branch(block j); norm ratios ||skip|| / ||branch|| are averaged over images.
+    branch(block j); norm ratios ||skip|| / ||branch|| are averaged over images. ``mlp_skip="resid_pre"``
+    compares the MLP output with the block input instead.
     """
     depth = model.cfg.depth
-    mbs = {b: MinibatchCKA(kernel=kernel, sigma=sigma, minmax=minmax) for b in RESIDUAL_HOOKS}
-    sums: dict[str, dict[str, torch.Tensor]] = {b: {} for b in RESIDUAL_HOOKS}
+    pairs = residual_hooks(mlp_skip)
+    mbs = {b: MinibatchCKA(kernel=kernel, sigma=sigma, minmax=minmax) for b in pairs}
+    sums: dict[str, dict[str, torch.Tensor]] = {b: {} for b in pairs}
     n_img = 0
     for images, _, _ in _progress(image_batches([model], data, batch_size, limit), progress, "residual CKA"):
         x = images[0].to(model.device, model.dtype)
         grid = (x.shape[-2] // model.cfg.patch_size, x.shape[-1] // model.cfg.patch_size)
-        hooks = [f"blocks.{i}.{h}" for i in range(depth) for pair in RESIDUAL_HOOKS.values() for h in pair]
+        hooks = list(dict.fromkeys(f"blocks.{i}.{h}" for i in range(depth) for pair in pairs.values() for h in pair))
         with torch.no_grad():
             _, cache = model.run_with_cache(x, names_filter=hooks)
-        for branch, (skip_h, out_h) in RESIDUAL_HOOKS.items():
+        for branch, (skip_h, out_h) in pairs.items():
             xs, ys = {}, {}
             for i in range(depth):
                 lay = model.token_layout(i, grid)
@@ -544,8 +557,8 @@ def stream_residual_cka(model, data, token_mode: str = "all", batch_size: int = 
     ratios = {b: {k: (v / n_img).numpy() for k, v in d.items()} for b, d in sums.items()}
     return ResidualResult(mats["attn"], mats["mlp"], ratios,
                           dict(token_mode=token_mode, minibatch=True, batch_size=batch_size, n_images=n_img,
-                               skip_hooks={b: p[0] for b, p in RESIDUAL_HOOKS.items()},
-                               branch_hooks={b: p[1] for b, p in RESIDUAL_HOOKS.items()}))
+                               mlp_skip=mlp_skip, skip_hooks={b: p[0] for b, p in pairs.items()},
+                               branch_hooks={b: p[1] for b, p in pairs.items()}))
 
 
 def collect_features(model, data, hooks: Sequence[str] | None = None, token_mode: str = "cls",
@@ -575,8 +588,10 @@ def stream_layer_rsa(model, data, hooks: Sequence[str] | None = None, token_mode
     return res
 
 
-__all__ = ["LazyRows", "PRESETS", "RESIDUAL_HOOKS", "ResidualResult", "SEED002_SITES", "SimilarityResult", "TOKEN_MODES",
-           "block_hooks", "collect_features", "cross_model_cka", "image_batches", "layer_cka", "layer_rsa",
-           "layout_for", "model_features", "norm_ratios", "preset_options", "reduce_tokens", "residual_cka", "short_name",
-           "store_cross_model_cka", "store_features", "store_layer_cka", "store_layer_rsa", "store_residual_cka",
-           "stream_cross_model_cka", "stream_layer_cka", "stream_layer_rsa", "stream_residual_cka"]
+__all__ = [
+    "LazyRows", "MLP_SKIPS", "PRESETS", "RESIDUAL_HOOKS", "ResidualResult", "SEED002_SITES", "SimilarityResult",
+    "TOKEN_MODES", "block_hooks", "collect_features", "cross_model_cka", "image_batches", "layer_cka", "layer_rsa",
+    "layout_for", "model_features", "norm_ratios", "preset_options", "reduce_tokens", "residual_cka",
+    "residual_hooks", "short_name", "store_cross_model_cka", "store_features", "store_layer_cka", "store_layer_rsa",
+    "store_residual_cka", "stream_cross_model_cka", "stream_layer_cka", "stream_layer_rsa", "stream_residual_cka",
+]

@@ -211,5 +211,14 @@ class MinibatchCKA:
 
     def state_dict(self) -> dict[str, Any]:
         return {"hsic_xy": self.hsic_xy, "hsic_xx": self.hsic_xx, "hsic_yy": self.hsic_yy,
-                "energy_x": self.energy_x, "energy_y": self.energy_y, "n_batches": self.n_batches, "n_samples": self.n_samples, "paired": self.paired,
-                "names_x": self.names_x, "names_y": self.names_y}
+                "energy_x": self.energy_x, "energy_y": self.energy_y, "n_batches": self.n_batches,
+                "n_samples": self.n_samples, "paired": self.paired, "names_x": self.names_x, "names_y": self.names_y}
+
+    def load_state_dict(self, state: dict[str, Any]) -> "MinibatchCKA":
+        """Restore what :meth:`state_dict` returned (e.g. to resume a long streaming run)."""
+        for k in ("hsic_xy", "hsic_xx", "hsic_yy", "energy_x", "energy_y", "n_batches", "n_samples", "paired",
+                  "names_x", "names_y"):
+            if k not in state:
+                raise ValueError(f"not a MinibatchCKA state: {k!r} is missing")
+            setattr(self, k, state[k])
+        return self
