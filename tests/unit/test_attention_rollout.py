@@ -270,3 +270,25 @@ def test_relevance_model_level():
         RV.relevance_from_model(model, x, target=99)
     with pytest.raises(ValueError, match="method must be"):
         RV.relevance_from_model(model, x, method="lrp")
+
+
+def test_headless_model_needs_a_score_and_uses_it():
+    torch.manual_seed(4)
+    model = HookedViT(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, head="none")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="no classification head"):
+        RV.relevance_from_model(model, x)
+    score = lambda out: out[:, :5].sum(-1)                              # noqa: E731 - any (B,) score
+    _, grads, _, _ = RV.attention_with_gradients(model, x, score_fn=score)
+    for b in range(2):
+        E = {}
+
+        def add(t, hook):
+            E["e"] = torch.zeros_like(t, requires_grad=True)
+            return t + E["e"]
+
+        out = model.run_with_hooks(x, fwd_hooks=[(f"blocks.{b}.attn.hook_pattern", add)])
+        (g,) = torch.autograd.grad(score(out).sum(), [E["e"]])
+        torch.testing.assert_close(grads[b], g, atol=1e-6, rtol=1e-4)
+    maps, _, _ = RV.relevance_from_model(model, x, score_fn=score)
+    assert maps.shape == (2, 4, 4)

@@ -61,7 +61,9 @@ def test_attention_video_end_to_end(tmp_path, fmt):
     assert len(list(res["frames_dir"].glob("*.png"))) == 6
     assert res["maps"].shape == (6, 4, 4)
     back, fps, n = V.read_frames(out)
-    assert len(list(back)) == 6
+    assert len(list(back)) == 6 and n == 6 and abs(fps - (5 if fmt != "folder" else 10)) < 0.5
+    back, fps, n = V.read_frames(src, step=2)
+    assert n == 3 and len(list(back)) == 3
     res = V.attention_video(model, src, tmp_path / "out" / "heat.mp4", progress=False, layout="side",
                             max_frames=4, save_frames=False)
     back, fps, n = V.read_frames(tmp_path / "out" / "heat.mp4")
@@ -74,8 +76,10 @@ def test_read_frames_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         V.read_frames(tmp_path / "missing.mp4")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no image files"):
+    with pytest.raises(ValueError, match="no images found"):
         V.read_frames(tmp_path / "empty")
+    with pytest.raises(ValueError, match="step"):
+        V.read_frames(tmp_path / "empty", step=0)
     with pytest.raises(ValueError, match="must end in"):
         V.write_video(frames(1), tmp_path / "x.txt")
 

@@ -233,6 +233,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
             raise ValueError(f"--method must be rollout, grad or chefer, got {method!r}")
         fmts = _formats(formats)
         model = load_model_for_cli(model_name, random, device)
+        if method != "rollout" and model.cfg.head == "none":
+            raise ValueError(f"--method {method} explains a class score, and this model has no classification "
+                             f"head; use --method rollout")
         ds, pcfg = open_images(model, data, images, limit)
         out.mkdir(parents=True, exist_ok=True)
         imgs, maps, names, targets = [], [], [], []
@@ -265,7 +268,10 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         images: Optional[List[Path]] = typer.Argument(None, help=IMAGES_HELP),
         model_names: List[str] = typer.Option(..., "--model", "-m",
                                               help=MODEL_HELP + " Repeat to compare models on one figure."),
-        random: bool = typer.Option(False, "--random", help=RANDOM_HELP),
+        random: bool = typer.Option(False, "--random", help=RANDOM_HELP + " Applies to every --model."),
+        random_models: Optional[List[str]] = typer.Option(None, "--random-model",
+                                                          help="Also compare this architecture with random weights "
+                                                               "(repeatable), e.g. the baseline of a --model."),
         data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
         out: Path = typer.Option(Path("runs/attention-distance"), "--out", "-o", help=OUT_HELP),
         variants: str = typer.Option("A,B", "--variants",
@@ -290,15 +296,17 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
             raise ValueError(f"--variants takes A and/or B, got {variants!r}")
         results: dict[str, dict] = {v: {} for v in vs}
         used = {}
-        for name in model_names:
-            model = load_model_for_cli(name, random, device)
+        runs = [(n, random) for n in model_names] + [(n, True) for n in (random_models or [])]
+        for name, rnd in runs:
+            model = load_model_for_cli(name, rnd, device)
             ds, _ = open_images(model, data, images, limit)
             label = Path(name).name if Path(name).exists() else name
+            label = f"{label} (random)" if rnd and random_models else label
             label = label if label not in used else f"{label} ({len(used)})"
             used[label] = name
             acc = attention_distance(model, (b[0] for b in ds.batches(batch_size=batch_size)), vs,
                                      progress=not quiet, total=len(ds))
-            stem = label.replace("/", "_").replace(":", "_")
+            stem = label.replace("/", "_").replace(":", "_").replace(" (", "_").replace(")", "").replace(" ", "_")
             rows = []
             for v in vs:
                 mean, std = acc[v].compute(), acc[v].std()
@@ -306,7 +314,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                 fig = plot_attention_distance(mean, v, title=f"{label} (variant {v}, {acc[v].n_images} images)",
                                               std=std)
                 save_figure(fig, out / f"{stem}_distance_{v}", fmts, arrays={"mean": mean, "std": std},
-                            meta={**_model_meta(model, name, random), "variant": v, "n_images": acc[v].n_images,
+                            meta={**_model_meta(model, name, rnd), "variant": v, "n_images": acc[v].n_images,
                                   "data": data or [str(p) for p in images or []],
                                   "units": "normalised [0, 1]" if v == "A" else "pixels"})
                 for bl in range(mean.shape[0]):
@@ -316,14 +324,15 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                                      "n_images": acc[v].n_images})
             save_table(rows, out / f"{stem}_distance.csv")
             _finish(ds, out)
-        if len(model_names) > 1:
+        if len(runs) > 1:
             for v in vs:
                 fig = plot_attention_distance_models(results[v], v, relative_depth=relative_depth,
                                                      title=f"mean attention distance, variant {v}")
                 save_figure(fig, out / f"models_distance_{v}", fmts,
                             arrays={f"model{k}": m for k, m in enumerate(results[v].values())},
-                            meta={"variant": v, "models": list(results[v]), "random_init": bool(random)})
-        typer.echo(f"wrote mean attention distance ({', '.join(vs)}) of {len(model_names)} model(s) to {out}")
+                            meta={"variant": v, "models": list(results[v]),
+                                  "random_init": [bool(r) for _, r in runs]})
+        typer.echo(f"wrote mean attention distance ({', '.join(vs)}) of {len(runs)} model(s) to {out}")
 
     # ------------------------------------------------------------------ seed-002 statistics
     @app.command("attention-stats")
@@ -497,8 +506,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         model = load_model_for_cli(model_name, random, device)
         res = attention_video(model, source, out, block, query, fusion, short_side, cmap, alpha, layout, fps,
                               max_frames, step, batch_size, save_frames=not no_frames, progress=not quiet)
+        b = block + model.cfg.depth if block < 0 else block
         fig = plot_frames([f for _, f in res["samples"]], [f"frame {k}" for k, _ in res["samples"]],
-                          title=f"{query} attention, block {block}")
+                          title=f"{query} attention, block {b}, heads fused by {fusion}")
         maps = res["maps"]
         arrays = {"maps": maps} if maps.dtype != object else {}
         save_figure(fig, out.with_name(out.stem + "_summary"), fmts, arrays=arrays,

@@ -10,12 +10,12 @@ from vitscope.viz.attention import _panel, subplots
 
 
 def plot_token_page(image: np.ndarray | None, maps, token: str, block: int, cmap: str = "inferno",
-                    ncols: int = 4):
+                    ncols: int | None = None):
     """One PDF page: the image and the per-head maps (H, rows, cols) of ``token``'s attention over patches."""
     maps = np.asarray(maps, float)
     H = maps.shape[0]
     n = H + (image is not None)
-    ncols = min(ncols, n)
+    ncols = min(ncols or 6, n)
     nrows = -(-n // ncols)
     fig, axes = subplots(nrows, ncols, figsize=(2.1 * ncols, 2.1 * nrows + 0.5))
     k = 0

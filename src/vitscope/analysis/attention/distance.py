@@ -182,14 +182,15 @@ def multi_variant_reducer(accumulators: dict[str, MeanAttentionDistance]):
             a = a.float()
         key = (tuple(layout.grid), str(a.device), a.dtype)
         if key not in cache:
-            cache[key] = torch.stack([distance_matrix(layout.grid, v, accumulators[v].patch_size)
-                                      for v in variants]).to(device=a.device, dtype=a.dtype)    # V, N, N
-        d = torch.einsum("bhqk,vqk->vbhq", a, cache[key])                                   # V, B, H, N
-        rowsum = None
+            mats = [distance_matrix(layout.grid, v, accumulators[v].patch_size) for v in variants]
+            if "A" in variants:                              # a row of ones gives the row sums in the same pass
+                mats.append(torch.ones_like(mats[0]))
+            cache[key] = torch.stack(mats).to(device=a.device, dtype=a.dtype)                # V(+1), N, N
+        d = torch.einsum("bhqk,vqk->vbhq", a, cache[key])                                   # V(+1), B, H, N
         for k, v in enumerate(variants):
             dv = d[k]
             if v == "A":
-                rowsum = a.sum(-1) if rowsum is None else rowsum
+                rowsum = d[-1]
                 dv = dv / torch.where(rowsum == 0, torch.ones_like(rowsum), rowsum)
             accumulators[v].update_values(block, dv.mean(-1))
 

@@ -110,16 +110,19 @@ def chefer_relevance(patterns: Mapping[int, torch.Tensor] | Sequence[torch.Tenso
 
 
 def relevance_from_model(model, x: torch.Tensor, target=None, method: str = "chefer", discard_ratio: float = 0.0,
-              start_block: int = 0, end_block: int = -1, query="cls", normalize: str | None = "max"):
+                         start_block: int = 0, end_block: int = -1, query="cls", normalize: str | None = "max",
+                         score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None):
     """Run the model and return (maps (B, rows, cols), matrix (B, T, T), targets (B,)).
 
-    ``method``: ``"chefer"`` (relevance) or ``"grad_rollout"`` (vit-explain).
+    ``method``: ``"chefer"`` (relevance) or ``"grad_rollout"`` (vit-explain). ``score_fn(output) -> (B,)``
+    explains another score than a class logit (needed for models without a classification head).
     """
     depth = model.cfg.depth
     start, end = normalize_block(start_block, depth), normalize_block(end_block, depth)
     grid = grid_of(x, model)
     resolve_query(query, model.token_layout(end, grid), model.cfg)
-    pats, grads, _, targets = attention_with_gradients(model, x, target, blocks=range(start, end + 1))
+    pats, grads, _, targets = attention_with_gradients(model, x, target, blocks=range(start, end + 1),
+                                                       score_fn=score_fn)
     lays = {b: model.token_layout(b, grid) for b in pats}
     if method == "chefer":
         M = chefer_relevance(pats, grads, lays, start, end)

@@ -19,70 +19,61 @@ from PIL import Image
 from vitscope.analysis.attention.maps import attention_map, collect_patterns
 from vitscope.analysis.attention.tokens import normalize_block, resolve_query
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def read_frames(source: str | Path, max_frames: int | None = None, step: int = 1) -> tuple[Iterator[np.ndarray], float | None, int | None]:
-    """Frames of a video file (mp4, GIF, anything ffmpeg reads) or a folder of images (sorted by name).
-
-    Returns (iterator of RGB uint8 (H, W, 3), fps or None, number of frames or None).
-    Uses ``vitscope.data`` video reading when it is available.
-    """
-    src = Path(source)
-    if not src.exists():
-        raise FileNotFoundError(f"video or frame folder not found: {src}")
-    if src.is_dir():
-        files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in frame folder {src}")
-        files = files[::step][:max_frames]
-
-        def gen_dir():
-            from vitscope.data.decode import load_image
-
-            for f in files:
-                yield np.asarray(load_image(f))
-
-        return gen_dir(), None, len(files)
+def _video_fps(path: Path) -> float | None:
     import imageio.v2 as iio
 
     try:
-        reader = iio.get_reader(str(src))
+        reader = iio.get_reader(str(path))
     except Exception as e:  # imageio raises several types for unreadable files
-        raise ValueError(f"cannot read video {src}: {e}") from e
-    meta = reader.get_meta_data()
-    fps = meta.get("fps")
-    if fps is None and meta.get("duration"):
-        fps = 1000.0 / float(meta["duration"])          # GIF: duration per frame in ms
-    n = None
+        raise ValueError(f"cannot read video {path}: {e}") from e
     try:
-        n = reader.count_frames() if hasattr(reader, "count_frames") else len(reader)
-    except Exception:
-        n = None
-    if n is not None and n > 10 ** 8:
-        n = None
-    if n is not None:
-        n = len(range(0, n, step))
-        if max_frames is not None:
-            n = min(n, max_frames)
+        meta = reader.get_meta_data()
+    finally:
+        reader.close()
+    if meta.get("fps"):
+        return float(meta["fps"])
+    if meta.get("duration"):                              # GIF: duration of a frame in ms
+        return 1000.0 / float(meta["duration"])
+    return None
 
-    def gen_video():
-        k = 0
-        try:
-            for i, fr in enumerate(reader):
-                if i % step:
-                    continue
-                if max_frames is not None and k >= max_frames:
-                    break
-                fr = np.asarray(fr)
-                if fr.ndim == 2:
-                    fr = np.stack([fr] * 3, -1)
-                yield fr[..., :3].astype(np.uint8)
-                k += 1
-        finally:
-            reader.close()
 
-    return gen_video(), (float(fps) / step if fps else None), n
+def read_frames(source: str | Path, max_frames: int | None = None, step: int = 1
+                ) -> tuple[Iterator[np.ndarray], float | None, int]:
+    """Frames of a video file (mp4, GIF, anything ffmpeg reads) or of a folder of images (natural order).
+
+    Reading goes through ``vitscope.data`` (``video_source`` / ``folder_source``). Returns (iterator of RGB
+    uint8 (H, W, 3), fps of the frames returned or None for a folder, number of frames). Frames that cannot
+    be decoded are skipped.
+    """
+    from vitscope.data.decode import ImageDecodeError
+    from vitscope.data.folders import folder_source
+    from vitscope.data.video import video_source
+
+    src = Path(source)
+    if not src.exists():
+        raise FileNotFoundError(f"video or frame folder not found: {src}")
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    if src.is_dir():
+        files = folder_source(src, layout="flat")
+        if not files.paths:
+            raise FileNotFoundError(f"no image files in frame folder {src}")
+        idx = list(range(0, len(files.paths), step))[:max_frames]
+        fps = None
+    else:
+        files = video_source(src, stride=step, max_frames=max_frames)
+        idx = list(range(len(files.ids)))
+        fps = _video_fps(src)
+        fps = fps / step if fps else None
+
+    def gen():
+        for i in idx:
+            try:
+                yield np.asarray(files.load(i).convert("RGB"), dtype=np.uint8)
+            except (ImageDecodeError, FileNotFoundError):
+                continue
+
+    return gen(), fps, len(idx)
 
 
 def frame_to_tensor(frame: np.ndarray, model, short_side: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
