@@ -87,6 +87,9 @@ def test_train_learns_and_keeps_the_best_by_validation(bars, plain_run):
     best = load_model(str(out / "best"))
     assert _accuracy(best, bars, val_idx) == pytest.approx(summary["best_val_acc"])
     assert best.cfg.meta["classes"] == Bars.classes
+    extra = best.meta["extra"]                          # the finished run's story travels with the best model
+    assert extra["best_val_acc"] == summary["best_val_acc"] and len(extra["history"]) == 4
+    assert extra["train_config"]["epochs"] == 4 and extra["seed"] == 0
     for f in ("curves.png", "summary.json", "last/train_state.pt", "best/model.safetensors", "best/config.json"):
         assert (out / f).exists(), f
 

@@ -136,3 +136,23 @@ def test_no_weight_decay_on_norms_biases_tokens():
     assert {"cls_token", "reg_token", "pos_embed", "blocks.0.ln1.weight", "blocks.0.attn.qkv.bias"} <= nd
     assert {names[id(p)] for p in decay["params"]} == {n for n, p in m.named_parameters() if n not in nd}
     assert "blocks.0.attn.qkv.weight" not in nd and decay["weight_decay"] == 0.05
+
+
+def test_patch_dropout_keeps_prefix_registers_and_an_ordered_subset_of_patches():
+    from vitscope.models import ViTConfig
+    from vitscope.models.layout import token_layout
+
+    cfg = ViTConfig(img_size=32, patch_size=8, embed_dim=8, depth=2, num_heads=2, num_registers=2,
+                    register_location="end")
+    lay = token_layout(cfg, 0)                                      # CLS, 16 patches, 2 registers
+    B, T = 5, lay.n_tokens
+    tokens = torch.arange(T, dtype=torch.float32)[None, :, None].expand(B, T, 3).clone()   # value = position
+    out = A.patch_dropout(tokens, lay, 0.25, g=torch.Generator().manual_seed(0))
+    assert out.shape == (B, 1 + 12 + 2, 3)
+    codes = out[..., 0]
+    assert (codes[:, 0] == lay.cls).all() and (codes[:, -2:] == torch.tensor(lay.registers)).all()
+    mid = codes[:, 1:-2]
+    assert ((mid >= lay.patches.start) & (mid < lay.patches.stop)).all()
+    assert (mid[:, 1:] > mid[:, :-1]).all()                          # order kept, no repeats
+    assert len({tuple(r.tolist()) for r in mid}) > 1                 # each image draws its own subset
+    assert torch.equal(A.patch_dropout(tokens, lay, 0.0), tokens)

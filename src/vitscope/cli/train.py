@@ -42,6 +42,9 @@ def register(app: typer.Typer) -> None:
         hflip: float = typer.Option(0.5, "--hflip", help="Probability of a horizontal flip."),
         mixup: float = typer.Option(0.0, "--mixup", help="Mixup alpha (0: off)."),
         cutmix: float = typer.Option(0.0, "--cutmix", help="CutMix alpha (0: off)."),
+        patch_dropout: float = typer.Option(0.0, "--patch-dropout",
+                                            help="Share of patch tokens dropped at random in training "
+                                                 "(PatchDropout; also makes steps faster)."),
         teacher: Optional[str] = typer.Option(None, "--teacher",
                                               help="Teacher for distillation: a model name or a checkpoint folder "
                                                    "(needs --distill-token)."),
@@ -59,6 +62,9 @@ def register(app: typer.Typer) -> None:
         drop-path, dynamic CLS/register placement, distillation; best checkpoint by validation accuracy.
 
         Data parallel: torchrun --nproc_per_node=N -m vitscope train DATA ..."""
+        import shlex
+        import sys
+
         from vitscope.train import TrainConfig, train
 
         cfg = TrainConfig(
@@ -68,9 +74,10 @@ def register(app: typer.Typer) -> None:
             register_location=register_location, distill_token=distill_token, drop_path=drop_path, epochs=epochs,
             batch_size=batch_size, lr=lr, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
             label_smoothing=label_smoothing, grad_clip=grad_clip, crop_scale=(crop_min, 1.0), hflip=hflip,
-            mixup=mixup, cutmix=cutmix, teacher=teacher, distill=distill, distill_alpha=distill_alpha,
-            distill_tau=distill_tau, seed=seed, resume=resume, device=device, num_workers=num_workers,
-            progress=not quiet,
+            mixup=mixup, cutmix=cutmix, patch_dropout=patch_dropout, teacher=teacher, distill=distill,
+            distill_alpha=distill_alpha, distill_tau=distill_tau, seed=seed, resume=resume, device=device,
+            num_workers=num_workers, progress=not quiet,
+            extra={"command": shlex.join(["vitscope", *sys.argv[1:]])},
         )
         summary = train(cfg)
         import os

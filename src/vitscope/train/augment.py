@@ -139,3 +139,21 @@ def mixup_cutmix(x: torch.Tensor, targets: torch.Tensor, mixup_alpha: float = 0.
         kind = "mixup"
     targets = targets * lam + targets.flip(0) * (1.0 - lam)
     return x, targets, {"kind": kind, "lam": lam}
+
+
+def patch_dropout(tokens: torch.Tensor, layout, rate: float, g: torch.Generator | None = None) -> torch.Tensor:
+    """PatchDropout (Liu et al. 2022; FLIP): keep a random subset of the patch tokens of each image.
+
+    ``tokens`` (B, T, D) enter block 0 with their position embeddings already added; ``layout`` is the model's
+    layout at block 0 (prefix tokens and registers are always kept, in place). Keeps
+    ``max(1, round(N * (1 - rate)))`` patches per image, in their original order -> (B, T - dropped, D).
+    """
+    if rate <= 0:
+        return tokens
+    B, T, D = tokens.shape
+    sl = layout.patches
+    N = sl.stop - sl.start
+    keep = max(1, int(round(N * (1.0 - rate))))
+    idx = torch.rand(B, N, generator=g).argsort(dim=1)[:, :keep].sort(dim=1).values.to(tokens.device)  # B, keep
+    patches = tokens[:, sl].gather(1, idx[:, :, None].expand(-1, -1, D))                              # B, keep, D
+    return torch.cat([tokens[:, :sl.start], patches, tokens[:, sl.stop:]], dim=1)

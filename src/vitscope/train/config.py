@@ -45,6 +45,7 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     mix_prob: float = 1.0
+    patch_dropout: float = 0.0            # share of patch tokens dropped in training (PatchDropout; also faster)
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     # distillation
@@ -85,6 +86,8 @@ class TrainConfig:
             raise ValueError(f"--distill-alpha must be in [0, 1], got {self.distill_alpha}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("--epochs and --batch-size must be >= 1")
+        if not 0.0 <= self.patch_dropout < 1.0:
+            raise ValueError(f"--patch-dropout must be in [0, 1), got {self.patch_dropout}")
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"--crop-scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")

@@ -198,7 +198,12 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
                 x01, targets, _ = A.mixup_cutmix(x01, targets, cfg.mixup, cfg.cutmix, cfg.mix_prob, g=g)
             lr = cosine_lr(step, total_steps, cfg.lr, warmup_steps, cfg.min_lr)
             set_lr(optimizer, lr)
-            cls_logits, dist_logits = net(A.normalize(x01, cfg.mean, cfg.std))
+            hooks = []
+            if cfg.patch_dropout > 0:                           # drop tokens after the position embedding
+                lay0 = model.token_layout(0, (x01.shape[-2] // cfg.patch_size, x01.shape[-1] // cfg.patch_size))
+                hooks = [("hook_full_embed", lambda t, hook: A.patch_dropout(t, lay0, cfg.patch_dropout, g))]
+            with model.hooks(fwd_hooks=hooks):
+                cls_logits, dist_logits = net(A.normalize(x01, cfg.mean, cfg.std))
             teacher_logits = None
             if teacher is not None:
                 with torch.no_grad():
@@ -229,7 +234,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         row["best_val_acc"] = best_acc
         history.append(row)
         if env.main:
-            extra = {"trained_by": "vitscope train", "epoch": epoch, "val_acc": row["val_acc"],
+            extra = {**cfg.extra, "trained_by": "vitscope train", "epoch": epoch, "val_acc": row["val_acc"],
                      "train_config": cfg.to_dict()}
             if improved:
                 save_model(model, out / "best", extra=extra)
@@ -259,4 +264,11 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
                   for k in ("train_loss", "val_loss", "train_acc", "val_acc")}
         summary["curves"] = [str(p) for p in save_figure(fig, out / "curves", cfg.formats, arrays=arrays)]
         save_json({k: v for k, v in summary.items() if k != "history"}, out / "summary.json")
+        if end_epoch == cfg.epochs:                  # the finished run: its whole story goes with the best model
+            from vitscope.models.loading import load_model
+
+            final = {**cfg.extra, "trained_by": "vitscope train", "train_config": cfg.to_dict(), "seed": cfg.seed,
+                     **{k: summary[k] for k in ("best_val_acc", "best_epoch", "epochs", "wall_time_s", "world_size",
+                                                "train_size", "val_size", "history")}}
+            save_model(load_model(str(out / "best")), out / "best", extra=final)
     return summary
