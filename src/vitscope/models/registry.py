@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vitscope.models.config import ViTConfig
+from vitscope.models.converters.timm import TIMM_SIZES
 from vitscope.models.preprocess import (
     CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, PreprocessConfig,
 )
@@ -150,18 +151,6 @@ def families() -> list[str]:
 
 
 # ----------------------------------------------------------------------------- timm architectures
-# (embed_dim, depth, num_heads, mlp_ratio) of timm's size names
-_SIZES: dict[str, tuple[int, int, int, float]] = {
-    "tiny": (192, 12, 3, 4.0),
-    "small": (384, 12, 6, 4.0),
-    "medium": (512, 12, 8, 4.0),
-    "betwixt": (640, 12, 10, 4.0),
-    "base": (768, 12, 12, 4.0),
-    "large": (1024, 24, 16, 4.0),
-    "huge": (1280, 32, 16, 4.0),
-    "giant": (1408, 40, 16, 48 / 11),
-    "gigantic": (1664, 48, 16, 64 / 13),
-}
 
 # timm architectures whose model_args the name alone does not give (copied from their definitions)
 _TIMM_EXPLICIT: dict[str, dict[str, Any]] = {
@@ -211,7 +200,7 @@ def timm_arch_kwargs(arch: str) -> dict[str, Any]:
     if not m:
         raise _unsupported(arch, "the name is not a ViT / DeiT / BEiT architecture name")
     fam, size, patch = m["fam"], m["size"], int(m["patch"])
-    if size not in _SIZES:
+    if size not in TIMM_SIZES:
         raise _unsupported(arch, f"unknown size {size!r}")
     tokens = [t for t in m["rest"].split("_") if t]
     res = None
@@ -224,7 +213,7 @@ def timm_arch_kwargs(arch: str) -> dict[str, Any]:
     for t in rest:
         if t in _UNSUPPORTED_TOKENS:
             raise _unsupported(arch, _UNSUPPORTED_TOKENS[t])
-    D, depth, H, ratio = _SIZES[size]
+    D, depth, H, ratio = TIMM_SIZES[size]
     kw: dict[str, Any] = dict(patch_size=patch, embed_dim=D, depth=depth, num_heads=H)
     if ratio != 4.0:
         kw["mlp_ratio"] = ratio

@@ -30,11 +30,12 @@ from vitscope.models.converters.common import CheckpointError, load_strict
 from vitscope.models.preprocess import PreprocessConfig
 
 # ----------------------------------------------------------------------------- architecture names
-# width, depth, heads, mlp_ratio of timm's size words
-_SIZES: dict[str, tuple[int, int, int, float]] = {
+# width, depth, heads, mlp_ratio of timm's size words (the registry reads this table too)
+TIMM_SIZES: dict[str, tuple[int, int, int, float]] = {
     "tiny": (192, 12, 3, 4.0),
     "small": (384, 12, 6, 4.0),
     "medium": (512, 12, 8, 4.0),
+    "betwixt": (640, 12, 10, 4.0),
     "base": (768, 12, 12, 4.0),
     "large": (1024, 24, 16, 4.0),
     "huge": (1280, 32, 16, 4.0),
@@ -87,8 +88,8 @@ def timm_args_from_name(arch: str) -> dict[str, Any]:
         raise ValueError(f"{arch!r}: DINOv2 giant uses a SwiGLU MLP, which HookedViT does not implement")
     args: dict[str, Any] = {"_family": "beit" if a.startswith("beit") else "vit"}
     m = re.match(r"(?:vit|deit3?|beitv?2?|beit)_([a-z]+)_", a)
-    if m and m.group(1) in _SIZES:
-        D, depth, heads, ratio = _SIZES[m.group(1)]
+    if m and m.group(1) in TIMM_SIZES:
+        D, depth, heads, ratio = TIMM_SIZES[m.group(1)]
         args.update(embed_dim=D, depth=depth, num_heads=heads, mlp_ratio=ratio)
     m = re.search(r"patch(\d+)", a)
     if m:
