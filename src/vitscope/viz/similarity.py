@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ import numpy as np  # noqa: E402
 from vitscope.viz.save import save_figure, save_json, save_table  # noqa: E402
 
 CMAP = "magma"          # seed 002's CKA colour map
+
+
+def _key(*parts: str) -> str:
+    """A file-name-safe key for the arrays saved beside a figure: ``vitA (random)`` -> ``vitA_random``."""
+    return "__".join(re.sub(r"[^A-Za-z0-9.-]+", "_", str(p)).strip("_") for p in parts)
 METRIC_LABELS = {"nmi": "NMI", "ari": "ARI", "purity": "purity"}
 
 
@@ -194,9 +200,8 @@ def save_similarity(res, stem: str | Path, formats: Sequence[str] = ("png",), ti
 def save_cka_grid(pairs: Mapping[tuple[str, str], Any], stem: str | Path, formats: Sequence[str] = ("png",),
                   title: str | None = None) -> list[Path]:
     fig = plot_cka_grid(pairs, title=title)
-    arrays = {f"{a}__{b}".replace("/", "_"): _matrix(r)[0] for (a, b), r in pairs.items()}
-    meta = {"pairs": [[a, b] for a, b in pairs],
-            "arrays": {f"{a}__{b}".replace("/", "_"): [a, b] for a, b in pairs}}
+    arrays = {_key(a, b): _matrix(r)[0] for (a, b), r in pairs.items()}
+    meta = {"pairs": [[a, b] for a, b in pairs], "arrays": {_key(a, b): [a, b] for a, b in pairs}}
     return save_figure(fig, stem, formats, arrays=arrays, meta=meta)
 
 
@@ -225,7 +230,7 @@ def save_cluster_curves(scores: Mapping[str, Mapping[str, Sequence[float]]], ste
     fig = plot_cluster_curves(scores, title=title)
     rows = [{"model": name, "block": i, **{m: float(v[i]) for m, v in s.items()}}
             for name, s in scores.items() for i in range(len(next(iter(s.values()))))]
-    arrays = {f"{name}.{m}".replace("/", "_"): np.asarray(v) for name, s in scores.items() for m, v in s.items()}
+    arrays = {f"{_key(name)}.{m}": np.asarray(v) for name, s in scores.items() for m, v in s.items()}
     paths = save_figure(fig, stem, formats, arrays=arrays, meta={**(meta or {}), "models": list(scores)})
     paths.append(save_table(rows, Path(f"{stem}.csv")))
     return paths
