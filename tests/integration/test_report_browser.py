@@ -113,10 +113,10 @@ def small_report(tmp_path_factory):
                 meta={"classes": list(SHAPES[:8])})
     dyn = HookedViT(ViTConfig(**base, num_registers=2, register_block=1, cls_block=2, register_location="end"), pp)
     plain = HookedViT(ViTConfig(**base), pp)
-    data = "synthetic:size=32,classes=8,n=48,split=test"
+    data = "synthetic:size=32,classes=8,n=24,split=test"
     out = tmp_path_factory.mktemp("report")
     page = build_report([ModelSpec(dyn, data, "dyn", "late CLS + registers"), ModelSpec(plain, data, "plain")],
-                        out, n_images=8, n_eval=48, n_show=3, progress=False)
+                        out, n_images=6, n_eval=24, n_show=3, progress=False)
     return page
 
 

@@ -3,6 +3,7 @@ import base64
 import io
 import re
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -95,3 +96,29 @@ def test_layout_table_follows_the_token_layout():
     assert [r["entering block"] for r in rows] == [0, 1, 3]
     assert [r["tokens"] for r in rows] == [4, 6, 7]
     assert rows[2]["CLS"] == 0 and rows[2]["registers"] == "5..6" and rows[1]["CLS"] == "-"
+
+
+def test_context_features_match_a_direct_forward(tmp_path):
+    """One shared pass serves every token mode; compare with each block's output read by a plain hook."""
+    torch.manual_seed(0)
+    cfg = ViTConfig(img_size=16, patch_size=8, embed_dim=16, depth=3, num_heads=2, num_classes=3,
+                    num_registers=2, register_block=1, cls_block=2, register_location="end")
+    model = HookedViT(cfg, PreprocessConfig(input_size=16, crop_pct=1.0))
+    ctx = ReportContext(model, None, out_dir=tmp_path, name="m", progress=False, batch_size=4)
+    x = torch.randn(10, 3, 16, 16)
+    ctx._eval = (x, np.zeros(10, dtype=np.int64), np.arange(10))
+    outs = {}
+    for b in range(3):
+        model.run_with_hooks(x, fwd_hooks=[(f"blocks.{b}.hook_resid_post",
+                                            lambda t, hook, b=b: outs.__setitem__(b, t.detach()))])
+    cls = ctx.block_features("trained", "cls")
+    assert list(cls) == ["2"] and np.allclose(cls["2"], outs[2][:, 0].numpy(), atol=1e-5)
+    mean = ctx.block_features("trained", "mean")
+    assert np.allclose(mean["0"], outs[0].mean(1).numpy(), atol=1e-5)                 # 4 patches only
+    assert np.allclose(mean["1"], outs[1][:, :4].mean(1).numpy(), atol=1e-5)          # registers appended
+    assert np.allclose(mean["2"], outs[2][:, 1:5].mean(1).numpy(), atol=1e-5)         # CLS prepended
+    assert ctx.block_features("trained", "all")["2"].shape == (10, 7 * 16)
+    ctx2 = ReportContext(model, None, out_dir=tmp_path, name="m2", progress=False)
+    ctx2._eval = ctx._eval
+    ctx2.ALL_TOKENS_LIMIT = 100
+    assert ctx2.block_features("trained", "all") is None

@@ -44,6 +44,7 @@ def build_report(models: Sequence[ModelSpec], out: str | Path = "runs/report", t
                             report_dir=out, progress=progress, info=spec.info, **context_options)
         sections = run_analyses(ctx, analyses, progress=progress)
         summary = {k: v for k, v in spec.info.items() if isinstance(v, (str, int, float))}
+        summary.update(headline(ctx.info))
         if ctx.dataset is not None:
             summary.setdefault("images", getattr(ctx.dataset, "description", f"{len(ctx.dataset)} images"))
         parts.append(ReportPart(spec.name, ctx.title, sections, summary, descriptions))
@@ -52,6 +53,17 @@ def build_report(models: Sequence[ModelSpec], out: str | Path = "runs/report", t
     page = out / "report.html"
     page.write_text(render(parts, title, subtitle, facts), encoding="utf-8")
     return page
+
+
+def headline(info: dict[str, Any]) -> dict[str, str]:
+    """The numbers worth a line at the top of a model's part (from what the analyses left in ctx.info)."""
+    out = {}
+    if "accuracy" in info:
+        out["accuracy (top-1)"] = f"{100 * info['accuracy']:.1f}% on {info.get('accuracy_n', '?')} images"
+    for rule, r in (info.get("saliency") or {}).items():
+        out[f"saliency IoU, {rule} masks"] = (f"{r['trained']['last_block_merged']:.3f} (random weights "
+                                              f"{r['random']['last_block_merged']:.3f})")
+    return out
 
 
 def report(model, data: str | None = None, out: str | Path = "runs/report", name: str | None = None,

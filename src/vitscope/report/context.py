@@ -43,6 +43,8 @@ class ReportContext:
         self.batch_size, self.progress = batch_size, progress
         self.info: dict[str, Any] = dict(info or {})
         self._data = data
+        self._token_masks: dict[str, torch.Tensor] = {}
+        self._features: dict[tuple[str, str], dict[str, np.ndarray] | None] = {}
 
     # ------------------------------------------------------------------ data
     @property
@@ -134,14 +136,24 @@ class ReportContext:
             out.append(np.any(np.stack([np.asarray(m, bool) for m in masks]), axis=0))
         return out
 
-    @cached_property
-    def token_masks(self) -> torch.Tensor:
-        """Object masks of ``images`` on the token grid (n, rows, cols) bool (seed 002's bicubic rule)."""
+    def token_masks(self, rule: str = "bicubic") -> torch.Tensor:
+        """Object masks of ``images`` on the token grid (n, rows, cols) bool.
+
+        ``rule``: "bicubic" (seed 002: a generous resize that also marks cells next to the object), "majority"
+        (at least half of the cell is object) or "any"; see ``mask_to_token_grid``.
+        """
         from vitscope.analysis.attention.saliency import mask_to_token_grid
 
-        grid = self.model.cfg.grid
-        return torch.stack([torch.from_numpy(mask_to_token_grid(m, grid, preprocess_cfg=self.pcfg))
-                            for m in self.object_masks("images")])
+        if rule not in self._token_masks:
+            grid = self.model.cfg.grid
+            self._token_masks[rule] = torch.stack([
+                torch.from_numpy(mask_to_token_grid(m, grid, preprocess_cfg=self.pcfg, rule=rule))
+                for m in self._object_masks])
+        return self._token_masks[rule]
+
+    @cached_property
+    def _object_masks(self) -> list[np.ndarray]:
+        return self.object_masks("images")
 
     # ------------------------------------------------------------------ what is available
     def has(self, need: str) -> bool:
@@ -216,6 +228,48 @@ class ReportContext:
 
         torch.manual_seed(0)
         return HookedViT(self.model.cfg, preprocess_cfg=self.model.preprocess_cfg).eval()
+
+    @cached_property
+    def random_patterns(self) -> dict[int, torch.Tensor]:
+        """Attention patterns of the random-weight twin on ``images``."""
+        from vitscope.analysis.attention.maps import collect_patterns
+
+        return collect_patterns(self.random_model, self.images)
+
+    FEATURE_MODES = ("cls", "mean", "all")
+    ALL_TOKENS_LIMIT = 2 * 2**30          # bytes of "all tokens" features kept in memory, over all blocks
+
+    def block_features(self, which: str = "trained", mode: str = "mean") -> dict[str, np.ndarray]:
+        """{block: (n_eval, d)} block outputs (``hook_resid_post``) of the model (or its random twin) on
+        ``eval_images``, reduced by ``mode``: "cls" (blocks where CLS exists), "mean" (patch tokens) or "all"
+        (every token, flattened; None when that would exceed ``ALL_TOKENS_LIMIT``). One forward pass per batch
+        serves every mode."""
+        if (which, mode) not in self._features:
+            self._extract(which)
+        return self._features[(which, mode)]
+
+    def _extract(self, which: str) -> None:
+        from vitscope.analysis.similarity.compare import reduce_tokens
+
+        model = self.model if which == "trained" else self.random_model
+        cfg = model.cfg
+        n = len(self.eval_images)
+        lays = {b: model.token_layout(b) for b in range(cfg.depth)}       # a block keeps the tokens it receives
+        all_bytes = sum(n * lays[b].n_tokens * cfg.embed_dim * 4 for b in lays)
+        modes = [m for m in self.FEATURE_MODES if m != "all" or all_bytes <= self.ALL_TOKENS_LIMIT]
+        hooks = [f"blocks.{b}.hook_resid_post" for b in range(cfg.depth)]
+        parts: dict[tuple[str, int], list[torch.Tensor]] = {}
+        with torch.inference_mode():
+            for x in self.eval_images.split(self.batch_size):
+                _, cache = model.run_with_cache(x, names_filter=hooks)
+                for b, h in enumerate(hooks):
+                    for m in modes:
+                        if m == "cls" and lays[b].cls is None:
+                            continue
+                        parts.setdefault((m, b), []).append(reduce_tokens(cache[h], lays[b], m).float().cpu())
+        for m in self.FEATURE_MODES:
+            self._features[(which, m)] = None if m not in modes else {
+                str(b): torch.cat(parts[(m, b)]).numpy() for b in range(cfg.depth) if (m, b) in parts}
 
     @cached_property
     def logits(self) -> torch.Tensor:

@@ -45,7 +45,7 @@ th { background: var(--soft); }
 .tablewrap { max-height: 360px; overflow: auto; display: inline-block; max-width: 100%; }
 .caption { font-size: 13px; color: var(--muted); margin-top: 10px; }
 .summary td:first-child { font-weight: 600; }
-code { background: var(--soft); padding: 0 4px; border-radius: 3px; font-size: 13px; }
+code { background: var(--soft); padding: 0 4px; border-radius: 3px; font-size: 13px; overflow-wrap: anywhere; }
 footer { padding: 16px 40px; color: var(--muted); font-size: 12.5px; border-top: 1px solid var(--line); }
 """
 
@@ -96,8 +96,10 @@ def _section(part: ReportPart, sec: Section) -> str:
     for f in sec.figures:
         files = ""
         if f.files:
+            stem = f.files[0].rsplit(".", 1)[0]                  # the figure itself, then its numbers
             files = " <span class='files'>[" + ", ".join(
-                f"<a href='{escape(p)}'>{escape(p.rsplit('.', 1)[-1])}</a>" for p in f.files) + "]</span>"
+                f"<a href='{escape(p)}'>{escape(p[len(stem) + 1:] if p.startswith(stem + '.') else p)}</a>"
+                for p in f.files) + "]</span>"
         out.append(f"<figure><img src='{f.data_uri}' alt='{escape(f.caption or sec.title)}'>"
                    f"<figcaption>{escape(f.caption)}{files}</figcaption></figure>")
     for t in sec.tables:

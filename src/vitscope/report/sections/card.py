@@ -116,5 +116,5 @@ def accuracy(ctx) -> Section:
     fig.tight_layout()
     sec.figure(ctx, fig, "confusion", "Confusion matrix (rows: true class, columns: prediction).",
                arrays={"confusion": cm})
-    ctx.info["accuracy"] = acc
+    ctx.info["accuracy"], ctx.info["accuracy_n"] = acc, len(y)
     return sec

@@ -3,26 +3,8 @@ Computation comes from ``vitscope.analysis.similarity`` and ``vitscope.analysis.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from vitscope.report.registry import Section, analysis
-
-
-def block_features(model, images: torch.Tensor, token_mode: str, batch_size: int = 64,
-                   blocks=None) -> dict[str, np.ndarray]:
-    """{block name: (n, d)} of each block's output (``hook_resid_post``) reduced by ``token_mode``."""
-    from vitscope.analysis.similarity.compare import block_hooks, model_features, short_name
-
-    hooks = block_hooks(model.cfg.depth, blocks=blocks)
-    parts: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
-    for x in images.split(batch_size):
-        for h, f in model_features(model, x, hooks, token_mode).items():
-            parts[h].append(f.float().cpu())
-    return {short_name(h): torch.cat(v).numpy() for h, v in parts.items()}
-
-
-def _cls_blocks(model) -> list[int]:
-    return [b for b in range(model.cfg.depth) if model.token_layout(b).cls is not None]
 
 
 @analysis("cka", "CKA between blocks", needs=("images",), order=50)
@@ -36,20 +18,22 @@ def cka_section(ctx) -> Section:
     if n < 8:
         return Section.skip(f"skipped: CKA needs at least 8 images, got {n}")
     sec = Section()
-    feats = {}
     for mode, label in (("mean", "mean of patch tokens"), ("all", "all tokens")):
-        feats[mode] = block_features(ctx.model, ctx.eval_images, mode, ctx.batch_size)
-        res = layer_cka(feats[mode])
+        feats = ctx.block_features("trained", mode)
+        if feats is None:
+            sec.add_text(f"CKA on {label} left out: the features would not fit in memory; use --n-eval lower.")
+            continue
+        res = layer_cka(feats)
         fig = plot_cka(res, title=f"CKA, block outputs ({label}), {n} images", xlabel="block", ylabel="block")
         sec.figure(ctx, fig, f"layers_{mode}", f"Linear CKA between block outputs, {label}.",
                    arrays={"cka": res.matrix})
-    rand = block_features(ctx.random_model, ctx.eval_images, "mean", ctx.batch_size)
-    res = layer_cka(feats["mean"], rand)
+    mean = ctx.block_features("trained", "mean")
+    res = layer_cka(mean, ctx.block_features("random", "mean"))
     fig = plot_cka(res, title="CKA, trained (rows) vs random weights (columns)", xlabel="block (random)",
                    ylabel="block (trained)")
     sec.figure(ctx, fig, "trained_vs_random", "Where the trained model's representations still resemble those "
                "of a random network (mean of patch tokens).", arrays={"cka": res.matrix})
-    m = layer_cka(feats["mean"]).matrix
+    m = layer_cka(mean).matrix
     sec.add_text(f"Adjacent blocks: CKA {np.mean(np.diag(m, 1)):.2f} on average; first vs last block "
                  f"{m[0, -1]:.2f}.")
     return sec
@@ -69,20 +53,20 @@ def clustering(ctx) -> Section:
     sec = Section()
     rows = []
     for mode, label in (("cls", "CLS token"), ("mean", "mean patch token")):
-        blocks = _cls_blocks(ctx.model) if mode == "cls" else None
-        if mode == "cls" and not blocks:
+        blocks = [int(b) for b in ctx.block_features("trained", mode)]
+        if not blocks:
             continue
         curves = {}
-        for who, model in (("trained", ctx.model), ("random", ctx.random_model)):
-            f = block_features(model, ctx.eval_images, mode, ctx.batch_size, blocks=blocks)
+        for who in ("trained", "random"):
+            f = ctx.block_features(who, mode)
             s = blockwise_cluster_scores(list(f.values()), y, k=k)
             curves[who] = s
             for j, name in enumerate(f):
                 rows.append({"tokens": label, "model": who, "block": name,
                              **{m: round(float(v[j]), 4) for m, v in s.items()}})
         fig = plot_cluster_curves(curves, title=f"k-means on the {label} (k={k}, {len(y)} images)")
-        if blocks and blocks[0] > 0:
-            sec.add_text(f"CLS exists from block {blocks[0]}: its curve starts there (x = blocks {blocks}).")
+        if blocks[0] > 0:
+            sec.add_text(f"CLS exists from block {blocks[0]}: its curves are over blocks {blocks}.")
         sec.figure(ctx, fig, mode, f"NMI, ARI and purity per block, {label}.",
                    arrays={f"{who}_{m}": v for who, s in curves.items() for m, v in s.items()})
     sec.table(ctx, rows, "scores", "Clustering scores per block")
