@@ -71,3 +71,46 @@ def clustering(ctx) -> Section:
                    arrays={f"{who}_{m}": v for who, s in curves.items() for m, v in s.items()})
     sec.table(ctx, rows, "scores", "Clustering scores per block")
     return sec
+
+
+@analysis("residual_cka", "Residual CKA: skip vs branches", needs=("images",), order=52)
+def residual_cka(ctx) -> Section:
+    """Seed 002's residual analysis: CKA between each block's skip input and its attention / MLP branch output
+    (all tokens, minibatch unbiased HSIC), and the norm ratios ||skip|| / ||branch||."""
+    from vitscope.analysis.similarity.compare import stream_residual_cka
+    from vitscope.viz.similarity import plot_residual
+
+    if len(ctx.eval_images) < 8:
+        return Section.skip(f"skipped: residual CKA needs at least 8 images, got {len(ctx.eval_images)}")
+    res = stream_residual_cka(ctx.model, ctx.eval_images, token_mode="all", batch_size=max(ctx.batch_size, 8))
+    sec = Section()
+    ratios = res.norm_ratios
+    fig = plot_residual(res, title=f"residual CKA ({res.meta['n_images']} images)")
+    sec.figure(ctx, fig, "residual", "Left, middle: skip input (rows) vs branch output (columns) per block; "
+               "right: how much larger the residual stream is than what each branch adds.",
+               arrays={"attn": res.attn.matrix, "mlp": res.mlp.matrix,
+                       **{f"ratio_{b}_{t}": v for b, d in ratios.items() for t, v in d.items()}})
+    rows = [{"block": i, "CKA(skip, attn)": round(float(res.attn.matrix[i, i]), 4),
+             "CKA(skip, mlp)": round(float(res.mlp.matrix[i, i]), 4),
+             **{f"ratio {b} ({t})": round(float(v[i]), 3) for b, d in ratios.items() for t, v in d.items()}}
+            for i in range(ctx.model.cfg.depth)]
+    sec.table(ctx, rows, "per_block", "Same block: similarity of each branch to its skip input, and norm ratios")
+    return sec
+
+
+@analysis("rsa", "RSA between blocks", needs=("images",), order=53)
+def rsa_section(ctx) -> Section:
+    """Seed 000's representational similarity analysis: correlation-distance RDMs of each block's mean patch
+    token, compared between blocks by Spearman correlation."""
+    from vitscope.analysis.similarity.compare import layer_rsa
+    from vitscope.viz.similarity import plot_cka
+
+    feats = ctx.block_features("trained", "mean")
+    if len(ctx.eval_images) < 4:
+        return Section.skip("skipped: RSA needs at least 4 images")
+    res = layer_rsa(feats)
+    sec = Section()
+    fig = plot_cka(res, title=f"RSA (Spearman of correlation RDMs), {len(ctx.eval_images)} images",
+                   xlabel="block", ylabel="block", vmin=None, vmax=1.0, label="RSA")
+    sec.figure(ctx, fig, "layers", "RSA between block outputs (mean of patch tokens).", arrays={"rsa": res.matrix})
+    return sec
