@@ -158,6 +158,7 @@ def test_distillation_follows_the_teacher(bars, plain_run, tmp_path, kind):
     last = summary["history"][-1]
     # the CLS head learns the labels, the DIST head learns the teacher's rotated classes
     assert last["val_acc_cls"] >= 0.8 and last["val_acc_dist"] <= 0.3
+    assert last["train_loss_cls"] > 0 and last["train_loss_dist"] > 0
     student = load_model(str(tmp_path / "student" / "best"))
     assert student.cfg.head == "distilled"
     _, val_idx = split_indices(bars.labels, 0.1, seed=0)

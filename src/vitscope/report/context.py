@@ -45,6 +45,7 @@ class ReportContext:
         self._data = data
         self._token_masks: dict[str, torch.Tensor] = {}
         self._features: dict[tuple[str, str], dict[str, np.ndarray] | None] = {}
+        self._memo: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ data
     @property
@@ -220,6 +221,12 @@ class ReportContext:
 
     def layout(self, block: int):
         return self.model.token_layout(block)
+
+    def memo(self, key: str, compute):
+        """``compute()`` once per context: results that several analyses share (e.g. the rollout maps)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     @cached_property
     def random_model(self):

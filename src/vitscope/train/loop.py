@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from vitscope.models import HookedViT, PreprocessConfig
-from vitscope.train import augment as A
 from vitscope.models.loading import save_model
+from vitscope.train import augment as A
 from vitscope.train.checkpoint import load_train_state, save_train_state
 from vitscope.train.config import TrainConfig
 from vitscope.train.data import ImageTensors, dataset_classes, dataset_labels, open_training_dataset, split_indices
@@ -130,7 +130,6 @@ def train(cfg: TrainConfig | None = None, **options) -> dict[str, Any]:
 def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     t_start = time.time()
     out = Path(cfg.out)
-    torch.manual_seed(cfg.seed)
     train_set, val_set, classes = _prepare_data(cfg, env)
     if cfg.batch_size % env.world:
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {env.world} processes")
@@ -169,7 +168,6 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     if env.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-    local_batch = cfg.batch_size // env.world
     use_mix = cfg.mixup > 0 or cfg.cutmix > 0
 
     from tqdm.auto import tqdm
@@ -184,7 +182,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
         batches = [perm[s * cfg.batch_size:(s + 1) * cfg.batch_size][env.rank::env.world].tolist()
                    for s in range(steps_per_epoch)]
-        sums = {"loss": 0.0, "correct": 0.0, "n": 0.0}
+        sums = {"loss": 0.0, "correct": 0.0, "n": 0.0, "loss_cls": 0.0, "loss_dist": 0.0}
         for s, (x, y) in enumerate(train_set.batches(batches, cfg.num_workers)):
             step = epoch * steps_per_epoch + s
             g = _step_generator(cfg.seed, epoch, s, env.rank)
@@ -219,13 +217,19 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             sums["loss"] += float(loss.detach()) * len(y)
+            for k, v in parts.items():
+                sums[k] += v * len(y)
             sums["correct"] += float((cls_logits.argmax(-1) == y).sum())
             sums["n"] += len(y)
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.2e}")
-        loss_sum, correct, n = env.all_sum([sums["loss"], sums["correct"], sums["n"]])
+        keys = list(sums)
+        tot = dict(zip(keys, env.all_sum([sums[k] for k in keys])))
+        n = tot["n"]
         row = {"epoch": epoch, "step": (epoch + 1) * steps_per_epoch, "lr": lr,
-               "train_loss": loss_sum / n, "train_acc": correct / n}
+               "train_loss": tot["loss"] / n, "train_acc": tot["correct"] / n}
+        if model.cfg.distill_token:                        # the two heads' losses (label / teacher)
+            row.update(train_loss_cls=tot["loss_cls"] / n, train_loss_dist=tot["loss_dist"] / n)
         row.update(evaluate(model, val_set, env, cfg))
         row["epoch_time_s"] = round(time.time() - t_epoch, 3)
         improved = row["val_acc"] > best_acc

@@ -24,15 +24,12 @@ def _cls_blocks(model) -> list[int]:
 def overview(ctx) -> Section:
     """A few images with the last block's CLS attention (mean over heads) and the attention rollout."""
     from vitscope.analysis.attention.maps import attention_map
-    from vitscope.analysis.attention.rollout import attention_rollout, rollout_map
     from vitscope.viz.attention import _panel, subplots
 
-    model, depth = ctx.model, ctx.model.cfg.depth
+    depth = ctx.model.cfg.depth
     k = min(ctx.n_show, len(ctx.images))
     last = attention_map(ctx.patterns[depth - 1][:k], ctx.layout(depth - 1), "cls").mean(1)        # k, r, c
-    layouts = {b: ctx.layout(b) for b in range(depth)}
-    roll = rollout_map(attention_rollout({b: p[:k] for b, p in ctx.patterns.items()}, layouts),
-                       layouts[depth - 1], "cls")
+    roll = rollout_maps(ctx)
     fig, axes = subplots(3, k, figsize=(1.75 * k, 5.6))
     for i, title in enumerate(_titles(ctx, k)):
         _panel(axes[0, i], None, ctx.display[i], alpha=0.0, title=title)
@@ -40,9 +37,22 @@ def overview(ctx) -> Section:
         _panel(axes[2, i], roll[i], ctx.display[i], "inferno", 0.6, "rollout" if i == 0 else None)
     fig.tight_layout()
     sec = Section()
-    sec.figure(ctx, fig, "strip", f"Top: images; middle: CLS attention of the last block (mean over heads); "
-               f"bottom: attention rollout.", arrays={"cls_attention": last.numpy(), "rollout": roll.numpy()})
+    sec.figure(ctx, fig, "strip", "Top: images; middle: CLS attention of the last block (mean over heads); "
+               "bottom: attention rollout.", arrays={"cls_attention": last.numpy(), "rollout": roll.numpy()})
     return sec
+
+
+def rollout_maps(ctx) -> torch.Tensor:
+    """CLS rollout maps (n_show, rows, cols) of the first images, computed once per context."""
+    from vitscope.analysis.attention.rollout import attention_rollout, rollout_map
+
+    def compute():
+        depth, k = ctx.model.cfg.depth, min(ctx.n_show, len(ctx.images))
+        layouts = {b: ctx.layout(b) for b in range(depth)}
+        joint = attention_rollout({b: p[:k] for b, p in ctx.patterns.items()}, layouts)
+        return rollout_map(joint, layouts[depth - 1], "cls")
+
+    return ctx.memo("rollout_cls", compute)
 
 
 @analysis("attention_maps", "Attention maps per head", needs=("images", "cls"), order=20)
@@ -79,15 +89,11 @@ def attention_maps(ctx) -> Section:
 def rollout(ctx) -> Section:
     """Attention rollout (Abnar & Zuidema; seed 003): heads fused by mean, identity added, rows renormalised,
     multiplied through the blocks; the CLS row over the patches, divided by its max."""
-    from vitscope.analysis.attention.rollout import attention_rollout, rollout_map
     from vitscope.viz.attention import plot_image_overlays
 
     model = ctx.model
-    depth = model.cfg.depth
-    layouts = {b: ctx.layout(b) for b in range(depth)}
-    k = min(ctx.n_show, len(ctx.images))
-    joint = attention_rollout({b: p[:k] for b, p in ctx.patterns.items()}, layouts)
-    maps = rollout_map(joint, layouts[depth - 1], "cls")
+    maps = rollout_maps(ctx)
+    k = len(maps)
     sec = Section()
     if model.cfg.cls_block:
         sec.add_text(f"CLS enters before block {model.cfg.cls_block}: the rollout follows it from there and the "
