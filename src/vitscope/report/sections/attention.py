@@ -104,6 +104,29 @@ def rollout(ctx) -> Section:
     return sec
 
 
+@analysis("relevance", "Gradient relevance (Chefer et al.)", needs=("images", "cls"), order=27)
+def relevance(ctx) -> Section:
+    """Class-specific relevance (Chefer et al. 2021; seed 001): R <- R + mean_heads(clamp(grad * A, min=0)) R
+    through the blocks, for the predicted class; the CLS row over the patches, divided by its max."""
+    from vitscope.analysis.attention.relevance import relevance_from_model
+    from vitscope.viz.attention import plot_image_overlays
+
+    model = ctx.model
+    if model.cfg.head == "none":
+        return Section.skip("skipped: the model has no classification head to explain")
+    k = min(ctx.n_show, len(ctx.images))
+    maps, _, targets = relevance_from_model(model, ctx.images[:k])
+    classes = ctx.model_classes()
+    names = [classes[int(t)] if classes and int(t) < len(classes) else f"class {int(t)}" for t in targets]
+    titles = [f"{t} -> {n}" for t, n in zip(_titles(ctx, k), names)]
+    sec = Section()
+    fig = plot_image_overlays(list(ctx.display[:k]), maps.detach(), titles,
+                              title="relevance for the predicted class")
+    sec.figure(ctx, fig, "overlays", f"Relevance maps of the predicted class over {k} images (title: image -> "
+               f"prediction).", arrays={"maps": maps.detach().numpy(), "targets": targets.numpy()})
+    return sec
+
+
 @analysis("attention_distance", "Mean attention distance", needs=("images",), order=30)
 def attention_distance(ctx) -> Section:
     """Mean attention distance per block and head: variant A (seed 002: normalised coordinates, prefix tokens
