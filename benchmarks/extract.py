@@ -14,7 +14,10 @@ the machine may be shared and noisy):
 - timm ``forward_intermediates`` + the same reductions, when timm is importable.
 
 Then the peak resident memory (VmHWM) of an extraction of 2,000 and 8,000 images, each in its own
-subprocess, images generated on the fly (``--quick``: 200 and 800 images and one short round).
+subprocess, images generated on the fly, next to a plain forward's (``--quick``: 200 and 800 images and one
+short round). The children run with glibc's mmap threshold fixed (``MALLOC_MMAP_THRESHOLD_=131072``) so that
+RSS follows live memory; ``--default-malloc`` measures with glibc's dynamic threshold, whose peaks wobble by
+about 10% from run to run whatever the image count.
 """
 from __future__ import annotations
 
@@ -146,17 +149,33 @@ def run_timm(tm, ds, device) -> Clock:
 
 
 # ----------------------------------------------------------------------------- peak memory (child process)
-def rss_child(n: int, device: str) -> None:
+def rss_child(n: int, device: str, plain: bool = False) -> None:
     from vitscope.features import extract_features
 
     model = vit_s16()
     with tempfile.TemporaryDirectory(dir=os.environ.get("VITSCOPE_BENCH_TMP")) as d:
         t0 = time.perf_counter()
-        store = extract_features(model, FreshData(n), os.path.join(d, "store"), layers="all", sites="resid_post",
-                                 tokens="cls,mean", batch_size=BATCH, num_workers=0, device=device, progress=False)
+        if plain:
+            run_plain(model, FreshData(n), torch.device(device))
+            size = 0
+        else:
+            store = extract_features(model, FreshData(n), os.path.join(d, "store"), layers="all",
+                                     sites="resid_post", tokens="cls,mean", batch_size=BATCH, num_workers=0,
+                                     device=device, progress=False)
+            size = store.nbytes
         sec = time.perf_counter() - t0
-        size = store.nbytes
     print(json.dumps({"n": n, "peak_rss_mb": peak_rss_mb(), "seconds": sec, "store_mb": size / 2**20}))
+
+
+def measure_rss(n: int, device: str, fixed_malloc: bool, plain: bool = False) -> dict:
+    env = dict(os.environ)
+    if fixed_malloc:
+        # glibc raises its mmap threshold dynamically, so freed activation buffers stay in the heap and the
+        # peak RSS wobbles by +-10% from run to run; a fixed threshold makes RSS follow live memory
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    cmd = [sys.executable, __file__, "--rss-child", str(n), "--device", device] + (["--plain"] if plain else [])
+    p = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def peak_rss_mb() -> float:
@@ -173,12 +192,6 @@ def peak_rss_mb() -> float:
     return kb / 1024 / (1024 if sys.platform == "darwin" else 1)
 
 
-def measure_rss(n: int, device: str) -> dict:
-    p = subprocess.run([sys.executable, __file__, "--rss-child", str(n), "--device", device],
-                       capture_output=True, text=True, check=True)
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 # ----------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -188,10 +201,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 images, 1 round, RSS at 200 and 800")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--skip-rss", action="store_true", help="only the throughput comparison")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="measure peak RSS with glibc's default (dynamic) mmap threshold: noisier by +-10%%")
     ap.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child is not None:
-        return rss_child(args.rss_child, args.device)
+        return rss_child(args.rss_child, args.device, plain=args.plain)
     if args.quick:
         args.images, args.rounds, args.rss = 64, 1, "200,800"
     device = torch.device(args.device)
@@ -238,11 +254,16 @@ def main() -> None:
           f"{med['vitscope forward'] / med['vitscope extract -> disk']:.3f} by CPU time (target >= 0.9)")
     if args.skip_rss:
         return
-    print("\npeak resident memory of an extraction (own process, images generated on the fly)")
-    rows = [measure_rss(int(n), args.device) for n in args.rss.split(",")]
+    fixed = not args.default_malloc
+    print("\npeak resident memory (VmHWM) of an extraction, each in its own process, images generated on the fly"
+          + (" (MALLOC_MMAP_THRESHOLD_=131072)" if fixed else " (default malloc)"))
+    counts = [int(n) for n in args.rss.split(",")]
+    rows = [measure_rss(n, args.device, fixed) for n in counts]
     for r in rows:
         print(f"  {r['n']:>6} images: peak RSS {r['peak_rss_mb']:8.1f} MB, {r['seconds']:7.1f} s "
               f"({r['n'] / r['seconds']:.1f} img/s), store {r['store_mb']:.1f} MB")
+    ref = measure_rss(min(counts[0], 10 * BATCH), args.device, fixed, plain=True)
+    print(f"  reference: plain forward over {ref['n']} images: peak RSS {ref['peak_rss_mb']:.1f} MB")
     if len(rows) == 2:
         a, b = rows[0]["peak_rss_mb"], rows[1]["peak_rss_mb"]
         print(f"  difference {abs(b - a) / a * 100:.1f}% for {rows[1]['n'] / rows[0]['n']:.0f}x the images "
