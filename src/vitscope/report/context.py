@@ -5,7 +5,6 @@ patterns of every block, the per-block features, a random-weight twin of the mod
 """
 from __future__ import annotations
 
-import io
 import os
 from functools import cached_property
 from pathlib import Path
@@ -310,9 +309,3 @@ class ReportContext:
         with (self.out_dir / "report.log").open("a") as f:
             f.write(message.rstrip() + "\n")
 
-
-def figure_png(fig, dpi: int = 110) -> bytes:
-    """A matplotlib Figure as PNG bytes (for figures that are not saved to disk)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    return buf.getvalue()
