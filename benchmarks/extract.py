@@ -4,7 +4,7 @@
 
 ViT-S/16 with random weights (ViTConfig(embed_dim=384, depth=12, num_heads=6, patch_size=16, img_size=224)),
 batch 32, 224 px. In one run, side by side (methods interleaved round by round; best round per method, since
-the machine may be shared and noisy):
+the machine may be shared and noisy; the order rotates every round):
 
 - vitscope plain forward: ``model(x)`` under inference_mode over the same DataLoader;
 - vitscope extraction: ``extract_features`` of CLS + patch mean of ``resid_post`` for all 12 blocks, written to
@@ -235,9 +235,10 @@ def main() -> None:
     best: dict[str, float] = {}
     cpu: dict[str, list[float]] = {}
     n = len(ds)
+    names = list(methods)
     for r in range(args.rounds):
-        for name, fn in methods.items():
-            c = fn()
+        for name in names[r % len(names):] + names[:r % len(names)]:     # rotate the order every round
+            c = methods[name]()
             best[name] = max(best.get(name, 0.0), n / c.wall)
             cpu.setdefault(name, []).append(c.cpu / n * 1000)
             print(f"  round {r + 1}: {name:<42} {n / c.wall:7.2f} img/s  {c.cpu / n * 1000:7.1f} CPU-ms/img",
