@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -31,6 +30,8 @@ import torch
 
 from vitscope.analysis.similarity import MinibatchCKA, cka_matrix
 from vitscope.analysis.similarity.cka import center_gram
+
+from _memory import peak_rss_mb  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def make_layers(n: int, d: int, n_layers: int, seed: int = 0, device="cpu") -> list[torch.Tensor]:
@@ -87,18 +88,6 @@ def part1(args) -> None:
                                                          f"{per_pair:.2f} s/pair x {len(pairs)} unique pairs")
     print(f"    naive n x n Gram matrices per pair:               {t_naive:8.2f} s  ({extrap})")
     print(f"    speed-up: {t_naive / t_fast:.0f}x   (target >= 20x)   max |difference| on timed pairs: {err:.1e}")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (VmHWM; unlike ru_maxrss it is not inherited from the parent)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(n: int, batch: int, d: int, L: int) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ import time
 
 import numpy as np
 import torch
+
+from _memory import peak_rss_mb  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 BATCH = 32
 SIZE = 224
@@ -176,20 +177,6 @@ def measure_rss(n: int, device: str, fixed_malloc: bool, plain: bool = False) ->
     cmd = [sys.executable, __file__, "--rss-child", str(n), "--device", device] + (["--plain"] if plain else [])
     p = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process: VmHWM on Linux (ru_maxrss survives exec, so it would report the
-    parent's size at fork time), ru_maxrss elsewhere."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 / (1024 if sys.platform == "darwin" else 1)
 
 
 # ----------------------------------------------------------------------------- main
