@@ -9,6 +9,8 @@ the machine may be shared and noisy; the order rotates every round):
 - vitscope plain forward: ``model(x)`` under inference_mode over the same DataLoader;
 - vitscope extraction: ``extract_features`` of CLS + patch mean of ``resid_post`` for all 12 blocks, written to
   an on-disk store (store creation, weights hash and fsync per batch included);
+- the same extraction with ``set_linear_impl("torch")``: ``F.linear`` kernels, as transformers runs, instead
+  of the default oneDNN kernels with fused bias + GELU (CPU float32 only; ``vitscope.models.kernels``);
 - transformers ``ViTModel(..., output_hidden_states=True)`` (same architecture, SDPA attention) followed by the
   same reductions, copied into a preallocated NumPy array in memory (no disk: favourable to it);
 - timm ``forward_intermediates`` + the same reductions, when timm is importable.
@@ -98,12 +100,14 @@ def run_plain(model, ds, device) -> Clock:
     return c
 
 
-def run_extract(model, ds, device) -> Clock:
+def run_extract(model, ds, device, linear_impl: str = "auto") -> Clock:
     from vitscope.features import extract_features
 
+    model.set_linear_impl(linear_impl)
     with tempfile.TemporaryDirectory(dir=os.environ.get("VITSCOPE_BENCH_TMP")) as d, Clock() as c:
         extract_features(model, ds, os.path.join(d, "store"), layers="all", sites="resid_post",
                          tokens="cls,mean", batch_size=BATCH, num_workers=0, device=device, progress=False)
+    model.set_linear_impl("auto")
     return c
 
 
@@ -204,7 +208,8 @@ def main() -> None:
     model = vit_s16().to(device)
     ds = PoolData(args.images)
     methods = {"vitscope forward": lambda: run_plain(model, ds, device),
-               "vitscope extract -> disk": lambda: run_extract(model, ds, device)}
+               "vitscope extract -> disk": lambda: run_extract(model, ds, device),
+               "vitscope extract -> disk (F.linear)": lambda: run_extract(model, ds, device, "torch")}
     try:
         hf = make_hf(device)
         methods["transformers hidden_states + reductions"] = lambda: run_hf(hf, ds, device)

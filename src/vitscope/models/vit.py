@@ -13,6 +13,7 @@ from torch import nn
 
 from vitscope.hooks.hook_points import HookedRootModule, HookPoint
 from vitscope.models.config import ViTConfig
+from vitscope.models.kernels import ACTS, IMPLS, apply_linear, linear
 from vitscope.models.layout import TokenLayout, token_layout
 
 
@@ -97,17 +98,6 @@ class DropPath(nn.Module):
         return x * keep / (1 - self.p)
 
 
-def quick_gelu(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(1.702 * x)
-
-
-_ACTS = {
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "quick_gelu": quick_gelu,
-}
-
-
 # ----------------------------------------------------------------------------- attention
 class Attention(nn.Module):
     """Multi-head self-attention with a fast (SDPA) and an explicit (hookable pattern) path.
@@ -131,6 +121,7 @@ class Attention(nn.Module):
             self.relative_position_bias_table = nn.Parameter(torch.zeros(n_rel, self.H))
             self.register_buffer("relative_position_index", relative_position_index(cfg.grid), persistent=False)
         self.impl = "auto"
+        self.linear_impl = "auto"
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
 
@@ -149,7 +140,7 @@ class Attention(nn.Module):
         bias = self.qkv.bias
         if hasattr(self, "q_bias"):
             bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        qkv = F.linear(x, self.qkv.weight, bias)                                        # B, T, 3D
+        qkv = linear(x, self.qkv.weight, bias, impl=self.linear_impl)                    # B, T, 3D
         q, k, v = qkv.reshape(B, T, 3, self.H, self.Dh).unbind(2)                       # 3 x B, T, H, Dh
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         rel = self.rel_bias(T)                                                          # H, T, T or None
@@ -168,7 +159,7 @@ class Attention(nn.Module):
                                                attn_mask=mask, scale=self.scale)        # B, H, T, Dh
             z = z.transpose(1, 2)                                                       # B, T, H, Dh
         z = self.hook_z(z)
-        return self.proj(z.reshape(B, T, D))                                            # B, T, D
+        return apply_linear(self.proj, z.reshape(B, T, D), impl=self.linear_impl)         # B, T, D
 
 
 class MLP(nn.Module):
@@ -176,12 +167,17 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(cfg.embed_dim, cfg.hidden_dim)
         self.fc2 = nn.Linear(cfg.hidden_dim, cfg.embed_dim)
-        self.act = _ACTS[cfg.act]
+        self.act_name = cfg.act
+        self.linear_impl = "auto"
         self.hook_pre, self.hook_post = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.hook_pre(self.fc1(x))                                                  # B, T, Dm
-        return self.fc2(self.hook_post(self.act(h)))                                    # B, T, D
+        impl = self.linear_impl
+        if self.hook_pre.active:                                                        # GEMM, hook, activation
+            h = ACTS[self.act_name](self.hook_pre(apply_linear(self.fc1, x, impl=impl)))  # B, T, Dm
+        else:                                                                           # activation fused
+            h = apply_linear(self.fc1, x, act=self.act_name, impl=impl)                 # B, T, Dm
+        return apply_linear(self.fc2, self.hook_post(h), impl=impl)                     # B, T, D
 
 
 class Block(nn.Module):
@@ -282,6 +278,13 @@ class HookedViT(HookedRootModule):
             raise ValueError(f"attention impl must be 'auto', 'sdpa' or 'explicit', got {impl!r}")
         for blk in self.blocks:
             blk.attn.impl = impl
+
+    def set_linear_impl(self, impl: str) -> None:
+        """"auto" (default), "torch" or "onednn" for the blocks' linear layers (see ``vitscope.models.kernels``)."""
+        if impl not in IMPLS:
+            raise ValueError(f"linear impl must be one of {IMPLS}, got {impl!r}")
+        for blk in self.blocks:
+            blk.attn.linear_impl = blk.mlp.linear_impl = impl
 
     # ------------------------------------------------------------------ embedding and token insertion
     def _pos_embed(self, grid: tuple[int, int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -1,0 +1,92 @@
+"""Linear layers of the blocks: ``F.linear`` or, for CPU inference, oneDNN with the bias and GELU fused.
+
+PyTorch's CPU ``F.linear`` runs the BLAS GEMM after copying the bias into the output, and GELU then reads
+and writes the (B, T, 4D) hidden state once more. oneDNN (``torch.ops.mkldnn._linear_pointwise``, the
+kernel that ``torch.compile`` itself emits for CPU linear + activation) adds the bias and applies GELU
+inside the GEMM. On the development CPU this makes a ViT-S/16 forward about 1.25x faster
+(``benchmarks/forward.py``, docs/benchmarks-forward.md); results agree with ``F.linear`` to float32
+rounding (tested to 1e-5).
+
+``impl`` (per model: ``HookedViT.set_linear_impl``):
+
+- ``"auto"`` (default): oneDNN when the input is a float32 CPU tensor, autograd is off (``no_grad`` or
+  ``inference_mode``; the oneDNN op has no backward), not inside ``torch.compile`` (which fuses on its own),
+  ``torch.backends.mkldnn`` is enabled and the op exists in this PyTorch build; ``F.linear`` otherwise;
+- ``"torch"``: always ``F.linear`` followed by the activation;
+- ``"onednn"``: oneDNN where it is usable and an error where it is not.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IMPLS = ("auto", "torch", "onednn")
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTS = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": quick_gelu,
+}
+# activation -> (oneDNN post-op, its algorithm); quick_gelu has no oneDNN post-op and runs after the GEMM
+_ONEDNN_ACTS = {None: ("none", ""), "gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh")}
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return compiler.is_compiling()
+    return bool(getattr(getattr(torch, "_dynamo", None), "is_compiling", lambda: False)())
+
+
+def onednn_available() -> bool:
+    """True when this PyTorch build has the oneDNN linear kernel and ``torch.backends.mkldnn`` is enabled."""
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> str | None:
+    """None when the oneDNN path can run on these tensors, else the reason why not."""
+    if x.device.type != "cpu":
+        return f"the input is on {x.device.type}, oneDNN runs on CPU"
+    if x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return f"the input is {x.dtype}, the fused CPU kernel is used for float32 only"
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return "autograd is on and the oneDNN kernel has no backward; use torch.no_grad() or inference_mode()"
+    if _is_compiling():
+        return "inside torch.compile, which fuses the linear layers itself"
+    if not onednn_available():
+        return "this PyTorch build has no oneDNN linear kernel or torch.backends.mkldnn is disabled"
+    return None
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str | None = None,
+           impl: str = "auto") -> torch.Tensor:
+    """``ACTS[act](F.linear(x, weight, bias))`` (no activation when ``act`` is None), on the chosen kernel."""
+    if impl != "torch":
+        why_not = onednn_usable(x, weight)
+        if why_not is None:
+            post, algorithm = _ONEDNN_ACTS.get(act, ("none", ""))
+            y = torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, post, [], algorithm)
+            return ACTS[act](y) if act is not None and act not in _ONEDNN_ACTS else y
+        if impl == "onednn":
+            raise RuntimeError(f"linear impl 'onednn' cannot run here: {why_not}; use 'auto' or 'torch'")
+    y = F.linear(x, weight, bias)
+    return ACTS[act](y) if act is not None else y
+
+
+def apply_linear(module: torch.nn.Module, x: torch.Tensor, act: str | None = None,
+                 impl: str = "auto") -> torch.Tensor:
+    """``module(x)`` then the activation; on the fast kernel when ``module`` is a plain ``nn.Linear``.
+
+    A subclass or replacement (LoRA, quantised layers) or a module carrying PyTorch hooks is called as it
+    is, so that it keeps its behaviour.
+    """
+    if type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks):
+        return linear(x, module.weight, module.bias, act=act, impl=impl)
+    y = module(x)
+    return ACTS[act](y) if act is not None else y
