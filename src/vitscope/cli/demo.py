@@ -43,13 +43,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the report's analyses on your model and images; sections that need labels or masks are skipped
         with a line saying why. Writes OUT/report.html."""
-        from pathlib import Path
-
         from vitscope.report import report
-        from vitscope.report.demo import ASSETS
 
-        target = str(ASSETS / model) if not Path(model).exists() and (ASSETS / model / "config.json").exists() \
-            else model
-        page = report(target, data, out=out, name=model, analyses=_analyses(analyses), progress=not quiet,
+        page = report(model, data, out=out, name=model, analyses=_analyses(analyses), progress=not quiet,
                       n_images=n_images, n_eval=n_eval)
         typer.echo(f"report written to {page}")

@@ -24,7 +24,13 @@ def models_table(family: str | None = None) -> str:
     for e in entries:
         r = e.row()
         rows.append([r["name"], r["family"], r["size"], str(r["input_size"]), ", ".join(r["aliases"]), r["weights"]])
-    return _table(rows, ["name", "family", "size", "input", "aliases", "weights"])
+    table = _table(rows, ["name", "family", "size", "input", "aliases", "weights"])
+    if family is None:
+        from vitscope.models.bundled import bundled_models
+
+        table += ("\n\nbundled with vitscope (trained on the synthetic benchmark, no network; docs/demo-model.md): "
+                  + ", ".join(bundled_models()))
+    return table
 
 
 def _norm_name(mean, std) -> str:

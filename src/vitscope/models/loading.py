@@ -33,6 +33,7 @@ from typing import Any, Mapping
 
 import torch
 
+from vitscope.models.bundled import bundled_path
 from vitscope.models.config import ViTConfig
 from vitscope.models.converters.common import CheckpointError, load_strict
 from vitscope.models.preprocess import PreprocessConfig
@@ -369,7 +370,8 @@ def load_model(name_or_path: str | os.PathLike, pretrained: bool = True, weights
 
     Args:
         name_or_path: a registry name or alias (``vitscope models``), ``timm/<name>``, ``hf:<repo>``,
-            a local folder (vitscope / timm / transformers layout) or a vitscope ``.safetensors`` file.
+            a local folder (vitscope / timm / transformers layout), a vitscope ``.safetensors`` file, or a
+            model bundled with the package (``demo-vit``, ``demo-vit-reg4``; no network).
         pretrained: False builds the architecture with random weights (timm's init), needs no network.
         weights: a local checkpoint (or URL) to load into the architecture the name gives; overrides
             ``pretrained``. Format (timm, official DINO / MAE / MoCo-v3, transformers, vitscope) is detected.
@@ -393,6 +395,8 @@ def load_model(name_or_path: str | os.PathLike, pretrained: bool = True, weights
         return _load_file(path, pretrained, weights, device, dtype, seed, input_size)
     if target.startswith("hf:"):
         return _load_hf_repo(target[3:], pretrained, weights, device, dtype, seed, input_size)
+    if bundled_path(target) is not None:
+        return _load_folder(bundled_path(target), pretrained, weights, device, dtype, seed, input_size)
     canon = resolve_name(target)
     if canon is not None:
         return _load_entry(get_entry(canon), pretrained, weights, device, dtype, seed, input_size, source, progress)

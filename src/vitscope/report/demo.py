@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
+from vitscope.models.bundled import BUNDLED_DIR as ASSETS
+from vitscope.models.bundled import bundled_models, bundled_path
 
 # the synthetic benchmark the demo models were trained on (train split) and are shown on (test split): 64 px,
 # 8 shapes, small objects, one colour per class (jitter=0; see docs/demo-model.md). Every setting is pinned so
@@ -22,15 +23,10 @@ DEMO_MODELS = {
 
 def demo_model_path(name: str) -> Path:
     """Folder of a bundled demo model (config.json + model.safetensors)."""
-    path = ASSETS / name
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"bundled model {name!r} not found in {ASSETS}; available: "
-                                f"{sorted(p.name for p in ASSETS.iterdir()) if ASSETS.exists() else []}")
+    path = bundled_path(name)
+    if path is None:
+        raise FileNotFoundError(f"bundled model {name!r} not found in {ASSETS}; available: {bundled_models()}")
     return path
-
-
-def bundled_models() -> list[str]:
-    return sorted(p.name for p in ASSETS.iterdir() if (p / "config.json").exists()) if ASSETS.exists() else []
 
 
 def held_out_spec(n: int = 512) -> str:
