@@ -251,13 +251,15 @@ def store_cluster_scores(store, site: str = "resid_post", reduction: str = "cls"
 def dataset_masks(source, i: int, level: str = "object") -> tuple[list[np.ndarray], list[int]]:
     """Ground-truth masks of image ``i`` of a dataset source at ``level`` "object" or "part" -> (masks, labels).
 
-    A source may define ``masks(i, level)``; the synthetic benchmark's parts are labelled
+    A source may define ``masks(i, level)`` (COCO: instances by category; PartImageNet: the object by
+    super-category, or its parts); the synthetic benchmark's parts are labelled
     ``class * n_parts + part`` so that a part of one class never shares a label with another class's part.
     """
     if level not in ("object", "part"):
         raise ValueError(f"level must be 'object' or 'part', got {level!r}")
     while hasattr(source, "base") and hasattr(source, "indices"):                      # a subset
         i, source = source.indices[i], source.base
+    source = getattr(source, "task", source)                  # images of a COCO / PartImageNet structure
     if hasattr(source, "masks"):
         masks, labels = source.masks(i, level)
         return list(masks), [int(v) for v in labels]
@@ -271,7 +273,7 @@ def dataset_masks(source, i: int, level: str = "object") -> tuple[list[np.ndarra
         out = [(parts == p, int(s.label) * N_PARTS + p) for p in range(N_PARTS) if (parts == p).any()]
         return [m for m, _ in out], [lab for _, lab in out]
     raise ValueError(f"the dataset ({getattr(source, 'description', type(source).__name__)}) has no object / part "
-                     f"masks; use the synthetic benchmark or a segmentation dataset")
+                     f"masks; use the synthetic benchmark, COCO or PartImageNet (`vitscope cluster --dense ... --coco/--partimagenet`)")
 
 
 def _align_mask(mask: np.ndarray, cfg) -> np.ndarray:

@@ -306,6 +306,23 @@ def rsa_command(
 
 
 # ----------------------------------------------------------------------------- cluster
+def _dense_task_data(coco: Optional[Path], partimagenet: Optional[Path], image_root: Optional[Path],
+                     dense: Optional[str], data: Optional[str]):
+    """The images of a COCO / PartImageNet structure (their masks travel with them), or None."""
+    if coco is None and partimagenet is None:
+        return None
+    if coco is not None and partimagenet is not None or data:
+        raise ValueError("give one of --coco, --partimagenet or --data")
+    if not dense:
+        raise ValueError("--coco / --partimagenet are for --dense object|part clustering")
+    if image_root is None:
+        raise ValueError("--coco / --partimagenet need --image-root (the folder of the images)")
+    from vitscope.data.tasks import load_coco, load_partimagenet
+
+    structure = load_coco(coco, image_root) if coco else load_partimagenet(partimagenet, image_root)
+    return structure.image_dataset()
+
+
 def cluster_command(
     models: List[str] = typer.Argument(None, help="Models to score, one curve each (registry names, folders)."),
     data: Optional[str] = typer.Option(None, "--data", help="Labelled images (class folders, list with labels, "
@@ -321,6 +338,12 @@ def cluster_command(
     n_init: int = typer.Option(10, "--n-init", help="k-means restarts (scikit-learn's old default, used by seed 002)."),
     dense: Optional[str] = typer.Option(None, "--dense", help="object or part: cluster mask-pooled patch features of "
                                                               "every ground-truth object / part."),
+    coco: Optional[Path] = typer.Option(None, "--coco", help="--dense object on COCO: the instances json (with "
+                                                             "--image-root); labels are the categories."),
+    partimagenet: Optional[Path] = typer.Option(None, "--partimagenet",
+                                                help="--dense object|part on PartImageNet: the annotation json (with "
+                                                     "--image-root); objects labelled by super-category, parts by part."),
+    image_root: Optional[Path] = typer.Option(None, "--image-root", help="Image folder of --coco / --partimagenet."),
     sites: str = typer.Option("resid_post", "--sites", help="Block sites for models, comma-separated."),
     site: str = typer.Option("resid_post", "--site", help="Store site to read (--store)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
@@ -357,7 +380,7 @@ def cluster_command(
                 name += "'"
             scores[name] = sc
     else:
-        ds = _open_data(data, "clustering")
+        ds = _dense_task_data(coco, partimagenet, image_root, dense, data) or _open_data(data, "clustering")
         for name, m in _load_models(models, random, device, with_random=with_random).items():
             hooks = C.block_hooks(m.cfg.depth, _site_hooks(sites))
             if dense:

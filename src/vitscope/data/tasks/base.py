@@ -15,7 +15,11 @@ def require(path: Path, what: str) -> Path:
 
 
 class TaskImages:
-    """Mixin: ``image_paths()`` (subclasses define it) -> ``image_dataset(transform)``."""
+    """Mixin: ``image_paths()`` (subclasses define it) -> ``image_dataset(transform)``.
+
+    Structures with segmentations also define ``masks(i, level)`` -> (list of (H, W) bool masks, their integer
+    labels), ``level`` "object" or "part": what dense clustering reads.
+    """
 
     description = "task images"
 
@@ -25,4 +29,5 @@ class TaskImages:
     def image_dataset(self, transform=None, on_error: str = "skip", labels=None, classes=None) -> ImageDataset:
         """The structure's images, in its order, as an ImageDataset (sample i = item i of the structure)."""
         src = FileSource(self.image_paths(), labels, classes, description=self.description)
+        src.task = self                       # analyses that need the annotations (masks) find them here
         return ImageDataset(src, transform=transform, on_error=on_error)

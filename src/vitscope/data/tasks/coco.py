@@ -98,6 +98,15 @@ class CocoInstances(TaskImages):
                               [self.categories[int(c)] for c in cats])
 
 
+    def masks(self, i: int, level: str = "object") -> tuple[list[np.ndarray], list[int]]:
+        """Image ``i``'s non-crowd instance masks and their category ids (COCO has objects, not parts)."""
+        if level != "object":
+            raise ValueError(f"COCO instances have object masks only, not {level!r}; use PartImageNet for parts")
+        s = self[i]
+        keep = ~s.iscrowd
+        return list(s.masks[keep]), [int(c) for c in s.category_ids[keep]]
+
+
 def load_coco(annotation_file: str | Path, image_root: str | Path, categories: list[int] | None = None,
               require_annotations: bool = False) -> CocoInstances:
     """Read a COCO instances json; ``categories`` keeps images (and instances) of those category ids only."""

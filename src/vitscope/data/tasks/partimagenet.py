@@ -81,6 +81,19 @@ class PartImageNet(TaskImages):
                           sorted(supers)[0] if supers else "", wnid)
 
 
+    def masks(self, i: int, level: str = "object") -> tuple[list[np.ndarray], list[int]]:
+        """Image ``i``'s object (the union of its parts, labelled by the index of its super-category in
+        ``supercategories``) or its parts (labelled by part category id)."""
+        s = self[i]
+        if level == "part":
+            return list(s.part_masks), [int(c) for c in s.part_ids]
+        if level != "object":
+            raise ValueError(f"level must be 'object' or 'part', got {level!r}")
+        if not len(s.part_masks):
+            return [], []
+        return [s.object_mask()], [self.supercategories.index(s.supercategory)]
+
+
 def load_partimagenet(annotation_file: str | Path, image_root: str | Path,
                       supercategories: list[str] | None = None) -> PartImageNet:
     """Read a PartImageNet split (e.g. ``test.json`` with ``images/test``); optionally keep some super-categories."""
