@@ -58,6 +58,7 @@ class ViTConfig:
     pos_embed_prefix: bool = True         # pos_embed holds entries for CLS/DIST (timm no_embed_class=False)
     pos_embed_grid: tuple[int, int] | None = None   # grid the stored pos_embed was trained at (default img grid)
     pos_interp_antialias: bool = True     # bicubic resampling kernel: timm antialiases, transformers does not
+    pos_interp_offset: float = 0.0        # official DINO / DINOv2 code: scale factor (new + 0.1) / old, not the size
     pre_norm: bool = False                # CLIP ln_pre
     layer_scale_init: float | None = None # LayerScale (DINOv2, BEiT) when set
     rel_pos_bias: bool = False            # BEiT per-block relative position bias
@@ -147,6 +148,8 @@ class ViTConfig:
             pass  # allowed: a model with no position information at all (ablations)
         if self.layer_scale_init is not None and self.layer_scale_init <= 0:
             bad(f"layer_scale_init must be > 0 or None, got {self.layer_scale_init}")
+        if not 0.0 <= self.pos_interp_offset < 1.0:
+            bad(f"pos_interp_offset must be in [0, 1) (official DINO / DINOv2: 0.1), got {self.pos_interp_offset}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             bad(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
 

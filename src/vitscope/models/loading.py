@@ -430,6 +430,10 @@ def _load_entry(entry: ModelEntry, pretrained, weights, device, dtype, seed, inp
                                  f"{[s.kind for s in entry.sources]}")
             src = picked[0]
         wpath = _fetch_source(src, progress)            # before building anything: fail fast when offline
+        if src.kind == "url":                           # official files run as the official code resamples
+            from vitscope.models.converters.official import official_pos_interp
+
+            cfg = cfg.replace(**official_pos_interp(src.format, cfg.num_registers))
         model, sha = _pretrained(cfg, pp, wpath, src.format)
         meta.update(source=src.describe(), format=src.format, weights_sha256=sha, weights_path=str(wpath))
     else:

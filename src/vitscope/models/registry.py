@@ -430,14 +430,18 @@ for _arch, _off, _alias in [("vit_small_patch16", "dino_deitsmall16", "dino-vits
                 notes="DINO backbone, no head (hub: timm copy; url: official checkpoint)")
 
 # --- DINOv2 (LayerScale; 518 px as trained; 224 also works, position embeddings are interpolated)
+_DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{0}14/dinov2_vit{0}14{1}_pretrain.pth"
 for _size, _l in [("small", "s"), ("base", "b"), ("large", "l")]:
     _n = f"vit_{_size}_patch14_dinov2.lvd142m"
     _timm_entry(_n, "dinov2", _pp(518, 1.0, mean=IMAGENET_MEAN, std=IMAGENET_STD),
                 aliases=(f"dinov2-vit{_l}14", f"dinov2-{_l}14"), num_classes=0,
-                notes="DINOv2, LayerScale, 518 px (pass input_size=224 for the common 224 px use)")
+                sources=(_hub(_n), _url(_DINOV2_URL.format(_l, ""), "dinov2")),
+                notes="DINOv2, LayerScale, 518 px (pass input_size=224 for the common 224 px use); "
+                      "url: official file, resampled at other sizes as the official code does")
     _n = f"vit_{_size}_patch14_reg4_dinov2.lvd142m"
     _timm_entry(_n, "dinov2", _pp(518, 1.0, mean=IMAGENET_MEAN, std=IMAGENET_STD),
                 aliases=(f"dinov2-vit{_l}14-reg4", f"dinov2-vit{_l}14-reg", f"dinov2-{_l}14-reg4"), num_classes=0,
+                sources=(_hub(_n), _url(_DINOV2_URL.format(_l, "_reg4"), "dinov2")),
                 notes="DINOv2 with 4 registers after CLS (no position embedding on CLS/registers)")
 
 # --- CLIP image towers (OpenAI): pre-norm, QuickGELU, LayerNorm eps 1e-5, bias-free patch embedding,

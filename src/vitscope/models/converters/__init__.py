@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-FORMATS = ("vitscope", "timm", "timm_beit", "dino", "mae", "mocov3", "hf")
+FORMATS = ("vitscope", "timm", "timm_beit", "dino", "dinov2", "mae", "mocov3", "hf")
 
 _HF_MARKERS = ("vit.embeddings.", "deit.embeddings.", "beit.embeddings.", "dinov2.embeddings.",
                "embeddings.patch_embeddings", "vision_model.", "encoder.layer.", "embeddings.cls_token")
@@ -21,6 +21,12 @@ _TIMM_EXTRAS = ("head.weight", "head_dist.weight", "norm_pre.weight", "reg_token
 
 def _is_tensor_dict(d: Any) -> bool:
     return isinstance(d, Mapping) and bool(d) and any(isinstance(v, torch.Tensor) for v in d.values())
+
+
+def _is_dinov2(keys) -> bool:
+    """Official DINOv2 backbone keys: LayerScale plus DINOv2's mask token or ``register_tokens``."""
+    names = {str(k).split("backbone.")[-1] for k in keys}
+    return any(".ls1.gamma" in k for k in names) and bool({"mask_token", "register_tokens"} & names)
 
 
 def detect_format(sd: Mapping[str, Any]) -> str:
@@ -34,7 +40,8 @@ def detect_format(sd: Mapping[str, Any]) -> str:
         raise ValueError(f"expected a checkpoint dict, got {type(sd).__name__}")
     if not _is_tensor_dict(sd):                             # a wrapper: look inside
         if isinstance(sd.get("teacher"), Mapping) or isinstance(sd.get("student"), Mapping):
-            return "dino"
+            inner = sd.get("teacher") if isinstance(sd.get("teacher"), Mapping) else sd["student"]
+            return "dinov2" if _is_dinov2(inner) else "dino"
         if isinstance(sd.get("state_dict"), Mapping):
             inner = sd["state_dict"]
             if any(str(k).startswith(("module.base_encoder.", "base_encoder.")) for k in inner):
@@ -56,13 +63,15 @@ def detect_format(sd: Mapping[str, Any]) -> str:
     if "ln_final.weight" in ks or any(k.startswith("blocks.") and (".ln1." in k or ".ln2." in k) for k in keys):
         return "vitscope"
     if any(k.startswith(("backbone.", "module.backbone.")) for k in keys):
-        return "dino"
+        return "dinov2" if _is_dinov2(keys) else "dino"
     if any(k.startswith("decoder_") for k in keys):
         return "mae"
     flat = {k[len("module."):] if k.startswith("module.") else k for k in keys}
     if "patch_embed.proj.weight" not in flat:
         raise ValueError(f"unrecognised checkpoint layout (first keys: {sorted(keys)[:8]}); vitscope reads "
-                         f"timm, BEiT, official DINO / MAE / MoCo-v3, transformers and vitscope checkpoints")
+                         f"timm, BEiT, official DINO / DINOv2 / MAE / MoCo-v3, transformers and vitscope checkpoints")
+    if _is_dinov2(flat):
+        return "dinov2"
     if any(k.endswith(("attn.q_bias", "relative_position_bias_table", ".gamma_1")) for k in flat):
         return "timm_beit"
     if any(k in flat for k in _TIMM_EXTRAS) or any(".ls1." in k for k in flat):
@@ -81,7 +90,7 @@ def convert_state_dict(sd: Mapping[str, Any], cfg, fmt: str | None = None) -> di
         from vitscope.models.converters.timm import convert_timm_state_dict
 
         return convert_timm_state_dict(sd, cfg)
-    if fmt in ("dino", "mae", "mocov3"):
+    if fmt in ("dino", "dinov2", "mae", "mocov3"):
         from vitscope.models.converters import official
 
         return getattr(official, f"convert_{fmt}")(sd, cfg)

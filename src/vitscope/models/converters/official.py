@@ -1,11 +1,20 @@
-"""Official self-supervised checkpoints -> HookedViT: DINO, MAE, MoCo-v3.
+"""Official self-supervised checkpoints -> HookedViT: DINO, DINOv2, MAE, MoCo-v3.
 
-All three trained timm-style ViTs, so their backbone keys are timm's; what differs is the wrapping and what
+All four trained timm-style ViTs, so their backbone keys are timm's; what differs is the wrapping and what
 else the file holds:
 
 * DINO (``dino_deitsmall16_pretrain.pth`` ...): a flat backbone state dict, no head. The full training
   checkpoints hold ``{"teacher": {"backbone.*", "head.*"}, "student": {"module.backbone.*", ...}, ...}``;
   the teacher backbone is used (as DINO's own evaluations do) and the DINO projection head is dropped.
+* DINOv2 (``dinov2_vits14_pretrain.pth``, ``dinov2_vits14_reg4_pretrain.pth`` ..., what ``torch.hub.load(
+  "facebookresearch/dinov2", ...)`` downloads): a flat backbone with ``mask_token`` (dropped) and, for the
+  register models, ``register_tokens``. Their position embedding covers [CLS] + patches and the registers
+  are inserted after it, so CLS's entry is folded into ``cls_token`` (timm's ``no_embed_class`` layout, exact).
+  FSDP-chunked training checkpoints (``blocks.<chunk>.<block>.``) and ``{"teacher": {"backbone.*"}}`` read too.
+  At other input sizes the official code resamples the position embedding with a scale factor of
+  (new + 0.1) / 37 and no antialiasing (plain models) or to the size with antialiasing (register models);
+  the configs made here do the same (``pos_interp_offset``, ``pos_interp_antialias``). So does official DINO.
+  Giant (SwiGLU MLP) is refused.
 * MAE (``mae_pretrain_vit_base.pth`` ...): ``{"model": {...}}``; the decoder (``decoder_*``) and
   ``mask_token`` are dropped; ``pos_embed`` is MAE's fixed 2-D sin-cos table with a zero CLS entry, identical
   to vitscope's ``sincos_2d``, so the config uses ``pos_embed="sincos"``. Fine-tuned MAE checkpoints
@@ -23,6 +32,7 @@ missing, unexpected or mis-shaped keys with a list of them.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,11 +48,12 @@ from vitscope.models.preprocess import PreprocessConfig
 # width -> heads of the architectures each project released
 _HEADS = {
     "dino": {192: 3, 384: 6, 768: 12},
+    "dinov2": {384: 6, 768: 12, 1024: 16, 1536: 24},
     "mae": {768: 12, 1024: 16, 1280: 16},
     "mocov3": {384: 12, 768: 12, 1024: 16, 1280: 16},
 }
 # evaluation transforms of each project: resize 256 -> centre crop 224
-_INTERP = {"dino": "bicubic", "mae": "bicubic", "mocov3": "bilinear"}
+_INTERP = {"dino": "bicubic", "dinov2": "bicubic", "mae": "bicubic", "mocov3": "bilinear"}
 
 
 def _tensors(d: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -69,6 +80,24 @@ def dino_backbone(raw: Mapping[str, Any], key: str = "teacher") -> dict[str, tor
     return {k: v for k, v in sd.items() if not k.startswith("head.")}
 
 
+def dinov2_backbone(raw: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The backbone of an official DINOv2 checkpoint, timm keys; CLS's position folded into ``cls_token`` when
+    the model has registers (see the module docstring)."""
+    if isinstance(raw.get("teacher"), Mapping):
+        raw = raw["teacher"]
+    sd = _strip(_tensors(unwrap_state_dict(raw)), ("module.backbone.", "backbone.", "module."))
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k == "mask_token" or k.startswith(("head.", "dino_head.", "ibot_head.")):
+            continue
+        k = re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k)             # FSDP chunks: blocks.<chunk>.<block>.
+        out["reg_token" if k == "register_tokens" else k] = v
+    if "reg_token" in out and "cls_token" in out and "pos_embed" in out:
+        out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]
+        out["pos_embed"] = out["pos_embed"][:, 1:]
+    return out
+
+
 def mae_encoder(raw: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The encoder of an official MAE checkpoint, timm keys (decoder and mask token dropped)."""
     sd = _strip(_tensors(unwrap_state_dict(raw)), ("module.",))
@@ -87,13 +116,18 @@ def mocov3_encoder(raw: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if not k.startswith("head.")}
 
 
-_EXTRACT = {"dino": dino_backbone, "mae": mae_encoder, "mocov3": mocov3_encoder}
+_EXTRACT = {"dino": dino_backbone, "dinov2": dinov2_backbone, "mae": mae_encoder, "mocov3": mocov3_encoder}
 
 
 # ----------------------------------------------------------------------------- converters
 def convert_dino(raw: Mapping[str, Any], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """Official DINO checkpoint -> vitscope state dict for ``cfg``."""
     return convert_timm_state_dict(dino_backbone(raw), cfg)
+
+
+def convert_dinov2(raw: Mapping[str, Any], cfg: ViTConfig) -> dict[str, torch.Tensor]:
+    """Official DINOv2 checkpoint (hub ``*_pretrain.pth``) -> vitscope state dict for ``cfg``."""
+    return convert_timm_state_dict(dinov2_backbone(raw), cfg)
 
 
 def convert_mae(raw: Mapping[str, Any], cfg: ViTConfig) -> dict[str, torch.Tensor]:
@@ -109,7 +143,7 @@ def convert_mocov3(raw: Mapping[str, Any], cfg: ViTConfig) -> dict[str, torch.Te
 # ----------------------------------------------------------------------------- config and loading
 def config_from_official(fmt: str, raw: Mapping[str, Any], *, img_size: int | None = None,
                          num_heads: int | None = None) -> ViTConfig:
-    """The ViTConfig of an official ``fmt`` ("dino", "mae", "mocov3") checkpoint, read from its tensor shapes.
+    """The ViTConfig of an official ``fmt`` ("dino", "dinov2", "mae", "mocov3") checkpoint, from its tensor shapes.
 
     Heads are not visible in the tensors: they come from each project's released architectures (by width),
     or ``num_heads``. ``img_size`` defaults to the stored position grid times the patch size.
@@ -137,13 +171,29 @@ def config_from_official(fmt: str, raw: Mapping[str, Any], *, img_size: int | No
     a["num_heads"] = heads
     if a.get("fc_norm_key"):
         a["global_pool"] = "avg"
+    if fmt == "dinov2" and a.get("reg_tokens"):
+        a["no_embed_class"] = True                # CLS's position was folded into cls_token
     cfg = _vitcfg_from_args(a, "vit", meta)
+    cfg = cfg.replace(**official_pos_interp(fmt, cfg.num_registers))
     if fmt == "mae" and cfg.pos_embed == "learned":
         cfg = cfg.replace(pos_embed="sincos")
     if fmt == "mocov3":
         cfg.meta["pos_embed_note"] = ("fixed sin-cos table of MoCo-v3 (row in the first half of the channels) "
                                       "kept as stored; resampled bicubically at other input sizes")
     return cfg
+
+
+def official_pos_interp(fmt: str, num_registers: int = 0) -> dict[str, Any]:
+    """How the official code resamples position embeddings at other input sizes, as ViTConfig fields.
+
+    DINO and the plain DINOv2 models: scale factor (new + 0.1) / old, bicubic, no antialiasing; DINOv2 with
+    registers: to the new size, antialiased. MAE and MoCo-v3 run at their training size (nothing to change).
+    """
+    if fmt == "dino" or (fmt == "dinov2" and not num_registers):
+        return {"pos_interp_antialias": False, "pos_interp_offset": 0.1}
+    if fmt == "dinov2":
+        return {"pos_interp_antialias": True, "pos_interp_offset": 0.0}
+    return {}
 
 
 def preprocess_for_official(fmt: str, cfg: ViTConfig) -> PreprocessConfig:
@@ -165,7 +215,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def load_official(src: str | Path | Mapping[str, Any], fmt: str | None = None, cfg: ViTConfig | None = None,
                   **cfg_kw):
-    """Official DINO / MAE / MoCo-v3 checkpoint (a path or the loaded dict) -> eval-mode HookedViT, loaded strictly."""
+    """Official DINO / DINOv2 / MAE / MoCo-v3 checkpoint (a path or the loaded dict) -> eval-mode HookedViT."""
     from vitscope.models.converters import detect_format
     from vitscope.models.vit import HookedViT
 
@@ -173,7 +223,7 @@ def load_official(src: str | Path | Mapping[str, Any], fmt: str | None = None, c
     raw = read_checkpoint(src) if not isinstance(src, Mapping) else src
     fmt = fmt or detect_format(raw)
     if fmt not in _EXTRACT:
-        raise ValueError(f"{source} reads as a {fmt!r} checkpoint, not an official DINO / MAE / MoCo-v3 one")
+        raise ValueError(f"{source} reads as a {fmt!r} checkpoint, not an official DINO / DINOv2 / MAE / MoCo-v3 one")
     cfg = cfg or config_from_official(fmt, raw, **cfg_kw)
     model = HookedViT(cfg, preprocess_cfg=preprocess_for_official(fmt, cfg))
     load_strict(model, globals()[f"convert_{fmt}"](raw, cfg), source=source)
