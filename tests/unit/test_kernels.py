@@ -55,6 +55,9 @@ def test_auto_uses_onednn_only_where_it_can():
         assert "float32" in kernels.onednn_usable(x.double(), w.double())
     with torch.no_grad():
         assert kernels.onednn_usable(x, w) is None
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "autocast" in kernels.onednn_usable(x, w)
+        assert kernels.linear(x, w, None).dtype == torch.bfloat16          # autocast still applies
     assert "autograd" in kernels.onednn_usable(x, w.requires_grad_())
 
 

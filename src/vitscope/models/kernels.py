@@ -10,7 +10,8 @@ rounding (tested to 1e-5).
 ``impl`` (per model: ``HookedViT.set_linear_impl``):
 
 - ``"auto"`` (default): oneDNN when the input is a float32 CPU tensor, autograd is off (``no_grad`` or
-  ``inference_mode``; the oneDNN op has no backward), not inside ``torch.compile`` (which fuses on its own),
+  ``inference_mode``; the oneDNN op has no backward), CPU autocast is off (it would not cast the oneDNN op),
+  not inside ``torch.compile`` (which fuses on its own),
   ``torch.backends.mkldnn`` is enabled and the op exists in this PyTorch build; ``F.linear`` otherwise;
 - ``"torch"``: always ``F.linear`` followed by the activation;
 - ``"onednn"``: oneDNN where it is usable and an error where it is not.
@@ -43,6 +44,13 @@ def _is_compiling() -> bool:
     return bool(getattr(getattr(torch, "_dynamo", None), "is_compiling", lambda: False)())
 
 
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:                                   # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 def onednn_available() -> bool:
     """True when this PyTorch build has the oneDNN linear kernel and ``torch.backends.mkldnn`` is enabled."""
     return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
@@ -57,6 +65,8 @@ def onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> str | None:
         return f"the input is {x.dtype}, the fused CPU kernel is used for float32 only"
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return "autograd is on and the oneDNN kernel has no backward; use torch.no_grad() or inference_mode()"
+    if _cpu_autocast():
+        return "CPU autocast is on, and F.linear is what autocast casts to lower precision"
     if _is_compiling():
         return "inside torch.compile, which fuses the linear layers itself"
     if not onednn_available():
