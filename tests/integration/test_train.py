@@ -234,3 +234,18 @@ def test_cli_train_on_the_synthetic_benchmark(tmp_path):
     bad = CliRunner().invoke(app, ["train", "synthetic:n=64,size=16", "--out", str(tmp_path / "x"),
                                    "--teacher", str(out / "best"), "--quiet"])
     assert bad.exit_code != 0 and "distill-token" in str(bad.exception)
+
+
+@pytest.mark.slow
+def test_lamb_with_repeated_augmentation_learns_and_resumes(bars, tmp_path):
+    """The DeiT III / seed 004 options: LAMB and repeated augmentation (R = 3) train the bars task, and a resumed
+    run restores LAMB's state exactly."""
+    opts = dict(data=bars, epochs=4, lr=5e-3, drop_path=0.0, opt="lamb", repeated_aug=3, **TINY)
+    summary = train(out=str(tmp_path / "a"), **opts)
+    assert summary["best_val_acc"] >= 0.75                                      # chance is 0.25
+    train(out=str(tmp_path / "b"), stop_after=2, **opts)
+    train(out=str(tmp_path / "b"), resume=True, **opts)
+    a, b = load_model(str(tmp_path / "a" / "last")), load_model(str(tmp_path / "b" / "last"))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ValueError, match="opt"):
+        train(out=str(tmp_path / "b"), resume=True, **{**opts, "opt": "adamw"})

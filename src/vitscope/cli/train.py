@@ -31,15 +31,19 @@ def register(app: typer.Typer) -> None:
         drop_path: float = typer.Option(0.1, "--drop-path", help="Stochastic depth rate of the last block."),
         epochs: int = typer.Option(30, "--epochs", help="Passes over the training set."),
         batch_size: int = typer.Option(128, "--batch-size", help="Global batch size (split over processes)."),
-        lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW)."),
+        opt: str = typer.Option("adamw", "--opt", help="'adamw' or 'lamb' (timm's NVLAMB, as DeiT III and seed 004)."),
+        lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
         min_lr: float = typer.Option(1e-5, "--min-lr", help="Learning rate at the end of the cosine decay."),
-        weight_decay: float = typer.Option(0.05, "--weight-decay", help="AdamW weight decay (not on norms, biases, "
+        weight_decay: float = typer.Option(0.05, "--weight-decay", help="Weight decay (not on norms, biases, "
                                                                           "tokens, position embeddings)."),
         warmup_epochs: float = typer.Option(2.0, "--warmup-epochs", help="Linear warm-up length in epochs."),
         label_smoothing: float = typer.Option(0.1, "--label-smoothing", help="Label smoothing epsilon."),
         grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this value."),
         crop_min: float = typer.Option(0.35, "--crop-min", help="Smallest area fraction of random-resized-crop."),
         hflip: float = typer.Option(0.5, "--hflip", help="Probability of a horizontal flip."),
+        repeated_aug: int = typer.Option(1, "--repeated-aug",
+                                         help="Repeated augmentation: each image R times per epoch, each copy "
+                                              "augmented on its own (DeiT: 3; 1: off)."),
         mixup: float = typer.Option(0.0, "--mixup", help="Mixup alpha (0: off)."),
         cutmix: float = typer.Option(0.0, "--cutmix", help="CutMix alpha (0: off)."),
         patch_dropout: float = typer.Option(0.0, "--patch-dropout",
@@ -58,7 +62,7 @@ def register(app: typer.Typer) -> None:
         num_workers: int = typer.Option(0, "--num-workers", help="Data-loading processes (large datasets)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
-        """Train a ViT from scratch: AdamW, cosine schedule, label smoothing, crop/flip (+ mixup/cutmix),
+        """Train a ViT from scratch: AdamW or LAMB, cosine schedule, label smoothing, crop/flip (+ mixup/cutmix),
         drop-path, dynamic CLS/register placement, distillation; best checkpoint by validation accuracy.
 
         Data parallel: torchrun --nproc_per_node=N -m vitscope train DATA ..."""
@@ -72,7 +76,8 @@ def register(app: typer.Typer) -> None:
             patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
             num_registers=num_registers, register_block=register_block, cls_block=cls_block,
             register_location=register_location, distill_token=distill_token, drop_path=drop_path, epochs=epochs,
-            batch_size=batch_size, lr=lr, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+            batch_size=batch_size, opt=opt, repeated_aug=repeated_aug, lr=lr, min_lr=min_lr,
+            weight_decay=weight_decay, warmup_epochs=warmup_epochs,
             label_smoothing=label_smoothing, grad_clip=grad_clip, crop_scale=(crop_min, 1.0), hflip=hflip,
             mixup=mixup, cutmix=cutmix, patch_dropout=patch_dropout, teacher=teacher, distill=distill,
             distill_alpha=distill_alpha, distill_tau=distill_tau, seed=seed, resume=resume, device=device,

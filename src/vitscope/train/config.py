@@ -30,6 +30,7 @@ class TrainConfig:
     distill_token: bool = False
     drop_path: float = 0.1
     # optimisation
+    opt: str = "adamw"                    # "adamw" or "lamb" (NVLAMB as in timm: DeiT III, seed 004)
     epochs: int = 30
     batch_size: int = 128                 # global batch (split over data-parallel ranks)
     lr: float = 1e-3
@@ -42,6 +43,7 @@ class TrainConfig:
     crop_scale: tuple[float, float] = (0.35, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
+    repeated_aug: int = 1                 # DeiT's repeated augmentation: each image R times per epoch (DeiT: 3)
     mixup: float = 0.0
     cutmix: float = 0.0
     mix_prob: float = 1.0
@@ -88,6 +90,10 @@ class TrainConfig:
             raise ValueError("--epochs and --batch-size must be >= 1")
         if not 0.0 <= self.patch_dropout < 1.0:
             raise ValueError(f"--patch-dropout must be in [0, 1), got {self.patch_dropout}")
+        if self.opt not in ("adamw", "lamb"):
+            raise ValueError(f"--opt must be 'adamw' or 'lamb', got {self.opt!r}")
+        if self.repeated_aug < 1:
+            raise ValueError(f"--repeated-aug must be >= 1 (1: off; DeiT uses 3), got {self.repeated_aug}")
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"--crop-scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
@@ -101,4 +107,5 @@ class TrainConfig:
 
     # fields that must agree between a run and its --resume (the rest, e.g. epochs or progress, may change)
     RESUME_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "num_registers",
-                   "register_block", "cls_block", "register_location", "distill_token", "batch_size", "seed")
+                   "register_block", "cls_block", "register_location", "distill_token", "batch_size", "seed",
+                   "opt", "repeated_aug")

@@ -49,6 +49,28 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, or LAMB (timm's NVLAMB: global gradient clipping at 1, trust ratio where weight decay applies)."""
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.opt == "lamb":
+        from vitscope.train.lamb import Lamb
+
+        return Lamb(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
+
+
+def epoch_order(n: int, seed: int, epoch: int, repeats: int = 1) -> torch.Tensor:
+    """The sample order of one epoch: a seeded permutation; with ``repeats`` R > 1 (DeiT's repeated augmentation)
+    every index is repeated R times in a row and the list cut back to n, so an epoch keeps its length and
+    sees n / R images R times each. Global batches are cut from this order and split over the ranks
+    (``[rank::world]``), so the R copies of an image go to R different processes when world >= R, each
+    augmented on its own, as DeiT's RASampler does; on one process they share a batch."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    if repeats > 1:
+        perm = perm.repeat_interleave(repeats)[:n]
+    return perm
+
+
 @torch.no_grad()
 def evaluate(model: HookedViT, data: ImageTensors, env: DistEnv, cfg: TrainConfig) -> dict[str, float]:
     """Validation loss and accuracy (a DeiT-distilled model: the averaged heads, plus each head alone)."""
@@ -144,7 +166,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     pcfg = PreprocessConfig(input_size=cfg.img_size, crop_pct=1.0, interpolation="bicubic",
                             mean=cfg.mean, std=cfg.std)
     model = HookedViT(vcfg, preprocess_cfg=pcfg).to(env.device)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    optimizer = make_optimizer(model, cfg)
     teacher = load_teacher(cfg.teacher, len(classes), env.device) if cfg.teacher else None
     teacher_input = TeacherInput(teacher) if teacher is not None else None
 
@@ -179,7 +201,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         t_epoch = time.time()
         model.train()
         torch.manual_seed(cfg.seed * 100003 + epoch * 1009 + env.rank)            # drop-path of this epoch
-        perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+        perm = epoch_order(len(train_set), cfg.seed, epoch, cfg.repeated_aug)
         batches = [perm[s * cfg.batch_size:(s + 1) * cfg.batch_size][env.rank::env.world].tolist()
                    for s in range(steps_per_epoch)]
         sums = {"loss": 0.0, "correct": 0.0, "n": 0.0, "loss_cls": 0.0, "loss_dist": 0.0}
