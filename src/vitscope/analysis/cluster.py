@@ -259,7 +259,7 @@ def dataset_masks(source, i: int, level: str = "object") -> tuple[list[np.ndarra
         raise ValueError(f"level must be 'object' or 'part', got {level!r}")
     while hasattr(source, "base") and hasattr(source, "indices"):                      # a subset
         i, source = source.indices[i], source.base
-    source = getattr(source, "task", source)                  # images of a COCO / PartImageNet structure
+    source = getattr(source, "task", None) or source          # the files of a COCO / PartImageNet structure
     if hasattr(source, "masks"):
         masks, labels = source.masks(i, level)
         return list(masks), [int(v) for v in labels]

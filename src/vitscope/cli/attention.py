@@ -425,11 +425,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         if len(given) != 1:
             raise ValueError("give exactly one of --coco, --partimagenet, --imagenet-s or --data synthetic:...")
         if coco or partimagenet:
-            if image_root is None:
-                raise ValueError("--coco / --partimagenet need --image-root (the folder of the images)")
-            from vitscope.data.tasks import load_coco, load_partimagenet
+            from vitscope.data.tasks import load_segmentation
 
-            structure = load_coco(coco, image_root) if coco else load_partimagenet(partimagenet, image_root)
+            structure = load_segmentation(coco, partimagenet, image_root)
         elif imagenet_s:
             from vitscope.data.tasks import load_imagenet_s
 

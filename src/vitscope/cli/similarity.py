@@ -311,16 +311,13 @@ def _dense_task_data(coco: Optional[Path], partimagenet: Optional[Path], image_r
     """The images of a COCO / PartImageNet structure (their masks travel with them), or None."""
     if coco is None and partimagenet is None:
         return None
-    if coco is not None and partimagenet is not None or data:
+    if data:
         raise ValueError("give one of --coco, --partimagenet or --data")
     if not dense:
         raise ValueError("--coco / --partimagenet are for --dense object|part clustering")
-    if image_root is None:
-        raise ValueError("--coco / --partimagenet need --image-root (the folder of the images)")
-    from vitscope.data.tasks import load_coco, load_partimagenet
+    from vitscope.data.tasks import load_segmentation
 
-    structure = load_coco(coco, image_root) if coco else load_partimagenet(partimagenet, image_root)
-    return structure.image_dataset()
+    return load_segmentation(coco, partimagenet, image_root).image_dataset()
 
 
 def cluster_command(

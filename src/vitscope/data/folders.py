@@ -16,10 +16,14 @@ _EXT_HINT = ", ".join(sorted(e for e in IMAGE_EXTENSIONS if e in {".jpg", ".jpeg
 
 
 class FileSource:
-    """Samples that are image files. Labels -1 where unknown; classes indexed by label."""
+    """Samples that are image files. Labels -1 where unknown; classes indexed by label.
+
+    ``task``: the annotated structure the files come from (COCO, PartImageNet, ...), for analyses that read
+    its annotations (``masks(i, level)``); None for plain image collections.
+    """
 
     def __init__(self, paths: list[str], labels=None, classes: list[str] | None = None,
-                 description: str = "files") -> None:
+                 description: str = "files", task=None) -> None:
         self.paths = [str(p) for p in paths]
         self.ids = self.paths
         self.labels = (np.full(len(self.paths), -1, dtype=np.int64) if labels is None
@@ -28,6 +32,7 @@ class FileSource:
             raise ValueError(f"{len(self.labels)} labels for {len(self.paths)} files")
         self.classes = list(classes or [])
         self.description = description
+        self.task = task
 
     def load(self, i: int) -> Image.Image:
         return load_image(self.paths[i])

@@ -18,6 +18,8 @@ rounding (tested to 1e-5).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -37,24 +39,23 @@ ACTS = {
 _ONEDNN_ACTS = {None: ("none", ""), "gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh")}
 
 
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return compiler.is_compiling()
-    return bool(getattr(getattr(torch, "_dynamo", None), "is_compiling", lambda: False)())
+# torch >= 2.3 has torch.compiler.is_compiling; before that only torch._dynamo's (imported on first use)
+_is_compiling = (torch.compiler.is_compiling if hasattr(getattr(torch, "compiler", None), "is_compiling")
+                 else lambda: torch._dynamo.is_compiling())
+
+# torch >= 2.4 takes the device type; older versions have a CPU-specific function
+_cpu_autocast = ((lambda: torch.is_autocast_enabled("cpu")) if hasattr(torch, "get_autocast_dtype")
+                 else torch.is_autocast_cpu_enabled)
 
 
-def _cpu_autocast() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:                                   # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
+@functools.lru_cache(maxsize=None)
+def _has_onednn_op() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def onednn_available() -> bool:
     """True when this PyTorch build has the oneDNN linear kernel and ``torch.backends.mkldnn`` is enabled."""
-    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    return torch.backends.mkldnn.enabled and _has_onednn_op()
 
 
 def onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> str | None:
@@ -74,19 +75,23 @@ def onednn_usable(x: torch.Tensor, weight: torch.Tensor) -> str | None:
     return None
 
 
+def _activate(y: torch.Tensor, act: str | None) -> torch.Tensor:
+    return y if act is None else ACTS[act](y)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str | None = None,
            impl: str = "auto") -> torch.Tensor:
     """``ACTS[act](F.linear(x, weight, bias))`` (no activation when ``act`` is None), on the chosen kernel."""
     if impl != "torch":
         why_not = onednn_usable(x, weight)
         if why_not is None:
-            post, algorithm = _ONEDNN_ACTS.get(act, ("none", ""))
+            fused = act in _ONEDNN_ACTS
+            post, algorithm = _ONEDNN_ACTS[act] if fused else _ONEDNN_ACTS[None]
             y = torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, post, [], algorithm)
-            return ACTS[act](y) if act is not None and act not in _ONEDNN_ACTS else y
+            return y if fused else _activate(y, act)
         if impl == "onednn":
             raise RuntimeError(f"linear impl 'onednn' cannot run here: {why_not}; use 'auto' or 'torch'")
-    y = F.linear(x, weight, bias)
-    return ACTS[act](y) if act is not None else y
+    return _activate(F.linear(x, weight, bias), act)
 
 
 def apply_linear(module: torch.nn.Module, x: torch.Tensor, act: str | None = None,
@@ -98,5 +103,4 @@ def apply_linear(module: torch.nn.Module, x: torch.Tensor, act: str | None = Non
     """
     if type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks):
         return linear(x, module.weight, module.bias, act=act, impl=impl)
-    y = module(x)
-    return ACTS[act](y) if act is not None else y
+    return _activate(module(x), act)

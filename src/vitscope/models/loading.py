@@ -395,8 +395,9 @@ def load_model(name_or_path: str | os.PathLike, pretrained: bool = True, weights
         return _load_file(path, pretrained, weights, device, dtype, seed, input_size)
     if target.startswith("hf:"):
         return _load_hf_repo(target[3:], pretrained, weights, device, dtype, seed, input_size)
-    if bundled_path(target) is not None:
-        return _load_folder(bundled_path(target), pretrained, weights, device, dtype, seed, input_size)
+    bundled = bundled_path(target)
+    if bundled is not None:
+        return _load_folder(bundled, pretrained, weights, device, dtype, seed, input_size)
     canon = resolve_name(target)
     if canon is not None:
         return _load_entry(get_entry(canon), pretrained, weights, device, dtype, seed, input_size, source, progress)

@@ -18,6 +18,19 @@ from vitscope.data.tasks.partimagenet import PartImageNet, PartSample, load_part
 from vitscope.data.tasks.revisited import Revisited, RevisitedQuery, UnsafePickleError, load_revisited, safe_load_pickle
 from vitscope.data.tasks.spair import SPair, SPairPair, load_spair
 
+
+
+def load_segmentation(coco=None, partimagenet=None, image_root=None):
+    """Exactly one of a COCO instances json or a PartImageNet annotation json, with its image folder (what the
+    CLI's ``--coco`` / ``--partimagenet`` and ``--image-root`` name) -> the loaded structure."""
+    if (coco is None) == (partimagenet is None):
+        raise ValueError("give exactly one of --coco or --partimagenet")
+    if image_root is None:
+        raise ValueError("--coco / --partimagenet need --image-root (the folder of the images)")
+    return load_coco(coco, image_root) if coco is not None else load_partimagenet(partimagenet, image_root)
+
+
 __all__ = ["CocoInstances", "Davis", "DavisSequence", "ImageNetS", "InstanceSample", "PartImageNet", "PartSample",
            "Revisited", "RevisitedQuery", "SPair", "SPairPair", "SemanticSample", "UnsafePickleError", "load_coco",
-           "load_davis", "load_imagenet_s", "load_partimagenet", "load_revisited", "load_spair", "safe_load_pickle"]
+           "load_davis", "load_imagenet_s", "load_partimagenet", "load_revisited", "load_segmentation", "load_spair",
+           "safe_load_pickle"]

@@ -28,6 +28,5 @@ class TaskImages:
 
     def image_dataset(self, transform=None, on_error: str = "skip", labels=None, classes=None) -> ImageDataset:
         """The structure's images, in its order, as an ImageDataset (sample i = item i of the structure)."""
-        src = FileSource(self.image_paths(), labels, classes, description=self.description)
-        src.task = self                       # analyses that need the annotations (masks) find them here
+        src = FileSource(self.image_paths(), labels, classes, description=self.description, task=self)
         return ImageDataset(src, transform=transform, on_error=on_error)
