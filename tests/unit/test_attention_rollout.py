@@ -57,6 +57,20 @@ def embed(J, old, new):
     return out
 
 
+def ref_discard_add_identity(f, cls, ratio):
+    """Zero the ``ratio`` share of smallest entries (never CLS -> CLS), add the identity, renormalise rows."""
+    T = len(f)
+    k = int(ratio * T * T)
+    cand = sorted(((f[i][j], i, j) for i in range(T) for j in range(T) if not (cls is not None and i == j == cls)))
+    for _, i, j in cand[:k]:
+        f[i][j] = 0.0
+    for i in range(T):
+        f[i][i] += 1.0
+        rs = sum(f[i])
+        f[i] = [v / rs for v in f[i]]
+    return f
+
+
 def ref_chain(mats_per_sample, layouts, blocks, residual):
     J = None
     prev = None
@@ -79,16 +93,7 @@ def ref_rollout_sample(P, layouts, blocks, fusion, ratio, s):
         H, T, _ = a.shape
         f = [[{"mean": sum, "max": max, "min": min}[fusion](a[h, i, j] for h in range(H)) / (H if fusion == "mean" else 1)
               for j in range(T)] for i in range(T)]
-        cls = layouts[b].cls
-        k = int(ratio * T * T)
-        cand = sorted(((f[i][j], i, j) for i in range(T) for j in range(T) if not (cls is not None and i == j == cls)))
-        for _, i, j in cand[:k]:
-            f[i][j] = 0.0
-        for i in range(T):
-            f[i][i] += 1.0
-            rs = sum(f[i])
-            f[i] = [v / rs for v in f[i]]
-        mats[b] = f
+        mats[b] = ref_discard_add_identity(f, layouts[b].cls, ratio)
     return ref_chain(mats, layouts, blocks, "identity")
 
 
@@ -208,16 +213,7 @@ def ref_grad_rollout_sample(P, G, layouts, blocks, ratio, s):
         a, g = P[b][s].double().numpy(), G[b][s].double().numpy()
         H, T, _ = a.shape
         f = [[max(0.0, sum(a[h, i, j] * g[h, i, j] for h in range(H)) / H) for j in range(T)] for i in range(T)]
-        cls = layouts[b].cls
-        k = int(ratio * T * T)
-        cand = sorted(((f[i][j], i, j) for i in range(T) for j in range(T) if not (cls is not None and i == j == cls)))
-        for _, i, j in cand[:k]:
-            f[i][j] = 0.0
-        for i in range(T):
-            f[i][i] += 1.0
-            rs = sum(f[i])
-            f[i] = [v / rs for v in f[i]]
-        mats[b] = f
+        mats[b] = ref_discard_add_identity(f, layouts[b].cls, ratio)
     return ref_chain(mats, layouts, blocks, "identity")
 
 

@@ -1,21 +1,12 @@
-"""MinibatchCKA against a reference written here from Nguyen et al. 2021 eq. 3 (ones vectors, zeroed diagonals,
+"""MinibatchCKA against the loop reference of Nguyen et al. 2021 eq. 3 in test_cka.py (ones vectors, zeroed diagonals,
 per-batch HSIC averaged over batches), including seed 002's min-max kernel quirk."""
 import numpy as np
 import pytest
 import torch
 
+from test_cka import ref_hsic_unbiased_song as eq3_hsic  # noqa: E402  (the loop reference, one copy)
+
 from vitscope.analysis.similarity import MinibatchCKA, cka, cka_matrix
-
-
-def eq3_hsic(k, l):
-    n = k.shape[0]
-    kt, lt = k.copy(), l.copy()
-    np.fill_diagonal(kt, 0)
-    np.fill_diagonal(lt, 0)
-    one = np.ones((n, 1))
-    val = (np.trace(kt @ lt) + (one.T @ kt @ one).item() * (one.T @ lt @ one).item() / ((n - 1) * (n - 2))
-           - 2.0 / (n - 2) * (one.T @ kt @ lt @ one).item())
-    return val / (n * (n - 3))
 
 
 def seed002_quirk(k):
