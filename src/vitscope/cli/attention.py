@@ -11,83 +11,18 @@ from typing import List, Optional
 
 import typer
 
-# ----------------------------------------------------------------------------- shared options and helpers
-MODEL_HELP = ("Model: a registry name, timm/<name>, hf:<repo>, or a local folder / file "
-              "(see `vitscope models`).")
-RANDOM_HELP = "Random weights (no download): the architecture only, as a baseline."
-DATA_HELP = "Dataset spec (folder, list file, shards, hf:NAME, video, synthetic:...); see docs/data.md."
-IMAGES_HELP = "Image files (used when --data is not given)."
-OUT_HELP = "Output folder (created)."
-FORMATS_HELP = "Figure formats, comma-separated: png, pdf, svg."
-DEVICE_HELP = "Device: cpu, cuda, cuda:1, ... (default: cuda when available)."
-
-
-def _formats(text: str) -> tuple[str, ...]:
-    fmts = tuple(f.strip().lower().lstrip(".") for f in text.split(",") if f.strip())
-    bad = [f for f in fmts if f not in ("png", "pdf", "svg", "jpg")]
-    if bad or not fmts:
-        raise ValueError(f"--formats takes png, pdf, svg (comma-separated), got {text!r}")
-    return fmts
-
-
-def _device(device: str | None) -> str:
-    import torch
-
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_model_for_cli(name: str, random: bool, device: str | None = None):
-    """``vitscope.load_model(name, pretrained=not random)`` in eval mode on ``device``."""
-    from vitscope.models.loading import load_model
-
-    model = load_model(name, pretrained=not random)
-    return model.eval().to(_device(device))
-
-
-def open_images(model, data: str | None, images: list[Path] | None, limit: int | None):
-    """An ImageDataset with the model's own preprocessing, from --data or image paths; at most ``limit`` items."""
-    from vitscope.data import ImageDataset, open_dataset
-    from vitscope.data.folders import FileSource
-    from vitscope.models.preprocess import PreprocessConfig, Preprocessor
-
-    pcfg = model.preprocess_cfg or PreprocessConfig(input_size=model.cfg.img_size)
-    tf = Preprocessor(pcfg)
-    if data and images:
-        raise ValueError("give either --data or image paths, not both")
-    if data:
-        ds = open_dataset(data, transform=tf)
-    elif images:
-        missing = [str(p) for p in images if not Path(p).exists()]
-        if missing:
-            raise FileNotFoundError(f"image file not found: {missing[0]}")
-        ds = ImageDataset(FileSource([str(p) for p in images], description="image files"), transform=tf)
-    else:
-        raise ValueError("no images: give image paths or --data SPEC")
-    if limit is not None and limit < len(ds):
-        ds = ds.subset(range(limit))
-    if len(ds) == 0:
-        raise ValueError("the dataset has no images")
-    return ds, pcfg
+from vitscope.cli.common import (  # noqa: F401 - shared option texts and helpers
+    DATA_HELP, DEVICE_HELP, FORMATS_HELP, IMAGES_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP, load_model_for_cli,
+    open_images)
+from vitscope.cli.common import finish_skips as _finish
+from vitscope.cli.common import model_meta as _model_meta
+from vitscope.cli.common import parse_formats as _formats
 
 
 def _display(x, pcfg):
     from vitscope.viz.attention import denormalize
 
     return denormalize(x, pcfg.mean, pcfg.std)
-
-
-def _finish(ds, out: Path) -> None:
-    if ds.skipped:
-        ds.write_skip_report(out / "skipped.csv")
-    typer.echo(ds.skip_summary(report=out / "skipped.csv" if ds.skipped else None))
-
-
-def _model_meta(model, name: str, random: bool) -> dict:
-    meta = getattr(model, "meta", {}) or {}
-    return {"model": name, "random_init": bool(random), "source": meta.get("source"),
-            "weights_sha256": meta.get("weights_sha256"), "config": model.cfg.to_dict()}
 
 
 def _qname(query: str) -> str:

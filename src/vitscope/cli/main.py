@@ -22,7 +22,8 @@ app = typer.Typer(
 
 # command-group modules, in the order their commands appear in --help
 COMMAND_MODULES = (
-    "models", "data", "extract", "attention", "similarity", "train", "demo",
+    "models", "data", "extract", "attention", "similarity", "knn", "retrieval", "davis", "keypoints", "probes",
+    "class_embedding", "train", "experiments", "app", "demo",
 )
 
 

@@ -6,7 +6,6 @@ numbers (.npy, .json, .csv) under ``--out``.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import List, Optional
 
@@ -21,16 +20,9 @@ SITE_NAMES = {v: k for k, v in SITE_HOOKS.items()}
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)).strip("_") or "model"
-
-
-def _formats(fmt: str) -> list[str]:
-    out = [f.strip().lstrip(".") for f in fmt.split(",") if f.strip()]
-    bad = [f for f in out if f not in ("png", "pdf", "svg", "jpg")]
-    if bad or not out:
-        raise ValueError(f"--format takes a comma-separated list of png, pdf, svg, jpg; got {fmt!r}")
-    return out
+from vitscope.cli.common import load_models as _load_models  # noqa: E402
+from vitscope.cli.common import parse_formats as _formats  # noqa: E402
+from vitscope.cli.common import slug as _slug  # noqa: E402
 
 
 def _site_hooks(sites: str) -> list[str]:
@@ -45,25 +37,6 @@ def _site_hooks(sites: str) -> list[str]:
     if not out:
         raise ValueError("--sites is empty")
     return out
-
-
-def _load_models(names: list[str], random: bool, device: Optional[str], seed: int = 0,
-                 with_random: bool = False) -> dict:
-    """Load every model; ``random`` random-inits them all, ``with_random`` adds a random-init copy of each."""
-    from vitscope.models.loading import load_model
-
-    models = {}
-    for n in names:
-        for rand in ([random] + ([True] if with_random and not random else [])):
-            m = load_model(n, pretrained=not rand, device=device, seed=seed)
-            m.eval()
-            label = str((getattr(m, "meta", None) or {}).get("name") or Path(n).name or n)
-            if rand:
-                label += " (random)"
-            while label in models:
-                label += "'"
-            models[label] = m
-    return models
 
 
 def _open_data(data: Optional[str], what: str):
