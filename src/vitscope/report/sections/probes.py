@@ -6,7 +6,7 @@ import numpy as np
 
 from vitscope.report.registry import Section, analysis
 
-DEMO_STEPS = 100
+DEMO_STEPS = 60
 DEMO_LRS = (0.01,)
 DEMO_WDS = (1e-4,)
 
