@@ -69,14 +69,15 @@ def cka_command(
     models: List[str] = typer.Argument(None, help="Models: registry names, timm/NAME, hf:REPO or local folders. "
                                                   "One: layer x layer; two: model A x model B; --last-layer: "
                                                   "last layer across all of them."),
-    data: Optional[str] = typer.Option(None, "--data", help="Images for models: folder, list, shards, hf:NAME, "
+    model_opt: Optional[List[str]] = typer.Option(None, "--model", "-m", help="A model (repeatable), as an argument."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Images for models: folder, list, shards, hf:NAME, "
                                                             "synthetic:n=256 ..."),
     random: bool = typer.Option(False, "--random", help="Random-init weights (no download); for baselines and tests."),
     with_random: bool = typer.Option(False, "--with-random", help="Add a random-init copy of every model (seed 001's "
                                                                   "baseline)."),
     store: Optional[Path] = typer.Option(None, "--store", help="Feature store written by `vitscope extract`."),
     store2: Optional[Path] = typer.Option(None, "--store2", help="Second feature store (same images): store x store2."),
-    out: Path = typer.Option(Path("runs/similarity"), "--out", help="Output folder."),
+    out: Path = typer.Option(Path("runs/similarity"), "--out", "-o", help="Output folder."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Seed preset: default, seed000 (L2-normalised, full "
                                                                 "data) or seed002 (minibatch, min-max kernels, "
                                                                 "all tokens, ln1/ln2)."),
@@ -107,15 +108,15 @@ def cka_command(
                                                                    "by the CKA matrix (one model or store)."),
     site: str = typer.Option("resid_post", "--site", help="Store site to read (--store)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CPU)."),
-    fmt: str = typer.Option("png", "--format", help="Figure formats, comma-separated (png, pdf, svg)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or messages."),
+    fmt: str = typer.Option("png", "--formats", help="Figure formats, comma-separated (png, pdf, svg)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or messages."),
 ) -> None:
     """CKA between layers, models or the residual branches; heat maps with their numbers."""
     from vitscope.analysis.similarity import compare as C
     from vitscope.analysis.similarity.rsa import spectral_cluster_layers
     from vitscope.viz.similarity import save_cka_grid, save_residual, save_similarity
 
-    models = list(models or [])
+    models = list(models or []) + list(model_opt or [])
     _check_inputs(models, store, store2)
     o = C.preset_options(preset or "default", kernel=kernel, minmax=minmax, normalize=normalize,
                          token_mode=tokens, minibatch=None if full is None else not full)
@@ -227,11 +228,12 @@ def _clusters(res, k: Optional[int], square: bool, fn):
 # ----------------------------------------------------------------------------- rsa
 def rsa_command(
     models: List[str] = typer.Argument(None, help="One model (layer x layer RSA); registry name or local folder."),
-    data: Optional[str] = typer.Option(None, "--data", help="Images for the model (folder, list, synthetic:n=256)."),
+    model_opt: Optional[List[str]] = typer.Option(None, "--model", "-m", help="A model (repeatable), as an argument."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Images for the model (folder, list, synthetic:n=256)."),
     random: bool = typer.Option(False, "--random", help="Random-init weights (no download)."),
     store: Optional[Path] = typer.Option(None, "--store", help="Feature store written by `vitscope extract`."),
     store2: Optional[Path] = typer.Option(None, "--store2", help="Second store (same images): store x store2 layers."),
-    out: Path = typer.Option(Path("runs/similarity"), "--out", help="Output folder."),
+    out: Path = typer.Option(Path("runs/similarity"), "--out", "-o", help="Output folder."),
     rdm_method: str = typer.Option("correlation", "--rdm", help="RDM: correlation (default), cosine or euclidean."),
     compare: str = typer.Option("spearman", "--compare", help="RDM comparison: spearman (default) or pearson."),
     tokens: str = typer.Option("cls", "--tokens", help="Token mode: cls (default), mean, all, patches."),
@@ -241,15 +243,15 @@ def rsa_command(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images (RDMs are N x N)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: CPU)."),
-    fmt: str = typer.Option("png", "--format", help="Figure formats, comma-separated."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or messages."),
+    fmt: str = typer.Option("png", "--formats", help="Figure formats, comma-separated."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or messages."),
 ) -> None:
     """RSA between layers (correlation RDMs compared by Spearman, seed 000), optional spectral clustering."""
     from vitscope.analysis.similarity import compare as C
     from vitscope.analysis.similarity.rsa import spectral_cluster_layers
     from vitscope.viz.similarity import save_similarity
 
-    models = list(models or [])
+    models = list(models or []) + list(model_opt or [])
     _check_inputs(models, store, store2)
     formats = _formats(fmt)
     if store is not None:
@@ -295,13 +297,14 @@ def _dense_task_data(coco: Optional[Path], partimagenet: Optional[Path], image_r
 
 def cluster_command(
     models: List[str] = typer.Argument(None, help="Models to score, one curve each (registry names, folders)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Labelled images (class folders, list with labels, "
+    model_opt: Optional[List[str]] = typer.Option(None, "--model", "-m", help="A model (repeatable), as an argument."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Labelled images (class folders, list with labels, "
                                                             "synthetic:n=256 ...)."),
     random: bool = typer.Option(False, "--random", help="Random-init weights (no download)."),
     with_random: bool = typer.Option(False, "--with-random", help="Add a random-init copy of every model."),
     store: Optional[List[Path]] = typer.Option(None, "--store", help="Feature store(s) with labels; repeat for "
                                                                      "several models."),
-    out: Path = typer.Option(Path("runs/similarity"), "--out", help="Output folder."),
+    out: Path = typer.Option(Path("runs/similarity"), "--out", "-o", help="Output folder."),
     tokens: str = typer.Option("cls", "--tokens", help="cls (default) or mean (mean-pooled patch tokens)."),
     k: Optional[int] = typer.Option(None, "--k", help="Clusters; default 50 (images) or 80 (--dense), as seed 002."),
     seed: int = typer.Option(0, "--seed", help="k-means random_state (seed 002: 0)."),
@@ -319,15 +322,15 @@ def cluster_command(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: CPU)."),
-    fmt: str = typer.Option("png", "--format", help="Figure formats, comma-separated."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or messages."),
+    fmt: str = typer.Option("png", "--formats", help="Figure formats, comma-separated."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or messages."),
 ) -> None:
     """k-means on CLS / mean-pooled tokens (or object / part features) per block: NMI, ARI, purity curves."""
     from vitscope.analysis import cluster as K
     from vitscope.analysis.similarity import compare as C
     from vitscope.viz.similarity import save_cluster_curves
 
-    models = list(models or [])
+    models = list(models or []) + list(model_opt or [])
     stores = list(store or [])
     if stores and models:
         raise ValueError("give either models (with --data) or --store, not both")
