@@ -31,10 +31,16 @@ def build_report(models: Sequence[ModelSpec], out: str | Path = "runs/report", t
     ``context_options`` go to :class:`ReportContext` (n_images, n_eval, n_show, batch_size).
     Returns the path of the page.
     """
+    from vitscope.outlock import output_lock
+
+    with output_lock(out, "vitscope report"):
+        return _build_report(models, Path(out), title, subtitle, analyses, progress, facts, context_options)
+
+
+def _build_report(models, out: Path, title: str, subtitle: str, analyses, progress: bool, facts,
+                  context_options: dict) -> Path:
     from vitscope.models.loading import load_model
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     descriptions = {a.name: a.description for a in available(analyses)}
     parts = []
