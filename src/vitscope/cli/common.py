@@ -161,3 +161,14 @@ def refuse_weights_with_random(weights, random: bool) -> None:
     """``--weights X --random`` is a contradiction, not a silent choice."""
     if weights is not None and random:
         raise ValueError("--weights and --random contradict each other: --random means no weights; drop one")
+
+
+def cls_block_hooks(model, token_mode: str, sites, quiet: bool = False) -> list[str]:
+    """Block hooks of ``model`` for ``sites`` where ``token_mode`` exists; says so when a late CLS drops blocks."""
+    from vitscope.analysis.similarity.compare import block_hooks, token_blocks
+
+    blocks = token_blocks(model, token_mode)
+    if blocks and blocks[0] > 0 and not quiet:
+        typer.echo(f"note: CLS enters at block {blocks[0]}; using blocks {blocks[0]}-{blocks[-1]} "
+                   f"(--tokens mean uses every block)", err=True)
+    return block_hooks(model.cfg.depth, sites, blocks)

@@ -20,6 +20,7 @@ SITE_NAMES = {v: k for k, v in SITE_HOOKS.items()}
 
 
 # ----------------------------------------------------------------------------- shared helpers
+from vitscope.cli.common import check_limit, check_range, cls_block_hooks  # noqa: E402
 from vitscope.cli.common import load_models as _load_models  # noqa: E402
 from vitscope.cli.common import parse_formats as _formats  # noqa: E402
 from vitscope.cli.common import slug as _slug  # noqa: E402
@@ -193,8 +194,8 @@ def cka_command(
         results = {}
         for a, b in pairs:
             ma, mb = mods[a], mods[b]
-            ha = C.block_hooks(ma.cfg.depth, o["sites"])
-            hb = C.block_hooks(mb.cfg.depth, o["sites"])
+            ha = cls_block_hooks(ma, o["token_mode"], o["sites"], quiet)
+            hb = cls_block_hooks(mb, o["token_mode"], o["sites"], quiet)
             if o["minibatch"]:
                 res = C.stream_layer_cka(ma, ds, None if a == b else mb, ha, hb, names=(a, b), **common, **kw)
             else:
@@ -270,7 +271,7 @@ def rsa_command(
             raise ValueError("rsa from models takes one model (layer x layer); use stores for two")
         ds = _open_data(data, "RSA")
         (name, m), = _load_models(models, random, device).items()
-        hooks = C.block_hooks(m.cfg.depth, _site_hooks(sites))
+        hooks = cls_block_hooks(m, tokens, _site_hooks(sites), quiet)
         res = C.stream_layer_rsa(m, ds, hooks, tokens, rdm_method, compare, batch_size, limit, progress=not quiet)
         names = [name]
     cl = _clusters(res, clusters, len(names) == 1, spectral_cluster_layers)
@@ -340,36 +341,44 @@ def cluster_command(
         raise ValueError(f"--dense must be 'object' or 'part', got {dense!r}")
     formats = _formats(fmt)
     kk = k if k is not None else (K.DEFAULT_DENSE_K if dense else K.DEFAULT_K)
-    scores = {}
+    check_range(kk, "--k", 1)
+    check_range(batch_size, "--batch-size", 1)
+    check_limit(limit)
+    scores, blocks = {}, {}
     progress = not quiet
     if stores:
         if dense:
             raise ValueError("--dense needs the images and their masks: run it on models with --data")
         for s in stores:
             st = C._open_store(s)
-            sc, _ = K.store_cluster_scores(st, site, tokens, None, kk, seed, n_init, progress)
+            sc, layers = K.store_cluster_scores(st, site, tokens, None, kk, seed, n_init, progress)
             name = C.store_name(st)
             while name in scores:
                 name += "'"
-            scores[name] = sc
+            scores[name], blocks[name] = sc, layers
     else:
         ds = _dense_task_data(coco, partimagenet, image_root, dense, data) or _open_data(data, "clustering")
         for name, m in _load_models(models, random, device, with_random=with_random).items():
-            hooks = C.block_hooks(m.cfg.depth, _site_hooks(sites))
+            hooks = (C.block_hooks(m.cfg.depth, _site_hooks(sites)) if dense
+                     else cls_block_hooks(m, tokens, _site_hooks(sites), quiet))
             if dense:
                 sc, _ = K.model_dense_cluster_scores(m, ds, dense, hooks, kk, seed, n_init, batch_size=batch_size,
                                                      limit=limit, progress=progress)
             else:
                 sc, _ = K.model_cluster_scores(m, ds, tokens, hooks, kk, seed, n_init, batch_size, limit, progress)
             scores[name] = sc
+            idx = [int(h.split(".")[1]) for h in hooks if h.startswith("blocks.")]
+            if len(idx) == len(hooks) == len(set(idx)):
+                blocks[name] = idx
     what = f"{dense} clustering" if dense else f"{tokens} clustering"
     stem = Path(out) / f"cluster_{dense or tokens}"
     written = save_cluster_curves(scores, stem, formats, title=f"{what} (k={kk})",
-                                  meta=dict(k=kk, seed=seed, n_init=n_init, tokens=tokens, dense=dense))
+                                  meta=dict(k=kk, seed=seed, n_init=n_init, tokens=tokens, dense=dense),
+                                  blocks=blocks or None)
     if not quiet:
         for name, sc in scores.items():
             best = int(sc["nmi"].argmax())
-            typer.echo(f"{name}: best NMI {sc['nmi'][best]:.3f} at block {best}")
+            typer.echo(f"{name}: best NMI {sc['nmi'][best]:.3f} at block {blocks.get(name, range(best + 1))[best]}")
     _echo_written(written, quiet)
 
 
