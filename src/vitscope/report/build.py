@@ -48,6 +48,8 @@ def _build_report(models, out: Path, title: str, subtitle: str, analyses, progre
         model = load_model(str(spec.model)) if isinstance(spec.model, (str, Path)) else spec.model
         ctx = ReportContext(model, spec.data, out_dir=out, name=spec.name, title=spec.title or spec.name,
                             report_dir=out, progress=progress, info=spec.info, **context_options)
+        if ctx.dataset is not None:
+            _ = ctx.images              # no usable image is one clear error before any section runs
         sections = run_analyses(ctx, analyses, progress=progress)
         summary = {k: v for k, v in spec.info.items() if isinstance(v, (str, int, float))}
         summary.update(headline(ctx.info))
