@@ -129,3 +129,11 @@ def test_fuzz_commands_end_cleanly(tmp_path, broken):
             assert sum("error:" in ln for ln in r.stderr.splitlines()) <= 1, (args, r.stderr)
         else:
             assert any((tmp_path / f"o{trial}").rglob("*")), (args, "exit 0 without output")
+
+
+def test_bundled_model_without_data_uses_builtin_demo(tmp_path):
+    r = run("cluster", "-m", "demo-vit", "--k", "8", "--limit", "64", "-o", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "using builtin:demo" in r.stderr
+    best = float(r.stdout.split("best NMI ")[1].split()[0])
+    assert best > 0.5                      # the trained model separates its own classes

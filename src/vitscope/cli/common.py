@@ -63,6 +63,8 @@ def open_images(model, data: str | None, images: list[Path] | None, limit: int |
         if missing:
             raise FileNotFoundError(f"image file not found: {missing[0]}")
         ds = ImageDataset(FileSource([str(p) for p in images], description="image files"), transform=tf)
+    elif bundled_data(model):
+        ds = open_dataset(bundled_data(model), transform=tf)
     else:
         raise ValueError("no images: give image paths or --data SPEC")
     if limit is not None and limit < len(ds):  # (limit >= 1 is checked above)
@@ -172,3 +174,21 @@ def cls_block_hooks(model, token_mode: str, sites, quiet: bool = False) -> list[
         typer.echo(f"note: CLS enters at block {blocks[0]}; using blocks {blocks[0]}-{blocks[-1]} "
                    f"(--tokens mean uses every block)", err=True)
     return block_hooks(model.cfg.depth, sites, blocks)
+
+
+def bundled_data(model) -> str | None:
+    """``builtin:demo`` (with a note) for a bundled demo model given no --data; None for any other model."""
+    from vitscope.models.bundled import is_bundled
+
+    if not is_bundled(model):
+        return None
+    typer.echo("note: no --data; using builtin:demo, the synthetic benchmark the demo models were trained on",
+               err=True)
+    return "builtin:demo"
+
+
+def warn_near_chance(what: str, data: str | None) -> None:
+    """One warning line for a labelled result near chance (often: a model on data unlike its training data)."""
+    hint = (" The bundled demo models are near chance off their training data: use --data builtin:demo."
+            if data is not None and not str(data).startswith("builtin:demo") else "")
+    typer.echo(f"warning: {what}; check that the data suits the model.{hint}", err=True)

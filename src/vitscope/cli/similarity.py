@@ -20,6 +20,7 @@ SITE_NAMES = {v: k for k, v in SITE_HOOKS.items()}
 
 
 # ----------------------------------------------------------------------------- shared helpers
+from vitscope.cli.common import bundled_data, warn_near_chance  # noqa: E402,F401
 from vitscope.cli.common import check_limit, check_range, cls_block_hooks  # noqa: E402
 from vitscope.cli.common import load_models as _load_models  # noqa: E402
 from vitscope.cli.common import parse_formats as _formats  # noqa: E402
@@ -40,7 +41,13 @@ def _site_hooks(sites: str) -> list[str]:
     return out
 
 
-def _open_data(data: Optional[str], what: str):
+def _open_data(data: Optional[str], what: str, models: Optional[dict] = None):
+    from vitscope.models.bundled import is_bundled
+
+    trained = [m for m in (models or {}).values() if is_bundled(m)]
+    if not data and trained and all(is_bundled(m) or not (getattr(m, "meta", None) or {}).get("weights_path")
+                                    for m in models.values()):
+        data = bundled_data(trained[0])               # bundled models (and random twins) meet no --data
     if not data:
         raise ValueError(f"{what} from models needs images: pass --data SPEC (a folder, a list, shards, hf:NAME "
                          f"or synthetic:n=256)")
@@ -161,8 +168,8 @@ def cka_command(
         _echo_written(written, quiet)
         return
 
-    ds = _open_data(data, "CKA")
     mods = _load_models(models, random, device, with_random=with_random)
+    ds = _open_data(data, "CKA", mods)
     names = list(mods)
     common = dict(token_mode=o["token_mode"], batch_size=batch_size, limit=limit, progress=progress)
     if residual:
@@ -269,8 +276,8 @@ def rsa_command(
     else:
         if len(models) != 1:
             raise ValueError("rsa from models takes one model (layer x layer); use stores for two")
-        ds = _open_data(data, "RSA")
         (name, m), = _load_models(models, random, device).items()
+        ds = _open_data(data, "RSA", {name: m})
         hooks = cls_block_hooks(m, tokens, _site_hooks(sites), quiet)
         res = C.stream_layer_rsa(m, ds, hooks, tokens, rdm_method, compare, batch_size, limit, progress=not quiet)
         names = [name]
@@ -357,8 +364,9 @@ def cluster_command(
                 name += "'"
             scores[name], blocks[name] = sc, layers
     else:
-        ds = _dense_task_data(coco, partimagenet, image_root, dense, data) or _open_data(data, "clustering")
-        for name, m in _load_models(models, random, device, with_random=with_random).items():
+        mods = _load_models(models, random, device, with_random=with_random)
+        ds = _dense_task_data(coco, partimagenet, image_root, dense, data) or _open_data(data, "clustering", mods)
+        for name, m in mods.items():
             hooks = (C.block_hooks(m.cfg.depth, _site_hooks(sites)) if dense
                      else cls_block_hooks(m, tokens, _site_hooks(sites), quiet))
             if dense:
@@ -378,6 +386,10 @@ def cluster_command(
     if not quiet:
         for name, sc in scores.items():
             best = int(sc["nmi"].argmax())
+            twin = scores.get(f"{name} (random)")
+            if twin is not None and float(sc["nmi"].max()) <= float(twin["nmi"].max()):
+                warn_near_chance(f"{name} clusters no better than its random-weight twin (best NMI "
+                                 f"{sc['nmi'].max():.3f} vs {twin['nmi'].max():.3f})", data)
             typer.echo(f"{name}: best NMI {sc['nmi'][best]:.3f} at block {blocks.get(name, range(best + 1))[best]}")
     _echo_written(written, quiet)
 
