@@ -43,3 +43,33 @@ def test_demo_model_accurate_on_builtin_demo_and_near_chance_elsewhere():
     assert is_bundled(model) and not is_bundled(load_model("demo-vit", pretrained=False))
     assert _accuracy(model, "builtin:demo?n=128") > 0.8
     assert _accuracy(model, "synthetic:n=128,split=test") < 0.35
+
+
+def test_hf_dataset_offline_is_one_line_at_once(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.time()
+    with pytest.raises(ValueError, match="not in the local cache") as e:
+        open_dataset("hf:vitscope-test/no-such-dataset")
+    assert "\n" not in str(e.value) and time.time() - t0 < 30
+
+
+def test_mistyped_synthetic_option_lists_every_key():
+    with pytest.raises(ValueError) as e:
+        open_dataset("synthetic:sise=32")
+    for key in ("size", "classes", "difficulty", "n", "split", "noise"):
+        assert key in str(e.value).split("accepted: ")[1]
+
+
+def test_bomb_warning_becomes_a_named_skip(tmp_path, monkeypatch, recwarn):
+    from PIL import Image
+
+    from vitscope.data.decode import ImageDecodeError, load_image
+
+    p = tmp_path / "big.png"
+    Image.new("RGB", (120, 100)).save(p)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)          # 12,000 px: Pillow warns (below 2x)
+    with pytest.raises(ImageDecodeError, match="big.png is too large"):
+        load_image(p)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]

@@ -81,7 +81,13 @@ def open_source(spec: str | Path, **options):
         from vitscope.data.synthetic.config import config_from_options
         from vitscope.data.synthetic.objects import SyntheticSource
 
+        from vitscope.data.synthetic.config import option_names
+
         cfg, rest = config_from_options(opts)
+        bad = sorted(set(rest) - {"n", "split", "per_class"})
+        if bad:
+            raise ValueError(f"unknown option(s) {', '.join(bad)} for synthetic; accepted: "
+                             f"{', '.join(sorted({'n', 'split', 'per_class', *option_names()}))}")
         rest = _take(rest, {"n": int, "split": str, "per_class": int}, "synthetic")
         n = rest.get("n", rest["per_class"] * cfg.n_classes if "per_class" in rest else 100 * cfg.n_classes)
         return SyntheticSource(cfg, n, rest.get("split", "train"))
