@@ -28,6 +28,7 @@ from vitscope.features.store import (FORMAT, FORMAT_VERSION, MANIFEST, STORAGE_D
                                      IncompatibleStoreError, array_file, create_arrays, open_store, read_manifest,
                                      remove_store)
 from vitscope.features.writer import BackgroundWriter, Job
+from vitscope.outlock import LOCK_NAME, output_lock
 
 _AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
@@ -232,7 +233,7 @@ def _prepare(out_dir: Path, manifest: dict, resume: bool, batch_size: int, world
                     return {"complete": True, "batches": [[] for _ in range(world)], "done": old["n"]}
             else:
                 remove_store(out_dir)
-        elif out_dir.exists() and any(out_dir.iterdir()):
+        elif out_dir.exists() and any(not p.name.startswith(LOCK_NAME) for p in out_dir.iterdir()):
             raise IncompatibleStoreError(f"{out_dir} exists, is not empty and is not a vitscope feature store; "
                                          "choose an empty or new folder for --out")
         if not (out_dir / MANIFEST).exists():
@@ -297,7 +298,9 @@ def extract_features(model, dataset, out_dir, layers="all", sites=("resid_post",
     out_dir = Path(out_dir)
     d = setup(device)
     was_training = model.training
+    held = contextlib.ExitStack()
     try:
+        held.enter_context(output_lock(out_dir, "vitscope extract", part=f"rank-{d.rank}"))
         dev = _resolve_device(device, d)
         model.to(dev).eval()
         dataset = _open_dataset(dataset, model, on_error)
@@ -344,6 +347,7 @@ def extract_features(model, dataset, out_dir, layers="all", sites=("resid_post",
             print(summary_line(store), file=sys.stderr, flush=True)
         return store
     finally:
+        held.close()
         model.train(was_training)
         d.close()
 

@@ -175,7 +175,7 @@ def _offline_hint(what: str, reason: str) -> str:
     cache = ("or copy a filled Hugging Face cache (HF_HOME) here" if _offline()
              else "or set HF_HUB_OFFLINE=1 with a filled Hugging Face cache")
     return (f"could not download {what} ({reason}); download it elsewhere and pass weights=PATH "
-            f"(CLI: --weights PATH), {cache}")
+            f"(CLI: --weights PATH), {cache}, or use random weights (CLI: --random)")
 
 
 _REACH: dict[str, tuple[float, bool]] = {}
