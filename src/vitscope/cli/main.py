@@ -71,9 +71,33 @@ _flags_without_type()
 _register_all()
 
 
+def _keyboard_interrupt(e: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt behind typer's ``Exit(130)`` (it keeps it as the cause)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _interrupted(e: KeyboardInterrupt | None) -> None:
+    """Ctrl-C: one line saying where the command stopped (and how to resume, when it can), exit 130."""
+    msg = e.args[0] if e is not None and e.args else "interrupted"
+    typer.secho(f"\n{msg}", fg=typer.colors.YELLOW, err=True)
+    sys.exit(130)
+
+
 def main() -> None:
     try:
         app()
+    except KeyboardInterrupt as e:                     # (typer turns Ctrl-C into exit 130; see below)
+        _interrupted(e)
+    except SystemExit as e:
+        if e.code == 130:
+            _interrupted(_keyboard_interrupt(e))
+        raise
     except (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as e:
         if os.environ.get("VITSCOPE_DEBUG"):
             raise

@@ -147,6 +147,11 @@ def train(cfg: TrainConfig | None = None, **options) -> dict[str, Any]:
     try:
         with output_lock(cfg.out, "vitscope train", part=f"rank-{env.rank}"):
             return _train(cfg, env)
+    except KeyboardInterrupt:
+        last = Path(cfg.out) / "last"
+        done = (f"the last finished epoch is in {last}; run the same command with --resume to continue"
+                if last.exists() else "no epoch had finished; run the same command to start again")
+        raise KeyboardInterrupt(f"interrupted: {done}") from None
     finally:
         env.close()
 
