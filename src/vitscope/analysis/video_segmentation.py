@@ -289,3 +289,186 @@ def davis_table(results: Mapping[str, Mapping[str, np.ndarray]]) -> tuple[dict, 
         out[f"{m}-Mean"], out[f"{m}-Recall"], out[f"{m}-Decay"] = (float(x) for x in mean)
     out = {"J&F-Mean": (out["J-Mean"] + out["F-Mean"]) / 2, **out}
     return out, rows
+
+
+# ----------------------------------------------------------------------------- frames -> features, per block
+RESOLUTIONS = ("dino", "squash", "dense")
+
+
+def dino_frame_size(height: int, width: int, short_side: int = 480) -> tuple[int, int]:
+    """DINO's frame size: the short side becomes ``short_side``, the long side
+    floor(short_side x long / short / 64) x 64 (854 x 480 -> 832 x 480). Returns (H', W'). The same size is used
+    for the frame and its mask (DINO's own code swaps them for square frames)."""
+    if height > width:
+        return int((short_side * height / width) // 64 * 64), short_side
+    return short_side, int((short_side * width / height) // 64 * 64)
+
+
+def _normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def _resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    m = np.where(np.asarray(mask) == VOID, 0, np.asarray(mask)).astype(np.uint8)
+    return np.asarray(Image.fromarray(m).resize((int(size_hw[1]), int(size_hw[0])), Image.NEAREST))
+
+
+def prepare_video(frames: np.ndarray, first_mask: np.ndarray, patch_size: int, resolution: str = "dino",
+                  short_side: int = 480, tile: int = 224, mean=(0.485, 0.456, 0.406),
+                  std=(0.229, 0.224, 0.225)) -> tuple[torch.Tensor, np.ndarray, dict]:
+    """Frames (T, H, W, 3) uint8 and the first ground-truth mask (H, W) -> (normalised frames (T, 3, H', W'),
+    first mask on the token grid (h, w), info).
+
+    ``resolution``: "dino" (default): bilinear resize to :func:`dino_frame_size` (``short_side`` 480), cropped at
+    the bottom / right to a multiple of the patch (what a strided patch embedding ignores); "squash" (seed 002
+    without ``--dense``): frames and mask squashed to ``tile`` x ``tile``; "dense" (seed 002's ``--dense``):
+    bicubic resize to short side 2 x ``tile`` (448), long side floored to a multiple of the patch, the frames
+    then cut into ``tile`` x ``tile`` tiles by :func:`tiled_features`. The mask goes to the token grid with a
+    nearest resize (void counts as background).
+    """
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8, got shape {frames.shape}")
+    T, H, W, _ = frames.shape
+    p = patch_size
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0                  # T, 3, H, W
+    if resolution == "dino":
+        th, tw = dino_frame_size(H, W, short_side)
+        x = F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False, antialias=False)
+        x = x[:, :, : th // p * p, : tw // p * p]
+        grid = (th // p, tw // p)
+    elif resolution == "squash":
+        x = F.interpolate(x, size=(tile, tile), mode="bilinear", align_corners=False, antialias=False)
+        th = tw = tile
+        grid = (tile // p, tile // p)
+    else:
+        s = 2 * tile
+        if H > W:
+            tw, th = s, int(s * H / W) // p * p
+        else:
+            th, tw = s, int(s * W / H) // p * p
+        from PIL import Image
+
+        x = torch.stack([torch.from_numpy(np.asarray(Image.fromarray(f).resize((tw, th), Image.BICUBIC))).permute(
+            2, 0, 1).float() / 255.0 for f in frames])
+        grid = (th // p, tw // p)
+    x = _normalise(x, mean, std)
+    if min(grid) < 1:
+        raise ValueError(f"frames of {H} x {W} give no token at patch size {p} with resolution {resolution!r}")
+    small = _resize_mask(first_mask, grid)
+    return x, small, {"input_size": (int(th), int(tw)), "grid": grid, "original_size": (H, W)}
+
+
+def _tile_starts(length: int, tile: int) -> list[int]:
+    starts = list(range(0, max(length - tile, 0) + 1, tile))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)                                                   # last tile on the edge
+    return starts
+
+
+def tiled_features(model, frames: torch.Tensor, blocks: Sequence[int], tile: int = 224,
+                   device="cpu") -> dict[int, torch.Tensor]:
+    """Seed 002's dense extraction: each frame (3, H', W') cut into ``tile`` x ``tile`` tiles (the last one of a
+    row / column aligned to the edge, overlapping), each tile run at ``tile`` px, its patch tokens placed on the
+    full grid; on overlaps the first tile written wins. {block: (T, H'/p, W'/p, D)}."""
+    from vitscope.analysis.dense_features import block_patch_features
+
+    p = model.cfg.patch_size
+    T, _, Hs, Ws = frames.shape
+    if Hs < tile or Ws < tile:
+        raise ValueError(f"dense extraction needs frames of at least {tile} px, got {Hs} x {Ws}")
+    gh, gw = Hs // p, Ws // p
+    out: dict[int, torch.Tensor] = {}
+    filled = torch.zeros(gh, gw, dtype=torch.bool)
+    for y in _tile_starts(Hs, tile):
+        for x in _tile_starts(Ws, tile):
+            feats = block_patch_features(model, frames[:, :, y:y + tile, x:x + tile], blocks, device=device)
+            ty, tx = y // p, x // p
+            n = tile // p
+            new = ~filled[ty:ty + n, tx:tx + n]
+            for b, f in feats.items():
+                if b not in out:
+                    out[b] = torch.zeros(T, gh, gw, f.shape[-1], device=device)
+                region = out[b][:, ty:ty + n, tx:tx + n]
+                region[:, new] = f[:, new.to(f.device)]
+            filled[ty:ty + n, tx:tx + n] = True
+    return out
+
+
+def video_block_features(model, frames: torch.Tensor, blocks: Sequence[int], resolution: str = "dino",
+                         tile: int = 224, batch_size: int = 8, device="cpu") -> dict[int, torch.Tensor]:
+    """{block: (T, h, w, D)} patch features of every frame; one forward pass per frame serves every block."""
+    from vitscope.analysis.dense_features import block_patch_features
+
+    parts: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
+    for i in range(0, frames.shape[0], batch_size):
+        chunk = frames[i:i + batch_size]
+        feats = (tiled_features(model, chunk, blocks, tile, device) if resolution == "dense"
+                 else block_patch_features(model, chunk, blocks, device=device))
+        for b in blocks:
+            parts[b].append(feats[b])
+    return {b: torch.cat(v) for b, v in parts.items()}
+
+
+def evaluate_davis(model, davis, blocks=None, resolution: str = "dino", short_side: int = 480,
+                   tile: int | None = None, n_last: int = 7, radius: int = 12, topk: int = 5,
+                   temperature: float = 0.1, bound_th: float = 0.008, batch_size: int = 8, progress: bool = False,
+                   keep_predictions: bool = False) -> dict:
+    """Label propagation + the DAVIS-2017 scorer for every block of ``model`` on a :class:`Davis` dataset (or a
+    list of :class:`DavisSequence`).
+
+    Returns ``{"global": {block: global table}, "objects": {block: per-object rows}, "predictions":
+    {block: {sequence: (T, H, W) uint8}} (with ``keep_predictions``), "info": {...}}``. ``tile`` defaults to
+    the model's input size (224 for the seed's models).
+    """
+    from tqdm.auto import tqdm
+
+    from vitscope.analysis.dense_features import resolve_blocks
+
+    blocks = resolve_blocks(model, blocks)
+    tile = int(tile or model.cfg.img_size[0])
+    pcfg = getattr(model, "preprocess_cfg", None)
+    mean = pcfg.mean if pcfg is not None else (0.485, 0.456, 0.406)
+    std = pcfg.std if pcfg is not None else (0.229, 0.224, 0.225)
+    seqs = list(davis)
+    if not seqs:
+        raise ValueError("the DAVIS dataset holds no sequence")
+    per_block = {b: {} for b in blocks}
+    preds = {b: {} for b in blocks}
+    info = {}
+    for seq in tqdm(seqs, desc="davis", unit="video", disable=not progress):
+        gt = seq.masks()
+        if len(seq.mask_paths) != len(seq.frame_paths):
+            raise ValueError(f"sequence {seq.name!r} has {len(seq.frame_paths)} frames but {len(seq.mask_paths)} "
+                             f"annotations; scoring needs one annotation per frame (the val split)")
+        frames = seq.frames()
+        x, small, meta = prepare_video(frames, gt[0], model.cfg.patch_size, resolution, short_side, tile, mean,
+                                       std)
+        info[seq.name] = meta
+        feats = video_block_features(model, x, blocks, resolution, tile, batch_size)
+        H, W = frames.shape[1:3]
+        for b in blocks:
+            soft = propagate_labels(feats[b], small, n_last, radius, topk, temperature)
+            ids = np.stack([np.where(gt[0] == VOID, 0, gt[0]).astype(np.uint8)]
+                           + [soft_to_ids(soft[t], model.cfg.patch_size, (H, W)) for t in range(1, len(soft))])
+            per_block[b][seq.name] = evaluate_sequence(ids, gt, n_objects=seq.n_objects, bound_th=bound_th)
+            if keep_predictions:
+                preds[b][seq.name] = ids
+    out = {"global": {}, "objects": {}, "info": info}
+    for b in blocks:
+        out["global"][b], out["objects"][b] = davis_table(per_block[b])
+    if keep_predictions:
+        out["predictions"] = preds
+    return out
+
+
+def davis_rows(result: dict, model_name: str, **options) -> list[dict]:
+    """The tidy rows (model, block, task, metric, value, options...) of :func:`evaluate_davis`."""
+    return [{"model": model_name, "block": int(b), "task": "davis", "metric": m, "value": float(v), **options}
+            for b, table in result["global"].items() for m, v in table.items()]
