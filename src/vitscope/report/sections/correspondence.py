@@ -19,6 +19,8 @@ def correspondence_section(ctx) -> Section:
     from vitscope.viz.downstream_dense import plot_keypoint_matches
     from vitscope.viz.per_block import plot_metric_per_block
 
+    if min(ctx.model.cfg.img_size) < 32:
+        return Section.skip("skipped: the synthetic data needs a model input of at least 32 px")
     root = ctx.path("synthetic_spair")
     if not (root / "spair").is_dir():
         write(root, SynthConfig(size=int(ctx.model.cfg.img_size[0]), **SYNTH), formats=["spair"], pairs=16)

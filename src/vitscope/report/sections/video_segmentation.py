@@ -31,6 +31,8 @@ def video_segmentation_section(ctx) -> Section:
     from vitscope.viz.downstream_dense import plot_propagation
     from vitscope.viz.per_block import plot_metric_per_block
 
+    if min(ctx.model.cfg.img_size) < 32:
+        return Section.skip("skipped: the synthetic data needs a model input of at least 32 px")
     ds = synthetic_davis(ctx)
     side = 2 * int(ctx.model.cfg.img_size[0])
     rows = []
