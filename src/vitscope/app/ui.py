@@ -268,7 +268,7 @@ def build_blocks(state: AppState):
                         a_cmap = gr.Dropdown(list(CMAPS), value="inferno", label="colour map")
                     a_fig = gr.Image(label="attention (click a patch to use it as the query)", type="filepath",
                                      interactive=False, elem_id="vs-attention")
-                    a_heads = gr.Image(label="every head", type="filepath", interactive=False)
+                    a_heads = gr.Image(label="every head", type="filepath", interactive=False, show_label=False)
                     a_note = gr.Markdown(elem_id="vs-attention-note")
                     a_files = gr.File(label="download (PNG, .npy, .csv)", file_count="multiple")
                 with gr.Tab("Rollout & relevance"):
