@@ -140,8 +140,22 @@ def _run(state: AppState, model_name, random, upload, sample, view_fn, **kw):
 
 
 def _head(head: str):
-    head = str(head)
-    return head if head in V.FUSIONS else int(head.replace("head", "").strip())
+    head = str(head).strip()
+    if head in V.FUSIONS:
+        return head
+    try:
+        return int(head.replace("head", "").strip())
+    except ValueError:
+        raise ValueError(f"head must be mean, max, min or 'head <k>', got {head!r}") from None
+
+
+def _target(target):
+    if target in (None, "", PREDICTED):
+        return None
+    try:
+        return int(str(target).split(":")[0].replace("class", "").strip())
+    except ValueError:
+        raise ValueError(f"the class must be '{PREDICTED}' or a class number, got {target!r}") from None
 
 
 def _query(query: str, patch: str):
@@ -171,7 +185,10 @@ def handlers(state: AppState) -> dict:
         return pics.get("figure"), pics.get("heads"), note, files
 
     def rollout(model_name, random, upload, sample, method, target, head_fusion, discard_ratio, alpha, cmap):
-        t = None if target in (None, "", PREDICTED) else int(str(target).split(":")[0].replace("class", "").strip())
+        try:
+            t = _target(target)
+        except ValueError as e:
+            raise _err(e) from None
         view, files, note, pics = _run(state, model_name, random, upload, sample, V.rollout_view, method=method,
                                  target=t, head_fusion=head_fusion, discard_ratio=float(discard_ratio),
                                  alpha=float(alpha), cmap=cmap)
@@ -259,9 +276,11 @@ def build_blocks(state: AppState):
                     with gr.Row():
                         a_block = gr.Slider(0, depth0 - 1, value=depth0 - 1, step=1, label="block")
                         a_head = gr.Dropdown(list(V.FUSIONS) + [f"head {k}" for k in range(m0.cfg.num_heads)],
-                                             value="mean", label="head (or fused over heads)")
+                                             value="mean", label="head (or fused over heads)",
+                                             allow_custom_value=True)
                         a_query = gr.Dropdown(V.query_choices(m0), value=V.query_choices(m0)[0],
-                                              label="query token (patch: click the figure)")
+                                              label="query token (patch: click the figure)",
+                                              allow_custom_value=True)
                         a_patch = gr.Textbox("", label="clicked patch (row,col)", max_lines=1)
                     with gr.Row():
                         a_alpha = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="overlay alpha")
@@ -274,7 +293,8 @@ def build_blocks(state: AppState):
                 with gr.Tab("Rollout & relevance"):
                     with gr.Row():
                         r_method = gr.Radio(list(V.ROLLOUT_METHODS), value="rollout", label="method")
-                        r_target = gr.Dropdown([PREDICTED], value=PREDICTED, label="class explained (gradient methods)")
+                        r_target = gr.Dropdown([PREDICTED], value=PREDICTED, label="class explained (gradient methods)",
+                                               allow_custom_value=True)
                         r_fusion = gr.Dropdown(list(V.FUSIONS), value="mean", label="head fusion (rollout)")
                         r_discard = gr.Slider(0.0, 0.95, value=0.0, step=0.05, label="discard ratio")
                     r_fig = gr.Image(label="rollout / relevance", type="filepath", interactive=False)

@@ -143,12 +143,17 @@ def _map_overlay(base: np.ndarray, m: np.ndarray, cmap: str, alpha: float, size:
 
 
 def _tidy_map(m: np.ndarray, **cols) -> pd.DataFrame:
-    rows, cols_ = m.shape
-    r, c = np.meshgrid(np.arange(rows), np.arange(cols_), indexing="ij")
-    df = pd.DataFrame({"row": r.ravel(), "col": c.ravel(), "value": m.ravel().astype(float)})
-    for k, v in reversed(list(cols.items())):
-        df.insert(0, k, v)
-    return df
+    """A map (rows, cols) or a stack of maps (K, rows, cols) as a tidy table; list-valued ``cols`` give one value
+    per map of the stack."""
+    m = np.asarray(m, float)
+    stack = m[None] if m.ndim == 2 else m
+    K, rows, cols_ = stack.shape
+    n = rows * cols_
+    r, c = np.divmod(np.arange(n), cols_)
+    data = {k: (np.repeat(np.asarray(v, dtype=object), n) if isinstance(v, (list, tuple)) else v)
+            for k, v in cols.items()}
+    data.update(row=np.tile(r, K), col=np.tile(c, K), value=stack.reshape(-1))
+    return pd.DataFrame(data)
 
 
 def _model_name(model) -> str:
@@ -202,12 +207,11 @@ def attention_view(model, image, block: int = -1, head: str | int = "mean", quer
     fig = _map_overlay(base, shown, cmap, alpha, size)
     if isinstance(q, tuple):
         fig = mark_patch(fig, q, grid)
-    tile = max(64, min(160, size // 3))
-    heads = mosaic([_map_overlay(base, maps[k], cmap, alpha, tile) for k in range(H)],
-                   [f"head {k}" for k in range(H)], ncols=min(H, 6))
-    table = pd.concat([_tidy_map(maps[k], model=meta["model"], block=b, query=meta["query"], head=str(k))
-                       for k in range(H)] + [_tidy_map(shown, model=meta["model"], block=b, query=meta["query"],
-                                                       head=str(head))], ignore_index=True)
+    small = enlarge(base, max(64, min(128, size // 4)))
+    heads = mosaic([overlay(small, maps[k], cmap=cmap, alpha=alpha) for k in range(H)],
+                   [f"head {k}" for k in range(H)], ncols=min(H, 8))
+    table = _tidy_map(np.concatenate([maps, shown[None]]), model=meta["model"], block=b, query=meta["query"],
+                      head=[str(k) for k in range(H)] + [str(head)])
     note = (f"{meta['query']} -> patches at block {b}, {what}; attention on patches sums to "
             f"{float(maps.sum(axis=(1, 2)).mean()):.3f} (mean over heads; the rest goes to prefix tokens)")
     return View("attention", fig, {"maps": maps, "shown": shown}, table, note, meta, {"heads": heads})
@@ -291,8 +295,8 @@ def tokens_view(model, image, block: int = -1, cmap: str = "inferno", size: int 
             labels.append(f"{_query_label(t)} " + ("mean" if k == 0 else f"h{k - 1}"))
     fig = mosaic([enlarge(base, tile)] + tiles, ["image"] + labels, ncols=H + 1) if len(present) == 1 else \
         mosaic(tiles, labels, ncols=H + 1)
-    table = pd.concat([_tidy_map(maps[t][k], model=meta["model"], block=b, token=t, head=str(k))
-                       for t in present for k in range(H)], ignore_index=True)
+    table = _tidy_map(np.concatenate([maps[t] for t in present]), model=meta["model"], block=b,
+                      token=[t for t in present for _ in range(H)], head=[str(k) for _ in present for k in range(H)])
     note = f"block {b}: {', '.join(_query_label(t) for t in present)}; rows are tokens, columns the mean then each head"
     if notes:
         note += ". " + " ".join(notes)
