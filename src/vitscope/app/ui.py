@@ -329,9 +329,12 @@ def build_blocks(state: AppState):
             "distance": (src + [d_variant], [d_fig, d_note, d_files]),
             "logit_lens": (src + [l_block, a_alpha], [l_fig, l_note, l_files]),
         }
-        # the public API: one endpoint per view, on a hidden button (the page uses the private events below)
+        # the public API: one endpoint per view on a hidden button; blocks are plain numbers there (any model's
+        # depth, negative counts from the end), the page's sliders follow the model chosen in the page
+        api_block = gr.Number(-1, precision=0, visible=False, label="block")
         api_btn = gr.Button(visible=False)
         for name, (ins, outs) in ev.items():
+            ins = [api_block if c in (a_block, t_block, l_block) else c for c in ins]
             api_btn.click(h[name], ins, outs, api_name=name, show_progress="hidden")
         # the page: what changes triggers which view
         private = dict(api_visibility="private")
