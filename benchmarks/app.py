@@ -79,9 +79,7 @@ def main() -> None:
             lat[(label, "1 client")] += [_request(one, name, random, block) for _ in range(args.seq)]
             with ThreadPoolExecutor(args.clients) as pool:
                 per = pool.map(lambda c: [_request(c, name, random, block) for _ in range(args.per_client)], many)
-                t0 = time.perf_counter()
                 lat[(label, f"{args.clients} clients")] += [x for xs in per for x in xs]
-                _ = time.perf_counter() - t0
         print(f"round {r + 1}/{args.rounds} done", flush=True)
     demo.close()
 
