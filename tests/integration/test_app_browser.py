@@ -62,7 +62,15 @@ def run_page(png: Path, upload: Path, width: int = 1280, height: int = 1500) -> 
             note = b.js("document.querySelector('#vs-attention-note').innerText")
             top5 = b.js("document.querySelector('#vs-top5').innerText")
             b.screenshot(png)
-            return {"first": first, "seen": seen, "red_range": stats, "note": note, "top5": top5,
+            # a click on the figure makes the patch under the pointer the query (row 1, column 6 of 8 x 8)
+            left, top, w, h = b.js(f"(() => {{ const r = {FIGURE}.getBoundingClientRect(); "
+                                   f"return [r.left, r.top, r.width, r.height] }})()")
+            for kind in ("mousePressed", "mouseReleased"):
+                b.call("Input.dispatchMouseEvent", session=True, type=kind, x=left + w * 6.5 / 8, y=top + h * 1.5 / 8,
+                       button="left", clickCount=1)
+            clicked = b.wait_js("(() => { const n = document.querySelector('#vs-attention-note').innerText; "
+                                "return n.includes('patch (') ? n : null })()", 60)
+            return {"first": first, "seen": seen, "red_range": stats, "note": note, "top5": top5, "clicked": clicked,
                     "errors": list(b.errors), "root": str(state.root)}
     finally:
         demo.close()
@@ -79,6 +87,7 @@ def test_upload_renders_the_attention_figure_without_console_errors(tmp_path):
     lo, hi = res["red_range"]
     assert hi - lo > 100                                   # a heat map, not a flat picture
     assert res["note"].startswith("CLS -> patches at block 5")
+    assert res["clicked"].startswith("patch (1, 6) -> patches at block 5")
     assert "triangle" in res["top5"] or "circle" in res["top5"] or "%" in res["top5"]
     shot = np.asarray(Image.open(tmp_path / "app.png").convert("L"))
     assert shot.shape == (1500, 1280) and int(shot.max()) - int(shot.min()) > 100
