@@ -41,11 +41,15 @@ def fuse_heads(x: torch.Tensor, fusion: str, dim: int = 1) -> torch.Tensor:
 
 
 def query_rows(pattern: torch.Tensor, layout: TokenLayout, query="cls", cfg=None) -> torch.Tensor:
-    """The attention row(s) of ``query`` over every key: (B, H, T). ``"mean"`` averages the patch queries."""
+    """The attention row(s) of ``query`` over every key: (B, H, T). ``"mean"`` averages the patch queries
+    (in float32 at least: a float16 / bfloat16 pattern is not averaged in its own precision)."""
     check_pattern(pattern, layout)
     q = resolve_query(query, layout, cfg)
     if q == MEAN_QUERY:
-        return pattern[:, :, layout.patches, :].mean(2)
+        rows = pattern[:, :, layout.patches, :]
+        if rows.dtype in (torch.float16, torch.bfloat16):
+            return rows.mean(2, dtype=torch.float32)
+        return rows.mean(2)
     return pattern[:, :, q, :]
 
 
