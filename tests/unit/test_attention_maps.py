@@ -120,8 +120,11 @@ def test_mass_threshold_random_matches_reference(mass):
         for h in range(2):
             np.testing.assert_array_equal(got[b, h].numpy(), ref_mass_threshold(maps[b, h].double().numpy(), mass))
     # the kept mass is at least `mass`, and dropping the smallest kept entry falls below it
-    kept = (maps * got).sum((-2, -1)) / maps.sum((-2, -1))
+    total = maps.sum((-2, -1))
+    kept = (maps * got).sum((-2, -1)) / total
     assert (kept >= mass - 1e-6).all()
+    smallest_kept = torch.where(got, maps, torch.full_like(maps, float("inf"))).amin((-2, -1)) / total
+    assert (kept - smallest_kept < mass + 1e-6).all()
 
 
 def test_model_maps_equal_pure_function_on_cached_patterns():

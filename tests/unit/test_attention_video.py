@@ -107,7 +107,7 @@ def test_patch_filters_against_covariance_eigenvectors():
     evals, evecs = np.linalg.eigh(wc.T @ wc)                   # principal axes = top covariance eigenvectors
     comps = evecs[:, ::-1][:, :5].T
     got = PE.patch_embedding_filters(model, n=5, mode="pca")
-    assert got.shape == (5, 8, 8, 3) and got.min() >= 0 and got.max() <= 1
+    assert got.shape == (5, 8, 8, 3)
     for k in range(5):
         img = comps[k].reshape(3, 8, 8).transpose(1, 2, 0)
         for sign in (1, -1):                                 # a component's sign is arbitrary

@@ -39,28 +39,36 @@ def test_denormalize_roundtrip():
 @pytest.mark.slow
 def test_every_figure_saves_with_its_numbers(tmp_path):
     img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    figs = {
-        "heads": (VA.plot_head_maps(rng.random((4, 4, 4)), image=img, overlay_image=True), "maps"),
-        "grid": (VA.plot_block_head_grid(rng.random((3, 4, 4, 4)), blocks=[1, 2, 3]), "maps"),
-        "batch": (VA.plot_image_overlays([img, img], rng.random((2, 4, 4))), "maps"),
-        "frames": (VA.plot_frames([img, img], ["0", "1"]), "maps"),
-        "dist": (VD.plot_attention_distance(rng.random((3, 4)), "B", std=rng.random((3, 4)) * 0.1), "dist"),
-        "dist_models": (VD.plot_attention_distance_models({"a": rng.random((3, 4)), "b": rng.random((5, 2))},
-                                                          relative_depth=True), "dist"),
-        "block": (VS.plot_block_metric(rng.random(3), "std"), "v"),
-        "head": (VS.plot_head_metric(rng.random((3, 4)), "std"), "v"),
-        "heat": (VS.plot_block_head_heatmap(rng.random((3, 4)), label="IoU"), "v"),
-        "offsets": (VS.plot_offsets(rng.random((3, 4)), rng.random((3, 4))), "v"),
-        "pos": (VT.plot_position_similarity(rng.random((3, 3, 3, 3))), "sim"),
-        "filters": (VT.plot_patch_filters(rng.random((5, 8, 8, 3))), "f"),
-        "page": (VT.plot_token_page(img, rng.random((4, 4, 4)), "reg0", 2), "maps"),
+    def data(*shape):
+        return rng.random(shape)
+
+    maps4, grid, batch, d3, dm = data(4, 4, 4), data(3, 4, 4, 4), data(2, 4, 4), data(3, 4), data(5, 2)
+    std, v3, v34, cx, cy, sim, filt, page = data(3, 4) * 0.1, data(3), data(3, 4), data(3, 4), data(3, 4), \
+        data(3, 3, 3, 3), data(5, 8, 8, 3), data(4, 4, 4)
+    figs = {      # name: (figure, the arrays it draws)
+        "heads": (VA.plot_head_maps(maps4, image=img, overlay_image=True), {"maps": maps4}),
+        "grid": (VA.plot_block_head_grid(grid, blocks=[1, 2, 3]), {"maps": grid}),
+        "batch": (VA.plot_image_overlays([img, img], batch), {"maps": batch}),
+        "frames": (VA.plot_frames([img, img], ["0", "1"]), {"frames": np.stack([img, img])}),
+        "dist": (VD.plot_attention_distance(d3, "B", std=std), {"mean": d3, "std": std}),
+        "dist_models": (VD.plot_attention_distance_models({"a": d3, "b": dm}, relative_depth=True),
+                        {"a": d3, "b": dm}),
+        "block": (VS.plot_block_metric(v3, "std"), {"values": v3}),
+        "head": (VS.plot_head_metric(v34, "std"), {"values": v34}),
+        "heat": (VS.plot_block_head_heatmap(v34, label="IoU"), {"values": v34}),
+        "offsets": (VS.plot_offsets(cx, cy), {"x": cx, "y": cy}),
+        "pos": (VT.plot_position_similarity(sim), {"similarity": sim}),
+        "filters": (VT.plot_patch_filters(filt), {"filters": filt}),
+        "page": (VT.plot_token_page(img, page, "reg0", 2), {"maps": page}),
     }
-    for name, (fig, key) in figs.items():
+    for name, (fig, arrays) in figs.items():
         assert isinstance(fig, Figure)
         fmts = ("png", "svg") if name == "heat" else ("png",)
-        paths = save_figure(fig, tmp_path / name, fmts, dpi=40, arrays={key: np.ones(3)}, meta={"name": name})
+        paths = save_figure(fig, tmp_path / name, fmts, dpi=40, arrays=arrays, meta={"name": name})
         assert {p.suffix for p in paths} == {f".{f}" for f in fmts} | {".npy", ".json"}
         assert all(p.stat().st_size > 0 for p in paths)
+        for key, arr in arrays.items():                     # the numbers beside the picture are the ones drawn
+            np.testing.assert_array_equal(np.load(tmp_path / f"{name}.{key}.npy"), arr)
 
 
 def test_tokens_pdf_has_one_page_per_token(tmp_path):

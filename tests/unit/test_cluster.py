@@ -100,8 +100,13 @@ def test_object_features_are_mask_weighted_means():
             np.testing.assert_allclose(feats[b, k], ref, atol=1e-12)
     single, _ = object_features(tokens[0], [m1], [1], resample="area")
     np.testing.assert_allclose(single[0], feats[0, 0])
-    w = token_mask_weights(m1, grid)                                                   # seed 002's bicubic default
-    assert w.sum() == pytest.approx(1.0) and (w >= 0).all() and w[3, 3] == 0
+    # seed 002's bicubic default: PIL's 8-bit bicubic resize of the 0/255 mask (reproduced in torch by
+    # test_saliency_mask_rule.pil_bicubic_8bit), divided by its sum
+    from test_saliency_mask_rule import pil_bicubic_8bit
+
+    for m in (m1, m2):
+        want = pil_bicubic_8bit(m.astype(np.uint8) * 255, grid)
+        np.testing.assert_allclose(token_mask_weights(m, grid), want / want.sum(), rtol=1e-12)
 
 
 def test_dense_clustering_of_object_features():
