@@ -7,8 +7,9 @@ Both passes see the same pre-made input batches (decoding is left out, it is the
 forward uses SDPA attention; the distance pass attaches hooks on every ``hook_pattern`` (so the model takes
 its explicit attention path) and reduces each pattern to per-image x head distances inside the hook
 (variants A and B). A third line times the explicit attention path with a no-op hook, to separate the cost
-of materialising the patterns from the cost of reducing them. The passes are timed in alternating rounds so
-that machine load hits them alike; the ratio is time / plain-forward time (target for the distance pass: <= 1.5).
+of materialising the patterns from the cost of reducing them. The passes are timed in interleaved rounds (the
+order rotating) so that machine load hits them alike; per pass, min / median / max ms per image over the rounds,
+and the ratio time / plain-forward time taken round by round (target for the distance pass: <= 1.5).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import time
 
 import torch
 
+from _spread import header, interleave, ratio_spread, ratio_text, row  # noqa: E402  (benchmarks/ on sys.path)
 from vitscope import HookedViT, ViTConfig
 from vitscope.analysis.attention.distance import attention_distance
 
@@ -32,7 +34,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="images per pass (default 2000)")
     ap.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     ap.add_argument("--img", type=int, default=224, help="input size")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the N images are split over them")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the N images are split over them")
     ap.add_argument("--variants", default="A,B", help="distance variants computed in the pass")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
@@ -43,7 +45,6 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     n_batches = max(1, args.n // args.batch_size)
     pool = [torch.randn(args.batch_size, 3, args.img, args.img, generator=g).to(args.device) for _ in range(2)]
-    per_round = [n_batches // args.rounds + (1 if r < n_batches % args.rounds else 0) for r in range(args.rounds)]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
 
     def sync():
@@ -65,23 +66,27 @@ def main() -> None:
 
     plain(1)                                    # warm-up (allocations, kernels)
     distance(1)
-    t_plain = t_expl = t_dist = 0.0
-    n_img = 0
-    for k in per_round:
-        if k == 0:
-            continue
-        sync(); t0 = time.perf_counter(); plain(k); sync(); t_plain += time.perf_counter() - t0
-        sync(); t0 = time.perf_counter(); explicit(k); sync(); t_expl += time.perf_counter() - t0
-        sync(); t0 = time.perf_counter(); acc = distance(k); sync(); t_dist += time.perf_counter() - t0
-        n_img += k * args.batch_size
-        assert acc[variants[0]].n_images == k * args.batch_size
-    print(f"model: ViT-S/16 random init, {args.img} px, batch {args.batch_size}, {n_img} images per pass, "
-          f"{torch.get_num_threads()} threads, device {args.device}")
-    print(f"{'pass':34s} {'seconds':>9s} {'ms/image':>9s} {'ratio':>7s}")
-    print(f"{'plain forward (SDPA)':34s} {t_plain:9.2f} {1000 * t_plain / n_img:9.2f} {1.0:7.2f}")
-    print(f"{'explicit attention, no reduction':34s} {t_expl:9.2f} {1000 * t_expl / n_img:9.2f} {t_expl / t_plain:7.2f}")
-    print(f"{'attention distance (' + '+'.join(variants) + ')':34s} {t_dist:9.2f} {1000 * t_dist / n_img:9.2f} "
-          f"{t_dist / t_plain:7.2f}")
+    k = max(1, n_batches // args.rounds)                 # batches per pass and round
+    n_img = k * args.batch_size
+
+    def ms_per_image(fn):
+        def run():
+            sync()
+            t0 = time.perf_counter()
+            fn(k)
+            sync()
+            return 1000 * (time.perf_counter() - t0) / n_img
+        return run
+
+    dist_name = "attention distance (" + "+".join(variants) + ")"
+    t = interleave({"plain forward (SDPA)": ms_per_image(plain),
+                    "explicit attention, no reduction": ms_per_image(explicit),
+                    dist_name: ms_per_image(distance)}, args.rounds)
+    print(f"model: ViT-S/16 random init, {args.img} px, batch {args.batch_size}, {n_img} images per pass and round, "
+          f"{args.rounds} interleaved rounds, {torch.get_num_threads()} threads, device {args.device}")
+    print(header("pass", "ms/image", 34, f"{'time / plain forward':>24}"))
+    for name, v in t.items():
+        print(row(name, v, 34, "10.2f", f"{ratio_text(*ratio_spread(v, t['plain forward (SDPA)'])):>24}"))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ Part 1. Twelve random "layers" (n x d, correlated like a residual stream). vitsc
 linear CKA; the feature-space form is chosen automatically, each layer prepared once, i <= j only). Naive: for
 each pair build both n x n Gram matrices, U-centre them and take the three inner products (the common public
 implementation). The naive run on all 78 unique pairs takes long on a shared CPU, so ``--naive-pairs`` pairs are
-timed and the per-pair mean is multiplied by 78 (printed as an extrapolation); both give the same numbers, which
-is checked on the timed pairs.
+timed and the per-pair time is multiplied by 78 (printed as an extrapolation); both give the same numbers, which
+is checked on the timed pairs. ``--rounds`` interleaves: each round times the whole vitscope matrix and one naive
+pair (cycling through the chosen pairs); min / median / max are printed, and the speed-up per round.
 
 Part 2. ``MinibatchCKA`` over n samples in batches of 256 for 12 layers, features generated batch by batch (as a
 model would produce them, nothing kept), each n in a fresh process; the peak resident memory (VmHWM) of the
@@ -32,6 +33,7 @@ from vitscope.analysis.similarity import MinibatchCKA, cka_matrix
 from vitscope.analysis.similarity.cka import center_gram
 
 from _memory import peak_rss_mb  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _spread import header, interleave, ratio_spread, ratio_text, row  # noqa: E402
 
 
 def make_layers(n: int, d: int, n_layers: int, seed: int = 0, device="cpu") -> list[torch.Tensor]:
@@ -63,31 +65,39 @@ def sync(device: str) -> None:
 def part1(args) -> None:
     n, d, L = args.n, args.d, args.layers
     layers = make_layers(n, d, L, device=args.device)
-    sync(args.device)
-    t0 = time.perf_counter()
-    m = cka_matrix(layers, unbiased=True)
-    sync(args.device)
-    t_fast = time.perf_counter() - t0
     pairs = [(i, j) for i in range(L) for j in range(i, L)]
     rng = np.random.default_rng(0)
     chosen = [pairs[k] for k in rng.choice(len(pairs), size=min(args.naive_pairs, len(pairs)), replace=False)]
-    t_pairs, err = [], 0.0
-    for i, j in chosen:
+    state = {"m": None, "k": 0, "err": 0.0}
+
+    def fast():
+        sync(args.device)
+        t0 = time.perf_counter()
+        state["m"] = cka_matrix(layers, unbiased=True)
+        sync(args.device)
+        return time.perf_counter() - t0
+
+    def naive():                                  # one pair per round, extrapolated to every unique pair
+        i, j = chosen[state["k"] % len(chosen)]
+        state["k"] += 1
         sync(args.device)
         t0 = time.perf_counter()
         v = naive_cka(layers[i], layers[j])
         sync(args.device)
-        t_pairs.append(time.perf_counter() - t0)
-        err = max(err, abs(v - m[i, j]))
-    per_pair = float(np.mean(t_pairs))
-    t_naive = per_pair * len(pairs)
+        dt = time.perf_counter() - t0
+        if state["m"] is not None:
+            state["err"] = max(state["err"], abs(v - state["m"][i, j]))
+        return dt * len(pairs)
+
+    t = interleave({"vitscope cka_matrix (feature-space form)": fast,
+                    "naive n x n Gram matrices": naive}, max(args.rounds, 1))
     print(f"[1] {L}x{L} unbiased linear CKA, n={n}, d={d}, float64, device={args.device}, "
-          f"torch threads={torch.get_num_threads()}")
-    print(f"    vitscope cka_matrix (auto -> feature-space form): {t_fast:8.2f} s")
-    extrap = "timed" if len(chosen) == len(pairs) else (f"extrapolated: {len(chosen)} pairs timed, "
-                                                         f"{per_pair:.2f} s/pair x {len(pairs)} unique pairs")
-    print(f"    naive n x n Gram matrices per pair:               {t_naive:8.2f} s  ({extrap})")
-    print(f"    speed-up: {t_naive / t_fast:.0f}x   (target >= 20x)   max |difference| on timed pairs: {err:.1e}")
+          f"torch threads={torch.get_num_threads()}, {args.rounds} interleaved rounds")
+    print(header("method (seconds for the whole matrix)", "s", 44, f"{'naive / this':>22}"))
+    for name, v in t.items():
+        print(row(name, v, 44, "10.2f", f"{ratio_text(*ratio_spread(t['naive n x n Gram matrices'], v)):>22}"))
+    print(f"    naive: one pair timed per round, x {len(pairs)} unique pairs (extrapolated); target speed-up >= 20x; "
+          f"max |difference| on timed pairs {state['err']:.1e}")
 
 
 def child(n: int, batch: int, d: int, L: int) -> None:
@@ -136,7 +146,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000, help="samples for the 12 x 12 matrix")
     ap.add_argument("--d", type=int, default=384, help="feature width")
     ap.add_argument("--layers", type=int, default=12, help="layers")
-    ap.add_argument("--naive-pairs", type=int, default=3, help="naive pairs to time (78 = all, no extrapolation)")
+    ap.add_argument("--naive-pairs", type=int, default=3, help="distinct naive pairs cycled through over the rounds")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--mb-n", type=int, nargs="+", default=[10_000, 50_000], help="minibatch dataset sizes")
     ap.add_argument("--batch", type=int, default=256, help="minibatch size")
     ap.add_argument("--device", default="cpu")

@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/extract.py [--images 256] [--rounds 3] [--rss 2000,8000] [--quick] [--device cpu]
 
 ViT-S/16 with random weights (ViTConfig(embed_dim=384, depth=12, num_heads=6, patch_size=16, img_size=224)),
-batch 32, 224 px. In one run, side by side (methods interleaved round by round; best round per method, since
-the machine may be shared and noisy; the order rotates every round):
+batch 32, 224 px. In one run, side by side (methods interleaved round by round, the order rotating every round;
+min / median / max over rounds per method, and each ratio taken round by round, since the machine may be
+shared and noisy):
 
 - vitscope plain forward: ``model(x)`` under inference_mode over the same DataLoader;
 - vitscope extraction: ``extract_features`` of CLS + patch mean of ``resid_post`` for all 12 blocks, written to
@@ -33,6 +34,8 @@ import time
 
 import numpy as np
 import torch
+
+from _spread import header, interleave, ratio_spread, ratio_text, row  # noqa: E402
 
 from _memory import peak_rss_mb  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
@@ -187,7 +190,7 @@ def measure_rss(n: int, device: str, fixed_malloc: bool, plain: bool = False) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=256, help="images per round and method (multiple of 32)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best round counts")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--rss", default="2000,8000", help="image counts for the peak-memory runs")
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 images, 1 round, RSS at 200 and 800")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -224,27 +227,30 @@ def main() -> None:
     run_plain(model, warm, device)
     if "transformers hidden_states + reductions" in methods:
         run_hf(hf, warm, device)
-    best: dict[str, float] = {}
+    rates: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
     n = len(ds)
-    names = list(methods)
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:     # rotate the order every round
+
+    def timed(name):
+        def fn():
             c = methods[name]()
-            best[name] = max(best.get(name, 0.0), n / c.wall)
             cpu.setdefault(name, []).append(c.cpu / n * 1000)
-            print(f"  round {r + 1}: {name:<42} {n / c.wall:7.2f} img/s  {c.cpu / n * 1000:7.1f} CPU-ms/img",
-                  flush=True)
-    med = {k: float(np.median(v)) for k, v in cpu.items()}
-    base, ext = best["vitscope forward"], best["vitscope extract -> disk"]
-    print("\nthroughput: img/s of the best round; CPU-ms/img is the median over rounds of the process CPU time")
-    print("(all threads), which contention from other jobs disturbs much less than wall time")
-    print(f"{'method':<44}{'img/s':>8}{'vs forward':>12}{'CPU-ms/img':>12}{'extract faster by':>19}")
-    for name, rate in best.items():
-        print(f"{name:<44}{rate:8.2f}{rate / base:11.2f}x{med[name]:12.1f}"
-              f"{rate and ext / rate:9.2f}x wall{med[name] / med['vitscope extract -> disk']:6.2f}x CPU")
-    print(f"extraction / plain forward = {ext / base:.3f} by wall, "
-          f"{med['vitscope forward'] / med['vitscope extract -> disk']:.3f} by CPU time (target >= 0.9)")
+            print(f"  {name:<42} {n / c.wall:7.2f} img/s  {c.cpu / n * 1000:7.1f} CPU-ms/img", flush=True)
+            return n / c.wall
+        return fn
+
+    rates = interleave({name: timed(name) for name in methods}, args.rounds)
+    fw, ex = "vitscope forward", "vitscope extract -> disk"
+    print("\nthroughput: img/s over rounds; CPU-ms/img is the process CPU time (all threads), which contention")
+    print("from other jobs disturbs much less than wall time. Ratios are taken round by round: median (min-max).")
+    print(header("method", "img/s", 42, f"{'vs forward':>22}{'CPU-ms/img med':>16}{'extract faster by (wall)':>26}"))
+    for name, r in rates.items():
+        print(row(name, r, 42, "10.2f", f"{ratio_text(*ratio_spread(r, rates[fw])):>22}"
+                                        f"{np.median(cpu[name]):16.1f}{ratio_text(*ratio_spread(rates[ex], r)):>26}"))
+    lo, med, hi = ratio_spread(rates[ex], rates[fw])
+    clo, cmed, chi = ratio_spread(cpu[fw], cpu[ex])
+    print(f"extraction / plain forward = {med:.3f} ({lo:.3f}-{hi:.3f}) by wall, {cmed:.3f} ({clo:.3f}-{chi:.3f}) "
+          f"by CPU time (target >= 0.9)")
     if args.skip_rss:
         return
     fixed = not args.default_malloc

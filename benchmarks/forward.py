@@ -1,10 +1,12 @@
 """Plain forward throughput: vitscope vs transformers' ViTModel (and timm when importable), same weights.
 
-    .venv/bin/python benchmarks/forward.py [--batch 32] [--iters 5] [--rounds 2] [--size 224] [--threads N] [--device cpu|cuda] [--dtype fp32|bf16]
+    .venv/bin/python benchmarks/forward.py [--batch 32] [--iters 5] [--rounds 5] [--size 224] [--threads N] [--device cpu|cuda] [--dtype fp32|bf16]
 
 ViT-S/16 with random weights, built in transformers, saved with save_pretrained and loaded into vitscope,
-so every model computes the same function. Each model runs in turn, repeated, and the best-of-N
-images/s is printed side by side with ratios (the machine is shared and noisy: read the ratios).
+so every model computes the same function. The models run in interleaved rounds (the order rotates every
+round); a round's rate is the median of ``--iters`` timed batches. Printed per model: min / median / max
+images/s over the rounds, and vitscope's rate divided by this model's, taken round by round (median, with
+the range over rounds in brackets), so a difference can be told from the machine's noise.
 vitscope runs twice: with its default linear kernels (on a CPU in float32: oneDNN with the bias and GELU
 fused, see ``vitscope.models.kernels``) and with ``set_linear_impl("torch")`` (``F.linear``, the kernels
 transformers uses), so the two causes of a difference can be told apart.
@@ -12,32 +14,36 @@ transformers uses), so the two causes of a difference can be told apart.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 
 import torch
 
+from _spread import header, interleave, ratio_spread, ratio_text, row  # noqa: E402  (benchmarks/ on sys.path)
 
-def best_rate(fn, x, iters: int, warmup: int = 2) -> float:
+
+def rate(fn, x, iters: int, warmup: int = 1) -> float:
+    """Images per second of one round: the median of ``iters`` timed batches after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn(x)
     if x.is_cuda:
         torch.cuda.synchronize()
-    best = float("inf")
+    times = []
     for _ in range(iters):
         t0 = time.perf_counter()
         fn(x)
         if x.is_cuda:
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return x.shape[0] / best
+        times.append(time.perf_counter() - t0)
+    return x.shape[0] / statistics.median(times)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds over the models; best counts")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds over the models")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -83,16 +89,14 @@ def main() -> None:
             runs["timm"] = lambda t: tm(t)
         except ImportError:
             pass
-        rates = {name: 0.0 for name in runs}
-        for _ in range(args.rounds):             # interleaved rounds, best per model: fair on a noisy machine
-            for name, fn in runs.items():
-                rates[name] = max(rates[name], best_rate(fn, x, args.iters))
+        rates = interleave({name: (lambda fn=fn: rate(fn, x, args.iters)) for name, fn in runs.items()},
+                           args.rounds)
     print(f"ViT-S/16 {args.size}px, batch {args.batch}, {args.device} {args.dtype}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}; same weights (max |diff| of CLS tokens {diff:.2e})")
-    base = rates["vitscope"]
-    print(f"{'model':<24}{'img/s':>10}{'vitscope / this':>18}")
+          f"threads {torch.get_num_threads()}; same weights (max |diff| of CLS tokens {diff:.2e}); "
+          f"{args.rounds} interleaved rounds of {args.iters} batches")
+    print(header("model", "img/s", 24, f"{'vitscope / this (range)':>26}"))
     for name, r in rates.items():
-        print(f"{name:<24}{r:>10.1f}{base / r:>18.2f}x")
+        print(row(name, r, 24, "10.1f", f"{ratio_text(*ratio_spread(rates['vitscope'], r)):>26}"))
 
 
 if __name__ == "__main__":
