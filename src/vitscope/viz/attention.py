@@ -1,7 +1,9 @@
 """Attention figures: per-head grids, block x head grids, overlays on images, heat-map frames.
 
-Every plotting function returns a matplotlib Figure (Agg backend) and never calls ``plt.show()``; save it
-with :func:`vitscope.viz.save.save_figure` so the numbers sit beside the picture.
+Every plotting function returns a matplotlib Figure (Agg backend, constrained layout) and never calls
+``plt.show()``; save it with :func:`vitscope.viz.save.save_figure` so the numbers sit beside the picture.
+Grids of maps (heads, or blocks x heads) share one colour scale with a colour bar by default
+(``shared_scale=False``: each panel scaled to its own min-max, no colour bar).
 """
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from matplotlib.figure import Figure
 
 
 def subplots(nrows: int = 1, ncols: int = 1, figsize=(4, 3), **kw):
-    """A pyplot-free Figure and its axes grid (no GUI backend, nothing left open; works headless)."""
-    fig = Figure(figsize=figsize)
+    """A pyplot-free Figure (constrained layout) and its axes grid (no GUI backend, nothing left open; headless)."""
+    fig = Figure(figsize=figsize, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     return fig, axes
 
@@ -54,12 +56,15 @@ def colorize(m, cmap: str = "inferno", vmin: float | None = None, vmax: float | 
     return (rgb * 255 + 0.5).astype(np.uint8)
 
 
-def overlay(image: np.ndarray, m, cmap: str = "inferno", alpha: float = 0.6, mode: str = "bilinear") -> np.ndarray:
-    """Blend a coloured map (rows, cols) over an RGB uint8 image (H, W, 3) -> uint8 (H, W, 3)."""
+def overlay(image: np.ndarray, m, cmap: str = "inferno", alpha: float = 0.6, mode: str = "bilinear",
+            vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """Blend a coloured map (rows, cols) over an RGB uint8 image (H, W, 3) -> uint8 (H, W, 3).
+
+    The map is coloured on [vmin, vmax] (default: its own min-max)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     img = np.asarray(image)
-    heat = colorize(upsample(m, img.shape[:2], mode), cmap)
+    heat = colorize(upsample(m, img.shape[:2], mode), cmap, vmin, vmax)
     return (img.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha + 0.5).astype(np.uint8)
 
 
@@ -73,72 +78,110 @@ def heatmap_frame(frame: np.ndarray, m, cmap: str = "inferno", alpha: float = 0.
     raise ValueError(f"layout must be 'overlay' or 'side', got {layout!r}")
 
 
-def _panel(ax, m, image=None, cmap="inferno", alpha=0.6, title=None, interp_mode="bilinear"):
+def _panel(ax, m, image=None, cmap="inferno", alpha=0.6, title=None, interp_mode="bilinear", vmin=None, vmax=None):
     if image is not None:
-        ax.imshow(overlay(image, m, cmap, alpha, interp_mode) if alpha > 0 else image)
+        ax.imshow(overlay(image, m, cmap, alpha, interp_mode, vmin, vmax) if alpha > 0 else image)
     else:
-        ax.imshow(_np(m), cmap=cmap, interpolation="nearest")
+        ax.imshow(_np(m), cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=8)
 
 
+def _scale(maps: np.ndarray, shared: bool) -> tuple[float | None, float | None]:
+    """One (vmin, vmax) for every panel, or (None, None) for each panel's own min-max."""
+    if not shared:
+        return None, None
+    finite = maps[np.isfinite(maps)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def _colorbar(fig, axes, cmap: str, vmin: float, vmax: float, label: str) -> None:
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    sm = ScalarMappable(norm=Normalize(vmin, vmax), cmap=cmap)
+    cb = fig.colorbar(sm, ax=axes, shrink=0.8, aspect=30, pad=0.02)
+    cb.set_label(label, fontsize=8)
+    cb.ax.tick_params(labelsize=7)
+
+
 # ----------------------------------------------------------------------------- figures
 def plot_head_maps(maps, image: np.ndarray | None = None, overlay_image: bool = False, cmap: str = "inferno",
                    alpha: float = 0.6, ncols: int | None = None, title: str | None = None,
-                   head_labels: Sequence[str] | None = None):
+                   head_labels: Sequence[str] | None = None, shared_scale: bool = True, label: str = "attention"):
     """Per-head grid for one block: ``maps`` (H, rows, cols). With ``image`` it is shown first; with
-    ``overlay_image`` every head is drawn over it."""
+    ``overlay_image`` every head is drawn over it. ``shared_scale``: one colour scale for every head, with a
+    colour bar labelled ``label``; False: each head scaled to its own min-max."""
     maps = _np(maps)
     H = maps.shape[0]
     n = H + (image is not None)
     ncols = ncols or min(n, 6)
     nrows = -(-n // ncols)
-    fig, axes = subplots(nrows, ncols, figsize=(1.9 * ncols, 1.9 * nrows + (0.3 if title else 0)))
+    vmin, vmax = _scale(maps, shared_scale)
+    fig, axes = subplots(nrows, ncols, figsize=(1.9 * ncols + (0.7 if shared_scale else 0),
+                                                1.9 * nrows + (0.5 if title else 0)))
     k = 0
     if image is not None:
         _panel(axes.flat[0], None, image, alpha=0.0, title="image")
         k = 1
     for h in range(H):
         lab = head_labels[h] if head_labels else f"head {h}"
-        _panel(axes.flat[k + h], maps[h], image if overlay_image else None, cmap, alpha, lab)
+        _panel(axes.flat[k + h], maps[h], image if overlay_image else None, cmap, alpha, lab, vmin=vmin, vmax=vmax)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
+    if shared_scale:
+        _colorbar(fig, axes, cmap, vmin, vmax, label)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
 def plot_block_head_grid(maps, blocks: Sequence[int] | None = None, image: np.ndarray | None = None,
-                         cmap: str = "inferno", alpha: float = 0.6, title: str | None = None):
-    """Block x head grid: ``maps`` (L, H, rows, cols); rows are blocks, columns heads."""
+                         cmap: str = "inferno", alpha: float = 0.6, title: str | None = None,
+                         shared_scale: bool = True, label: str = "attention", data: str | None = None,
+                         n_images: int | None = None, tokens: str | None = None):
+    """Block x head grid: ``maps`` (L, H, rows, cols); rows are blocks (labelled with ``blocks``), columns heads.
+
+    ``shared_scale`` (default): one colour scale for the whole grid and a colour bar labelled ``label``; False:
+    each panel scaled to its own min-max. ``data`` / ``n_images`` / ``tokens`` are added to the title.
+    """
+    from vitscope.viz.titles import context_title
+
     maps = _np(maps)
     L, H = maps.shape[:2]
     blocks = list(blocks) if blocks is not None else list(range(L))
-    fig, axes = subplots(L, H, figsize=(1.3 * H + 0.6, 1.3 * L + (0.4 if title else 0.1)))
+    vmin, vmax = _scale(maps, shared_scale)
+    title = context_title(title, data, n_images, tokens)
+    fig, axes = subplots(L, H, figsize=(1.3 * H + 0.8 + (0.7 if shared_scale else 0),
+                                        1.3 * L + (0.3 + 0.2 * title.count("\n") if title else 0.1)))
     for i in range(L):
         for h in range(H):
             ax = axes[i, h]
-            _panel(ax, maps[i, h], image, cmap, alpha)
+            _panel(ax, maps[i, h], image, cmap, alpha, vmin=vmin, vmax=vmax)
             if i == 0:
                 ax.set_title(f"head {h}", fontsize=7)
             if h == 0:
                 ax.set_ylabel(f"block {blocks[i]}", fontsize=7)
+    if shared_scale:
+        _colorbar(fig, axes, cmap, vmin, vmax, label)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
 def plot_image_overlays(images: Sequence[np.ndarray], maps, titles: Sequence[str] | None = None,
                         cmap: str = "inferno", alpha: float = 0.6, show_map: bool = True, title: str | None = None):
-    """A batch: one row per image with the image, the overlay and (``show_map``) the raw map."""
+    """A batch: one row per image with the image, the overlay and (``show_map``) the raw map; each image's map
+    on its own scale (the maps of different images are not comparable in general)."""
     maps = _np(maps)
     B = len(images)
     ncols = 3 if show_map else 2
-    fig, axes = subplots(B, ncols, figsize=(2.2 * ncols, 2.2 * B + (0.3 if title else 0)))
+    fig, axes = subplots(B, ncols, figsize=(2.4 * ncols, 2.3 * B + (0.5 if title else 0)))
     for i in range(B):
         lab = titles[i] if titles else f"image {i}"
         _panel(axes[i, 0], None, images[i], alpha=0.0, title=lab)
@@ -150,7 +193,6 @@ def plot_image_overlays(images: Sequence[np.ndarray], maps, titles: Sequence[str
             axes[i, 2].set_title("map", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -166,5 +208,4 @@ def plot_frames(frames: Sequence[np.ndarray], labels: Sequence[str] | None = Non
             axes[0, i].set_title(labels[i], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig

@@ -6,28 +6,34 @@ from pathlib import Path
 
 import numpy as np
 
-from vitscope.viz.attention import _panel, subplots
+from vitscope.viz.attention import _colorbar, _panel, _scale, subplots
 
 
 def plot_token_page(image: np.ndarray | None, maps, token: str, block: int, cmap: str = "inferno",
-                    ncols: int | None = None):
-    """One PDF page: the image and the per-head maps (H, rows, cols) of ``token``'s attention over patches."""
+                    ncols: int | None = None, shared_scale: bool = True, title: str | None = None):
+    """One PDF page: the image and the per-head maps (H, rows, cols) of ``token``'s attention over patches.
+
+    ``shared_scale``: one colour scale for every head with a colour bar (False: each head's own min-max);
+    ``title`` replaces the default "<TOKEN> -> patches, block <b>"."""
     maps = np.asarray(maps, float)
     H = maps.shape[0]
     n = H + (image is not None)
     ncols = min(ncols or 6, n)
     nrows = -(-n // ncols)
-    fig, axes = subplots(nrows, ncols, figsize=(2.1 * ncols, 2.1 * nrows + 0.5))
+    vmin, vmax = _scale(maps, shared_scale)
+    fig, axes = subplots(nrows, ncols, figsize=(2.1 * ncols + (0.7 if shared_scale else 0), 2.1 * nrows + 0.6))
     k = 0
     if image is not None:
         _panel(axes.flat[0], None, image, alpha=0.0, title="image")
         k = 1
     for h in range(H):
-        _panel(axes.flat[k + h], maps[h], None, cmap, 0.0, f"head {h}")
+        _panel(axes.flat[k + h], maps[h], None, cmap, 0.0, f"head {h}", vmin=vmin, vmax=vmax)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle(f"{token.upper() if token in ('cls', 'dist') else token} -> patches, block {block}", fontsize=11)
-    fig.tight_layout()
+    if shared_scale:
+        _colorbar(fig, axes, cmap, vmin, vmax, "attention")
+    name = token.upper() if token in ("cls", "dist") else token
+    fig.suptitle(title or f"{name} -> patches, block {block}", fontsize=11)
     return fig
 
 
@@ -49,7 +55,8 @@ def plot_position_similarity(sim, cmap: str = "viridis", title: str | None = "Po
     """Seed 003's grid: for each patch (i, j), the cosine similarity of its embedding to all patches."""
     sim = np.asarray(sim, float)
     R, C = sim.shape[:2]
-    fig, axes = subplots(R, C, figsize=(0.55 * C + 1.2, 0.55 * R + 0.6), gridspec_kw={"wspace": 0.05, "hspace": 0.05})
+    fig, axes = subplots(R, C, figsize=(0.55 * C + 1.6, 0.55 * R + 1.0))
+    fig.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.02, hspace=0.02)
     im = None
     for i in range(R):
         for j in range(C):
@@ -62,6 +69,8 @@ def plot_position_similarity(sim, cmap: str = "viridis", title: str | None = "Po
             if i == R - 1:
                 ax.set_xlabel(str(j + 1), fontsize=6)
     fig.colorbar(im, ax=axes, shrink=0.6, label="cosine similarity")
+    fig.supxlabel("patch column", fontsize=8)
+    fig.supylabel("patch row", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -73,7 +82,7 @@ def plot_patch_filters(filters, ncols: int = 7, title: str | None = "Patch-embed
     n = f.shape[0]
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
-    fig, axes = subplots(nrows, ncols, figsize=(1.1 * ncols, 1.1 * nrows + 0.4))
+    fig, axes = subplots(nrows, ncols, figsize=(max(1.1 * ncols, 3.0), 1.1 * nrows + 0.5))
     for k, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -84,5 +93,4 @@ def plot_patch_filters(filters, ncols: int = 7, title: str | None = "Patch-embed
         ax.imshow(img, interpolation="nearest", cmap=None if f.shape[-1] == 3 else "gray")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
