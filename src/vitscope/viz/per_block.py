@@ -20,7 +20,8 @@ def _base(model: str) -> str:
 
 
 def plot_metric_per_block(table, metric: str | None = None, title: str | None = None, ylabel: str | None = None,
-                          models: Sequence[str] | None = None, ax=None):
+                          models: Sequence[str] | None = None, ax=None, data: str | None = None,
+                          n_images: int | None = None, tokens: str | None = None):
     """Draw ``value`` against ``block`` for each model of a tidy table; returns the Figure.
 
     ``table``: a pandas DataFrame (or a list of dicts) with columns ``model``, ``block``, ``value`` and, when
@@ -31,6 +32,9 @@ def plot_metric_per_block(table, metric: str | None = None, title: str | None = 
     import matplotlib.pyplot as plt
     import pandas as pd
 
+    from vitscope.viz.titles import context_title
+
+    title = context_title(title, data, n_images, tokens)
     df = table if isinstance(table, pd.DataFrame) else pd.DataFrame(list(table))
     missing = {"model", "block", "value"} - set(df.columns)
     if missing:
@@ -66,21 +70,21 @@ def plot_metric_per_block(table, metric: str | None = None, title: str | None = 
     ax.set_xlabel("block")
     ax.set_ylabel(ylabel or (metric if metric is not None else str(df["metric"].iloc[0]) if "metric" in df else "value"))
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
     return fig
 
 
 def save_metric_per_block(table, stem: str | Path, metric: str | None = None, formats: Sequence[str] = ("png",),
-                          title: str | None = None, ylabel: str | None = None) -> list[Path]:
+                          title: str | None = None, ylabel: str | None = None, **context) -> list[Path]:
     """Draw the table with :func:`plot_metric_per_block` and save the figure with the rows behind it (``.csv``)."""
     import pandas as pd
 
     from vitscope.viz.save import save_figure
 
     df = table if isinstance(table, pd.DataFrame) else pd.DataFrame(list(table))
-    fig = plot_metric_per_block(df, metric=metric, title=title, ylabel=ylabel)
+    fig = plot_metric_per_block(df, metric=metric, title=title, ylabel=ylabel, **context)
     stem = Path(stem)
     written = save_figure(fig, stem, formats)
     rows = df if metric is None else df[df["metric"] == metric]

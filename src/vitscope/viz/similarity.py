@@ -20,8 +20,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vitscope.viz.save import save_figure, save_json, save_table  # noqa: E402
+from vitscope.viz.titles import context_title  # noqa: E402
 
 CMAP = "magma"          # seed 002's CKA colour map
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_LINES = ("-", "--", "-.", ":")
 
 
 def _key(*parts: str) -> str:
@@ -39,35 +42,46 @@ def _matrix(res: Any) -> tuple[np.ndarray, list[str] | None, list[str] | None, d
     return m, None, None, {}
 
 
-def _ticks(ax, names: Sequence[str] | None, n: int, axis: str, max_labels: int = 24) -> None:
+def _ticks(ax, names: Sequence[str] | None, n: int, axis: str, max_labels: int = 24, fontsize: float = 7) -> None:
     if names is None:
         names = [str(i) for i in range(n)]
     step = max(1, int(np.ceil(n / max_labels)))
     pos = list(range(0, n, step))
     getattr(ax, f"set_{axis}ticks")(pos)
-    getattr(ax, f"set_{axis}ticklabels")([names[i] for i in pos], fontsize=7,
+    getattr(ax, f"set_{axis}ticklabels")([names[i] for i in pos], fontsize=fontsize,
                                          rotation=90 if axis == "x" and max(len(s) for s in names) > 3 else 0)
+
+
+def _default_label(names: Sequence[str] | None) -> str:
+    """'block' when the names are block indices (the usual layer x layer matrix), else nothing."""
+    return "block" if names is None or all(str(n).lstrip("-").isdigit() for n in names) else ""
 
 
 def plot_cka(res: Any, rows: Sequence[str] | None = None, cols: Sequence[str] | None = None,
              title: str | None = None, xlabel: str | None = None, ylabel: str | None = None, ax=None,
              vmin: float | None = 0.0, vmax: float | None = 1.0, cmap: str = CMAP, annotate: bool | None = None,
-             clusters: Sequence[int] | None = None, colorbar: bool = True, label: str = "CKA"):
-    """Heat map of a similarity matrix (a :class:`SimilarityResult` or an array), origin at the lower left."""
+             clusters: Sequence[int] | None = None, colorbar: bool = True, label: str = "CKA",
+             data: str | None = None, n_images: int | None = None, tokens: str | None = None):
+    """Heat map of a similarity matrix (a :class:`SimilarityResult` or an array), origin at the lower left.
+
+    Axis labels default to "block" when rows / columns are block indices; ``data`` / ``n_images`` / ``tokens``
+    are added to the title."""
     m, r0, c0, meta = _matrix(res)
     rows = list(rows) if rows is not None else r0
     cols = list(cols) if cols is not None else c0
+    title = context_title(title, data, n_images, tokens)
     fig = None
     if ax is None:
-        side = min(7.0, 2.2 + 0.28 * max(m.shape))
-        fig, ax = plt.subplots(figsize=(side + 0.8, side))
+        side = min(7.0, 2.6 + 0.28 * max(m.shape))
+        fig, ax = plt.subplots(figsize=(side + 0.9, side + (0.2 * title.count("\n") if title else 0)),
+                               layout="constrained")
     else:
         fig = ax.figure
     im = ax.imshow(m, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     _ticks(ax, cols, m.shape[1], "x")
     _ticks(ax, rows, m.shape[0], "y")
-    ax.set_xlabel(xlabel or meta.get("xlabel", ""))
-    ax.set_ylabel(ylabel or meta.get("ylabel", ""))
+    ax.set_xlabel(xlabel or meta.get("xlabel") or _default_label(cols))
+    ax.set_ylabel(ylabel or meta.get("ylabel") or _default_label(rows))
     if title:
         ax.set_title(title, fontsize=10)
     if annotate is None:
@@ -95,14 +109,18 @@ def plot_cka(res: Any, rows: Sequence[str] | None = None, cols: Sequence[str] | 
 
 
 def plot_cka_grid(pairs: Mapping[tuple[str, str], Any], title: str | None = None, cmap: str = CMAP,
-                  panel: float = 2.4):
-    """Grid of heat maps, one per model pair: ``{(model_a, model_b): result or matrix}``; rows are the ``a``s."""
+                  panel: float = 2.4, data: str | None = None, n_images: int | None = None, tokens: str | None = None):
+    """Grid of heat maps, one per model pair: ``{(model_a, model_b): result or matrix}``; rows are the ``a``s.
+
+    Every panel has its layer ticks (a few per axis); the panel's x axis is the blocks of ``b``, its y axis the
+    blocks of ``a``. One colour scale (0..1) and one colour bar for the grid."""
     if not pairs:
         raise ValueError("no model pairs to draw")
     rows = list(dict.fromkeys(a for a, _ in pairs))
     cols = list(dict.fromkeys(b for _, b in pairs))
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(panel * len(cols) + 1.0, panel * len(rows) + 0.4),
-                             squeeze=False, constrained_layout=True)
+    title = context_title(title, data, n_images, tokens)
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(panel * len(cols) + 1.2, panel * len(rows) + 0.8),
+                             squeeze=False, layout="constrained")
     im = None
     for i, a in enumerate(rows):
         for j, b in enumerate(cols):
@@ -110,14 +128,12 @@ def plot_cka_grid(pairs: Mapping[tuple[str, str], Any], title: str | None = None
             if (a, b) not in pairs:
                 ax.axis("off")
                 continue
-            m, _, _, _ = _matrix(pairs[(a, b)])
+            m, rn, cn, _ = _matrix(pairs[(a, b)])
             im = ax.imshow(m, origin="lower", cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == len(rows) - 1 or (a, b) == (a, cols[-1]) and i == len(rows) - 1:
-                ax.set_xlabel(b, fontsize=8)
-            if j == 0:
-                ax.set_ylabel(a, fontsize=8)
+            _ticks(ax, cn, m.shape[1], "x", max_labels=4, fontsize=6)
+            _ticks(ax, rn, m.shape[0], "y", max_labels=4, fontsize=6)
+            ax.set_xlabel(f"{b} block", fontsize=7)
+            ax.set_ylabel(f"{a} block", fontsize=7)
             ax.set_title(f"{a} x {b}", fontsize=7)
     if im is not None:
         fig.colorbar(im, ax=axes, shrink=0.8, label="CKA")
@@ -126,9 +142,13 @@ def plot_cka_grid(pairs: Mapping[tuple[str, str], Any], title: str | None = None
     return fig
 
 
-def plot_residual(res, title: str | None = None):
-    """Residual CKA: attention and MLP heat maps (skip x branch) and the norm ratios ||skip|| / ||branch||."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
+def plot_residual(res, title: str | None = None, data: str | None = None, n_images: int | None = None,
+                  tokens: str | None = None):
+    """Residual CKA: attention and MLP heat maps (skip x branch) and the norm ratios ||skip|| / ||branch||.
+
+    In the ratio panel the colour is the branch and the line style and marker the tokens (all / CLS / patches)."""
+    title = context_title(title, data, n_images, tokens)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
     for ax, branch in zip(axes[:2], ("attn", "mlp")):
         r = getattr(res, branch)
         depth = r.matrix.shape[0]
@@ -147,7 +167,7 @@ def plot_residual(res, title: str | None = None):
     ax.set_xlabel("block")
     ax.set_ylabel("||skip|| / ||branch||")
     ax.set_title("norm ratios", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, handlelength=3.5)
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
@@ -168,7 +188,8 @@ def _cluster_blocks(scores, blocks) -> dict[str, np.ndarray]:
 
 def plot_cluster_curves(scores: Mapping[str, Mapping[str, Sequence[float]]], metrics: Sequence[str] | None = None,
                         title: str | None = None, xlabel: str = "block",
-                        blocks: Sequence[int] | Mapping[str, Sequence[int]] | None = None):
+                        blocks: Sequence[int] | Mapping[str, Sequence[int]] | None = None, data: str | None = None,
+                        n_images: int | None = None, tokens: str | None = None):
     """Clustering scores per block: ``{model: {"nmi": (L,), "ari": (L,), "purity": (L,)}}``, one panel per metric.
 
     ``blocks``: the model's block index of each score (one list, or one per model), e.g. ``[6, 7]`` when CLS enters
@@ -181,20 +202,22 @@ def plot_cluster_curves(scores: Mapping[str, Mapping[str, Sequence[float]]], met
     metrics = list(metrics or [m for m in ("nmi", "ari", "purity") if any(m in s for s in scores.values())])
     depths = {int(b.max()) + 1 for b in where.values()}
     relative = len(depths) > 1
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.0 * len(metrics), 3.2), squeeze=False,
-                             constrained_layout=True)
+    title = context_title(title, data, n_images, tokens)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.0 * len(metrics) + 1.5, 3.4), squeeze=False,
+                             layout="constrained")
     for ax, met in zip(axes[0], metrics):
-        for name, s in scores.items():
+        for k, (name, s) in enumerate(scores.items()):
             v = np.asarray(s[met], dtype=float)
             x = (where[name] + 1) / (where[name].max() + 1) if relative else where[name]
-            ax.plot(x, v, marker="o", ms=3, label=name)
+            ax.plot(x, v, marker=_MARKERS[k % len(_MARKERS)], ls=_LINES[k % len(_LINES)], ms=3.5, label=name)
         ax.set_xlabel("relative depth" if relative else xlabel)
         if not relative:
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel(METRIC_LABELS.get(met, met))
         ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=7, frameon=False, loc="outside right center",
+               handlelength=3)
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
@@ -216,15 +239,18 @@ def save_similarity(res, stem: str | Path, formats: Sequence[str] = ("png",), ti
 
 
 def save_cka_grid(pairs: Mapping[tuple[str, str], Any], stem: str | Path, formats: Sequence[str] = ("png",),
-                  title: str | None = None) -> list[Path]:
-    fig = plot_cka_grid(pairs, title=title)
+                  title: str | None = None, **context) -> list[Path]:
+    """``context``: ``data``, ``n_images``, ``tokens`` for the title."""
+    fig = plot_cka_grid(pairs, title=title, **context)
     arrays = {_key(a, b): _matrix(r)[0] for (a, b), r in pairs.items()}
     meta = {"pairs": [[a, b] for a, b in pairs], "arrays": {_key(a, b): [a, b] for a, b in pairs}}
     return save_figure(fig, stem, formats, arrays=arrays, meta=meta)
 
 
-def save_residual(res, stem: str | Path, formats: Sequence[str] = ("png",), title: str | None = None) -> list[Path]:
-    fig = plot_residual(res, title=title)
+def save_residual(res, stem: str | Path, formats: Sequence[str] = ("png",), title: str | None = None,
+                  **context) -> list[Path]:
+    """``context``: ``data``, ``n_images``, ``tokens`` for the title."""
+    fig = plot_residual(res, title=title, **context)
     arrays = {"attn": res.attn.matrix, "mlp": res.mlp.matrix}
     for b, d in res.norm_ratios.items():
         for k, v in d.items():
@@ -245,8 +271,9 @@ def save_residual(res, stem: str | Path, formats: Sequence[str] = ("png",), titl
 def save_cluster_curves(scores: Mapping[str, Mapping[str, Sequence[float]]], stem: str | Path,
                         formats: Sequence[str] = ("png",), title: str | None = None,
                         meta: Mapping[str, Any] | None = None,
-                        blocks: Sequence[int] | Mapping[str, Sequence[int]] | None = None) -> list[Path]:
-    fig = plot_cluster_curves(scores, title=title, blocks=blocks)
+                        blocks: Sequence[int] | Mapping[str, Sequence[int]] | None = None, **context) -> list[Path]:
+    """``context``: ``data``, ``n_images``, ``tokens`` for the title."""
+    fig = plot_cluster_curves(scores, title=title, blocks=blocks, **context)
     where = _cluster_blocks(scores, blocks)
     rows = [{"model": name, "block": int(where[name][i]), **{m: float(v[i]) for m, v in s.items()}}
             for name, s in scores.items() for i in range(len(where[name]))]
