@@ -258,8 +258,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
             for v in vs:
                 mean, std = acc[v].compute(), acc[v].std()
                 results[v][label] = mean
-                fig = plot_attention_distance(mean, v, title=f"{label} (variant {v}, {acc[v].n_images} images)",
-                                              std=std)
+                fig = plot_attention_distance(mean, v, title=f"{label} (variant {v})", std=std,
+                                              data=data or ds.description, n_images=acc[v].n_images)
                 save_figure(fig, out / f"{stem}_distance_{v}", fmts, arrays={"mean": mean, "std": std},
                             meta={**_model_meta(model, name, rnd), "variant": v, "n_images": acc[v].n_images,
                                   "data": data or [str(p) for p in images or []],
@@ -274,7 +274,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         if len(runs) > 1:
             for v in vs:
                 fig = plot_attention_distance_models(results[v], v, relative_depth=relative_depth,
-                                                     title=f"mean attention distance, variant {v}")
+                                                     title=f"mean attention distance, variant {v}",
+                                                     data=data or ds.description, n_images=acc[vs[0]].n_images)
                 save_figure(fig, out / f"models_distance_{v}", fmts,
                             arrays={f"model{k}": m for k, m in enumerate(results[v].values())},
                             meta={"variant": v, "models": list(results[v]),
@@ -312,21 +313,23 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
             _finish(ds, out)
         require_images(int(res["n_images"]), ds, out)
         meta = {**_model_meta(model, model_name, random), "n_images": int(res["n_images"])}
-        save_figure(plot_block_metric(res["head_std"], "std over heads"), out / "std_over_heads", fmts,
+        ctx = {"data": data or ds.description, "n_images": int(res["n_images"])}          # for the titles
+        save_figure(plot_block_metric(res["head_std"], "std over heads", **ctx), out / "std_over_heads", fmts,
                     arrays={"values": res["head_std"]}, meta=meta)
         for key, label in [("position_std", "std over token positions"), ("spatial_to_cls", "spatial -> CLS attention"),
                            ("offset", "attention offset (query-centred maps)")]:
-            save_figure(plot_head_metric(res[key], label), out / key, fmts, arrays={"values": res[key]}, meta=meta)
-            save_figure(plot_block_head_heatmap(res[key], label=label, title=label), out / f"{key}_summary", fmts,
+            save_figure(plot_head_metric(res[key], label, **ctx), out / key, fmts, arrays={"values": res[key]},
+                        meta=meta)
+            save_figure(plot_block_head_heatmap(res[key], label=label, title=label, **ctx), out / f"{key}_summary", fmts,
                         arrays={"values": res[key]}, meta=meta)
-        save_figure(plot_offsets(res["offset_x"], res["offset_y"], "centre of the query-centred maps"),
+        save_figure(plot_offsets(res["offset_x"], res["offset_y"], "centre of the query-centred maps", **ctx),
                     out / "offsets", fmts, arrays={"x": res["offset_x"], "y": res["offset_y"],
                                                    "offset_head": res["offset_head"]}, meta=meta)
         L = model.cfg.depth
         for key in ("map_cls", "map_mean", "map_centre", "aligned"):
             keep = [b for b in range(L) if not (res[key][b] != res[key][b]).all()]      # skip all-NaN blocks
             if keep:
-                fig = plot_block_head_grid(res[key][keep], keep, title=key.replace("_", " "))
+                fig = plot_block_head_grid(res[key][keep], keep, title=key.replace("_", " "), **ctx)
                 save_figure(fig, out / key, fmts, arrays={"maps": res[key], "blocks": keep}, meta=meta)
         rows = [{"block": b, "head": h, "position_std": float(res["position_std"][b, h]),
                  "spatial_to_cls": float(res["spatial_to_cls"][b, h]), "offset": float(res["offset"][b, h]),
@@ -418,6 +421,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                 table = np.concatenate([np.nanmean(per_head, 0), np.nanmean(summed, 0)], axis=1)   # L, H + 1
             labels = [str(h) for h in range(per_head.shape[2])] + ["sum"]
             fig = plot_block_head_heatmap(table, title=f"saliency IoU, {q} query (mass {mass:g})", cmap="viridis",
+                                          data=str(given[0]), n_images=meta["n_images"],
                                           label="IoU", head_labels=labels)
             save_figure(fig, out / f"iou_{q}", fmts, arrays={"per_image_heads": per_head,
                                                              "per_image_summed": summed, "mean": table},

@@ -56,6 +56,25 @@ def _open_data(data: Optional[str], what: str, models: Optional[dict] = None):
     return open_dataset(data)
 
 
+def _context(res=None, ds=None, data: Optional[str] = None, store=None, limit: Optional[int] = None,
+             tokens: Optional[str] = None) -> dict:
+    """What a figure title says it was measured on: the data (spec or store), the image count, the token mode."""
+    import numpy as np
+
+    n = (getattr(res, "meta", None) or {}).get("n_images")
+    if n is None and ds is not None and hasattr(ds, "__len__"):
+        n = len(ds) if limit is None else min(limit, len(ds))
+    if n is None and store is not None:
+        try:
+            from vitscope.analysis.similarity.compare import _open_store
+
+            n = int(np.asarray(_open_store(store).valid).sum())
+        except (OSError, ValueError, AttributeError):
+            n = None
+    where = data or (f"store {Path(store).name}" if store is not None else getattr(ds, "description", None))
+    return {"data": where, "n_images": n, "tokens": tokens}
+
+
 def _check_inputs(models: list[str], store: Optional[Path], store2: Optional[Path]) -> None:
     if store2 is not None and store is None:
         raise ValueError("--store2 needs --store")
@@ -150,13 +169,15 @@ def cka_command(
             res = C.store_residual_cka(store, token_mode=o["token_mode"], unbiased=unbiased, kernel=o["kernel"],
                                        sigma=sigma, minmax=o["minmax"], mlp_skip=mlp_skip)
             name = C.store_name(C._open_store(store))
-            written += save_residual(res, out / f"residual_{_slug(name)}", formats, title=f"{name}: residual CKA")
+            written += save_residual(res, out / f"residual_{_slug(name)}", formats, title=f"{name}: residual CKA",
+                                     **_context(res, store=store, tokens=o["token_mode"]))
         elif last_layer:
             if store2 is None:
                 raise ValueError("--last-layer with stores needs --store and --store2")
             res = C.store_cross_model_cka([store, store2], site=site, reduction=o["token_mode"], unbiased=unbiased,
                                           **kw)
-            written += save_similarity(res, out / "cka_last_layer", formats, title="last-layer CKA")
+            written += save_similarity(res, out / "cka_last_layer", formats, title="last-layer CKA",
+                                       **_context(res, store=store, tokens=o["token_mode"]))
         else:
             res = C.store_layer_cka(store, store2, site=site, reduction=o["token_mode"], unbiased=unbiased,
                                     progress=progress, **kw)
@@ -164,7 +185,8 @@ def cka_command(
             cl = _clusters(res, clusters, store2 is None, spectral_cluster_layers)
             stem = out / ("cka_" + "_x_".join(_slug(n) for n in names))
             written += save_similarity(res, stem, formats, title=" x ".join(names) + " (CKA)", clusters=cl,
-                                       xlabel=f"{names[-1]} layer", ylabel=f"{names[0]} layer")
+                                       xlabel=f"{names[-1]} layer", ylabel=f"{names[0]} layer",
+                                       **_context(res, store=store, tokens=o["token_mode"]))
         _echo_written(written, quiet)
         return
 
@@ -176,7 +198,8 @@ def cka_command(
         for n, m in mods.items():
             res = C.stream_residual_cka(m, ds, kernel=o["kernel"], sigma=sigma, minmax=o["minmax"],
                                         mlp_skip=mlp_skip, **common)
-            written += save_residual(res, out / f"residual_{_slug(n)}", formats, title=f"{n}: residual CKA")
+            written += save_residual(res, out / f"residual_{_slug(n)}", formats, title=f"{n}: residual CKA",
+                                     **_context(res, ds, data, limit=limit, tokens=o["token_mode"]))
     elif last_layer:
         if len(mods) < 2:
             raise ValueError("--last-layer compares at least two models")
@@ -190,8 +213,8 @@ def cka_command(
                 feats[n] = f[h]
             res = C.cross_model_cka(feats, unbiased=unbiased, **kw)
             res.meta.update(token_mode=o["token_mode"])
-        written += save_similarity(res, out / "cka_last_layer", formats,
-                                   title=f"last-layer CKA ({o['token_mode']} tokens)")
+        written += save_similarity(res, out / "cka_last_layer", formats, title="last-layer CKA",
+                                   **_context(res, ds, data, limit=limit, tokens=o["token_mode"]))
     else:
         if len(mods) > 2 and not grid:
             raise ValueError("layer x layer CKA takes one or two models; add --grid for every pair, or "
@@ -215,13 +238,16 @@ def cka_command(
                 res.meta.update(token_mode=o["token_mode"], models=[a, b])
             results[(a, b)] = res
         if grid and len(names) > 1:
-            written += save_cka_grid(results, out / "cka_grid", formats, title=f"CKA ({o['token_mode']} tokens)")
+            written += save_cka_grid(results, out / "cka_grid", formats, title="CKA",
+                                     **_context(next(iter(results.values())), ds, data, limit=limit,
+                                                tokens=o["token_mode"]))
         else:
             (a, b), res = next(iter(results.items()))
             cl = _clusters(res, clusters, a == b, spectral_cluster_layers)
             stem = out / (f"cka_{_slug(a)}" if a == b else f"cka_{_slug(a)}_x_{_slug(b)}")
-            written += save_similarity(res, stem, formats, title=f"{a} x {b} (CKA, {o['token_mode']})",
-                                       clusters=cl, xlabel=f"{b} layer", ylabel=f"{a} layer")
+            written += save_similarity(res, stem, formats, title=f"{a} x {b} (CKA)", clusters=cl,
+                                       xlabel=f"{b} layer", ylabel=f"{a} layer",
+                                       **_context(res, ds, data, limit=limit, tokens=o["token_mode"]))
     _echo_written(written, quiet)
 
 
@@ -273,6 +299,7 @@ def rsa_command(
                               C.store_features(s2, site, tokens, None, valid), rdm_method, compare)
             res.meta.update(models=[C.store_name(s1), C.store_name(s2)])
         names = res.meta.get("models", ["store"])
+        ctx = _context(res, store=store, tokens=tokens)
     else:
         if len(models) != 1:
             raise ValueError("rsa from models takes one model (layer x layer); use stores for two")
@@ -281,10 +308,12 @@ def rsa_command(
         hooks = cls_block_hooks(m, tokens, _site_hooks(sites), quiet)
         res = C.stream_layer_rsa(m, ds, hooks, tokens, rdm_method, compare, batch_size, limit, progress=not quiet)
         names = [name]
+        ctx = _context(res, ds, data, limit=limit, tokens=tokens)
     cl = _clusters(res, clusters, len(names) == 1, spectral_cluster_layers)
     stem = Path(out) / ("rsa_" + "_x_".join(_slug(n) for n in names))
     written = save_similarity(res, stem, formats, title=f"{' x '.join(names)} (RSA: {rdm_method}, {compare})",
-                              clusters=cl, vmin=None, vmax=1.0, cmap="viridis")
+                              clusters=cl, vmin=None, vmax=1.0, cmap="viridis",
+                              xlabel=f"{names[-1]} block", ylabel=f"{names[0]} block", **ctx)
     _echo_written(written, quiet)
 
 
@@ -380,9 +409,11 @@ def cluster_command(
                 blocks[name] = idx
     what = f"{dense} clustering" if dense else f"{tokens} clustering"
     stem = Path(out) / f"cluster_{dense or tokens}"
+    ctx = (_context(store=stores[0], tokens=None if dense else tokens) if stores else
+           _context(ds=ds, data=data, limit=limit, tokens=None if dense else tokens))
     written = save_cluster_curves(scores, stem, formats, title=f"{what} (k={kk})",
                                   meta=dict(k=kk, seed=seed, n_init=n_init, tokens=tokens, dense=dense),
-                                  blocks=blocks or None)
+                                  blocks=blocks or None, **ctx)
     if not quiet:
         for name, sc in scores.items():
             best = int(sc["nmi"].argmax())

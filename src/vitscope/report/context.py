@@ -53,6 +53,15 @@ class ReportContext:
 
         return self.model.preprocess_cfg or PreprocessConfig(input_size=self.model.cfg.img_size)
 
+    @property
+    def data_label(self) -> str | None:
+        """What the figure titles name as the data: the spec given, or the dataset's description."""
+        if self._data is None:
+            return None
+        if isinstance(self._data, (str, Path)):
+            return str(self._data)
+        return getattr(self._data, "description", None)
+
     @cached_property
     def dataset(self):
         """The ImageDataset (model preprocessing as its transform), or None."""

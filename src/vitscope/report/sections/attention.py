@@ -142,7 +142,8 @@ def attention_distance(ctx) -> Section:
         for b, p in ctx.patterns.items():
             acc.update(b, p, ctx.layout(b))
         dist, std = acc.compute(), acc.std()
-        fig = plot_attention_distance(dist, variant, title=f"variant {variant} ({unit}), {acc.n_images} images")
+        fig = plot_attention_distance(dist, variant, title=f"variant {variant} ({unit})", data=ctx.data_label,
+                                      n_images=acc.n_images)
         sec.figure(ctx, fig, f"variant_{variant}", f"Variant {variant}: one point per head at its block.",
                    arrays={"distance": dist, "std": std})
         for b in range(cfg.depth):
@@ -211,7 +212,8 @@ def saliency_iou(ctx) -> Section:
             warnings.simplefilter("ignore", RuntimeWarning)
             ht, hr = np.nanmean(trained[("cls", False)], 0), np.nanmean(random[("cls", False)], 0)
         for who, v in (("trained", ht), ("random weights", hr)):
-            fig = plot_block_head_heatmap(v, title=f"saliency IoU, CLS query, {rule} masks ({who})", label="IoU")
+            fig = plot_block_head_heatmap(v, title=f"saliency IoU, CLS query, {rule} masks ({who})", label="IoU",
+                                          data=ctx.data_label, n_images=int(trained[("cls", False)].shape[0]))
             sec.figure(ctx, fig, f"{rule}_{who.split()[0]}", f"Mean IoU per block and head, {rule} masks, {who} "
                        f"(blocks before CLS enters are empty).", arrays={"iou": v})
         rows += [dict(r, masks=rule, model="trained") for r in summarize_iou(trained) if r["merged"]]
@@ -239,17 +241,18 @@ def attention_stats(ctx) -> Section:
         acc.update(b, p, ctx.layout(b))
     res = acc.compute()
     sec = Section()
-    fig = plot_block_metric(res["head_std"], "std over heads", title="diversity of heads per block")
+    where = {"data": ctx.data_label, "n_images": int(res["n_images"])}
+    fig = plot_block_metric(res["head_std"], "std over heads", title="diversity of heads per block", **where)
     sec.figure(ctx, fig, "head_std", "Standard deviation of the attention maps over heads, per block.",
                arrays={"head_std": res["head_std"]})
-    fig = plot_head_metric(res["position_std"], "std over positions", title="spread over query positions")
+    fig = plot_head_metric(res["position_std"], "std over positions", title="spread over query positions", **where)
     sec.figure(ctx, fig, "position_std", "Per head (sorted within each block): how much the attention changes "
                "with the query position.", arrays={"position_std": res["position_std"]})
     if cfg.class_token:
-        fig = plot_head_metric(res["spatial_to_cls"], "attention to CLS", title="spatial tokens -> CLS")
+        fig = plot_head_metric(res["spatial_to_cls"], "attention to CLS", title="spatial tokens -> CLS", **where)
         sec.figure(ctx, fig, "spatial_to_cls", "Mean attention that patch queries give the CLS key.",
                    arrays={"spatial_to_cls": res["spatial_to_cls"]})
-    fig = plot_block_head_grid(res["map_mean"], title="average attention of the mean spatial query")
+    fig = plot_block_head_grid(res["map_mean"], title="average attention of the mean spatial query", **where)
     sec.figure(ctx, fig, "map_mean", "Average over images of the mean patch query's attention, block x head.",
                arrays={"map_mean": res["map_mean"]})
     rows = [{"block": b, "head_std": round(float(res["head_std"][b]), 5),

@@ -24,13 +24,14 @@ def cka_section(ctx) -> Section:
             sec.add_text(f"CKA on {label} left out: the features would not fit in memory; use --n-eval lower.")
             continue
         res = layer_cka(feats)
-        fig = plot_cka(res, title=f"CKA, block outputs ({label}), {n} images", xlabel="block", ylabel="block")
+        fig = plot_cka(res, title=f"CKA, block outputs ({label})", xlabel="block", ylabel="block",
+                       data=ctx.data_label, n_images=n)
         sec.figure(ctx, fig, f"layers_{mode}", f"Linear CKA between block outputs, {label}.",
                    arrays={"cka": res.matrix})
     mean = ctx.block_features("trained", "mean")
     res = layer_cka(mean, ctx.block_features("random", "mean"))
     fig = plot_cka(res, title="CKA, trained (rows) vs random weights (columns)", xlabel="block (random)",
-                   ylabel="block (trained)")
+                   ylabel="block (trained)", data=ctx.data_label, n_images=n, tokens="mean of patch")
     sec.figure(ctx, fig, "trained_vs_random", "Where the trained model's representations still resemble those "
                "of a random network (mean of patch tokens).", arrays={"cka": res.matrix})
     m = layer_cka(mean).matrix
@@ -64,7 +65,8 @@ def clustering(ctx) -> Section:
             for j, name in enumerate(f):
                 rows.append({"tokens": label, "model": who, "block": name,
                              **{m: round(float(v[j]), 4) for m, v in s.items()}})
-        fig = plot_cluster_curves(curves, title=f"k-means on the {label} (k={k}, {len(y)} images)",
+        fig = plot_cluster_curves(curves, title=f"k-means on the {label} (k={k})", data=ctx.data_label,
+                                  n_images=len(y),
                                   blocks={who: [int(b) for b in ctx.block_features(who, mode)] for who in curves})
         if blocks[0] > 0:
             sec.add_text(f"CLS exists from block {blocks[0]}: its curves are over blocks {blocks}.")
@@ -86,7 +88,7 @@ def residual_cka(ctx) -> Section:
     res = stream_residual_cka(ctx.model, ctx.eval_images, token_mode="all", batch_size=max(ctx.batch_size, 8))
     sec = Section()
     ratios = res.norm_ratios
-    fig = plot_residual(res, title=f"residual CKA ({res.meta['n_images']} images)")
+    fig = plot_residual(res, title="residual CKA", data=ctx.data_label, n_images=res.meta["n_images"], tokens="all")
     sec.figure(ctx, fig, "residual", "Left, middle: skip input (rows) vs branch output (columns) per block; "
                "right: how much larger the residual stream is than what each branch adds.",
                arrays={"attn": res.attn.matrix, "mlp": res.mlp.matrix,
@@ -111,7 +113,7 @@ def rsa_section(ctx) -> Section:
         return Section.skip("skipped: RSA needs at least 4 images")
     res = layer_rsa(feats)
     sec = Section()
-    fig = plot_cka(res, title=f"RSA (Spearman of correlation RDMs), {len(ctx.eval_images)} images",
-                   xlabel="block", ylabel="block", vmin=None, vmax=1.0, label="RSA")
+    fig = plot_cka(res, title="RSA (Spearman of correlation RDMs)", xlabel="block", ylabel="block", vmin=None,
+                   vmax=1.0, label="RSA", data=ctx.data_label, n_images=len(ctx.eval_images), tokens="mean of patch")
     sec.figure(ctx, fig, "layers", "RSA between block outputs (mean of patch tokens).", arrays={"rsa": res.matrix})
     return sec
