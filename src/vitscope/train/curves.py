@@ -14,7 +14,7 @@ def plot_curves(history: Sequence[Mapping], title: str | None = None):
     from matplotlib.figure import Figure
 
     ep = np.array([h["epoch"] for h in history], dtype=float)
-    fig = Figure(figsize=(9, 3.4))
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
     ax_l, ax_a = fig.subplots(1, 2)
     for key, style in (("train_loss", "-o"), ("val_loss", "-s")):
         ax_l.plot(ep, [h.get(key, np.nan) for h in history], style, ms=3, label=key.replace("_", " "))
@@ -32,5 +32,4 @@ def plot_curves(history: Sequence[Mapping], title: str | None = None):
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig

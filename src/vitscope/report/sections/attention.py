@@ -35,7 +35,6 @@ def overview(ctx) -> Section:
         _panel(axes[0, i], None, ctx.display[i], alpha=0.0, title=title)
         _panel(axes[1, i], last[i], ctx.display[i], "inferno", 0.6, f"CLS attn, block {depth - 1}" if i == 0 else None)
         _panel(axes[2, i], roll[i], ctx.display[i], "inferno", 0.6, "rollout" if i == 0 else None)
-    fig.tight_layout()
     sec = Section()
     sec.figure(ctx, fig, "strip", "Top: images; middle: CLS attention of the last block (mean over heads); "
                "bottom: attention rollout.", arrays={"cls_attention": last.numpy(), "rollout": roll.numpy()})

@@ -116,7 +116,6 @@ def accuracy(ctx) -> Section:
     ax.set_yticks(range(C), ctx.classes, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    fig.tight_layout()
     sec.figure(ctx, fig, "confusion", "Confusion matrix (rows: true class, columns: prediction).",
                arrays={"confusion": cm})
     ctx.info["accuracy"], ctx.info["accuracy_n"] = acc, len(y)
