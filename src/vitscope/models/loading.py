@@ -8,7 +8,8 @@ What ``load_model(name_or_path, ...)`` accepts, in the order it is tried:
 2. a local ``.safetensors`` file written by :func:`save_model` (its header carries the config);
 3. ``hf:<repo>``: a transformers ViT / DeiT / Dinov2 / CLIPVision / ViTMAE repository on the Hugging Face hub;
 4. a registry name or alias (``vitscope models``), also as ``timm/<registry name>``;
-5. ``timm/<arch>.<tag>`` for any timm ViT whose architecture vitscope covers.
+5. ``timm/<arch>.<tag>`` for any timm ViT whose architecture vitscope covers; a plain timm name
+   (``vit_base_patch16_224.augreg2_in21k_ft_in1k``) is read the same way.
 
 ``weights=PATH`` (or a URL) loads a local checkpoint into the architecture the name gives
 (``load_model("dino-vits16", weights="dino_deitsmall16_pretrain.pth")``). ``.safetensors`` files are read
@@ -414,6 +415,10 @@ def _finish(model: HookedViT, meta: dict[str, Any], device, dtype) -> HookedViT:
     return model
 
 
+# timm ViT / DeiT / BEiT model names (arch or arch.tag): vit_base_patch16_224.augreg2_in21k_ft_in1k, ...
+_TIMM_NAME = re.compile(r"^(vit|deit3?|beit(v2)?)_[a-z0-9]+(_distilled)?_patch\d+(_[a-z0-9]+)*(\.[A-Za-z0-9_]+)?$")
+
+
 def _is_url(s: str) -> bool:
     return bool(re.match(r"^(https?|file)://", str(s)))
 
@@ -460,6 +465,8 @@ def load_model(name_or_path: str | os.PathLike, pretrained: bool = True, weights
         return _load_entry(get_entry(canon), pretrained, weights, device, dtype, seed, input_size, source, progress)
     if target.startswith("timm/"):
         return _load_timm_name(target[5:], pretrained, weights, device, dtype, seed, input_size)
+    if _TIMM_NAME.match(target):                       # a plain timm name resolves as timm/<name> does
+        return _load_timm_name(target, pretrained, weights, device, dtype, seed, input_size)
     if path.suffix in WEIGHT_SUFFIXES or os.sep in target or target.startswith("."):
         raise FileNotFoundError(f"{target} does not exist (a local file or folder was expected)")
     get_entry(target)                      # raises the KeyError with suggestions

@@ -120,14 +120,28 @@ def resolve_name(name: str) -> str | None:
     return _ALIASES.get(_norm_alias(name))
 
 
+def suggest_names(name: str, n: int = 3) -> list[str]:
+    """Up to ``n`` names close to ``name`` that ``load_model`` accepts as written: registry names, aliases
+    and the bundled models."""
+    import difflib
+
+    from vitscope.models.bundled import bundled_models
+
+    pool: dict[str, str] = {}                      # normalised -> a spelling that loads
+    for e in _REGISTRY.values():
+        for spelling in (e.name, *e.aliases):
+            pool.setdefault(_norm_alias(spelling), spelling)
+    for b in bundled_models():
+        pool.setdefault(_norm_alias(b), b)
+    key = _norm_alias(name[len("timm/"):] if name.startswith("timm/") else name)
+    return [pool[c] for c in difflib.get_close_matches(key, list(pool), n=n, cutoff=0.5)]
+
+
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for ``name`` (a canonical name or an alias); a KeyError with suggestions otherwise."""
     canon = resolve_name(name)
     if canon is None:
-        import difflib
-
-        pool = list(_REGISTRY) + list(_ALIASES)
-        close = difflib.get_close_matches(_norm_alias(name), [_norm_alias(p) for p in pool], n=3, cutoff=0.5)
+        close = suggest_names(name)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise KeyError(f"unknown model {name!r}{hint} (see `vitscope models`, or use timm/<name>, hf:<repo>, "
                        f"or a local file/folder)")

@@ -354,8 +354,13 @@ class HookedViT(HookedRootModule):
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images (B, C, H, W) -> (tokens entering block 0 (B, T, D), prefix position embedding)."""
-        B, C, Hi, Wi = x.shape
         p = self.cfg.patch_size
+        if x.ndim != 4:
+            fix = "; add the batch dimension with x[None]" if x.ndim == 3 else ""
+            raise ValueError(f"expected a batch of images of shape (B, {self.cfg.in_chans}, H, W), got a "
+                             f"{x.ndim}-d tensor of shape {tuple(x.shape)}{fix} (model.preprocess(images) "
+                             f"makes such a batch)")
+        B, C, Hi, Wi = x.shape
         if C != self.cfg.in_chans or Hi % p or Wi % p:
             raise ValueError(f"expected images of shape (B, {self.cfg.in_chans}, H, W) with H and W multiples of "
                              f"the patch size {p}, got {tuple(x.shape)}; use model.preprocess(images)")
