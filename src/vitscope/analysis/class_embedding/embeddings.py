@@ -130,8 +130,9 @@ class ClassEmbeddings:
                 return True
         elif E == D:
             return False
-        where = f"the model width {D}" + (f" or its CLIP projection width {proj_w}" if proj_w else "")
-        raise ValueError(f"class embeddings of width {E} fit neither {where}; expected a (classes, {D}) matrix"
+        fit = (f"fit neither the model width {D} nor its CLIP projection width {proj_w}" if proj_w
+               else f"do not fit the model width {D}")
+        raise ValueError(f"class embeddings of width {E} {fit}; expected a (classes, {D}) matrix"
                          + (f" or (classes, {proj_w}) after the projection" if proj_w else ""))
 
     def _norm(self, model):
