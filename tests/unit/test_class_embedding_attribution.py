@@ -116,3 +116,29 @@ def test_post_norm_blocks_are_refused(tiny_cfg_kwargs):
                final_norm=False)
     with pytest.raises(ValueError, match="post-norm"):
         head_logit_attribution(m, torch.randn(1, 3, 32, 32), torch.tensor([0]))
+
+
+def test_table_and_figure(tiny_cfg_kwargs):
+    m = _model(tiny_cfg_kwargs, num_registers=2, register_location="end", register_block=1, cls_block=2)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    dla = head_logit_attribution(m, x, torch.tensor([1, 2, 3]))
+    from vitscope.analysis.class_embedding.attribution import attribution_table
+    from vitscope.viz.logit_attribution import plot_head_attribution
+
+    rows = attribution_table(dla, m, model_name="tiny")
+    got = {(r["block"], r["head"], r["tokens"]): r["value"] for r in rows}
+    d = dla.numpy()
+    lay = m.token_layout(m.cfg.depth)
+    for b in range(m.cfg.depth):
+        for h in range(m.cfg.num_heads):
+            patches = d[:, b, h, lay.patches]
+            assert got[(b, h, "patches")] == pytest.approx(float(patches.mean()), abs=1e-6)
+            regs = d[:, b, h, list(lay.registers)]
+            if b < m.cfg.register_block:                       # registers not there yet: no value
+                assert math.isnan(got[(b, h, "registers")])
+            else:
+                assert got[(b, h, "registers")] == pytest.approx(float(regs.mean()), abs=1e-6)
+    fig = plot_head_attribution(rows, tokens="all", title="tiny")
+    assert len(fig.axes) == 4                                  # CLS, patches, registers + the colour bar
+    with pytest.raises(ValueError, match="no rows for tokens"):
+        plot_head_attribution(rows, tokens="dist")

@@ -82,3 +82,39 @@ def head_logit_attribution(model, images: torch.Tensor, target, *, embeddings: C
         idx = _final_index(model, b, grid).to(h.device)
         out[:, i, :, idx] = (numer[b] / sigma[:, idx, None]).transpose(1, 2)     # B, H, T_b
     return out
+
+
+def attribution_table(dla: torch.Tensor, model, blocks=None, model_name: str | None = None) -> list[dict]:
+    """Tidy rows (``model, block, head, tokens, metric, value``) of the mean attribution over images: ``tokens``
+    is "cls" (when the output has CLS), "patches" (mean over patch tokens) or "registers"; NaN entries (tokens
+    not yet entered) are left out of the means."""
+    depth = model.cfg.depth
+    blocks = list(range(depth)) if blocks is None else [b + depth if b < 0 else b for b in blocks]
+    lay = model.token_layout(depth, _grid_of(model, dla.shape[-1]))
+    groups = {"patches": list(range(lay.patches.start, lay.patches.stop))}
+    if lay.cls is not None:
+        groups = {"cls": [lay.cls], **groups}
+    if lay.registers:
+        groups["registers"] = list(lay.registers)
+    name = model_name or model.cfg.meta.get("name", "model")
+    rows = []
+    for tokens, idx in groups.items():
+        vals = dla[..., idx].float()                                              # B, L, H, k
+        mean = torch.nanmean(vals.permute(1, 2, 0, 3).reshape(len(blocks), dla.shape[2], -1), dim=-1)   # L, H
+        for i, b in enumerate(blocks):
+            for h in range(dla.shape[2]):
+                rows.append({"model": name, "block": b, "head": h, "tokens": tokens,
+                             "metric": "direct_logit_attribution", "value": float(mean[i, h])})
+    return rows
+
+
+def _grid_of(model, n_tokens: int) -> tuple[int, int]:
+    """The patch grid of an output with ``n_tokens`` tokens (the model's own grid, or a square one)."""
+    lay = model.token_layout(model.cfg.depth)
+    n_patch = n_tokens - (lay.n_tokens - lay.n_patches)
+    if n_patch == lay.n_patches:
+        return lay.grid
+    side = int(round(n_patch ** 0.5))
+    if side * side != n_patch:
+        raise ValueError(f"cannot tell the patch grid of {n_tokens} output tokens; pass square inputs")
+    return (side, side)
