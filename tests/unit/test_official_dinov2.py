@@ -190,3 +190,29 @@ def test_official_dino_file_as_weights_uses_dino_rule_and_timm_copy_keeps_timm_r
     with torch.no_grad():
         torch.testing.assert_close(a.forward_features(x), dino_forward(0.1, False), atol=1e-4, rtol=0)
         torch.testing.assert_close(b.forward_features(x), dino_forward(0.0, True), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("n_reg", [0, 4])
+def test_timm_folder_with_an_official_file_as_weights(tmp_path, n_reg):
+    """The timm route (a timm folder or timm/<name>, config from config.json) with an official DINOv2 file as
+    ``weights=``: read as that format and resampled with the official rule."""
+    import json
+
+    import vitscope as vs
+
+    sd = official_checkpoint(21 + n_reg, n_reg)
+    arch = "vit_small_patch14_reg4_dinov2" if n_reg else "vit_small_patch14_dinov2"
+    folder = tmp_path / "timm_folder"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "architecture": arch, "num_classes": 0,
+        "model_args": {"embed_dim": D, "depth": DEPTH, "num_heads": HEADS, "patch_size": P, "img_size": GRID * P},
+        "pretrained_cfg": {"input_size": [3, GRID * P, GRID * P], "crop_pct": 1.0}}))
+    official = tmp_path / "dinov2_pretrain.pth"
+    torch.save(sd, official)
+    m = vs.load_model(folder, weights=official)
+    assert m.meta["format"] == "dinov2"
+    x = torch.randn(1, 3, 6 * P, 5 * P, generator=torch.Generator().manual_seed(3))
+    want = official_forward(sd, x, offset=0.0 if n_reg else 0.1, antialias=bool(n_reg))
+    with torch.no_grad():
+        torch.testing.assert_close(m.forward_features(x), want, atol=1e-4, rtol=0)

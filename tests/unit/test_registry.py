@@ -184,8 +184,8 @@ def test_registry_agrees_with_the_timm_converter():
     """Two independent derivations of each timm-hosted architecture: the registry's table and the timm
     converter's name parser (+ the hub config's num_classes). Same tensors and same computation flags."""
     tconv = pytest.importorskip("vitscope.models.converters.timm")
-    flags = ("act", "norm_eps", "pre_norm", "res_post_norm", "patch_bias", "qkv_bias", "qv_bias", "class_token", "distill_token",
-             "num_registers", "pos_embed_prefix", "layer_scale_init", "rel_pos_bias", "final_norm", "fc_norm",
+    flags = ("act", "norm_eps", "pre_norm", "res_post_norm", "patch_bias", "qkv_bias", "qv_bias", "class_token",
+             "distill_token", "num_registers", "pos_embed_prefix", "layer_scale_init", "rel_pos_bias", "final_norm", "fc_norm",
              "global_pool", "head", "num_classes", "img_size")
     checked = 0
     for e in list_models():

@@ -507,15 +507,25 @@ def _load_entry(entry: ModelEntry, pretrained, weights, device, dtype, seed, inp
 def _timm_model(arch_name: str | None, cj: dict | None, wpath: Path | None, seed, input_size, name: str,
                 source: str | None = None) -> HookedViT:
     """A timm model from its name and/or config.json (and, best, the checkpoint tensors), via the timm converter."""
+    from vitscope.models.converters import official
     from vitscope.models.converters import timm as tconv
 
-    sd = unwrap_state_dict(read_checkpoint(wpath), source=wpath.name) if wpath is not None else None
+    sd, fmt = None, "timm"
+    if wpath is not None:
+        raw = read_checkpoint(wpath)
+        fmt = checkpoint_format(raw, wpath, "timm")
+        if fmt in ("dino", "dinov2"):            # an official release: its backbone, resampled as its code does
+            sd = official.dino_backbone(raw) if fmt == "dino" else official.dinov2_backbone(raw)
+        else:
+            sd = strip_wrapper_prefix(unwrap_state_dict(raw, source=wpath.name))
     cfg = tconv.config_from_timm(arch_name, cj, state_dict=sd)
+    if sd is not None:
+        cfg = cfg.replace(**official.official_pos_interp(fmt, cfg.num_registers))
     pp = tconv.preprocess_from_timm(dict((cj or {}).get("pretrained_cfg") or {}), cfg.img_size)
     cfg.meta.update(name=name)
     cfg, pp = _with_input_size(cfg, pp, input_size)
     meta: dict[str, Any] = {"name": name, "family": "timm", "source": "random-init", "weights_sha256": None,
-                            "format": "timm"}
+                            "format": fmt}
     if sd is None:
         model = _build(cfg, pp, seed)
     else:
