@@ -192,3 +192,22 @@ def warn_near_chance(what: str, data: str | None) -> None:
     hint = (" The bundled demo models are near chance off their training data: use --data builtin:demo."
             if data is not None and not str(data).startswith("builtin:demo") else "")
     typer.echo(f"warning: {what}; check that the data suits the model.{hint}", err=True)
+
+
+def locks_out(command: str):
+    """Decorate a command whose ``out`` option is a folder: it holds that folder's write lock while it runs, so a
+    second process writing the same folder is refused with one line naming the first (``vitscope.outlock``)."""
+    import functools
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            out = kwargs.get("out")
+            if out is None:
+                return fn(*args, **kwargs)
+            from vitscope.outlock import output_lock
+
+            with output_lock(out, command):
+                return fn(*args, **kwargs)
+        return wrapper
+    return deco
