@@ -71,3 +71,35 @@ def test_bad_input_is_one_line(args, msg, tmp_path, capsys):
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert msg in err and err.count("error:") == 1
+
+
+def test_logit_lens_on_imagenet_s_with_own_category_masks(tmp_path):
+    """Seed 001's data layout: ImageNet-S folders labelled by the head's classes, first N images per class, masks of
+    each image's own category (written by the synthetic benchmark in the ImageNet-S format)."""
+    import numpy as np
+
+    from vitscope.analysis.attention.saliency import mask_to_token_grid
+    from vitscope.analysis.class_embedding import class_token_masks
+    from vitscope.analysis.class_embedding.images import imagenet_s_dataset
+    from vitscope.data.spec import parse_spec
+    from vitscope.data.synthetic.config import config_from_options
+    from vitscope.data.synthetic.write import write
+    from vitscope.data.tasks.imagenet_s import decode_mask
+    from vitscope.models.loading import load_model
+    from vitscope.report.demo import DEMO_DATA
+
+    cfg, _ = config_from_options(parse_spec(DEMO_DATA)[2])
+    write(tmp_path / "synth", cfg, formats=["imagenet_s"], semantic_images=24)
+    root = tmp_path / "synth" / "imagenet-s"
+    model = load_model("demo-vit")
+    ds = imagenet_s_dataset(root, model.cfg.meta["classes"], per_class=2)
+    assert len(ds) == 16 and np.bincount(ds.labels).tolist() == [2] * 8
+    got = class_token_masks(ds, range(len(ds)), model.cfg.grid, model.preprocess_cfg)
+    for i in range(len(ds)):
+        ids = decode_mask(ds.source.base.task[ds.source.indices[i]].mask_path)
+        ref = mask_to_token_grid(ids == ds.labels[i] + 1, model.cfg.grid, model.preprocess_cfg, "majority")
+        assert np.array_equal(got[i], ref.reshape(-1))
+    out = run("logit-lens", "-m", "demo-vit", "--imagenet-s", str(root), "--per-class", "2", "-o",
+              str(tmp_path / "ll"), "-q", "--permutations", "10", "--sites", "resid", "--no-random-baseline")
+    assert "over 16 images" in out
+    assert (tmp_path / "ll" / "demo-vit" / "class_context.csv").exists()

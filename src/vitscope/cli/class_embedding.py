@@ -13,14 +13,33 @@ from vitscope.cli.common import (
 )
 
 LIMIT_HELP = "Use only the first N images."
+IMAGENET_S_HELP = "ImageNet-S root (seed 001's images; masks of each image's own category)."
+CLASS_INDEX_HELP = ("With --imagenet-s: the head's classes, one wnid per line (line k = class k); default: the "
+                    "model's class names.")
+PER_CLASS_HELP = "Keep the first N images of each class (seed 001: 5)."
 MASK_RULE_HELP = "Object mask to token grid: majority (at least half of the cell), any, bicubic."
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def _open(data: Optional[str]):
+def _open(data: Optional[str], imagenet_s: Optional[Path] = None, class_index: Optional[Path] = None,
+          per_class: Optional[int] = None, model=None):
+    """The labelled images: --data SPEC, or --imagenet-s ROOT labelled by the head's classes."""
+    if imagenet_s is not None:
+        if data:
+            raise ValueError("give either --data or --imagenet-s, not both")
+        from vitscope.analysis.class_embedding.images import imagenet_s_dataset
+
+        if class_index is not None:
+            classes = [ln.strip() for ln in Path(class_index).read_text().splitlines() if ln.strip()]
+        else:
+            classes = list((model.cfg.meta or {}).get("classes") or [])
+            if not classes:
+                raise ValueError("--imagenet-s needs the head's classes: pass --class-index FILE (one wnid per line, "
+                                 "line k = head class k; ImageNet-1k: the 1000 wnids in sorted order)")
+        return imagenet_s_dataset(imagenet_s, classes, per_class=per_class)
     if not data:
         raise ValueError("no images: pass --data SPEC with class labels (a folder with one sub-folder per class, a "
-                         "list file with labels, or synthetic:...)")
+                         "list file with labels, or synthetic:...) or --imagenet-s ROOT")
     from vitscope.data import open_dataset
 
     ds = open_dataset(data)
@@ -29,6 +48,14 @@ def _open(data: Optional[str]):
     if not len(ds.classes) or (ds.labels < 0).any():
         raise ValueError(f"the dataset {data!r} has no class labels; seed 001's analyses need labelled images (a "
                          "folder with one sub-folder per class, a list file with labels, or synthetic:...)")
+    if per_class is not None:
+        counts: dict[int, int] = {}
+        keep = []
+        for i, y in enumerate(ds.labels.tolist()):
+            counts[y] = counts.get(y, 0) + 1
+            if counts[y] <= per_class:
+                keep.append(i)
+        ds = ds.subset(keep)
     return ds
 
 
@@ -40,7 +67,7 @@ def _load(name: str, random: bool, device: Optional[str], seed: int = 0):
     return m, label + (" (random)" if random else "")
 
 
-def _check_classes(model, ds) -> None:
+def _check_classes(model, ds, names_given: bool = False) -> None:
     """Labels must index the head's classes; names are compared when the model knows them."""
     C = model.cfg.num_classes if model.cfg.head in ("linear", "distilled") else None
     if C is None:
@@ -51,7 +78,7 @@ def _check_classes(model, ds) -> None:
         raise ValueError(f"the dataset has labels up to {int(ds.labels.max())} but the model's head predicts {C} "
                          "classes; give images of the head's classes")
     names = (model.cfg.meta or {}).get("classes")
-    if names and list(names) != list(ds.classes)[:len(names)]:
+    if names and not names_given and list(names) != list(ds.classes)[:len(names)]:
         raise ValueError(f"the dataset's classes ({', '.join(ds.classes[:4])}...) are not the model's head classes "
                          f"({', '.join(list(names)[:4])}...); give images of the classes the head predicts")
 
@@ -107,6 +134,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
     def logit_lens_cmd(
         model_names: List[str] = typer.Option(..., "--model", "-m", help=MODEL_HELP + " Repeatable."),
         data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
+        imagenet_s: Optional[Path] = typer.Option(None, "--imagenet-s", help=IMAGENET_S_HELP),
+        class_index: Optional[Path] = typer.Option(None, "--class-index", help=CLASS_INDEX_HELP),
+        per_class: Optional[int] = typer.Option(None, "--per-class", help=PER_CLASS_HELP),
         random: bool = typer.Option(False, "--random", help=RANDOM_HELP),
         baseline: bool = typer.Option(True, "--random-baseline/--no-random-baseline",
                                       help="Compare with the same architecture at random weights (seed 0)."),
@@ -131,12 +161,12 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
 
         fmts = parse_formats(formats)
         site_list = tuple(s.strip() for s in sites.split(",") if s.strip())
-        ds = _open(data)
         out.mkdir(parents=True, exist_ok=True)
         all_rows, summary = [], []
         for name in model_names:
             model, label = _load(name, random, device, seed)
-            _check_classes(model, ds)
+            ds = _open(data, imagenet_s, class_index, per_class, model)
+            _check_classes(model, ds, class_index is not None)
             models = [model] + ([_load(name, True, device, seed)[0]] if baseline and not random else [])
             pcfg = preprocess_config(model)
             rule = mask_rule if _has_masks(ds, model, pcfg, mask_rule) else None
@@ -177,7 +207,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                            f"{random_note}, image rate {100 * res.image_rate():.1f}%, accuracy "
                            f"{100 * res.accuracy:.1f}% over {res.n_images} images")
         _write_rows(all_rows, out / "logit_lens")
-        finish_skips(ds, out) if not quiet else None
+        if not quiet:
+            finish_skips(ds, out)
         typer.echo("; ".join(summary) + f"; written to {out}")
 
     # ------------------------------------------------------------------ memories
@@ -185,6 +216,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
     def memories_cmd(
         model_names: List[str] = typer.Option(..., "--model", "-m", help=MODEL_HELP + " Repeatable."),
         data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
+        imagenet_s: Optional[Path] = typer.Option(None, "--imagenet-s", help=IMAGENET_S_HELP),
+        class_index: Optional[Path] = typer.Option(None, "--class-index", help=CLASS_INDEX_HELP),
+        per_class: Optional[int] = typer.Option(None, "--per-class", help=PER_CLASS_HELP),
         random: bool = typer.Option(False, "--random", help=RANDOM_HELP),
         out: Path = typer.Option(Path("runs/memories"), "--out", "-o", help=OUT_HELP),
         k: int = typer.Option(5, "--k", help="Memories per class and key coefficients per token (seed 001: 5)."),
@@ -203,12 +237,12 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         from vitscope.viz import class_embedding as V
 
         fmts = parse_formats(formats)
-        ds = _open(data)
         out.mkdir(parents=True, exist_ok=True)
         all_rows, summary = [], []
         for name in model_names:
             model, label = _load(name, random, device, seed)
-            _check_classes(model, ds)
+            ds = _open(data, imagenet_s, class_index, per_class, model)
+            _check_classes(model, ds, class_index is not None)
             rand = _load(name, True, device, seed)[0]
             rows = ce.class_value_rows(model, rand, model_name=label)
             acc = ce.MemoryAgreement(model, k=k, seed=seed)
@@ -228,6 +262,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
     def perturb_cmd(
         model_names: List[str] = typer.Option(..., "--model", "-m", help=MODEL_HELP + " Repeatable."),
         data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
+        imagenet_s: Optional[Path] = typer.Option(None, "--imagenet-s", help=IMAGENET_S_HELP),
+        class_index: Optional[Path] = typer.Option(None, "--class-index", help=CLASS_INDEX_HELP),
+        per_class: Optional[int] = typer.Option(None, "--per-class", help=PER_CLASS_HELP),
         random: bool = typer.Option(False, "--random", help=RANDOM_HELP),
         out: Path = typer.Option(Path("runs/perturb"), "--out", "-o", help=OUT_HELP),
         kinds: str = typer.Option("self_only,no_cls", "--attention",
@@ -253,12 +290,12 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         fmts = parse_formats(formats)
         ks = ["none"] + [s.strip() for s in kinds.split(",") if s.strip()]
         blk = None if not blocks else [int(b) for b in blocks.split(",") if b.strip()]
-        ds = _open(data)
         out.mkdir(parents=True, exist_ok=True)
         all_rows, summary = [], []
         for name in model_names:
             model, label = _load(name, random, device)
-            _check_classes(model, ds)
+            ds = _open(data, imagenet_s, class_index, per_class, model)
+            _check_classes(model, ds, class_index is not None)
             rule = mask_rule if tokens_drop and _has_masks(ds, model, preprocess_config(model), mask_rule) else None
             if tokens_drop and rule is None and not quiet:
                 typer.echo("note: the dataset has no object masks; token dropping is left out")
