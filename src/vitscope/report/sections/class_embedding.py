@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from vitscope.report.registry import Section, analysis
 
-PERTURB_IMAGES = 256            # three forward passes each (unperturbed, self_only, no_cls)
+LENS_IMAGES = 256               # the trained model and its random twin
+PERTURB_IMAGES = 128            # three forward passes each (unperturbed, self_only, no_cls)
 TOKEN_DROP_IMAGES = 32          # token dropping runs once per kept-token count; a few dozen images are enough
 
 
@@ -24,7 +25,8 @@ def identifiability_section(ctx) -> Section:
     from vitscope.analysis import class_embedding as ce
     from vitscope.viz.class_embedding import plot_identifiability_evolution
 
-    batches = _batches(ctx, ctx.eval_images, ctx.eval_labels, ctx.batch_size)
+    n = min(LENS_IMAGES, len(ctx.eval_labels))
+    batches = _batches(ctx, ctx.eval_images[:n], ctx.eval_labels[:n], ctx.batch_size)
     res = ce.logit_lens(ctx.model, batches, sites=("resid",), topk=1, record=True)
     rres = ce.logit_lens(ctx.random_model, batches, sites=("resid",), topk=1, record=True)
     rows = ce.evolution_rows(res, rres, model=ctx.name)
