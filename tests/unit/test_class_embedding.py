@@ -118,8 +118,12 @@ def reference_lens(model, x, y):
     return out
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(num_registers=2, register_block=1, cls_block=2,
-                                             register_location="end")])
+@pytest.mark.parametrize("kw", [
+    dict(),
+    dict(num_registers=2, register_block=1, cls_block=2, register_location="end"),      # late CLS and registers
+    dict(distill_token=True, head="distilled"),                                          # DeiT-distilled
+    dict(class_token=False, global_pool="avg", fc_norm=True, final_norm=False),          # GAP, no CLS
+], ids=["plain", "late_tokens", "distilled", "gap"])
 def test_streamed_lens_equals_the_all_at_once_computation(kw, tmp_path):
     model = tiny(**kw)
     g = torch.Generator().manual_seed(0)

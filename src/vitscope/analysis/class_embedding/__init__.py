@@ -20,7 +20,7 @@ __all__ = [
     "SITES", "ClassProjection", "LensResult", "LogitLens", "MemoryAgreement", "MemoryResult", "Record",
     "attention_perturbation_rows", "block_change_rate", "branch_change_rate", "class_context_rows", "class_rank",
     "class_token_masks", "class_value_agreement", "class_value_rows", "evolution_rows", "identifiability",
-    "image_rate", "imagenet_s_dataset", "key_value_agreement", "last_block_ranks", "logit_lens", "memory_agreement", "memory_logits",
-    "model_norm", "permutation_test", "random_classes", "rate_rows", "residual_match", "token_drop_rows",
+    "image_rate", "imagenet_s_dataset", "key_value_agreement", "last_block_ranks", "logit_lens", "memory_agreement",
+    "memory_logits", "model_norm", "permutation_test", "random_classes", "rate_rows", "residual_match", "token_drop_rows",
     "token_rate", "value_vectors", "wilcoxon_greater",
 ]
