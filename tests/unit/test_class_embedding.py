@@ -162,6 +162,20 @@ def test_streamed_lens_equals_the_all_at_once_computation(kw, tmp_path):
     assert res.accuracy == pytest.approx(float((model(x).argmax(-1) == y).float().mean()))
 
 
+def test_branches_before_layerscale_on_request():
+    model = tiny(layer_scale_init=0.1)
+    x, y = torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(x, names_filter="blocks.1.hook_mlp_out")
+    pre = model.project_to_logits(cache["blocks.1.hook_mlp_out"] / model.blocks[1].ls2.gamma).numpy()
+    post = model.project_to_logits(cache["blocks.1.hook_mlp_out"]).numpy()
+    for prescale, logits in ((True, pre), (False, post)):
+        res = ce.logit_lens(model, [(x, y)], sites=("mlp",), record=True, prescale=prescale)
+        ref = np.array([[ref_rank(logits[i, t], int(y[i])) for t in range(logits.shape[1])] for i in range(3)])
+        assert np.array_equal(res.ranks("mlp", 1), ref)
+        np.testing.assert_allclose(res.true_logits("mlp", 1), logits[np.arange(3), :, y.numpy()], rtol=1e-5)
+
+
 def test_explicit_class_embeddings_reproduce_the_models_own_head():
     model = tiny()
     own = ce.ClassProjection.from_model(model)

@@ -144,6 +144,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         sites: str = typer.Option("resid,attn,mlp", "--sites",
                                   help="What to project: resid (block output), attn, mlp (branch outputs)."),
         topk: int = typer.Option(5, "--topk", help="Top classes recorded per token."),
+        prescale: bool = typer.Option(False, "--prescale", help="Project the branches before LayerScale (seed 001 "
+                                                                "reads attn.proj / mlp.fc2); default: as added to "
+                                                                "the stream."),
         mask_rule: str = typer.Option("majority", "--mask-rule", help=MASK_RULE_HELP),
         permutations: int = typer.Option(300, "--permutations", help="Permutations of the class-vs-context test."),
         seed: int = typer.Option(0, "--seed", help="Seed of the permutations and the random-weight model."),
@@ -171,8 +174,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
             pcfg = preprocess_config(model)
             rule = mask_rule if _has_masks(ds, model, pcfg, mask_rule) else None
             sub = out / slug(label)
-            lenses = [ce.LogitLens(m, sites=site_list, topk=topk, record=sub / ("records" if i == 0 else
-                                                                                  "records_random"))
+            lenses = [ce.LogitLens(m, sites=site_list, topk=topk, prescale=prescale,
+                                   record=sub / ("records" if i == 0 else "records_random"))
                       for i, m in enumerate(models)]
             for images, labels, idx, masks in _batches(models, ds, batch_size, limit, rule, quiet):
                 for lens, x in zip(lenses, images):

@@ -332,10 +332,12 @@ class LogitLens:
     ``sites``: any of "resid", "attn", "mlp". ``topk``: how many top classes to record per token (0: none).
     ``record``: False (sums only), True (per-image arrays in memory) or a folder (per-image arrays appended to
     files there; memory stays flat). Change rates and residual match need "resid" (and the branch sites).
+    ``prescale``: project the branches before LayerScale (seed 001 reads ``attn.proj`` / ``mlp.fc2``); by default
+    they are projected as added to the stream (the same for models without LayerScale).
     """
 
     def __init__(self, model, projection: ClassProjection | None = None, sites: Sequence[str] = tuple(SITES),
-                 topk: int = 5, record: bool | str | Path = False) -> None:
+                 topk: int = 5, record: bool | str | Path = False, prescale: bool = False) -> None:
         bad = [s for s in sites if s not in SITES]
         if bad or not sites:
             raise ValueError(f"sites must be among {tuple(SITES)}, got {list(sites)}")
@@ -354,6 +356,7 @@ class LogitLens:
         self.n_images = 0
         self.n_correct = 0
         self.own_head = projection is None or projection._fn is not None
+        self.prescale = bool(prescale)
 
     # ------------------------------------------------------------------ one batch
     def _setup(self, grid: tuple[int, int]) -> None:
@@ -392,7 +395,12 @@ class LogitLens:
         k = self.topk
 
         def make(site: str, b: int):
+            ls = getattr(model.blocks[b], "ls1" if site == "attn" else "ls2", None)
+            gamma = getattr(ls, "gamma", None) if self.prescale and site != "resid" else None
+
             def fn(act: torch.Tensor, hook) -> None:                               # B, T, D
+                if gamma is not None:                                              # undo LayerScale
+                    act = act / gamma
                 logits = self.projection(act)                                      # B, T, C
                 tgt = labels[:, None].expand(logits.shape[:2])
                 rank = class_rank(logits, tgt)                                     # B, T
@@ -503,10 +511,10 @@ class LogitLens:
 
 def logit_lens(model, batches, projection: ClassProjection | None = None, sites: Sequence[str] = tuple(SITES),
                topk: int = 5, record: bool | str | Path = False, hooks: Sequence | None = None,
-               progress: bool = False, total: int | None = None) -> LensResult:
+               progress: bool = False, total: int | None = None, prescale: bool = False) -> LensResult:
     """Run :class:`LogitLens` over ``batches``: an iterable of ``(images, labels)`` or
     ``(images, labels, indices)`` or ``(images, labels, indices, masks)`` tuples."""
-    lens = LogitLens(model, projection, sites, topk, record)
+    lens = LogitLens(model, projection, sites, topk, record, prescale)
     it = batches
     if progress:
         from tqdm.auto import tqdm
