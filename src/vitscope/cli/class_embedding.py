@@ -173,6 +173,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
             models = [model] + ([_load(name, True, device, seed)[0]] if baseline and not random else [])
             pcfg = preprocess_config(model)
             rule = mask_rule if _has_masks(ds, model, pcfg, mask_rule) else None
+            if rule is None and not quiet:
+                typer.echo("note: the images have no object masks; the class- vs context-labelled test is left out")
             sub = out / slug(label)
             lenses = [ce.LogitLens(m, sites=site_list, topk=topk, prescale=prescale,
                                    record=sub / ("records" if i == 0 else "records_random"))
