@@ -22,6 +22,9 @@ def register(app: typer.Typer) -> None:
                                           "submitit-local (the same job array as local subprocesses)."),
         jobs: int = typer.Option(1, "--jobs", "-j", help="local: run this many cells at once (processes)."),
         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+        threads: Optional[int] = typer.Option(None, "--threads",
+                                              help="CPU threads per cell (torch and k-means); default: torch's "
+                                                   "(cpus / jobs with --jobs). 1 is fastest on a busy machine."),
         partition: Optional[str] = typer.Option(None, "--partition", help="slurm: partition."),
         gpus_per_node: int = typer.Option(0, "--gpus-per-node", help="slurm: GPUs per job."),
         cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", help="slurm: CPUs per job."),
@@ -69,7 +72,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             summary = run_study(study, study_dir, launcher=launcher, jobs=jobs, device=device, slurm=slurm,
-                                on_start=on_start, on_done=on_done)
+                                threads=threads, on_start=on_start, on_done=on_done)
         finally:
             if bar is not None:
                 bar.close()

@@ -77,9 +77,9 @@ def run_local(study_dir: Path, cell_ids: list[str], device: str | None = None,
 
 
 def _worker_init(threads: int) -> None:
-    import torch
+    from vitscope.experiments.study import limit_threads
 
-    torch.set_num_threads(max(1, threads))
+    limit_threads(max(1, threads))
 
 
 def _worker(study_dir: str, cell_id: str, device: str | None) -> dict:
@@ -87,12 +87,12 @@ def _worker(study_dir: str, cell_id: str, device: str | None) -> dict:
 
 
 def run_processes(study_dir: Path, cell_ids: list[str], jobs: int, device: str | None = None,
-                  on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Cells spread over ``jobs`` worker processes (spawned; each uses cpus/jobs threads)."""
+                  on_done: Callable[[Outcome], None] | None = None, threads: int | None = None) -> list[Outcome]:
+    """Cells spread over ``jobs`` worker processes (spawned; each uses ``threads`` or cpus/jobs threads)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     out = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                              initargs=(threads,)) as ex:
@@ -111,11 +111,9 @@ def run_processes(study_dir: Path, cell_ids: list[str], jobs: int, device: str |
 # ----------------------------------------------------------------------------- SLURM through submitit
 def cell_job(study_dir: str, cell_id: str, device: str | None = None) -> dict:
     """What one job-array task runs (only strings travel in the pickle)."""
-    threads = int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
-    if threads:
-        import torch
+    from vitscope.experiments.study import limit_threads
 
-        torch.set_num_threads(threads)
+    limit_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0) or None)
     return run_cell(study_dir, cell_id, device).to_dict()
 
 

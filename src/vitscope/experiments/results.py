@@ -127,13 +127,15 @@ def set_aside(study_dir: str | Path, keep: set[str]) -> tuple[int, int]:
 
 
 def read_results(study_dir: str | Path, status: str | None = None):
-    """The study's table as a DataFrame (every cell file); ``status="ok"`` keeps the rows of finished cells."""
+    """The study's table as a DataFrame (every cell file, cells in the order they ran); ``status="ok"`` keeps the
+    rows of finished cells."""
     import pandas as pd
 
     rd = results_dir(study_dir)
     if not rd.exists() or not any(rd.glob("*.parquet")):
         raise FileNotFoundError(f"no results in {rd}; run the study first (`vitscope run STUDY.yaml`)")
     df = pd.read_parquet(rd)
+    df = df.sort_values("time", kind="stable").reset_index(drop=True)     # cells in the order they ran
     if status is not None:
         df = df[df["status"] == status].reset_index(drop=True)
     return df

@@ -40,14 +40,31 @@ class RunSummary:
                 f"-> {self.study_dir}")
 
 
+def limit_threads(threads: int | None) -> None:
+    """Use ``threads`` CPU threads in torch and in the BLAS / OpenMP pools (k-means); None leaves the defaults."""
+    if not threads:
+        return
+    import torch
+
+    torch.set_num_threads(int(threads))
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(int(threads))
+    except ImportError:
+        pass
+
+
 def run_study(study: Study, study_dir: str | Path, launcher: str = "local", jobs: int = 1,
               device: str | None = None, slurm: SlurmOptions | None = None, only_pending: bool = True,
+              threads: int | None = None,
               on_start: Callable[[int, int], None] | None = None,
               on_done: Callable[[Outcome], None] | None = None) -> RunSummary:
     """Run every cell of ``study`` that has no finished results in ``study_dir``.
 
     ``launcher``: "local" (``jobs`` processes when > 1), "slurm" or "submitit-local" (one job-array task per
-    cell through submitit). Failed cells are recorded and the others go on; cells locked by another run are
+    cell through submitit). ``threads``: CPU threads per cell (default: torch's, or cpus / jobs with ``jobs``).
+    Failed cells are recorded and the others go on; cells locked by another run are
     left to it.
     """
     if launcher not in LAUNCHERS:
@@ -64,9 +81,10 @@ def run_study(study: Study, study_dir: str | Path, launcher: str = "local", jobs
         on_start(len(cells), len(ids))
     if ids:
         if launcher == "local" and jobs == 1:
+            limit_threads(threads)
             summary.outcomes = run_local(study_dir, ids, device, on_done)
         elif launcher == "local":
-            summary.outcomes = run_processes(study_dir, ids, jobs, device, on_done)
+            summary.outcomes = run_processes(study_dir, ids, jobs, device, on_done, threads)
         else:
             opts = slurm or SlurmOptions()
             if launcher == "submitit-local":
