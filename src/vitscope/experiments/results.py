@@ -115,13 +115,19 @@ def set_aside(study_dir: str | Path, keep: set[str]) -> tuple[int, int]:
         for p in rd.glob("*.parquet"):
             if p.stem not in keep:
                 sd.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(p), sd / p.name)
+                try:
+                    shutil.move(str(p), sd / p.name)
+                except FileNotFoundError:             # moved by a concurrent run of the same study
+                    continue
                 moved += 1
     if sd.exists():
         for p in sd.glob("*.parquet"):
             if p.stem in keep and not (rd / p.name).exists():
                 rd.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(p), rd / p.name)
+                try:
+                    shutil.move(str(p), rd / p.name)
+                except FileNotFoundError:
+                    continue
                 restored += 1
     return moved, restored
 
