@@ -125,11 +125,12 @@ def test_resume_after_a_killed_cell_gives_the_uninterrupted_table(tmp_path):
 
 
 def test_two_concurrent_runs_write_each_row_once(tmp_path):
+    """One run in this process, one with two worker processes (--jobs 2), started together."""
     study = write_study(tmp_path / "s.yaml", "  - feature_mean\n  - {name: feature_mean, label: fm2, "
                                              "options: {scale: 2.0}}\n")
     out, log = tmp_path / "out", tmp_path / "runs.log"
     env = {"VITSCOPE_TEST_LOG": str(log), "VITSCOPE_TEST_SLEEP": "0.5"}
-    procs = [start("run", study, "--out", out, "--quiet", env=env) for _ in range(2)]
+    procs = [start("run", study, "--out", out, "--quiet", *extra, env=env) for extra in ([], ["--jobs", "2"])]
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     ran = [line.split()[0] for line in log.read_text().splitlines()]
