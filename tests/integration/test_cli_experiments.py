@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from vitscope.cli.main import app
@@ -94,6 +95,7 @@ def test_run_records_a_failed_cell_and_finishes_the_others(tmp_path):
     assert len(list((out / "superseded").glob("*.parquet"))) == 9
 
 
+@pytest.mark.slow
 def test_resume_after_a_killed_cell_gives_the_uninterrupted_table(tmp_path):
     analyses = """\
   - {name: cluster, options: {k: 4}}
@@ -116,14 +118,14 @@ def test_resume_after_a_killed_cell_gives_the_uninterrupted_table(tmp_path):
     assert len(locks) == 1                                   # left behind by the dead process
     assert {p.name.split("__")[0] for p in (killed / "results").glob("*.parquet")} == {"cluster"}
     gate.unlink()
-    r = start("run", study, "--out", killed, "--quiet")
-    assert r.wait(120) == 0, r.communicate()
-    assert "2 run, 1 already done" in r.stdout.read()
+    r = cli("run", study, "--out", killed, "--quiet", "--threads", "1")
+    assert r.exit_code == 0 and "2 run, 1 already done" in r.output, r.output
     assert cli("run", study, "--out", clean, "--quiet", "--threads", "1").exit_code == 0
     pd.testing.assert_frame_equal(table(killed), table(clean))
     assert not list((killed / "locks").glob("*.lock"))
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_write_each_row_once(tmp_path):
     """One run in this process, one with two worker processes (--jobs 2), started together."""
     study = write_study(tmp_path / "s.yaml", "  - feature_mean\n  - {name: feature_mean, label: fm2, "
@@ -143,24 +145,25 @@ def test_two_concurrent_runs_write_each_row_once(tmp_path):
     assert len(list((out / "stores").iterdir())) == 2 * 2     # 2 stores (+ their lock files): one per model
 
 
-def test_submitit_local_launcher_with_a_job_killed_and_resumed(tmp_path):
+@pytest.mark.slow
+def test_submitit_local_launcher_with_a_job_killed_and_resumed(tmp_path, monkeypatch):
     analyses = "  - {name: feature_mean}\n  - {name: cluster, options: {k: 4}}\n"
     study = write_study(tmp_path / "s.yaml", analyses, models="[demo-vit]")
     gate = tmp_path / "gate"
-    gate.write_text("selfkill")                               # each feature_mean job SIGKILLs itself mid-cell
+    gate.write_text("selfkill")                               # the feature_mean job SIGKILLs itself mid-cell
+    for k, v in ENV.items():                                  # the jobs inherit this environment
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("VITSCOPE_TEST_GATE", str(gate))
     out = tmp_path / "out"
-    r = start("run", study, "--out", out, "--launcher", "submitit-local", "--time", "10", "--quiet",
-              env={"VITSCOPE_TEST_GATE": str(gate)})
-    stdout, stderr = r.communicate(timeout=240)
-    assert r.returncode == 1 and "1 cell(s) failed" in stderr, (stdout, stderr)
-    assert "1 run, 1 failed" in stdout
+    r = cli("run", study, "--out", out, "--launcher", "submitit-local", "--time", "10", "--quiet")
+    assert isinstance(r.exception, RuntimeError) and "1 cell(s) failed" in str(r.exception), r.output
+    assert "1 run, 1 failed" in r.output
     assert any((out / "slurm").iterdir())                     # submitit's job folders and logs
     assert [p.name.split("__")[0] for p in (out / "results").glob("*.parquet")] == ["cluster"]
     gate.unlink()
-    r = start("run", study, "--out", out, "--launcher", "submitit-local", "--time", "10", "--quiet")
-    stdout, stderr = r.communicate(timeout=240)
-    assert r.returncode == 0, (stdout, stderr)
-    assert "1 run, 1 already done" in stdout
+    r = cli("run", study, "--out", out, "--launcher", "submitit-local", "--time", "10", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "1 run, 1 already done" in r.output
     clean = tmp_path / "clean"
     assert cli("run", study, "--out", clean, "--quiet", "--threads", "1").exit_code == 0
     pd.testing.assert_frame_equal(table(out), table(clean))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitscope.experiments.analyses import REGISTRY, AnalysisUnavailable, import_or_skip
+from vitscope.experiments.analyses import REGISTRY, AnalysisUnavailable
 from vitscope.experiments.cells import expand, store_tokens
 from vitscope.experiments.config import parse_study
 from vitscope.experiments.context import CellContext, load_study_model

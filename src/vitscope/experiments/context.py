@@ -184,11 +184,16 @@ class CellContext:
                     return store
             except (FileNotFoundError, ValueError):
                 pass
-            bs = int(self.cell.features.get("batch_size", 64))
-            store = extract_features(self.model(i), self.dataset(split, i), path, layers=layers, sites=(self.site,),
-                                     tokens=tuple(group), batch_size=bs,
-                                     dtype=self.cell.features.get("dtype", "float32"), num_workers=0,
-                                     device=self.device, progress=self.progress)
+            from vitscope.features import IncompatibleStoreError
+
+            kw = dict(layers=layers, sites=(self.site,), tokens=tuple(group),
+                      batch_size=int(self.cell.features.get("batch_size", 64)),
+                      dtype=self.cell.features.get("dtype", "float32"), num_workers=0, device=self.device,
+                      progress=self.progress)
+            try:                                    # resumes a store whose extraction was interrupted
+                store = extract_features(self.model(i), self.dataset(split, i), path, **kw)
+            except IncompatibleStoreError:          # the weights behind this name changed: extract again
+                store = extract_features(self.model(i), self.dataset(split, i), path, resume=False, **kw)
             self.stores_extracted.append(path.name)
             return store
 

@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,10 +44,9 @@ def summary_text(df, max_errors: int = 10) -> str:
     pb = per_block_rows(ok)
     if not pb.empty:
         lines.append("  best block per model (value at that block):")
-        for (ana, metric, ds), g in pb.groupby(["analysis", "metric", "dataset"], sort=False):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                best = g.loc[g.groupby("model", sort=False)["value"].idxmax().dropna()]
+        for (ana, metric, ds), g in pb.dropna(subset=["value"]).groupby(["analysis", "metric", "dataset"],
+                                                                       sort=False):
+            best = g.loc[g.groupby("model", sort=False)["value"].idxmax()]
             items = [f"{r.model} {r.value:.3g} @{int(r.block)}" for r in best.itertuples()]
             lines.append(f"    {ana}/{metric} [{ds}]: " + "; ".join(items))
     bad = df[df["status"] != "ok"].drop_duplicates("cell")

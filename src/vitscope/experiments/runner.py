@@ -62,7 +62,9 @@ def prepare(study: Study, study_dir: str | Path) -> list[Cell]:
             "cells": [c.to_dict() for c in cells]}
     write_json_atomic(plan_path, plan)
     if study.path is not None:
-        (study_dir / "study.yaml").write_text(Path(study.path).read_text())
+        copy = study_dir / f".study.yaml.{os.getpid()}.tmp"
+        copy.write_text(Path(study.path).read_text())
+        os.replace(copy, study_dir / "study.yaml")
     set_aside(study_dir, set(ids))
     return cells
 
