@@ -38,7 +38,8 @@ def _features(x: Any, name: str, device=None):
     if isinstance(x, torch.Tensor):
         t = x.detach()
     else:
-        t = torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
+        a = np.ascontiguousarray(np.asarray(x))
+        t = torch.from_numpy(a if a.flags.writeable else a.copy())
     if t.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (rows, features), got shape {tuple(t.shape)}")
     if t.shape[0] == 0:
