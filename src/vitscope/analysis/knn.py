@@ -121,19 +121,41 @@ def neighbours(train_feats, test_feats, kmax: int, normalize: bool = True, devic
             yield s, sims, idx
 
 
-def _rank(sims, nb_labels, k: int, temperature: float, C: int, width: int):
-    """Classes ranked by vote for the first ``k`` neighbours: (ranked (n, width), voted (n, width) bool)."""
+def _votes(sims, nb_labels, ks: Sequence[int], temperature: float, C: int):
+    """Yield ``(k, votes (n, C), counts (n, C))`` for increasing ``ks``, each k adding its neighbours to the last."""
     import torch
 
-    s = sims[:, :k]
-    w = torch.exp((s - s[:, :1]) / temperature)                                        # n, k (row max first)
-    lab = nb_labels[:, :k]
-    votes = torch.zeros(s.shape[0], C, dtype=w.dtype, device=w.device).scatter_add_(1, lab, w)
-    count = torch.zeros(s.shape[0], C, dtype=torch.int32, device=w.device)
-    count.scatter_add_(1, lab, torch.ones_like(lab, dtype=torch.int32))
-    votes = torch.where(count > 0, votes, torch.full_like(votes, -1.0))                 # unvoted after voted
-    order = torch.sort(votes, dim=1, descending=True, stable=True).indices[:, :width]  # ties: lower index first
-    return order, torch.gather(count, 1, order) > 0
+    n = sims.shape[0]
+    w = torch.exp((sims - sims[:, :1]) / temperature)                                   # n, kmax (row max first)
+    votes = torch.zeros(n, C, dtype=w.dtype, device=w.device)
+    count = torch.zeros(n, C, dtype=torch.int32, device=w.device)
+    done = 0
+    for k in ks:
+        lab = nb_labels[:, done:k]
+        votes.scatter_add_(1, lab, w[:, done:k])
+        count.scatter_add_(1, lab, torch.ones_like(lab, dtype=torch.int32))
+        done = k
+        yield k, votes, count
+
+
+def _ranking(votes, count, width: int):
+    """Classes by decreasing vote, equal votes by lower index, unvoted after voted: (n, width)."""
+    import torch
+
+    v = torch.where(count > 0, votes, torch.full_like(votes, -1.0))
+    return torch.sort(v, dim=1, descending=True, stable=True).indices[:, :width]
+
+
+def _label_rank(votes, count, target):
+    """0-based place of each row's ``target`` class in :func:`_ranking`'s order (without sorting), and whether it
+    was voted."""
+    import torch
+
+    v = torch.where(count > 0, votes, torch.full_like(votes, -1.0))                     # n, C
+    vt = v.gather(1, target[:, None])                                                   # n, 1
+    cls = torch.arange(v.shape[1], device=v.device)[None]
+    ahead = (v > vt) | ((v == vt) & (cls < target[:, None]))
+    return ahead.sum(dim=1), count.gather(1, target[:, None])[:, 0] > 0
 
 
 def knn_evaluate(train_feats, train_labels, test_feats, test_labels=None, ks: Sequence[int] = KS,
@@ -161,19 +183,18 @@ def knn_evaluate(train_feats, train_labels, test_feats, test_labels=None, ks: Se
     preds = {k: [] for k in ks} if return_predictions else None
     for s, sims, idx in neighbours(x, q, max(ks), normalize, x.device, max_chunk_bytes):
         nb = y[idx]                                                                     # n, kmax
-        for k in ks:
-            order, voted = _rank(sims, nb, k, temperature, C, width)
+        t = None if yt is None else yt[s:s + nb.shape[0]]
+        for k, votes, count in _votes(sims, nb, ks, temperature, C):
             if preds is not None:
-                preds[k].append(order.cpu())
-            if yt is None:
+                preds[k].append(_ranking(votes, count, width).cpu())
+            if t is None:
                 continue
-            t = yt[s:s + order.shape[0], None]
-            top = min(5, k)
-            hit = (order[:, :top] == t)
+            place, voted = _label_rank(votes, count, t)
+            hit5 = place < min(5, k)
             if not count_unvoted:
-                hit &= voted[:, :top]
-            hits[k][0] += int((order[:, :1] == t).sum())
-            hits[k][1] += int(hit.any(dim=1).sum())
+                hit5 &= voted
+            hits[k][0] += int((place == 0).sum())
+            hits[k][1] += int(hit5.sum())
     out: dict[int, dict[str, Any]] = {}
     for k in ks:
         r: dict[str, Any] = {}
