@@ -1,7 +1,6 @@
 """`vitscope knn` end to end on the synthetic benchmark with the bundled demo model: from models and from stores."""
 import numpy as np
 import pandas as pd
-import pytest
 from typer.testing import CliRunner
 
 from vitscope.cli.main import app

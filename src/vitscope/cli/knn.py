@@ -68,8 +68,9 @@ def register(app: typer.Typer) -> None:
                                                                       "(dashed in the figure)."),
         train: Optional[str] = typer.Option(None, "--train", help="Training images (dataset spec, labelled)."),
         test: Optional[str] = typer.Option(None, "--test", help="Test images (dataset spec, labelled)."),
-        data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP + " Split into train / test by "
-                                                                            "--test-fraction (instead of --train/--test)."),
+        data: Optional[str] = typer.Option(None, "--data", "-d",
+                                           help=DATA_HELP + " Split into train / test by --test-fraction (instead of "
+                                                            "--train/--test)."),
         test_fraction: float = typer.Option(0.2, "--test-fraction", help="With --data: share held out as test."),
         train_store: Optional[List[Path]] = typer.Option(None, "--train-store", help="Feature store of the training "
                                                                                     "images (`vitscope extract`); "
