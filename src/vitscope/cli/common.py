@@ -211,3 +211,15 @@ def locks_out(command: str):
                 return fn(*args, **kwargs)
         return wrapper
     return deco
+
+def save_tidy(rows, stem: Path) -> list[Path]:
+    """Write a tidy table (list of dicts or DataFrame) as ``stem.csv`` and ``stem.parquet``; returns both paths."""
+    import pandas as pd
+
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    csv, parquet = stem.with_name(f"{stem.name}.csv"), stem.with_name(f"{stem.name}.parquet")
+    df.to_csv(csv, index=False)
+    df.to_parquet(parquet, index=False)
+    return [csv, parquet]
