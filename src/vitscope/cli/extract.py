@@ -41,8 +41,8 @@ def register(app: typer.Typer) -> None:
         layers: str = typer.Option("all", "--layers", "-l", help="Blocks: all, a comma list (0,3,11; -1 = last) "
                                                               "or a range a:b."),
         sites: str = typer.Option("resid_post", "--sites", "-s", help="Comma list of sites: resid_pre, resid_mid, "
-                                  "resid_post, ln1, ln2, attn_out, mlp_out, ln_final, embed, or hook names "
-                                  "(blocks.{i}.mlp.hook_pre)."),
+                                  "resid_post, ln1, ln2, attn_out, mlp_out, ln_final, embed, clip_proj (CLIP: final "
+                                  "norm + projection on every token), or hook names (blocks.{i}.mlp.hook_pre)."),
         tokens: str = typer.Option("cls,mean", "--tokens", "-t", help="Comma list of token reductions: cls, mean, "
                                    "cls+mean, registers, patches, all, dist."),
         random: bool = typer.Option(False, "--random", help="Random weights (pretrained=False), seeded by --seed."),

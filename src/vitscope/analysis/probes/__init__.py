@@ -1,7 +1,9 @@
 """Probes over stored features: linear and attentive probes (seed 000), batched tuning, per-token ridge probes
-(seed 001), statistics across datasets. See ``docs/probes.md``."""
+(seed 001), statistics across datasets; end-to-end recipes from images (frozen backbone, fine-tuning).
+See ``docs/probes.md``."""
 from vitscope.analysis.probes.attentive import (AttentiveProbe, attention_over_inputs, default_heads, head_width,
                                                 load_attentive_probe, pad_stack, save_attentive_probe)
+from vitscope.analysis.probes.e2e import E2EConfig, train_e2e
 from vitscope.analysis.probes.batched import AttentiveGrid, linear_logits, train_linear_grid
 from vitscope.analysis.probes.inputs import (LAYER_SETS, ProbeInput, concat_inputs, l2_normalize, layer_set,
                                              load_inputs, parse_inputs, seed_order)
@@ -14,10 +16,10 @@ from vitscope.analysis.probes.train import (TrainConfig, adjust_batch_size, clas
 from vitscope.analysis.probes.tuning import ProbeFit, tune_attentive, tune_linear
 
 __all__ = [
-    "AttentiveProbe", "AttentiveGrid", "LAYER_SETS", "ProbeFit", "ProbeInput", "TrainConfig", "adjust_batch_size",
+    "AttentiveProbe", "AttentiveGrid", "E2EConfig", "LAYER_SETS", "ProbeFit", "ProbeInput", "TrainConfig", "adjust_batch_size",
     "attention_over_inputs", "balanced_topk_accuracy", "benjamini_hochberg", "class_weights", "concat_inputs",
     "cosine_lr", "default_heads", "gains", "grid", "head_width", "l2_normalize", "layer_set", "linear_logits",
     "load_attentive_probe", "load_inputs", "load_linear_head", "pad_stack", "parse_inputs", "per_dataset_tests",
     "probe_metrics", "results_rows", "save_attentive_probe", "save_linear_head", "seed_order", "topk_accuracy",
-    "train_linear_grid", "train_probe", "tune_attentive", "tune_linear", "wilcoxon_over_datasets",
+    "train_e2e", "train_linear_grid", "train_probe", "tune_attentive", "tune_linear", "wilcoxon_over_datasets",
 ]
