@@ -145,11 +145,22 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
         out: Path = typer.Option(Path("runs/rollout"), "--out", "-o", help=OUT_HELP),
         method: str = typer.Option("rollout", "--method",
-                                   help="rollout (attention only), grad (vit-explain's gradient rollout) or "
-                                        "chefer (Chefer et al. relevance)."),
+                                   help="rollout (attention only), grad-rollout (vit-explain's gradient rollout), "
+                                        "chefer2021-generic (Chefer et al. ICCV 2021, 'Generic Attention-model "
+                                        "Explainability') or chefer2021-lrp (Chefer et al. CVPR 2021, 'Transformer "
+                                        "Attribution'). Old names grad, grad_rollout, chefer are accepted."),
         head_fusion: str = typer.Option("mean", "--head-fusion", help="Rollout head fusion: mean, max or min."),
         discard_ratio: float = typer.Option(0.0, "--discard-ratio",
-                                            help="Zero this share of the lowest entries per block (never CLS->CLS)."),
+                                            help="Zero this share of the lowest entries per block (rollout and "
+                                                 "grad-rollout)."),
+        discard_rule: str = typer.Option("exclude-cls", "--discard-rule",
+                                         help="Which entries the discard zeroes: exclude-cls (the k lowest other "
+                                              "than CLS->CLS), vit-explain (that code's rule: rollout spares "
+                                              "CLS->CLS among the k lowest, grad-rollout spares nothing), "
+                                              "spare-cls or all."),
+        normalize: str = typer.Option("max", "--normalize",
+                                      help="Map scaling: max (divide by the max), minmax (to [0, 1], as Chefer et "
+                                           "al.'s notebooks show) or none."),
         start_block: int = typer.Option(0, "--start-block", help="First block of the rollout."),
         query: str = typer.Option("cls", "--query", help="Row read from the rolled-out matrix (cls, reg<k>, ...)."),
         target: Optional[int] = typer.Option(None, "--target",
@@ -162,16 +173,25 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
         quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     ) -> None:
-        """Attention rollout, gradient rollout or Chefer relevance maps over the images."""
+        """Attention rollout, gradient rollout or Chefer et al.'s relevance maps over the images."""
+        check_range(discard_ratio, "--discard-ratio", 0, 1, high_open=True)
         import torch
 
-        from vitscope.analysis.attention.relevance import relevance_from_model
-        from vitscope.analysis.attention.rollout import rollout_from_model
+        from vitscope.analysis.attention.relevance import METHOD_TITLES, relevance_from_model, resolve_method
+        from vitscope.analysis.attention.rollout import NORMALIZATIONS, resolve_discard_rule, rollout_from_model
         from vitscope.viz.attention import plot_image_overlays
         from vitscope.viz.save import save_figure
 
-        if method not in ("rollout", "grad", "chefer"):
-            raise ValueError(f"--method must be rollout, grad or chefer, got {method!r}")
+        try:
+            method = resolve_method(method)
+        except ValueError as e:
+            raise ValueError(f"--method: {e}") from None
+        try:
+            resolve_discard_rule(discard_rule)
+        except ValueError as e:
+            raise ValueError(f"--discard-rule: {e}") from None
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"--normalize takes {', '.join(NORMALIZATIONS)}, got {normalize!r}")
         fmts = _formats(formats)
         model = load_model_for_cli(model_name, random, device)
         if method != "rollout" and model.cfg.head == "none":
@@ -183,10 +203,11 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         for x, _, idx in ds.batches(batch_size=batch_size, progress=not quiet):
             x = x.to(model.device, model.dtype)
             if method == "rollout":
-                m, _ = rollout_from_model(model, x, head_fusion, discard_ratio, start_block, query=query)
+                m, _, _ = rollout_from_model(model, x, head_fusion, discard_ratio, start_block, query=query,
+                                             normalize=normalize, discard_rule=discard_rule)
             else:
-                m, _, t = relevance_from_model(model, x, target, "chefer" if method == "chefer" else "grad_rollout",
-                                               discard_ratio, start_block, query=query)
+                m, _, t = relevance_from_model(model, x, target, method, discard_ratio, start_block, query=query,
+                                               normalize=normalize, discard_rule=discard_rule)
                 targets += t.tolist()
             maps.append(m.float().cpu())
             imgs += list(_display(x.cpu(), pcfg))
@@ -196,13 +217,14 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         require_images(len(maps), ds, out)
         maps_arr = torch.cat(maps).numpy()
         titles = [f"{n} (class {t})" for n, t in zip(names, targets)] if targets else names
-        what = {"rollout": f"attention rollout ({head_fusion}, discard {discard_ratio:g})",
-                "grad": "gradient rollout", "chefer": "Chefer relevance"}[method]
+        what = METHOD_TITLES[method]
+        if method == "rollout":
+            what += f" ({head_fusion}, discard {discard_ratio:g})"
         fig = plot_image_overlays(imgs, maps_arr, titles, cmap=cmap, alpha=alpha, title=what)
         save_figure(fig, out / f"{method}", fmts, arrays={"maps": maps_arr},
                     meta={**_model_meta(model, model_name, random), "images": [ds.ids[i] for i in range(len(ds))],
                           "method": method, "head_fusion": head_fusion, "discard_ratio": discard_ratio,
-                          "start_block": start_block, "query": query, "targets": targets})
+                          "discard_rule": discard_rule, "normalize": normalize, "start_block": start_block, "query": query, "targets": targets})
         _finish(ds, out)
         typer.echo(f"wrote {what} of {len(names)} image(s) to {out}")
 
