@@ -317,7 +317,11 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
         quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     ) -> None:
-        """Seed 002's statistics: std over heads / positions, spatial->CLS, average and query-centred maps, offsets."""
+        """Seed 002's statistics: std over heads / positions, spatial->CLS, average and query-centred maps, offsets.
+
+        Query-centred maps are written twice: aligned (seed 002: divided by the number of queries) and
+        aligned_overlap (each offset divided by the number of queries that reach it; flat for uniform attention).
+        """
         from vitscope.analysis.attention.stats import attention_statistics
         from vitscope.viz.attention import plot_block_head_grid
         from vitscope.viz.attention_stats import (
@@ -345,7 +349,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                     out / "offsets", fmts, arrays={"x": res["offset_x"], "y": res["offset_y"],
                                                    "offset_head": res["offset_head"]}, meta=meta)
         L = model.cfg.depth
-        for key in ("map_cls", "map_mean", "map_centre", "aligned"):
+        for key in ("map_cls", "map_mean", "map_centre", "map_all", "map_spcpure", "aligned", "aligned_overlap"):
             keep = [b for b in range(L) if not (res[key][b] != res[key][b]).all()]      # skip all-NaN blocks
             if keep:
                 fig = plot_block_head_grid(res[key][keep], keep, title=key.replace("_", " "))
