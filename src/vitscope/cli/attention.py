@@ -380,7 +380,11 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                                     help="Queries: cls, mean (all spatial queries), centre."),
         mass: float = typer.Option(0.6, "--mass", help="Share of attention mass kept in the binary map."),
         mask_rule: str = typer.Option("bicubic", "--mask-rule",
-                                      help="Mask to token grid: bicubic (seed 002), any, majority."),
+                                      help="Mask to token grid: bicubic (seed 002: each object resized, then "
+                                           "ORed), bicubic-union (the union resized once), any, majority."),
+        merge_rule: str = typer.Option("sum", "--merge-rule",
+                                       help="Heads summed: sum (raw maps, then renormalised) or seed002 (CLS and "
+                                            "centre maps renormalised per head first, as seed 002's code does)."),
         limit: Optional[int] = typer.Option(5000, "--limit", help="At most this many images (seed 002: 5000)."),
         batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
         formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
@@ -393,8 +397,13 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         import numpy as np
 
         from vitscope.analysis.attention.saliency import (
-            image_mask_pairs, saliency_batches, saliency_iou, summarize_iou,
+            MASK_RULES, MERGE_RULES, image_mask_pairs, saliency_batches, saliency_iou, summarize_iou,
         )
+
+        if mask_rule not in MASK_RULES:
+            raise ValueError(f"--mask-rule takes {', '.join(MASK_RULES)}, got {mask_rule!r}")
+        if merge_rule not in MERGE_RULES:
+            raise ValueError(f"--merge-rule takes {', '.join(MERGE_RULES)}, got {merge_rule!r}")
         from vitscope.viz.attention_stats import plot_block_head_heatmap
         from vitscope.viz.save import save_figure, save_json, save_table
 
@@ -427,13 +436,13 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         n_total = len(structure) if limit is None else min(limit, len(structure))
         skipped: list[str] = []
         batches = saliency_batches(model, image_mask_pairs(structure, limit), batch_size, mask_rule, skipped)
-        res = saliency_iou(model, batches, qs, mass, progress=not quiet, total=n_total)
+        res = saliency_iou(model, batches, qs, mass, progress=not quiet, total=n_total, merge_rule=merge_rule)
         n_used = int(next(iter(res.values())).shape[0])
         if n_used == 0:
             raise ValueError(f"no usable image: none of the {n_total} image(s) could be read or had an object mask "
                              f"({len(skipped)} without objects); check the data with `vitscope check-data`")
         out.mkdir(parents=True, exist_ok=True)
-        meta = {**_model_meta(model, model_name, random), "mass": mass, "mask_rule": mask_rule,
+        meta = {**_model_meta(model, model_name, random), "mass": mass, "mask_rule": mask_rule, "merge_rule": merge_rule,
                 "n_images": int(next(iter(res.values())).shape[0]), "skipped_no_object": len(skipped)}
         import warnings
 
