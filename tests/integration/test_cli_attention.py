@@ -105,8 +105,6 @@ def test_rollout(env, method, name):
 
 def test_rollout_options_reach_the_library(env):
     """--normalize minmax and --discard-rule vit-explain give what the Python API gives for the same names."""
-    import torch
-
     from vitscope import load_model
     from vitscope.analysis.attention.rollout import rollout_from_model
 
@@ -117,8 +115,6 @@ def test_rollout_options_reach_the_library(env):
     x = model.preprocess([env["images"][0]])
     want = rollout_from_model(model, x, discard_ratio=0.5, normalize="minmax", discard_rule="vit-explain").maps
     np.testing.assert_allclose(np.load(out / "rollout.maps.npy"), want.numpy(), atol=1e-5)
-    other = rollout_from_model(model, x, discard_ratio=0.5, normalize="minmax").maps
-    assert not torch.allclose(want, other)
     with pytest.raises(ValueError, match="--discard-rule"):
         run("rollout", env["images"][0], "--model", env["late"], "--out", out, "--discard-rule", "x", "--quiet")
 

@@ -162,9 +162,7 @@ def saliency_values(model, images: torch.Tensor, gt: torch.Tensor, patterns=None
 
     pats = patterns if patterns is not None else collect_patterns(model, images)
     acc = SaliencyIoU(model.cfg.depth, model.cfg.num_heads, queries=("cls", "mean"))
-    acc.set_masks(gt)
-    for b, p in pats.items():
-        acc.update(b, p, model.token_layout(b))
+    acc.update_batch(pats, {b: model.token_layout(b) for b in pats}, gt)
     return acc.compute()
 
 
