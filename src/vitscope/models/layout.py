@@ -11,7 +11,8 @@ class TokenLayout:
     """Token positions at the input of one block.
 
     ``cls``/``dist`` are indices or None when absent (not yet entered); ``registers`` is a tuple of
-    indices (empty when absent); ``patches`` is a slice; ``grid`` is (rows, cols) of the patch tokens.
+    indices (empty when absent); ``patches`` is a slice; ``grid`` is (rows, cols) of the patch tokens;
+    ``patch_size`` the model's patch size in pixels (None when the layout was built by hand).
     """
 
     block: int
@@ -21,6 +22,7 @@ class TokenLayout:
     registers: tuple[int, ...]
     patches: slice
     grid: tuple[int, int]
+    patch_size: int | None = None
 
     @property
     def n_patches(self) -> int:
@@ -81,7 +83,7 @@ def token_layout(cfg: ViTConfig, block: int, grid: tuple[int, int] | None = None
     if n_reg and cfg.register_location == "end":
         regs, pos = tuple(range(pos, pos + n_reg)), pos + n_reg
     return TokenLayout(block=block, n_tokens=pos, cls=cls, dist=dist, registers=regs,
-                       patches=patches, grid=(rows, cols))
+                       patches=patches, grid=(rows, cols), patch_size=cfg.patch_size)
 
 
 def entry_block(cfg: ViTConfig, token: str) -> int:
