@@ -11,7 +11,8 @@ from typing import List, Optional
 
 import typer
 
-from vitscope.cli.common import DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP
+from vitscope.cli.common import (DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP,
+                                 locks_out)
 
 
 def parse_ks(text: str) -> list[int]:
@@ -61,6 +62,7 @@ def _store_blocks(train_store, test_store, site: str, tokens: str, blocks: Optio
 
 def register(app: typer.Typer) -> None:
     @app.command("knn")
+    @locks_out("vitscope knn")
     def knn_cmd(
         model_names: Optional[List[str]] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Repeatable."),
         random: bool = typer.Option(False, "--random", help=RANDOM_HELP + " Applies to every --model."),

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from vitscope.cli.common import DATA_HELP, FORMATS_HELP, MODEL_HELP, RANDOM_HELP, parse_formats, slug
+from vitscope.cli.common import DATA_HELP, FORMATS_HELP, MODEL_HELP, RANDOM_HELP, locks_out, parse_formats, slug
 
 
 def _floats(text: Optional[str], what: str):
@@ -77,6 +77,7 @@ def _save_run(run, out: Path, formats, save_heads: bool) -> list[Path]:
 
 def register(app: typer.Typer) -> None:
     @app.command("probe")
+    @locks_out("vitscope probe")
     def probe_cmd(
         store: Path = typer.Option(..., "--store", "-s", help="Training feature store (`vitscope extract`)."),
         test_store: Optional[Path] = typer.Option(None, "--test-store", help="Test feature store (same model); "
@@ -212,6 +213,7 @@ def register(app: typer.Typer) -> None:
                        f"{s['loss']:.3f} ({s['wall_time_s']:.0f} s, {s['world_size']} process(es)) -> {out}")
 
     @app.command("probe-stats")
+    @locks_out("vitscope probe-stats")
     def probe_stats_cmd(
         results: List[Path] = typer.Argument(..., help="results.csv / .parquet files of `vitscope probe` runs "
                                                        "(several models and datasets)."),

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from vitscope.cli.common import DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP
+from vitscope.cli.common import DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP, locks_out  # noqa: E501
 
 
 def parse_protocols(text: str) -> list[str]:
@@ -38,6 +38,7 @@ def revisited_loaders(gt, crop: bool) -> tuple[list, list]:
 
 def register(app: typer.Typer) -> None:
     @app.command("retrieval")
+    @locks_out("vitscope retrieval")
     def retrieval_cmd(
         model_names: Optional[List[str]] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Repeatable."),
         random: bool = typer.Option(False, "--random", help=RANDOM_HELP + " Applies to every --model."),
