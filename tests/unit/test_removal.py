@@ -22,6 +22,14 @@ from vitscope.analysis.class_embedding.removal import (
 )
 from vitscope.models import HookedViT, ViTConfig
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)                       # tiny models: threads only add overhead on a busy machine
+    yield
+    torch.set_num_threads(before)
+
 BASE = dict(img_size=16, patch_size=4, embed_dim=16, num_heads=2, num_classes=5)
 LATE = dict(depth=3, num_registers=2, register_location="end", register_block=1, cls_block=1)
 

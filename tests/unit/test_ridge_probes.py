@@ -11,6 +11,14 @@ from vitscope.analysis.probes.ridge import (
 from vitscope.models import HookedViT, ViTConfig
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)                       # tiny models: threads only add overhead on a busy machine
+    yield
+    torch.set_num_threads(before)
+
+
 def _sk(X, Y, alpha=1.0, fit_intercept=True):
     r = Ridge(alpha=alpha, fit_intercept=fit_intercept, solver="cholesky").fit(X, Y)
     return r.coef_.T, np.broadcast_to(r.intercept_, (Y.shape[1],))

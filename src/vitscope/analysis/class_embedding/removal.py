@@ -166,7 +166,7 @@ class RemovalCurves:
                 for (o, d, m), v in self.aucs().items()]
 
 
-def _resolve_orders(orders: str | Iterable[str]) -> list[str]:
+def resolve_orders(orders: str | Iterable[str]) -> list[str]:
     items = [s.strip() for s in orders.split(",")] if isinstance(orders, str) else [str(s) for s in orders]
     items = [s for s in items if s]
     bad = [s for s in items if s not in ORDERS]
@@ -187,7 +187,7 @@ def removal_curves(model, batches: Iterable, orders: str | Iterable[str] = ("gra
     from tqdm.auto import tqdm
 
     check_classifier(model)
-    orders_l = _resolve_orders(orders)
+    orders_l = resolve_orders(orders)
     if "probe" in orders_l and probes is None:
         raise ValueError("the probe order needs fitted per-token ridge probes (fit_token_probes on a training set; "
                          "in the command line: --probe-data SPEC)")
