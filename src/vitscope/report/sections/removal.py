@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from vitscope.report.registry import Section, analysis
 
-N_CURVE = 128          # images on the curves
-N_PROBE = 384          # other images the ridge probes of the probe order are fitted on
-STEP = 8               # evaluate every 8th number of removed tokens
+N_CURVE = 64           # images on the curves
+N_PROBE = 256          # other images the ridge probes of the probe order are fitted on
+STEP = 12              # evaluate every 12th number of removed tokens
 N_RANDOM = 3
 
 
