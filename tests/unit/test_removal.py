@@ -11,7 +11,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import auc as sk_auc
 
 from vitscope.analysis.class_embedding.importance import (
