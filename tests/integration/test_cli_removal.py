@@ -122,3 +122,20 @@ def test_bad_input_is_one_clear_line(env, monkeypatch, capsys):
     assert "needs class labels" in msg
     msg = _fails(monkeypatch, capsys, "probe-tokens", "-m", env["plain"], "-d", f"{SYN},n=4", "-o", out, "-q")
     assert "--train-data" in msg
+
+
+def test_report_section_runs_on_labelled_synthetic_images(tmp_path):
+    from vitscope.models import PreprocessConfig
+
+    torch.manual_seed(0)
+    classes = ["circle", "square", "triangle", "cross", "ring", "star", "crescent", "diamond"]
+    cfg = ViTConfig(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=8,
+                    num_registers=1, register_block=1, meta={"classes": classes})
+    folder = tmp_path / "tiny"
+    save_model(HookedViT(cfg, PreprocessConfig(input_size=32, crop_pct=1.0)), folder)
+    out = tmp_path / "rep"
+    run("report", "--model", folder, "--data", "synthetic:size=32,n=40,split=test", "--out", out,
+        "--n-images", "4", "--n-eval", "40", "--quiet", "--analyses", "removal")
+    text = (out / "report.html").read_text()
+    assert "status-ok" in text and "Token removal curves" in text and "auc_trapezoid" in text
+    assert list(out.rglob("removal_curves.png"))

@@ -46,8 +46,9 @@ class RidgeWeights:
     bias: torch.Tensor
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Features (B, ..., D) with the same trailing batch dims as the weights -> scores (B, ..., C)."""
-        w = self.weight.to(x.device, x.dtype if x.is_floating_point() else torch.float32)
+        """Features (B, ..., D) with the same trailing batch dims as the weights -> scores (B, ..., C), computed
+        in the weights' precision (float64 by default)."""
+        w = self.weight.to(x.device)
         return torch.einsum("b...d,...dc->b...c", x.to(w.dtype), w) + self.bias.to(w)
 
 
