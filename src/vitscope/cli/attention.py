@@ -12,8 +12,8 @@ from typing import List, Optional
 import typer
 
 from vitscope.cli.common import (  # noqa: F401 - shared option texts and helpers
-    DATA_HELP, DEVICE_HELP, FORMATS_HELP, IMAGES_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP, load_model_for_cli,
-    open_images)
+    DATA_HELP, DEVICE_HELP, FORMATS_HELP, IMAGES_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP, check_range,
+    check_limit, load_model_for_cli, open_images, parse_heads, require_images)
 from vitscope.cli.common import finish_skips as _finish
 from vitscope.cli.common import model_meta as _model_meta
 from vitscope.cli.common import parse_formats as _formats
@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
         out: Path = typer.Option(Path("runs/attention"), "--out", "-o", help=OUT_HELP),
         block: int = typer.Option(-1, "--block", "-b", help="Block whose attention is drawn (-1 = last)."),
-        query: str = typer.Option("cls", "--query", "-q",
+        query: str = typer.Option("cls", "--query",
                                   help="Query token: cls, dist, reg<k>, mean, centre, top, left, right, bottom or "
                                        "'row,col'."),
         heads: Optional[str] = typer.Option(None, "--heads", help="Heads to draw, comma-separated (default all)."),
@@ -69,6 +69,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     ) -> None:
         """Per-head attention maps of one block (and optionally every block) for each image."""
+        check_range(threshold, "--threshold", 0, 1, low_open=True)
+        check_range(alpha, "--alpha", 0, 1)
+        check_range(batch_size, "--batch-size", 1)
         import torch
 
         from vitscope.analysis.attention.maps import (
@@ -82,7 +85,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         model = load_model_for_cli(model_name, random, device)
         b = normalize_block(block, model.cfg.depth)
         resolve_query(query, model.token_layout(b), model.cfg)
-        head_list = [int(h) for h in heads.split(",")] if heads else None
+        head_list = parse_heads(heads, model.cfg.num_heads)
         ds, pcfg = open_images(model, data, images, limit)
         out.mkdir(parents=True, exist_ok=True)
         meta = _model_meta(model, model_name, random)
@@ -122,6 +125,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
             all_imgs += list(disp)
             all_fused.append(fuse_heads(maps, fusion, dim=1))
             names += _ids(ds, idx)
+        if not all_fused:
+            _finish(ds, out)
+        require_images(len(all_fused), ds, out)
         fused = torch.cat(all_fused).numpy()
         fig = plot_image_overlays(all_imgs, fused, names, cmap=cmap, alpha=alpha,
                                   title=f"{query} attention, block {b}, heads fused by {fusion}")
@@ -145,7 +151,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         discard_ratio: float = typer.Option(0.0, "--discard-ratio",
                                             help="Zero this share of the lowest entries per block (never CLS->CLS)."),
         start_block: int = typer.Option(0, "--start-block", help="First block of the rollout."),
-        query: str = typer.Option("cls", "--query", "-q", help="Row read from the rolled-out matrix (cls, reg<k>, ...)."),
+        query: str = typer.Option("cls", "--query", help="Row read from the rolled-out matrix (cls, reg<k>, ...)."),
         target: Optional[int] = typer.Option(None, "--target",
                                              help="Class explained by grad / chefer (default: the predicted one)."),
         cmap: str = typer.Option("inferno", "--cmap", help="Matplotlib colour map."),
@@ -185,6 +191,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
             maps.append(m.float().cpu())
             imgs += list(_display(x.cpu(), pcfg))
             names += _ids(ds, idx)
+        if not maps:
+            _finish(ds, out)
+        require_images(len(maps), ds, out)
         maps_arr = torch.cat(maps).numpy()
         titles = [f"{n} (class {t})" for n, t in zip(names, targets)] if targets else names
         what = {"rollout": f"attention rollout ({head_fusion}, discard {discard_ratio:g})",
@@ -241,6 +250,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
             used[label] = name
             acc = attention_distance(model, (b[0] for b in ds.batches(batch_size=batch_size)), vs,
                                      progress=not quiet, total=len(ds))
+            if acc[vs[0]].n_images == 0:
+                _finish(ds, out)
+            require_images(acc[vs[0]].n_images, ds, out)
             stem = label.replace("/", "_").replace(":", "_").replace(" (", "_").replace(")", "").replace(" ", "_")
             rows = []
             for v in vs:
@@ -296,6 +308,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         ds, _ = open_images(model, data, images, limit)
         res = attention_statistics(model, (b[0] for b in ds.batches(batch_size=batch_size)), progress=not quiet,
                                    total=len(ds))
+        if int(res["n_images"]) == 0:
+            _finish(ds, out)
+        require_images(int(res["n_images"]), ds, out)
         meta = {**_model_meta(model, model_name, random), "n_images": int(res["n_images"])}
         save_figure(plot_block_metric(res["head_std"], "std over heads"), out / "std_over_heads", fmts,
                     arrays={"values": res["head_std"]}, meta=meta)
@@ -347,6 +362,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     ) -> None:
         """Saliency IoU of binarised attention maps against ground-truth object masks, per block x head."""
+        check_range(mass, "--mass", 0, 1, low_open=True)
+        check_range(batch_size, "--batch-size", 1)
         import numpy as np
 
         from vitscope.analysis.attention.saliency import (
@@ -380,10 +397,15 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         model = load_model_for_cli(model_name, random, device)
         if "cls" in qs and not model.cfg.class_token:
             raise ValueError("this model has no CLS token; use --queries mean,centre")
+        check_limit(limit)
         n_total = len(structure) if limit is None else min(limit, len(structure))
         skipped: list[str] = []
         batches = saliency_batches(model, image_mask_pairs(structure, limit), batch_size, mask_rule, skipped)
         res = saliency_iou(model, batches, qs, mass, progress=not quiet, total=n_total)
+        n_used = int(next(iter(res.values())).shape[0])
+        if n_used == 0:
+            raise ValueError(f"no usable image: none of the {n_total} image(s) could be read or had an object mask "
+                             f"({len(skipped)} without objects); check the data with `vitscope check-data`")
         out.mkdir(parents=True, exist_ok=True)
         meta = {**_model_meta(model, model_name, random), "mass": mass, "mask_rule": mask_rule,
                 "n_images": int(next(iter(res.values())).shape[0]), "skipped_no_object": len(skipped)}
@@ -414,7 +436,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         out: Path = typer.Option(Path("runs/video/attention.mp4"), "--out", "-o",
                                  help="Output video: .mp4 or .gif (frames go to <name>_frames/ beside it)."),
         block: int = typer.Option(-1, "--block", "-b", help="Block (-1 = last)."),
-        query: str = typer.Option("cls", "--query", "-q", help="Query token (cls, reg<k>, mean, centre, ...)."),
+        query: str = typer.Option("cls", "--query", help="Query token (cls, reg<k>, mean, centre, ...)."),
         fusion: str = typer.Option("mean", "--fusion", help="Head fusion: mean, max, min or sum."),
         short_side: Optional[int] = typer.Option(None, "--short-side",
                                                  help="Resize frames to this short side (default: the model's size)."),
@@ -431,6 +453,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Attention heat-map video: per-frame attention blended over the frames (mp4 or GIF, plus PNG frames)."""
+        check_range(max_frames, "--max-frames", 1)
+        check_range(batch_size, "--batch-size", 1)
         from vitscope.analysis.attention.video import attention_video
         from vitscope.viz.attention import plot_frames
         from vitscope.viz.save import save_figure
@@ -500,6 +524,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                                                           "pdf": str(pdf)})
                 n += 1
         _finish(ds, out)
+        require_images(n, ds, out)
         typer.echo(f"wrote {n} PDF(s) with pages {', '.join(tokens)} to {out}")
 
     # ------------------------------------------------------------------ position embeddings

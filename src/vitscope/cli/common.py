@@ -53,6 +53,7 @@ def open_images(model, data: str | None, images: list[Path] | None, limit: int |
 
     pcfg = model.preprocess_cfg or PreprocessConfig(input_size=model.cfg.img_size)
     tf = Preprocessor(pcfg)
+    check_limit(limit)
     if data and images:
         raise ValueError("give either --data or image paths, not both")
     if data:
@@ -62,9 +63,11 @@ def open_images(model, data: str | None, images: list[Path] | None, limit: int |
         if missing:
             raise FileNotFoundError(f"image file not found: {missing[0]}")
         ds = ImageDataset(FileSource([str(p) for p in images], description="image files"), transform=tf)
+    elif bundled_data(model):
+        ds = open_dataset(bundled_data(model), transform=tf)
     else:
         raise ValueError("no images: give image paths or --data SPEC")
-    if limit is not None and limit < len(ds):
+    if limit is not None and limit < len(ds):  # (limit >= 1 is checked above)
         ds = ds.subset(range(limit))
     if len(ds) == 0:
         raise ValueError("the dataset has no images")
@@ -107,3 +110,104 @@ def load_models(names: list[str], random: bool, device: Optional[str], seed: int
                 label += "'"
             models[label] = m
     return models
+
+
+def check_limit(limit: int | None, option: str = "--limit") -> None:
+    """``--limit N`` must be a positive number of images."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"{option} must be a positive number of images, got {limit}")
+
+
+def check_range(value, option: str, low=None, high=None, low_open: bool = False, high_open: bool = False) -> None:
+    """One line naming the option when ``value`` is outside [low, high] (or the open interval's side)."""
+    if value is None:
+        return
+    bad = ((low is not None and (value <= low if low_open else value < low))
+           or (high is not None and (value >= high if high_open else value > high)))
+    if bad:
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
+        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
+        rng = f"in {lo}, {hi}" if low is not None and high is not None else (
+            f"{'>' if low_open else '>='} {low}" if low is not None else f"{'<' if high_open else '<='} {high}")
+        raise ValueError(f"{option} must be {rng}, got {value}")
+
+
+def parse_heads(text: str | None, num_heads: int, option: str = "--heads") -> list[int] | None:
+    """``"0,3,-1"`` -> head indices in [0, num_heads); None means every head."""
+    if not text:
+        return None
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            h = int(part)
+        except ValueError:
+            raise ValueError(f"{option} takes comma-separated head indices (e.g. 0,3,5), got {text!r}") from None
+        if not -num_heads <= h < num_heads:
+            raise ValueError(f"{option}: head {h} does not exist; the model has {num_heads} heads (0-{num_heads - 1})")
+        out.append(h % num_heads)
+    return out
+
+
+def require_images(n_done: int, ds, out: Path | None = None) -> None:
+    """After a pass over ``ds``: one clear line when not a single image could be used."""
+    if n_done > 0:
+        return
+    skipped = len(getattr(ds, "skipped", []) or [])
+    where = f" (reasons in {out / 'skipped.csv'})" if out is not None and skipped else ""
+    raise ValueError(f"no usable image: all {skipped or len(ds)} file(s) were skipped as unreadable{where}; "
+                     "check the files with `vitscope check-data SPEC`")
+
+
+def refuse_weights_with_random(weights, random: bool) -> None:
+    """``--weights X --random`` is a contradiction, not a silent choice."""
+    if weights is not None and random:
+        raise ValueError("--weights and --random contradict each other: --random means no weights; drop one")
+
+
+def cls_block_hooks(model, token_mode: str, sites, quiet: bool = False) -> list[str]:
+    """Block hooks of ``model`` for ``sites`` where ``token_mode`` exists; says so when a late CLS drops blocks."""
+    from vitscope.analysis.similarity.compare import block_hooks, token_blocks
+
+    blocks = token_blocks(model, token_mode)
+    if blocks and blocks[0] > 0 and not quiet:
+        typer.echo(f"note: CLS enters at block {blocks[0]}; using blocks {blocks[0]}-{blocks[-1]} "
+                   f"(--tokens mean uses every block)", err=True)
+    return block_hooks(model.cfg.depth, sites, blocks)
+
+
+def bundled_data(model) -> str | None:
+    """``builtin:demo`` (with a note) for a bundled demo model given no --data; None for any other model."""
+    from vitscope.models.bundled import is_bundled
+
+    if not is_bundled(model):
+        return None
+    typer.echo("note: no --data; using builtin:demo, the synthetic benchmark the demo models were trained on",
+               err=True)
+    return "builtin:demo"
+
+
+def warn_near_chance(what: str, data: str | None) -> None:
+    """One warning line for a labelled result near chance (often: a model on data unlike its training data)."""
+    hint = (" The bundled demo models are near chance off their training data: use --data builtin:demo."
+            if data is not None and not str(data).startswith("builtin:demo") else "")
+    typer.echo(f"warning: {what}; check that the data suits the model.{hint}", err=True)
+
+
+def locks_out(command: str):
+    """Decorate a command whose ``out`` option is a folder: it holds that folder's write lock while it runs, so a
+    second process writing the same folder is refused with one line naming the first (``vitscope.outlock``)."""
+    import functools
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            out = kwargs.get("out")
+            if out is None:
+                return fn(*args, **kwargs)
+            from vitscope.outlock import output_lock
+
+            with output_lock(out, command):
+                return fn(*args, **kwargs)
+        return wrapper
+    return deco

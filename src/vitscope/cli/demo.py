@@ -43,8 +43,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the report's analyses on your model and images; sections that need labels or masks are skipped
         with a line saying why. Writes OUT/report.html."""
+        from vitscope.cli.common import check_range
         from vitscope.report import report
 
+        check_range(n_images, "--n-images", 1)
+        check_range(n_eval, "--n-eval", 1)
         page = report(model, data, out=out, name=model, analyses=_analyses(analyses), progress=not quiet,
                       n_images=n_images, n_eval=n_eval)
         typer.echo(f"report written to {page}")

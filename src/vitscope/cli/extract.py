@@ -66,6 +66,11 @@ def register(app: typer.Typer) -> None:
 
         Under `torchrun --nproc_per_node=K -m vitscope extract ...` the samples are split between the ranks.
         """
+        from vitscope.cli.common import check_range, refuse_weights_with_random
+
+        refuse_weights_with_random(weights, random)
+        check_range(batch_size, "--batch-size", 1)
+        check_range(workers, "--workers", 0)
         run_extract(model, data, out, layers=layers, sites=sites, tokens=tokens, random=random, seed=seed,
                     weights=weights, batch_size=batch_size, dtype=dtype, workers=workers, device=device,
                     compile=compile, autocast=autocast, resume=resume, quiet=quiet)

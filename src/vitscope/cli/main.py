@@ -27,6 +27,38 @@ COMMAND_MODULES = (
 )
 
 
+def _flags_without_type() -> None:
+    """Help shows no ``<bool>`` type beside on/off flags (typer >= 0.20 prints one for every option)."""
+    from typer import core
+
+    option = getattr(core, "TyperOption", None)
+    original = getattr(option, "display_type_rich", None)
+    if original is None or getattr(original, "_vitscope", False):
+        return
+
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_flag", False) or getattr(self, "count", False):
+            return None
+        return original(self, ctx)
+
+    display_type_rich._vitscope = True
+    option.display_type_rich = display_type_rich
+
+
+def _version(value: bool) -> None:
+    if value:
+        from vitscope import __version__
+
+        typer.echo(f"vitscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Probe, measure and visualise Vision Transformers."""
+
+
 def _register_all() -> None:
     for name in COMMAND_MODULES:
         mod_name = f"vitscope.cli.{name}"
@@ -35,18 +67,42 @@ def _register_all() -> None:
         importlib.import_module(mod_name).register(app)
 
 
+_flags_without_type()
 _register_all()
+
+
+def _keyboard_interrupt(e: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt behind typer's ``Exit(130)`` (it keeps it as the cause)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _interrupted(e: KeyboardInterrupt | None) -> None:
+    """Ctrl-C: one line saying where the command stopped (and how to resume, when it can), exit 130."""
+    msg = e.args[0] if e is not None and e.args else "interrupted"
+    typer.secho(f"\n{msg}", fg=typer.colors.YELLOW, err=True)
+    sys.exit(130)
 
 
 def main() -> None:
     try:
         app()
+    except KeyboardInterrupt as e:                     # (typer turns Ctrl-C into exit 130; see below)
+        _interrupted(e)
+    except SystemExit as e:
+        if e.code == 130:
+            _interrupted(_keyboard_interrupt(e))
+        raise
     except (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as e:
         if os.environ.get("VITSCOPE_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-        typer.echo("(set VITSCOPE_DEBUG=1 for the full traceback)", err=True)
+        typer.secho(f"error: {msg} (VITSCOPE_DEBUG=1 shows the traceback)", fg=typer.colors.RED, err=True)
         sys.exit(1)
 
 

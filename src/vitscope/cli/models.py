@@ -126,9 +126,11 @@ def register(app: typer.Typer) -> None:
 
         Shapes come from one forward of a zero image (works with --random and no network).
         """
+        from vitscope.cli.common import refuse_weights_with_random
         from vitscope.models.inspect import describe
         from vitscope.models.loading import load_model
 
+        refuse_weights_with_random(weights, random)
         m = load_model(model, pretrained=not random, weights=weights, seed=seed if random else None,
                        input_size=input_size)
         d = describe(m)

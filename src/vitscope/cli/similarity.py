@@ -20,6 +20,8 @@ SITE_NAMES = {v: k for k, v in SITE_HOOKS.items()}
 
 
 # ----------------------------------------------------------------------------- shared helpers
+from vitscope.cli.common import bundled_data, warn_near_chance  # noqa: E402,F401
+from vitscope.cli.common import check_limit, check_range, cls_block_hooks  # noqa: E402
 from vitscope.cli.common import load_models as _load_models  # noqa: E402
 from vitscope.cli.common import parse_formats as _formats  # noqa: E402
 from vitscope.cli.common import slug as _slug  # noqa: E402
@@ -39,7 +41,13 @@ def _site_hooks(sites: str) -> list[str]:
     return out
 
 
-def _open_data(data: Optional[str], what: str):
+def _open_data(data: Optional[str], what: str, models: Optional[dict] = None):
+    from vitscope.models.bundled import is_bundled
+
+    trained = [m for m in (models or {}).values() if is_bundled(m)]
+    if not data and trained and all(is_bundled(m) or not (getattr(m, "meta", None) or {}).get("weights_path")
+                                    for m in models.values()):
+        data = bundled_data(trained[0])               # bundled models (and random twins) meet no --data
     if not data:
         raise ValueError(f"{what} from models needs images: pass --data SPEC (a folder, a list, shards, hf:NAME "
                          f"or synthetic:n=256)")
@@ -69,14 +77,15 @@ def cka_command(
     models: List[str] = typer.Argument(None, help="Models: registry names, timm/NAME, hf:REPO or local folders. "
                                                   "One: layer x layer; two: model A x model B; --last-layer: "
                                                   "last layer across all of them."),
-    data: Optional[str] = typer.Option(None, "--data", help="Images for models: folder, list, shards, hf:NAME, "
+    model_opt: Optional[List[str]] = typer.Option(None, "--model", "-m", help="A model (repeatable), as an argument."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Images for models: folder, list, shards, hf:NAME, "
                                                             "synthetic:n=256 ..."),
     random: bool = typer.Option(False, "--random", help="Random-init weights (no download); for baselines and tests."),
     with_random: bool = typer.Option(False, "--with-random", help="Add a random-init copy of every model (seed 001's "
                                                                   "baseline)."),
     store: Optional[Path] = typer.Option(None, "--store", help="Feature store written by `vitscope extract`."),
     store2: Optional[Path] = typer.Option(None, "--store2", help="Second feature store (same images): store x store2."),
-    out: Path = typer.Option(Path("runs/similarity"), "--out", help="Output folder."),
+    out: Path = typer.Option(Path("runs/similarity"), "--out", "-o", help="Output folder."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Seed preset: default, seed000 (L2-normalised, full "
                                                                 "data) or seed002 (minibatch, min-max kernels, "
                                                                 "all tokens, ln1/ln2)."),
@@ -107,15 +116,15 @@ def cka_command(
                                                                    "by the CKA matrix (one model or store)."),
     site: str = typer.Option("resid_post", "--site", help="Store site to read (--store)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CPU)."),
-    fmt: str = typer.Option("png", "--format", help="Figure formats, comma-separated (png, pdf, svg)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or messages."),
+    fmt: str = typer.Option("png", "--formats", help="Figure formats, comma-separated (png, pdf, svg)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or messages."),
 ) -> None:
     """CKA between layers, models or the residual branches; heat maps with their numbers."""
     from vitscope.analysis.similarity import compare as C
     from vitscope.analysis.similarity.rsa import spectral_cluster_layers
     from vitscope.viz.similarity import save_cka_grid, save_residual, save_similarity
 
-    models = list(models or [])
+    models = list(models or []) + list(model_opt or [])
     _check_inputs(models, store, store2)
     o = C.preset_options(preset or "default", kernel=kernel, minmax=minmax, normalize=normalize,
                          token_mode=tokens, minibatch=None if full is None else not full)
@@ -159,8 +168,8 @@ def cka_command(
         _echo_written(written, quiet)
         return
 
-    ds = _open_data(data, "CKA")
     mods = _load_models(models, random, device, with_random=with_random)
+    ds = _open_data(data, "CKA", mods)
     names = list(mods)
     common = dict(token_mode=o["token_mode"], batch_size=batch_size, limit=limit, progress=progress)
     if residual:
@@ -192,8 +201,8 @@ def cka_command(
         results = {}
         for a, b in pairs:
             ma, mb = mods[a], mods[b]
-            ha = C.block_hooks(ma.cfg.depth, o["sites"])
-            hb = C.block_hooks(mb.cfg.depth, o["sites"])
+            ha = cls_block_hooks(ma, o["token_mode"], o["sites"], quiet)
+            hb = cls_block_hooks(mb, o["token_mode"], o["sites"], quiet)
             if o["minibatch"]:
                 res = C.stream_layer_cka(ma, ds, None if a == b else mb, ha, hb, names=(a, b), **common, **kw)
             else:
@@ -227,11 +236,12 @@ def _clusters(res, k: Optional[int], square: bool, fn):
 # ----------------------------------------------------------------------------- rsa
 def rsa_command(
     models: List[str] = typer.Argument(None, help="One model (layer x layer RSA); registry name or local folder."),
-    data: Optional[str] = typer.Option(None, "--data", help="Images for the model (folder, list, synthetic:n=256)."),
+    model_opt: Optional[List[str]] = typer.Option(None, "--model", "-m", help="A model (repeatable), as an argument."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Images for the model (folder, list, synthetic:n=256)."),
     random: bool = typer.Option(False, "--random", help="Random-init weights (no download)."),
     store: Optional[Path] = typer.Option(None, "--store", help="Feature store written by `vitscope extract`."),
     store2: Optional[Path] = typer.Option(None, "--store2", help="Second store (same images): store x store2 layers."),
-    out: Path = typer.Option(Path("runs/similarity"), "--out", help="Output folder."),
+    out: Path = typer.Option(Path("runs/similarity"), "--out", "-o", help="Output folder."),
     rdm_method: str = typer.Option("correlation", "--rdm", help="RDM: correlation (default), cosine or euclidean."),
     compare: str = typer.Option("spearman", "--compare", help="RDM comparison: spearman (default) or pearson."),
     tokens: str = typer.Option("cls", "--tokens", help="Token mode: cls (default), mean, all, patches."),
@@ -241,15 +251,15 @@ def rsa_command(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images (RDMs are N x N)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: CPU)."),
-    fmt: str = typer.Option("png", "--format", help="Figure formats, comma-separated."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or messages."),
+    fmt: str = typer.Option("png", "--formats", help="Figure formats, comma-separated."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or messages."),
 ) -> None:
     """RSA between layers (correlation RDMs compared by Spearman, seed 000), optional spectral clustering."""
     from vitscope.analysis.similarity import compare as C
     from vitscope.analysis.similarity.rsa import spectral_cluster_layers
     from vitscope.viz.similarity import save_similarity
 
-    models = list(models or [])
+    models = list(models or []) + list(model_opt or [])
     _check_inputs(models, store, store2)
     formats = _formats(fmt)
     if store is not None:
@@ -266,9 +276,9 @@ def rsa_command(
     else:
         if len(models) != 1:
             raise ValueError("rsa from models takes one model (layer x layer); use stores for two")
-        ds = _open_data(data, "RSA")
         (name, m), = _load_models(models, random, device).items()
-        hooks = C.block_hooks(m.cfg.depth, _site_hooks(sites))
+        ds = _open_data(data, "RSA", {name: m})
+        hooks = cls_block_hooks(m, tokens, _site_hooks(sites), quiet)
         res = C.stream_layer_rsa(m, ds, hooks, tokens, rdm_method, compare, batch_size, limit, progress=not quiet)
         names = [name]
     cl = _clusters(res, clusters, len(names) == 1, spectral_cluster_layers)
@@ -295,13 +305,14 @@ def _dense_task_data(coco: Optional[Path], partimagenet: Optional[Path], image_r
 
 def cluster_command(
     models: List[str] = typer.Argument(None, help="Models to score, one curve each (registry names, folders)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Labelled images (class folders, list with labels, "
+    model_opt: Optional[List[str]] = typer.Option(None, "--model", "-m", help="A model (repeatable), as an argument."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Labelled images (class folders, list with labels, "
                                                             "synthetic:n=256 ...)."),
     random: bool = typer.Option(False, "--random", help="Random-init weights (no download)."),
     with_random: bool = typer.Option(False, "--with-random", help="Add a random-init copy of every model."),
     store: Optional[List[Path]] = typer.Option(None, "--store", help="Feature store(s) with labels; repeat for "
                                                                      "several models."),
-    out: Path = typer.Option(Path("runs/similarity"), "--out", help="Output folder."),
+    out: Path = typer.Option(Path("runs/similarity"), "--out", "-o", help="Output folder."),
     tokens: str = typer.Option("cls", "--tokens", help="cls (default) or mean (mean-pooled patch tokens)."),
     k: Optional[int] = typer.Option(None, "--k", help="Clusters; default 50 (images) or 80 (--dense), as seed 002."),
     seed: int = typer.Option(0, "--seed", help="k-means random_state (seed 002: 0)."),
@@ -319,15 +330,15 @@ def cluster_command(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: CPU)."),
-    fmt: str = typer.Option("png", "--format", help="Figure formats, comma-separated."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or messages."),
+    fmt: str = typer.Option("png", "--formats", help="Figure formats, comma-separated."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or messages."),
 ) -> None:
     """k-means on CLS / mean-pooled tokens (or object / part features) per block: NMI, ARI, purity curves."""
     from vitscope.analysis import cluster as K
     from vitscope.analysis.similarity import compare as C
     from vitscope.viz.similarity import save_cluster_curves
 
-    models = list(models or [])
+    models = list(models or []) + list(model_opt or [])
     stores = list(store or [])
     if stores and models:
         raise ValueError("give either models (with --data) or --store, not both")
@@ -337,36 +348,49 @@ def cluster_command(
         raise ValueError(f"--dense must be 'object' or 'part', got {dense!r}")
     formats = _formats(fmt)
     kk = k if k is not None else (K.DEFAULT_DENSE_K if dense else K.DEFAULT_K)
-    scores = {}
+    check_range(kk, "--k", 1)
+    check_range(batch_size, "--batch-size", 1)
+    check_limit(limit)
+    scores, blocks = {}, {}
     progress = not quiet
     if stores:
         if dense:
             raise ValueError("--dense needs the images and their masks: run it on models with --data")
         for s in stores:
             st = C._open_store(s)
-            sc, _ = K.store_cluster_scores(st, site, tokens, None, kk, seed, n_init, progress)
+            sc, layers = K.store_cluster_scores(st, site, tokens, None, kk, seed, n_init, progress)
             name = C.store_name(st)
             while name in scores:
                 name += "'"
-            scores[name] = sc
+            scores[name], blocks[name] = sc, layers
     else:
-        ds = _dense_task_data(coco, partimagenet, image_root, dense, data) or _open_data(data, "clustering")
-        for name, m in _load_models(models, random, device, with_random=with_random).items():
-            hooks = C.block_hooks(m.cfg.depth, _site_hooks(sites))
+        mods = _load_models(models, random, device, with_random=with_random)
+        ds = _dense_task_data(coco, partimagenet, image_root, dense, data) or _open_data(data, "clustering", mods)
+        for name, m in mods.items():
+            hooks = (C.block_hooks(m.cfg.depth, _site_hooks(sites)) if dense
+                     else cls_block_hooks(m, tokens, _site_hooks(sites), quiet))
             if dense:
                 sc, _ = K.model_dense_cluster_scores(m, ds, dense, hooks, kk, seed, n_init, batch_size=batch_size,
                                                      limit=limit, progress=progress)
             else:
                 sc, _ = K.model_cluster_scores(m, ds, tokens, hooks, kk, seed, n_init, batch_size, limit, progress)
             scores[name] = sc
+            idx = [int(h.split(".")[1]) for h in hooks if h.startswith("blocks.")]
+            if len(idx) == len(hooks) == len(set(idx)):
+                blocks[name] = idx
     what = f"{dense} clustering" if dense else f"{tokens} clustering"
     stem = Path(out) / f"cluster_{dense or tokens}"
     written = save_cluster_curves(scores, stem, formats, title=f"{what} (k={kk})",
-                                  meta=dict(k=kk, seed=seed, n_init=n_init, tokens=tokens, dense=dense))
+                                  meta=dict(k=kk, seed=seed, n_init=n_init, tokens=tokens, dense=dense),
+                                  blocks=blocks or None)
     if not quiet:
         for name, sc in scores.items():
             best = int(sc["nmi"].argmax())
-            typer.echo(f"{name}: best NMI {sc['nmi'][best]:.3f} at block {best}")
+            twin = scores.get(f"{name} (random)")
+            if twin is not None and float(sc["nmi"].max()) <= float(twin["nmi"].max()):
+                warn_near_chance(f"{name} clusters no better than its random-weight twin (best NMI "
+                                 f"{sc['nmi'].max():.3f} vs {twin['nmi'].max():.3f})", data)
+            typer.echo(f"{name}: best NMI {sc['nmi'][best]:.3f} at block {blocks.get(name, range(best + 1))[best]}")
     _echo_written(written, quiet)
 
 

@@ -7,6 +7,7 @@ report it (see :mod:`vitscope.data.skip`). Pillow's decompression-bomb guard sta
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -62,11 +63,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def _decode(src, name: str) -> Image.Image:
     """Open ``src`` (a path or a binary file object) with Pillow, fully decoded, as RGB; errors named after ``name``."""
     try:
-        with Image.open(src) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
-    except Image.DecompressionBombError as e:
+        with warnings.catch_warnings():
+            # Pillow's bomb *warning* (between MAX_IMAGE_PIXELS and twice that) becomes a skip naming the file,
+            # not two raw lines on the terminal
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(src) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(f"{name} is too large to decode safely ({e})", "too_large") from e
     except UnidentifiedImageError as e:
         raise ImageDecodeError(f"{name} is not an image Pillow can read", "not_image") from e

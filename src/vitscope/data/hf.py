@@ -7,6 +7,7 @@ The image column is the one with an ``Image`` feature (or ``?image=COLUMN``); th
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -126,13 +127,54 @@ def disk_source(path: str | Path, split: str | None = None, image: str | None = 
     return HFSource(obj, str(path), split, image, label)
 
 
+def _load_offline_aware(datasets, name: str, config, split, revision):
+    """``load_dataset``; when the hub cannot be reached (or HF_HUB_OFFLINE=1) only the local cache is read, at
+    once and quietly, and a miss is one line instead of minutes of retries."""
+    import contextlib
+    import logging
+
+    from huggingface_hub import constants
+
+    from vitscope.models.loading import _host_reachable, _offline
+
+    local = Path(name).exists()
+    offline = not local and (_offline() or not _host_reachable(constants.ENDPOINT))
+    if not offline:
+        return datasets.load_dataset(name, config, split=split, revision=revision)
+    quiet = [logging.getLogger(n) for n in ("huggingface_hub", "datasets", "fsspec")]
+    levels = [lg.level for lg in quiet]
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    old_env = {k: os.environ.get(k) for k in env}
+    try:
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        os.environ.update(env)
+        with contextlib.suppress(AttributeError):
+            datasets.config.HF_DATASETS_OFFLINE = True
+            datasets.config.HF_HUB_OFFLINE = True
+        try:
+            return datasets.load_dataset(name, config, split=split, revision=revision)
+        except Exception as e:  # noqa: BLE001 - any miss of the offline cache
+            raise ValueError(f"cannot load hf:{name}: the Hugging Face hub cannot be reached and the dataset is not "
+                             f"in the local cache ({type(e).__name__}); copy a filled cache (HF_HOME) here, or use "
+                             f"a local folder (`save_to_disk`, ImageFolder) as --data") from None
+    finally:
+        for lg, lv in zip(quiet, levels):
+            lg.setLevel(lv)
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def hub_source(name: str, split: str | None = None, image: str | None = None, label: str | None = None,
                config: str | None = None, revision: str | None = None) -> HFSource:
     """``datasets.load_dataset(name)`` (hub name or local data folder), one split."""
     datasets = _datasets()
     if not name:
         raise ValueError("hf: needs a dataset name, e.g. hf:cifar10?split=test")
-    obj = datasets.load_dataset(name, config, split=split, revision=revision)
+    obj = _load_offline_aware(datasets, name, config, split, revision)
     if isinstance(obj, datasets.DatasetDict):
         obj, split = _pick_split(obj, split, f"hf:{name}")
     return HFSource(obj, f"hf:{name}", split, image, label)

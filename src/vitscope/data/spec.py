@@ -11,6 +11,7 @@ Forms of ``spec`` (see docs/data.md):
 - ``path/to/image.jpg``       a single image
 - ``synthetic[:key=value,...]``  the synthetic benchmark, generated in memory
 - ``builtin:samples``         a few real photographs shipped with vitscope (demos, tests)
+- ``builtin:demo[?n=512,split=test]``  the synthetic benchmark the bundled demo models were trained on
 
 Options follow a ``?``: ``hf:cifar10?split=test&image=img`` or ``shards/?split=train``; they can also be
 given as keyword arguments, which win. Unknown options are an error that lists the accepted ones.
@@ -80,13 +81,27 @@ def open_source(spec: str | Path, **options):
         from vitscope.data.synthetic.config import config_from_options
         from vitscope.data.synthetic.objects import SyntheticSource
 
+        from vitscope.data.synthetic.config import option_names
+
         cfg, rest = config_from_options(opts)
+        bad = sorted(set(rest) - {"n", "split", "per_class"})
+        if bad:
+            raise ValueError(f"unknown option(s) {', '.join(bad)} for synthetic; accepted: "
+                             f"{', '.join(sorted({'n', 'split', 'per_class', *option_names()}))}")
         rest = _take(rest, {"n": int, "split": str, "per_class": int}, "synthetic")
         n = rest.get("n", rest["per_class"] * cfg.n_classes if "per_class" in rest else 100 * cfg.n_classes)
         return SyntheticSource(cfg, n, rest.get("split", "train"))
+    if kind == "builtin" and target == "demo":
+        from vitscope.models.bundled import DEMO_DATA, DEMO_DATA_DEFAULTS
+
+        allowed = {"n", "split", "per_class"}
+        bad = sorted(set(opts) - allowed)
+        if bad:
+            raise ValueError(f"unknown option(s) {', '.join(bad)} for builtin:demo; accepted: n, per_class, split")
+        return open_source(DEMO_DATA, **{**DEMO_DATA_DEFAULTS, **opts})
     if kind == "builtin":
         if target != "samples":
-            raise ValueError(f"unknown built-in dataset {target!r}; available: samples")
+            raise ValueError(f"unknown built-in dataset {target!r}; available: samples, demo")
         from vitscope.data.samples import SampleSource
 
         _take(opts, {}, "builtin:samples")

@@ -28,6 +28,7 @@ from vitscope.features.store import (FORMAT, FORMAT_VERSION, MANIFEST, STORAGE_D
                                      IncompatibleStoreError, array_file, create_arrays, open_store, read_manifest,
                                      remove_store)
 from vitscope.features.writer import BackgroundWriter, Job
+from vitscope.outlock import LOCK_NAME, output_lock
 
 _AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
@@ -232,7 +233,7 @@ def _prepare(out_dir: Path, manifest: dict, resume: bool, batch_size: int, world
                     return {"complete": True, "batches": [[] for _ in range(world)], "done": old["n"]}
             else:
                 remove_store(out_dir)
-        elif out_dir.exists() and any(out_dir.iterdir()):
+        elif out_dir.exists() and any(not p.name.startswith(LOCK_NAME) for p in out_dir.iterdir()):
             raise IncompatibleStoreError(f"{out_dir} exists, is not empty and is not a vitscope feature store; "
                                          "choose an empty or new folder for --out")
         if not (out_dir / MANIFEST).exists():
@@ -297,7 +298,9 @@ def extract_features(model, dataset, out_dir, layers="all", sites=("resid_post",
     out_dir = Path(out_dir)
     d = setup(device)
     was_training = model.training
+    held = contextlib.ExitStack()
     try:
+        held.enter_context(output_lock(out_dir, "vitscope extract", part=f"rank-{d.rank}"))
         dev = _resolve_device(device, d)
         model.to(dev).eval()
         dataset = _open_dataset(dataset, model, on_error)
@@ -330,7 +333,7 @@ def extract_features(model, dataset, out_dir, layers="all", sites=("resid_post",
             my_batches = state["batches"][d.rank]
             n_img, n_skip, nbytes = _run_batches(
                 runner, dataset, out_dir, plan, my_batches, dev, d, batch_size, num_workers, compile, amp,
-                progress, fsync, max_pending, dtype)
+                progress, fsync, max_pending, dtype, done=int(state["done"]), n_total=int(manifest["n"]))
             n_img, n_skip = d.sum([float(n_img), float(n_skip)])
             d.barrier()
             elapsed = time.perf_counter() - t0
@@ -344,6 +347,7 @@ def extract_features(model, dataset, out_dir, layers="all", sites=("resid_post",
             print(summary_line(store), file=sys.stderr, flush=True)
         return store
     finally:
+        held.close()
         model.train(was_training)
         d.close()
 
@@ -360,7 +364,7 @@ def summary_line(store: FeatureStore) -> str:
 
 def _run_batches(runner: _Runner, dataset, out_dir: Path, plan: Plan, batches, dev: torch.device, d: Dist,
                  batch_size: int, num_workers, compile: bool, amp, progress: bool, fsync: bool,
-                 max_pending: int, dtype: str) -> tuple[int, int, int]:
+                 max_pending: int, dtype: str, done: int = 0, n_total: int = 0) -> tuple[int, int, int]:
     from vitscope.features.progress import RankProgress
 
     if not batches:
@@ -380,7 +384,11 @@ def _run_batches(runner: _Runner, dataset, out_dir: Path, plan: Plan, batches, d
     from tqdm import tqdm
 
     total = sum(b - a for a, b in batches)
-    bar = tqdm(total=total, unit="img", disable=not (progress and d.is_main), dynamic_ncols=True,
+    if not d.active:                   # one process: the bar counts the whole store, a resumed run starts at N
+        total, initial = done + total, done
+    else:
+        initial = 0
+    bar = tqdm(total=total, initial=initial, unit="img", disable=not (progress and d.is_main), dynamic_ncols=True,
                desc=f"extract (rank 0 of {d.world_size})" if d.active else "extract", file=sys.stderr)
     in_dtype = runner.model.dtype if runner.model.dtype in (torch.float16, torch.bfloat16) else torch.float32
     n_img = n_skip = 0
@@ -421,11 +429,14 @@ def _run_batches(runner: _Runner, dataset, out_dir: Path, plan: Plan, batches, d
             n_img += B
             bar.update(b - a)
         writer.close()
-    except BaseException:
+    except BaseException as e:
         try:                      # keep the batches already computed: they are valid rows
             writer.close()
         except BaseException:     # noqa: BLE001 (the first error is the one to report)
             pass
+        if isinstance(e, KeyboardInterrupt) and not d.active:
+            raise KeyboardInterrupt(f"interrupted at {bar.n}/{n_total} images; run the same "
+                                    f"command to resume") from None
         raise
     finally:
         bar.close()

@@ -53,9 +53,15 @@ class TokenLayout:
 
 
 def token_layout(cfg: ViTConfig, block: int, grid: tuple[int, int] | None = None) -> TokenLayout:
-    """Layout of the tokens entering ``block`` (``block == cfg.depth`` means after the last block)."""
+    """Layout of the tokens entering ``block`` (``block == cfg.depth`` means after the last block).
+
+    Negative blocks count from the end as on the command line: ``-1`` is the last block (``depth - 1``).
+    """
+    if -cfg.depth <= block < 0:
+        block += cfg.depth
     if not 0 <= block <= cfg.depth:
-        raise ValueError(f"block must be in [0, {cfg.depth}] for a model of depth {cfg.depth}, got {block}")
+        raise ValueError(f"block must be in [-{cfg.depth}, {cfg.depth}] for a model of depth {cfg.depth} "
+                         f"(-1: the last block; {cfg.depth}: the output), got {block}")
     rows, cols = grid or cfg.grid
     n_patch = rows * cols
     has_cls = cfg.class_token and block >= cfg.cls_block

@@ -31,10 +31,16 @@ def build_report(models: Sequence[ModelSpec], out: str | Path = "runs/report", t
     ``context_options`` go to :class:`ReportContext` (n_images, n_eval, n_show, batch_size).
     Returns the path of the page.
     """
+    from vitscope.outlock import output_lock
+
+    with output_lock(out, "vitscope report"):
+        return _build_report(models, Path(out), title, subtitle, analyses, progress, facts, context_options)
+
+
+def _build_report(models, out: Path, title: str, subtitle: str, analyses, progress: bool, facts,
+                  context_options: dict) -> Path:
     from vitscope.models.loading import load_model
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     descriptions = {a.name: a.description for a in available(analyses)}
     parts = []
@@ -42,6 +48,8 @@ def build_report(models: Sequence[ModelSpec], out: str | Path = "runs/report", t
         model = load_model(str(spec.model)) if isinstance(spec.model, (str, Path)) else spec.model
         ctx = ReportContext(model, spec.data, out_dir=out, name=spec.name, title=spec.title or spec.name,
                             report_dir=out, progress=progress, info=spec.info, **context_options)
+        if ctx.dataset is not None:
+            _ = ctx.images              # no usable image is one clear error before any section runs
         sections = run_analyses(ctx, analyses, progress=progress)
         summary = {k: v for k, v in spec.info.items() if isinstance(v, (str, int, float))}
         summary.update(headline(ctx.info))

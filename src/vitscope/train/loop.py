@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from vitscope.models import HookedViT, PreprocessConfig
 from vitscope.models.loading import save_model
+from vitscope.outlock import output_lock
 from vitscope.train import augment as A
 from vitscope.train.checkpoint import load_train_state, save_train_state
 from vitscope.train.config import TrainConfig
@@ -144,7 +145,13 @@ def train(cfg: TrainConfig | None = None, **options) -> dict[str, Any]:
     cfg.validate()
     env = setup(cfg.device)
     try:
-        return _train(cfg, env)
+        with output_lock(cfg.out, "vitscope train", part=f"rank-{env.rank}"):
+            return _train(cfg, env)
+    except KeyboardInterrupt:
+        last = Path(cfg.out) / "last"
+        done = (f"the last finished epoch is in {last}; run the same command with --resume to continue"
+                if last.exists() else "no epoch had finished; run the same command to start again")
+        raise KeyboardInterrupt(f"interrupted: {done}") from None
     finally:
         env.close()
 

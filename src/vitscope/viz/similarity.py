@@ -136,11 +136,12 @@ def plot_residual(res, title: str | None = None):
                  xlabel=f"{'attention' if branch == 'attn' else 'MLP'} branch output (block)",
                  ylabel="skip input (block)", title=f"{branch}: skip vs branch", annotate=False)
     ax = axes[2]
-    styles = {"all": "-", "cls": "--", "patches": ":"}
+    styles = {"all": ("-", "o"), "cls": ("--", "s"), "patches": (":", "^")}      # line and marker differ
     for branch, colour in (("attn", "C0"), ("mlp", "C3")):
         for tok, vals in res.norm_ratios[branch].items():
-            ax.plot(np.arange(len(vals)), vals, styles.get(tok, "-"), color=colour, marker="o", ms=3,
-                    label=f"{branch}, {tok}")
+            ls, marker = styles.get(tok, ("-", "o"))
+            ax.plot(np.arange(len(vals)), vals, ls, color=colour, marker=marker, ms=4,
+                    label=f"{branch}, {tok}")          # NaN (CLS before it enters) is left out of the line
     ax.set_yscale("log")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("block")
@@ -152,23 +153,40 @@ def plot_residual(res, title: str | None = None):
     return fig
 
 
+def _cluster_blocks(scores, blocks) -> dict[str, np.ndarray]:
+    """The block index of every score: ``blocks`` is one list for all models, ``{model: list}`` or None (0..L-1)."""
+    out = {}
+    for name, sc in scores.items():
+        n = len(next(iter(sc.values())))
+        b = blocks.get(name) if isinstance(blocks, Mapping) else blocks
+        b = np.arange(n) if b is None else np.asarray([int(x) for x in b])
+        if len(b) != n:
+            raise ValueError(f"{name}: {n} scores but {len(b)} block indices")
+        out[name] = b
+    return out
+
+
 def plot_cluster_curves(scores: Mapping[str, Mapping[str, Sequence[float]]], metrics: Sequence[str] | None = None,
-                        title: str | None = None, xlabel: str = "block"):
+                        title: str | None = None, xlabel: str = "block",
+                        blocks: Sequence[int] | Mapping[str, Sequence[int]] | None = None):
     """Clustering scores per block: ``{model: {"nmi": (L,), "ari": (L,), "purity": (L,)}}``, one panel per metric.
 
-    Models of different depth share the axis as a fraction of depth when depths differ (seed 002's plots).
+    ``blocks``: the model's block index of each score (one list, or one per model), e.g. ``[6, 7]`` when CLS enters
+    at block 6; default 0..L-1. Models of different depth share the axis as a fraction of depth when depths
+    differ (seed 002's plots).
     """
     if not scores:
         raise ValueError("no models to plot")
+    where = _cluster_blocks(scores, blocks)
     metrics = list(metrics or [m for m in ("nmi", "ari", "purity") if any(m in s for s in scores.values())])
-    depths = {len(next(iter(s.values()))) for s in scores.values()}
+    depths = {int(b.max()) + 1 for b in where.values()}
     relative = len(depths) > 1
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.0 * len(metrics), 3.2), squeeze=False,
                              constrained_layout=True)
     for ax, met in zip(axes[0], metrics):
         for name, s in scores.items():
             v = np.asarray(s[met], dtype=float)
-            x = (np.arange(len(v)) + 1) / len(v) if relative else np.arange(len(v))
+            x = (where[name] + 1) / (where[name].max() + 1) if relative else where[name]
             ax.plot(x, v, marker="o", ms=3, label=name)
         ax.set_xlabel("relative depth" if relative else xlabel)
         if not relative:
@@ -226,11 +244,14 @@ def save_residual(res, stem: str | Path, formats: Sequence[str] = ("png",), titl
 
 def save_cluster_curves(scores: Mapping[str, Mapping[str, Sequence[float]]], stem: str | Path,
                         formats: Sequence[str] = ("png",), title: str | None = None,
-                        meta: Mapping[str, Any] | None = None) -> list[Path]:
-    fig = plot_cluster_curves(scores, title=title)
-    rows = [{"model": name, "block": i, **{m: float(v[i]) for m, v in s.items()}}
-            for name, s in scores.items() for i in range(len(next(iter(s.values()))))]
+                        meta: Mapping[str, Any] | None = None,
+                        blocks: Sequence[int] | Mapping[str, Sequence[int]] | None = None) -> list[Path]:
+    fig = plot_cluster_curves(scores, title=title, blocks=blocks)
+    where = _cluster_blocks(scores, blocks)
+    rows = [{"model": name, "block": int(where[name][i]), **{m: float(v[i]) for m, v in s.items()}}
+            for name, s in scores.items() for i in range(len(where[name]))]
     arrays = {f"{_key(name)}.{m}": np.asarray(v) for name, s in scores.items() for m, v in s.items()}
+    arrays.update({f"{_key(name)}.blocks": b for name, b in where.items()})
     paths = save_figure(fig, stem, formats, arrays=arrays, meta={**(meta or {}), "models": list(scores)})
     paths.append(save_table(rows, Path(f"{stem}.csv")))
     return paths

@@ -95,6 +95,18 @@ class ResidualResult:
 
 
 # ----------------------------------------------------------------------------- names and tokens
+def token_blocks(model, token_mode: str) -> list[int]:
+    """The blocks whose activations have what ``token_mode`` reads: every block, except for ``"cls"`` on a model
+    whose CLS enters late (seed 004), where it is the blocks from ``cfg.cls_block`` on. A model without CLS is a
+    clear error naming ``--tokens mean``."""
+    cfg = model.cfg
+    if token_mode != "cls":
+        return list(range(cfg.depth))
+    if not cfg.class_token:
+        raise ValueError("this model has no CLS token: use --tokens mean (mean of the patch tokens)")
+    return list(range(int(getattr(cfg, "cls_block", 0) or 0), cfg.depth))
+
+
 def block_hooks(depth: int, sites: str | Sequence[str] = DEFAULT_SITE, blocks: Iterable[int] | None = None
                 ) -> list[str]:
     """``blocks.{i}.{site}`` for every block (and every site, interleaved per block, as seed 002 lists them)."""
@@ -313,6 +325,13 @@ def norm_ratios(skip: torch.Tensor, branch: torch.Tensor, layout) -> dict[str, t
     return out
 
 
+def _ratio_arrays(per_block: Sequence[Mapping[str, tuple[float, int]]]) -> dict[str, np.ndarray]:
+    """``[{tokens: (sum over images, image count)}]`` per block -> ``{tokens: (depth,) mean}``; NaN for the blocks
+    where those tokens do not exist (CLS before it enters)."""
+    keys = list(dict.fromkeys(k for p in per_block for k in p))
+    return {k: np.array([p[k][0] / p[k][1] if k in p and p[k][1] else np.nan for p in per_block]) for k in keys}
+
+
 def residual_cka(acts: Mapping[str, Sequence[Any]], layouts: Sequence[Any], token_mode: str = "all",
                  kernel: str = "linear", unbiased: bool = True, sigma: float | None = None,
                  minmax: bool = False, mlp_skip: str = "resid_mid") -> ResidualResult:
@@ -334,7 +353,7 @@ def residual_cka(acts: Mapping[str, Sequence[Any]], layouts: Sequence[Any], toke
         mats[branch] = SimilarityResult(m, [f"skip {i}" for i in range(depth)], [f"{branch} {i}" for i in range(depth)],
                                         dict(metric="cka", branch=branch, token_mode=token_mode))
         per = [norm_ratios(s, o, layouts[i]) for i, (s, o) in enumerate(zip(skips, outs))]
-        ratios[branch] = {k: np.array([float(p[k].mean()) for p in per]) for k in per[0]}
+        ratios[branch] = _ratio_arrays([{k: (float(v.sum()), v.numel()) for k, v in p.items()} for p in per])
     return ResidualResult(mats["attn"], mats["mlp"], ratios, dict(token_mode=token_mode, minibatch=False,
                                                                   mlp_skip=mlp_skip))
 
@@ -527,7 +546,7 @@ def stream_residual_cka(model, data, token_mode: str = "all", batch_size: int = 
     depth = model.cfg.depth
     pairs = residual_hooks(mlp_skip)
     mbs = {b: MinibatchCKA(kernel=kernel, sigma=sigma, minmax=minmax) for b in pairs}
-    sums: dict[str, dict[str, torch.Tensor]] = {b: {} for b in pairs}
+    sums: dict[str, list[dict[str, tuple[float, int]]]] = {b: [{} for _ in range(depth)] for b in pairs}
     n_img = 0
     for images, _, _ in _progress(image_batches([model], data, batch_size, limit), progress, "residual CKA"):
         x = images[0].to(model.device, model.dtype)
@@ -543,8 +562,8 @@ def stream_residual_cka(model, data, token_mode: str = "all", batch_size: int = 
                 xs[f"skip {i}"] = reduce_tokens(s, lay, token_mode)
                 ys[f"{branch} {i}"] = reduce_tokens(o, lay, token_mode)
                 for k, v in norm_ratios(s, o, lay).items():
-                    acc = sums[branch].setdefault(k, torch.zeros(depth, dtype=torch.float64))
-                    acc[i] += float(v.sum())
+                    total, count = sums[branch][i].get(k, (0.0, 0))
+                    sums[branch][i][k] = (total + float(v.sum()), count + v.numel())
             mbs[branch].update(xs, ys)
         n_img += x.shape[0]
     if n_img == 0:
@@ -554,7 +573,7 @@ def stream_residual_cka(model, data, token_mode: str = "all", batch_size: int = 
         mats[branch] = SimilarityResult(mb.compute(), list(mb.names_x), list(mb.names_y),
                                         dict(metric="cka", branch=branch, token_mode=token_mode, minibatch=True,
                                              minmax=minmax, kernel=kernel, n_images=n_img))
-    ratios = {b: {k: (v / n_img).numpy() for k, v in d.items()} for b, d in sums.items()}
+    ratios = {b: _ratio_arrays(per) for b, per in sums.items()}
     return ResidualResult(mats["attn"], mats["mlp"], ratios,
                           dict(token_mode=token_mode, minibatch=True, batch_size=batch_size, n_images=n_img,
                                mlp_skip=mlp_skip, skip_hooks={b: p[0] for b, p in pairs.items()},

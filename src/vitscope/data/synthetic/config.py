@@ -77,6 +77,11 @@ class SynthConfig:
 _TYPES = {f.name: f.type for f in fields(SynthConfig)}
 
 
+def option_names() -> list[str]:
+    """Every key a ``synthetic:`` spec accepts for the generator (aliases included)."""
+    return sorted({*_TYPES, "classes", "image_size", "img_size"})
+
+
 def config_from_options(options: dict[str, Any]) -> tuple[SynthConfig, dict[str, Any]]:
     """Split ``options`` (strings from a spec, or Python values) into a SynthConfig and the rest."""
     aliases = {"classes": "n_classes", "image_size": "size", "img_size": "size"}

@@ -97,6 +97,9 @@ def accuracy(ctx) -> Section:
     sec = Section()
     sec.add_text(f"Top-1 accuracy <b>{100 * acc:.1f}%</b> (top-5 {100 * top5:.1f}%) on {len(y)} images "
                  f"({100 / C:.1f}% is chance for {C} classes).")
+    if acc < 1.5 / C:
+        sec.add_text(f"<b>Warning:</b> this is near chance: the images may be unlike the model's training data "
+                     f"(the bundled demo models need <code>builtin:demo</code>).")
     cm = confusion(pred, y, C)
     rows = [{"class": ctx.classes[c], "images": int(cm[c].sum()),
              "accuracy": round(float(cm[c, c] / max(cm[c].sum(), 1)), 4)} for c in range(C)]

@@ -64,7 +64,8 @@ def clustering(ctx) -> Section:
             for j, name in enumerate(f):
                 rows.append({"tokens": label, "model": who, "block": name,
                              **{m: round(float(v[j]), 4) for m, v in s.items()}})
-        fig = plot_cluster_curves(curves, title=f"k-means on the {label} (k={k}, {len(y)} images)")
+        fig = plot_cluster_curves(curves, title=f"k-means on the {label} (k={k}, {len(y)} images)",
+                                  blocks={who: [int(b) for b in ctx.block_features(who, mode)] for who in curves})
         if blocks[0] > 0:
             sec.add_text(f"CLS exists from block {blocks[0]}: its curves are over blocks {blocks}.")
         sec.figure(ctx, fig, mode, f"NMI, ARI and purity per block, {label}.",

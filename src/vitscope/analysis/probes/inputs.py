@@ -1,0 +1,201 @@
+"""Probe inputs from a feature store: sites x layers x reductions, seed 000's named layer sets, L2 normalisation.
+
+An input is one (site, layer, reduction) of the store; CLS and AP of one layer are two inputs. Reductions:
+
+=========  ====================================================================================================
+``cls``    the CLS token (store reduction ``cls``, or row 0 of ``cls+mean``)
+``ap``     the mean of the patch tokens (store ``mean``, or row 1 of ``cls+mean``); equals seed 000's AP for
+           models without registers
+``ap_all`` the mean of every token after the first (seed 000's ``avg_pool``: registers included), from ``all``
+``all``    every token, (T, D)
+=========  ====================================================================================================
+
+Any other reduction the store holds (``dist``, ``patches``, ``registers``) is passed through.
+
+Named layer sets for a model of ``depth`` blocks (0-based blocks, site ``ln2`` = seed 000's ``blocks.{i}.norm2``,
+``final`` = the final norm, or CLIP's projection when the store has ``clip_proj``); CLS and AP of each layer:
+
+- ``last``: final (2 inputs);
+- ``middle``: block depth // 2 and final (4 inputs; block 6 of 12);
+- ``quarterly``: blocks depth/4, depth/2, 3 depth/4 and final (8 inputs; blocks 3, 6, 9 of 12);
+- ``all``: blocks 1 .. depth-1 and final (2 depth inputs: 24 for 12 blocks, 48 for 24);
+- ``tokens``: every token of the final layer, one (T, D) input.
+
+Seed 000's large-model file used blocks 6 and 3/6/9 for 24-block models too; give those as an explicit list.
+
+Normalisation at load (seed 000's default): each sample's vector is divided by its L2 norm, per input. All-token
+inputs are normalised per token over the feature axis by default (``token_norm="token"``, the end-to-end recipe);
+``token_norm="over_tokens"`` is seed 000's stored-feature variant (each channel over the tokens of an image).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+LAYER_SETS = ("last", "middle", "quarterly", "all", "tokens")
+REDUCTION_ALIASES = {"ap": "mean", "avg_pool": "ap_all", "cls_token": "cls", "all_tokens": "all", "at": "all"}
+
+
+@dataclass(frozen=True)
+class ProbeInput:
+    """One probe input: store site, block (None for global sites such as ln_final) and reduction."""
+
+    site: str
+    layer: int | None
+    reduction: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.site}.{self.layer}.{self.reduction}" if self.layer is not None else f"{self.site}.{self.reduction}"
+
+    @property
+    def seed_key(self) -> str:
+        """Seed 000's model key, e.g. ``cls@blocks.3.norm2`` / ``ap@norm``: its input order sorts these strings."""
+        red = {"mean": "ap", "ap": "ap", "ap_all": "ap", "all": "at"}.get(self.reduction, self.reduction)
+        where = "norm" if self.layer is None else f"blocks.{self.layer}.{self.site}"
+        return f"{red}@{where}"
+
+    @property
+    def label(self) -> str:
+        """Short label for figures: ``3 cls``, ``final ap``."""
+        red = "ap" if self.reduction == "mean" else self.reduction
+        return f"{'final' if self.layer is None else self.layer} {red}"
+
+
+def seed_order(inputs: list[ProbeInput]) -> list[ProbeInput]:
+    """Seed 000's input order: model keys sorted as strings (AP first, then CLS; blocks 1, 10, 11, 2, ...)."""
+    return sorted(inputs, key=lambda i: i.seed_key)
+
+
+def _final_site(sites: list[str]) -> str:
+    if "clip_proj" in sites:
+        return "clip_proj"
+    if "ln_final" in sites:
+        return "ln_final"
+    raise ValueError("the store has no final-layer site; extract it with --sites ln2,ln_final "
+                     "(or clip_proj for CLIP models)")
+
+
+def layer_set(name: str, depth: int, site: str = "ln2", final: str = "ln_final",
+              reductions: tuple[str, ...] = ("cls", "ap")) -> list[ProbeInput]:
+    """The inputs of a named layer set (see the module docstring)."""
+    reds = tuple(REDUCTION_ALIASES.get(r, r) for r in reductions)
+    if name == "last":
+        blocks: list[int] = []
+    elif name == "middle":
+        blocks = [depth // 2]
+    elif name == "quarterly":
+        blocks = [depth // 4, depth // 2, (3 * depth) // 4]
+    elif name == "all":
+        blocks = list(range(1, depth))
+    elif name == "tokens":
+        return [ProbeInput(final, None, "all")]
+    else:
+        raise ValueError(f"unknown layer set {name!r}; choose among {', '.join(LAYER_SETS)} or give an explicit "
+                         "list such as 'ln2.3.cls,ln2.3.ap,ln_final.cls'")
+    return [ProbeInput(site, b, r) for b in blocks for r in reds] + [ProbeInput(final, None, r) for r in reds]
+
+
+_ITEM = re.compile(r"^(?P<site>[A-Za-z_][\w.]*?)(?:\.(?P<layer>-?\d+))?\.(?P<red>[\w+]+)$")
+
+
+def parse_inputs(spec: str, depth: int, sites: list[str] | None = None, site: str = "ln2") -> list[ProbeInput]:
+    """A layer-set name or a comma list ``site.layer.reduction`` / ``site.reduction`` (``ln2.3.cls,ln_final.ap``)."""
+    spec = spec.strip()
+    if spec in LAYER_SETS:
+        return layer_set(spec, depth, site=site, final=_final_site(sites) if sites else "ln_final")
+    out = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        m = _ITEM.match(item)
+        if not m:
+            raise ValueError(f"unknown layer set or input {item!r}; use one of {', '.join(LAYER_SETS)} or "
+                             "'site.layer.reduction' items such as ln2.3.cls or ln_final.ap")
+        layer = m.group("layer")
+        lay = None if layer is None else int(layer) % depth if int(layer) < 0 else int(layer)
+        out.append(ProbeInput(m.group("site"), lay, REDUCTION_ALIASES.get(m.group("red"), m.group("red"))))
+    if not out:
+        raise ValueError("no probe inputs given")
+    return out
+
+
+def store_depth(store) -> int:
+    cfg = (store.manifest.get("model") or {}).get("config") or {}
+    if "depth" in cfg:
+        return int(cfg["depth"])
+    return max(store.layers) + 1 if store.layers else 0
+
+
+def _read(store, site: str, layer: int | None, reduction: str, rows) -> np.ndarray:
+    have = set(store.reductions)
+    if reduction in have:
+        return np.asarray(store.get(site, layer, reduction)[rows], dtype=np.float32)
+    if reduction in ("cls", "mean") and "cls+mean" in have:
+        return np.asarray(store.get(site, layer, "cls+mean")[rows, 0 if reduction == "cls" else 1], dtype=np.float32)
+    if reduction == "ap_all" and "all" in have:
+        return np.asarray(store.get(site, layer, "all")[rows, 1:], dtype=np.float32).mean(axis=1)
+    need = {"ap_all": "all", "mean": "mean (or cls+mean)", "cls": "cls (or cls+mean)"}.get(reduction, reduction)
+    raise ValueError(f"the store {store.path} has no reduction {reduction!r} (it holds {sorted(have)}); extract "
+                     f"with --tokens {need.split(' ')[0]}")
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``F.normalize(x, p=2, dim=axis)``: divide by max(||x||, 1e-12) along ``axis``."""
+    n = np.sqrt((x.astype(np.float64) ** 2).sum(axis=axis, keepdims=True))
+    return (x / np.maximum(n, 1e-12)).astype(np.float32)
+
+
+def load_input(store, inp: ProbeInput, rows=None, normalize: bool = True, token_norm: str = "token") -> np.ndarray:
+    """One input as float32 (N, D) or (N, T, D), L2-normalised as the module docstring says."""
+    if inp.site not in store.sites:
+        raise ValueError(f"the store {store.path} has no site {inp.site!r} (it holds {store.sites}); extract it with "
+                         f"--sites {inp.site}")
+    if inp.layer is not None and inp.layer not in store.layers:
+        raise ValueError(f"the store {store.path} has no layer {inp.layer} (it holds {store.layers}); extract it with "
+                         f"--layers {inp.layer} or choose another layer set")
+    rows = np.flatnonzero(store.valid) if rows is None else rows
+    x = _read(store, inp.site, inp.layer, inp.reduction, rows)
+    if not np.isfinite(x).all():
+        raise ValueError(f"input {inp.name} of {store.path} contains NaN or Inf; re-extract with --dtype float32 or "
+                         "drop the model")
+    if normalize:
+        if x.ndim == 2:
+            x = l2_normalize(x, axis=1)
+        elif token_norm == "token":
+            x = l2_normalize(x, axis=-1)
+        elif token_norm == "over_tokens":
+            x = l2_normalize(x, axis=1)
+        else:
+            raise ValueError(f"token_norm must be 'token' or 'over_tokens', got {token_norm!r}")
+    return x
+
+
+def load_inputs(store, inputs: list[ProbeInput], normalize: bool = True, token_norm: str = "token",
+                rows=None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every input (valid, labelled rows) and the labels."""
+    labels = np.asarray(store.labels)
+    if len(labels) != store.n:
+        raise ValueError(f"the store {store.path} is inconsistent: {len(labels)} labels for {store.n} samples")
+    if rows is None:
+        rows = np.flatnonzero(np.asarray(store.valid) & (labels >= 0))
+    if len(rows) == 0:
+        raise ValueError(f"the store {store.path} has no labelled samples; probes need class labels")
+    feats = [load_input(store, i, rows, normalize, token_norm) for i in inputs]
+    for i, f in zip(inputs, feats):
+        if len(f) != len(rows):
+            raise ValueError(f"input {i.name} of {store.path} has {len(f)} rows, expected {len(rows)}")
+    return feats, labels[rows].astype(np.int64)
+
+
+def concat_inputs(feats: list[np.ndarray]) -> np.ndarray:
+    """Linear probe: the per-input vectors concatenated along the feature axis (token maps flattened)."""
+    return np.concatenate([f.reshape(len(f), -1) for f in feats], axis=1)
+
+
+def check_pair(train_feats: list[np.ndarray], test_feats: list[np.ndarray], inputs: list[ProbeInput]) -> None:
+    """Train and test inputs must have the same per-sample shapes."""
+    for i, a, b in zip(inputs, train_feats, test_feats):
+        if a.shape[1:] != b.shape[1:]:
+            raise ValueError(f"input {i.name}: training features have shape {a.shape[1:]} but test features "
+                             f"{b.shape[1:]}; extract both stores with the same model and settings")

@@ -1,0 +1,140 @@
+"""Results tables, gains and seed 000's statistics.
+
+The tidy results table has the columns ``model, dataset, experiment, probe, layer_set, split, metric, value``
+(value in [0, 1]). A *run* is one (probe, experiment), written ``probe:experiment`` (``attentive:all``).
+
+- :func:`gains`: test balanced top-1 minus the last-layer CLS linear probe of the same model and dataset (``linear:
+  last_cls``; another baseline per model, e.g. the AP linear probe for MAE, with ``baseline_for``).
+- :func:`wilcoxon_over_datasets`: per model, each pair of runs compared with a one-sided paired Wilcoxon signed-rank
+  test (``scipy.stats.wilcoxon(a, b, alternative="greater")``) over the datasets (sorted by name) on the gains;
+  every p-value of the call adjusted together with Benjamini-Hochberg, rejected where adjusted p < alpha.
+- :func:`per_dataset_tests`: per dataset, the run with the highest mean over the models against every other run,
+  one-sided paired Wilcoxon over the models, no correction.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+COLUMNS = ["model", "dataset", "experiment", "probe", "layer_set", "split", "metric", "value"]
+BASELINE = ("linear", "last_cls")
+FIGURE2_PAIRS = (("attentive:all", "attentive:last"), ("linear:all", "linear:last"),
+                 ("attentive:all", "linear:all"), ("attentive:all", "attentive:tokens"))
+
+
+def results_rows(fit, model: str, dataset: str, experiment: str, layer_set: str | None = None) -> list[dict]:
+    """Tidy rows of one :class:`~vitscope.analysis.probes.tuning.ProbeFit`: train / test metrics, best validation."""
+    base = {"model": model, "dataset": dataset, "experiment": experiment, "probe": fit.kind,
+            "layer_set": layer_set if layer_set is not None else experiment}
+    rows = [{**base, "split": split, "metric": k, "value": float(v)}
+            for split, m in (("train", fit.train_metrics), ("test", fit.test_metrics)) for k, v in m.items()]
+    rows.append({**base, "split": "val", "metric": "balanced_top1", "value": float(fit.best_val)})
+    return rows
+
+
+def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values: p_(i) n / i, made monotone from the largest down, capped at 1."""
+    p = np.asarray(p, dtype=float)
+    n = len(p)
+    if n == 0:
+        return p
+    order = np.argsort(p)
+    ranked = p[order] * n / np.arange(1, n + 1)
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.minimum(ranked, 1.0)
+    return out
+
+
+def _df(table):
+    import pandas as pd
+
+    df = table if isinstance(table, pd.DataFrame) else pd.DataFrame(list(table))
+    missing = set(COLUMNS) - set(df.columns)
+    if missing:
+        raise ValueError(f"a probe results table needs the columns {COLUMNS}; missing {sorted(missing)}")
+    return df
+
+
+def gains(table, metric: str = "balanced_top1", split: str = "test", baseline: tuple[str, str] = BASELINE,
+          baseline_for: dict[str, tuple[str, str]] | None = None):
+    """Per (model, dataset, run): value, the baseline's value and the gain (value - baseline), in [0, 1] units."""
+    df = _df(table)
+    df = df[(df["metric"] == metric) & (df["split"] == split)].copy()
+    if df.empty:
+        raise ValueError(f"no {split} {metric} rows in the results table")
+    df["run"] = df["probe"] + ":" + df["experiment"]
+    out = []
+    for (model, dataset), part in df.groupby(["model", "dataset"], sort=True):
+        bp, be = (baseline_for or {}).get(model, baseline)
+        base = part[(part["probe"] == bp) & (part["experiment"] == be)]
+        if base.empty:
+            raise ValueError(f"no baseline run {bp}:{be} for model {model!r} on {dataset!r}; run `vitscope probe "
+                             f"--layer-set last --reductions cls --probe linear` (experiment last_cls) first")
+        b = float(base["value"].iloc[0])
+        for _, r in part.iterrows():
+            out.append({"model": model, "dataset": dataset, "run": r["run"], "value": float(r["value"]),
+                        "baseline": b, "gain": float(r["value"]) - b})
+    import pandas as pd
+
+    return pd.DataFrame(out)
+
+
+def _paired(g, key: str, a: str, b: str, over: str):
+    pa = g[g["run"] == a].set_index(over)["gain"]
+    pb = g[g["run"] == b].set_index(over)["gain"]
+    common = sorted(set(pa.index) & set(pb.index))
+    return pa.loc[common].to_numpy(), pb.loc[common].to_numpy(), common
+
+
+def _wilcoxon_greater(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import wilcoxon
+
+    if len(a) == 0 or np.allclose(a, b):
+        return float("nan")
+    return float(wilcoxon(a, b, alternative="greater").pvalue)
+
+
+def wilcoxon_over_datasets(gain_table, pairs: Sequence[tuple[str, str]] = FIGURE2_PAIRS, alpha: float = 0.05,
+                           models: Sequence[str] | None = None):
+    """Figure 2's tests: per model and pair (a, b), is a's gain greater than b's over the datasets?"""
+    import pandas as pd
+
+    g = gain_table
+    rows = []
+    for model in (models or sorted(g["model"].unique())):
+        gm = g[g["model"] == model]
+        for a, b in pairs:
+            va, vb, ds = _paired(gm, "model", a, b, "dataset")
+            if len(ds) == 0:
+                continue
+            rows.append({"model": model, "a": a, "b": b, "n_datasets": len(ds), "mean_gain_a": float(va.mean()),
+                         "mean_gain_b": float(vb.mean()), "p": _wilcoxon_greater(va, vb)})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        raise ValueError(f"none of the pairs {list(pairs)} has runs on common datasets in the table")
+    ok = df["p"].notna()
+    df["p_adjusted"] = np.nan
+    df.loc[ok, "p_adjusted"] = benjamini_hochberg(df.loc[ok, "p"].to_numpy())
+    df["reject"] = df["p_adjusted"] < alpha
+    return df
+
+
+def per_dataset_tests(gain_table, alpha: float = 0.05, runs: Sequence[str] | None = None):
+    """Table 1's tests: per dataset, the run with the highest mean gain over models vs every other run (paired over
+    models, one-sided Wilcoxon, no correction)."""
+    import pandas as pd
+
+    g = gain_table if runs is None else gain_table[gain_table["run"].isin(runs)]
+    rows = []
+    for dataset, gd in g.groupby("dataset", sort=True):
+        means = gd.groupby("run")["gain"].mean()
+        best = str(means.idxmax())
+        for other in sorted(set(means.index) - {best}):
+            va, vb, ms = _paired(gd, "dataset", best, other, "model")
+            p = _wilcoxon_greater(va, vb) if len(ms) else float("nan")
+            rows.append({"dataset": dataset, "best": best, "other": other, "n_models": len(ms),
+                         "mean_best": float(means[best]), "mean_other": float(means[other]), "p": p,
+                         "significant": bool(p < alpha) if p == p else False})
+    return pd.DataFrame(rows)

@@ -1,0 +1,390 @@
+"""The Gradio page: one image (an upload or a sample photograph) drives every view of ``vitscope.app.views``.
+
+``build_app`` returns the Blocks (queue set up) and its :class:`AppState`. Every file the app reads or serves lies
+in its own temporary folder: Gradio's upload and cache folder is set there (``GRADIO_TEMP_DIR``), the sample
+photographs are copied there at start, results are written there, and no ``allowed_paths`` are given.
+
+API endpoints (for ``gradio_client``): ``/predict``, ``/attention``, ``/rollout``, ``/tokens``, ``/distance``,
+``/logit_lens``; each takes the model name, the random-weights switch, the uploaded file (or None) and the
+sample name first, then the options of its view.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+from vitscope.app import views as V
+from vitscope.app.models import DEMO_MODELS, ModelCache, class_label
+from vitscope.app.uploads import MAX_BYTES, MAX_PIXELS, ImageCache, UploadError
+
+log = logging.getLogger("vitscope.app")
+
+CMAPS = ("inferno", "viridis", "magma", "plasma", "jet", "turbo", "gray")
+PREDICTED = "predicted class"
+PATCH = "patch"
+
+
+@dataclass
+class AppState:
+    """Everything the handlers share: the temporary folder, the model cache, the decoded uploads."""
+
+    root: Path
+    models: ModelCache
+    model_names: list[str]
+    samples: dict[str, Path]
+    max_bytes: int = MAX_BYTES
+    max_pixels: int = MAX_PIXELS
+    images: ImageCache = field(default_factory=ImageCache)
+    result_age_s: float = 3600.0
+    _last_prune: float = 0.0
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    def image(self, upload, sample):
+        """The upload when there is one, else the sample photograph (both read from the app's folder)."""
+        if upload:
+            path = upload if isinstance(upload, (str, Path)) else getattr(upload, "name", None) or upload.get("path")
+            return self.images.get(path, [self.root], self.max_bytes, self.max_pixels)
+        if not sample:
+            raise UploadError("no image: upload one or choose a sample photograph")
+        if sample not in self.samples:
+            raise UploadError(f"no sample photograph {sample!r}; choose one of {', '.join(self.samples)}")
+        return self.images.get(self.samples[sample], [self.root], self.max_bytes, self.max_pixels)
+
+    def save(self, view: V.View, model_name: str) -> list[str]:
+        """Write the view's files into a fresh folder under ``results/`` and return their paths."""
+        from vitscope.cli.common import slug
+
+        self.prune()
+        folder = self.results / uuid.uuid4().hex
+        return [str(p) for p in V.save_view(view, folder, f"{slug(model_name)}_{view.name}")]
+
+    def prune(self) -> None:
+        """Remove result folders older than ``result_age_s`` (checked at most once a minute)."""
+        now = time.time()
+        if now - self._last_prune < 60 or not self.results.exists():
+            return
+        self._last_prune = now
+        for d in self.results.iterdir():
+            try:
+                if now - d.stat().st_mtime > self.result_age_s:
+                    shutil.rmtree(d, ignore_errors=True)
+            except OSError:
+                pass
+
+
+def make_state(models=DEMO_MODELS, tmp_dir: str | Path | None = None, device: str | None = None,
+               cache_size: int = 3, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
+               preload: bool = True) -> AppState:
+    """The app's temporary folder (made fresh unless given), its model cache and the sample photographs."""
+    from vitscope.data.samples import sample_paths
+
+    root = Path(tempfile.mkdtemp(prefix="vitscope-app-") if tmp_dir is None else tmp_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "samples").mkdir(exist_ok=True)
+    samples = {}
+    for name, src in sample_paths().items():
+        dst = root / "samples" / f"{name}{src.suffix.lower()}"
+        if not dst.exists():
+            shutil.copyfile(src, dst)
+        samples[name] = dst
+    names = list(dict.fromkeys(str(m) for m in (models or DEMO_MODELS)))
+    cache = ModelCache(max(cache_size, len(names)), device)
+    state = AppState(root, cache, names, samples, max_bytes, max_pixels)
+    if preload:
+        for n in names:
+            cache.get(n)
+    return state
+
+
+# ----------------------------------------------------------------------------- handlers (plain functions)
+def _err(e: BaseException):
+    if isinstance(e, (ValueError, RuntimeError, KeyError, OSError)):
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        return gr.Error(" ".join(msg.split()) or type(e).__name__, print_exception=False)
+    log.exception("unexpected error in a view")
+    return gr.Error(f"internal error ({type(e).__name__}); the server keeps running", print_exception=False)
+
+
+def _run(state: AppState, model_name, random, upload, sample, view_fn, **kw):
+    """Load the model and the image, run one view under the model's lock, save its files.
+
+    Returns (view, files, note, pictures): ``pictures`` maps "figure" and each further picture to its PNG file,
+    which the page shows directly (no second encoding)."""
+    try:
+        entry = state.models.get(model_name, bool(random))
+        img = state.image(upload, sample)
+        with entry.lock:
+            view = view_fn(entry.model, img, **kw)
+        files = state.save(view, entry.label)
+    except Exception as e:  # noqa: BLE001 - every failure becomes a message in the page
+        raise _err(e) from None
+    note = view.note if view.figure is not None or view.label is not None else f"**{view.note}**"
+    pngs = [f for f in files if f.endswith(".png")]
+    pics = {}
+    if view.figure is not None:
+        pics["figure"] = pngs.pop(0)
+    for key in view.images:
+        pics[key] = pngs.pop(0)
+    return view, files, note, pics
+
+
+def _head(head: str):
+    head = str(head).strip()
+    if head in V.FUSIONS:
+        return head
+    try:
+        return int(head.replace("head", "").strip())
+    except ValueError:
+        raise ValueError(f"head must be mean, max, min or 'head <k>', got {head!r}") from None
+
+
+def _target(target):
+    if target in (None, "", PREDICTED):
+        return None
+    try:
+        return int(str(target).split(":")[0].replace("class", "").strip())
+    except ValueError:
+        raise ValueError(f"the class must be '{PREDICTED}' or a class number, got {target!r}") from None
+
+
+def _query(query: str, patch: str):
+    q = str(query or "cls").strip()
+    if q == PATCH:
+        if not patch or "," not in str(patch):
+            raise UploadError("click a patch on the attention figure (or type row,col) to use a patch query")
+        r, c = str(patch).split(",", 1)
+        return int(r), int(c)
+    return q
+
+
+def handlers(state: AppState) -> dict:
+    """The functions behind every event, by endpoint name (plain callables; the tests may call them)."""
+
+    def predict(model_name, random, upload, sample):
+        view, files, note, _ = _run(state, model_name, random, upload, sample, V.predictions_view)
+        return view.label, note, files
+
+    def attention(model_name, random, upload, sample, block, head, query, patch, alpha, cmap):
+        try:
+            q, h = _query(query, patch), _head(head)
+        except ValueError as e:
+            raise _err(e) from None
+        view, files, note, pics = _run(state, model_name, random, upload, sample, V.attention_view,
+                                       block=int(block), head=h, query=q, alpha=float(alpha), cmap=cmap)
+        return pics.get("figure"), pics.get("heads"), note, files
+
+    def rollout(model_name, random, upload, sample, method, target, head_fusion, discard_ratio, alpha, cmap):
+        try:
+            t = _target(target)
+        except ValueError as e:
+            raise _err(e) from None
+        view, files, note, pics = _run(state, model_name, random, upload, sample, V.rollout_view, method=method,
+                                 target=t, head_fusion=head_fusion, discard_ratio=float(discard_ratio),
+                                 alpha=float(alpha), cmap=cmap)
+        return pics.get("figure"), note, files
+
+    def tokens(model_name, random, upload, sample, block, cmap):
+        view, files, note, pics = _run(state, model_name, random, upload, sample, V.tokens_view, block=int(block),
+                                 cmap=cmap)
+        return pics.get("figure"), note, files
+
+    def distance(model_name, random, upload, sample, variant):
+        view, files, note, pics = _run(state, model_name, random, upload, sample, V.distance_view, variant=variant)
+        return pics.get("figure"), note, files
+
+    def logit_lens(model_name, random, upload, sample, block, alpha):
+        view, files, note, pics = _run(state, model_name, random, upload, sample, V.logit_lens_view, block=int(block),
+                                 alpha=float(alpha))
+        return pics.get("figure"), note, files
+
+    return {"predict": predict, "attention": attention, "rollout": rollout, "tokens": tokens,
+            "distance": distance, "logit_lens": logit_lens}
+
+
+def model_controls(state: AppState, model_name, random):
+    """Choices that depend on the model: blocks, heads, queries, classes (updates for the page's controls)."""
+    try:
+        m = state.models.get(model_name, bool(random)).model
+    except Exception as e:  # noqa: BLE001
+        raise _err(e) from None
+    depth, H = m.cfg.depth, m.cfg.num_heads
+    heads = list(V.FUSIONS) + [f"head {h}" for h in range(H)]
+    queries = V.query_choices(m)
+    classes = [PREDICTED] + ([class_label(m, c) for c in range(m.cfg.num_classes)] if m.cfg.num_classes <= 1000 else [])
+    blk = dict(minimum=0, maximum=depth - 1, value=depth - 1, step=1)
+    info = (f"**{model_name}**{' (random weights)' if random else ''}: {depth} blocks, {H} heads, "
+            f"patch {m.cfg.patch_size}, input {tuple(m.preprocess_cfg.input_size) if m.preprocess_cfg else m.cfg.img_size}"
+            + (f", CLS enters before block {m.cfg.cls_block}" if m.cfg.class_token and m.cfg.cls_block else "")
+            + (f", {m.cfg.num_registers} registers enter before block {m.cfg.register_block}"
+               if m.cfg.num_registers else ""))
+    return (gr.update(**blk), gr.update(choices=heads, value="mean"), gr.update(choices=queries, value=queries[0]),
+            gr.update(**blk), gr.update(**blk), gr.update(choices=classes, value=PREDICTED), info)
+
+
+def click_patch(state: AppState, model_name, random, index):
+    """Pixel (x, y) clicked on the attention figure -> ``"row,col"`` of the patch under it."""
+    m = state.models.get(model_name, bool(random)).model
+    size = tuple(m.preprocess_cfg.input_size) if m.preprocess_cfg else tuple(m.cfg.img_size)
+    grid = (size[0] // m.cfg.patch_size, size[1] // m.cfg.patch_size)
+    r, c = V.patch_at(float(index[0]), float(index[1]), V.display_size(size), grid)
+    return f"{r},{c}"
+
+
+# ----------------------------------------------------------------------------- the page
+INTRO = """# vitscope: probe a Vision Transformer on your own image
+Upload an image or pick a sample photograph; every tab below shows the same image through one analysis.
+The bundled demo models work offline; type any model name (`dino-vits16`, `timm/<name>`, `hf:<repo>`, a local
+folder) to add one: its weights are downloaded only then. *Random weights* builds the architecture untrained.
+Every figure can be downloaded with the numbers behind it (PNG, `.npy`, `.csv`)."""
+
+
+def build_blocks(state: AppState):
+    """The Blocks of the page (not launched)."""
+    h = handlers(state)
+    first = state.model_names[0]
+    m0 = state.models.get(first).model
+    depth0 = m0.cfg.depth
+    sample_names = list(state.samples)
+    with gr.Blocks(title="vitscope", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(INTRO)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                model = gr.Dropdown(state.model_names, value=first, allow_custom_value=True, label="Model",
+                                    elem_id="vs-model")
+                random = gr.Checkbox(False, label="Random weights (untrained baseline)")
+                info = gr.Markdown(elem_id="vs-model-info")
+                upload = gr.File(label="Upload an image (PNG, JPEG, WebP...)", file_types=["image"],
+                                 type="filepath", elem_id="vs-upload")
+                sample = gr.Dropdown(sample_names, value="cat" if "cat" in sample_names else sample_names[0],
+                                     label="...or a sample photograph (used when nothing is uploaded)")
+                top5 = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="vs-top5")
+                top5_note = gr.Markdown()
+                top5_files = gr.File(label="predictions (.csv, .npy)", file_count="multiple")
+            with gr.Column(scale=2):
+                with gr.Tab("Attention maps"):
+                    with gr.Row():
+                        a_block = gr.Slider(0, depth0 - 1, value=depth0 - 1, step=1, label="block")
+                        a_head = gr.Dropdown(list(V.FUSIONS) + [f"head {k}" for k in range(m0.cfg.num_heads)],
+                                             value="mean", label="head (or fused over heads)",
+                                             allow_custom_value=True)
+                        a_query = gr.Dropdown(V.query_choices(m0), value=V.query_choices(m0)[0],
+                                              label="query token (patch: click the figure)",
+                                              allow_custom_value=True)
+                        a_patch = gr.Textbox("", label="clicked patch (row,col)", max_lines=1)
+                    with gr.Row():
+                        a_alpha = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="overlay alpha")
+                        a_cmap = gr.Dropdown(list(CMAPS), value="inferno", label="colour map")
+                    a_fig = gr.Image(label="attention (click a patch to use it as the query)", type="filepath",
+                                     interactive=False, elem_id="vs-attention")
+                    a_heads = gr.Image(label="every head", type="filepath", interactive=False, show_label=False)
+                    a_note = gr.Markdown(elem_id="vs-attention-note")
+                    a_files = gr.File(label="download (PNG, .npy, .csv)", file_count="multiple")
+                with gr.Tab("Rollout & relevance"):
+                    with gr.Row():
+                        r_method = gr.Radio(list(V.ROLLOUT_METHODS), value="rollout", label="method")
+                        r_target = gr.Dropdown([PREDICTED], value=PREDICTED, label="class explained (gradient methods)",
+                                               allow_custom_value=True)
+                        r_fusion = gr.Dropdown(list(V.FUSIONS), value="mean", label="head fusion (rollout)")
+                        r_discard = gr.Slider(0.0, 0.95, value=0.0, step=0.05, label="discard ratio")
+                    r_fig = gr.Image(label="rollout / relevance", type="filepath", interactive=False)
+                    r_note = gr.Markdown()
+                    r_files = gr.File(label="download (PNG, .npy, .csv)", file_count="multiple")
+                with gr.Tab("CLS & registers"):
+                    t_block = gr.Slider(0, depth0 - 1, value=depth0 - 1, step=1, label="block")
+                    t_fig = gr.Image(label="CLS and register attention over the patches", type="filepath",
+                                     interactive=False)
+                    t_note = gr.Markdown()
+                    t_files = gr.File(label="download (PNG, .npy, .csv)", file_count="multiple")
+                with gr.Tab("Attention distance"):
+                    d_variant = gr.Radio(["A", "B"], value="A",
+                                         label="variant (A: normalised grid, renormalised; B: pixels)")
+                    d_fig = gr.Image(label="mean attention distance per head and block", type="filepath",
+                                     interactive=False)
+                    d_note = gr.Markdown()
+                    d_files = gr.File(label="download (PNG, .npy, .csv)", file_count="multiple")
+                with gr.Tab("Logit lens"):
+                    l_block = gr.Slider(0, depth0 - 1, value=max(depth0 - 2, 0), step=1, label="block")
+                    l_fig = gr.Image(label="top class of every patch token", type="filepath",
+                                     interactive=False)
+                    l_note = gr.Markdown()
+                    l_files = gr.File(label="download (PNG, .npy, .csv)", file_count="multiple")
+
+        src = [model, random, upload, sample]
+        ev = {
+            "predict": (src, [top5, top5_note, top5_files]),
+            "attention": (src + [a_block, a_head, a_query, a_patch, a_alpha, a_cmap], [a_fig, a_heads, a_note, a_files]),
+            "rollout": (src + [r_method, r_target, r_fusion, r_discard, a_alpha, a_cmap], [r_fig, r_note, r_files]),
+            "tokens": (src + [t_block, a_cmap], [t_fig, t_note, t_files]),
+            "distance": (src + [d_variant], [d_fig, d_note, d_files]),
+            "logit_lens": (src + [l_block, a_alpha], [l_fig, l_note, l_files]),
+        }
+        # the public API: one endpoint per view on a hidden button; blocks are plain numbers there (any model's
+        # depth, negative counts from the end), the page's sliders follow the model chosen in the page
+        api_block = gr.Number(-1, precision=0, visible=False, label="block")
+        api_btn = gr.Button(visible=False)
+        for name, (ins, outs) in ev.items():
+            ins = [api_block if c in (a_block, t_block, l_block) else c for c in ins]
+            api_btn.click(h[name], ins, outs, api_name=name, show_progress="hidden")
+        # the page: what changes triggers which view
+        private = dict(api_visibility="private")
+        controls = (a_block, a_head, a_query, t_block, l_block, r_target, info)
+        everything = [(h[n], *ev[n]) for n in ("predict", "attention", "rollout", "tokens", "distance", "logit_lens")]
+
+        def chain(event):
+            for fn, ins, outs in everything:
+                event = event.then(fn, ins, outs, **private)
+            return event
+
+        chain(model.change(lambda n, r: model_controls(state, n, r), [model, random], list(controls), **private))
+        chain(random.change(lambda n, r: model_controls(state, n, r), [model, random], list(controls), **private))
+        for trig in (upload.change, sample.change):
+            ev0 = trig(lambda: None, None, None, **private)
+            chain(ev0)
+        gr.on([a_block.release, a_head.change, a_query.change, a_patch.submit, a_alpha.release, a_cmap.change],
+              h["attention"], *ev["attention"], **private)
+        gr.on([r_method.change, r_target.change, r_fusion.change, r_discard.release, a_alpha.release, a_cmap.change],
+              h["rollout"], *ev["rollout"], **private)
+        gr.on([t_block.release, a_cmap.change], h["tokens"], *ev["tokens"], **private)
+        d_variant.change(h["distance"], *ev["distance"], **private)
+        gr.on([l_block.release, a_alpha.release], h["logit_lens"], *ev["logit_lens"], **private)
+
+        def on_click(n, r, evt: gr.SelectData):
+            return click_patch(state, n, r, evt.index), PATCH
+
+        a_fig.select(on_click, [model, random], [a_patch, a_query], **private).then(
+            h["attention"], *ev["attention"], **private)
+        chain(demo.load(lambda n, r: model_controls(state, n, r), [model, random], list(controls), **private))
+    return demo
+
+
+def build_app(models=DEMO_MODELS, tmp_dir: str | Path | None = None, device: str | None = None,
+              concurrency: int = 4, cache_size: int = 3, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS):
+    """The Blocks with its queue, and the AppState. Gradio's own folders are set inside the app's folder."""
+    state = make_state(models, tmp_dir, device, cache_size, max_bytes, max_pixels)
+    # Gradio's upload and cache folder is the app's folder: uploads, samples and results all live there
+    os.environ["GRADIO_TEMP_DIR"] = str(state.root)
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(state.root / "examples")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    demo = build_blocks(state)
+    demo.queue(default_concurrency_limit=max(1, int(concurrency)), max_size=256)
+    return demo, state
+
+
+def launch(demo, state: AppState, host: str = "127.0.0.1", port: int | None = 7860, block: bool = True,
+           quiet: bool = False):
+    """Start the server. Only the app's folder is served (no ``allowed_paths``); uploads are capped at ``max_bytes``."""
+    return demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet,
+                       allowed_paths=[], max_file_size=state.max_bytes, show_error=True, ssr_mode=False,
+                       footer_links=["api"], inbrowser=False, share=False)
+

@@ -1,0 +1,208 @@
+"""`vitscope probe` (linear / attentive probes on stored features) and `vitscope probe-stats` (gains and tests
+across models and datasets): thin wrappers over vitscope.analysis.probes."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from vitscope.cli.common import FORMATS_HELP, parse_formats, slug
+
+
+def _floats(text: Optional[str], what: str):
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{what} takes comma-separated numbers, got {text!r}") from None
+    if not vals:
+        raise ValueError(f"{what} is empty")
+    return vals
+
+
+def _write_table(rows, stem: Path) -> list[Path]:
+    import pandas as pd
+
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(stem.with_suffix(".csv"), index=False)
+    df.to_parquet(stem.with_suffix(".parquet"), index=False)
+    return [stem.with_suffix(".csv"), stem.with_suffix(".parquet")]
+
+
+def _save_run(run, out: Path, formats, save_heads: bool) -> list[Path]:
+    import numpy as np
+    import pandas as pd
+
+    from vitscope.analysis.probes.attentive import save_attentive_probe
+    from vitscope.analysis.probes.linear import save_linear_head
+    from vitscope.viz.per_block import save_metric_per_block
+    from vitscope.viz.probes import plot_attention_heads
+    from vitscope.viz.save import save_figure
+
+    written = _write_table(run.rows, out / "results")
+    grids = []
+    for (probe, exp), (fit, inputs) in run.fits.items():
+        tag = f"{probe}_{slug(exp)}"
+        grids += [{"probe": probe, "experiment": exp, **r} for r in fit.val_grid]
+        np.save(out / "logits" / f"{tag}.npy", fit.test_logits) if (out / "logits").mkdir(exist_ok=True) is None else None
+        pd.DataFrame({"row": np.arange(len(fit.test_targets)), "target": fit.test_targets,
+                      "prediction": fit.test_predictions}).to_csv(out / "logits" / f"{tag}.predictions.csv", index=False)
+        meta = {"model": run.model, "dataset": run.dataset, "experiment": exp, "lr": fit.lr,
+                "weight_decay": fit.weight_decay, "attn_drop": fit.attn_drop, "classes": run.classes,
+                "inputs": [{"site": i.site, "layer": i.layer, "reduction": i.reduction} for i in inputs],
+                "normalize": "l2 per sample and input (all-token inputs: per token)",
+                "test_metrics": fit.test_metrics}
+        if save_heads and probe == "linear":
+            written += save_linear_head(out / "heads" / tag, fit.head[0], fit.head[1], meta)
+        elif save_heads:
+            written += save_attentive_probe(out / "heads" / tag, fit.head, meta)
+        if fit.attention is not None:
+            labels = [i.label for i in inputs] if len(inputs) == fit.attention.shape[-1] else None
+            fig = plot_attention_heads(fit.attention, labels, title=f"{run.model}: attentive probe, {exp}")
+            written += save_figure(fig, out / f"attention_{slug(exp)}", formats,
+                                   arrays={"mean": fit.attention.mean(0), "std": fit.attention.std(0)},
+                                   meta={"inputs": labels, "experiment": exp})
+    written += _write_table(grids, out / "val_grid")
+    if run.per_layer:
+        written += save_metric_per_block(run.per_layer, out / "accuracy_per_layer", metric="test balanced_top1",
+                                         formats=formats, title=f"linear probe per layer ({run.dataset[:40]})",
+                                         ylabel="test balanced top-1")
+    return written
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("probe")
+    def probe_cmd(
+        store: Path = typer.Option(..., "--store", "-s", help="Training feature store (`vitscope extract`)."),
+        test_store: Optional[Path] = typer.Option(None, "--test-store", help="Test feature store (same model); "
+                                                  "without it a stratified --test-fraction of --store is held out."),
+        test_fraction: float = typer.Option(0.25, "--test-fraction", help="Held-out share when no --test-store."),
+        layer_set: List[str] = typer.Option(["last", "all"], "--layer-set", "-l",
+                                            help="last, middle, quarterly, all, tokens, or an explicit list "
+                                                 "'ln2.3.cls,ln_final.ap'; repeat for several experiments."),
+        probe: str = typer.Option("linear,attentive", "--probe", "-p", help="linear, attentive or both."),
+        per_layer: bool = typer.Option(False, "--per-layer", help="Also a linear probe on every block (and the "
+                                                                  "final layer), batched: accuracy per layer."),
+        reductions: str = typer.Option("cls,ap", "--reductions", "-r", help="Reductions of each layer: cls, ap "
+                                                                            "(patch mean), ap_all."),
+        site: str = typer.Option("ln2", "--site", help="Store site of the intermediate layers (seed 000: ln2)."),
+        heads: Optional[int] = typer.Option(None, "--heads", help="Attentive heads (default: number of inputs; "
+                                                                  "8 for all tokens)."),
+        attn_drops: str = typer.Option("0,0.1,0.3", "--attn-drops", help="Attention dropouts searched (each its own "
+                                                                         "grid; the best by validation is kept)."),
+        lrs: Optional[str] = typer.Option(None, "--lrs", help="Learning rates (default 0.1,0.01,0.001)."),
+        wds: Optional[str] = typer.Option(None, "--wds", help="Weight decays (default logspace(-6, 0, 7))."),
+        epochs: int = typer.Option(40, "--epochs", help="Epochs (at least --min-steps steps)."),
+        min_steps: int = typer.Option(1000, "--min-steps", help="Minimum number of optimiser steps."),
+        batch_size: int = typer.Option(2048, "--batch-size", "-b", help="Batch size before the seed's rule."),
+        token_norm: str = typer.Option("token", "--token-norm", help="All-token inputs: 'token' (each token L2) or "
+                                                                    "'over_tokens' (seed 000's stored variant)."),
+        no_normalize: bool = typer.Option(False, "--no-normalize", help="Skip the load-time L2 normalisation."),
+        clean_val: bool = typer.Option(False, "--clean-val", help="Score validation without jitter (the seed "
+                                                                  "jitters it)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation, order and jitter."),
+        model_name: Optional[str] = typer.Option(None, "--model-name", help="Model label in the results table."),
+        dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset label in the results table."),
+        save_heads: bool = typer.Option(True, "--save-heads/--no-save-heads", help="Save the trained probes "
+                                                                                   "(safetensors + JSON)."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: cuda if available)."),
+        out: Path = typer.Option(Path("runs/probe"), "--out", "-o", help="Output folder."),
+        formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary."),
+    ):
+        """Linear and attentive probes over one, several or all layers of a feature store (seed 000's recipe,
+        tuned over lr x weight decay as one batched computation); tidy results, heads, logits, figures."""
+        from tqdm import tqdm
+
+        from vitscope.analysis.probes.experiment import probe_store
+        from vitscope.analysis.probes.train import TrainConfig
+        from vitscope.cli.common import resolve_device
+        from vitscope.features import open as open_store
+
+        fmts = parse_formats(formats)
+        probes = tuple(p.strip() for p in probe.split(",") if p.strip())
+        t0 = time.time()
+        tr = open_store(store)
+        te = open_store(test_store) if test_store else None
+        cfg = TrainConfig(epochs=epochs, min_steps=min_steps, batch_size=batch_size, seed=seed)
+        bar = tqdm(desc="probe steps", unit="step", disable=quiet)
+        run = probe_store(tr, te, experiments=tuple(layer_set), probes=probes,
+                          reductions=tuple(r.strip() for r in reductions.split(",") if r.strip()), site=site,
+                          per_layer=per_layer, cfg=cfg, test_fraction=test_fraction, heads=heads,
+                          attn_drops=_floats(attn_drops, "--attn-drops"), lrs=_floats(lrs, "--lrs"),
+                          wds=_floats(wds, "--wds"), normalize=not no_normalize, token_norm=token_norm,
+                          jitter_val=not clean_val, device=resolve_device(device), model=model_name, dataset=dataset,
+                          progress=bar.update, log=None if quiet else bar.write)
+        bar.close()
+        out.mkdir(parents=True, exist_ok=True)
+        _save_run(run, out, fmts, save_heads)
+        if not quiet:
+            for (p, exp), (fit, _) in run.fits.items():
+                if not exp.startswith("layer_"):
+                    typer.echo(f"  {p:9s} {exp:14s} test balanced top-1 {100 * fit.test_metrics['balanced_top1']:5.1f}"
+                               f"  (lr {fit.lr:g}, wd {fit.weight_decay:g}"
+                               + (f", attn drop {fit.attn_drop:g})" if fit.attn_drop is not None else ")"))
+            typer.echo(f"probed {run.model}: {len(run.fits)} probes in {time.time() - t0:.1f} s -> {out}/results.csv")
+
+    @app.command("probe-stats")
+    def probe_stats_cmd(
+        results: List[Path] = typer.Argument(..., help="results.csv / .parquet files of `vitscope probe` runs "
+                                                       "(several models and datasets)."),
+        pairs: Optional[str] = typer.Option(None, "--pairs", help="Run pairs a>b to test, e.g. "
+                                            "'attentive:all>attentive:last,linear:all>linear:last' (default: "
+                                            "seed 000's Figure 2 pairs present in the table)."),
+        baseline: str = typer.Option("linear:last_cls", "--baseline", help="Run the gains are measured against."),
+        alpha: float = typer.Option(0.05, "--alpha", help="Significance level."),
+        out: Path = typer.Option(Path("runs/probe-stats"), "--out", "-o", help="Output folder."),
+        formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary."),
+    ):
+        """Gains against the last-layer CLS linear probe, one-sided paired Wilcoxon tests over datasets (Benjamini-
+        Hochberg) and per-dataset tests over models; the gain figure."""
+        import pandas as pd
+
+        from vitscope.analysis.probes.stats import (FIGURE2_PAIRS, gains, per_dataset_tests,
+                                                    wilcoxon_over_datasets)
+        from vitscope.viz.probes import plot_gains
+        from vitscope.viz.save import save_figure
+
+        fmts = parse_formats(formats)
+        frames = []
+        for p in results:
+            if not p.exists():
+                raise FileNotFoundError(f"results file not found: {p}")
+            frames.append(pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p))
+        table = pd.concat(frames, ignore_index=True)
+        if ":" not in baseline:
+            raise ValueError(f"--baseline is probe:experiment (e.g. linear:last_cls), got {baseline!r}")
+        bp, be = baseline.split(":", 1)
+        g = gains(table, baseline=(bp, be))
+        runs = sorted(set(g["run"]))
+        if pairs:
+            pr = []
+            for item in pairs.split(","):
+                if ">" not in item:
+                    raise ValueError(f"--pairs items are a>b, got {item!r}")
+                a, b = (s.strip() for s in item.split(">", 1))
+                pr.append((a, b))
+        else:
+            pr = [(a, b) for a, b in FIGURE2_PAIRS if a in runs and b in runs]
+        out.mkdir(parents=True, exist_ok=True)
+        _write_table(g, out / "gains")
+        n_tests = 0
+        if pr and g["dataset"].nunique() > 1:
+            tests = wilcoxon_over_datasets(g, pr, alpha=alpha)
+            _write_table(tests, out / "wilcoxon_over_datasets")
+            n_tests = len(tests)
+        if g["model"].nunique() > 1:
+            _write_table(per_dataset_tests(g, alpha=alpha), out / "per_dataset_tests")
+        shown = [r for r in runs if r != baseline]
+        fig = plot_gains(g, shown, title="gain over the last-layer CLS linear probe")
+        save_figure(fig, out / "gains", fmts)
+        if not quiet:
+            typer.echo(f"{len(table)} rows, {g['model'].nunique()} model(s) x {g['dataset'].nunique()} dataset(s), "
+                       f"{len(shown)} runs, {n_tests} Wilcoxon tests -> {out}")

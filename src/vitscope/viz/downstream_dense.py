@@ -1,0 +1,78 @@
+"""Qualitative figures of the dense evaluations: propagated masks over frames (DAVIS) and matched keypoints
+(SPair). Each returns a matplotlib Figure; save it with ``vitscope.viz.save.save_figure``."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _colour(ids: np.ndarray) -> np.ndarray:
+    from vitscope.data.tasks.davis import davis_palette
+
+    pal = np.asarray(davis_palette(), dtype=np.uint8).reshape(256, 3)
+    return pal[np.asarray(ids, dtype=np.uint8)]
+
+
+def plot_propagation(frames: np.ndarray, pred_ids: np.ndarray, gt_ids: np.ndarray | None = None, n_show: int = 6,
+                     alpha: float = 0.55, title: str | None = None):
+    """Frames (T, H, W, 3) uint8 with the propagated object ids (T, H, W) over them, ``n_show`` frames spread
+    over the clip; a second row with the ground truth when given. Frame 0 shows the given first mask."""
+    import matplotlib.pyplot as plt
+
+    T = len(frames)
+    idx = np.unique(np.linspace(0, T - 1, min(n_show, T)).round().astype(int))
+    rows = 2 if gt_ids is not None else 1
+    fig, axes = plt.subplots(rows, len(idx), figsize=(1.7 * len(idx), 1.8 * rows), squeeze=False,
+                             layout="constrained")
+    for j, t in enumerate(idx):
+        for r, ids in enumerate([pred_ids] + ([gt_ids] if gt_ids is not None else [])):
+            ax = axes[r, j]
+            img = frames[t].astype(np.float32)
+            m = np.asarray(ids[t]) > 0
+            over = img.copy()
+            over[m] = (1 - alpha) * img[m] + alpha * _colour(ids[t])[m]
+            ax.imshow(over.astype(np.uint8))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"frame {t}", fontsize=8)
+        axes[0, 0].set_ylabel("propagated", fontsize=8)
+        if gt_ids is not None:
+            axes[1, 0].set_ylabel("ground truth", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_keypoint_matches(matches: Sequence[dict], n_show: int = 4, title: str | None = None):
+    """Source / target image pairs side by side: source keypoints, ground-truth target keypoints (circles) and
+    predictions (crosses: green when within alpha = 0.1 of the target box's longer side, red otherwise), with a
+    line from each ground truth to its prediction. ``matches``: the ``evaluate_spair(..., keep_matches=n)``
+    entries."""
+    import matplotlib.pyplot as plt
+
+    show = list(matches)[:n_show]
+    if not show:
+        raise ValueError("no keypoint matches to draw")
+    fig, axes = plt.subplots(len(show), 2, figsize=(4.4, 2.2 * len(show)), squeeze=False, layout="constrained")
+    cmap = plt.get_cmap("tab10")
+    for r, m in enumerate(show):
+        a, b = axes[r]
+        a.imshow(m["src_image"])
+        b.imshow(m["trg_image"])
+        ok = np.linalg.norm(np.asarray(m["pred"], float) - m["trg_kps"], axis=1) < 0.1 * m["threshold"]
+        for k, ((sx, sy), (tx, ty), (px, py)) in enumerate(zip(m["src_kps"], m["trg_kps"], m["pred"])):
+            c = cmap(k % 10)
+            a.plot(sx, sy, "o", ms=5, mfc=c, mec="white", mew=0.8)
+            b.plot(tx, ty, "o", ms=5, mfc="none", mec=c, mew=1.2)
+            b.plot(px, py, "x", ms=6, color="lime" if ok[k] else "red", mew=1.5)
+            b.plot([tx, px], [ty, py], "-", color=c, lw=0.8, alpha=0.8)
+        a.set_title(f"source ({m['pair']})", fontsize=7)
+        b.set_title(f"target: {int(ok.sum())}/{len(ok)} within 0.1 L", fontsize=7)
+        for ax in (a, b):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
