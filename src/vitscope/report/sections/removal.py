@@ -9,7 +9,7 @@ STEP = 12              # evaluate every 12th number of removed tokens
 N_RANDOM = 3
 
 
-@analysis("removal", "Token removal curves (seed 001)", needs=("labels", "classifier", "cls"), order=95)
+@analysis("removal", "Token removal curves (seed 001)", needs=("labels", "classifier", "cls"), order=72)
 def removal_section(ctx) -> Section:
     """Accuracy as patch tokens are removed, least important first (negative) or most important first
     (positive), for seed 001's class-embedding gradients, Chefer relevance, the per-token ridge probes' order
