@@ -8,6 +8,8 @@ from vitscope.analysis.probes.batched import AttentiveGrid, linear_logits, train
 from vitscope.analysis.probes.inputs import (LAYER_SETS, ProbeInput, concat_inputs, l2_normalize, layer_set,
                                              load_inputs, parse_inputs, seed_order)
 from vitscope.analysis.probes.linear import load_linear_head, save_linear_head
+from vitscope.analysis.probes.ridge import (RidgeAccumulator, TokenProbeResult, TokenProbes, evaluate_token_probes,
+                                            fit_token_probes, probe_rank_sum, ridge_fit, true_class_rank)
 from vitscope.analysis.probes.metrics import balanced_topk_accuracy, probe_metrics, topk_accuracy
 from vitscope.analysis.probes.stats import (benjamini_hochberg, gains, per_dataset_tests, results_rows,
                                             wilcoxon_over_datasets)
@@ -16,7 +18,9 @@ from vitscope.analysis.probes.train import (TrainConfig, adjust_batch_size, clas
 from vitscope.analysis.probes.tuning import ProbeFit, tune_attentive, tune_linear
 
 __all__ = [
-    "AttentiveProbe", "AttentiveGrid", "E2EConfig", "LAYER_SETS", "ProbeFit", "ProbeInput", "TrainConfig", "adjust_batch_size",
+    "AttentiveProbe", "AttentiveGrid", "E2EConfig", "LAYER_SETS", "ProbeFit", "ProbeInput", "RidgeAccumulator",
+    "TokenProbeResult", "TokenProbes", "TrainConfig", "adjust_batch_size", "evaluate_token_probes",
+    "fit_token_probes", "probe_rank_sum", "ridge_fit", "true_class_rank",
     "attention_over_inputs", "balanced_topk_accuracy", "benjamini_hochberg", "class_weights", "concat_inputs",
     "cosine_lr", "default_heads", "gains", "grid", "head_width", "l2_normalize", "layer_set", "linear_logits",
     "load_attentive_probe", "load_inputs", "load_linear_head", "pad_stack", "parse_inputs", "per_dataset_tests",
