@@ -223,3 +223,17 @@ def save_tidy(rows, stem: Path) -> list[Path]:
     df.to_csv(csv, index=False)
     df.to_parquet(parquet, index=False)
     return [csv, parquet]
+
+
+def default_data(model_names, data: str | None, quiet: bool = False) -> str | None:
+    """``data``, or ``builtin:demo`` (with a note) when it is missing and every model named is a bundled demo
+    model: they were trained on it and are near chance elsewhere."""
+    from vitscope.models.bundled import bundled_path
+
+    names = [str(n) for n in (model_names or [])]
+    if data or not names or not all(bundled_path(n) is not None and not Path(n).exists() for n in names):
+        return data
+    if not quiet:
+        typer.echo("note: no --data; using builtin:demo, the synthetic benchmark the demo models were trained on",
+                   err=True)
+    return "builtin:demo"

@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
 
         from vitscope.analysis.block_features import collect_block_features, parse_blocks, resolve_blocks
         from vitscope.analysis.knn import knn_per_block
-        from vitscope.cli.common import load_models, parse_formats, resolve_device, save_tidy
+        from vitscope.cli.common import default_data, load_models, parse_formats, resolve_device, save_tidy
         from vitscope.viz.per_block import save_metric_per_block
 
         fmts = parse_formats(formats)
@@ -138,6 +138,8 @@ def register(app: typer.Typer) -> None:
 
             if data and (train or test):
                 raise ValueError("give either --data (split by --test-fraction) or --train and --test")
+            if not (train or test):
+                data = default_data(model_names, data, quiet)
             if data:
                 ds_train, ds_test = split_dataset(open_dataset(data), test_fraction, seed)
             elif train and test:

@@ -94,6 +94,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                              "probes on (another split than --data)")
         if n_random < 1 and "random" in order_list:
             raise ValueError("--random-orders must be at least 1 (or leave random out of --orders)")
+        from vitscope.cli.common import default_data
+
+        data = default_data(model_names, data, quiet)
         if not data:
             raise ValueError("removal curves need labelled images: pass --data SPEC (a folder with one sub-folder "
                              "per class, a list file with labels, or synthetic:...)")
