@@ -8,7 +8,8 @@ contributes
     dla(part) = (part - mean(part)) · (gamma ⊙ w_y) / sigma_t
 
 (``w_y`` the class vector pulled back through the CLIP projection when the class embeddings live after it;
-``gamma`` the final norm's weight). Summed over every part written into the stream at t (embeddings, heads,
+``gamma`` the final norm's weight; for a head on L2-normalised features, ``sigma_t`` also holds that length,
+frozen at its value on the final stream). Summed over every part written into the stream at t (embeddings, heads,
 projection biases, MLP outputs) this gives the lens logit minus ``beta · w_y + b_y``.
 """
 from __future__ import annotations
@@ -37,8 +38,8 @@ def head_logit_attribution(model, images: torch.Tensor, target, *, embeddings: C
     """Each head's direct contribution to the true-class logit, per token and block -> (B, len(blocks), H, T).
 
     ``images`` (B, 3, H, W); ``target`` (B,) class indices; ``embeddings``: the class embeddings of the lens
-    (default: the model's own head; a headless model needs them); ``blocks``: which blocks (default all;
-    negative counts from the end). T is the number of output tokens, in the output's order
+    (``ClassEmbeddings`` or a ``ClassProjection``; default: the model's own head; a headless model needs them);
+    ``blocks``: which blocks (default all; negative counts from the end). T is the number of output tokens, in the output's order
     (``model.token_layout(depth)``); a token that enters after a block (late CLS or registers) is NaN there.
     """
     cfg = model.cfg
@@ -77,6 +78,8 @@ def head_logit_attribution(model, images: torch.Tensor, target, *, embeddings: C
         sigma = (h.var(-1, unbiased=False) + norm.eps).sqrt()                    # B, T
     else:
         sigma = torch.ones(h.shape[:2], device=h.device)
+    if emb.l2_normalize:                       # a head on L2-normalised features: that length frozen too
+        sigma = sigma * emb.features(model, h.to(model.dtype), unit=False).float().norm(dim=-1)
     out = torch.full((h.shape[0], len(blocks), cfg.num_heads, h.shape[1]), float("nan"), device=h.device)
     for i, b in enumerate(blocks):
         idx = _final_index(model, b, grid).to(h.device)
