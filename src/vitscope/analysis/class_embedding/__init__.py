@@ -18,7 +18,8 @@ from vitscope.analysis.class_embedding.projection import (
 )
 
 __all__ = [
-    "SITES", "ClassEmbeddings", "ClassProjection", "LensResult", "LogitLens", "MemoryAgreement", "MemoryResult", "Record",
+    "SITES", "ClassEmbeddings", "ClassProjection", "LensResult", "LogitLens", "MemoryAgreement", "MemoryResult",
+    "Record",
     "attention_perturbation_rows", "block_change_rate", "branch_change_rate", "class_context_rows", "class_rank",
     "class_token_masks", "class_value_agreement", "class_value_rows", "evolution_rows", "identifiability",
     "image_rate", "imagenet_s_dataset", "key_value_agreement", "last_block_ranks", "logit_lens", "memory_agreement",

@@ -39,8 +39,9 @@ def head_logit_attribution(model, images: torch.Tensor, target, *, embeddings: C
 
     ``images`` (B, 3, H, W); ``target`` (B,) class indices; ``embeddings``: the class embeddings of the lens
     (``ClassEmbeddings`` or a ``ClassProjection``; default: the model's own head; a headless model needs them);
-    ``blocks``: which blocks (default all; negative counts from the end). T is the number of output tokens, in the output's order
-    (``model.token_layout(depth)``); a token that enters after a block (late CLS or registers) is NaN there.
+    ``blocks``: which blocks (default all; negative counts from the end). T is the number of output tokens, in the
+    output's order (``model.token_layout(depth)``); a token that enters after a block (late CLS or registers) is
+    NaN there.
     """
     cfg = model.cfg
     if cfg.res_post_norm:

@@ -157,8 +157,8 @@ class ClassEmbeddings:
             sites = [(i.get("site"), i.get("layer"), i.get("reduction")) for i in inputs]
             if len(sites) != 1 or sites[0][0] not in FINAL_SITES or sites[0][1] is not None:
                 names = ", ".join(f"{s}.{r}" if l is None else f"{s}.{l}.{r}" for s, l, r in sites)
-                raise ValueError(f"the head {p.name} reads {names or 'no input'}; the logit lens needs a linear head on "
-                                 "the last layer alone (`vitscope probe -l last` saves heads/linear_last_cls)")
+                raise ValueError(f"the head {p.name} reads {names or 'no input'}; the logit lens needs a linear head "
+                                 "on the last layer alone (`vitscope probe -l last` saves heads/linear_last_cls)")
             after = sites[0][0] == "clip_proj"
         l2 = str(meta.get("normalize", "")).lower().startswith("l2")
         classes = meta.get("classes") or None
