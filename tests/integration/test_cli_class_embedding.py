@@ -45,7 +45,7 @@ def test_memories_and_perturb_commands(tmp_path):
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["logit-lens", "-m", "demo-vit"], "no images"),
+    (["logit-lens", "-m", "demo-vit", "--random"], "no images"),
     (["perturb", "-m", "demo-vit", "-d", "synthetic:n=16,size=64,classes=10"], "head predicts 8 classes"),
     (["memories", "-m", "demo-vit", "-d", "FLAT"], "has no class labels"),
 ])

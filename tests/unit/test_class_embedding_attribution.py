@@ -142,3 +142,34 @@ def test_table_and_figure(tiny_cfg_kwargs):
     assert len(fig.axes) == 4                                  # CLS, patches, registers + the colour bar
     with pytest.raises(ValueError, match="no rows for tokens"):
         plot_head_attribution(rows, tokens="dist")
+
+
+def test_parts_sum_to_the_lens_logit_of_an_l2_head(tiny_cfg_kwargs):
+    """A head on L2-normalised final-norm features (the probe's recipe) on a headless model: with the norm's scale
+    and the feature length frozen at the final stream, the parts sum to W_y . unit(LN(h)) + b_y at every token."""
+    m = _model(tiny_cfg_kwargs, head="none", num_classes=0)
+    g = torch.Generator().manual_seed(3)
+    W, bias = torch.randn(6, 32, generator=g), torch.randn(6, generator=g)
+    emb = ClassEmbeddings.from_linear_head(W, bias, l2_normalize=True)
+    x = torch.randn(2, 3, 32, 32, generator=g)
+    target = torch.tensor([1, 4])
+    heads = head_logit_attribution(m, x, target, embeddings=emb).sum(dim=(1, 2))   # B, T
+    depth = m.cfg.depth
+    with torch.no_grad():
+        _, cache = m.run_with_cache(x)
+        final = cache[f"blocks.{depth - 1}.hook_resid_post"]
+        ln, w = m.ln_final, W[target]                                             # B, D
+        z = torch.nn.functional.layer_norm(final, (32,), ln.weight, ln.bias, ln.eps)
+        length = z.norm(dim=-1)                                                    # B, T
+        lens = (z / length[..., None] * w[:, None]).sum(-1) + bias[target][:, None]
+        sigma = (final.var(-1, unbiased=False) + ln.eps).sqrt() * length
+
+        def share(v):
+            return ((v - v.mean(-1, keepdim=True)) * ln.weight * w[:, None]).sum(-1) / sigma
+
+        rest = share(cache["hook_full_embed"])
+        for b, blk in enumerate(m.blocks):
+            rest = rest + share(blk.attn.proj.bias.expand_as(final))
+            rest = rest + share(cache[f"blocks.{b}.hook_mlp_out"])
+        const = (w @ ln.bias)[:, None] / length + bias[target][:, None]
+    torch.testing.assert_close(heads + rest + const, lens, atol=1e-4, rtol=0)

@@ -119,3 +119,62 @@ def test_bad_matrices(tmp_path, tiny_cfg_kwargs):
     m = _model(tiny_cfg_kwargs, head="none", num_classes=0)
     with pytest.raises(ValueError, match="block must be in"):
         ClassEmbeddings(torch.ones(3, 32)).project(m, torch.randn(2, 32), block=9)
+
+
+def test_head_saved_by_the_probe(tmp_path, tiny_cfg_kwargs):
+    """``from_head``: a head saved by save_linear_head on the final norm's L2-normalised CLS projects as
+    W . unit(LN(h)) + b; a head on the CLIP projection's output applies after it; folders resolve to the head."""
+    from vitscope.analysis.probes.linear import save_linear_head
+
+    m = _model(tiny_cfg_kwargs, head="none", num_classes=0)
+    g = torch.Generator().manual_seed(4)
+    W, b = torch.randn(5, 32, generator=g), torch.randn(5, generator=g)
+    meta = {"normalize": "l2 per sample and input", "classes": list("abcde"),
+            "inputs": [{"site": "ln_final", "layer": None, "reduction": "cls"}]}
+    save_linear_head(tmp_path / "run" / "heads" / "linear_last_cls", W, b, meta)
+    _, h = _final_stream(m, torch.randn(2, 3, 32, 32))
+    ln = m.ln_final
+    z = F.layer_norm(h, (32,), ln.weight, ln.bias, ln.eps)
+    want = z / z.norm(dim=-1, keepdim=True) @ W.T + b
+    for where in ("run", "run/heads", "run/heads/linear_last_cls.safetensors", "run/heads/linear_last_cls"):
+        emb = ClassEmbeddings.from_head(tmp_path / where)
+        assert emb.classes == list("abcde") and emb.l2_normalize
+        with torch.no_grad():
+            torch.testing.assert_close(emb.project(m, h), want, atol=1e-5, rtol=0)
+    c = _model(tiny_cfg_kwargs, pre_norm=True, act="quick_gelu", head="clip_proj", num_classes=16, patch_bias=False)
+    Wc = torch.randn(5, 16, generator=g)
+    save_linear_head(tmp_path / "clip", Wc, None, {"inputs": [{"site": "clip_proj", "layer": None,
+                                                               "reduction": "cls"}]})
+    _, hc = _final_stream(c, torch.randn(2, 3, 32, 32))
+    zc = F.layer_norm(hc, (32,), c.ln_final.weight, c.ln_final.bias, c.ln_final.eps) @ c.head.weight.T
+    with torch.no_grad():
+        torch.testing.assert_close(ClassEmbeddings.from_head(tmp_path / "clip").project(c, hc), zc @ Wc.T,
+                                   atol=1e-5, rtol=0)
+    save_linear_head(tmp_path / "mid", W, b, {"inputs": [{"site": "ln2", "layer": 2, "reduction": "cls"},
+                                                         {"site": "ln_final", "layer": None, "reduction": "cls"}]})
+    with pytest.raises(ValueError, match="reads ln2.2.cls, ln_final.cls; the logit lens needs a linear head on the "
+                                         "last layer alone"):
+        ClassEmbeddings.from_head(tmp_path / "mid")
+    with pytest.raises(FileNotFoundError, match="no linear head"):
+        ClassEmbeddings.from_head(tmp_path / "run" / "heads" / "absent")
+
+
+def test_one_projection_path_for_both_names(tiny_cfg_kwargs):
+    """ClassProjection is ClassEmbeddings bound to a model: the same logits, the stream-width embeddings pulled
+    back through the CLIP projection, and the lens accepts either."""
+    from vitscope.analysis import class_embedding as ce
+
+    c = _model(tiny_cfg_kwargs, pre_norm=True, act="quick_gelu", head="clip_proj", num_classes=16, patch_bias=False)
+    text = torch.randn(5, 16, generator=torch.Generator().manual_seed(5))
+    emb = ClassEmbeddings.from_linear_head(text)
+    proj = emb.to_projection(c)
+    h = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(proj(h), emb.project(c, h))
+        # the pull-back: E (C, D) such that E . LN(h) equals the projection's logits (no bias here)
+        torch.testing.assert_close(c.ln_final(h) @ proj.class_embeddings.T, proj(h), atol=1e-5, rtol=0)
+    assert not proj.own_head and ce.ClassProjection.from_model(_model(tiny_cfg_kwargs)).own_head
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 4])
+    a = ce.logit_lens(c, [(x, y)], emb, sites=("resid",), record=True)
+    b = ce.logit_lens(c, [(x, y)], proj, sites=("resid",), record=True)
+    assert np.array_equal(a.ranks("resid", 3), b.ranks("resid", 3))

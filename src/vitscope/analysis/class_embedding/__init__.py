@@ -1,5 +1,6 @@
 """Class embedding space (seed 001): the logit lens over every block, token and branch, identifiability, change
 rates, residual match, memories, perturbations and token-removal curves. See ``docs/class-embedding.md``."""
+from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings, model_norm, resolve_class_embeddings
 from vitscope.analysis.class_embedding.images import imagenet_s_dataset
 from vitscope.analysis.class_embedding.memories import (
     MemoryAgreement, MemoryResult, class_value_agreement, class_value_rows, key_value_agreement, memory_agreement,
@@ -13,14 +14,16 @@ from vitscope.analysis.class_embedding.perturbation import (
     attention_perturbation_rows, last_block_ranks, token_drop_rows,
 )
 from vitscope.analysis.class_embedding.projection import (
-    SITES, ClassProjection, LensResult, LogitLens, Record, logit_lens, model_norm,
+    SITES, ClassProjection, LensResult, LogitLens, Record, logit_lens, resolve_projection,
 )
 
 __all__ = [
-    "SITES", "ClassProjection", "LensResult", "LogitLens", "MemoryAgreement", "MemoryResult", "Record",
+    "SITES", "ClassEmbeddings", "ClassProjection", "LensResult", "LogitLens", "MemoryAgreement", "MemoryResult",
+    "Record",
     "attention_perturbation_rows", "block_change_rate", "branch_change_rate", "class_context_rows", "class_rank",
     "class_token_masks", "class_value_agreement", "class_value_rows", "evolution_rows", "identifiability",
     "image_rate", "imagenet_s_dataset", "key_value_agreement", "last_block_ranks", "logit_lens", "memory_agreement",
-    "memory_logits", "model_norm", "permutation_test", "random_classes", "rate_rows", "residual_match", "token_drop_rows",
+    "memory_logits", "model_norm", "permutation_test", "random_classes", "rate_rows", "resolve_class_embeddings",
+    "resolve_projection", "residual_match", "token_drop_rows",
     "token_rate", "value_vectors", "wilcoxon_greater",
 ]

@@ -8,7 +8,8 @@ contributes
     dla(part) = (part - mean(part)) · (gamma ⊙ w_y) / sigma_t
 
 (``w_y`` the class vector pulled back through the CLIP projection when the class embeddings live after it;
-``gamma`` the final norm's weight). Summed over every part written into the stream at t (embeddings, heads,
+``gamma`` the final norm's weight; for a head on L2-normalised features, ``sigma_t`` also holds that length,
+frozen at its value on the final stream). Summed over every part written into the stream at t (embeddings, heads,
 projection biases, MLP outputs) this gives the lens logit minus ``beta · w_y + b_y``.
 """
 from __future__ import annotations
@@ -37,9 +38,10 @@ def head_logit_attribution(model, images: torch.Tensor, target, *, embeddings: C
     """Each head's direct contribution to the true-class logit, per token and block -> (B, len(blocks), H, T).
 
     ``images`` (B, 3, H, W); ``target`` (B,) class indices; ``embeddings``: the class embeddings of the lens
-    (default: the model's own head; a headless model needs them); ``blocks``: which blocks (default all;
-    negative counts from the end). T is the number of output tokens, in the output's order
-    (``model.token_layout(depth)``); a token that enters after a block (late CLS or registers) is NaN there.
+    (``ClassEmbeddings`` or a ``ClassProjection``; default: the model's own head; a headless model needs them);
+    ``blocks``: which blocks (default all; negative counts from the end). T is the number of output tokens, in the
+    output's order (``model.token_layout(depth)``); a token that enters after a block (late CLS or registers) is
+    NaN there.
     """
     cfg = model.cfg
     if cfg.res_post_norm:
@@ -77,6 +79,8 @@ def head_logit_attribution(model, images: torch.Tensor, target, *, embeddings: C
         sigma = (h.var(-1, unbiased=False) + norm.eps).sqrt()                    # B, T
     else:
         sigma = torch.ones(h.shape[:2], device=h.device)
+    if emb.l2_normalize:                       # a head on L2-normalised features: that length frozen too
+        sigma = sigma * emb.features(model, h.to(model.dtype), unit=False).float().norm(dim=-1)
     out = torch.full((h.shape[0], len(blocks), cfg.num_heads, h.shape[1]), float("nan"), device=h.device)
     for i, b in enumerate(blocks):
         idx = _final_index(model, b, grid).to(h.device)
@@ -84,28 +88,56 @@ def head_logit_attribution(model, images: torch.Tensor, target, *, embeddings: C
     return out
 
 
+class AttributionMeans:
+    """Mean attribution per block, head and token group over images, summed batch by batch (what
+    :func:`attribution_table` computes on one tensor, for a dataset that does not fit in memory)."""
+
+    def __init__(self, model, blocks=None) -> None:
+        depth = model.cfg.depth
+        self.model = model
+        self.blocks = list(range(depth)) if blocks is None else [b + depth if b < 0 else b for b in blocks]
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
+        self.n_images = 0
+
+    def update(self, dla: torch.Tensor) -> None:
+        """Add a batch of :func:`head_logit_attribution` output (B, L, H, T)."""
+        lay = self.model.token_layout(self.model.cfg.depth, _grid_of(self.model, dla.shape[-1]))
+        groups = {"patches": list(range(lay.patches.start, lay.patches.stop))}
+        if lay.cls is not None:
+            groups = {"cls": [lay.cls], **groups}
+        if lay.registers:
+            groups["registers"] = list(lay.registers)
+        for tokens, idx in groups.items():
+            vals = dla[..., idx].double().cpu()                                   # B, L, H, k
+            ok = ~torch.isnan(vals)
+            s = torch.where(ok, vals, torch.zeros_like(vals)).sum(dim=(0, 3))     # L, H
+            n = ok.sum(dim=(0, 3))
+            self.sums[tokens] = self.sums.get(tokens, 0) + s
+            self.counts[tokens] = self.counts.get(tokens, 0) + n
+        self.n_images += dla.shape[0]
+
+    def rows(self, model_name: str | None = None) -> list[dict]:
+        """Tidy rows (``model, block, head, tokens, metric, value``); NaN where a group had no token yet."""
+        name = model_name or self.model.cfg.meta.get("name", "model")
+        rows = []
+        for tokens, s in self.sums.items():
+            n = self.counts[tokens]
+            mean = torch.where(n > 0, s / n.clamp_min(1), torch.full_like(s, float("nan")))
+            for i, b in enumerate(self.blocks):
+                for h in range(mean.shape[1]):
+                    rows.append({"model": name, "block": b, "head": h, "tokens": tokens,
+                                 "metric": "direct_logit_attribution", "value": float(mean[i, h])})
+        return rows
+
+
 def attribution_table(dla: torch.Tensor, model, blocks=None, model_name: str | None = None) -> list[dict]:
     """Tidy rows (``model, block, head, tokens, metric, value``) of the mean attribution over images: ``tokens``
     is "cls" (when the output has CLS), "patches" (mean over patch tokens) or "registers"; NaN entries (tokens
     not yet entered) are left out of the means."""
-    depth = model.cfg.depth
-    blocks = list(range(depth)) if blocks is None else [b + depth if b < 0 else b for b in blocks]
-    lay = model.token_layout(depth, _grid_of(model, dla.shape[-1]))
-    groups = {"patches": list(range(lay.patches.start, lay.patches.stop))}
-    if lay.cls is not None:
-        groups = {"cls": [lay.cls], **groups}
-    if lay.registers:
-        groups["registers"] = list(lay.registers)
-    name = model_name or model.cfg.meta.get("name", "model")
-    rows = []
-    for tokens, idx in groups.items():
-        vals = dla[..., idx].float()                                              # B, L, H, k
-        mean = torch.nanmean(vals.permute(1, 2, 0, 3).reshape(len(blocks), dla.shape[2], -1), dim=-1)   # L, H
-        for i, b in enumerate(blocks):
-            for h in range(dla.shape[2]):
-                rows.append({"model": name, "block": b, "head": h, "tokens": tokens,
-                             "metric": "direct_logit_attribution", "value": float(mean[i, h])})
-    return rows
+    acc = AttributionMeans(model, blocks)
+    acc.update(dla)
+    return acc.rows(model_name)
 
 
 def _grid_of(model, n_tokens: int) -> tuple[int, int]:

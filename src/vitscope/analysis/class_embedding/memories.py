@@ -2,7 +2,8 @@
 "value vectors" read in class space.
 
 - value vectors: the columns of the output weight (torch layout), ``attn.proj.weight[:, m]`` (D, D) and
-  ``mlp.fc2.weight[:, m]`` (D, Dm); with the class embeddings E (C, D, the head's weight, no bias), P = E W (C, M);
+  ``mlp.fc2.weight[:, m]`` (D, Dm); with the class embeddings E (C, D, the head's weight, no bias; given
+  embeddings after a projection are pulled back through it), P = E W (C, M);
 - class-value agreement: per class, the largest cosine between its embedding and a value vector (rows of E and
   columns of W L2-normalised), compared with the random-weight model by a one-sided Wilcoxon test paired by class;
 - key coefficients: the MLP hidden pre-activation (``mlp.hook_pre``) and the attention heads' outputs concatenated
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from vitscope.analysis.class_embedding.metrics import wilcoxon_greater
+from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings
 from vitscope.analysis.class_embedding.projection import ClassProjection, resolve_projection
 
 KINDS = ("attn", "mlp")
@@ -51,8 +53,9 @@ def class_value_agreement(embeddings: torch.Tensor, values: torch.Tensor) -> tor
     return (E @ W).max(dim=1).values
 
 
-def class_value_rows(model, random_model=None, projection: ClassProjection | None = None,
-                     random_projection: ClassProjection | None = None, model_name: str = "model",
+def class_value_rows(model, random_model=None, projection: ClassProjection | ClassEmbeddings | None = None,
+                     random_projection: ClassProjection | ClassEmbeddings | None = None,
+                     model_name: str = "model",
                      alpha: float = 0.05) -> list[dict]:
     """Mean class-value agreement per block and kind; with ``random_model``, its mean and the one-sided Wilcoxon
     p-value (trained > random, paired by class index)."""
@@ -146,7 +149,8 @@ class MemoryResult:
 class MemoryAgreement:
     """Streamed key-value agreement and compositionality: :meth:`update` per batch, then :meth:`result`."""
 
-    def __init__(self, model, projection: ClassProjection | None = None, k: int = 5, seed: int = 0,
+    def __init__(self, model, projection: ClassProjection | ClassEmbeddings | None = None, k: int = 5,
+                 seed: int = 0,
                  blocks: Sequence[int] | None = None) -> None:
         self.model = model
         self.projection = resolve_projection(model, projection)
@@ -163,7 +167,7 @@ class MemoryAgreement:
                 self.class_mem[(kind, b)] = P.topk(self.k, dim=1).indices             # C, k
                 self.mem_class[(kind, b)] = P.argmax(dim=0)                           # M
         self.res = MemoryResult(self.C, model.cfg.depth, self.k, {}, {})
-        self.own_head = projection is None                    # correct / wrong needs the model's own predictions
+        self.own_head = self.projection.own_head              # correct / wrong needs the model's own predictions
         self.n_images = 0
 
     def update(self, images: torch.Tensor, labels) -> None:
@@ -224,8 +228,8 @@ class MemoryAgreement:
         return self.res
 
 
-def memory_agreement(model, batches: Iterable, projection: ClassProjection | None = None, k: int = 5,
-                     seed: int = 0, progress: bool = False) -> MemoryResult:
+def memory_agreement(model, batches: Iterable, projection: ClassProjection | ClassEmbeddings | None = None,
+                     k: int = 5, seed: int = 0, progress: bool = False) -> MemoryResult:
     """Run :class:`MemoryAgreement` over ``(images, labels, ...)`` batches."""
     acc = MemoryAgreement(model, projection, k, seed)
     it = batches

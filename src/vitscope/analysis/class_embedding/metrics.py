@@ -138,9 +138,10 @@ def rate_rows(result, model: str = "model", site: str = "resid", block: int = -1
                 site=site, token="patches"),
            dict(model=model, block=b, task="logit_lens", metric="image_rate", value=result.image_rate(site, b),
                 site=site, token="patches")]
-    if result.meta.get("own_head", True):
-        out.append(dict(model=model, block=b, task="logit_lens", metric="accuracy", value=result.accuracy,
-                        site="logits", token="pooled"))
+    # the model's own logits, or the given class embeddings on the pooled last-block vector (CLS or patch mean)
+    own = result.meta.get("own_head", True)
+    out.append(dict(model=model, block=b, task="logit_lens", metric="accuracy", value=result.accuracy,
+                    site="logits" if own else "class_embeddings", token="pooled"))
     return out
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from vitscope.analysis.class_embedding.metrics import class_rank
+from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings
 from vitscope.analysis.class_embedding.projection import ClassProjection, resolve_projection
 
 ATTENTION_KINDS = ("none", "self_only", "no_cls")
@@ -61,7 +62,8 @@ def _check(model, labels, C: int, tokens: str) -> torch.Tensor:
 
 
 def attention_perturbation_rows(model, batches: Iterable, kinds: Sequence[str] = ATTENTION_KINDS,
-                                projection: ClassProjection | None = None, blocks: Sequence[int] | None = None,
+                                projection: ClassProjection | ClassEmbeddings | None = None,
+                                blocks: Sequence[int] | None = None,
                                 tokens: str = "patches", model_name: str = "model",
                                 progress: bool = False) -> list[dict]:
     """Share of tokens of the last block whose true class is rank 0, unperturbed ("none") and under each attention
@@ -81,7 +83,7 @@ def attention_perturbation_rows(model, batches: Iterable, kinds: Sequence[str] =
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(batches, desc="attention perturbations", unit="batch")
-    own_head = projection is None
+    own_head = proj.own_head
     for batch in it:
         x, y = batch[0], _check(model, batch[1], proj.num_classes, tokens)
         n += len(y)
@@ -108,8 +110,8 @@ def attention_perturbation_rows(model, batches: Iterable, kinds: Sequence[str] =
     return rows
 
 
-def token_drop_rows(model, batches: Iterable, projection: ClassProjection | None = None, tokens: str = "patches",
-                    model_name: str = "model", progress: bool = False) -> list[dict]:
+def token_drop_rows(model, batches: Iterable, projection: ClassProjection | ClassEmbeddings | None = None,
+                    tokens: str = "patches", model_name: str = "model", progress: bool = False) -> list[dict]:
     """Seed 001's token perturbations. ``batches``: ``(images, labels, masks)`` with ``masks`` (B, N_patch) bool
     marking the class-labelled patches (see ``metrics.class_token_masks``).
 

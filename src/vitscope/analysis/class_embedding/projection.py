@@ -1,10 +1,10 @@
 """The logit lens (seed 001), streamed: every block output and both branch outputs, at every token, projected
 onto class space as the batches pass.
 
-``ClassProjection`` maps residual-stream vectors (..., D) to class logits (..., C): by default the model's own
-``project_to_logits`` (final norm or ``fc_norm``, then the head with its bias; DeiT-distilled: the two heads
-averaged), or class embeddings given explicitly (a (C, D) weight, a (C,) bias, and what to apply first: the
-model's final norm and/or a projection such as CLIP's).
+``ClassProjection`` maps residual-stream vectors (..., D) to class logits (..., C): class embeddings
+(``embeddings.ClassEmbeddings``) bound to a model. By default the model's own head (final norm or ``fc_norm``,
+then the head with its bias; DeiT-distilled: the two heads averaged); for models without a classifier, a linear
+head fitted on the last layer or a matrix the user gives (e.g. CLIP text embeddings after the CLIP projection).
 
 ``LogitLens`` runs a model with hooks that project each site as soon as the block computes it and keep only, per
 image and token, the rank of the true class, its logit and the top-k classes; the logits (B, T, C) of one block
@@ -28,107 +28,76 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings
 from vitscope.analysis.class_embedding.metrics import class_rank
 
 SITES = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
 
 
 # ----------------------------------------------------------------------------- the projection
-def model_norm(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The norm the model's head reads through: ``fc_norm`` for average-pooled models, else the final norm."""
-    norm = model.fc_norm if getattr(model, "fc_norm", None) is not None else getattr(model, "ln_final", None)
-    return norm
-
-
 class ClassProjection:
-    """Residual-stream vectors (..., D) -> class logits (..., C).
+    """Class embeddings bound to a model: residual-stream vectors (..., D) -> class logits (..., C).
 
-    Build it with :meth:`from_model` (the model's own head, or explicit class embeddings read through the model's
-    norm) or directly: ``ClassProjection(weight (C, D), bias (C,) or None, pre=callable or None)``, where ``pre``
-    maps (..., D) to the space the weight lives in (e.g. a final norm followed by CLIP's projection).
+    A thin view over :class:`~vitscope.analysis.class_embedding.embeddings.ClassEmbeddings`, which holds the
+    vectors and computes the projection (norm -> optional projection -> ``W x + b``); build it with
+    :meth:`from_model`, :meth:`ClassEmbeddings.to_projection` or ``ClassProjection(embeddings, model)``.
     """
 
-    def __init__(self, weight: torch.Tensor | np.ndarray | None = None, bias=None,
-                 pre: Callable[[torch.Tensor], torch.Tensor] | None = None, classes: Sequence[str] | None = None,
-                 fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        if fn is None:
-            if weight is None:
-                raise ValueError("a ClassProjection needs class embeddings: a (C, D) weight, or a model with a head "
-                                 "(ClassProjection.from_model(model))")
-            weight = torch.as_tensor(np.asarray(weight) if not isinstance(weight, torch.Tensor) else weight).float()
-            if weight.ndim != 2:
-                raise ValueError(f"class embeddings must be a (C, D) matrix, got shape {tuple(weight.shape)}")
-            if bias is not None:
-                bias = torch.as_tensor(np.asarray(bias) if not isinstance(bias, torch.Tensor) else bias).float()
-                if bias.shape != (weight.shape[0],):
-                    raise ValueError(f"the class bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-        self.weight, self.bias, self.pre, self._fn = weight, bias, pre, fn
-        self.classes = list(classes) if classes else None
-        self._embeddings: torch.Tensor | None = None
+    def __init__(self, embeddings: ClassEmbeddings, model) -> None:
+        if not isinstance(embeddings, ClassEmbeddings):
+            raise TypeError(f"expected ClassEmbeddings, got {type(embeddings).__name__}")
+        self.embeddings, self.model = embeddings, model
 
     @classmethod
     def from_model(cls, model, weight=None, bias=None, norm: bool = True,
                    proj: torch.Tensor | Callable | None = None) -> "ClassProjection":
         """The model's own head (``weight=None``), or class embeddings (C, D') read after the model's final norm
         (``norm=True``) and an optional projection ``proj`` ((D, D') matrix or callable, e.g. CLIP's)."""
-        classes = (getattr(model.cfg, "meta", None) or {}).get("classes")
         if weight is None:
-            if model.cfg.head not in ("linear", "distilled"):
-                raise ValueError(
-                    f"this model has no classification head (head={model.cfg.head!r}): give class embeddings, a "
-                    "(C, D) matrix (e.g. a linear probe fitted on the last layer, or CLIP text embeddings of class "
-                    "prompts with the CLIP projection)")
-            p = cls(fn=model.project_to_logits, classes=classes)
-            W = model.head.weight.detach().float()
-            if model.cfg.head == "distilled":
-                W = (W + model.head_dist.weight.detach().float()) / 2
-            p._embeddings = W
-            return p
-        steps = []
-        n = model_norm(model) if norm else None
-        if n is not None:
-            steps.append(n)
-        if proj is not None:
-            if callable(proj) and not isinstance(proj, torch.Tensor):
-                steps.append(proj)
-            else:
-                P = torch.as_tensor(np.asarray(proj) if not isinstance(proj, torch.Tensor) else proj).float()
-                steps.append(lambda h, P=P: h @ P.to(h))
-
-        def pre(h: torch.Tensor) -> torch.Tensor:
-            for s in steps:
-                h = s(h)
-            return h
-        return cls(weight, bias, pre if steps else None, classes=None)
+            return cls(ClassEmbeddings.from_model(model), model)
+        return cls(ClassEmbeddings(weight, bias, apply_norm=norm, after_projection=False, projection=proj,
+                                   source="given"), model)
 
     @property
     def num_classes(self) -> int:
-        if self.weight is not None:
-            return int(self.weight.shape[0])
-        return int(self._embeddings.shape[0])
+        return self.embeddings.num_classes
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.embeddings.classes
+
+    @property
+    def own_head(self) -> bool:
+        """The embeddings are the model's own head (its logits are the lens's final prediction)."""
+        return self.embeddings.own_head
 
     @property
     def class_embeddings(self) -> torch.Tensor:
-        """The class embeddings E (C, D) (no bias): the head's weight (distilled: both heads averaged)."""
-        return self.weight if self.weight is not None else self._embeddings
+        """The class embeddings at the stream width (C, D) (no bias): the head's weight (distilled: both heads
+        averaged), or given embeddings pulled back through their projection."""
+        return self.embeddings.stream_weight(self.model)
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        if self._fn is not None:
-            return self._fn(h).float()
-        if self.pre is not None:
-            h = self.pre(h)
-        W = self.weight.to(h.device, h.dtype)
-        if h.shape[-1] != W.shape[1]:
-            raise ValueError(f"class embeddings have width {W.shape[1]} but the projected vectors have "
-                             f"{h.shape[-1]}; give embeddings of the model's width (or the projection to apply first)")
-        out = h @ W.T
-        if self.bias is not None:
-            out = out + self.bias.to(h.device, h.dtype)
-        return out.float()
+        return self.embeddings.project(self.model, h).float()
 
 
-def resolve_projection(model, projection: ClassProjection | None) -> ClassProjection:
-    return projection if projection is not None else ClassProjection.from_model(model)
+def pool_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Last-block tokens (B, T, D) -> the vector a head on the last layer reads (B, D), before the final norm:
+    the CLS token, or the mean of the patch tokens for average-pooled models and models without CLS."""
+    lay = model.token_layout(model.cfg.depth)
+    if model.cfg.global_pool != "avg" and lay.cls is not None:
+        return tokens[:, lay.cls]
+    n_patch = tokens.shape[1] - (lay.n_tokens - lay.n_patches)
+    return tokens[:, lay.patches.start:lay.patches.start + n_patch].mean(dim=1)
+
+
+def resolve_projection(model, projection: ClassProjection | ClassEmbeddings | None) -> ClassProjection:
+    """``projection`` (ClassEmbeddings are bound to ``model``), else the model's own head."""
+    if projection is None:
+        return ClassProjection.from_model(model)
+    if isinstance(projection, ClassEmbeddings):
+        return projection.to_projection(model)
+    return projection
 
 
 # ----------------------------------------------------------------------------- token alignment between blocks
@@ -336,7 +305,8 @@ class LogitLens:
     they are projected as added to the stream (the same for models without LayerScale).
     """
 
-    def __init__(self, model, projection: ClassProjection | None = None, sites: Sequence[str] = tuple(SITES),
+    def __init__(self, model, projection: ClassProjection | ClassEmbeddings | None = None,
+                 sites: Sequence[str] = tuple(SITES),
                  topk: int = 5, record: bool | str | Path = False, prescale: bool = False) -> None:
         bad = [s for s in sites if s not in SITES]
         if bad or not sites:
@@ -355,7 +325,7 @@ class LogitLens:
         self.counts = {k: np.zeros((self.depth, 2), np.int64) for k in COUNT_NAMES}
         self.n_images = 0
         self.n_correct = 0
-        self.own_head = projection is None or projection._fn is not None
+        self.own_head = self.projection.own_head
         self.prescale = bool(prescale)
 
     # ------------------------------------------------------------------ one batch
@@ -410,9 +380,14 @@ class LogitLens:
             return fn
 
         fwd = [(f"blocks.{b}.{SITES[s]}", make(s, b)) for s in self.sites for b in range(self.depth)]
+        pooled: dict[str, torch.Tensor] = {}
+        if not self.own_head:                     # the prediction of the given embeddings on the pooled vector
+            def pool(act: torch.Tensor, hook) -> None:
+                pooled["logits"] = self.projection(pool_tokens(model, act))
+            fwd.append((f"blocks.{self.depth - 1}.hook_resid_post", pool))
         with torch.inference_mode():
             logits = model.run_with_hooks(images.to(model.device, model.dtype), fwd_hooks=list(hooks or []) + fwd)
-        return out, logits
+        return out, pooled.get("logits", logits)
 
     def update(self, images: torch.Tensor, labels, masks: torch.Tensor | np.ndarray | None = None,
                indices=None, hooks: Sequence | None = None) -> None:
@@ -425,9 +400,8 @@ class LogitLens:
         out, logits = self.project_batch(images, labels_t, hooks)
         labels_c = labels_t.cpu()
         self.n_images += B
-        pred = logits.argmax(-1).cpu() if self.own_head else None
-        if pred is not None:
-            self.n_correct += int((pred == labels_c).sum())
+        pred = logits.argmax(-1).cpu()
+        self.n_correct += int((pred == labels_c).sum())
         self._accumulate(out)
         if self.record is not None:
             self._record(out, labels_c, pred, masks, indices, B)
