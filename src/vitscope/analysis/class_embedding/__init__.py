@@ -1,5 +1,9 @@
 """Class embedding space (seed 001): the logit lens over every block, token and branch, identifiability, change
 rates, residual match, memories, perturbations and token-removal curves. See ``docs/class-embedding.md``."""
+from vitscope.analysis.class_embedding.attribution import attribution_table, head_logit_attribution
+from vitscope.analysis.class_embedding.importance import (chefer_importance, importance, importance_order,
+                                                          probe_importance, random_orders, seed_gradient_importance)
+from vitscope.analysis.class_embedding.removal import RemovalCurves, auc_seed, auc_trapezoid, removal_curves
 from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings, model_norm, resolve_class_embeddings
 from vitscope.analysis.class_embedding.images import imagenet_s_dataset
 from vitscope.analysis.class_embedding.memories import (
@@ -18,6 +22,9 @@ from vitscope.analysis.class_embedding.projection import (
 )
 
 __all__ = [
+    "RemovalCurves", "attribution_table", "auc_seed", "auc_trapezoid", "chefer_importance", "head_logit_attribution",
+    "importance", "importance_order", "probe_importance", "random_orders", "removal_curves",
+    "seed_gradient_importance",
     "SITES", "ClassEmbeddings", "ClassProjection", "LensResult", "LogitLens", "MemoryAgreement", "MemoryResult",
     "Record",
     "attention_perturbation_rows", "block_change_rate", "branch_change_rate", "class_context_rows", "class_rank",
