@@ -168,7 +168,8 @@ def test_logit_lens_identifiability_equals_the_lens(setup):
     for b in range(6):
         kinds = res.token_kinds(b)
         for kind in ("cls", "patches"):
-            assert got[(b, kind, "identifiability")] == pytest.approx(float(res.mean_score("resid", b)[kinds[kind]].mean()))
+            want = float(res.mean_score("resid", b)[kinds[kind]].mean())
+            assert got[(b, kind, "identifiability")] == pytest.approx(want)
     assert by(rows, metric="identifiability_chance") == {(None, None, "identifiability_chance"): 9 / 16}
     assert len(by(rows, metric="identifiability_p_value")) == 12               # trained vs its random twin
 
@@ -227,3 +228,37 @@ def test_import_or_skip_marks_a_missing_library():
     with pytest.raises(AnalysisUnavailable, match="is not available in this version of vitscope"):
         import_or_skip("vitscope.analysis.not_a_module", "my analysis")
     assert import_or_skip("vitscope.analysis.knn", "k-NN").knn_accuracy
+
+
+def test_results_figures_read_the_rows_the_adapters_write(setup, tmp_path):
+    """knn, logit-lens and probe rows of the cells above, through the runner's table, into the results figures."""
+    import datetime as dt
+
+    from vitscope.experiments.figures import write_figures
+    from vitscope.experiments.results import make_rows, read_results, write_cell
+    from vitscope.viz import experiments as vx
+
+    seen = {}
+    real = vx.plot_identifiability
+
+    def spy(table, title=None, chance=0.5):
+        seen[title] = chance
+        return real(table, title=title, chance=chance)
+
+    vx.plot_identifiability = spy
+    try:
+        for k, analysis in enumerate(("knn", "logit_lens", "probe")):
+            ctx = setup(analysis)
+            rows = REGISTRY[analysis].fn(ctx, ctx.options)
+            base = {"study": "t", "cell": ctx.cell.id, "model": ctx.label(0), "dataset": ctx.cell.dataset.name,
+                    "analysis": analysis, "status": "ok", "options": "{}",
+                    "time": dt.datetime(2026, 1, 1, 0, 0, k, tzinfo=dt.timezone.utc)}
+            write_cell(tmp_path, ctx.cell.id, make_rows(rows, base))
+        paths = {p.relative_to(tmp_path / "f").as_posix() for p in write_figures(read_results(tmp_path), tmp_path / "f")}
+    finally:
+        vx.plot_identifiability = real
+    assert {"per_block/knn__top1_k3__d.png", "per_block/logit_lens__identifiability__d__cls.png",
+            "per_block/logit_lens__identifiability__d__patches.png", "probes/probe__gains.png",
+            "per_block/probe__test_balanced_top1__d__per-layer_cls.png"} <= paths
+    assert not any("p_value" in p for p in paths)
+    assert set(seen.values()) == {9 / 16}                                        # (C + 1) / 2C with C = 8

@@ -103,8 +103,8 @@ def expand(study: Study) -> list[Cell]:
         datasets = _datasets_of(study, a, adapter)
         for d in datasets:
             if "train" in adapter.needs and not d.train:
-                raise ConfigError(f"{_where(study, a)}: {a.kind} needs a train split: add 'train: SPEC' to dataset {d.name!r} "
-                                  f"or limit the analysis to other datasets with 'datasets: [...]'")
+                raise ConfigError(f"{_where(study, a)}: {a.kind} needs a train split: add 'train: SPEC' to dataset "
+                                  f"{d.name!r} or limit the analysis to other datasets with 'datasets: [...]'")
             if adapter.scope == "pair":
                 groups = [(models[i], models[j]) for i in range(len(models)) for j in range(i, len(models))]
             else:

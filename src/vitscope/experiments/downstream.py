@@ -156,7 +156,8 @@ def _validate_davis(o: dict) -> None:
         try:
             [int(b) for b in o["blocks"].split(",") if b.strip()]
         except ValueError:
-            raise ValueError(f"'blocks' takes all or comma-separated indices (-1 = last), got {o['blocks']!r}") from None
+            raise ValueError(f"'blocks' takes all or comma-separated indices (-1 = last), got {o['blocks']!r}"
+                             ) from None
 
 
 @register("davis", defaults={"blocks": "all", "split": "val", "sequences": None, "limit": None,
