@@ -54,7 +54,7 @@ def test_run_records_a_failed_cell_and_finishes_the_others(tmp_path):
   - {name: cluster, options: {k: 4}}
   - {name: cluster, label: cluster-k100, options: {k: 100}}
   - {name: cka, options: {tokens: cls}}
-  - knn
+  - {name: knn, options: {k: 5}}
 """)
     out = tmp_path / "out"
     r = cli("run", study, "--out", out, "--threads", "1", "--quiet")
@@ -64,7 +64,7 @@ def test_run_records_a_failed_cell_and_finishes_the_others(tmp_path):
     st = df.drop_duplicates("cell").set_index("cell")["status"]
     assert st[st.index.str.startswith("cluster-k100")].eq("error").all()
     assert st[st.index.str.startswith("cluster__")].eq("ok").all() and st[st.index.str.startswith("cka")].eq("ok").all()
-    assert st[st.index.str.startswith("knn")].isin(["skipped", "ok"]).all()   # ok once vitscope.analysis.knn exists
+    assert st[st.index.str.startswith("knn")].eq("ok").all()
     err = df[df["status"] == "error"]
     assert len(err) == 2 and err["error"].str.contains("k=100 clusters need at least k samples").all()
     ok = df[df["status"] == "ok"]
@@ -75,17 +75,18 @@ def test_run_records_a_failed_cell_and_finishes_the_others(tmp_path):
     # a second run reruns only the failed / skipped cells
     before = df[df["status"] == "ok"].groupby("cell")["time"].first()
     r = cli("run", study, "--out", out, "--threads", "1", "--quiet")
-    assert "5 already done" in r.output and "2 failed" in r.output
+    assert "7 already done" in r.output and "2 failed" in r.output
     after = pd.read_parquet(out / "results").groupby("cell")["time"].first()
     assert (after[before.index] == before).all()
     r = cli("run", study, "--out", out, "--dry-run")
-    assert r.exit_code == 0 and "9 cells, 5 done, 4 to run" in r.output
+    assert r.exit_code == 0 and "9 cells, 7 done, 2 to run" in r.output
     # the figures come from the table alone
     r = cli("results", out, "--formats", "png")
     assert r.exit_code == 0, r.output
     assert "error: cluster-k100" in r.output and "figure(s)" in r.output
     assert (out / "figures/per_block/cluster__nmi__shapes.png").exists()
     assert (out / "figures/cka/cka__shapes.png").exists()
+    assert (out / "figures/per_block/knn__top1_k5__shapes.png").exists()
     # changing an option makes new cells; the old rows are set aside, never mixed in
     write_study(study, "  - {name: cluster, options: {k: 3}}\n")
     r = cli("run", study, "--out", out, "--threads", "1", "--quiet")
@@ -167,3 +168,24 @@ def test_submitit_local_launcher_with_a_job_killed_and_resumed(tmp_path, monkeyp
     clean = tmp_path / "clean"
     assert cli("run", study, "--out", clean, "--quiet", "--threads", "1").exit_code == 0
     pd.testing.assert_frame_equal(table(out), table(clean))
+
+
+@pytest.mark.slow
+def test_store_extraction_under_torchrun_with_two_processes(tmp_path, monkeypatch):
+    """features: {nproc_per_node: 2}: the cell's store is extracted by `torchrun --nproc_per_node=2 -m vitscope
+    extract` (two CPU ranks on gloo) and the table equals a run that extracts in-process."""
+    study = write_study(tmp_path / "s.yaml", "  - {name: cluster, options: {k: 4}}\n", models="[demo-vit]")
+    study.write_text(study.read_text().replace("features: {batch_size: 8}", "features: {batch_size: 4}").replace(
+        f'data: "{DATA}", train', f'data: "{DATA}", limit: 14, train'))
+    for k, v in ENV.items():                                  # the torchrun processes inherit this environment
+        monkeypatch.setenv(k, v)
+    two, one = tmp_path / "two", tmp_path / "one"
+    r = cli("run", study, "--out", two, "--quiet", "--threads", "1", "--nproc-per-node", "2")
+    assert r.exit_code == 0, r.output
+    assert cli("run", study, "--out", one, "--quiet", "--threads", "1").exit_code == 0
+    pd.testing.assert_frame_equal(table(two), table(one))
+    import vitscope.features as vf
+
+    [store] = [p for p in (two / "stores").iterdir() if p.is_dir()]
+    assert vf.open(store).manifest["world_size"] == 2 and vf.open(store).n == 14
+    assert "--nproc_per_node=2" not in r.output and store.with_name(store.name + ".torchrun.log").exists()

@@ -1,12 +1,9 @@
 """Analysis adapters: their rows against independent references computed from the model directly."""
-import sys
-import types
-
 import numpy as np
 import pytest
 import torch
 
-from vitscope.experiments.analyses import REGISTRY, AnalysisUnavailable
+from vitscope.experiments.analyses import REGISTRY
 from vitscope.experiments.cells import expand, store_tokens
 from vitscope.experiments.config import parse_study
 from vitscope.experiments.context import CellContext, load_study_model
@@ -133,34 +130,3 @@ def test_saliency_rows_are_the_mean_iou_per_block(setup):
     assert all(0 <= r["value"] <= 1 for r in rows) and {r["metric"] for r in rows} == {"saliency_iou_cls"}
     table = np.load(ctx.out / "iou_cls.mean.npy")                       # L, H + 1 (summed heads last)
     assert np.allclose([r["value"] for r in blocks], table[:, -1])
-
-
-def test_knn_is_skipped_with_a_clear_message_when_missing(setup, monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr("importlib.util.find_spec",
-                        lambda name, *a: None if name == "vitscope.analysis.knn" else real(name, *a))
-    ctx = setup("knn", ["demo-vit"])
-    with pytest.raises(AnalysisUnavailable, match=r"k-NN .* is not available in this version of vitscope"):
-        REGISTRY["knn"].fn(ctx, ctx.options)
-    assert not ctx.stores_extracted                                    # skipped before any extraction
-
-
-def test_knn_adapter_passes_both_splits_to_the_library(setup, monkeypatch):
-    seen = []
-
-    def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k, temperature=0.07, num_classes=None,
-                     normalize=True):
-        seen.append((train_feats.shape, train_labels.shape, test_feats.shape, k, temperature, num_classes, normalize))
-        return 50.0 + len(seen), 90.0
-
-    fake = types.ModuleType("vitscope.analysis.knn")
-    fake.knn_accuracy = knn_accuracy
-    monkeypatch.setitem(sys.modules, "vitscope.analysis.knn", fake)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())
-    ctx = setup("knn", ["demo-vit"])
-    rows = REGISTRY["knn"].fn(ctx, ctx.options)
-    assert len(seen) == 6 and seen[0] == ((24, 64), (24,), (24, 64), 5, 0.07, 4, True)
-    assert [r["value"] for r in rows if r["metric"] == "knn_top1"] == [51.0, 52.0, 53.0, 54.0, 55.0, 56.0]
-    assert any("train" in s for s in ctx.stores_extracted)             # the train split has its own store

@@ -33,7 +33,7 @@ def test_good_study_resolves_defaults_and_twins():
     cl = s.analyses[1]
     assert cl.kind == "cluster" and cl.options["k"] == 4 and cl.options["tokens"] == "mean"
     assert cl.options["n_init"] == 10                                   # a default filled in
-    assert s.features == {"site": "resid_post", "dtype": "float32", "batch_size": 64}
+    assert s.features == {"site": "resid_post", "dtype": "float32", "batch_size": 64, "nproc_per_node": 1}
 
 
 @pytest.mark.parametrize("text,line,words", [

@@ -25,6 +25,10 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None, "--threads",
                                               help="CPU threads per cell (torch and k-means); default: torch's "
                                                    "(cpus / jobs with --jobs). 1 is fastest on a busy machine."),
+        nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node",
+                                                     help="Extract each feature store with torchrun over K "
+                                                          "processes (e.g. the GPUs of a node; overrides the "
+                                                          "file's features: {nproc_per_node: K})."),
         partition: Optional[str] = typer.Option(None, "--partition", help="slurm: partition."),
         gpus_per_node: int = typer.Option(0, "--gpus-per-node", help="slurm: GPUs per job."),
         cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", help="slurm: CPUs per job."),
@@ -72,7 +76,8 @@ def register(app: typer.Typer) -> None:
 
         try:
             summary = run_study(study, study_dir, launcher=launcher, jobs=jobs, device=device, slurm=slurm,
-                                threads=threads, on_start=on_start, on_done=on_done)
+                                threads=threads, nproc_per_node=nproc_per_node, on_start=on_start,
+                                on_done=on_done)
         finally:
             if bar is not None:
                 bar.close()

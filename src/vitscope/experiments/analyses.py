@@ -16,8 +16,8 @@ analysis, options, vitscope version and time. Adding an analysis is one register
         store = ctx.store(0, "cls")
         return [{"block": b, "metric": "my_metric", "value": f(store, b, opts["k"])} for b in ctx.layers(0, "cls")]
 
-Adapters import their library module inside the function, so that an analysis whose module is not in this
-version of vitscope is recorded as skipped (:class:`AnalysisUnavailable`) while the others run.
+Adapters import their library module inside the function. A plugin adapter whose library is missing calls
+:func:`import_or_skip`: its cells are recorded as skipped (:class:`AnalysisUnavailable`) while the others run.
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ class Adapter:
     needs: tuple[str, ...] = ()
     validate: Callable[[dict], None] | None = None
     description: str = ""
+    task: str | None = None                            # reads a task root of the dataset (davis, spair, revisited)
 
     def tokens(self, options: dict) -> list[str]:
         return list(self.store_tokens(options)) if self.store_tokens else []
@@ -59,17 +60,25 @@ REGISTRY: dict[str, Adapter] = {}
 
 def register(name: str, defaults: dict | None = None, choices: dict | None = None, scope: str = "model",
              store_tokens: Callable[[dict], list[str]] | None = None, needs: tuple[str, ...] = (),
-             validate: Callable[[dict], None] | None = None, description: str = ""):
-    """Decorator: register ``fn(ctx, options) -> rows`` as analysis ``name`` (see the module docstring)."""
+             validate: Callable[[dict], None] | None = None, description: str = "", task: str | None = None):
+    """Decorator: register ``fn(ctx, options) -> rows`` as analysis ``name`` (see the module docstring).
+
+    ``task``: the analysis reads a task root of the dataset entry (``davis``, ``spair``, ``revisited``) instead of
+    its images; its cells are made for the datasets that name one."""
+    from vitscope.experiments.config import TASKS
+
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     bad = [n for n in needs if n not in NEEDS]
     if bad:
         raise ValueError(f"needs takes {NEEDS}, got {bad}")
 
     def deco(fn):
         REGISTRY[name] = Adapter(name, fn, dict(defaults or {}), dict(choices or {}), scope, store_tokens,
-                                 tuple(needs), validate, description or (fn.__doc__ or "").strip().split("\n")[0])
+                                 tuple(needs), validate, description or (fn.__doc__ or "").strip().split("\n")[0],
+                                 task)
         return fn
 
     return deco
@@ -192,27 +201,7 @@ def cluster(ctx, opts: dict) -> list[dict]:
             for m, v in scores.items() for i, layer in enumerate(layers)]
 
 
-# ----------------------------------------------------------------------------- k-NN
-@register("knn", defaults={"tokens": "cls", "k": 20, "temperature": 0.07, "normalize": True},
-          choices={"tokens": ("cls", "mean")}, store_tokens=_token_list, needs=("labels", "train"),
-          description="weighted k-NN accuracy per block, train split as memory (seed 002, DINO)")
-def knn(ctx, opts: dict) -> list[dict]:
-    import torch
-
-    knn_mod = import_or_skip("vitscope.analysis.knn", "k-NN (vitscope.analysis.knn)")
-    t = opts["tokens"]
-    test, train = ctx.store(0, t), ctx.store(0, t, split="train")
-    tv, trv = np.asarray(test.valid), np.asarray(train.valid)
-    y_test, y_train = np.asarray(test.labels)[tv], np.asarray(train.labels)[trv]
-    if (y_test < 0).any() or (y_train < 0).any():
-        raise ValueError("k-NN needs labels on both splits (class folders, a list with labels, or synthetic)")
-    num_classes = max(len(train.classes), int(y_train.max()) + 1, int(y_test.max()) + 1)
-    rows = []
-    for layer in test.layers:
-        top1, top5 = knn_mod.knn_accuracy(
-            torch.from_numpy(np.asarray(train[ctx.site, layer, t], dtype=np.float32)[trv]), torch.from_numpy(y_train),
-            torch.from_numpy(np.asarray(test[ctx.site, layer, t], dtype=np.float32)[tv]), torch.from_numpy(y_test),
-            k=opts["k"], temperature=opts["temperature"], num_classes=num_classes, normalize=opts["normalize"])
-        rows.append({"block": int(layer), "metric": "knn_top1", "value": float(top1)})
-        rows.append({"block": int(layer), "metric": "knn_top5", "value": float(top5)})
-    return rows
+# ----------------------------------------------------------------------------- the other evaluations
+# k-NN, retrieval, DAVIS, keypoints (downstream.py); probes, logit lens, removal curves (probing.py)
+from vitscope.experiments import downstream as _downstream  # noqa: E402,F401  (registers)
+from vitscope.experiments import probing as _probing  # noqa: E402,F401  (registers)

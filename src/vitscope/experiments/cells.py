@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from vitscope.experiments.config import DatasetSpec, ModelSpec, Study, slug
+from vitscope.experiments.config import ConfigError, DatasetSpec, ModelSpec, Study, slug
 
 HASH_LEN = 12
 
@@ -64,6 +64,32 @@ def _selected(names: list[str] | None, m: ModelSpec) -> bool:
     return names is None or m.label in names or m.name in names
 
 
+def _where(study: Study, a) -> str:
+    return f"{study.path}:{a.line}" if study.path else f"analysis {a.label!r}"
+
+
+def _datasets_of(study: Study, a, adapter) -> list[DatasetSpec]:
+    """The datasets an analysis runs on: those it names, else every dataset that has what it reads (images, or
+    its task root)."""
+    def has(d: DatasetSpec) -> bool:
+        return bool(d.task(adapter.task)) if adapter.task else d.data is not None
+
+    what = f"a '{adapter.task}' task root" if adapter.task else "'data' (images)"
+    if a.datasets is not None:
+        chosen = [d for d in study.datasets if d.name in a.datasets]
+        lacking = [d.name for d in chosen if not has(d)]
+        if lacking:
+            raise ConfigError(f"{_where(study, a)}: {a.kind} reads {what}, which dataset {lacking[0]!r} does not "
+                              f"have; add it to that dataset or leave it out of 'datasets'")
+        return chosen
+    chosen = [d for d in study.datasets if has(d)]
+    if not chosen:
+        raise ConfigError(f"{_where(study, a)}: {a.kind} reads {what}, and no dataset of the study has one"
+                          + (f"; add e.g. '{adapter.task}: synthetic' (or a folder) to a dataset" if adapter.task
+                             else ""))
+    return chosen
+
+
 def expand(study: Study) -> list[Cell]:
     """Every cell of the study, in the order of the analyses, datasets and models of the file."""
     from vitscope.experiments.analyses import REGISTRY
@@ -74,14 +100,11 @@ def expand(study: Study) -> list[Cell]:
         uses_store = bool(adapter.tokens(a.options))
         feats = {k: study.features[k] for k in ("site", "dtype")} if uses_store else {}
         models = [m for m in study.models if _selected(a.models, m)]
-        datasets = [d for d in study.datasets if a.datasets is None or d.name in a.datasets]
+        datasets = _datasets_of(study, a, adapter)
         for d in datasets:
             if "train" in adapter.needs and not d.train:
-                from vitscope.experiments.config import ConfigError
-
-                where = f"{study.path}:{a.line}" if study.path else f"analysis {a.label!r}"
-                raise ConfigError(f"{where}: {a.kind} needs a train split: add 'train: SPEC' to dataset {d.name!r} "
-                                  f"or limit the analysis to other datasets with 'datasets: [...]'")
+                raise ConfigError(f"{_where(study, a)}: {a.kind} needs a train split: add 'train: SPEC' to dataset "
+                                  f"{d.name!r} or limit the analysis to other datasets with 'datasets: [...]'")
             if adapter.scope == "pair":
                 groups = [(models[i], models[j]) for i in range(len(models)) for j in range(i, len(models))]
             else:

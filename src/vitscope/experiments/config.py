@@ -10,6 +10,7 @@ models:
   - {name: demo-vit-reg4, with_random: true}   # and its random-weight twin, "demo-vit-reg4 (random)"
 datasets:
   - {name: shapes, data: "synthetic:n=512", limit: 256, train: "synthetic:n=1024,split=train"}
+  - {name: davis, davis: /data/DAVIS}          # a task root (davis, spair, revisited) for the task evaluations
 analyses:
   - attention_distance
   - {name: cluster, options: {k: 8}}
@@ -29,10 +30,12 @@ from typing import Any
 import yaml
 
 RANDOM_SUFFIX = " (random)"
-FEATURE_DEFAULTS = {"site": "resid_post", "dtype": "float32", "batch_size": 64}
+FEATURE_DEFAULTS = {"site": "resid_post", "dtype": "float32", "batch_size": 64, "nproc_per_node": 1}
+TASKS = ("davis", "spair", "revisited")          # task roots a dataset entry may name (besides its images)
+SYNTH_TASK_OPTIONS = {"davis": ("videos", "frames"), "spair": ("pairs",), "revisited": ("landmarks",)}
 TOP_KEYS = ("study", "out", "plugins", "features", "models", "datasets", "analyses", "description")
 MODEL_KEYS = ("name", "label", "random", "with_random", "seed", "weights")
-DATASET_KEYS = ("name", "data", "limit", "train", "train_limit")
+DATASET_KEYS = ("name", "data", "limit", "train", "train_limit") + TASKS
 ANALYSIS_KEYS = ("name", "label", "options", "models", "datasets")
 
 
@@ -61,14 +64,22 @@ class ModelSpec:
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    data: str
+    data: str | None
     limit: int | None = None
     train: str | None = None
     train_limit: int | None = None
+    davis: str | None = None          # task roots: a folder, or "synthetic[:options]" (written into the study)
+    spair: str | None = None
+    revisited: str | None = None
 
     def key(self) -> dict:
-        return {"name": self.name, "data": self.data, "limit": self.limit, "train": self.train,
-                "train_limit": self.train_limit}
+        out = {"name": self.name, "data": self.data, "limit": self.limit, "train": self.train,
+               "train_limit": self.train_limit}
+        out.update({t: getattr(self, t) for t in TASKS if getattr(self, t) is not None})
+        return out
+
+    def task(self, kind: str) -> str | None:
+        return getattr(self, kind) if kind in TASKS else None
 
 
 @dataclass
@@ -246,22 +257,70 @@ def _datasets(doc: _Doc, raw: Any) -> list[DatasetSpec]:
         if not isinstance(item, dict):
             raise doc.error(p, f"a dataset is a data spec or a mapping with 'data', got {item!r}")
         _check_keys(doc, p, item, DATASET_KEYS, "a dataset entry")
+        tasks = {t: _task_root(doc, p + (t,), t, item[t]) for t in TASKS if t in item}
         data = item.get("data")
-        if not isinstance(data, str) or not data.strip():
+        if data is None and tasks:
+            pass
+        elif not isinstance(data, str) or not data.strip():
             raise doc.error(p, "a dataset entry needs 'data': a --data spec (folder, list, shards, hf:NAME, "
-                               "synthetic:...); see docs/data.md")
-        name = item.get("name") or slug(data.split(":", 1)[0] if data.startswith("synthetic") else Path(data).name)
+                               "synthetic:...; see docs/data.md), or a task root (davis, spair, revisited)")
+        if data is None:
+            name = item.get("name") or "+".join(tasks)
+        else:
+            name = item.get("name") or slug(data.split(":", 1)[0] if data.startswith("synthetic") else Path(data).name)
         if not isinstance(name, str):
             raise doc.error(p + ("name",), f"'name' must be a string, got {name!r}")
         train = item.get("train")
         if train is not None and not isinstance(train, str):
             raise doc.error(p + ("train",), f"'train' must be a data spec string, got {train!r}")
         spec = DatasetSpec(name, data, _int_or_none(doc, p + ("limit",), item.get("limit"), "'limit'"), train,
-                           _int_or_none(doc, p + ("train_limit",), item.get("train_limit"), "'train_limit'"))
+                           _int_or_none(doc, p + ("train_limit",), item.get("train_limit"), "'train_limit'"),
+                           **tasks)
         if any(d.name == spec.name for d in out):
             raise doc.error(p, f"two datasets are named {spec.name!r}; give each a different 'name'")
         out.append(spec)
     return out
+
+
+def parse_synthetic_task(spec: str, kind: str) -> tuple[dict, dict]:
+    """``synthetic[:k=v,...]`` of a task root -> (generator options, writer counts); unknown keys are a ValueError."""
+    from vitscope.data.synthetic.config import config_from_options, option_names
+
+    body = spec.split(":", 1)[1] if ":" in spec else ""
+    opts: dict[str, str] = {}
+    for item in re.split(r"[,&]", body):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise ValueError(f"synthetic options are key=value pairs, got {item!r}")
+        k, v = (x.strip() for x in item.split("=", 1))
+        opts[k] = v
+    extra = SYNTH_TASK_OPTIONS[kind]
+    bad = [k for k in opts if k not in option_names() and k not in extra]
+    if bad:
+        raise ValueError(f"unknown synthetic option {bad[0]!r}{_suggest(bad[0], [*option_names(), *extra])} for "
+                         f"{kind}; it takes the generator's options (size, classes, seed, difficulty, ...) and "
+                         f"{', '.join(extra)}")
+    counts = {}
+    for k in extra:
+        if k in opts:
+            v = opts.pop(k)
+            if not v.isdigit() or int(v) < 1:
+                raise ValueError(f"synthetic option {k!r} must be a positive integer, got {v!r}")
+            counts[k] = int(v)
+    cfg, _ = config_from_options(opts)
+    return cfg.to_dict(), counts
+
+
+def _task_root(doc: _Doc, path: tuple, kind: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise doc.error(path, f"'{kind}' must be a folder (the {kind} root) or synthetic[:options], got {value!r}")
+    if value == "synthetic" or value.startswith("synthetic:"):
+        try:
+            parse_synthetic_task(value, kind)
+        except (ValueError, TypeError) as e:
+            raise doc.error(path, f"'{kind}': {e}") from None
+    return value
 
 
 def _analyses(doc: _Doc, raw: Any, models: list[ModelSpec], datasets: list[DatasetSpec]) -> list[AnalysisSpec]:
@@ -291,6 +350,8 @@ def _analyses(doc: _Doc, raw: Any, models: list[ModelSpec], datasets: list[Datas
             if k not in adapter.defaults:
                 raise doc.error(op, f"{kind} has no option {k!r}{_suggest(k, adapter.defaults)}; its options: "
                                     f"{', '.join(adapter.defaults) or 'none'}")
+            if isinstance(adapter.defaults[k], (list, tuple)) and not isinstance(v, (list, dict)):
+                v = [v]                                   # a single value where a list is taken
             if not _type_ok(v, adapter.defaults[k]):
                 raise doc.error(op, f"option {k!r} of {kind} must be {_type_name(adapter.defaults[k])}, got {v!r}")
             choices = adapter.choices.get(k)
@@ -330,13 +391,14 @@ def _analyses(doc: _Doc, raw: Any, models: list[ModelSpec], datasets: list[Datas
 def _features(doc: _Doc, raw: Any) -> dict[str, Any]:
     raw = raw or {}
     if not isinstance(raw, dict):
-        raise doc.error(("features",), "'features' must be a mapping (site, dtype, batch_size)")
+        raise doc.error(("features",), "'features' must be a mapping (site, dtype, batch_size, nproc_per_node)")
     _check_keys(doc, ("features",), raw, tuple(FEATURE_DEFAULTS), "'features'")
     out = dict(FEATURE_DEFAULTS)
     out.update(raw)
     if out["dtype"] not in ("float32", "float16", "bfloat16"):
         raise doc.error(("features", "dtype"), f"'dtype' takes float32, float16 or bfloat16, got {out['dtype']!r}")
     _int_or_none(doc, ("features", "batch_size"), out["batch_size"], "'batch_size'")
+    _int_or_none(doc, ("features", "nproc_per_node"), out["nproc_per_node"], "'nproc_per_node'")
     if not isinstance(out["site"], str):
         raise doc.error(("features", "site"), f"'site' must be a site name such as resid_post, got {out['site']!r}")
     try:

@@ -4,7 +4,8 @@
   clustering, attention distance, saliency, ...), one figure per (analysis, metric, dataset, task);
 * CKA grids across models (rows with ``metric == "cka"`` and a ``model2``), one per (analysis, dataset);
 * probe gains per model and experiment (rows with ``metric == "gain"``, the experiment in ``task``);
-* identifiability evolution (rows with ``metric == "identifiability"``), with the chance level.
+* identifiability evolution (rows with ``metric == "identifiability"``), with the chance level (the analysis's
+  ``identifiability_chance`` row, else 0.5).
 """
 from __future__ import annotations
 
@@ -25,9 +26,16 @@ def _isna(s):
 
 
 def per_block_rows(df):
-    """Rows that are one value per (model, block): no head, no second model, not a gain."""
-    keep = df["block"].notna() & _isna(df["head"]) & _isna(df["model2"]) & (df["metric"] != GAIN)
+    """Rows that are one value per (model, block): no head, no second model, not a gain, not a p-value."""
+    keep = (df["block"].notna() & _isna(df["head"]) & _isna(df["model2"]) & (df["metric"] != GAIN)
+            & ~df["metric"].astype(str).str.endswith("_p_value"))
     return df[keep]
+
+
+def _chance(ok, analysis: str, dataset: str) -> float:
+    """The identifiability chance level the analysis recorded ((C + 1) / 2C), else 0.5."""
+    c = ok[(ok["metric"] == f"{IDENTIFIABILITY}_chance") & (ok["analysis"] == analysis) & (ok["dataset"] == dataset)]
+    return float(c["value"].iloc[0]) if len(c) and c["value"].nunique() == 1 else 0.5
 
 
 def summary_text(df, max_errors: int = 10) -> str:
@@ -87,7 +95,7 @@ def write_figures(df, out_dir: str | Path, formats: Sequence[str] = ("png",)) ->
         if metric == IDENTIFIABILITY:
             from vitscope.viz.experiments import plot_identifiability
 
-            paths = save_figure(plot_identifiability(table, title=title), stem, formats)
+            paths = save_figure(plot_identifiability(table, title=title, chance=_chance(ok, ana, ds)), stem, formats)
             table.to_csv(stem.with_name(stem.name + ".csv"), index=False)
         else:
             paths = save_metric_per_block(table, stem, metric=metric, formats=formats, title=title)

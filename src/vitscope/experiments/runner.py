@@ -113,7 +113,8 @@ def run_cell(study_dir: str | Path, cell_id: str, device: str | None = None, pla
         if is_finished(study_dir, cell_id):                     # finished by another run meanwhile
             return Outcome(cell_id, "done")
         t0 = time.perf_counter()
-        ctx = CellContext(cell, study_dir, plan.get("store_tokens"), device=device, progress=progress)
+        ctx = CellContext(cell, study_dir, plan.get("store_tokens"), device=device, progress=progress,
+                          features=plan.get("features"))
         status, message = "ok", ""
         try:
             adapter = REGISTRY.get(cell.kind)

@@ -57,13 +57,15 @@ def limit_threads(threads: int | None) -> None:
 
 def run_study(study: Study, study_dir: str | Path, launcher: str = "local", jobs: int = 1,
               device: str | None = None, slurm: SlurmOptions | None = None, only_pending: bool = True,
-              threads: int | None = None,
+              threads: int | None = None, nproc_per_node: int | None = None,
               on_start: Callable[[int, int], None] | None = None,
               on_done: Callable[[Outcome], None] | None = None) -> RunSummary:
     """Run every cell of ``study`` that has no finished results in ``study_dir``.
 
     ``launcher``: "local" (``jobs`` processes when > 1), "slurm" or "submitit-local" (one job-array task per
     cell through submitit). ``threads``: CPU threads per cell (default: torch's, or cpus / jobs with ``jobs``).
+    ``nproc_per_node``: extract each feature store with ``torchrun`` over this many processes (overrides the
+    study's ``features: {nproc_per_node: K}``; the numbers do not change, so neither do the cells).
     Failed cells are recorded and the others go on; cells locked by another run are
     left to it.
     """
@@ -71,6 +73,10 @@ def run_study(study: Study, study_dir: str | Path, launcher: str = "local", jobs
         raise ValueError(f"--launcher takes {', '.join(LAUNCHERS)}, got {launcher!r}")
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    if nproc_per_node is not None:
+        if nproc_per_node < 1:
+            raise ValueError(f"--nproc-per-node must be >= 1, got {nproc_per_node}")
+        study.features = {**study.features, "nproc_per_node": int(nproc_per_node)}
     t0 = time.perf_counter()
     study_dir = Path(study_dir)
     cells = prepare(study, study_dir)
