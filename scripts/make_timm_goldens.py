@@ -6,8 +6,12 @@ separate virtual environment outside the repository, never in /work/main/.venv:
     python3 -m venv /tmp/timm-venv
     /tmp/timm-venv/bin/pip install torch torchvision timm safetensors
     /tmp/timm-venv/bin/python scripts/make_timm_goldens.py            # writes tests/goldens/timm/
+    /tmp/timm-venv/bin/python scripts/make_timm_goldens.py vit_rpn    # only that case (+ missing table rows)
 
-Generated with timm 1.0.31, torch 2.15.0 (torchvision 0.29.2, safetensors 0.8.0), CPU, float32.
+Generated with timm 1.0.31, torch 2.15.0 (torchvision 0.29.2, safetensors 0.8.0), CPU, float32; the
+``vit_rpn`` case (and its table row) with timm 1.0.31, torch 2.14.1 (torchvision 0.29.1).
+
+Given case names, only those folders are rewritten, and ``arch_table.json`` only gains the rows it lacks.
 
 For every covered timm family it builds a tiny model (image 32, patch 8, width 32, depth 2, 4 heads) with random
 weights, makes LayerNorm weights/biases, every bias, LayerScale, tokens, position embeddings and relative position
@@ -59,6 +63,8 @@ CASES: dict[str, tuple[str, dict, str]] = {
     "beit_shared": ("beit_base_patch16_224.in22k_ft_in22k_in1k",
                     dict(num_classes=10, use_abs_pos_emb=True, use_rel_pos_bias=False,
                          use_shared_rel_pos_bias=True, global_pool="token"), "model.safetensors"),
+    "vit_rpn": ("vit_base_patch16_rpn_224.sw_in1k", dict(num_classes=10, dynamic_img_size=True),
+                "model.safetensors"),
 }
 
 # real names for the architecture table (the seeds' families)
@@ -79,7 +85,7 @@ ARCH_NAMES = [
     "vit_huge_patch14_224.mae", "vit_medium_patch16_gap_256.sw_in12k_ft_in1k",
     "beit_base_patch16_224.in22k_ft_in22k_in1k", "beit_large_patch16_224.in22k_ft_in22k_in1k",
     "beitv2_base_patch16_224.in1k_ft_in22k_in1k", "vit_base_patch16_gap_224", "deit3_medium_patch16_224.fb_in1k",
-    "vit_base_patch16_siglip_gap_224.webli",
+    "vit_base_patch16_siglip_gap_224.webli", "vit_base_patch16_rpn_224.sw_in1k",
 ]
 
 
@@ -174,7 +180,8 @@ def arch_row(model_name: str) -> dict:
         "pos_embed_prefix": (m.pos_embed is not None and not getattr(m, "no_embed_class", False)
                              and m.num_prefix_tokens > 0),
         "layer_scale": (getattr(blk, "gamma_1", None) is not None) if beit
-        else not isinstance(blk.ls1, torch.nn.Identity),
+        else not isinstance(getattr(blk, "ls1", torch.nn.Identity()), torch.nn.Identity),
+        "res_post_norm": type(blk).__name__ == "ResPostBlock",
         "pre_norm": not isinstance(getattr(m, "norm_pre", torch.nn.Identity()), torch.nn.Identity),
         "patch_bias": m.patch_embed.proj.bias is not None,
         "qkv_bias": getattr(blk.attn.qkv, "bias", None) is not None,
@@ -190,20 +197,31 @@ def arch_row(model_name: str) -> dict:
     return row
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    unknown = sorted(set(argv) - set(CASES))
+    if unknown:
+        print(f"unknown case(s) {unknown}; cases: {sorted(CASES)}", file=sys.stderr)
+        return 2
     OUT.mkdir(parents=True, exist_ok=True)
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     for seed, (name, (model_name, extra, wf)) in enumerate(CASES.items()):
-        make_case(name, model_name, extra, wf, x, seed + 1)
-    table = {
-        "_generated_with": {"timm": timm.__version__, "torch": torch.__version__.split("+")[0]},
-        "models": {n: arch_row(n) for n in ARCH_NAMES},
-    }
-    (OUT / "arch_table.json").write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+        if not argv or name in argv:
+            make_case(name, model_name, extra, wf, x, seed + 1)
+    versions = {"timm": timm.__version__, "torch": torch.__version__.split("+")[0]}
+    table_path = OUT / "arch_table.json"
+    if argv and table_path.exists():           # partial run: keep the table, add the rows it lacks
+        table = json.loads(table_path.read_text())
+        added = [n for n in ARCH_NAMES if n not in table["models"]]
+        table["models"].update({n: arch_row(n) for n in added})
+        if added:
+            table.setdefault("_rows_added_with", {}).update({n: versions for n in added})
+    else:
+        table = {"_generated_with": versions, "models": {n: arch_row(n) for n in ARCH_NAMES}}
+    table_path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
     print(f"wrote {OUT} ({total / 1e6:.2f} MB)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

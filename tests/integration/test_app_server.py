@@ -68,7 +68,7 @@ def test_every_endpoint_answers_with_the_views_numbers(server, client):
     label, note, files = client.predict(*ATT, None, "coffee", api_name="/predict")
     ref = V.predictions_view(model, img)
     assert [c["label"] for c in label["confidences"]] == list(ref.label)
-    fig, note, files = client.predict(*ATT, None, "coffee", "chefer", "3: cross", "mean", 0.0, 0.6, "inferno",
+    fig, note, files = client.predict(*ATT, None, "coffee", "chefer2021-generic", "3: cross", "mean", 0.0, 0.6, "inferno",
                                       api_name="/rollout")
     assert "3: cross" in note
     np.testing.assert_allclose(np.load(next(f for f in files if f.endswith(".map.npy"))),

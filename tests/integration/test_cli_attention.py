@@ -91,15 +91,32 @@ def test_token_before_it_enters_is_one_clear_error(env):
     assert not (env["tmp"] / "y").exists()
 
 
-@pytest.mark.parametrize("method", ["rollout", "grad", "chefer"])
-def test_rollout(env, method):
+@pytest.mark.parametrize("method,name", [("rollout", "rollout"), ("grad", "grad-rollout"),
+                                         ("chefer", "chefer2021-generic"), ("chefer2021-lrp", "chefer2021-lrp")])
+def test_rollout(env, method, name):
     out = env["tmp"] / f"rollout_{method}"
     run("rollout", *env["images"], "--model", env["late"], "--out", out, "--method", method,
         "--discard-ratio", "0.5", "--head-fusion", "max", "--quiet")
-    maps = np.load(out / f"{method}.maps.npy")
+    maps = np.load(out / f"{name}.maps.npy")
     assert maps.shape == (3, 4, 4) and np.isfinite(maps).all()
-    meta = json.loads((out / f"{method}.json").read_text())
-    assert meta["method"] == method and (len(meta["targets"]) == 3) == (method != "rollout")
+    meta = json.loads((out / f"{name}.json").read_text())
+    assert meta["method"] == name and (len(meta["targets"]) == 3) == (method != "rollout")
+
+
+def test_rollout_options_reach_the_library(env):
+    """--normalize minmax and --discard-rule vit-explain give what the Python API gives for the same names."""
+    from vitscope import load_model
+    from vitscope.analysis.attention.rollout import rollout_from_model
+
+    out = env["tmp"] / "rollout_opts"
+    run("rollout", env["images"][0], "--model", env["late"], "--out", out, "--discard-ratio", "0.5",
+        "--discard-rule", "vit-explain", "--normalize", "minmax", "--quiet")
+    model = load_model(env["late"])
+    x = model.preprocess([env["images"][0]])
+    want = rollout_from_model(model, x, discard_ratio=0.5, normalize="minmax", discard_rule="vit-explain").maps
+    np.testing.assert_allclose(np.load(out / "rollout.maps.npy"), want.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="--discard-rule"):
+        run("rollout", env["images"][0], "--model", env["late"], "--out", out, "--discard-rule", "x", "--quiet")
 
 
 @pytest.mark.slow

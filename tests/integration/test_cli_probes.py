@@ -60,3 +60,79 @@ def test_probe_bad_input_is_one_line(stores):
     assert r.exit_code == 1 and isinstance(r.exception, ValueError)
     msg = str(r.exception)
     assert "unknown layer set" in msg and "\n" not in msg
+
+
+def test_probe_e2e_end_to_end(tmp_path):
+    import torch
+
+    from vitscope import HookedViT, ViTConfig
+    from vitscope.analysis.probes.attentive import load_attentive_probe
+    from vitscope.models.loading import load_model, save_model
+
+    torch.manual_seed(0)
+    save_model(HookedViT(ViTConfig(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=8)),
+               tmp_path / "tiny")
+    runner = CliRunner()
+    common = ["-m", str(tmp_path / "tiny"), "-d", "synthetic:n=24,size=16,split=train", "--test-data",
+              "synthetic:n=16,size=16,split=test", "--steps", "4", "-b", "8", "--dataset", "synth"]
+    r = runner.invoke(app, ["probe-e2e", "--recipe", "attentive-frozen", "-l", "all", "--save-every", "2",
+                            "-o", str(tmp_path / "a")] + common)
+    assert r.exit_code == 0, r.output
+    assert "probe-e2e attentive-frozen" in r.output and "4/4 steps" in r.output and "test balanced top-1" in r.output
+    res = pd.read_csv(tmp_path / "a" / "results.csv")
+    assert set(res["probe"]) == {"attentive-frozen"} and set(res["split"]) == {"test"}
+    assert set(res["dataset"]) == {"synth"}
+    probe, meta = load_attentive_probe(tmp_path / "a" / "probe")
+    assert probe.num_heads == 4 and len(meta["inputs"]) == 4                  # blocks 1 + final, CLS and AP
+    assert np.load(tmp_path / "a" / "logits.npy").shape == (16, 8)
+    assert np.load(tmp_path / "a" / "attention.mean.npy").shape == (4, 4)
+    r = runner.invoke(app, ["probe-e2e", "--recipe", "finetune", "-o", str(tmp_path / "b"), "-q"] + common)
+    assert r.exit_code == 0, r.output
+    assert load_model(tmp_path / "b" / "backbone").cfg.embed_dim == 32 and (tmp_path / "b" / "head.json").exists()
+    again = runner.invoke(app, ["probe-e2e", "--recipe", "finetune", "-o", str(tmp_path / "b"), "--resume"] + common)
+    assert again.exit_code == 0 and "4/4 steps" in again.output                  # finished: evaluated, not retrained
+    bad = runner.invoke(app, ["probe-e2e", "--recipe", "fine-tune", "-o", str(tmp_path / "c")] + common)
+    assert bad.exit_code == 1 and "unknown end-to-end recipe" in str(bad.exception)
+    assert "\n" not in str(bad.exception)
+
+
+TORCHRUN_JOB = '''
+import sys, torch
+torch.set_num_threads(1)
+from vitscope import HookedViT, ViTConfig
+from vitscope.analysis.probes.e2e import E2EConfig, train_e2e
+torch.manual_seed(0)
+m = HookedViT(ViTConfig(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=5))
+cfg = E2EConfig(recipe="finetune", steps=6, batch_size=8, jitter_p=0.0, lr=1e-2, backbone_lr_scale=0.1)
+train_e2e(m, "synthetic:n=22,size=16,classes=4,split=train", "synthetic:n=12,size=16,classes=4,split=test", cfg,
+          out=sys.argv[1], device="cpu")
+'''
+
+
+@pytest.mark.slow
+def test_probe_e2e_finetune_two_processes_match_one(tmp_path):
+    """torchrun, 2 gloo processes: each takes half of every global batch (22 images: 8, 8, 6); without jitter the
+    fine-tuned backbone, head and test logits equal a single process's (the loss is the global weighted mean)."""
+    import os
+    import subprocess
+    import sys
+
+    from vitscope.analysis.probes.linear import load_linear_head
+    from vitscope.models.loading import load_model
+
+    job = tmp_path / "job.py"
+    job.write_text(TORCHRUN_JOB)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(job), str(tmp_path / "one")], check=True, env=env, timeout=300)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(job),
+                        str(tmp_path / "two")], env=env, timeout=300, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a = load_model(tmp_path / "one" / "backbone").state_dict()
+    b = load_model(tmp_path / "two" / "backbone").state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    wa, _, _ = load_linear_head(tmp_path / "one" / "head")
+    wb, _, meta = load_linear_head(tmp_path / "two" / "head")
+    assert float((wa - wb).abs().max()) < 1e-5
+    np.testing.assert_allclose(np.load(tmp_path / "one" / "logits.npy"), np.load(tmp_path / "two" / "logits.npy"),
+                               atol=1e-4)
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2

@@ -18,7 +18,7 @@ from vitscope.models.preprocess import CLIP_MEAN, CLIP_STD
 
 ROOT = Path(__file__).resolve().parents[1] / "goldens" / "timm"
 CASES = ["vit", "deit_distilled", "deit3", "dino", "mae", "vit_gap", "dinov2", "dinov2_reg4", "clip", "beit",
-         "beit_shared"]
+         "beit_shared", "vit_rpn"]
 ATOL = 1e-4
 
 
@@ -54,7 +54,7 @@ def test_timm_golden_parity(name):
         torch.testing.assert_close(model(x), g["logits"], atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["vit", "dinov2_reg4"])
+@pytest.mark.parametrize("name", ["vit", "dinov2_reg4", "vit_rpn"])
 def test_timm_golden_other_input_size(name):
     """timm (dynamic_img_size) resamples the position table to a 6 x 5 grid; so must vitscope."""
     model = load_timm_folder(ROOT / name)
@@ -81,6 +81,10 @@ def test_family_specific_config():
     assert (gap.class_token, gap.global_pool, gap.fc_norm, gap.final_norm, gap.qkv_bias) == (False, "avg", False,
                                                                                            True, False)
     assert (cfgs["mae"].global_pool, cfgs["mae"].fc_norm, cfgs["mae"].final_norm) == ("avg", True, False)
+    rpn = load_timm_folder(ROOT / "vit_rpn").cfg          # timm's ResPostBlock: x + norm1(attn(x)), x + norm2(mlp(x))
+    assert (rpn.res_post_norm, rpn.class_token, rpn.global_pool, rpn.fc_norm, rpn.final_norm, rpn.qkv_bias,
+            rpn.layer_scale_init) == (True, False, "avg", True, False, False, None)
+    assert not any(c.res_post_norm for c in cfgs.values())
 
 
 def test_preprocessing_comes_from_pretrained_cfg():
@@ -121,7 +125,8 @@ def _summary(cfg) -> dict:
         pos_embed=cfg.pos_embed != "none", pos_embed_prefix=cfg.pos_embed != "none" and cfg.pos_embed_prefix,
         layer_scale=cfg.layer_scale_init is not None, pre_norm=cfg.pre_norm, patch_bias=cfg.patch_bias,
         qkv_bias=cfg.qkv_bias, qv_bias=cfg.qv_bias, rel_pos_bias=cfg.rel_pos_bias, final_norm=cfg.final_norm,
-        fc_norm=cfg.fc_norm, global_pool=cfg.global_pool, num_classes=cfg.num_classes if cfg.head != "none" else 0)
+        fc_norm=cfg.fc_norm, global_pool=cfg.global_pool, num_classes=cfg.num_classes if cfg.head != "none" else 0,
+        res_post_norm=cfg.res_post_norm)
 
 
 @pytest.mark.parametrize("name", sorted(_TABLE["models"]))
@@ -133,7 +138,7 @@ def test_architecture_name_matches_timm(name):
           "global_pool": "" if row["global_pool"] == "none" else row["global_pool"],
           "pretrained_cfg": row["pretrained_cfg"]}
     got = _summary(config_from_timm(None, cj, native_act=False))
-    want = {k: row[k] for k in got}
+    want = {k: row.get(k, False) if k == "res_post_norm" else row[k] for k in got}   # older rows lack it
     assert got == want
 
 

@@ -141,7 +141,10 @@ def test_errors():
     lay = model.token_layout(0)
     with pytest.raises(ValueError, match="variant must be"):
         D.mean_attention_distance(torch.rand(1, 1, 17, 17), lay, "C")
-    with pytest.raises(ValueError, match="needs patch_size"):
-        D.MeanAttentionDistance(3, 4, "B")
+    import dataclasses
+
+    hand = dataclasses.replace(lay, patch_size=None)                  # a layout built without a model
+    with pytest.raises(ValueError, match="measures pixels"):
+        D.MeanAttentionDistance(3, 4, "B").update(0, torch.rand(1, 4, 17, 17), hand)
     with pytest.raises(ValueError, match="expected a batch tensor"):
         D.images_of("nope")

@@ -161,7 +161,7 @@ def test_discard_never_removes_cls_to_cls():
 def test_rollout_map_from_model_with_late_cls():
     model = make_model("late")
     x = torch.randn(2, 3, 32, 32)
-    maps, J = RO.rollout_from_model(model, x, head_fusion="min", discard_ratio=0.2, start_block=0)
+    maps, J, _ = RO.rollout_from_model(model, x, head_fusion="min", discard_ratio=0.2, start_block=0)
     _, cache = model.run_with_cache(x, names_filter="blocks.*.attn.hook_pattern")
     P = {b: cache[f"blocks.{b}.attn.hook_pattern"] for b in range(4)}
     lays = {b: model.token_layout(b) for b in range(4)}

@@ -73,3 +73,14 @@ def test_bomb_warning_becomes_a_named_skip(tmp_path, monkeypatch, recwarn):
     with pytest.raises(ImageDecodeError, match="big.png is too large"):
         load_image(p)
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_default_data_only_for_bundled_models(tmp_path, monkeypatch):
+    from vitscope.cli.common import default_data
+
+    monkeypatch.chdir(tmp_path)
+    assert default_data(["demo-vit", "demo-vit-reg4"], None, quiet=True) == "builtin:demo"
+    assert default_data(["demo-vit", "vit-b16"], None, quiet=True) is None
+    assert default_data(["demo-vit"], "synthetic:n=8", quiet=True) == "synthetic:n=8"
+    (tmp_path / "demo-vit").mkdir()                       # a local folder of that name wins over the bundled one
+    assert default_data(["demo-vit"], None, quiet=True) is None

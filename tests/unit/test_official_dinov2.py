@@ -122,16 +122,13 @@ def test_official_dino_uses_its_offset_rule():
     assert (cfg.pos_interp_offset, cfg.pos_interp_antialias) == (0.1, False)
 
 
-def test_registry_url_source_runs_the_official_rule(tmp_path, monkeypatch):
-    """A registry name (timm's resampling) whose "url" source is the official file: loaded from the URL, the model
-    resamples as the official code does; the same file given as ``weights=`` keeps the entry's (timm) rule."""
-    import vitscope as vs
+def _dinov2_entry(tmp_path, monkeypatch, sd):
+    """A registry entry with timm's resampling rule whose "url" source is an official DINOv2 file."""
     from vitscope.models import registry
     from vitscope.models.preprocess import PreprocessConfig
     from vitscope.models.registry import ModelEntry, WeightSource
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torchhub"))
-    sd = official_checkpoint(11)
     src = tmp_path / "dinov2_vits14_pretrain.pth"
     torch.save(sd, src)
     timm_cfg = config_from_official("dinov2", sd, num_heads=HEADS).replace(pos_interp_antialias=True,
@@ -140,9 +137,82 @@ def test_registry_url_source_runs_the_official_rule(tmp_path, monkeypatch):
                    preprocess=PreprocessConfig(input_size=GRID * P), aliases=(),
                    sources=(WeightSource("url", src.as_uri(), "dinov2", filename=src.name),))
     monkeypatch.setitem(registry._REGISTRY, e.name, e)
+    return e, src
+
+
+def test_official_file_resamples_by_its_format_whatever_the_route(tmp_path, monkeypatch):
+    """A registry name (timm's resampling) whose "url" source is the official file: from the URL or given as
+    ``weights=``, the model resamples as the official code does, and ``meta["format"]`` says "dinov2"."""
+    import vitscope as vs
+
+    sd = official_checkpoint(11)
+    e, src = _dinov2_entry(tmp_path, monkeypatch, sd)
     x = torch.randn(1, 3, 6 * P, 6 * P, generator=torch.Generator().manual_seed(0))
+    want = official_forward(sd, x, offset=0.1, antialias=False)
     with torch.no_grad():
-        official = vs.load_model(e.name).forward_features(x)
-        as_weights = vs.load_model(e.name, weights=src).forward_features(x)
-    torch.testing.assert_close(official, official_forward(sd, x, offset=0.1, antialias=False), atol=1e-4, rtol=0)
-    torch.testing.assert_close(as_weights, official_forward(sd, x, offset=0.0, antialias=True), atol=1e-4, rtol=0)
+        from_url = vs.load_model(e.name)
+        as_weights = vs.load_model(e.name, weights=src)
+        torch.testing.assert_close(from_url.forward_features(x), want, atol=1e-4, rtol=0)
+        torch.testing.assert_close(as_weights.forward_features(x), want, atol=1e-4, rtol=0)
+    assert from_url.meta["format"] == as_weights.meta["format"] == "dinov2"
+    assert (as_weights.cfg.pos_interp_offset, as_weights.cfg.pos_interp_antialias) == (0.1, False)
+
+
+def test_official_dino_file_as_weights_uses_dino_rule_and_timm_copy_keeps_timm_rule(tmp_path, monkeypatch):
+    """Official DINO (v1) files and timm's hub copies have the same keys: the file decides. A ``.pth`` release
+    resamples with DINO's rule; the same tensors as a timm hub ``model.safetensors`` run as timm runs them."""
+    import vitscope as vs
+    from safetensors.torch import save_file
+
+    sd = {k: v for k, v in official_checkpoint(5).items() if ".ls" not in k and k != "mask_token"}   # DINO v1
+    official = tmp_path / "dino_deitsmall16_pretrain.pth"
+    torch.save(sd, official)
+    hub_copy = tmp_path / "model.safetensors"
+    save_file(sd, str(hub_copy))
+    # an entry like the registry's DINO ViT-S/16 (timm's rule), at the tiny width of these tensors
+    from vitscope.models import registry
+    from vitscope.models.registry import ModelEntry
+
+    cfg = config_from_official("dino", sd, num_heads=HEADS).replace(pos_interp_antialias=True, pos_interp_offset=0.0)
+    base = registry.get_entry("dino-vits16")
+    e = ModelEntry(name="dino_test.unit", family="dino", size="T/14", config=cfg, preprocess=base.preprocess,
+                   sources=base.sources)
+    monkeypatch.setitem(registry._REGISTRY, e.name, e)
+    a = vs.load_model(e.name, weights=official)
+    b = vs.load_model(e.name, weights=hub_copy)
+    assert (a.meta["format"], b.meta["format"]) == ("dino", "timm")
+    x = torch.randn(1, 3, 6 * P, 5 * P, generator=torch.Generator().manual_seed(1))
+
+    def dino_forward(offset, antialias):       # DINO v1 = DINOv2's plain forward without LayerScale
+        ones = {f"blocks.{i}.ls{j}.gamma": torch.ones(D) for i in range(DEPTH) for j in (1, 2)}
+        return official_forward({**sd, **ones}, x, offset=offset, antialias=antialias)
+
+    with torch.no_grad():
+        torch.testing.assert_close(a.forward_features(x), dino_forward(0.1, False), atol=1e-4, rtol=0)
+        torch.testing.assert_close(b.forward_features(x), dino_forward(0.0, True), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("n_reg", [0, 4])
+def test_timm_folder_with_an_official_file_as_weights(tmp_path, n_reg):
+    """The timm route (a timm folder or timm/<name>, config from config.json) with an official DINOv2 file as
+    ``weights=``: read as that format and resampled with the official rule."""
+    import json
+
+    import vitscope as vs
+
+    sd = official_checkpoint(21 + n_reg, n_reg)
+    arch = "vit_small_patch14_reg4_dinov2" if n_reg else "vit_small_patch14_dinov2"
+    folder = tmp_path / "timm_folder"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "architecture": arch, "num_classes": 0,
+        "model_args": {"embed_dim": D, "depth": DEPTH, "num_heads": HEADS, "patch_size": P, "img_size": GRID * P},
+        "pretrained_cfg": {"input_size": [3, GRID * P, GRID * P], "crop_pct": 1.0}}))
+    official = tmp_path / "dinov2_pretrain.pth"
+    torch.save(sd, official)
+    m = vs.load_model(folder, weights=official)
+    assert m.meta["format"] == "dinov2"
+    x = torch.randn(1, 3, 6 * P, 5 * P, generator=torch.Generator().manual_seed(3))
+    want = official_forward(sd, x, offset=0.0 if n_reg else 0.1, antialias=bool(n_reg))
+    with torch.no_grad():
+        torch.testing.assert_close(m.forward_features(x), want, atol=1e-4, rtol=0)

@@ -86,3 +86,15 @@ def test_cli_second_extract_one_line(tmp_path):
     finally:
         p.kill()
         p.wait()
+
+
+def test_evaluation_commands_refuse_a_second_writer(tmp_path):
+    p = _hold(tmp_path / "out")
+    try:
+        for cmd in (["davis", "--davis", str(tmp_path)], ["keypoints", "--spair", str(tmp_path)]):
+            r = subprocess.run([sys.executable, "-m", "vitscope", *cmd, "-m", "demo-vit", "-o", str(tmp_path / "out")],
+                               capture_output=True, text=True, timeout=120, env={**os.environ, "VITSCOPE_DEBUG": ""})
+            assert r.returncode == 1 and f"pid {p.pid}" in r.stderr, (cmd, r.stderr)
+    finally:
+        p.kill()
+        p.wait()

@@ -50,7 +50,23 @@ SEED_MODELS = [
     ("mocov3-b16", "vit_base_patch16_224.mocov3_300ep"),
     ("beit-b16", "beit_base_patch16_224.pt22k"),
     ("beit-l16", "beit_large_patch16_224.pt22k"),
+    # seed 001's others: MIIL, the GAP model (residual post-norm), its CIFAR-100 fine-tune (weights=PATH only)
+    ("vit-b16-miil", "vit_base_patch16_224_miil.in21k_ft_in1k"),
+    ("vit-b16-rpn", "vit_base_patch16_rpn_224.sw_in1k"),
 ]
+
+# seed 001's own model names (src/models/load.py: load_vit) resolve to the entries it loads
+SEED001_NAMES = [("vit_b_32", "vit_base_patch32_224.augreg_in21k_ft_in1k"),
+                 ("vit_b_16", "vit_base_patch16_224.augreg_in21k_ft_in1k"),
+                 ("vit_large_16", "vit_large_patch16_224.augreg_in21k_ft_in1k"),
+                 ("vit_miil_16", "vit_base_patch16_224_miil.in21k_ft_in1k"),
+                 ("vit_gap_16", "vit_base_patch16_rpn_224.sw_in1k"),
+                 ("vit_cifar_16", "vit_base_patch16_224.cifar100")]
+
+
+@pytest.mark.parametrize("seed_name,name", SEED001_NAMES)
+def test_seed001_model_names(seed_name, name):
+    assert resolve_name(seed_name) == name
 
 
 @pytest.mark.parametrize("alias,name", SEED_MODELS)
@@ -104,6 +120,8 @@ PUBLISHED = [
     ("dinov2-vits14", 22_060_000, 5_000),  # timm card: 22.06M (no mask token)
     ("dino-vits16", 21_670_000, 5_000),    # timm card: 21.67M
     ("beit-b16-ft", 86_530_000, 5_000),    # timm card beit_base_patch16_224: 86.53M
+    ("vit-b16-rpn", 86_540_000, 5_000),    # timm card vit_base_patch16_rpn_224: 86.54M
+    ("vit-b16-cifar100", 85_880_000, 5_000),  # ViT-B/16 with a 100-class head: 86,567,656 - 900 x 769
 ]
 
 
@@ -136,6 +154,12 @@ def test_architecture_details():
     ft = get_entry("beit-b16-ft").config
     assert (ft.global_pool, ft.fc_norm, ft.final_norm) == ("avg", True, False)
     assert not get_entry("vit-b16-miil").config.qkv_bias
+    rpn = get_entry("vit_gap_16").config       # seed 001's GAP model: timm's ResPostBlock ViT
+    assert (rpn.res_post_norm, rpn.class_token, rpn.global_pool, rpn.fc_norm, rpn.final_norm, rpn.qkv_bias,
+            rpn.layer_scale_init) == (True, False, "avg", True, False, False, None)
+    assert [e.name for e in list_models() if e.config.res_post_norm] == ["vit_base_patch16_rpn_224.sw_in1k"]
+    cifar = get_entry("vit_cifar_16")
+    assert cifar.config.num_classes == 100 and not cifar.sources
 
 
 def test_preprocessing_per_family():
@@ -160,8 +184,8 @@ def test_registry_agrees_with_the_timm_converter():
     """Two independent derivations of each timm-hosted architecture: the registry's table and the timm
     converter's name parser (+ the hub config's num_classes). Same tensors and same computation flags."""
     tconv = pytest.importorskip("vitscope.models.converters.timm")
-    flags = ("act", "norm_eps", "pre_norm", "patch_bias", "qkv_bias", "qv_bias", "class_token", "distill_token",
-             "num_registers", "pos_embed_prefix", "layer_scale_init", "rel_pos_bias", "final_norm", "fc_norm",
+    flags = ("act", "norm_eps", "pre_norm", "res_post_norm", "patch_bias", "qkv_bias", "qv_bias", "class_token",
+             "distill_token", "num_registers", "pos_embed_prefix", "layer_scale_init", "rel_pos_bias", "final_norm", "fc_norm",
              "global_pool", "head", "num_classes", "img_size")
     checked = 0
     for e in list_models():

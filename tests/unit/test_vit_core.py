@@ -18,6 +18,9 @@ VARIANTS = {
     "mae_sincos": dict(pos_embed="sincos"),
     "dinov2_reg": dict(num_registers=4, pos_embed_prefix=False, layer_scale_init=1e-1),
     "gap_no_cls": dict(class_token=False, global_pool="avg", fc_norm=True, final_norm=False),
+    # seed 001's GAP model (timm vit_base_patch16_rpn_224): residual post-norm blocks, no CLS, no qkv bias
+    "res_post_norm_gap": dict(res_post_norm=True, class_token=False, global_pool="avg", fc_norm=True,
+                              final_norm=False, qkv_bias=False),
 }
 
 
@@ -79,7 +82,8 @@ def reference_forward(m: HookedViT, x: torch.Tensor):
             t = insert(t, i)
         T = t.shape[1]
         a = blk.attn
-        h = ln(blk.ln1, t)
+        post = c.res_post_norm                    # x + norm1(attn(x)), x + norm2(mlp(x))
+        h = t if post else ln(blk.ln1, t)
         W = a.qkv.weight
         bias = a.qkv.bias if a.qkv.bias is not None else torch.zeros(3 * c.embed_dim)
         if c.qv_bias:
@@ -99,11 +103,15 @@ def reference_forward(m: HookedViT, x: torch.Tensor):
         ao = out @ a.proj.weight.T + a.proj.bias
         if c.layer_scale_init:
             ao = ao * blk.ls1.gamma
+        if post:
+            ao = ln(blk.ln1, ao)
         t = t + ao
-        h = ln(blk.ln2, t)
+        h = t if post else ln(blk.ln2, t)
         mo = act(h @ blk.mlp.fc1.weight.T + blk.mlp.fc1.bias) @ blk.mlp.fc2.weight.T + blk.mlp.fc2.bias
         if c.layer_scale_init:
             mo = mo * blk.ls2.gamma
+        if post:
+            mo = ln(blk.ln2, mo)
         t = t + mo
         streams.append(t)
         patterns.append(pat)
@@ -196,6 +204,7 @@ def test_stop_at_returns_stream_entering_block(tiny_cfg_kwargs):
     (dict(qv_bias=True), "exclude each other"),
     (dict(rel_pos_bias=True, num_registers=2), "rel_pos_bias"),
     (dict(act="relu"), "act='relu'"),
+    (dict(res_post_norm=True, layer_scale_init=0.1), "no LayerScale"),
 ])
 def test_config_errors_are_clear(bad, match, tiny_cfg_kwargs):
     with pytest.raises(ConfigError, match=match):

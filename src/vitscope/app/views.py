@@ -23,13 +23,13 @@ from vitscope.analysis.attention import (
     attention_map, attention_rollout, chefer_relevance, collect_patterns, fuse_heads, gradient_rollout,
     mean_attention_distance, resolve_query, rollout_map,
 )
-from vitscope.analysis.attention.relevance import attention_with_gradients
+from vitscope.analysis.attention.relevance import METHOD_TITLES, METHODS, attention_with_gradients, resolve_method
 from vitscope.analysis.attention.tokens import grid_of, normalize_block
 from vitscope.app.models import class_label, class_names
 from vitscope.viz.attention import colorize, denormalize, overlay, upsample
 
 FUSIONS = ("mean", "max", "min")
-ROLLOUT_METHODS = ("rollout", "grad_rollout", "chefer")
+ROLLOUT_METHODS = METHODS                 # the library's names; old ones (grad_rollout, chefer) are accepted
 DISPLAY = 448                      # long side of the main figure, pixels
 PNG_LEVEL = 1                      # zlib level of the PNGs written (fast; the figures are small)
 
@@ -218,14 +218,15 @@ def attention_view(model, image, block: int = -1, head: str | int = "mean", quer
 
 
 def rollout_view(model, image, method: str = "rollout", target: int | None = None, head_fusion: str = "mean",
-                 discard_ratio: float = 0.0, alpha: float = 0.6, cmap: str = "inferno", size: int = DISPLAY) -> View:
-    """Attention rollout, vit-explain's gradient rollout or Chefer relevance of the CLS token over the patches.
+                 discard_ratio: float = 0.0, alpha: float = 0.6, cmap: str = "inferno", size: int = DISPLAY,
+                 normalize: str = "max") -> View:
+    """Attention rollout, vit-explain's gradient rollout or one of Chefer et al.'s relevance rules (the names of
+    ``vitscope.analysis.attention.relevance.METHODS``) of the CLS token over the patches.
 
     ``target``: the class explained by the gradient methods (None: the predicted class). Rollout needs no
-    class. Gradients are taken only for the two gradient methods.
+    class. Gradients are taken only for the gradient methods. ``normalize``: "max" or "minmax".
     """
-    if method not in ROLLOUT_METHODS:
-        raise ValueError(f"method must be one of {ROLLOUT_METHODS}, got {method!r}")
+    method = resolve_method(method, ROLLOUT_METHODS)
     x, base = model_input(model, image)
     grid = grid_of(x, model)
     depth = model.cfg.depth
@@ -245,16 +246,24 @@ def rollout_view(model, image, method: str = "rollout", target: int | None = Non
             return View(method, None, note="this model has no classification head: the gradient methods need a "
                                            "class score (use rollout)", meta=meta)
         pats, grads, logits, targets = attention_with_gradients(model, x, target)
-        if method == "chefer":
+        if method == "chefer2021-generic":
             J = chefer_relevance(pats, grads, lays, 0, end)
+        elif method == "chefer2021-lrp":
+            from vitscope.analysis.attention.lrp import lrp_attention_relevance, transformer_attribution
+
+            try:
+                cams = lrp_attention_relevance(model, x, targets)
+            except ValueError as e:
+                return View(method, None, note=str(e), meta=meta)
+            J = transformer_attribution(cams, grads, lays, 0, end)
         else:
             J = gradient_rollout(pats, grads, lays, discard_ratio, 0, end)
         t = int(targets[0])
         meta["target"] = t
-        note = (f"{'Chefer relevance' if method == 'chefer' else 'gradient rollout'} for "
+        note = (f"{METHOD_TITLES[method]} for "
                 f"{class_label(model, t)} (logit {float(logits[0, t]):.3f}"
                 f"{', the predicted class' if target is None else ''})")
-    m = rollout_map(J, lays[end], "cls", "max", cfg=model.cfg)[0].float().cpu().numpy()
+    m = rollout_map(J, lays[end], "cls", normalize, cfg=model.cfg)[0].float().cpu().numpy()
     fig = _map_overlay(base, m, cmap, alpha, size)
     table = _tidy_map(m, model=meta["model"], method=method, target=meta.get("target", -1))
     return View(method, fig, {"map": m, "matrix": J[0].float().cpu().numpy()}, table, note, meta)

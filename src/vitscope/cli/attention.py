@@ -145,11 +145,22 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
         out: Path = typer.Option(Path("runs/rollout"), "--out", "-o", help=OUT_HELP),
         method: str = typer.Option("rollout", "--method",
-                                   help="rollout (attention only), grad (vit-explain's gradient rollout) or "
-                                        "chefer (Chefer et al. relevance)."),
+                                   help="rollout (attention only), grad-rollout (vit-explain's gradient rollout), "
+                                        "chefer2021-generic (Chefer et al. ICCV 2021, 'Generic Attention-model "
+                                        "Explainability') or chefer2021-lrp (Chefer et al. CVPR 2021, 'Transformer "
+                                        "Attribution'). Old names grad, grad_rollout, chefer are accepted."),
         head_fusion: str = typer.Option("mean", "--head-fusion", help="Rollout head fusion: mean, max or min."),
         discard_ratio: float = typer.Option(0.0, "--discard-ratio",
-                                            help="Zero this share of the lowest entries per block (never CLS->CLS)."),
+                                            help="Zero this share of the lowest entries per block (rollout and "
+                                                 "grad-rollout)."),
+        discard_rule: str = typer.Option("exclude-cls", "--discard-rule",
+                                         help="Which entries the discard zeroes: exclude-cls (the k lowest other "
+                                              "than CLS->CLS), vit-explain (that code's rule: rollout spares "
+                                              "CLS->CLS among the k lowest, grad-rollout spares nothing), "
+                                              "spare-cls or all."),
+        normalize: str = typer.Option("max", "--normalize",
+                                      help="Map scaling: max (divide by the max), minmax (to [0, 1], as Chefer et "
+                                           "al.'s notebooks show) or none."),
         start_block: int = typer.Option(0, "--start-block", help="First block of the rollout."),
         query: str = typer.Option("cls", "--query", help="Row read from the rolled-out matrix (cls, reg<k>, ...)."),
         target: Optional[int] = typer.Option(None, "--target",
@@ -162,16 +173,25 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
         quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     ) -> None:
-        """Attention rollout, gradient rollout or Chefer relevance maps over the images."""
+        """Attention rollout, gradient rollout or Chefer et al.'s relevance maps over the images."""
+        check_range(discard_ratio, "--discard-ratio", 0, 1, high_open=True)
         import torch
 
-        from vitscope.analysis.attention.relevance import relevance_from_model
-        from vitscope.analysis.attention.rollout import rollout_from_model
+        from vitscope.analysis.attention.relevance import METHOD_TITLES, relevance_from_model, resolve_method
+        from vitscope.analysis.attention.rollout import NORMALIZATIONS, resolve_discard_rule, rollout_from_model
         from vitscope.viz.attention import plot_image_overlays
         from vitscope.viz.save import save_figure
 
-        if method not in ("rollout", "grad", "chefer"):
-            raise ValueError(f"--method must be rollout, grad or chefer, got {method!r}")
+        try:
+            method = resolve_method(method)
+        except ValueError as e:
+            raise ValueError(f"--method: {e}") from None
+        try:
+            resolve_discard_rule(discard_rule)
+        except ValueError as e:
+            raise ValueError(f"--discard-rule: {e}") from None
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"--normalize takes {', '.join(NORMALIZATIONS)}, got {normalize!r}")
         fmts = _formats(formats)
         model = load_model_for_cli(model_name, random, device)
         if method != "rollout" and model.cfg.head == "none":
@@ -183,10 +203,11 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         for x, _, idx in ds.batches(batch_size=batch_size, progress=not quiet):
             x = x.to(model.device, model.dtype)
             if method == "rollout":
-                m, _ = rollout_from_model(model, x, head_fusion, discard_ratio, start_block, query=query)
+                m, _, _ = rollout_from_model(model, x, head_fusion, discard_ratio, start_block, query=query,
+                                             normalize=normalize, discard_rule=discard_rule)
             else:
-                m, _, t = relevance_from_model(model, x, target, "chefer" if method == "chefer" else "grad_rollout",
-                                               discard_ratio, start_block, query=query)
+                m, _, t = relevance_from_model(model, x, target, method, discard_ratio, start_block, query=query,
+                                               normalize=normalize, discard_rule=discard_rule)
                 targets += t.tolist()
             maps.append(m.float().cpu())
             imgs += list(_display(x.cpu(), pcfg))
@@ -196,13 +217,14 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         require_images(len(maps), ds, out)
         maps_arr = torch.cat(maps).numpy()
         titles = [f"{n} (class {t})" for n, t in zip(names, targets)] if targets else names
-        what = {"rollout": f"attention rollout ({head_fusion}, discard {discard_ratio:g})",
-                "grad": "gradient rollout", "chefer": "Chefer relevance"}[method]
+        what = METHOD_TITLES[method]
+        if method == "rollout":
+            what += f" ({head_fusion}, discard {discard_ratio:g})"
         fig = plot_image_overlays(imgs, maps_arr, titles, cmap=cmap, alpha=alpha, title=what)
         save_figure(fig, out / f"{method}", fmts, arrays={"maps": maps_arr},
                     meta={**_model_meta(model, model_name, random), "images": [ds.ids[i] for i in range(len(ds))],
                           "method": method, "head_fusion": head_fusion, "discard_ratio": discard_ratio,
-                          "start_block": start_block, "query": query, "targets": targets})
+                          "discard_rule": discard_rule, "normalize": normalize, "start_block": start_block, "query": query, "targets": targets})
         _finish(ds, out)
         typer.echo(f"wrote {what} of {len(names)} image(s) to {out}")
 
@@ -296,7 +318,11 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
         quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     ) -> None:
-        """Seed 002's statistics: std over heads / positions, spatial->CLS, average and query-centred maps, offsets."""
+        """Seed 002's statistics: std over heads / positions, spatial->CLS, average and query-centred maps, offsets.
+
+        Query-centred maps are written twice: aligned (seed 002: divided by the number of queries) and
+        aligned_overlap (each offset divided by the number of queries that reach it; flat for uniform attention).
+        """
         from vitscope.analysis.attention.stats import attention_statistics
         from vitscope.viz.attention import plot_block_head_grid
         from vitscope.viz.attention_stats import (
@@ -326,7 +352,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                     out / "offsets", fmts, arrays={"x": res["offset_x"], "y": res["offset_y"],
                                                    "offset_head": res["offset_head"]}, meta=meta)
         L = model.cfg.depth
-        for key in ("map_cls", "map_mean", "map_centre", "aligned"):
+        for key in ("map_cls", "map_mean", "map_centre", "map_all", "map_spcpure", "aligned", "aligned_overlap"):
             keep = [b for b in range(L) if not (res[key][b] != res[key][b]).all()]      # skip all-NaN blocks
             if keep:
                 fig = plot_block_head_grid(res[key][keep], keep, title=key.replace("_", " "), **ctx)
@@ -357,7 +383,11 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                                     help="Queries: cls, mean (all spatial queries), centre."),
         mass: float = typer.Option(0.6, "--mass", help="Share of attention mass kept in the binary map."),
         mask_rule: str = typer.Option("bicubic", "--mask-rule",
-                                      help="Mask to token grid: bicubic (seed 002), any, majority."),
+                                      help="Mask to token grid: bicubic (seed 002: each object resized, then "
+                                           "ORed), bicubic-union (the union resized once), any, majority."),
+        merge_rule: str = typer.Option("sum", "--merge-rule",
+                                       help="Heads summed: sum (raw maps, then renormalised) or seed002 (CLS and "
+                                            "centre maps renormalised per head first, as seed 002's code does)."),
         limit: Optional[int] = typer.Option(5000, "--limit", help="At most this many images (seed 002: 5000)."),
         batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
         formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
@@ -370,8 +400,13 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         import numpy as np
 
         from vitscope.analysis.attention.saliency import (
-            image_mask_pairs, saliency_batches, saliency_iou, summarize_iou,
+            MASK_RULES, MERGE_RULES, image_mask_pairs, saliency_batches, saliency_iou, summarize_iou,
         )
+
+        if mask_rule not in MASK_RULES:
+            raise ValueError(f"--mask-rule takes {', '.join(MASK_RULES)}, got {mask_rule!r}")
+        if merge_rule not in MERGE_RULES:
+            raise ValueError(f"--merge-rule takes {', '.join(MERGE_RULES)}, got {merge_rule!r}")
         from vitscope.viz.attention_stats import plot_block_head_heatmap
         from vitscope.viz.save import save_figure, save_json, save_table
 
@@ -404,13 +439,13 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         n_total = len(structure) if limit is None else min(limit, len(structure))
         skipped: list[str] = []
         batches = saliency_batches(model, image_mask_pairs(structure, limit), batch_size, mask_rule, skipped)
-        res = saliency_iou(model, batches, qs, mass, progress=not quiet, total=n_total)
+        res = saliency_iou(model, batches, qs, mass, progress=not quiet, total=n_total, merge_rule=merge_rule)
         n_used = int(next(iter(res.values())).shape[0])
         if n_used == 0:
             raise ValueError(f"no usable image: none of the {n_total} image(s) could be read or had an object mask "
                              f"({len(skipped)} without objects); check the data with `vitscope check-data`")
         out.mkdir(parents=True, exist_ok=True)
-        meta = {**_model_meta(model, model_name, random), "mass": mass, "mask_rule": mask_rule,
+        meta = {**_model_meta(model, model_name, random), "mass": mass, "mask_rule": mask_rule, "merge_rule": merge_rule,
                 "n_images": int(next(iter(res.values())).shape[0]), "skipped_no_object": len(skipped)}
         import warnings
 

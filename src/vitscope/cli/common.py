@@ -192,3 +192,48 @@ def warn_near_chance(what: str, data: str | None) -> None:
     hint = (" The bundled demo models are near chance off their training data: use --data builtin:demo."
             if data is not None and not str(data).startswith("builtin:demo") else "")
     typer.echo(f"warning: {what}; check that the data suits the model.{hint}", err=True)
+
+
+def locks_out(command: str):
+    """Decorate a command whose ``out`` option is a folder: it holds that folder's write lock while it runs, so a
+    second process writing the same folder is refused with one line naming the first (``vitscope.outlock``)."""
+    import functools
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            out = kwargs.get("out")
+            if out is None:
+                return fn(*args, **kwargs)
+            from vitscope.outlock import output_lock
+
+            with output_lock(out, command):
+                return fn(*args, **kwargs)
+        return wrapper
+    return deco
+
+def save_tidy(rows, stem: Path) -> list[Path]:
+    """Write a tidy table (list of dicts or DataFrame) as ``stem.csv`` and ``stem.parquet``; returns both paths."""
+    import pandas as pd
+
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    csv, parquet = stem.with_name(f"{stem.name}.csv"), stem.with_name(f"{stem.name}.parquet")
+    df.to_csv(csv, index=False)
+    df.to_parquet(parquet, index=False)
+    return [csv, parquet]
+
+
+def default_data(model_names, data: str | None, quiet: bool = False) -> str | None:
+    """``data``, or ``builtin:demo`` (with a note) when it is missing and every model named is a bundled demo
+    model: they were trained on it and are near chance elsewhere."""
+    from vitscope.models.bundled import bundled_path
+
+    names = [str(n) for n in (model_names or [])]
+    if data or not names or not all(bundled_path(n) is not None and not Path(n).exists() for n in names):
+        return data
+    if not quiet:
+        typer.echo("note: no --data; using builtin:demo, the synthetic benchmark the demo models were trained on",
+                   err=True)
+    return "builtin:demo"

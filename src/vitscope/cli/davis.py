@@ -7,11 +7,12 @@ from typing import List, Optional
 
 import typer
 
-from vitscope.cli.common import DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP
+from vitscope.cli.common import DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP, locks_out
 
 
 def register(app: typer.Typer) -> None:
     @app.command("davis")
+    @locks_out("vitscope davis")
     def davis_cmd(
         model_names: List[str] = typer.Option(..., "--model", "-m", help=MODEL_HELP + " Repeatable."),
         root: Path = typer.Option(..., "--davis", help="DAVIS-2017 folder (JPEGImages/, Annotations/, ImageSets/)."),

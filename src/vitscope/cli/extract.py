@@ -10,7 +10,7 @@ def run_extract(model: str, data: str, out: str, layers: str = "all", sites: str
                 tokens: str = "cls,mean", random: bool = False, seed: int = 0, weights: Optional[str] = None,
                 batch_size: int = 64, dtype: str = "float32", workers: Optional[int] = None,
                 device: Optional[str] = None, compile: bool = False, autocast: Optional[str] = None,
-                resume: bool = True, quiet: bool = False):
+                resume: bool = True, quiet: bool = False, limit: Optional[int] = None):
     """What the command does, callable from Python: load the model, open the data with its preprocessing, extract."""
     import vitscope
     from vitscope.features import extract_features
@@ -24,6 +24,8 @@ def run_extract(model: str, data: str, out: str, layers: str = "all", sites: str
     from vitscope.data import open_dataset
 
     ds = open_dataset(data, transform=Preprocessor(pp), on_error="skip")
+    if limit is not None and limit < len(ds):
+        ds = ds.subset(range(limit))
     return extract_features(m, ds, out, layers=layers, sites=sites, tokens=tokens, batch_size=batch_size,
                             dtype=dtype, num_workers=workers, device=device, compile=compile, autocast=autocast,
                             resume=resume, progress=not quiet)
@@ -41,8 +43,8 @@ def register(app: typer.Typer) -> None:
         layers: str = typer.Option("all", "--layers", "-l", help="Blocks: all, a comma list (0,3,11; -1 = last) "
                                                               "or a range a:b."),
         sites: str = typer.Option("resid_post", "--sites", "-s", help="Comma list of sites: resid_pre, resid_mid, "
-                                  "resid_post, ln1, ln2, attn_out, mlp_out, ln_final, embed, or hook names "
-                                  "(blocks.{i}.mlp.hook_pre)."),
+                                  "resid_post, ln1, ln2, attn_out, mlp_out, ln_final, embed, clip_proj (CLIP: final "
+                                  "norm + projection on every token), or hook names (blocks.{i}.mlp.hook_pre)."),
         tokens: str = typer.Option("cls,mean", "--tokens", "-t", help="Comma list of token reductions: cls, mean, "
                                    "cls+mean, registers, patches, all, dist."),
         random: bool = typer.Option(False, "--random", help="Random weights (pretrained=False), seeded by --seed."),
@@ -60,6 +62,7 @@ def register(app: typer.Typer) -> None:
         autocast: Optional[str] = typer.Option(None, "--autocast", help="Mixed precision: bf16 or fp16 (GPU)."),
         resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted store (default); "
                                     "--no-resume deletes an existing store first."),
+        limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images of --data."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary line."),
     ) -> None:
         """Extract features (sites x layers x token reductions) into a resumable on-disk feature store.
@@ -71,6 +74,7 @@ def register(app: typer.Typer) -> None:
         refuse_weights_with_random(weights, random)
         check_range(batch_size, "--batch-size", 1)
         check_range(workers, "--workers", 0)
+        check_range(limit, "--limit", 1)
         run_extract(model, data, out, layers=layers, sites=sites, tokens=tokens, random=random, seed=seed,
                     weights=weights, batch_size=batch_size, dtype=dtype, workers=workers, device=device,
-                    compile=compile, autocast=autocast, resume=resume, quiet=quiet)
+                    compile=compile, autocast=autocast, resume=resume, quiet=quiet, limit=limit)

@@ -1,5 +1,6 @@
-"""`vitscope probe` (linear / attentive probes on stored features) and `vitscope probe-stats` (gains and tests
-across models and datasets): thin wrappers over vitscope.analysis.probes."""
+"""`vitscope probe` (linear / attentive probes on stored features), `vitscope probe-e2e` (end-to-end: the attentive
+probe on a frozen backbone, fine-tuning with a linear head) and `vitscope probe-stats` (gains and tests across models
+and datasets): thin wrappers over vitscope.analysis.probes."""
 from __future__ import annotations
 
 import time
@@ -8,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from vitscope.cli.common import FORMATS_HELP, parse_formats, slug
+from vitscope.cli.common import DATA_HELP, FORMATS_HELP, MODEL_HELP, RANDOM_HELP, locks_out, parse_formats, slug
 
 
 def _floats(text: Optional[str], what: str):
@@ -76,6 +77,7 @@ def _save_run(run, out: Path, formats, save_heads: bool) -> list[Path]:
 
 def register(app: typer.Typer) -> None:
     @app.command("probe")
+    @locks_out("vitscope probe")
     def probe_cmd(
         store: Path = typer.Option(..., "--store", "-s", help="Training feature store (`vitscope extract`)."),
         test_store: Optional[Path] = typer.Option(None, "--test-store", help="Test feature store (same model); "
@@ -148,7 +150,70 @@ def register(app: typer.Typer) -> None:
                                + (f", attn drop {fit.attn_drop:g})" if fit.attn_drop is not None else ")"))
             typer.echo(f"probed {run.model}: {len(run.fits)} probes in {time.time() - t0:.1f} s -> {out}/results.csv")
 
+    @app.command("probe-e2e")
+    def probe_e2e_cmd(
+        model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+        data: str = typer.Option(..., "--data", "-d", help="Training images. " + DATA_HELP),
+        test_data: Optional[str] = typer.Option(None, "--test-data", help="Test images (same classes); without it "
+                                                "only training runs."),
+        recipe: str = typer.Option("attentive-frozen", "--recipe", help="attentive-frozen (attentive probe on a "
+                                   "frozen backbone) or finetune (linear head, backbone trained)."),
+        layer_set: Optional[str] = typer.Option(None, "--layer-set", "-l", help="last, middle, quarterly, all, "
+                                                "tokens or 'ln2.3.cls,ln_final.ap' (default: tokens for "
+                                                "attentive-frozen, the last layer's CLS for finetune)."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Exact number of steps (default: --epochs, at "
+                                                                  "least --min-steps)."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 10 attentive-frozen, 40 "
+                                                                    "finetune)."),
+        min_steps: int = typer.Option(1000, "--min-steps", help="Minimum number of steps when --steps is not set."),
+        batch_size: int = typer.Option(256, "--batch-size", "-b", help="Global batch size (split over processes)."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of the probe / head (default 1e-3)."),
+        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay of the probe / head "
+                                                                                  "(default 0.1)."),
+        backbone_lr_scale: float = typer.Option(1e-3, "--backbone-lr-scale", help="finetune: backbone lr = lr x "
+                                                                                 "this."),
+        backbone_wd: float = typer.Option(1e-6, "--backbone-weight-decay", help="finetune: backbone weight decay."),
+        heads: Optional[int] = typer.Option(None, "--heads", help="Attentive heads (default: number of inputs; 8 "
+                                                                  "for all tokens)."),
+        attn_drop: Optional[float] = typer.Option(None, "--attn-drop", help="Attention dropout (default 0.1)."),
+        save_every: int = typer.Option(200, "--save-every", help="Checkpoint every N steps (and at the end)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+        random: bool = typer.Option(False, "--random", help=RANDOM_HELP),
+        seed: int = typer.Option(0, "--seed", help="Seed of the probe / head, the data order, jitter and dropout "
+                                                   "(and of --random weights)."),
+        model_name: Optional[str] = typer.Option(None, "--model-name", help="Model label in the results table."),
+        dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset label in the results table."),
+        num_workers: int = typer.Option(0, "--num-workers", help="Image-loading processes."),
+        device: str = typer.Option("auto", "--device", help="'auto', 'cpu' or 'cuda'."),
+        out: Path = typer.Option(Path("runs/probe-e2e"), "--out", "-o", help="Output folder."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary."),
+    ):
+        """End-to-end probes (seed 000): the attentive probe on a frozen backbone with features computed every step
+        from the images (no feature store), or fine-tuning with a linear head (two parameter groups); resumable.
+
+        Data parallel: torchrun --nproc_per_node=N -m vitscope probe-e2e ..."""
+        import os
+
+        from vitscope.analysis.probes.e2e import E2EConfig, train_e2e
+        from vitscope.models.loading import load_model
+
+        m = load_model(model, pretrained=not random, seed=seed if random else None)
+        cfg = E2EConfig(recipe=recipe, layer_set=layer_set, lr=lr, weight_decay=weight_decay,
+                        backbone_lr_scale=backbone_lr_scale, backbone_weight_decay=backbone_wd, epochs=epochs,
+                        steps=steps, min_steps=min_steps, batch_size=batch_size, heads=heads, attn_drop=attn_drop,
+                        seed=seed, save_every=save_every)
+        name = model_name or (str((getattr(m, "meta", None) or {}).get("name") or Path(model).name or model)
+                              + (" (random)" if random else ""))
+        s = train_e2e(m, data, test_data, cfg, out=out, resume=resume, device=device, num_workers=num_workers,
+                      progress=not quiet, model_name=name, dataset=dataset or test_data)
+        if not quiet and int(os.environ.get("RANK", "0")) == 0:
+            tm = s.get("test_metrics")
+            acc = f"test balanced top-1 {100 * tm['balanced_top1']:.1f}%, " if tm else ""
+            typer.echo(f"probe-e2e {recipe} on {name}: {s['steps']}/{s['total_steps']} steps, {acc}last loss "
+                       f"{s['loss']:.3f} ({s['wall_time_s']:.0f} s, {s['world_size']} process(es)) -> {out}")
+
     @app.command("probe-stats")
+    @locks_out("vitscope probe-stats")
     def probe_stats_cmd(
         results: List[Path] = typer.Argument(..., help="results.csv / .parquet files of `vitscope probe` runs "
                                                        "(several models and datasets)."),

@@ -113,7 +113,14 @@ def cka_command(
     tokens: Optional[str] = typer.Option(None, "--tokens", help="Token mode: cls (default; all with --residual), "
                                                                 "mean, all, patches."),
     kernel: Optional[str] = typer.Option(None, "--kernel", help="linear (default) or rbf."),
-    sigma: Optional[float] = typer.Option(None, "--sigma", help="RBF bandwidth; default: median heuristic."),
+    sigma: Optional[float] = typer.Option(None, "--sigma", help="Fixed RBF bandwidth; default: one per input and "
+                                                                "batch from its distances (--bandwidth)."),
+    rbf_threshold: float = typer.Option(1.0, "--rbf-threshold", help="RBF: the data bandwidth times this (Kornblith "
+                                                                    "et al.'s threshold)."),
+    bandwidth: str = typer.Option("kornblith", "--bandwidth", help="RBF bandwidth rule: kornblith (threshold x "
+                                                                   "sqrt(median squared distance), Kornblith et al. "
+                                                                   "2019) or seed000 (median of the non-zero "
+                                                                   "distances)."),
     biased: bool = typer.Option(False, "--biased", help="Biased HSIC (default: unbiased); full-data CKA only."),
     minmax: Optional[bool] = typer.Option(None, "--minmax/--no-minmax", help="Seed 002's kernel quirk (scale each "
                                                                              "Gram matrix to [0, 1], zero diagonal)."),
@@ -159,7 +166,14 @@ def cka_command(
     unbiased = not biased
     if biased and o["minibatch"] and store is None:
         raise ValueError("minibatch CKA uses unbiased HSIC only; add --full for biased CKA")
-    kw = dict(kernel=o["kernel"], sigma=sigma, minmax=o["minmax"], normalize=o["normalize"])
+    from vitscope.analysis.similarity.cka import _check_kernel
+
+    try:
+        _check_kernel(o["kernel"], sigma, bandwidth, rbf_threshold)
+    except ValueError as e:
+        raise ValueError(f"{e} (options --kernel, --sigma, --bandwidth, --rbf-threshold)") from None
+    rbf = dict(threshold=rbf_threshold, bandwidth=bandwidth)
+    kw = dict(kernel=o["kernel"], sigma=sigma, minmax=o["minmax"], normalize=o["normalize"], **rbf)
     progress = not quiet
     out = Path(out)
     written = []
@@ -167,7 +181,7 @@ def cka_command(
     if store is not None:
         if residual:
             res = C.store_residual_cka(store, token_mode=o["token_mode"], unbiased=unbiased, kernel=o["kernel"],
-                                       sigma=sigma, minmax=o["minmax"], mlp_skip=mlp_skip)
+                                       sigma=sigma, minmax=o["minmax"], mlp_skip=mlp_skip, **rbf)
             name = C.store_name(C._open_store(store))
             written += save_residual(res, out / f"residual_{_slug(name)}", formats, title=f"{name}: residual CKA",
                                      **_context(res, store=store, tokens=o["token_mode"]))
@@ -197,7 +211,7 @@ def cka_command(
     if residual:
         for n, m in mods.items():
             res = C.stream_residual_cka(m, ds, kernel=o["kernel"], sigma=sigma, minmax=o["minmax"],
-                                        mlp_skip=mlp_skip, **common)
+                                        mlp_skip=mlp_skip, **common, **rbf)
             written += save_residual(res, out / f"residual_{_slug(n)}", formats, title=f"{n}: residual CKA",
                                      **_context(res, ds, data, limit=limit, tokens=o["token_mode"]))
     elif last_layer:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitscope.features import identity
 from vitscope.features.distributed import Dist, setup, split_contiguous
-from vitscope.features.plan import Plan, make_plan, reduce_tokens, reduced_shape
+from vitscope.features.plan import Plan, make_plan, reduce_tokens, reduced_shape, site_tokens, site_width
 from vitscope.features.progress import PROGRESS_DIR, complement, covered, grid_batches, read_all, write_json_atomic
 from vitscope.features.store import (FORMAT, FORMAT_VERSION, MANIFEST, STORAGE_DTYPES, FeatureStore,
                                      IncompatibleStoreError, array_file, create_arrays, open_store, read_manifest,
@@ -92,7 +92,7 @@ def feature_shapes(model, plan: Plan, image_hw: tuple[int, int]) -> dict:
     shapes = {}
     for e in plan.entries:
         lay = model.token_layout(e.block, grid)
-        width = cfg.hidden_dim if ".mlp.hook_" in f".{e.hook}" else cfg.embed_dim   # q/k/v/z: H*Dh = D
+        width = site_width(cfg, e.site, e.hook)                                      # q/k/v/z: H*Dh = D
         for r in e.reductions:
             shapes[(e.site, e.layer, r)] = reduced_shape(lay, r, width)
     return shapes
@@ -118,6 +118,7 @@ class _Runner(nn.Module):
     def _make_hook(self, entry):
         def fn(t: torch.Tensor, hook) -> None:
             lay = self.layouts[entry.block]
+            t = site_tokens(self.model, entry.site, t)
             for r in entry.reductions:
                 v = reduce_tokens(t, lay, r)
                 if self.round_bf16:

@@ -13,8 +13,13 @@ ln2            ``blocks.{i}.ln2.hook_normalized``   per block
 attn_out       ``blocks.{i}.hook_attn_out``         per block
 mlp_out        ``blocks.{i}.hook_mlp_out``          per block
 ln_final       ``ln_final.hook_normalized``         none
+clip_proj      ``ln_final.hook_normalized`` @ proj  none
 embed          ``hook_full_embed``                  none
 =============  ==================================  ===========
+
+``clip_proj`` (CLIP models, head ``clip_proj``): the final norm followed by the CLIP projection, applied to
+**every** token (open_clip's visual tower with ``pool_type='none'``: ``ln_post(x) @ proj``); its width is the
+projection's (512 for ViT-B, 768 for ViT-L), and its CLS is the model's image embedding.
 
 Full names work too: ``blocks.{i}.mlp.hook_pre``, ``blocks.*.attn.hook_v``, the suffix ``mlp.hook_pre``, or a
 non-block hook such as ``ln_final.hook_normalized``. A site is stored under its short name when it has one,
@@ -59,14 +64,16 @@ BLOCK_SHORT = {
 GLOBAL_SHORT = {
     "ln_final": "ln_final.hook_normalized",
     "embed": "hook_full_embed",
+    "clip_proj": "ln_final.hook_normalized",       # then the CLIP projection on every token (see ``site_tokens``)
 }
+PROJECTED_SITES = ("clip_proj",)
 # block hooks that have a token axis (axis 1) and can be reduced
 BLOCK_SUFFIXES = tuple(BLOCK_SHORT.values()) + (
     "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "mlp.hook_pre", "mlp.hook_post",
 )
 GLOBAL_HOOKS = tuple(GLOBAL_SHORT.values())
 REDUCTIONS = ("cls", "dist", "mean", "cls+mean", "registers", "patches", "all")
-_SHORT_OF = {v: k for k, v in {**BLOCK_SHORT, **GLOBAL_SHORT}.items()}
+_SHORT_OF = {v: k for k, v in {**BLOCK_SHORT, **GLOBAL_SHORT}.items() if k not in PROJECTED_SITES}
 _BLOCK_RE = re.compile(r"^blocks\.(\{i\}|\*|\d+)\.(.+)$")
 
 
@@ -100,6 +107,21 @@ def hook_name(site: str, layer: int | None) -> str:
         return GLOBAL_SHORT[site]
     suffix = BLOCK_SHORT.get(site, site)
     return f"blocks.{layer}.{suffix}"
+
+
+def site_tokens(model, site: str, t: torch.Tensor) -> torch.Tensor:
+    """The tokens a site stores, from its hook's activation: for ``clip_proj`` the CLIP projection of every
+    (final-normed) token, (B, T, D) -> (B, T, P); any other site unchanged."""
+    if site in PROJECTED_SITES:
+        return torch.nn.functional.linear(t, model.head.weight)
+    return t
+
+
+def site_width(cfg, site: str, hook: str) -> int:
+    """The feature width of a site: the MLP width for mlp hooks, the projection width for ``clip_proj``."""
+    if site in PROJECTED_SITES:
+        return cfg.num_classes
+    return cfg.hidden_dim if ".mlp.hook_" in f".{hook}" else cfg.embed_dim
 
 
 def parse_list(value: str | Sequence[str] | None) -> list[str]:
@@ -265,10 +287,14 @@ def make_plan(model, sites: str | Sequence[str] = ("resid_post",), layers: str |
             name = hook_name(site, None)
             if name not in model.hook_dict:
                 raise ValueError(f"site {raw!r}: this model has no {name} (e.g. no final norm)")
-            if name in seen:
+            if site in PROJECTED_SITES and (cfg.head != "clip_proj" or not hasattr(model, "head")):
+                raise ValueError(f"site {raw!r} is the CLIP projection of every token; this model's head is "
+                                 f"{cfg.head!r}, not a CLIP projection: use ln_final for non-CLIP models")
+            if (name, site) in seen:
                 continue
-            seen.add(name)
-            entries.append(Entry(name, site, None, depth if site == "ln_final" else 0, tuple(reductions)))
+            seen.add((name, site))
+            final = site in ("ln_final",) + PROJECTED_SITES
+            entries.append(Entry(name, site, None, depth if final else 0, tuple(reductions)))
     for e in entries:
         if e.hook not in model.hook_dict:
             raise ValueError(f"this model has no hook {e.hook!r}")
@@ -280,7 +306,7 @@ def make_plan(model, sites: str | Sequence[str] = ("resid_post",), layers: str |
                 where = f"layer {e.layer}" if e.layer is not None else e.site
                 raise ValueError(f"token reduction {r!r} at {where}: {err}; drop it from tokens or choose other "
                                  f"layers") from None
-    needs_final = any(e.site == "ln_final" for e in entries)
+    needs_final = any(e.site in ("ln_final",) + PROJECTED_SITES for e in entries)
     block_layers = [e.layer for e in entries if e.layer is not None]
     if needs_final:
         stop_at = None

@@ -99,11 +99,16 @@ class HookedRootModule(nn.Module):
         pred = make_filter(name_or_filter)
         points = [hp for n, hp in self.hook_dict.items() if pred(n)]
         if isinstance(name_or_filter, str) and not points:
-            raise KeyError(
-                f"unknown hook name {name_or_filter!r}; see model.hook_names or `vitscope inspect MODEL` "
-                f"(e.g. {self.hook_names[:3]})"
-            )
+            raise KeyError(self._unknown(name_or_filter))
+        if not isinstance(name_or_filter, str) and not callable(name_or_filter):
+            for p in name_or_filter:                # a list: each name or pattern must match a hook
+                if not any(n == p or fnmatch.fnmatchcase(n, p) for n in self.hook_dict):
+                    raise KeyError(self._unknown(p))
         return points
+
+    def _unknown(self, name: str) -> str:
+        return (f"unknown hook name {name!r}; see model.hook_names or `vitscope inspect MODEL` "
+                f"(e.g. {self.hook_names[:3]})")
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = ()) -> Iterator["HookedRootModule"]:

@@ -60,6 +60,7 @@ class ViTConfig:
     pos_interp_antialias: bool = True     # bicubic resampling kernel: timm antialiases, transformers does not
     pos_interp_offset: float = 0.0        # official DINO / DINOv2 code: scale factor (new + 0.1) / old, not the size
     pre_norm: bool = False                # CLIP ln_pre
+    res_post_norm: bool = False           # residual post-norm blocks: x + ln1(attn(x)), x + ln2(mlp(x))
     layer_scale_init: float | None = None # LayerScale (DINOv2, BEiT) when set
     rel_pos_bias: bool = False            # BEiT per-block relative position bias
     act: str = "gelu"
@@ -146,6 +147,8 @@ class ViTConfig:
                 "registers, DIST or a late CLS are not defined for it")
         if self.pos_embed == "none" and not self.rel_pos_bias:
             pass  # allowed: a model with no position information at all (ablations)
+        if self.res_post_norm and self.layer_scale_init is not None:
+            bad("res_post_norm blocks (x + norm(branch(x))) have no LayerScale; set layer_scale_init=None")
         if self.layer_scale_init is not None and self.layer_scale_init <= 0:
             bad(f"layer_scale_init must be > 0 or None, got {self.layer_scale_init}")
         if not 0.0 <= self.pos_interp_offset < 1.0:

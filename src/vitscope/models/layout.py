@@ -11,7 +11,8 @@ class TokenLayout:
     """Token positions at the input of one block.
 
     ``cls``/``dist`` are indices or None when absent (not yet entered); ``registers`` is a tuple of
-    indices (empty when absent); ``patches`` is a slice; ``grid`` is (rows, cols) of the patch tokens.
+    indices (empty when absent); ``patches`` is a slice; ``grid`` is (rows, cols) of the patch tokens;
+    ``patch_size`` the model's patch size in pixels (None when the layout was built by hand).
     """
 
     block: int
@@ -21,6 +22,7 @@ class TokenLayout:
     registers: tuple[int, ...]
     patches: slice
     grid: tuple[int, int]
+    patch_size: int | None = None
 
     @property
     def n_patches(self) -> int:
@@ -53,9 +55,15 @@ class TokenLayout:
 
 
 def token_layout(cfg: ViTConfig, block: int, grid: tuple[int, int] | None = None) -> TokenLayout:
-    """Layout of the tokens entering ``block`` (``block == cfg.depth`` means after the last block)."""
+    """Layout of the tokens entering ``block`` (``block == cfg.depth`` means after the last block).
+
+    Negative blocks count from the end as on the command line: ``-1`` is the last block (``depth - 1``).
+    """
+    if -cfg.depth <= block < 0:
+        block += cfg.depth
     if not 0 <= block <= cfg.depth:
-        raise ValueError(f"block must be in [0, {cfg.depth}] for a model of depth {cfg.depth}, got {block}")
+        raise ValueError(f"block must be in [-{cfg.depth}, {cfg.depth}] for a model of depth {cfg.depth} "
+                         f"(-1: the last block; {cfg.depth}: the output), got {block}")
     rows, cols = grid or cfg.grid
     n_patch = rows * cols
     has_cls = cfg.class_token and block >= cfg.cls_block
@@ -75,7 +83,7 @@ def token_layout(cfg: ViTConfig, block: int, grid: tuple[int, int] | None = None
     if n_reg and cfg.register_location == "end":
         regs, pos = tuple(range(pos, pos + n_reg)), pos + n_reg
     return TokenLayout(block=block, n_tokens=pos, cls=cls, dist=dist, registers=regs,
-                       patches=patches, grid=(rows, cols))
+                       patches=patches, grid=(rows, cols), patch_size=cfg.patch_size)
 
 
 def entry_block(cfg: ViTConfig, token: str) -> int:

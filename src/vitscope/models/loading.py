@@ -8,7 +8,8 @@ What ``load_model(name_or_path, ...)`` accepts, in the order it is tried:
 2. a local ``.safetensors`` file written by :func:`save_model` (its header carries the config);
 3. ``hf:<repo>``: a transformers ViT / DeiT / Dinov2 / CLIPVision / ViTMAE repository on the Hugging Face hub;
 4. a registry name or alias (``vitscope models``), also as ``timm/<registry name>``;
-5. ``timm/<arch>.<tag>`` for any timm ViT whose architecture vitscope covers.
+5. ``timm/<arch>.<tag>`` for any timm ViT whose architecture vitscope covers; a plain timm name
+   (``vit_base_patch16_224.augreg2_in21k_ft_in1k``) is read the same way.
 
 ``weights=PATH`` (or a URL) loads a local checkpoint into the architecture the name gives
 (``load_model("dino-vits16", weights="dino_deitsmall16_pretrain.pth")``). ``.safetensors`` files are read
@@ -134,6 +135,43 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.T
 
 
 # ----------------------------------------------------------------------------- converting to vitscope keys
+# prefixes that training wrappers put before every key of a timm-layout model (DDP "module.", Lightning "model.")
+_WRAPPER_PREFIXES = ("model.", "module.")
+# files that timm's hub repositories hold: their DINO / MAE backbones have official keys but run as timm runs them
+_TIMM_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def strip_wrapper_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``sd`` without a ``model.`` / ``module.`` prefix that every key carries (a ViT saved inside a wrapper)."""
+    for pre in _WRAPPER_PREFIXES:
+        if sd and all(k.startswith(pre) for k in sd) and f"{pre}patch_embed.proj.weight" in sd:
+            return {k[len(pre):]: v for k, v in sd.items()}
+    return sd
+
+
+def checkpoint_format(raw: Mapping[str, Any], path: str | Path | None = None, hint: str | None = None) -> str:
+    """The layout of a loaded checkpoint (``converters.FORMATS``), from its keys, refined by the file.
+
+    A headless backbone with timm's keys reads as ``"dino"`` (official DINO files and timm's hub copies of
+    DINO / MAE have the same keys); inside a timm hub file (``model.safetensors``, ``pytorch_model.bin``) it
+    is ``"timm"``. ``hint`` (the registry's format) is used when the keys do not tell.
+    """
+    from vitscope.models import converters
+
+    try:
+        fmt = converters.detect_format(raw)
+    except ValueError:
+        try:
+            fmt = converters.detect_format(strip_wrapper_prefix(unwrap_state_dict(raw)))
+        except ValueError:
+            if hint is None:
+                raise
+            return hint
+    if fmt == "dino" and path is not None and Path(path).name in _TIMM_HUB_FILES:
+        return "timm"
+    return fmt
+
+
 def convert_checkpoint(raw: Mapping[str, Any], cfg: ViTConfig, fmt: str | None = None,
                        source: str = "checkpoint", own_keys: set[str] | None = None) -> dict[str, torch.Tensor]:
     """A loaded checkpoint (raw, with its wrappers) -> a state dict with vitscope keys for ``cfg``.
@@ -145,6 +183,9 @@ def convert_checkpoint(raw: Mapping[str, Any], cfg: ViTConfig, fmt: str | None =
     from vitscope.models import converters
 
     sd = unwrap_state_dict(raw, source=source)
+    stripped = strip_wrapper_prefix(sd)
+    if stripped is not sd:
+        raw = sd = stripped
     if own_keys is None:
         with torch.device("meta"):
             own_keys = set(HookedViT(cfg).state_dict())
@@ -322,15 +363,32 @@ def _empty(cfg: ViTConfig, pp: PreprocessConfig | None) -> HookedViT:
     return model
 
 
-def _pretrained(cfg: ViTConfig, pp: PreprocessConfig | None, path: Path, fmt: str | None) -> tuple[HookedViT, str]:
-    """Read ``path``, convert it to ``cfg``'s keys, load it strictly into a new model; (model, file sha256)."""
+def _pretrained(cfg: ViTConfig, pp: PreprocessConfig | None, path: Path, fmt: str | None,
+                follow_file: bool = False) -> tuple[HookedViT, str, str]:
+    """Read ``path``, convert it to ``cfg``'s keys, load it strictly into a new model.
+
+    Returns (model, file sha256, detected format). With ``follow_file`` (a file loaded into a named
+    architecture) two facts come from the file rather than the name: the position-embedding resampling rule
+    of its format (official DINO / DINOv2 files resample as the official code does) and the number of classes
+    of its linear head (a fine-tuned checkpoint, e.g. a 100-class head on a 1000-class architecture).
+    """
+    from vitscope.models.converters.official import official_pos_interp
+
+    raw = read_checkpoint(path)
+    detected = checkpoint_format(raw, path, fmt)
+    if follow_file:
+        cfg = cfg.replace(**official_pos_interp(detected, cfg.num_registers))
     with torch.device("meta"):
         own_keys = set(HookedViT(cfg).state_dict())
-    sd = convert_checkpoint(read_checkpoint(path), cfg, fmt, source=path.name, own_keys=own_keys)
+    sd = convert_checkpoint(raw, cfg, fmt, source=path.name, own_keys=own_keys)
+    head = sd.get("head.weight")
+    if follow_file and head is not None and cfg.head in ("linear", "distilled") and head.shape[0] != cfg.num_classes:
+        cfg = cfg.replace(num_classes=int(head.shape[0]))
+        cfg.meta["num_classes_from_weights"] = int(head.shape[0])
     missing = own_keys - set(sd)
     model = _empty(cfg, pp) if not missing else HookedViT(cfg, pp)   # a partial load reports what is missing
     load_strict(model, sd, source=path.name)
-    return model, sha256_file(path)
+    return model, sha256_file(path), detected
 
 
 def _with_input_size(cfg: ViTConfig, pp: PreprocessConfig, input_size) -> tuple[ViTConfig, PreprocessConfig]:
@@ -355,6 +413,10 @@ def _finish(model: HookedViT, meta: dict[str, Any], device, dtype) -> HookedViT:
         model.to(device=device, dtype=dtype)
     model.eval()
     return model
+
+
+# timm ViT / DeiT / BEiT model names (arch or arch.tag): vit_base_patch16_224.augreg2_in21k_ft_in1k, ...
+_TIMM_NAME = re.compile(r"^(vit|deit3?|beit(v2)?)_[a-z0-9]+(_distilled)?_patch\d+(_[a-z0-9]+)*(\.[A-Za-z0-9_]+)?$")
 
 
 def _is_url(s: str) -> bool:
@@ -403,6 +465,8 @@ def load_model(name_or_path: str | os.PathLike, pretrained: bool = True, weights
         return _load_entry(get_entry(canon), pretrained, weights, device, dtype, seed, input_size, source, progress)
     if target.startswith("timm/"):
         return _load_timm_name(target[5:], pretrained, weights, device, dtype, seed, input_size)
+    if _TIMM_NAME.match(target):                       # a plain timm name resolves as timm/<name> does
+        return _load_timm_name(target, pretrained, weights, device, dtype, seed, input_size)
     if path.suffix in WEIGHT_SUFFIXES or os.sep in target or target.startswith("."):
         raise FileNotFoundError(f"{target} does not exist (a local file or folder was expected)")
     get_entry(target)                      # raises the KeyError with suggestions
@@ -417,8 +481,8 @@ def _load_entry(entry: ModelEntry, pretrained, weights, device, dtype, seed, inp
     if weights is not None:
         w = str(weights)
         wpath = url_download(w, progress=progress) if _is_url(w) else Path(w).expanduser()
-        fmt = entry.source.format if entry.source else None
-        model, sha = _pretrained(cfg, pp, wpath, fmt)
+        hint = entry.source.format if entry.source else None
+        model, sha, fmt = _pretrained(cfg, pp, wpath, hint, follow_file=True)
         meta.update(source=w, format=fmt, weights_sha256=sha, weights_path=str(wpath))
     elif pretrained:
         if not entry.sources:
@@ -431,12 +495,9 @@ def _load_entry(entry: ModelEntry, pretrained, weights, device, dtype, seed, inp
                                  f"{[s.kind for s in entry.sources]}")
             src = picked[0]
         wpath = _fetch_source(src, progress)            # before building anything: fail fast when offline
-        if src.kind == "url":                           # official files run as the official code resamples
-            from vitscope.models.converters.official import official_pos_interp
-
-            cfg = cfg.replace(**official_pos_interp(src.format, cfg.num_registers))
-        model, sha = _pretrained(cfg, pp, wpath, src.format)
-        meta.update(source=src.describe(), format=src.format, weights_sha256=sha, weights_path=str(wpath))
+        # the resampling rule follows the file: official DINO / DINOv2 files resample as the official code
+        model, sha, fmt = _pretrained(cfg, pp, wpath, src.format, follow_file=True)
+        meta.update(source=src.describe(), format=fmt, weights_sha256=sha, weights_path=str(wpath))
     else:
         model = _build(cfg, pp, seed, device)
     return _finish(model, meta, device, dtype)
@@ -446,15 +507,25 @@ def _load_entry(entry: ModelEntry, pretrained, weights, device, dtype, seed, inp
 def _timm_model(arch_name: str | None, cj: dict | None, wpath: Path | None, seed, input_size, name: str,
                 source: str | None = None) -> HookedViT:
     """A timm model from its name and/or config.json (and, best, the checkpoint tensors), via the timm converter."""
+    from vitscope.models.converters import official
     from vitscope.models.converters import timm as tconv
 
-    sd = unwrap_state_dict(read_checkpoint(wpath), source=wpath.name) if wpath is not None else None
+    sd, fmt = None, "timm"
+    if wpath is not None:
+        raw = read_checkpoint(wpath)
+        fmt = checkpoint_format(raw, wpath, "timm")
+        if fmt in ("dino", "dinov2"):            # an official release: its backbone, resampled as its code does
+            sd = official.dino_backbone(raw) if fmt == "dino" else official.dinov2_backbone(raw)
+        else:
+            sd = strip_wrapper_prefix(unwrap_state_dict(raw, source=wpath.name))
     cfg = tconv.config_from_timm(arch_name, cj, state_dict=sd)
+    if sd is not None:
+        cfg = cfg.replace(**official.official_pos_interp(fmt, cfg.num_registers))
     pp = tconv.preprocess_from_timm(dict((cj or {}).get("pretrained_cfg") or {}), cfg.img_size)
     cfg.meta.update(name=name)
     cfg, pp = _with_input_size(cfg, pp, input_size)
     meta: dict[str, Any] = {"name": name, "family": "timm", "source": "random-init", "weights_sha256": None,
-                            "format": "timm"}
+                            "format": fmt}
     if sd is None:
         model = _build(cfg, pp, seed)
     else:
@@ -626,7 +697,7 @@ def _native_model(cfg, pp, d, wpath: Path | None, device, dtype, seed, input_siz
     if wpath is not None:
         if not wpath.exists():
             raise FileNotFoundError(f"{where}: weights file {wpath} is missing")
-        model, sha = _pretrained(cfg, pp, wpath, "vitscope")
+        model, sha, _ = _pretrained(cfg, pp, wpath, "vitscope")
         meta.update(source=str(wpath), weights_path=str(wpath), weights_sha256=sha)
     else:
         model = _build(cfg, pp, seed, device)

@@ -120,14 +120,28 @@ def resolve_name(name: str) -> str | None:
     return _ALIASES.get(_norm_alias(name))
 
 
+def suggest_names(name: str, n: int = 3) -> list[str]:
+    """Up to ``n`` names close to ``name`` that ``load_model`` accepts as written: registry names, aliases
+    and the bundled models."""
+    import difflib
+
+    from vitscope.models.bundled import bundled_models
+
+    pool: dict[str, str] = {}                      # normalised -> a spelling that loads
+    for e in _REGISTRY.values():
+        for spelling in (e.name, *e.aliases):
+            pool.setdefault(_norm_alias(spelling), spelling)
+    for b in bundled_models():
+        pool.setdefault(_norm_alias(b), b)
+    key = _norm_alias(name[len("timm/"):] if name.startswith("timm/") else name)
+    return [pool[c] for c in difflib.get_close_matches(key, list(pool), n=n, cutoff=0.5)]
+
+
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for ``name`` (a canonical name or an alias); a KeyError with suggestions otherwise."""
     canon = resolve_name(name)
     if canon is None:
-        import difflib
-
-        pool = list(_REGISTRY) + list(_ALIASES)
-        close = difflib.get_close_matches(_norm_alias(name), [_norm_alias(p) for p in pool], n=3, cutoff=0.5)
+        close = suggest_names(name)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise KeyError(f"unknown model {name!r}{hint} (see `vitscope models`, or use timm/<name>, hf:<repo>, "
                        f"or a local file/folder)")
@@ -165,6 +179,9 @@ _TIMM_EXPLICIT: dict[str, dict[str, Any]] = {
     "vit_medium_patch16_gap_384": dict(patch_size=16, embed_dim=512, depth=12, num_heads=8, class_token=False,
                                        global_pool="avg", qkv_bias=False, init_values=1e-6, fc_norm=False,
                                        img_size=384),
+    "vit_base_patch16_rpn_224": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, qkv_bias=False,
+                                     init_values=1e-5, class_token=False, block_fn="ResPostBlock",
+                                     global_pool="avg"),
     "vit_xsmall_patch16_clip_224": dict(patch_size=16, embed_dim=256, depth=10, num_heads=4, pre_norm=True,
                                         norm_eps=1e-5),
     "vit_base_patch16_plus_clip_240": dict(patch_size=16, embed_dim=896, depth=12, num_heads=14, pre_norm=True,
@@ -177,7 +194,7 @@ _ARCH_RE = re.compile(
 
 _UNSUPPORTED_TOKENS = {
     "siglip": "SigLIP's attention-pool (MAP) head", "map": "an attention-pool (MAP) head",
-    "rpn": "res-post-norm blocks", "xp": "RMSNorm / parallel blocks / qk-norm", "plus": "a non-standard width",
+"xp": "RMSNorm / parallel blocks / qk-norm", "plus": "a non-standard width",
     "rope": "rotary position embeddings", "relpos": "relative position MLPs", "srelpos": "relative position MLPs",
     "sam": "windowed attention", "parallel": "parallel blocks", "18x2": "parallel blocks",
 }
@@ -277,13 +294,17 @@ def config_from_timm_kwargs(arch: str, kw: dict[str, Any], num_classes: int | No
             cfg[key] = kw.pop(key)
     if cfg.get("pre_norm"):
         cfg["patch_bias"] = False               # timm: PatchEmbed(bias=not pre_norm)
+    block_fn = kw.pop("block_fn", "Block")
+    if block_fn not in ("Block", "ResPostBlock"):
+        raise _unsupported(arch, f"block_fn={block_fn!r}")
+    cfg["res_post_norm"] = block_fn == "ResPostBlock"
     if "init_values" in kw:
-        iv = kw.pop("init_values")
-        cfg["layer_scale_init"] = float(iv) if iv else None
+        iv = kw.pop("init_values")           # ResPostBlock: the norms' initial weight, not a LayerScale
+        cfg["layer_scale_init"] = float(iv) if iv and not cfg["res_post_norm"] else None
     if "reg_tokens" in kw:
         cfg["num_registers"] = int(kw.pop("reg_tokens"))
     no_embed_class = bool(kw.pop("no_embed_class", False))
-    cfg["pos_embed_prefix"] = not no_embed_class
+    cfg["pos_embed_prefix"] = not no_embed_class and cfg.get("class_token", True)   # no prefix: no entries
     if cfg.get("num_registers") and not no_embed_class:
         raise _unsupported(arch, "register tokens with position embeddings (no_embed_class=False)")
     act = kw.pop("act_layer", None)
@@ -389,16 +410,19 @@ def _timm_entry(name: str, family: str, pp: PreprocessConfig, aliases=(), source
                                aliases=tuple(aliases), notes=notes, extra=extra))
 
 
+# seed 001's own model names (its load_vit), as aliases of the entries they load
+_SEED001_ALIASES = {"vit-b32": ("vit_b_32",), "vit-b16": ("vit_b_16",), "vit-l16": ("vit_large_16",)}
+
 # --- supervised ViT, "How to train your ViT" (AugReg): in21k pretrain, in1k fine-tune; inputs in [-1, 1]
 for _arch, _alias in [("vit_small_patch32", "vit-s32"), ("vit_small_patch16", "vit-s16"),
                       ("vit_base_patch32", "vit-b32"), ("vit_base_patch16", "vit-b16"),
                       ("vit_base_patch8", "vit-b8"), ("vit_large_patch16", "vit-l16")]:
-    _timm_entry(f"{_arch}_224.augreg_in21k_ft_in1k", "vit", _pp(224, 0.9), aliases=(_alias,),
-                notes="AugReg in21k -> in1k (timm hub)")
+    _timm_entry(f"{_arch}_224.augreg_in21k_ft_in1k", "vit", _pp(224, 0.9),
+                aliases=(_alias,) + _SEED001_ALIASES.get(_alias, ()), notes="AugReg in21k -> in1k (timm hub)")
     if _arch != "vit_base_patch8":       # no B/8 at 384 exists
         _timm_entry(f"{_arch}_384.augreg_in21k_ft_in1k", "vit", _pp(384, 1.0), aliases=(f"{_alias}-384",),
                     notes="AugReg in21k -> in1k at 384 px (timm hub)")
-# seed 002's extra: the original L/32 at 384, and the original (non-AugReg) B/16 and seed 001's MIIL ViT
+# seed 002's extra: the original L/32 at 384, and the original (non-AugReg) B/16; seed 001's MIIL ViT
 _timm_entry("vit_large_patch32_384.orig_in21k_ft_in1k", "vit", _pp(384, 1.0), aliases=("vit-l32-384",),
             notes="original ViT (Dosovitskiy et al.) in21k -> in1k", extra=True)
 _timm_entry("vit_base_patch16_224.orig_in21k_ft_in1k", "vit", _pp(224, 0.9), aliases=("vit-b16-orig",),
@@ -406,8 +430,18 @@ _timm_entry("vit_base_patch16_224.orig_in21k_ft_in1k", "vit", _pp(224, 0.9), ali
 _timm_entry("vit_base_patch16_224.orig_in21k", "vit", _pp(224, 0.9), aliases=("vit-b16-in21k",),
             num_classes=0, notes="original ViT in21k, no classifier", extra=True)
 _timm_entry("vit_base_patch16_224_miil.in21k_ft_in1k", "vit",
-            _pp(224, 0.875, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), aliases=("vit-b16-miil",),
-            notes="ImageNet-21K-P (Alibaba MIIL), no qkv bias; inputs in [0, 1]", extra=True)
+            _pp(224, 0.875, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+            aliases=("vit-b16-miil", "vit_miil_16"),
+            notes="ImageNet-21K-P (Alibaba MIIL), no qkv bias; inputs in [0, 1]")
+# seed 001's GAP model: no CLS, average pooling + fc_norm, residual post-norm blocks, no qkv bias
+_timm_entry("vit_base_patch16_rpn_224.sw_in1k", "vit", _pp(224, 0.9), aliases=("vit-b16-rpn", "vit_gap_16"),
+            notes="residual post-norm blocks (x + norm(branch(x))), average pooling, no CLS (timm hub)")
+# seed 001's ViT-B/16 fine-tuned on CIFAR-100: the author's checkpoint is not public, so there is no source;
+# load_model("vit-b16-cifar100", weights=PATH) reads it (timm keys, also under a "model." prefix)
+_timm_entry("vit_base_patch16_224.cifar100", "vit", _pp(224, 1.0, "bilinear"), aliases=("vit-b16-cifar100",
+            "vit_cifar_16"), sources=(), num_classes=100,
+            notes="ViT-B/16 with a 100-class head (seed 001's CIFAR-100 fine-tune); weights=PATH only. "
+                  "The seed resizes to 224x224 without keeping the aspect ratio")
 
 # --- DeiT (ImageNet-1k), plain and distilled (CLS + DIST tokens, two heads averaged)
 for _size, _letter in [("small", "s"), ("base", "b")]:

@@ -132,6 +132,7 @@ class Attention(nn.Module):
         self.linear_impl = "auto"
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
+        self.hook_result = HookPoint()    # per-head outputs; computed only when a hook is attached
 
     def rel_bias(self, T: int) -> torch.Tensor | None:
         if not hasattr(self, "relative_position_bias_table"):
@@ -167,7 +168,17 @@ class Attention(nn.Module):
                                                attn_mask=mask, scale=self.scale)        # B, H, T, Dh
             z = z.transpose(1, 2)                                                       # B, T, H, Dh
         z = self.hook_z(z)
+        if self.hook_result.active:
+            return self.head_results(z).sum(dim=2) + self.proj.bias                    # B, T, D
         return apply_linear(self.proj, z.reshape(B, T, D), impl=self.linear_impl)         # B, T, D
+
+    def head_results(self, z: torch.Tensor) -> torch.Tensor:
+        """Each head's output through its slice of ``proj`` (no bias), through ``hook_result`` -> (B, T, H, D).
+
+        ``proj(z) = head_results(z).sum(heads) + proj.bias``.
+        """
+        W = self.proj.weight.reshape(-1, self.H, self.Dh)                               # D, H, Dh
+        return self.hook_result(torch.einsum("bthd,ehd->bthe", z, W))                   # B, T, H, D
 
 
 class MLP(nn.Module):
@@ -189,7 +200,11 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm block: x + ls1(attn(ln1(x))), then + ls2(mlp(ln2(x)))."""
+    """Pre-norm block: x + ls1(attn(ln1(x))), then + ls2(mlp(ln2(x))).
+
+    With ``cfg.res_post_norm`` (timm's ``ResPostBlock``): x + ln1(attn(x)), then + ln2(mlp(x)); the norms act on
+    the branch outputs, so ``ln1.hook_normalized`` equals ``hook_attn_out`` (and ``ln2`` ``hook_mlp_out``).
+    """
 
     def __init__(self, cfg: ViTConfig, drop_path: float = 0.0) -> None:
         super().__init__()
@@ -201,13 +216,22 @@ class Block(nn.Module):
         self.ls1 = LayerScale(cfg.embed_dim, ls) if ls else nn.Identity()
         self.ls2 = LayerScale(cfg.embed_dim, ls) if ls else nn.Identity()
         self.drop_path = DropPath(drop_path)
+        self.post_norm = cfg.res_post_norm
         self.hook_resid_pre, self.hook_attn_out, self.hook_resid_mid = HookPoint(), HookPoint(), HookPoint()
         self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.hook_resid_pre(x)                                                      # B, T, D
-        x = self.hook_resid_mid(x + self.drop_path(self.hook_attn_out(self.ls1(self.attn(self.ln1(x))))))
-        x = x + self.drop_path(self.hook_mlp_out(self.ls2(self.mlp(self.ln2(x)))))
+        if self.post_norm:
+            attn_out = self.ln1(self.attn(x))                                           # B, T, D
+        else:
+            attn_out = self.ls1(self.attn(self.ln1(x)))                                 # B, T, D
+        x = self.hook_resid_mid(x + self.drop_path(self.hook_attn_out(attn_out)))
+        if self.post_norm:
+            mlp_out = self.ln2(self.mlp(x))                                             # B, T, D
+        else:
+            mlp_out = self.ls2(self.mlp(self.ln2(x)))                                   # B, T, D
+        x = x + self.drop_path(self.hook_mlp_out(mlp_out))
         return self.hook_resid_post(x)                                                  # B, T, D
 
 
@@ -330,8 +354,13 @@ class HookedViT(HookedRootModule):
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images (B, C, H, W) -> (tokens entering block 0 (B, T, D), prefix position embedding)."""
-        B, C, Hi, Wi = x.shape
         p = self.cfg.patch_size
+        if x.ndim != 4:
+            fix = "; add the batch dimension with x[None]" if x.ndim == 3 else ""
+            raise ValueError(f"expected a batch of images of shape (B, {self.cfg.in_chans}, H, W), got a "
+                             f"{x.ndim}-d tensor of shape {tuple(x.shape)}{fix} (model.preprocess(images) "
+                             f"makes such a batch)")
+        B, C, Hi, Wi = x.shape
         if C != self.cfg.in_chans or Hi % p or Wi % p:
             raise ValueError(f"expected images of shape (B, {self.cfg.in_chans}, H, W) with H and W multiples of "
                              f"the patch size {p}, got {tuple(x.shape)}; use model.preprocess(images)")

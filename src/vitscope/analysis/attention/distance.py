@@ -53,12 +53,25 @@ def _patch_block(pattern: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     return pattern[:, :, layout.patches, layout.patches]                             # B, H, N, N
 
 
+def _patch_size(patch_size: int | None, layout: TokenLayout | None) -> int | None:
+    if patch_size is not None:
+        return patch_size
+    return getattr(layout, "patch_size", None)
+
+
 def mean_attention_distance(pattern: torch.Tensor, layout: TokenLayout, variant: str = "A",
                             patch_size: int | None = None, dist: torch.Tensor | None = None) -> torch.Tensor:
-    """Per image and head: (B, H) mean attention distance of one block's pattern (B, H, T, T)."""
+    """Per image and head: (B, H) mean attention distance of one block's pattern (B, H, T, T).
+
+    Variant B measures pixels: ``patch_size`` defaults to the layout's (``model.token_layout(b)`` carries the
+    model's patch size).
+    """
     a = _patch_block(pattern, layout)
     if dist is None:
-        dist = distance_matrix(layout.grid, variant, patch_size)
+        ps = _patch_size(patch_size, layout)
+        if variant == "B" and ps is None:
+            raise ValueError("variant B measures pixels: pass patch_size, or a layout from model.token_layout(b)")
+        dist = distance_matrix(layout.grid, variant, ps)
     dist = dist.to(device=a.device, dtype=a.dtype if a.dtype == torch.float64 else torch.float32)
     a = a.to(dist.dtype)
     d = torch.einsum("bhqk,qk->bhq", a, dist)                                        # B, H, N
@@ -78,8 +91,6 @@ class MeanAttentionDistance:
     def __init__(self, depth: int, num_heads: int, variant: str = "A", patch_size: int | None = None) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        if variant == "B" and patch_size is None:
-            raise ValueError("variant B measures pixels and needs patch_size")
         self.depth, self.num_heads, self.variant, self.patch_size = depth, num_heads, variant, patch_size
         self._dist: dict[tuple, torch.Tensor] = {}
         self.reset()
@@ -89,10 +100,14 @@ class MeanAttentionDistance:
         self.sumsq = np.zeros((self.depth, self.num_heads))
         self.count = np.zeros(self.depth, dtype=np.int64)
 
-    def _matrix(self, grid, device) -> torch.Tensor:
-        key = (tuple(grid), str(device))
+    def _matrix(self, layout: TokenLayout, device) -> torch.Tensor:
+        ps = _patch_size(self.patch_size, layout)
+        if self.variant == "B" and ps is None:
+            raise ValueError("variant B measures pixels: give MeanAttentionDistance a patch_size, or layouts from "
+                             "model.token_layout(b)")
+        key = (tuple(layout.grid), str(device), ps)
         if key not in self._dist:
-            self._dist[key] = distance_matrix(grid, self.variant, self.patch_size).float().to(device)
+            self._dist[key] = distance_matrix(layout.grid, self.variant, ps).float().to(device)
         return self._dist[key]
 
     def update_values(self, block: int, values: torch.Tensor | np.ndarray) -> None:
@@ -105,7 +120,7 @@ class MeanAttentionDistance:
     def update(self, block: int, pattern: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
         """Reduce one block's pattern (B, H, T, T) and add it; returns the per-image values (B, H)."""
         d = mean_attention_distance(pattern, layout, self.variant, self.patch_size,
-                                    dist=self._matrix(layout.grid, pattern.device))
+                                    dist=self._matrix(layout, pattern.device))
         self.update_values(block, d)
         return d
 

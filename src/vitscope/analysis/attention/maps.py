@@ -91,6 +91,31 @@ def mass_threshold(maps: torch.Tensor, mass: float = 0.6) -> torch.Tensor:
     return keep.reshape(shape)
 
 
+def patterns_from_cache(cache, blocks: Iterable[int] | None = None) -> dict[int, torch.Tensor]:
+    """``{block: pattern (B, H, T, T)}`` from a ``run_with_cache`` cache (or any mapping of hook names).
+
+    >>> _, cache = model.run_with_cache(x, names_filter="blocks.*.attn.hook_pattern")
+    >>> A.attention_rollout(A.patterns_from_cache(cache), layouts)
+
+    ``blocks`` keeps those blocks only (an error names any that the cache lacks).
+    """
+    found = {}
+    for name in cache.keys():
+        parts = str(name).split(".")
+        if len(parts) == 4 and parts[0] == "blocks" and parts[2:] == ["attn", "hook_pattern"]:
+            found[int(parts[1])] = cache[name]
+    if not found:
+        raise ValueError("the cache holds no attention pattern; run the model with "
+                         "names_filter='blocks.*.attn.hook_pattern'")
+    if blocks is not None:
+        want = list(blocks)
+        missing = [b for b in want if b not in found]
+        if missing:
+            raise ValueError(f"the cache holds the patterns of blocks {sorted(found)}; missing {missing}")
+        found = {b: found[b] for b in want}
+    return dict(sorted(found.items()))
+
+
 # ----------------------------------------------------------------------------- running the model
 def collect_patterns(model, x: torch.Tensor, blocks: Iterable[int] | None = None) -> dict[int, torch.Tensor]:
     """Run ``model`` on ``x`` (B, C, H, W) and return ``{block: pattern (B, H, T, T)}``.

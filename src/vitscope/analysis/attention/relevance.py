@@ -1,4 +1,4 @@
-"""Gradient-weighted attention: vit-explain's gradient rollout and Chefer et al.'s relevance (seed 001).
+"""Gradient-weighted attention: vit-explain's gradient rollout and the two methods of Chefer et al. (seed 001).
 
 Both need the gradient of a class score with respect to every block's attention probabilities. The
 patterns are captured by hooks on ``blocks.{i}.attn.hook_pattern`` (which switches the model to the explicit
@@ -9,11 +9,18 @@ The model's parameter ``.grad`` fields are not touched.
 
 - **Gradient rollout** (vit-explain): Ā = clamp(mean_heads(A ⊙ ∂s/∂A), min=0), then the rollout steps
   (optional discard, + I, row renormalisation, J_n = Â_n · J_{n-1}).
-- **Chefer relevance** (Chefer et al. 2021, "Generic attention-model explainability"):
-  Ā = mean_heads(clamp(∂s/∂A ⊙ A, min=0)); R ← R + Ā · R, R starting at the identity.
+- **chefer2021-generic** ("Generic Attention-model Explainability for Interpreting Bi-Modal and
+  Encoder-Decoder Transformers", Chefer, Gur & Wolf, ICCV 2021): Ā = mean_heads(clamp(∂s/∂A ⊙ A, min=0));
+  R ← R + Ā · R, R starting at the identity.
+- **chefer2021-lrp** ("Transformer Interpretability Beyond Attention Visualization", Chefer, Gur & Wolf,
+  CVPR 2021, "Transformer Attribution"): LRP relevance of the attention in place of A, see
+  :mod:`~vitscope.analysis.attention.lrp`.
 
-Note the order of clamp and mean differs between the two; both are kept as published.
-Tokens entering late are handled as in :mod:`~vitscope.analysis.attention.rollout`.
+Note the order of clamp and mean differs between gradient rollout and the Chefer rules; both are kept as
+published. Tokens entering late are handled as in :mod:`~vitscope.analysis.attention.rollout`.
+
+One set of method names serves Python, the command line, the report and the app (:data:`METHODS`); older
+names are accepted as aliases (:data:`METHOD_ALIASES`, :func:`resolve_method`).
 """
 from __future__ import annotations
 
@@ -23,10 +30,32 @@ import torch
 
 from vitscope.analysis.attention.maps import block_of, pattern_hook
 from vitscope.analysis.attention.rollout import (
-    _blocks, add_identity_and_normalize, discard_lowest, rollout_map, rollout_matrices,
+    Attribution, _blocks, add_identity_and_normalize, discard_lowest, resolve_discard_rule, rollout_map,
+    rollout_matrices,
 )
 from vitscope.analysis.attention.tokens import grid_of, normalize_block, resolve_query
 from vitscope.models.layout import TokenLayout
+
+
+METHODS = ("rollout", "grad-rollout", "chefer2021-generic", "chefer2021-lrp")
+GRADIENT_METHODS = METHODS[1:]
+METHOD_ALIASES = {"grad": "grad-rollout", "grad_rollout": "grad-rollout", "gradient-rollout": "grad-rollout",
+                  "chefer": "chefer2021-generic", "generic": "chefer2021-generic",
+                  "transformer-attribution": "chefer2021-lrp", "transformer_attribution": "chefer2021-lrp"}
+METHOD_TITLES = {"rollout": "attention rollout", "grad-rollout": "gradient rollout (vit-explain)",
+                 "chefer2021-generic": "Generic Attention-model Explainability (Chefer et al., ICCV 2021)",
+                 "chefer2021-lrp": "Transformer Attribution (Chefer et al., CVPR 2021)"}
+
+
+def resolve_method(name: str, allowed: Sequence[str] = METHODS) -> str:
+    """A method name or alias (``grad``, ``grad_rollout``, ``chefer``, ...) -> its name in :data:`METHODS`."""
+    key = str(name).strip().lower()
+    m = METHOD_ALIASES.get(key, key.replace("_", "-"))
+    m = METHOD_ALIASES.get(m, m)
+    if m not in allowed:
+        raise ValueError(f"method must be one of {', '.join(allowed)} (aliases: "
+                         f"{', '.join(k for k, v in METHOD_ALIASES.items() if v in allowed)}), got {name!r}")
+    return m
 
 
 def class_targets(logits: torch.Tensor, target) -> torch.Tensor:
@@ -82,8 +111,14 @@ def _check(pats, grads):
 def gradient_rollout(patterns: Mapping[int, torch.Tensor] | Sequence[torch.Tensor],
                      gradients: Mapping[int, torch.Tensor] | Sequence[torch.Tensor],
                      layouts: Mapping[int, TokenLayout] | Sequence[TokenLayout], discard_ratio: float = 0.0,
-                     start_block: int = 0, end_block: int | None = None) -> torch.Tensor:
-    """vit-explain's gradient rollout -> J (B, T_end, T_end)."""
+                     start_block: int = 0, end_block: int | None = None,
+                     discard_rule: str = "exclude-cls") -> torch.Tensor:
+    """vit-explain's gradient rollout -> J (B, T_end, T_end).
+
+    ``discard_rule``: see :func:`~vitscope.analysis.attention.rollout.discard_lowest`; ``"vit-explain"`` is
+    that code's gradient rule, which zeroes the lowest entries CLS->CLS included (``"all"``).
+    """
+    rule = resolve_discard_rule(discard_rule, gradient=True)
     pats, blocks = _blocks(patterns, start_block, end_block)
     grads = dict(gradients) if isinstance(gradients, Mapping) else dict(enumerate(gradients))
     lays = dict(layouts) if isinstance(layouts, Mapping) else dict(enumerate(layouts))
@@ -91,7 +126,7 @@ def gradient_rollout(patterns: Mapping[int, torch.Tensor] | Sequence[torch.Tenso
     mats = {}
     for b in blocks:
         a = (pats[b].float() * grads[b].float()).mean(1).clamp(min=0)               # B, T, T
-        a = discard_lowest(a, discard_ratio, keep=lays[b].cls)
+        a = discard_lowest(a, discard_ratio, keep=lays[b].cls, rule=rule)
         mats[b] = add_identity_and_normalize(a)
     return rollout_matrices(mats, lays, blocks)
 
@@ -100,7 +135,7 @@ def chefer_relevance(patterns: Mapping[int, torch.Tensor] | Sequence[torch.Tenso
                      gradients: Mapping[int, torch.Tensor] | Sequence[torch.Tensor],
                      layouts: Mapping[int, TokenLayout] | Sequence[TokenLayout], start_block: int = 0,
                      end_block: int | None = None) -> torch.Tensor:
-    """Chefer et al.'s relevance R (B, T_end, T_end): R ← R + mean_heads(clamp(∇A ⊙ A, 0)) · R."""
+    """chefer2021-generic relevance R (B, T_end, T_end): R ← R + mean_heads(clamp(∇A ⊙ A, 0)) · R."""
     pats, blocks = _blocks(patterns, start_block, end_block)
     grads = dict(gradients) if isinstance(gradients, Mapping) else dict(enumerate(gradients))
     lays = dict(layouts) if isinstance(layouts, Mapping) else dict(enumerate(layouts))
@@ -109,25 +144,43 @@ def chefer_relevance(patterns: Mapping[int, torch.Tensor] | Sequence[torch.Tenso
     return rollout_matrices(mats, lays, blocks, residual="add")
 
 
-def relevance_from_model(model, x: torch.Tensor, target=None, method: str = "chefer", discard_ratio: float = 0.0,
-                         start_block: int = 0, end_block: int = -1, query="cls", normalize: str | None = "max",
-                         score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None):
-    """Run the model and return (maps (B, rows, cols), matrix (B, T, T), targets (B,)).
+def relevance_from_model(model, x: torch.Tensor, target=None, method: str = "chefer2021-generic",
+                         discard_ratio: float = 0.0, start_block: int = 0, end_block: int = -1, query="cls",
+                         normalize: str | None = "max",
+                         score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                         discard_rule: str = "exclude-cls") -> Attribution:
+    """Run the model and return :class:`~vitscope.analysis.attention.rollout.Attribution`
+    ``(maps (B, rows, cols), matrix (B, T, T), targets (B,))``.
 
-    ``method``: ``"chefer"`` (relevance) or ``"grad_rollout"`` (vit-explain). ``score_fn(output) -> (B,)``
-    explains another score than a class logit (needed for models without a classification head).
+    ``method``: ``"chefer2021-generic"`` (alias ``"chefer"``), ``"chefer2021-lrp"`` (alias
+    ``"transformer-attribution"``) or ``"grad-rollout"`` (aliases ``"grad"``, ``"grad_rollout"``).
+    ``score_fn(output) -> (B,)`` explains another score than a class logit (needed for models without a
+    classification head; not for chefer2021-lrp, which starts from the class). ``normalize``: ``"max"``,
+    ``"minmax"`` or None.
     """
+    method = resolve_method(method, GRADIENT_METHODS)
     depth = model.cfg.depth
     start, end = normalize_block(start_block, depth), normalize_block(end_block, depth)
+    if start > end:
+        raise ValueError(f"start_block {start_block} comes after end_block {end_block}")
     grid = grid_of(x, model)
     resolve_query(query, model.token_layout(end, grid), model.cfg)
+    if method == "chefer2021-lrp":
+        from vitscope.analysis.attention.lrp import check_supported
+
+        if score_fn is not None:
+            raise ValueError("chefer2021-lrp propagates the relevance of a class; score_fn is not supported")
+        check_supported(model)
     pats, grads, _, targets = attention_with_gradients(model, x, target, blocks=range(start, end + 1),
                                                        score_fn=score_fn)
     lays = {b: model.token_layout(b, grid) for b in pats}
-    if method == "chefer":
+    if method == "chefer2021-generic":
         M = chefer_relevance(pats, grads, lays, start, end)
-    elif method == "grad_rollout":
-        M = gradient_rollout(pats, grads, lays, discard_ratio, start, end)
+    elif method == "grad-rollout":
+        M = gradient_rollout(pats, grads, lays, discard_ratio, start, end, discard_rule=discard_rule)
     else:
-        raise ValueError(f"method must be 'chefer' or 'grad_rollout', got {method!r}")
-    return rollout_map(M, lays[end], query, normalize, cfg=model.cfg), M, targets
+        from vitscope.analysis.attention.lrp import lrp_attention_relevance, transformer_attribution
+
+        cams = lrp_attention_relevance(model, x, targets)
+        M = transformer_attribution(cams, grads, lays, start, end).to(torch.promote_types(x.dtype, torch.float32))
+    return Attribution(rollout_map(M, lays[end], query, normalize, cfg=model.cfg), M, targets)

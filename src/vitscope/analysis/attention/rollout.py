@@ -16,6 +16,7 @@ even when CLS entered late.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -26,28 +27,71 @@ from vitscope.analysis.attention.tokens import (
 from vitscope.models.layout import TokenLayout
 
 ROLLOUT_FUSIONS = ("mean", "max", "min")
+NORMALIZATIONS = ("max", "minmax", "none")
 
 
-def discard_lowest(a: torch.Tensor, ratio: float, keep: int | None = None) -> torch.Tensor:
-    """Zero the ``int(ratio * T * T)`` smallest entries of each sample's (T, T) matrix; never ``(keep, keep)``.
+class Attribution(NamedTuple):
+    """What ``rollout_from_model`` and ``relevance_from_model`` return (a tuple: ``maps, matrix, targets = ...``).
 
-    ``a`` (B, T, T). Each sample is treated on its own (vit-explain zeroes the first sample's entries only).
-    ``keep`` is the CLS index (None when CLS is absent at this block).
+    ``maps`` (B, rows, cols): the query's row over the patch columns, normalised; ``matrix`` (B, T, T): the rolled-out
+    matrix over the tokens of the last block; ``targets`` (B,): the class explained, None for attention rollout.
+    """
+
+    maps: torch.Tensor
+    matrix: torch.Tensor
+    targets: Optional[torch.Tensor]
+
+
+DISCARD_RULES = ("exclude-cls", "spare-cls", "all", "vit-explain")
+
+
+def resolve_discard_rule(rule: str, gradient: bool = False) -> str:
+    """Name of a discard rule -> one of ``exclude-cls``, ``spare-cls``, ``all``.
+
+    ``"vit-explain"`` stands for what that code does: ``spare-cls`` in attention rollout, ``all`` in gradient
+    rollout (``gradient=True``), where its line that spares CLS->CLS is commented out.
+    """
+    r = str(rule).strip().lower().replace("_", "-")
+    if r == "vit-explain":
+        return "all" if gradient else "spare-cls"
+    if r not in DISCARD_RULES:
+        raise ValueError(f"discard rule must be one of {DISCARD_RULES}, got {rule!r}")
+    return r
+
+
+def discard_lowest(a: torch.Tensor, ratio: float, keep: int | None = None, rule: str = "exclude-cls") -> torch.Tensor:
+    """Zero low entries of each sample's (T, T) matrix; ``k = int(ratio * T * T)``.
+
+    ``a`` (B, T, T); each sample is treated on its own (vit-explain zeroes the first sample's entries only).
+    ``keep`` is the CLS index (None when CLS is absent at this block). ``rule``:
+
+    - ``"exclude-cls"`` (default): CLS->CLS is never a candidate; the k lowest of the other entries are zeroed.
+    - ``"spare-cls"`` (vit-explain's attention rollout): the k lowest entries are chosen among all entries, and
+      CLS->CLS is left alone if it is one of them (then k - 1 entries are zeroed).
+    - ``"all"`` (vit-explain's gradient rollout): the k lowest entries are zeroed, CLS->CLS included.
+    - ``"vit-explain"``: ``spare-cls``; gradient rollout passes ``"all"`` for it (see :func:`resolve_discard_rule`).
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1), got {ratio}")
+    rule = resolve_discard_rule(rule)
     B, T, _ = a.shape
     k = int(ratio * T * T)
     if k == 0:
         return a
     flat = a.reshape(B, T * T).clone()
     score = flat
-    if keep is not None:
+    if keep is not None and rule == "exclude-cls":
         k = min(k, T * T - 1)
         score = flat.clone()
         score[:, keep * T + keep] = float("inf")
     idx = score.topk(k, dim=-1, largest=False).indices                               # B, k
-    flat.scatter_(1, idx, 0.0)
+    if keep is not None and rule == "spare-cls":
+        cls_cls = keep * T + keep
+        restore = flat[:, cls_cls].clone()
+        flat.scatter_(1, idx, 0.0)
+        flat[:, cls_cls] = restore
+    else:
+        flat.scatter_(1, idx, 0.0)
     return flat.reshape(B, T, T)
 
 
@@ -110,20 +154,22 @@ def rollout_matrices(mats: Mapping[int, torch.Tensor], layouts: Mapping[int, Tok
 def attention_rollout(patterns: Mapping[int, torch.Tensor] | Sequence[torch.Tensor],
                       layouts: Mapping[int, TokenLayout] | Sequence[TokenLayout],
                       head_fusion: str = "mean", discard_ratio: float = 0.0, start_block: int = 0,
-                      end_block: int | None = None) -> torch.Tensor:
+                      end_block: int | None = None, discard_rule: str = "exclude-cls") -> torch.Tensor:
     """Rollout over blocks ``start_block .. end_block`` (default: the last pattern given).
 
     ``patterns``: {block: (B, H, T_b, T_b)} or a list indexed by block; ``layouts`` likewise.
+    ``discard_rule``: which entries the discard may zero (:func:`discard_lowest`; ``"vit-explain"`` for its rule).
     Returns J (B, T_end, T_end) over the tokens of ``end_block``.
     """
     if head_fusion not in ROLLOUT_FUSIONS:
         raise ValueError(f"head_fusion must be one of {ROLLOUT_FUSIONS}, got {head_fusion!r}")
+    rule = resolve_discard_rule(discard_rule, gradient=False)
     pats, blocks = _blocks(patterns, start_block, end_block)
     lays = dict(layouts) if isinstance(layouts, Mapping) else dict(enumerate(layouts))
     mats = {}
     for b in blocks:
         a = fuse_heads(pats[b].float(), head_fusion, dim=1)                          # B, T, T
-        a = discard_lowest(a, discard_ratio, keep=lays[b].cls)
+        a = discard_lowest(a, discard_ratio, keep=lays[b].cls, rule=rule)
         mats[b] = add_identity_and_normalize(a)
     return rollout_matrices(mats, lays, blocks)
 
@@ -132,9 +178,11 @@ def rollout_map(joint: torch.Tensor, layout: TokenLayout, query="cls", normalize
                 cfg=None) -> torch.Tensor:
     """Row of ``query`` (default CLS) over the patch columns, on the grid: (B, rows, cols).
 
-    ``normalize="max"`` divides each map by its max (seed 003 / vit-explain); ``"minmax"`` rescales to [0, 1];
-    None keeps raw values.
+    ``normalize="max"`` divides each map by its max (seed 003 / vit-explain); ``"minmax"`` rescales to [0, 1]
+    (the notebooks of Chefer et al.); None or ``"none"`` keeps raw values.
     """
+    if normalize == "none":
+        normalize = None
     q = resolve_query(query, layout, cfg)
     row = joint[:, layout.patches, :].mean(1) if q == MEAN_QUERY else joint[:, q, :]
     m = row[:, layout.patches]                                                       # B, N
@@ -145,13 +193,14 @@ def rollout_map(joint: torch.Tensor, layout: TokenLayout, query="cls", normalize
         lo, hi = m.amin(-1, keepdim=True), m.amax(-1, keepdim=True)
         m = (m - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     elif normalize is not None:
-        raise ValueError(f"normalize must be 'max', 'minmax' or None, got {normalize!r}")
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS} (or None), got {normalize!r}")
     return m.reshape(m.shape[0], *layout.grid)
 
 
-def rollout_from_model(model, x: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0, start_block: int = 0,
-            end_block: int = -1, query="cls", normalize: str | None = "max") -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``model`` on ``x`` and return (rollout maps (B, rows, cols), joint matrix (B, T, T))."""
+def rollout_from_model(model, x: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0,
+                       start_block: int = 0, end_block: int = -1, query="cls", normalize: str | None = "max",
+                       discard_rule: str = "exclude-cls") -> Attribution:
+    """Run ``model`` on ``x`` and return :class:`Attribution` ``(maps (B, rows, cols), J (B, T, T), None)``."""
     depth = model.cfg.depth
     start, end = normalize_block(start_block, depth), normalize_block(end_block, depth)
     if start > end:
@@ -160,5 +209,5 @@ def rollout_from_model(model, x: torch.Tensor, head_fusion: str = "mean", discar
     resolve_query(query, model.token_layout(end, grid), model.cfg)
     pats = collect_patterns(model, x, range(start, end + 1))
     lays = {b: model.token_layout(b, grid) for b in pats}
-    J = attention_rollout(pats, lays, head_fusion, discard_ratio, start, end)
-    return rollout_map(J, lays[end], query, normalize, cfg=model.cfg), J
+    J = attention_rollout(pats, lays, head_fusion, discard_ratio, start, end, discard_rule=discard_rule)
+    return Attribution(rollout_map(J, lays[end], query, normalize, cfg=model.cfg), J, None)

@@ -3,8 +3,18 @@
 Per image, block and head: take the attention of the CLS query, the mean spatial query or the centre
 query over the patch keys (prefix keys dropped, row renormalised), per head or summed over heads
 (``merge``), binarise it by keeping the top ``mass`` (default 0.6) of attention mass (DINO's rule,
-:func:`~vitscope.analysis.attention.maps.mass_threshold`), and score IoU against the ground-truth mask
-(union of all objects) resized to the token grid. Results are averaged over images per block x head.
+:func:`~vitscope.analysis.attention.maps.mass_threshold`), and score IoU against the ground-truth mask on
+the token grid. Results are averaged over images per block x head.
+
+Named options where seed 002's code and vitscope's first rule differ:
+
+- mask to grid (``rule``): ``"bicubic"`` (default, seed 002) resizes **each object's** mask to the token
+  grid (bicubic, any value > 0) and ORs them; ``"bicubic-union"`` resizes the union of the objects once
+  (a little tighter where objects are small and apart); ``"any"`` / ``"majority"`` work on the union.
+- merged heads (``merge_rule``): ``"sum"`` (default) sums the heads' raw maps, then renormalises;
+  ``"seed002"`` reproduces seed 002's numbers, whose CLS and centre maps reach the merge already renormalised
+  per head (its per-head pass divides the attention tensor in place), so every head weighs the same in the
+  sum; its mean-query maps are unaffected.
 """
 from __future__ import annotations
 
@@ -19,7 +29,8 @@ from vitscope.analysis.attention.tokens import check_pattern
 from vitscope.models.layout import TokenLayout
 
 SALIENCY_QUERIES = ("cls", "mean", "centre")
-MASK_RULES = ("bicubic", "any", "majority")
+MASK_RULES = ("bicubic", "bicubic-union", "any", "majority")
+MERGE_RULES = ("sum", "seed002")
 
 
 # ----------------------------------------------------------------------------- masks
@@ -56,31 +67,58 @@ def crop_mask_like_preprocess(mask: np.ndarray, preprocess_cfg=None) -> np.ndarr
     return np.asarray(img.crop((left, top, left + tw, top + th)), dtype=np.float32)
 
 
+def _bicubic_grid(m: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    rows, cols = grid
+    im = Image.fromarray((m > 0.5).astype(np.uint8) * 255)
+    return np.asarray(im.resize((cols, rows), Image.BICUBIC)) > 0
+
+
 def mask_to_token_grid(mask: np.ndarray, grid: tuple[int, int], preprocess_cfg=None,
                        rule: str = "bicubic") -> np.ndarray:
-    """Ground-truth mask (H, W) (any non-zero = object) -> bool (rows, cols) on the token grid.
+    """Ground-truth mask -> bool (rows, cols) on the token grid.
 
-    Cropped as the image was (see :func:`crop_mask_like_preprocess`), then:
-    ``"bicubic"`` (seed 002): bicubic resize of the 0/255 mask, a token is object when its value is > 0
-    (generous: it also takes cells next to the object); ``"any"``: any object pixel in the cell;
-    ``"majority"``: at least half of the cell's pixels are object.
+    ``mask``: (H, W) (any non-zero = object) or a stack (K, H, W) of the image's objects. Each is cropped as
+    the image was (see :func:`crop_mask_like_preprocess`), then:
+    ``"bicubic"`` (seed 002, default): each object's 0/255 mask resized bicubically, a token is object when
+    its value is > 0 for any object (generous: it also takes cells next to an object);
+    ``"bicubic-union"``: the union of the objects resized once the same way;
+    ``"any"``: any object pixel in the cell; ``"majority"``: at least half of the cell's pixels are object.
     """
     if rule not in MASK_RULES:
         raise ValueError(f"rule must be one of {MASK_RULES}, got {rule!r}")
-    m = crop_mask_like_preprocess(mask, preprocess_cfg)
+    objects = np.asarray(mask)
+    if objects.ndim == 3:
+        if rule == "bicubic" and len(objects):
+            out = np.zeros(grid, bool)
+            for o in objects:
+                out |= _bicubic_grid(crop_mask_like_preprocess(o, preprocess_cfg), grid)
+            return out
+        objects = objects.any(0) if len(objects) else np.zeros(objects.shape[1:], bool)
+    m = crop_mask_like_preprocess(objects, preprocess_cfg)
     rows, cols = grid
-    if rule == "bicubic":
-        im = Image.fromarray((m > 0.5).astype(np.uint8) * 255)
-        return np.asarray(im.resize((cols, rows), Image.BICUBIC)) > 0
+    if rule in ("bicubic", "bicubic-union"):
+        return _bicubic_grid(m, grid)
     frac = np.asarray(Image.fromarray(m).resize((cols, rows), Image.BOX))
     return frac > 1e-6 if rule == "any" else frac >= 0.5
 
 
 # ----------------------------------------------------------------------------- scores
 def binarize_attention(pattern: torch.Tensor, layout: TokenLayout, query: str = "cls", merge: bool = False,
-                       mass: float = 0.6, cfg=None) -> torch.Tensor:
-    """Bool (B, H', rows, cols): the top-``mass`` attention of ``query`` over patches, H' = 1 when merged."""
-    m = attention_map(pattern, layout, query, fusion="sum" if merge else None, renormalize=True, cfg=cfg)
+                       mass: float = 0.6, cfg=None, merge_rule: str = "sum") -> torch.Tensor:
+    """Bool (B, H', rows, cols): the top-``mass`` attention of ``query`` over patches, H' = 1 when merged.
+
+    ``merge_rule="seed002"``: the CLS and centre maps are renormalised per head before the heads are summed
+    (see the module docstring); ``"sum"`` sums the raw maps.
+    """
+    if merge_rule not in MERGE_RULES:
+        raise ValueError(f"merge_rule must be one of {MERGE_RULES}, got {merge_rule!r}")
+    if merge and merge_rule == "seed002" and query != "mean":
+        per_head = attention_map(pattern, layout, query, renormalize=True, cfg=cfg)    # B, H, r, c
+        m = per_head.sum(1)
+        s = m.sum(dim=(-2, -1), keepdim=True)
+        m = m / torch.where(s == 0, torch.ones_like(s), s)
+    else:
+        m = attention_map(pattern, layout, query, fusion="sum" if merge else None, renormalize=True, cfg=cfg)
     if merge:
         m = m[:, None]
     return mass_threshold(m, mass)
@@ -97,25 +135,49 @@ def iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 class SaliencyIoU:
     """Accumulates per-image IoU for every (query, merged) setting and block: ``update`` / ``compute``.
 
-    Per-image values are kept (N x L x H floats, small) so that tables can list them.
+    The masks come with each batch: ``update_batch({block: pattern}, {block: layout}, masks)``, or
+    ``update(block, pattern, layout, masks)`` for one block at a time (pass the same masks object with every
+    block of a batch; a new object, or a block seen again, starts the next batch). ``set_masks(gt)`` then
+    ``update(block, pattern, layout)`` does the same for streamed hooks. Per-image values are kept
+    (N x L x H floats, small) so that tables can list them. ``merge_rule``: see :func:`binarize_attention`.
     """
 
     def __init__(self, depth: int, num_heads: int, queries: Sequence[str] = SALIENCY_QUERIES,
-                 mass: float = 0.6, merge: Sequence[bool] = (False, True)) -> None:
+                 mass: float = 0.6, merge: Sequence[bool] = (False, True), merge_rule: str = "sum") -> None:
+        if merge_rule not in MERGE_RULES:
+            raise ValueError(f"merge_rule must be one of {MERGE_RULES}, got {merge_rule!r}")
         self.depth, self.H, self.queries, self.mass, self.merge = depth, num_heads, tuple(queries), mass, tuple(merge)
+        self.merge_rule = merge_rule
         self._batch: dict[tuple[str, bool], dict[int, torch.Tensor]] = {}
         self.values: dict[tuple[str, bool], list[np.ndarray]] = {(q, m): [] for q in self.queries for m in self.merge}
         self._gt: torch.Tensor | None = None
+        self._gt_src = None
+        self._seen: set[int] = set()
 
     def set_masks(self, gt: torch.Tensor) -> None:
         """Ground truth for the next batch: bool (B, rows, cols)."""
         self.flush()
-        self._gt = gt.bool()
+        self._gt_src = gt
+        self._gt = torch.as_tensor(gt).bool()
 
-    def update(self, block: int, pattern: torch.Tensor, layout: TokenLayout) -> None:
+    def update_batch(self, patterns, layouts, masks) -> None:
+        """One batch: ``patterns`` {block: (B, H, T, T)}, ``layouts`` {block: layout} (or one layout for all),
+        ``masks`` bool (B, rows, cols) on the token grid."""
+        self.set_masks(masks)
+        for b, p in patterns.items():
+            self.update(b, p, layouts if isinstance(layouts, TokenLayout) else layouts[b])
+
+    def update(self, block: int, pattern: torch.Tensor, layout: TokenLayout, masks=None) -> None:
         check_pattern(pattern, layout)
+        if masks is not None and (masks is not self._gt_src or block in self._seen):
+            self.set_masks(masks)
         if self._gt is None:
-            raise ValueError("call set_masks(gt) before update() for each batch")
+            raise ValueError("give the masks with the batch: update(block, pattern, layout, masks), "
+                             "update_batch(patterns, layouts, masks) or set_masks(gt) first")
+        if self._gt.shape[0] != pattern.shape[0] or tuple(self._gt.shape[1:]) != tuple(layout.grid):
+            raise ValueError(f"masks of shape {tuple(self._gt.shape)} do not match a batch of {pattern.shape[0]} "
+                             f"image(s) on a {tuple(layout.grid)} token grid")
+        self._seen.add(block)
         for q in self.queries:
             absent = q == "cls" and layout.cls is None
             for m in self.merge:
@@ -123,7 +185,8 @@ class SaliencyIoU:
                 if absent:
                     v = torch.full((pattern.shape[0], k), float("nan"), dtype=torch.float64)
                 else:
-                    v = iou(binarize_attention(pattern, layout, q, m, self.mass), self._gt)
+                    v = iou(binarize_attention(pattern, layout, q, m, self.mass, merge_rule=self.merge_rule),
+                            self._gt)
                 self._batch.setdefault((q, m), {})[block] = v.cpu()
 
     def flush(self) -> None:
@@ -136,6 +199,7 @@ class SaliencyIoU:
                 arr[:, b] = v.numpy()
             self.values[key].append(arr)
         self._batch = {}
+        self._seen = set()
 
     def compute(self) -> dict[tuple[str, bool], np.ndarray]:
         """{(query, merged): per-image IoU (N, L, H or 1)}; average with ``np.nanmean(v, axis=0)``."""
@@ -146,7 +210,7 @@ class SaliencyIoU:
 
 def saliency_iou(model, batches: Iterable, queries: Sequence[str] = SALIENCY_QUERIES, mass: float = 0.6,
                  merge: Sequence[bool] = (False, True), device=None, progress: bool = True,
-                 total: int | None = None) -> dict[tuple[str, bool], np.ndarray]:
+                 total: int | None = None, merge_rule: str = "sum") -> dict[tuple[str, bool], np.ndarray]:
     """Per-image saliency IoU over ``batches`` of ``(images (B, C, H, W), masks (B, rows, cols) bool)``.
 
     Masks must already be on the token grid (:func:`mask_to_token_grid`). Returns
@@ -154,7 +218,7 @@ def saliency_iou(model, batches: Iterable, queries: Sequence[str] = SALIENCY_QUE
     """
     from vitscope.analysis.attention.distance import stream_patterns
 
-    acc = SaliencyIoU(model.cfg.depth, model.cfg.num_heads, queries, mass, merge)
+    acc = SaliencyIoU(model.cfg.depth, model.cfg.num_heads, queries, mass, merge, merge_rule)
 
     def with_masks():
         for x, gt in batches:
@@ -188,12 +252,13 @@ def summarize_iou(values: dict[tuple[str, bool], np.ndarray]) -> list[dict]:
 
 # ----------------------------------------------------------------------------- inputs with masks
 def image_mask_pairs(structure, limit: int | None = None):
-    """(image, mask (H, W) bool, id) for each item of a task structure with object masks.
+    """(image, masks, id) for each item of a task structure with object masks.
 
-    Accepts what ``vitscope.data`` reads: COCO instances (``sample.foreground()``: the union of non-crowd
-    objects), PartImageNet / ImageNet-S (``sample.object_mask()``), the synthetic classification set (an
-    ImageDataset or source whose ``sample(i)`` has ``image`` and ``mask``), or any iterable of
-    ``(image, mask)`` pairs. Images are PIL images, arrays or paths.
+    ``masks`` is bool (K, H, W), one mask per annotated object (what seed 002 resizes one by one), or (H, W).
+    Accepts what ``vitscope.data`` reads: COCO instances (the non-crowd instances), PartImageNet (its part
+    masks, the annotations seed 002 reads), ImageNet-S (one mask per class present), the synthetic
+    classification set (an ImageDataset or source whose ``sample(i)`` has ``image`` and ``mask``), or any
+    iterable of ``(image, mask)`` pairs. Images are PIL images, arrays or paths.
     """
     src = getattr(structure, "source", structure)
     if hasattr(src, "sample") and hasattr(src, "ids"):                       # synthetic shapes
@@ -206,7 +271,16 @@ def image_mask_pairs(structure, limit: int | None = None):
         n = len(structure) if limit is None else min(limit, len(structure))
         for i in range(n):
             s = structure[i]
-            if hasattr(s, "foreground"):
+            if hasattr(s, "iscrowd") and hasattr(s, "masks"):                             # COCO instances
+                keep = ~np.asarray(s.iscrowd, bool)
+                m = s.masks[keep] if keep.any() else s.foreground()
+            elif hasattr(s, "part_masks"):                                                # PartImageNet
+                m = s.part_masks if len(s.part_masks) else s.object_mask()
+            elif hasattr(s, "mask") and hasattr(s, "object_mask"):                        # ImageNet-S
+                ids = s.mask()
+                obj = s.object_mask()
+                m = np.stack([(ids == c) & obj for c in np.unique(ids[obj])]) if obj.any() else obj
+            elif hasattr(s, "foreground"):
                 m = s.foreground()
             elif hasattr(s, "object_mask"):
                 m = s.object_mask()

@@ -9,11 +9,18 @@ seed 002 drops CLS. Definitions (per image, one block's pattern (B, H, T, T)):
   keys -> (B, H).
 - ``spatial_to_cls``: attention from the patch queries to the CLS key, averaged over queries -> (B, H).
   (Seed 002's code reads key index 1, the first patch, where its comment says CLS; vitscope reads CLS.)
-- average maps of the CLS, mean-spatial and centre queries over the patch keys: see ``maps.attention_map``.
+- average maps of the CLS, mean-spatial and centre queries over the patch keys: see ``maps.attention_map``;
+  and seed 002's two other average maps: ``"all"`` (the mean over **every** query, prefix tokens included, of
+  the attention on each patch key) and ``"spcpure"`` (each patch query's row with the prefix keys removed and
+  renormalised over the patch keys, then averaged over the patch queries): :func:`average_map`.
 - ``aligned_attention``: each patch query's renormalised patch map shifted so that the query sits at the
-  centre of a (2·rows-1) x (2·cols-1) grid, averaged over queries -> (B, H, 2r-1, 2c-1).
-  (Seed 002 divides the sum by batches x queries, i.e. by a factor of the batch size too many; vitscope
-  divides by images x queries. The offsets below do not depend on that scale.)
+  centre of a (2·rows-1) x (2·cols-1) grid, summed over queries and divided (``norm``):
+  ``"queries"`` (seed 002) by the number of queries N; ``"overlap"`` by the number of queries whose shifted
+  map covers each offset, ``(rows - |dr|) (cols - |dc|)``. Dividing by N makes far offsets small only because
+  few queries reach them, so uniform (or random) attention peaks at zero offset and looks local; with
+  ``"overlap"`` uniform attention gives a flat map, 1/N everywhere. (Seed 002 also divides its running sum by
+  batches x queries instead of images x queries, a divisor a factor of the batch size too small, so its maps
+  are that factor too large; vitscope divides by images. The offsets below do not depend on that scale.)
 - ``attention_offset``: centre of mass of the aligned map on [-1, 1] coordinates (x along columns, y along
   rows) and its distance to the centre; ``offset_heads``: heads whose aligned map peaks away from zero offset.
 """
@@ -29,6 +36,8 @@ from vitscope.analysis.attention.tokens import check_pattern
 from vitscope.models.layout import TokenLayout
 
 QUERY_MAPS = ("cls", "mean", "centre")
+AVERAGE_MAPS = ("all", "spcpure")
+ALIGNED_NORMS = ("overlap", "queries")
 
 
 def _patches(pattern: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
@@ -62,8 +71,41 @@ def spatial_to_cls(pattern: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     return spatial_to_token(pattern, layout, layout.cls)
 
 
-def aligned_attention(pattern: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-    """(B, H, 2r-1, 2c-1) query-centred average of the renormalised patch->patch maps."""
+def average_map(pattern: torch.Tensor, layout: TokenLayout, mode: str = "all") -> torch.Tensor:
+    """Seed 002's average attention maps on the patch keys -> (B, H, rows, cols).
+
+    ``"all"``: mean over every query (CLS, registers and patches) of its attention on each patch key (not
+    renormalised). ``"spcpure"``: patch queries only, prefix keys removed and each query's row renormalised
+    over the patch keys (a row with no mass there stays 0), then the mean over queries.
+    """
+    check_pattern(pattern, layout)
+    if mode == "all":
+        m = pattern[:, :, :, layout.patches].float().mean(2)                          # B, H, N
+    elif mode == "spcpure":
+        a = _patches(pattern, layout)                                                 # B, H, N, N
+        s = a.sum(-1, keepdim=True)
+        m = (a / torch.where(s == 0, torch.ones_like(s), s)).mean(2)
+    else:
+        raise ValueError(f"average map mode must be one of {AVERAGE_MAPS}, got {mode!r}")
+    return m.reshape(*m.shape[:2], *layout.grid)
+
+
+def overlap_count(grid: tuple[int, int]) -> torch.Tensor:
+    """(2r-1, 2c-1): how many patch queries' shifted maps cover each offset, ``(r - |dr|) (c - |dc|)``."""
+    rows, cols = grid
+    dr = rows - torch.arange(2 * rows - 1).sub(rows - 1).abs()
+    dc = cols - torch.arange(2 * cols - 1).sub(cols - 1).abs()
+    return (dr[:, None] * dc[None, :]).double()
+
+
+def aligned_attention(pattern: torch.Tensor, layout: TokenLayout, norm: str = "queries") -> torch.Tensor:
+    """(B, H, 2r-1, 2c-1) query-centred average of the renormalised patch->patch maps.
+
+    ``norm="queries"`` (seed 002) divides the sum by the number of queries; ``"overlap"`` divides each offset
+    by the number of queries that reach it (:func:`overlap_count`), so that uniform attention is flat.
+    """
+    if norm not in ALIGNED_NORMS:
+        raise ValueError(f"norm must be one of {ALIGNED_NORMS}, got {norm!r}")
     a = _patches(pattern, layout)
     s = a.sum(-1, keepdim=True)
     a = a / torch.where(s == 0, torch.ones_like(s), s)
@@ -74,6 +116,8 @@ def aligned_attention(pattern: torch.Tensor, layout: TokenLayout) -> torch.Tenso
     for q in range(N):
         i, j = divmod(q, cols)
         out[:, :, rows - 1 - i:2 * rows - 1 - i, cols - 1 - j:2 * cols - 1 - j] += a[:, :, q]
+    if norm == "overlap":
+        return out / overlap_count(layout.grid).to(out)
     return out / N
 
 
@@ -104,9 +148,10 @@ class AttentionStats:
 
     ``update(block, pattern, layout)`` per batch; ``compute()`` returns a dict of arrays:
     ``head_std`` (L,), ``position_std`` (L, H), ``spatial_to_cls`` (L, H), ``map_cls`` / ``map_mean`` /
-    ``map_centre`` (L, H, rows, cols), ``aligned`` (L, H, 2r-1, 2c-1), ``offset`` / ``offset_x`` /
-    ``offset_y`` (L, H), ``offset_head`` (L, H) bool, and ``n_images``. Blocks before CLS enters give NaN for
-    the CLS statistics.
+    ``map_centre`` / ``map_all`` / ``map_spcpure`` (L, H, rows, cols), ``aligned`` (L, H, 2r-1, 2c-1; seed
+    002's division by the number of queries), ``aligned_overlap`` (the same maps divided by the overlap count,
+    flat for uniform attention), ``offset`` / ``offset_x`` / ``offset_y`` (L, H, from ``aligned``),
+    ``offset_head`` (L, H) bool, and ``n_images``. Blocks before CLS enters give NaN for the CLS statistics.
     """
 
     def __init__(self, depth: int, num_heads: int, grid: tuple[int, int], queries: Sequence[str] = QUERY_MAPS):
@@ -116,7 +161,7 @@ class AttentionStats:
         self.sums = {
             "head_std": np.zeros(L), "position_std": np.zeros((L, H)), "spatial_to_cls": np.zeros((L, H)),
             "aligned": np.zeros((L, H, 2 * r - 1, 2 * c - 1)),
-            **{f"map_{q}": np.zeros((L, H, r, c)) for q in self.queries},
+            **{f"map_{q}": np.zeros((L, H, r, c)) for q in self.queries + AVERAGE_MAPS},
         }
         self.counts = {k: np.zeros(L, dtype=np.int64) for k in self.sums}
 
@@ -134,6 +179,8 @@ class AttentionStats:
         self._add("position_std", block, position_std(pattern, layout))
         self._add("spatial_to_cls", block, spatial_to_cls(pattern, layout))
         self._add("aligned", block, aligned_attention(pattern, layout))
+        for mode in AVERAGE_MAPS:
+            self._add(f"map_{mode}", block, average_map(pattern, layout, mode))
         for q in self.queries:
             if q == "cls" and layout.cls is None:
                 continue
@@ -145,6 +192,8 @@ class AttentionStats:
             c = self.counts[k].reshape(-1, *([1] * (s.ndim - 1)))
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[k] = np.where(c > 0, s / np.maximum(c, 1), np.nan)
+        n_queries = self.grid[0] * self.grid[1]                                        # undo / N, divide by overlap
+        out["aligned_overlap"] = out["aligned"] * (n_queries / overlap_count(self.grid).numpy())
         d, cx, cy = attention_offset(np.nan_to_num(out["aligned"]))
         out.update(offset=d, offset_x=cx, offset_y=cy, offset_head=offset_heads(np.nan_to_num(out["aligned"])))
         out["n_images"] = np.array(int(self.counts["position_std"].max()))

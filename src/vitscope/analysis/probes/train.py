@@ -106,6 +106,26 @@ def cosine_lr(base: float, step: int, total: int, min_lr: float = MIN_LR) -> flo
     return 0.5 * (1 + math.cos(math.pi * step / total)) * (base - min_lr) + min_lr
 
 
+def make_optimizer(groups) -> torch.optim.AdamW:
+    """The recipe's optimiser: ``torch.optim.AdamW`` (default betas / eps) with weight decay on every parameter of
+    a group; ``groups`` is a parameter list or ``[{"params", "lr", "weight_decay"}, ...]`` (the fine-tuning recipe's
+    backbone and head groups)."""
+    return torch.optim.AdamW(groups)
+
+
+def set_cosine_lrs(opt: torch.optim.Optimizer, bases: list[float], step: int, total: int,
+                   min_lr: float = MIN_LR) -> list[float]:
+    """Set each group's lr for 0-based ``step``: the cosine schedule from its base, with several groups ending at
+    ``min_g = min_lr * base_g / max(base)`` (the seed's rule: 1e-6 for the head, 1e-9 for a 1000x smaller backbone)."""
+    top = max(bases)
+    lrs = []
+    for g, base in zip(opt.param_groups, bases):
+        lo = min_lr if base == top else min_lr * base / top
+        g["lr"] = cosine_lr(base, step, total, lo)
+        lrs.append(g["lr"])
+    return lrs
+
+
 def jitter(x: torch.Tensor, gen: torch.Generator, p: float, std: float) -> torch.Tensor:
     """Per sample, with probability p, add N(0, std^2) to the whole feature (padded zeros included)."""
     apply = torch.rand(x.shape[0], generator=gen, device=x.device) < p
@@ -158,7 +178,7 @@ def train_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
     total = nb * epochs
     w = class_weights(y, num_classes).to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer([{"params": params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}])
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     model.train()
     step, loss = 0, torch.tensor(float("nan"))
@@ -168,8 +188,7 @@ def train_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
             for b in range(nb):
                 idx = perm[b * bs:(b + 1) * bs]
                 xb = jitter(x[idx], gen, cfg.jitter_p, cfg.jitter_std)
-                for g in opt.param_groups:
-                    g["lr"] = cosine_lr(cfg.lr, step, total, cfg.min_lr)
+                set_cosine_lrs(opt, [cfg.lr], step, total, cfg.min_lr)
                 loss = F.cross_entropy(model(xb), y[idx], weight=w)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

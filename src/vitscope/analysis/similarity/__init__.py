@@ -9,6 +9,7 @@ from vitscope.analysis.similarity.cka import (
     gram_linear,
     gram_rbf,
     hsic,
+    kornblith_sigma,
     linear_cka,
     median_sigma,
     minmax_scale_gram,
@@ -26,6 +27,6 @@ from vitscope.analysis.similarity.rsa import (
 
 __all__ = [
     "MinibatchCKA", "as_features", "center_gram", "cka", "cka_from_grams", "cka_matrix", "compare_rdms", "gram",
-    "gram_linear", "gram_rbf", "hsic", "linear_cka", "mean_cosine_similarity", "median_sigma", "minmax_scale_gram",
+    "gram_linear", "gram_rbf", "hsic", "kornblith_sigma", "linear_cka", "mean_cosine_similarity", "median_sigma", "minmax_scale_gram",
     "rbf_cka", "rdm", "rsa", "rsa_matrix", "spectral_cluster_layers",
 ]

@@ -3,7 +3,15 @@
 Definitions (``reference/algorithms.md``, "Representation similarity and clustering"):
 
 * Gram matrices: linear ``K = X X^T``; RBF ``K_ij = exp(-||x_i - x_j||^2 / (2 sigma^2))`` with a fixed sigma or
-  the median heuristic (seed 000: ``sigma = sqrt(median of the non-zero pairwise squared distances)``).
+  one bandwidth per input from its own distances (``bandwidth``):
+
+  - ``"kornblith"`` (default; Kornblith et al. 2019, ``gram_rbf(x, threshold)`` of their reference code):
+    ``sigma = threshold * sqrt(median of all n x n squared distances)``, the zeros of the diagonal included
+    and numpy's median (the mean of the two middle values for an even count);
+  - ``"seed000"`` (vitscope's former default, seed 000's median heuristic):
+    ``sigma = threshold * sqrt(median of the non-zero pairwise squared distances)``.
+
+  ``threshold`` (default 1) scales either. Minibatch CKA takes each batch's own bandwidth.
 * Biased HSIC (Gretton et al. 2005): ``tr(K H L H) / (n - 1)^2`` with ``H = I - 11^T / n``.
 * Unbiased HSIC (Song et al. 2012), computed through the Szekely-Rizzo U-statistic centring of the Gram matrix
   with its diagonal zeroed: ``sum_{i != j} U(K)_ij U(L)_ij / (n (n - 3))``. Needs n >= 4.
@@ -27,6 +35,7 @@ import torch
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
 KERNELS = ("linear", "rbf")
+BANDWIDTHS = ("kornblith", "seed000")
 METHODS = ("auto", "gram", "features")
 
 
@@ -87,11 +96,15 @@ def check_not_constant(x: torch.Tensor, name: str = "X") -> None:
                          f"drop this layer or check how the features were extracted")
 
 
-def _check_kernel(kernel: str, sigma: float | None) -> None:
+def _check_kernel(kernel: str, sigma: float | None, bandwidth: str = "kornblith", threshold: float = 1.0) -> None:
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if sigma is not None and not (np.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a positive number or None (median heuristic), got {sigma!r}")
+        raise ValueError(f"sigma must be a positive number or None (a bandwidth from the data), got {sigma!r}")
+    if bandwidth not in BANDWIDTHS:
+        raise ValueError(f"bandwidth must be one of {BANDWIDTHS}, got {bandwidth!r}")
+    if not (np.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"the RBF threshold must be a positive number, got {threshold!r}")
 
 
 def l2_normalize_rows(x: torch.Tensor) -> torch.Tensor:
@@ -124,6 +137,30 @@ def median_sigma(x: Any = None, sq_dists: torch.Tensor | None = None) -> float:
     return float(vals.median().sqrt())
 
 
+def kornblith_sigma(x: Any = None, sq_dists: torch.Tensor | None = None, threshold: float = 1.0) -> float:
+    """Kornblith et al.'s bandwidth: ``threshold * sqrt(median of every entry of the (n, n) squared distances)``."""
+    if sq_dists is None:
+        sq_dists = pairwise_sq_dists(as_features(x))
+    flat = sq_dists.reshape(-1)
+    m = flat.numel()
+    lo = flat.kthvalue((m - 1) // 2 + 1).values
+    hi = flat.kthvalue(m // 2 + 1).values
+    med = float((lo + hi) / 2)
+    if not med > 0:
+        raise ValueError("the median squared distance is zero (half or more of the samples are identical), so "
+                         "Kornblith's RBF bandwidth is zero; pass a fixed sigma or bandwidth='seed000'")
+    return threshold * float(np.sqrt(med))
+
+
+def rbf_sigma(sq_dists: torch.Tensor, bandwidth: str = "kornblith", threshold: float = 1.0) -> float:
+    """The RBF bandwidth of one input from its squared distances (see the module docstring)."""
+    if bandwidth == "kornblith":
+        return kornblith_sigma(sq_dists=sq_dists, threshold=threshold)
+    if bandwidth == "seed000":
+        return threshold * median_sigma(sq_dists=sq_dists)
+    raise ValueError(f"bandwidth must be one of {BANDWIDTHS}, got {bandwidth!r}")
+
+
 def gram_linear(x: Any, minmax: bool = False) -> torch.Tensor:
     """``X X^T`` (n, n) in float64. ``minmax=True`` applies seed 002's quirk (see :func:`minmax_scale_gram`)."""
     x = as_features(x)
@@ -131,18 +168,21 @@ def gram_linear(x: Any, minmax: bool = False) -> torch.Tensor:
     return minmax_scale_gram(k) if minmax else k
 
 
-def gram_rbf(x: Any, sigma: float | None = None, minmax: bool = False) -> torch.Tensor:
-    """``exp(-||x_i - x_j||^2 / (2 sigma^2))`` (n, n); ``sigma=None`` uses the median heuristic."""
+def gram_rbf(x: Any, sigma: float | None = None, minmax: bool = False, threshold: float = 1.0,
+             bandwidth: str = "kornblith") -> torch.Tensor:
+    """``exp(-||x_i - x_j||^2 / (2 sigma^2))`` (n, n); ``sigma=None`` takes it from ``x`` by the ``bandwidth``
+    rule scaled by ``threshold`` (default: Kornblith et al.'s ``gram_rbf(x, threshold=1.0)``)."""
     x = as_features(x)
     d = pairwise_sq_dists(x)
-    s = median_sigma(sq_dists=d) if sigma is None else float(sigma)
+    s = rbf_sigma(d, bandwidth, threshold) if sigma is None else float(sigma)
     k = torch.exp(-d / (2.0 * s * s))
     return minmax_scale_gram(k) if minmax else k
 
 
-def gram(x: Any, kernel: str = "linear", sigma: float | None = None, minmax: bool = False) -> torch.Tensor:
-    _check_kernel(kernel, sigma)
-    return gram_linear(x, minmax) if kernel == "linear" else gram_rbf(x, sigma, minmax)
+def gram(x: Any, kernel: str = "linear", sigma: float | None = None, minmax: bool = False, threshold: float = 1.0,
+         bandwidth: str = "kornblith") -> torch.Tensor:
+    _check_kernel(kernel, sigma, bandwidth, threshold)
+    return gram_linear(x, minmax) if kernel == "linear" else gram_rbf(x, sigma, minmax, threshold, bandwidth)
 
 
 def minmax_scale_gram(k: torch.Tensor) -> torch.Tensor:
@@ -233,7 +273,7 @@ class _Prepared:
     __slots__ = ("mode", "x", "sqn", "sqsum", "uc", "self_hsic", "n", "unbiased", "name")
 
     def __init__(self, x: torch.Tensor, mode: str, unbiased: bool, kernel: str, sigma: float | None,
-                 minmax: bool, name: str) -> None:
+                 minmax: bool, name: str, threshold: float = 1.0, bandwidth: str = "kornblith") -> None:
         self.mode, self.n, self.unbiased, self.name = mode, x.shape[0], unbiased, name
         self.x = self.sqn = self.uc = None
         if mode == "features":
@@ -247,7 +287,7 @@ class _Prepared:
             k = x @ x.T if kernel == "linear" else None
             if k is None:
                 d = pairwise_sq_dists(x)
-                s = median_sigma(sq_dists=d) if sigma is None else float(sigma)
+                s = rbf_sigma(d, bandwidth, threshold) if sigma is None else float(sigma)
                 k = torch.exp(-d / (2.0 * s * s))
                 del d
             if minmax:
@@ -310,19 +350,24 @@ def _names(feats: Any, prefix: str) -> tuple[list[str], list[Any]]:
 
 # ----------------------------------------------------------------------------- public functions
 def cka(x: Any, y: Any, kernel: str = "linear", unbiased: bool = True, sigma: float | None = None,
-        minmax: bool = False, normalize: bool = False, method: str = "auto", device=None) -> float:
+        minmax: bool = False, normalize: bool = False, method: str = "auto", device=None, threshold: float = 1.0,
+        bandwidth: str = "kornblith") -> float:
     """CKA between two representations of the same n samples (arrays or tensors, (n, d1) and (n, d2)).
 
     Args:
         kernel: "linear" (default) or "rbf".
         unbiased: unbiased HSIC (default, seed 000) or biased (``unbiased=False``).
-        sigma: RBF bandwidth; None = median heuristic (seed 000).
+        sigma: fixed RBF bandwidth; None = one per input from its distances (``bandwidth``, ``threshold``).
+        threshold: RBF only, scales the data bandwidth (Kornblith et al.'s ``threshold``, default 1).
+        bandwidth: "kornblith" (default: ``threshold * sqrt(median squared distance)`` over the whole distance
+            matrix) or "seed000" (the median of the non-zero distances, vitscope's former default).
         minmax: seed 002's kernel quirk (Gram scaled to [0, 1], diagonal zeroed); only for reproducing its figures.
         normalize: L2-normalise each sample first (seed 000 loads features that way).
         method: "auto" (feature-space form for the linear kernel when cheaper), "gram" or "features".
     """
     return float(cka_matrix([x], [y], kernel=kernel, unbiased=unbiased, sigma=sigma, minmax=minmax,
-                            normalize=normalize, method=method, device=device)[0, 0])
+                            normalize=normalize, method=method, device=device, threshold=threshold,
+                            bandwidth=bandwidth)[0, 0])
 
 
 def linear_cka(x: Any, y: Any, unbiased: bool = True, **kw) -> float:
@@ -336,14 +381,14 @@ def rbf_cka(x: Any, y: Any, sigma: float | None = None, unbiased: bool = True, *
 def cka_matrix(xs: Sequence[Any] | Mapping[str, Any], ys: Sequence[Any] | Mapping[str, Any] | None = None,
                kernel: str = "linear", unbiased: bool = True, sigma: float | None = None, minmax: bool = False,
                normalize: bool = False, method: str = "auto", device=None, progress: bool = False,
-               max_cache_bytes: int = 2 << 30) -> np.ndarray:
+               max_cache_bytes: int = 2 << 30, threshold: float = 1.0, bandwidth: str = "kornblith") -> np.ndarray:
     """CKA between every representation in ``xs`` and every one in ``ys`` (default: ``xs`` itself) -> (Lx, Ly).
 
     Each representation is prepared once (centred features or a centred Gram matrix), so the matrix costs
     L Gram builds plus L^2 inner products, not 2 L^2 Gram builds. Within one list only i <= j is computed.
     Arrays are read one at a time, so lazy arrays (memory maps) are loaded as needed.
     """
-    _check_kernel(kernel, sigma)
+    _check_kernel(kernel, sigma, bandwidth, threshold)
     names_x, xs = _names(xs, "x")
     sym = ys is None
     names_y, ys_l = (names_x, xs) if sym else _names(ys, "y")
@@ -369,7 +414,7 @@ def cka_matrix(xs: Sequence[Any] | Mapping[str, Any], ys: Sequence[Any] | Mappin
             raise ValueError(f"{nm} has {t.shape[0]} samples but {names_x[0]} has {n}; every representation "
                              f"must hold the same samples in the same order")
         check_not_constant(t, nm)
-        return _Prepared(t, mode, unbiased, kernel, sigma, minmax, nm)
+        return _Prepared(t, mode, unbiased, kernel, sigma, minmax, nm, threshold, bandwidth)
 
     per_item = n * n * 8 if mode == "gram" else n * max(dims_x + (dims_y or [])) * 8
     cache_y = per_item * len(ys_l) <= max_cache_bytes

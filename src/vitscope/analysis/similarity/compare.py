@@ -277,9 +277,17 @@ def preset_options(preset: str | None, **overrides) -> dict[str, Any]:
     return out
 
 
+def _rbf_meta(kernel: str, sigma, threshold: float, bandwidth: str) -> dict:
+    """The RBF bandwidth options as recorded beside a result (nothing for the linear kernel)."""
+    if kernel != "rbf":
+        return {}
+    return {"rbf_bandwidth": "fixed" if sigma is not None else bandwidth, "rbf_threshold": threshold}
+
+
 def layer_cka(feats: Sequence[Any] | Mapping[str, Any], feats2: Sequence[Any] | Mapping[str, Any] | None = None,
               kernel: str = "linear", unbiased: bool = True, sigma: float | None = None, minmax: bool = False,
-              normalize: bool = False, method: str = "auto", progress: bool = False) -> SimilarityResult:
+              normalize: bool = False, method: str = "auto", progress: bool = False, threshold: float = 1.0,
+              bandwidth: str = "kornblith") -> SimilarityResult:
     """Full-data CKA, layer x layer within one model (``feats2=None``) or between two models.
 
     ``feats``: a dict ``{layer name: (n, d) array}`` or a list of arrays; lazy arrays are read one at a time.
@@ -288,9 +296,10 @@ def layer_cka(feats: Sequence[Any] | Mapping[str, Any], feats2: Sequence[Any] | 
     cols = rows if feats2 is None else (list(feats2) if isinstance(feats2, Mapping)
                                         else [f"layer{i}" for i in range(len(feats2))])
     m = cka_matrix(feats, feats2, kernel=kernel, unbiased=unbiased, sigma=sigma, minmax=minmax,
-                   normalize=normalize, method=method, progress=progress)
+                   normalize=normalize, method=method, progress=progress, threshold=threshold, bandwidth=bandwidth)
     return SimilarityResult(m, rows, cols, dict(metric="cka", kernel=kernel, unbiased=unbiased, sigma=sigma,
-                                                minmax=minmax, normalize=normalize, minibatch=False))
+                                                minmax=minmax, normalize=normalize, minibatch=False,
+                                                **_rbf_meta(kernel, sigma, threshold, bandwidth)))
 
 
 def cross_model_cka(feats: Mapping[str, Any], **kw) -> SimilarityResult:
@@ -334,7 +343,8 @@ def _ratio_arrays(per_block: Sequence[Mapping[str, tuple[float, int]]]) -> dict[
 
 def residual_cka(acts: Mapping[str, Sequence[Any]], layouts: Sequence[Any], token_mode: str = "all",
                  kernel: str = "linear", unbiased: bool = True, sigma: float | None = None,
-                 minmax: bool = False, mlp_skip: str = "resid_mid") -> ResidualResult:
+                 minmax: bool = False, mlp_skip: str = "resid_mid", threshold: float = 1.0,
+                 bandwidth: str = "kornblith") -> ResidualResult:
     """Residual CKA from arrays: ``acts[hook]`` is a list over blocks of (n, T, D) arrays for the hooks
     ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid`` and ``hook_mlp_out``; ``layouts[i]`` block i's layout."""
     pairs = residual_hooks(mlp_skip)
@@ -349,7 +359,8 @@ def residual_cka(acts: Mapping[str, Sequence[Any]], layouts: Sequence[Any], toke
         outs = [torch.as_tensor(np.asarray(a)) for a in acts[out_h]]
         xs = {f"{i}": reduce_tokens(s, layouts[i], token_mode) for i, s in enumerate(skips)}
         ys = {f"{i}": reduce_tokens(o, layouts[i], token_mode) for i, o in enumerate(outs)}
-        m = cka_matrix(xs, ys, kernel=kernel, unbiased=unbiased, sigma=sigma, minmax=minmax)
+        m = cka_matrix(xs, ys, kernel=kernel, unbiased=unbiased, sigma=sigma, minmax=minmax, threshold=threshold,
+                       bandwidth=bandwidth)
         mats[branch] = SimilarityResult(m, [f"skip {i}" for i in range(depth)], [f"{branch} {i}" for i in range(depth)],
                                         dict(metric="cka", branch=branch, token_mode=token_mode))
         per = [norm_ratios(s, o, layouts[i]) for i, (s, o) in enumerate(zip(skips, outs))]
@@ -488,7 +499,8 @@ def stream_layer_cka(model, data, model2=None, hooks: Sequence[str] | None = Non
                      hooks2: Sequence[str] | None = None, token_mode: str = "cls", batch_size: int = 256,
                      kernel: str = "linear", sigma: float | None = None, minmax: bool = False,
                      normalize: bool = False, limit: int | None = None, progress: bool = False,
-                     names: tuple[str, str] = ("model", "model2")) -> SimilarityResult:
+                     names: tuple[str, str] = ("model", "model2"), threshold: float = 1.0,
+                     bandwidth: str = "kornblith") -> SimilarityResult:
     """Minibatch CKA, layer x layer, within ``model`` or between ``model`` and ``model2``, over ``data``.
 
     ``hooks`` default to every block's ``hook_resid_post``. Memory is independent of the number of images.
@@ -497,7 +509,8 @@ def stream_layer_cka(model, data, model2=None, hooks: Sequence[str] | None = Non
     models = [model] if model2 is None else [model, model2]
     if model2 is not None:
         hooks2 = list(hooks2 or block_hooks(model2.cfg.depth))
-    mb = MinibatchCKA(kernel=kernel, sigma=sigma, minmax=minmax, normalize=normalize)
+    mb = MinibatchCKA(kernel=kernel, sigma=sigma, minmax=minmax, normalize=normalize, threshold=threshold,
+                      bandwidth=bandwidth)
     for images, _, _ in _progress(image_batches(models, data, batch_size, limit), progress, "CKA"):
         fx = model_features(model, images[0], hooks, token_mode)
         fy = None if model2 is None else model_features(model2, images[1], hooks2, token_mode)
@@ -508,20 +521,22 @@ def stream_layer_cka(model, data, model2=None, hooks: Sequence[str] | None = Non
                             dict(metric="cka", kernel=kernel, sigma=sigma, minmax=minmax, normalize=normalize,
                                  unbiased=True, minibatch=True, batch_size=batch_size, token_mode=token_mode,
                                  n_images=mb.n_samples, hooks=hooks, hooks2=hooks2 if model2 is not None else hooks,
-                                 models=list(names[:len(models)])))
+                                 models=list(names[:len(models)]), **_rbf_meta(kernel, sigma, threshold, bandwidth)))
 
 
 def stream_cross_model_cka(models: Mapping[str, Any], data, hooks: Mapping[str, str] | None = None,
                            token_mode: str = "cls", batch_size: int = 256, kernel: str = "linear",
                            sigma: float | None = None, minmax: bool = False, normalize: bool = False,
-                           limit: int | None = None, progress: bool = False) -> SimilarityResult:
+                           limit: int | None = None, progress: bool = False, threshold: float = 1.0,
+                           bandwidth: str = "kornblith") -> SimilarityResult:
     """Minibatch CKA between one layer of each of many models (default: each model's last block output)."""
     names = list(models)
     if len(names) < 2:
         raise ValueError("comparing models needs at least two of them")
     mods = [models[n] for n in names]
     hk = {n: (hooks or {}).get(n) or f"blocks.{models[n].cfg.depth - 1}.{DEFAULT_SITE}" for n in names}
-    mb = MinibatchCKA(kernel=kernel, sigma=sigma, minmax=minmax, normalize=normalize)
+    mb = MinibatchCKA(kernel=kernel, sigma=sigma, minmax=minmax, normalize=normalize, threshold=threshold,
+                      bandwidth=bandwidth)
     for images, _, _ in _progress(image_batches(mods, data, batch_size, limit), progress, "CKA"):
         feats = {}
         for n, m, x in zip(names, mods, images):
@@ -530,12 +545,13 @@ def stream_cross_model_cka(models: Mapping[str, Any], data, hooks: Mapping[str, 
     return SimilarityResult(mb.compute(), names, names,
                             dict(metric="cka", comparison="models", kernel=kernel, minmax=minmax, unbiased=True,
                                  minibatch=True, batch_size=batch_size, token_mode=token_mode, hooks=hk,
-                                 n_images=mb.n_samples))
+                                 n_images=mb.n_samples, **_rbf_meta(kernel, sigma, threshold, bandwidth)))
 
 
 def stream_residual_cka(model, data, token_mode: str = "all", batch_size: int = 256, kernel: str = "linear",
                         sigma: float | None = None, minmax: bool = False, limit: int | None = None,
-                        progress: bool = False, mlp_skip: str = "resid_mid") -> ResidualResult:
+                        progress: bool = False, mlp_skip: str = "resid_mid", threshold: float = 1.0,
+                        bandwidth: str = "kornblith") -> ResidualResult:
     """Residual CKA (seed 002) streamed: skip input vs branch output of every block, for both branches.
 
     Attention branch: ``hook_resid_pre`` (skip) vs ``hook_attn_out``; MLP branch: ``hook_resid_mid`` (the
@@ -545,7 +561,8 @@ def stream_residual_cka(model, data, token_mode: str = "all", batch_size: int = 
     """
     depth = model.cfg.depth
     pairs = residual_hooks(mlp_skip)
-    mbs = {b: MinibatchCKA(kernel=kernel, sigma=sigma, minmax=minmax) for b in pairs}
+    mbs = {b: MinibatchCKA(kernel=kernel, sigma=sigma, minmax=minmax, threshold=threshold, bandwidth=bandwidth)
+           for b in pairs}
     sums: dict[str, list[dict[str, tuple[float, int]]]] = {b: [{} for _ in range(depth)] for b in pairs}
     n_img = 0
     for images, _, _ in _progress(image_batches([model], data, batch_size, limit), progress, "residual CKA"):

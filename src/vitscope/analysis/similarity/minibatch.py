@@ -24,8 +24,8 @@ from vitscope.analysis.similarity.cka import (
     as_features,
     check_n,
     l2_normalize_rows,
-    median_sigma,
     pairwise_sq_dists,
+    rbf_sigma,
 )
 
 
@@ -69,14 +69,18 @@ class MinibatchCKA:
     >>> mb.compute()                             # (L, L) numpy array
 
     ``update(xs, ys)`` with a second list compares two models (``compute()`` is (Lx, Ly)). The first call fixes
-    whether the object is paired; every batch must have the same layers and >= 4 samples. Batches with
+    whether the object is paired; every batch must have the same layers and >= 4 samples. With the RBF kernel
+    and no fixed ``sigma``, each batch and each representation takes its own bandwidth (``bandwidth`` rule,
+    ``threshold``; see :mod:`~vitscope.analysis.similarity.cka`). Batches with
     fewer samples are an error (merge a short tail batch into the previous one, as the vitscope streamers do).
     """
 
     def __init__(self, kernel: str = "linear", sigma: float | None = None, minmax: bool = False,
-                 normalize: bool = False, device: torch.device | str | None = None) -> None:
-        _check_kernel(kernel, sigma)
+                 normalize: bool = False, device: torch.device | str | None = None, threshold: float = 1.0,
+                 bandwidth: str = "kornblith") -> None:
+        _check_kernel(kernel, sigma, bandwidth, threshold)
         self.kernel, self.sigma, self.minmax, self.normalize = kernel, sigma, minmax, normalize
+        self.threshold, self.bandwidth = threshold, bandwidth
         self.device = device
         self.reset()
 
@@ -122,7 +126,7 @@ class MinibatchCKA:
                 if self.sigma is None and not bool((d > 0).any()):
                     ks.append(torch.ones_like(d))                                      # constant batch: U(K) = 0
                     continue
-                s = median_sigma(sq_dists=d) if self.sigma is None else float(self.sigma)
+                s = rbf_sigma(d, self.bandwidth, self.threshold) if self.sigma is None else float(self.sigma)
                 ks.append(torch.exp(-d / (2.0 * s * s)))
             grams = torch.stack(ks)                                                    # L, b, b
         if self.minmax:

@@ -1,7 +1,9 @@
 """timm checkpoints -> HookedViT: architecture from timm's name / config.json / tensor shapes, key renames.
 
 Covers timm's ``VisionTransformer`` families (ViT / AugReg, DeiT and DeiT-distilled, DINO, MAE, DINOv2 with
-and without registers, DeiT-3, CLIP image towers, global-average-pooled ViTs) and timm's ``Beit``.
+and without registers, DeiT-3, CLIP image towers, global-average-pooled ViTs, the residual post-norm
+``*_rpn_*`` ViT) and timm's ``Beit``. Post-norm blocks have the keys of pre-norm ones: only the name (``rpn``)
+or ``model_args`` (``res_post_norm``) tell them apart.
 
 Three sources describe a timm model, in increasing authority:
 
@@ -45,7 +47,6 @@ TIMM_SIZES: dict[str, tuple[int, int, int, float]] = {
 # name fragments of timm architectures whose blocks HookedViT does not implement
 _UNSUPPORTED = {
     "relpos": "timm's relpos ViTs (per-block relative position MLP)",
-    "rpn": "res-post-norm blocks",
     "rope": "rotary position embeddings",
     "beit3": "BEiT-3 (multiway transformer)",
     "dinov3": "DINOv3 (RoPE, SwiGLU)",
@@ -117,6 +118,8 @@ def timm_args_from_name(arch: str) -> dict[str, Any]:
         args.update(reg_tokens=int(m.group(1)), no_embed_class=True)
     if "_gap" in a:
         args.update(class_token=False, global_pool="avg", fc_norm=False)
+    if "_rpn_" in f"_{a}_":        # timm ResPostBlock (its init_values only set the norms' initial weights)
+        args.update(class_token=False, global_pool="avg", qkv_bias=False, res_post_norm=True)
     for prefix, extra in _NAME_EXCEPTIONS.items():
         if a.startswith(prefix):
             args.update(extra)
@@ -361,14 +364,15 @@ def _vitcfg_from_args(a: dict[str, Any], family: str, meta: dict[str, Any]) -> V
     qv_bias = bool(a.get("qv_bias", beit and a.get("qkv_bias", True)))
     qkv_bias = bool(a.get("qkv_bias", True)) and not qv_bias
     mlp_dim = a.get("mlp_dim") or int(D * float(a.get("mlp_ratio", 4.0)))
-    ls = a.get("init_values")
+    post = bool(a.get("res_post_norm", False))
+    ls = None if post else a.get("init_values")      # ResPostBlock's init_values is no LayerScale
     return ViTConfig(
         img_size=img, patch_size=p, in_chans=int(a.get("in_chans", 3)), embed_dim=D, depth=int(a["depth"]),
         num_heads=int(a["num_heads"]), mlp_dim=int(mlp_dim), qkv_bias=qkv_bias, qv_bias=qv_bias,
         patch_bias=bool(a.get("patch_bias", not a.get("pre_norm", False))), class_token=class_token,
         distill_token=distilled, num_registers=reg, register_location="prefix",
         pos_embed=pos_kind, pos_embed_prefix=pos_prefix, pos_embed_grid=pos_grid,
-        pre_norm=bool(a.get("pre_norm", False)), layer_scale_init=float(ls) if ls else None,
+        pre_norm=bool(a.get("pre_norm", False)), res_post_norm=post, layer_scale_init=float(ls) if ls else None,
         rel_pos_bias=bool(a.get("rel_pos_bias", beit and (a.get("use_rel_pos_bias") or
                                                         a.get("use_shared_rel_pos_bias")))),
         act=act, norm_eps=float(a.get("norm_eps", 1e-6)), final_norm=bool(final_norm), global_pool=gp,

@@ -105,8 +105,9 @@ def rollout(ctx) -> Section:
 
 @analysis("relevance", "Gradient relevance (Chefer et al.)", needs=("images", "cls"), order=27)
 def relevance(ctx) -> Section:
-    """Class-specific relevance (Chefer et al. 2021; seed 001): R <- R + mean_heads(clamp(grad * A, min=0)) R
-    through the blocks, for the predicted class; the CLS row over the patches, divided by its max."""
+    """Class-specific relevance, "Generic Attention-model Explainability" (Chefer et al., ICCV 2021; seed 001):
+    R <- R + mean_heads(clamp(grad * A, min=0)) R through the blocks, for the predicted class; the CLS row over
+    the patches, divided by its max."""
     from vitscope.analysis.attention.relevance import relevance_from_model
     from vitscope.viz.attention import plot_image_overlays
 
@@ -114,13 +115,13 @@ def relevance(ctx) -> Section:
     if model.cfg.head == "none":
         return Section.skip("skipped: the model has no classification head to explain")
     k = min(ctx.n_show, len(ctx.images))
-    maps, _, targets = relevance_from_model(model, ctx.images[:k])
+    maps, _, targets = relevance_from_model(model, ctx.images[:k], method="chefer2021-generic")
     classes = ctx.model_classes()
     names = [classes[int(t)] if classes and int(t) < len(classes) else f"class {int(t)}" for t in targets]
     titles = [f"{t} -> {n}" for t, n in zip(_titles(ctx, k), names)]
     sec = Section()
     fig = plot_image_overlays(list(ctx.display[:k]), maps.detach(), titles,
-                              title="relevance for the predicted class")
+                              title="relevance for the predicted class (chefer2021-generic)")
     sec.figure(ctx, fig, "overlays", f"Relevance maps of the predicted class over {k} images (title: image -> "
                f"prediction).", arrays={"maps": maps.detach().numpy(), "targets": targets.numpy()})
     return sec
@@ -161,9 +162,7 @@ def saliency_values(model, images: torch.Tensor, gt: torch.Tensor, patterns=None
 
     pats = patterns if patterns is not None else collect_patterns(model, images)
     acc = SaliencyIoU(model.cfg.depth, model.cfg.num_heads, queries=("cls", "mean"))
-    acc.set_masks(gt)
-    for b, p in pats.items():
-        acc.update(b, p, model.token_layout(b))
+    acc.update_batch(pats, {b: model.token_layout(b) for b in pats}, gt)
     return acc.compute()
 
 

@@ -1,0 +1,501 @@
+"""The logit lens (seed 001), streamed: every block output and both branch outputs, at every token, projected
+onto class space as the batches pass.
+
+``ClassProjection`` maps residual-stream vectors (..., D) to class logits (..., C): class embeddings
+(``embeddings.ClassEmbeddings``) bound to a model. By default the model's own head (final norm or ``fc_norm``,
+then the head with its bias; DeiT-distilled: the two heads averaged); for models without a classifier, a linear
+head fitted on the last layer or a matrix the user gives (e.g. CLIP text embeddings after the CLIP projection).
+
+``LogitLens`` runs a model with hooks that project each site as soon as the block computes it and keep only, per
+image and token, the rank of the true class, its logit and the top-k classes; the logits (B, T, C) of one block
+and site exist only inside the hook. What every metric needs is summed as the batches pass (fixed size), and the
+per-image arrays go to a record that is either in memory or appended to files on disk (``record=PATH``), so the
+process's peak memory does not grow with the number of images.
+
+Sites: ``resid`` = ``blocks.{i}.hook_resid_post`` (block output), ``attn`` = ``hook_attn_out``, ``mlp`` =
+``hook_mlp_out`` (the branches as they are added to the stream, no residual; after LayerScale, decision 4).
+Token positions come from ``model.token_layout(i)``: tokens that enter late (CLS, registers) are only present at
+the blocks they exist in.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings
+from vitscope.analysis.class_embedding.metrics import class_rank
+
+SITES = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
+
+
+# ----------------------------------------------------------------------------- the projection
+class ClassProjection:
+    """Class embeddings bound to a model: residual-stream vectors (..., D) -> class logits (..., C).
+
+    A thin view over :class:`~vitscope.analysis.class_embedding.embeddings.ClassEmbeddings`, which holds the
+    vectors and computes the projection (norm -> optional projection -> ``W x + b``); build it with
+    :meth:`from_model`, :meth:`ClassEmbeddings.to_projection` or ``ClassProjection(embeddings, model)``.
+    """
+
+    def __init__(self, embeddings: ClassEmbeddings, model) -> None:
+        if not isinstance(embeddings, ClassEmbeddings):
+            raise TypeError(f"expected ClassEmbeddings, got {type(embeddings).__name__}")
+        self.embeddings, self.model = embeddings, model
+
+    @classmethod
+    def from_model(cls, model, weight=None, bias=None, norm: bool = True,
+                   proj: torch.Tensor | Callable | None = None) -> "ClassProjection":
+        """The model's own head (``weight=None``), or class embeddings (C, D') read after the model's final norm
+        (``norm=True``) and an optional projection ``proj`` ((D, D') matrix or callable, e.g. CLIP's)."""
+        if weight is None:
+            return cls(ClassEmbeddings.from_model(model), model)
+        return cls(ClassEmbeddings(weight, bias, apply_norm=norm, after_projection=False, projection=proj,
+                                   source="given"), model)
+
+    @property
+    def num_classes(self) -> int:
+        return self.embeddings.num_classes
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.embeddings.classes
+
+    @property
+    def own_head(self) -> bool:
+        """The embeddings are the model's own head (its logits are the lens's final prediction)."""
+        return self.embeddings.own_head
+
+    @property
+    def class_embeddings(self) -> torch.Tensor:
+        """The class embeddings at the stream width (C, D) (no bias): the head's weight (distilled: both heads
+        averaged), or given embeddings pulled back through their projection."""
+        return self.embeddings.stream_weight(self.model)
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        return self.embeddings.project(self.model, h).float()
+
+
+def pool_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Last-block tokens (B, T, D) -> the vector a head on the last layer reads (B, D), before the final norm:
+    the CLS token, or the mean of the patch tokens for average-pooled models and models without CLS."""
+    lay = model.token_layout(model.cfg.depth)
+    if model.cfg.global_pool != "avg" and lay.cls is not None:
+        return tokens[:, lay.cls]
+    n_patch = tokens.shape[1] - (lay.n_tokens - lay.n_patches)
+    return tokens[:, lay.patches.start:lay.patches.start + n_patch].mean(dim=1)
+
+
+def resolve_projection(model, projection: ClassProjection | ClassEmbeddings | None) -> ClassProjection:
+    """``projection`` (ClassEmbeddings are bound to ``model``), else the model's own head."""
+    if projection is None:
+        return ClassProjection.from_model(model)
+    if isinstance(projection, ClassEmbeddings):
+        return projection.to_projection(model)
+    return projection
+
+
+# ----------------------------------------------------------------------------- token alignment between blocks
+def token_keys(layout) -> list[str]:
+    """One key per position of a layout: "cls", "dist", "reg{k}", "p{j}" (patch j)."""
+    keys = [""] * layout.n_tokens
+    if layout.cls is not None:
+        keys[layout.cls] = "cls"
+    if layout.dist is not None:
+        keys[layout.dist] = "dist"
+    for k, r in enumerate(layout.registers):
+        keys[r] = f"reg{k}"
+    for j in range(layout.n_patches):
+        keys[layout.patches.start + j] = f"p{j}"
+    return keys
+
+
+def common_tokens(prev, cur) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Positions (in ``prev``, in ``cur``) of the tokens present in both layouts, and their keys, in ``cur`` order."""
+    kp = {k: i for i, k in enumerate(token_keys(prev))}
+    kc = token_keys(cur)
+    both = [(kp[k], i, k) for i, k in enumerate(kc) if k in kp]
+    return (np.array([a for a, _, _ in both], np.int64), np.array([b for _, b, _ in both], np.int64),
+            [k for _, _, k in both])
+
+
+# ----------------------------------------------------------------------------- per-image records
+class Record:
+    """Per-image arrays appended batch by batch, in memory or to raw files in a folder (read back lazily)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._mem: dict[str, list[np.ndarray]] = {}
+        self._meta: dict[str, dict] = {}
+        if self.path is not None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            for f in self.path.glob("*.bin"):
+                f.unlink()
+
+    def append(self, key: str, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr)
+        m = self._meta.setdefault(key, {"dtype": arr.dtype.str, "shape": list(arr.shape[1:]), "n": 0})
+        if list(arr.shape[1:]) != m["shape"]:
+            raise ValueError(f"record {key!r}: rows of shape {arr.shape[1:]} after {tuple(m['shape'])}")
+        m["n"] += arr.shape[0]
+        if self.path is None:
+            self._mem.setdefault(key, []).append(arr.copy())
+        else:
+            with open(self.path / f"{key}.bin", "ab") as f:
+                f.write(arr.tobytes())
+
+    def keys(self) -> list[str]:
+        return list(self._meta)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._meta
+
+    def get(self, key: str) -> np.ndarray:
+        if key not in self._meta:
+            raise KeyError(f"nothing recorded under {key!r}; recorded: {sorted(self._meta)}")
+        m = self._meta[key]
+        shape = (m["n"], *m["shape"])
+        if self.path is None:
+            parts = self._mem[key]
+            return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return np.fromfile(self.path / f"{key}.bin", dtype=np.dtype(m["dtype"])).reshape(shape)
+
+    def save_index(self) -> None:
+        if self.path is not None:
+            (self.path / "index.json").write_text(json.dumps(self._meta, indent=1))
+
+
+# ----------------------------------------------------------------------------- the streamed lens
+@dataclass
+class LensSums:
+    """Sums over images for one (site, block): per token position, and per image over the patch tokens."""
+
+    score: np.ndarray                    # (T,) sum of identifiability scores
+    top1: np.ndarray                     # (T,) images whose true class is rank 0 at this token
+    true: np.ndarray                     # (T,) sum of true-class logits
+    img_rate: float = 0.0                # sum over images of the share of patch tokens with rank 0
+    img_any: int = 0                     # images with at least one rank-0 patch token
+    img_score: float = 0.0               # sum over images of the mean patch score
+
+
+@dataclass
+class LensResult:
+    """What :class:`LogitLens` accumulated. Blocks are 0-based; ``layouts[b]`` is the layout of block b's tokens."""
+
+    sites: tuple[str, ...]
+    depth: int
+    num_classes: int
+    layouts: dict[int, Any]
+    n_images: int
+    n_correct: int
+    sums: dict[tuple[str, int], LensSums]
+    counts: dict[str, np.ndarray]        # change rates and residual match: (depth, 2) = (hits, total)
+    record: Record | None = None
+    topk: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return self.n_correct / max(self.n_images, 1)
+
+    # per-image arrays -------------------------------------------------------------------------------
+    def _rec(self, key: str) -> np.ndarray:
+        if self.record is None:
+            raise ValueError("per-image values were not recorded: run the logit lens with record=True (or a folder)")
+        return self.record.get(key)
+
+    def ranks(self, site: str, block: int) -> np.ndarray:
+        """(N, T_b) 0-based rank of the true class (number of classes with a strictly larger logit)."""
+        return self._rec(f"rank_{site}_{block}").astype(np.int64)
+
+    def true_logits(self, site: str, block: int) -> np.ndarray:
+        return self._rec(f"true_{site}_{block}")
+
+    def topk_classes(self, site: str, block: int) -> np.ndarray:
+        return self._rec(f"top_{site}_{block}")
+
+    def scores(self, site: str, block: int) -> np.ndarray:
+        """(N, T_b) identifiability scores 1 - rank / C."""
+        return 1.0 - self.ranks(site, block) / self.num_classes
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._rec("label").astype(np.int64)
+
+    @property
+    def indices(self) -> np.ndarray:
+        return self._rec("index").astype(np.int64)
+
+    @property
+    def masks(self) -> np.ndarray | None:
+        """(N, N_patch) bool class-labelled patch tokens, when masks were given."""
+        return self._rec("mask").astype(bool) if self.record is not None and "mask" in self.record else None
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self._rec("pred").astype(np.int64)
+
+    # summaries ---------------------------------------------------------------------------------------
+    def token_kinds(self, block: int) -> dict[str, np.ndarray]:
+        """Positions of each kind of token at ``block``: "cls" (when present) and "patches"."""
+        lay = self.layouts[block]
+        out = {}
+        if lay.cls is not None:
+            out["cls"] = np.array([lay.cls])
+        out["patches"] = np.arange(lay.patches.start, lay.patches.stop)
+        return out
+
+    def mean_score(self, site: str, block: int) -> np.ndarray:
+        """(T_b,) mean identifiability score per token position."""
+        return self.sums[(site, block)].score / max(self.n_images, 1)
+
+    def position_rate(self, site: str, block: int) -> np.ndarray:
+        """(T_b,) share of images whose true class is rank 0 at each token position."""
+        return self.sums[(site, block)].top1 / max(self.n_images, 1)
+
+    def token_rate(self, site: str = "resid", block: int = -1) -> float:
+        """Per image, the share of patch tokens with rank 0, averaged over images (seed 001's token rate)."""
+        return self.sums[(site, block % self.depth)].img_rate / max(self.n_images, 1)
+
+    def image_rate(self, site: str = "resid", block: int = -1) -> float:
+        """Share of images with at least one patch token whose true class is rank 0."""
+        return self.sums[(site, block % self.depth)].img_any / max(self.n_images, 1)
+
+    def rows(self, model: str = "model") -> list[dict]:
+        """Tidy rows (model, block, task, metric, value, site, token) of every summary."""
+        rows = []
+        for (site, b), s in sorted(self.sums.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            for kind, pos in self.token_kinds(b).items():
+                n = max(self.n_images, 1)
+                rows.append(dict(model=model, block=b, task="logit_lens", metric="identifiability",
+                                 value=float(s.score[pos].mean() / n), site=site, token=kind))
+                rows.append(dict(model=model, block=b, task="logit_lens", metric="identifiable_rate",
+                                 value=float(s.top1[pos].mean() / n), site=site, token=kind))
+                rows.append(dict(model=model, block=b, task="logit_lens", metric="true_logit",
+                                 value=float(s.true[pos].mean() / n), site=site, token=kind))
+            rows.append(dict(model=model, block=b, task="logit_lens", metric="image_rate",
+                             value=self.image_rate(site, b), site=site, token="patches"))
+        for name, c in self.counts.items():
+            metric, _, token = name.partition(":")
+            for b in range(self.depth):
+                if c[b, 1] > 0:
+                    site = metric.split("_")[0] if metric in ("attn_change", "mlp_change") else "resid"
+                    rows.append(dict(model=model, block=b, task="logit_lens", metric=metric,
+                                     value=float(c[b, 0] / c[b, 1]), site=site, token=token or "all"))
+        return rows
+
+
+COUNT_NAMES = ("block_change:patches", "block_change:cls", "attn_change:patches", "attn_change:cls",
+               "mlp_change:patches", "mlp_change:cls", "match_attn", "match_mlp", "match_prev", "composition",
+               "composition_seed001")
+
+
+class LogitLens:
+    """Streamed logit lens over a model: call :meth:`update` per batch, then :meth:`result`.
+
+    ``sites``: any of "resid", "attn", "mlp". ``topk``: how many top classes to record per token (0: none).
+    ``record``: False (sums only), True (per-image arrays in memory) or a folder (per-image arrays appended to
+    files there; memory stays flat). Change rates and residual match need "resid" (and the branch sites).
+    ``prescale``: project the branches before LayerScale (seed 001 reads ``attn.proj`` / ``mlp.fc2``); by default
+    they are projected as added to the stream (the same for models without LayerScale).
+    """
+
+    def __init__(self, model, projection: ClassProjection | ClassEmbeddings | None = None,
+                 sites: Sequence[str] = tuple(SITES),
+                 topk: int = 5, record: bool | str | Path = False, prescale: bool = False) -> None:
+        bad = [s for s in sites if s not in SITES]
+        if bad or not sites:
+            raise ValueError(f"sites must be among {tuple(SITES)}, got {list(sites)}")
+        self.model = model
+        self.projection = resolve_projection(model, projection)
+        self.C = self.projection.num_classes
+        self.sites = tuple(dict.fromkeys(sites))
+        self.topk = min(int(topk), self.C)
+        self.depth = model.cfg.depth
+        self.record = None if record is False else Record(None if record is True else record)
+        self.rank_dtype = np.int16 if self.C < 2**15 else np.int32
+        self.layouts: dict[int, Any] | None = None
+        self.grid: tuple[int, int] | None = None
+        self.sums: dict[tuple[str, int], LensSums] = {}
+        self.counts = {k: np.zeros((self.depth, 2), np.int64) for k in COUNT_NAMES}
+        self.n_images = 0
+        self.n_correct = 0
+        self.own_head = self.projection.own_head
+        self.prescale = bool(prescale)
+
+    # ------------------------------------------------------------------ one batch
+    def _setup(self, grid: tuple[int, int]) -> None:
+        if self.grid is None:
+            self.grid = grid
+            self.layouts = {b: self.model.token_layout(b, grid) for b in range(self.depth)}
+            for s in self.sites:
+                for b in range(self.depth):
+                    T = self.layouts[b].n_tokens
+                    self.sums[(s, b)] = LensSums(np.zeros(T), np.zeros(T, np.int64), np.zeros(T))
+        elif grid != self.grid:
+            raise ValueError(f"every batch must have the same input size; got grid {grid} after {self.grid}")
+
+    def _check_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        labels = torch.as_tensor(labels).long().flatten()
+        if labels.numel() and (labels < 0).any():
+            raise ValueError("the images have no class labels; the logit lens needs labelled images (a folder with "
+                             "one sub-folder per class, a list file with labels, or synthetic:...)")
+        if labels.numel() and (labels >= self.C).any():
+            raise ValueError(f"label {int(labels.max())} is outside the head's {self.C} classes (0..{self.C - 1}); "
+                             "give images of the classes the head predicts, or class embeddings for your classes")
+        return labels
+
+    def project_batch(self, images: torch.Tensor, labels: torch.Tensor,
+                      hooks: Sequence | None = None) -> tuple[dict, torch.Tensor]:
+        """Run one batch; {(site, block): (rank (B, T), true logit (B, T), top-k (B, T, k))} and the model logits.
+
+        ``hooks``: extra forward hooks (e.g. an intervention) applied during the same pass.
+        """
+        model = self.model
+        p = model.cfg.patch_size
+        grid = (images.shape[-2] // p, images.shape[-1] // p)
+        self._setup(grid)
+        labels = self._check_labels(labels).to(model.device)
+        out: dict[tuple[str, int], tuple] = {}
+        k = self.topk
+
+        def make(site: str, b: int):
+            ls = getattr(model.blocks[b], "ls1" if site == "attn" else "ls2", None)
+            gamma = getattr(ls, "gamma", None) if self.prescale and site != "resid" else None
+
+            def fn(act: torch.Tensor, hook) -> None:                               # B, T, D
+                if gamma is not None:                                              # undo LayerScale
+                    act = act / gamma
+                logits = self.projection(act)                                      # B, T, C
+                tgt = labels[:, None].expand(logits.shape[:2])
+                rank = class_rank(logits, tgt)                                     # B, T
+                true = logits.gather(-1, tgt[..., None])[..., 0]                   # B, T
+                top = logits.topk(max(k, 1), dim=-1).indices                       # B, T, k
+                out[(site, b)] = (rank, true, top)
+            return fn
+
+        fwd = [(f"blocks.{b}.{SITES[s]}", make(s, b)) for s in self.sites for b in range(self.depth)]
+        pooled: dict[str, torch.Tensor] = {}
+        if not self.own_head:                     # the prediction of the given embeddings on the pooled vector
+            def pool(act: torch.Tensor, hook) -> None:
+                pooled["logits"] = self.projection(pool_tokens(model, act))
+            fwd.append((f"blocks.{self.depth - 1}.hook_resid_post", pool))
+        with torch.inference_mode():
+            logits = model.run_with_hooks(images.to(model.device, model.dtype), fwd_hooks=list(hooks or []) + fwd)
+        return out, pooled.get("logits", logits)
+
+    def update(self, images: torch.Tensor, labels, masks: torch.Tensor | np.ndarray | None = None,
+               indices=None, hooks: Sequence | None = None) -> None:
+        """Project one batch (B, 3, H, W) with labels (B,); ``masks`` (B, N_patch) or (B, rows, cols) bool marks
+        the class-labelled patch tokens (recorded for the class-vs-context test)."""
+        labels_t = self._check_labels(labels)
+        B = images.shape[0]
+        if B == 0:
+            return
+        out, logits = self.project_batch(images, labels_t, hooks)
+        labels_c = labels_t.cpu()
+        self.n_images += B
+        pred = logits.argmax(-1).cpu()
+        self.n_correct += int((pred == labels_c).sum())
+        self._accumulate(out)
+        if self.record is not None:
+            self._record(out, labels_c, pred, masks, indices, B)
+
+    def _accumulate(self, out: dict) -> None:
+        C = self.C
+        for (site, b), (rank, true, _) in out.items():
+            s = self.sums[(site, b)]
+            r = rank.cpu()
+            s.score += (1.0 - r.double() / C).sum(0).numpy()
+            s.top1 += (r == 0).sum(0).numpy()
+            s.true += true.double().sum(0).cpu().numpy()
+            pt = self.layouts[b].patches
+            hit = (r[:, pt] == 0)
+            s.img_rate += float(hit.double().mean(1).sum())
+            s.img_any += int(hit.any(1).sum())
+            s.img_score += float((1.0 - r[:, pt].double() / C).mean(1).sum())
+        if "resid" not in self.sites:
+            return
+        for b in range(1, self.depth):
+            prev, cur = self.layouts[b - 1], self.layouts[b]
+            ip, ic, keys = common_tokens(prev, cur)
+            is_cls = np.array([k == "cls" for k in keys])
+            is_patch = np.array([k.startswith("p") for k in keys])
+            tp = out[("resid", b - 1)][1][:, ip]                                    # B, K true logit, block b-1
+            tc = out[("resid", b)][1][:, ic]
+            self._count("block_change", b, tc > tp, is_cls, is_patch)
+            for br in ("attn", "mlp"):
+                if br in self.sites:
+                    # the branch of block b sees the tokens entering block b (= tokens of block b's output)
+                    self._count(f"{br}_change", b, out[(br, b)][1][:, ic] > tp, is_cls, is_patch)
+            if "attn" in self.sites and "mlp" in self.sites:
+                top_o = out[("resid", b)][2][:, ic, 0]
+                top_a = out[("attn", b)][2][:, ic, 0]
+                top_m = out[("mlp", b)][2][:, ic, 0]
+                top_p = out[("resid", b - 1)][2][:, ip, 0]
+                n = top_o.numel()
+                for name, hit in (("match_attn", top_o == top_a), ("match_mlp", top_o == top_m),
+                                  ("match_prev", top_o == top_p),
+                                  ("composition", (top_o != top_p) & (top_o != top_a) & (top_o != top_m)),
+                                  ("composition_seed001", (top_o != top_p) & (top_o != top_a))):
+                    self.counts[name][b] += (int(hit.sum()), n)
+
+    def _count(self, name: str, b: int, hit: torch.Tensor, is_cls: np.ndarray, is_patch: np.ndarray) -> None:
+        hit = hit.cpu()
+        for kind, sel in (("cls", is_cls), ("patches", is_patch)):
+            if sel.any():
+                h = hit[:, torch.from_numpy(sel)]
+                self.counts[f"{name}:{kind}"][b] += (int(h.sum()), h.numel())
+
+    def _record(self, out: dict, labels, pred, masks, indices, B: int) -> None:
+        rec = self.record
+        rec.append("label", labels.numpy().astype(np.int64))
+        rec.append("index", (np.arange(self.n_images - B, self.n_images) if indices is None
+                             else np.asarray(torch.as_tensor(indices)).astype(np.int64)))
+        if pred is not None:
+            rec.append("pred", pred.numpy().astype(np.int64))
+        if masks is not None:
+            m = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks).bool()
+            n_patch = self.layouts[0].n_patches
+            m = m.reshape(B, -1)
+            if m.shape[1] != n_patch:
+                raise ValueError(f"masks have {m.shape[1]} cells per image but the model sees a "
+                                 f"{self.grid[0]}x{self.grid[1]} token grid ({n_patch} patches); resize masks to the "
+                                 "token grid (vitscope.analysis.attention.saliency.mask_to_token_grid)")
+            rec.append("mask", m.numpy())
+        for (site, b), (rank, true, top) in out.items():
+            rec.append(f"rank_{site}_{b}", rank.cpu().numpy().astype(self.rank_dtype))
+            rec.append(f"true_{site}_{b}", true.float().cpu().numpy())
+            if self.topk:
+                rec.append(f"top_{site}_{b}", top[..., :self.topk].cpu().numpy().astype(self.rank_dtype))
+
+    def result(self) -> LensResult:
+        if self.n_images == 0:
+            raise ValueError("the logit lens saw no images")
+        if self.record is not None:
+            self.record.save_index()
+        return LensResult(self.sites, self.depth, self.C, dict(self.layouts), self.n_images, self.n_correct,
+                          self.sums, self.counts, self.record, self.topk, meta={"own_head": self.own_head})
+
+
+def logit_lens(model, batches, projection: ClassProjection | None = None, sites: Sequence[str] = tuple(SITES),
+               topk: int = 5, record: bool | str | Path = False, hooks: Sequence | None = None,
+               progress: bool = False, total: int | None = None, prescale: bool = False) -> LensResult:
+    """Run :class:`LogitLens` over ``batches``: an iterable of ``(images, labels)`` or
+    ``(images, labels, indices)`` or ``(images, labels, indices, masks)`` tuples."""
+    lens = LogitLens(model, projection, sites, topk, record, prescale)
+    it = batches
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(batches, desc="logit lens", unit="batch", total=total)
+    for batch in it:
+        images, labels = batch[0], batch[1]
+        idx = batch[2] if len(batch) > 2 else None
+        masks = batch[3] if len(batch) > 3 else None
+        lens.update(images, labels, masks=masks, indices=idx, hooks=hooks)
+    return lens.result()

@@ -1,0 +1,54 @@
+"""Seed 001's token-removal curves: accuracy as patch tokens are removed in the order of an importance."""
+from __future__ import annotations
+
+from vitscope.report.registry import Section, analysis
+
+N_CURVE = 64           # images on the curves
+N_PROBE = 256          # other images the ridge probes of the probe order are fitted on
+STEP = 12              # evaluate every 12th number of removed tokens
+N_RANDOM = 3
+
+
+@analysis("removal", "Token removal curves (seed 001)", needs=("labels", "classifier", "cls"), order=72)
+def removal_section(ctx) -> Section:
+    """Accuracy as patch tokens are removed, least important first (negative) or most important first
+    (positive), for seed 001's class-embedding gradients, Chefer relevance, the per-token ridge probes' order
+    and random orders; with the seed's AUC and the trapezoid AUC."""
+    import torch
+
+    from vitscope.analysis.class_embedding.removal import removal_curves
+    from vitscope.analysis.probes.ridge import fit_token_probes
+    from vitscope.viz.removal import plot_removal_curves
+
+    model = ctx.model
+    x, y = ctx.eval_images, torch.as_tensor(ctx.eval_labels).long()
+    n = min(N_CURVE, len(x) // 2) if len(x) >= 4 else len(x)
+    orders = ["grads", "chefer", "random"]
+    probes = None
+    if len(x) - n >= 16:
+        xs, ys = x[n:n + N_PROBE], y[n:n + N_PROBE]
+        probes = fit_token_probes(model, zip(xs.split(ctx.batch_size), ys.split(ctx.batch_size)),
+                                  model.cfg.num_classes)
+        orders.insert(2, "probe")
+    res = removal_curves(model, [(x[:n], y[:n])], orders=orders, probes=probes, n_random=N_RANDOM, step=STEP)
+    sec = Section()
+    sec.add_text(
+        f"Patch tokens are removed right after the position embedding, in the order of an importance, and the "
+        f"accuracy on {res.n_images} images is recorded after every {STEP}th token (of {res.n_patches}). Negative: "
+        f"least important first, so a good importance keeps the accuracy up; positive: most important first, so a "
+        f"good importance makes it fall. Orders: seed 001's gradients of a class-embedding loss at CLS, Chefer "
+        f"relevance, the per-token ridge probes' rank sum (fitted on {0 if probes is None else probes.n_train} "
+        f"other images), and {N_RANDOM} random orders. Seed 001 reports on ViT-B/32 (seed AUC): negative 0.836 "
+        f"(gradients), 0.845 (Chefer), 0.739 (linear probe), 0.716 (random); positive 0.413, 0.393, 0.683.")
+    sec.figure(ctx, plot_removal_curves(res, title=f"{ctx.title}: token removal"), "curves",
+               "Accuracy against the fraction of patch tokens removed; the legend gives the seed's AUC (normalised "
+               "by the curve's maximum) and the trapezoid AUC.",
+               arrays={"removed": res.removed, **{f"{o}_{d}": a for (o, d), a in res.curves().items()}})
+    aucs = res.aucs()
+    rows = []
+    for (o, d) in res.curves():
+        rows.append({"order": o, "direction": d, "auc_seed": round(aucs[(o, d, "auc_seed")], 3),
+                     "auc_trapezoid": round(aucs[(o, d, "auc_trapezoid")], 3)})
+    sec.table(ctx, rows, "auc", "Areas under the removal curves", columns=["order", "direction", "auc_seed",
+                                                                         "auc_trapezoid"])
+    return sec
