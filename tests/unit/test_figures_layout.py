@@ -52,6 +52,51 @@ def _matches():
              "threshold": 40.0, "pair": f"pair-{k}"} for k in range(2)]
 
 
+def _ce_rows():
+    """Tidy rows as the class-embedding analyses write them (two models, 6 blocks, CLS and patch tokens)."""
+    rows = []
+    for model in ("demo-vit", "demo-vit-reg4"):
+        for tok in ("cls", "patches"):
+            for b in range(6):
+                v = float(0.5 + 0.4 * rng.random())
+                rows.append({"model": model, "token": tok, "block": b, "metric": "identifiability", "value": v,
+                             "random": 0.5, "significant": bool(b % 2)})
+                for m in ("block_change", "attn_change", "mlp_change"):
+                    rows.append({"model": model, "token": tok, "block": b, "metric": m, "value": float(rng.random())})
+    for b in range(6):
+        for m in ("match_attn", "match_mlp", "match_prev", "composition"):
+            rows.append({"model": "demo-vit", "token": "patches", "block": b, "metric": m, "value": float(rng.random())})
+    return rows
+
+
+def _context_rows():
+    return [{"block": b, "metric": f"class_minus_context_{m}", "value": float(rng.normal()) * 0.1,
+             "p_value": float(rng.random())} for m in ("identifiability", "cls_similarity") for b in range(6)]
+
+
+def _memory_rows():
+    return [{"block": b, "metric": m, "kind": k, "value": float(rng.random()), "random": float(rng.random()) * 0.5,
+             "tokens": "all"} for m in ("class_value_agreement", "key_value_agreement", "compositionality")
+            for k in ("attn", "mlp") for b in range(6)]
+
+
+def _perturbation_rows():
+    return [{"model": m, "metric": "identifiable_rate", "perturbation": p, "value": float(rng.random()),
+             "baseline": float(rng.random()) if p in ("no_context", "no_class") else np.nan}
+            for m in ("demo-vit", "demo-vit-reg4") for p in ("none", "self_only", "no_cls", "no_context", "no_class")]
+
+
+def _removal_curves():
+    from vitscope.analysis.class_embedding.removal import RemovalCurves
+
+    removed = np.arange(0, 17, 2)
+    correct = {(o, d): np.sort(rng.integers(0, 21, removed.size))[::-1 if d == "negative" else 1].astype(float)
+               for o in ("grads", "chefer", "probe") for d in ("negative", "positive")}
+    return RemovalCurves(n_patches=16, removed=removed, n_images=20, correct=correct,
+                         random_correct=rng.integers(0, 21, (3, removed.size)).astype(float), seeds=[0, 1, 2],
+                         orders=["grads", "chefer", "probe"])
+
+
 # module -> function -> callable drawing it on tiny inputs (keyword options the function takes are added below)
 INPUTS = {
     "attention": {
@@ -108,6 +153,32 @@ INPUTS = {
         "plot_propagation": lambda f: f(np.stack([IMG] * 5), rng.integers(0, 3, (5, 32, 32)),
                                         rng.integers(0, 3, (5, 32, 32)), title="DAVIS propagation, block 11"),
         "plot_keypoint_matches": lambda f: f(_matches(), title="SPair keypoints, block 11"),
+    },
+    "class_embedding": {
+        "plot_identifiability_evolution": lambda f: f(_ce_rows(), 10, title="demo-vit: class identifiability"),
+        "plot_change_rates": lambda f: f(_ce_rows(), title="demo-vit: change rates"),
+        "plot_residual_match": lambda f: f(_ce_rows(), title="demo-vit: residual match"),
+        "plot_class_context": lambda f: f(_context_rows(), title="demo-vit: class- vs context-labelled tokens"),
+        "plot_memories": lambda f: f(_memory_rows(), title="demo-vit: memories"),
+        "plot_perturbation": lambda f: f(_perturbation_rows(), title="demo-vit: identifiable tokens (patches)"),
+    },
+    "experiments": {
+        "plot_probe_gains": lambda f: f([{"model": m, "task": t, "dataset": d, "value": float(rng.normal())}
+                                         for m in ("demo-vit", "demo-vit-reg4") for t in ("cls+mean", "all blocks")
+                                         for d in ("a", "b")], title="probe gains"),
+        "plot_identifiability": lambda f: f([{"model": m, "block": b, "value": float(rng.random())}
+                                             for m in ("demo-vit", "demo-vit (random)") for b in range(6)],
+                                            title="class identifiability"),
+    },
+    "logit_attribution": {
+        "plot_head_attribution": lambda f: f([{"block": b, "head": h, "tokens": t, "value": float(rng.normal())}
+                                              for t in ("cls", "patches") for b in range(6) for h in range(8)],
+                                             tokens="all", title="demo-vit: direct true-class logit per head"),
+    },
+    "removal": {
+        "plot_removal_curves": lambda f: f(_removal_curves(), title="demo-vit: token removal"),
+        "plot_token_probe_accuracy": lambda f: f(rng.random((6, 20)), ["cls", "reg0"] + [f"patch{i}" for i in range(18)],
+                                                 title="per-token probe accuracy", blocks=list(range(6))),
     },
 }
 
