@@ -68,7 +68,8 @@ def plot_metric_per_block(table, metric: str | None = None, title: str | None = 
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, frameon=False)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, frameon=False)
     return fig
 
 
