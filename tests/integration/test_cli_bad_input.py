@@ -50,6 +50,7 @@ def test_head_past_the_last():
     (("cluster", "-m", "demo-vit", "-d", "synthetic:n=16", "--k", "0"), "--k"),
     (("extract", "-m", "demo-vit", "-d", "synthetic:n=4", "-o", "x", "--weights", "w.pth", "--random"), "--random"),
     (("report", "-m", "demo-vit", "-d", "synthetic:n=4", "--n-images", "0"), "--n-images"),
+    (("extract", "-m", "demo-vit-reg4", "-d", "synthetic:n=4", "-o", "x", "-t", "cls"), "--tokens mean"),
 ])
 def test_option_ranges_named(args, needle, tmp_path):
     one_line_error(run(*args), needle)
@@ -58,7 +59,7 @@ def test_option_ranges_named(args, needle, tmp_path):
 @pytest.mark.parametrize("cmd", [
     ("attention", "-m", "demo-vit"), ("rollout", "-m", "demo-vit"), ("attention-distance", "-m", "demo-vit"),
     ("attention-stats", "-m", "demo-vit"), ("tokens-pdf", "-m", "demo-vit-reg4", "--block", "-1"),
-    ("report", "-m", "demo-vit"),
+    ("report", "-m", "demo-vit"), ("cka", "-m", "demo-vit"),
 ])
 def test_no_usable_image_is_an_error(cmd, broken, tmp_path):
     r = run(*cmd, "-d", str(broken), "-o", tmp_path / "out")

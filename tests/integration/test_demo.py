@@ -79,7 +79,7 @@ def test_demo_model_attention_localises_objects_better_than_random_weights(name)
 def test_vitscope_demo_writes_the_report(tmp_path):
     from vitscope.report.demo import run_demo
 
-    page = run_demo(tmp_path, n_images=6, n_eval=32, progress=False)
+    page = run_demo(tmp_path, n_images=6, n_eval=80, progress=False)       # 10 per class: the probes run
     text = page.read_text()
     status = re.findall(r"<section id='([^']*)' class='vs-section status-([a-z]+)'>", text)
     assert len(status) >= 2 * 10

@@ -216,6 +216,7 @@ class _Evil:
         return (print, ("unpickled!",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")   # the pickled file is made on purpose
 def test_bad_files_give_clear_errors(tmp_path, tiny_entry, capsys):
     tiny_entry([])
     (tmp_path / "text.pth").write_text("not a checkpoint")

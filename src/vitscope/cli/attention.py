@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
         formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
         """Per-head attention maps of one block (and optionally every block) for each image."""
         check_range(threshold, "--threshold", 0, 1, low_open=True)
@@ -171,7 +171,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
         formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
         """Attention rollout, gradient rollout or Chefer et al.'s relevance maps over the images."""
         check_range(discard_ratio, "--discard-ratio", 0, 1, high_open=True)
@@ -249,7 +249,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                                             help="Comparison figure: blocks on [0, 1] (models of different depth)."),
         formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
         """Mean attention distance per block x head over a dataset (streamed), scatter per model and compared."""
         from vitscope.analysis.attention.distance import VARIANTS, attention_distance
@@ -316,7 +316,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
         formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
         """Seed 002's statistics: std over heads / positions, spatial->CLS, average and query-centred maps, offsets.
 
@@ -392,7 +392,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
         formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
         """Saliency IoU of binarised attention maps against ground-truth object masks, per block x head."""
         check_range(mass, "--mass", 0, 1, low_open=True)
@@ -489,7 +489,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         no_frames: bool = typer.Option(False, "--no-frames", help="Do not write the PNG frames."),
         formats: str = typer.Option("png", "--formats", help=FORMATS_HELP + " (summary figure)"),
         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Attention heat-map video: per-frame attention blended over the frames (mp4 or GIF, plus PNG frames)."""
         check_range(max_frames, "--max-frames", 1)
@@ -526,7 +526,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         limit: int = typer.Option(4, "--limit", help="At most this many images (one PDF each)."),
         formats: str = typer.Option("png", "--formats", help=FORMATS_HELP + " (one figure per page)"),
         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
         """CLS and register attention over patches for every head: one PDF per image, one page per token."""
         from vitscope.analysis.attention.maps import attention_map, collect_patterns

@@ -261,8 +261,13 @@ def image_batches(models: Sequence[Any], data: Any, batch_size: int = 256, limit
             if limit is not None and seen >= limit:
                 break
 
+    n = 0
     for images, labels, idx in _merge_short_tail(raw(), min_size):
+        n += 1
         yield list(images), labels, idx
+    if n == 0:
+        raise ValueError("no usable image: the dataset is empty or every file was skipped as unreadable; check it "
+                         "with `vitscope check-data SPEC`")
 
 
 # ----------------------------------------------------------------------------- from arrays (e.g. a store)

@@ -25,8 +25,9 @@ def probes_section(ctx) -> Section:
 
     y = np.asarray(ctx.eval_labels)
     counts = np.bincount(y[y >= 0])
-    if (counts[counts > 0] < 6).any() or len(counts[counts > 0]) < 2:
-        return Section.skip("skipped: probes need at least two classes and 6 evaluation images per class "
+    # half the images train; tuning holds out a stratified 20% of those, which needs one image of every class
+    if (counts[counts > 0] < 10).any() or len(counts[counts > 0]) < 2:
+        return Section.skip("skipped: probes need at least two classes and 10 evaluation images per class "
                             "(raise --n-eval)")
     cls, mean = ctx.block_features("trained", "cls"), ctx.block_features("trained", "mean")
     blocks = sorted(set(cls) & set(mean), key=int)
