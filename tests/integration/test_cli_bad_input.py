@@ -4,6 +4,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,12 @@ ENV = {**os.environ, "VITSCOPE_DEBUG": ""}
 SAMPLES = Path(__file__).resolve().parents[2] / "src" / "vitscope" / "assets" / "samples"
 
 
+CWD = tempfile.mkdtemp(prefix="vitscope-cli-")          # relative --out paths land here, not in the checkout
+
+
 def run(*args, timeout=180):
     return subprocess.run([sys.executable, "-m", "vitscope", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+                          timeout=timeout, env=ENV, cwd=CWD)
 
 
 def one_line_error(r, *needles):

@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from vitscope.cli.common import (  # noqa: F401 - shared option texts and helpers
-    DATA_HELP, DEVICE_HELP, FORMATS_HELP, IMAGES_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP, check_range,
+    DATA_HELP, DEVICE_HELP, FORMATS_HELP, IMAGES_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP, check_inputs, check_range,
     check_limit, load_model_for_cli, open_images, parse_heads, require_images)
 from vitscope.cli.common import finish_skips as _finish
 from vitscope.cli.common import model_meta as _model_meta
@@ -69,6 +69,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
         """Per-head attention maps of one block (and optionally every block) for each image."""
+        check_inputs(data, images, limit)                 # at once, before torch and the model load
         check_range(threshold, "--threshold", 0, 1, low_open=True)
         check_range(alpha, "--alpha", 0, 1)
         check_range(batch_size, "--batch-size", 1)
@@ -174,6 +175,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
         """Attention rollout, gradient rollout or Chefer et al.'s relevance maps over the images."""
+        check_inputs(data, images, limit)                 # at once, before torch and the model load
         check_range(discard_ratio, "--discard-ratio", 0, 1, high_open=True)
         import torch
 
@@ -252,6 +254,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
         """Mean attention distance per block x head over a dataset (streamed), scatter per model and compared."""
+        check_inputs(data, images, limit)                 # at once, before torch and the model load
         from vitscope.analysis.attention.distance import VARIANTS, attention_distance
         from vitscope.viz.attention_distance import plot_attention_distance, plot_attention_distance_models
         from vitscope.viz.save import save_figure, save_table
@@ -323,6 +326,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         Query-centred maps are written twice: aligned (seed 002: divided by the number of queries) and
         aligned_overlap (each offset divided by the number of queries that reach it; flat for uniform attention).
         """
+        check_inputs(data, images, limit)                 # at once, before torch and the model load
         from vitscope.analysis.attention.stats import attention_statistics
         from vitscope.viz.attention import plot_block_head_grid
         from vitscope.viz.attention_stats import (
@@ -529,6 +533,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
         """CLS and register attention over patches for every head: one PDF per image, one page per token."""
+        check_inputs(data, images, limit)                 # at once, before torch and the model load
         from vitscope.analysis.attention.maps import attention_map, collect_patterns
         from vitscope.analysis.attention.tokens import grid_of, normalize_block, resolve_query
         from vitscope.viz.attention_tokens import plot_token_page, tokens_pdf

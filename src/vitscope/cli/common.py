@@ -53,7 +53,7 @@ def open_images(model, data: str | None, images: list[Path] | None, limit: int |
 
     pcfg = model.preprocess_cfg or PreprocessConfig(input_size=model.cfg.img_size)
     tf = Preprocessor(pcfg)
-    check_limit(limit)
+    check_inputs(data, images, limit)
     if data and images:
         raise ValueError("give either --data or image paths, not both")
     if data:
@@ -174,6 +174,17 @@ def cls_block_hooks(model, token_mode: str, sites, quiet: bool = False) -> list[
         typer.echo(f"note: CLS enters at block {blocks[0]}; using blocks {blocks[0]}-{blocks[-1]} "
                    f"(--tokens mean uses every block)", err=True)
     return block_hooks(model.cfg.depth, sites, blocks)
+
+
+def check_inputs(data: str | None, images: list[Path] | None, limit: int | None) -> None:
+    """What can be checked about the images before a model (and torch) is loaded: --limit, --data with image
+    paths, missing image files. One line, at once."""
+    check_limit(limit)
+    if data and images:
+        raise ValueError("give either --data or image paths, not both")
+    missing = [str(p) for p in images or [] if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"image file not found: {missing[0]}")
 
 
 def bundled_data(model) -> str | None:
