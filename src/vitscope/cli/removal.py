@@ -178,7 +178,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         true-class rank per token, and the rank sum over blocks that orders patches for `vitscope removal`."""
         import numpy as np
 
-        from vitscope.analysis.probes.ridge import evaluate_token_probes, fit_token_probes, resolve_sites, token_names
+        from vitscope.analysis.attention.tokens import token_names
+        from vitscope.analysis.probes.ridge import evaluate_token_probes, fit_token_probes, resolve_sites
         from vitscope.cli.common import model_meta
         from vitscope.viz.removal import plot_token_probe_accuracy
         from vitscope.viz.save import save_figure

@@ -101,24 +101,12 @@ def resolve_projection(model, projection: ClassProjection | ClassEmbeddings | No
 
 
 # ----------------------------------------------------------------------------- token alignment between blocks
-def token_keys(layout) -> list[str]:
-    """One key per position of a layout: "cls", "dist", "reg{k}", "p{j}" (patch j)."""
-    keys = [""] * layout.n_tokens
-    if layout.cls is not None:
-        keys[layout.cls] = "cls"
-    if layout.dist is not None:
-        keys[layout.dist] = "dist"
-    for k, r in enumerate(layout.registers):
-        keys[r] = f"reg{k}"
-    for j in range(layout.n_patches):
-        keys[layout.patches.start + j] = f"p{j}"
-    return keys
-
-
 def common_tokens(prev, cur) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Positions (in ``prev``, in ``cur``) of the tokens present in both layouts, and their keys, in ``cur`` order."""
-    kp = {k: i for i, k in enumerate(token_keys(prev))}
-    kc = token_keys(cur)
+    from vitscope.analysis.attention.tokens import token_names
+
+    kp = {k: i for i, k in enumerate(token_names(prev))}
+    kc = token_names(cur)
     both = [(kp[k], i, k) for i, k in enumerate(kc) if k in kp]
     return (np.array([a for a, _, _ in both], np.int64), np.array([b for _, b, _ in both], np.int64),
             [k for _, _, k in both])
@@ -425,7 +413,7 @@ class LogitLens:
             prev, cur = self.layouts[b - 1], self.layouts[b]
             ip, ic, keys = common_tokens(prev, cur)
             is_cls = np.array([k == "cls" for k in keys])
-            is_patch = np.array([k.startswith("p") for k in keys])
+            is_patch = np.array([k.startswith("patch") for k in keys])
             tp = out[("resid", b - 1)][1][:, ip]                                    # B, K true logit, block b-1
             tc = out[("resid", b)][1][:, ic]
             self._count("block_change", b, tc > tp, is_cls, is_patch)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vitscope.analysis.attention.tokens import grid_of
+from vitscope.analysis.attention.tokens import grid_of, token_names
 
 # probe sites: the block output and the two branches as they are added to the stream (seed 001's hs, attn, mlp)
 RIDGE_SITES = {"resid_post": "hook_resid_post", "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out"}
@@ -159,20 +159,6 @@ def resolve_sites(sites: str | Iterable[str]) -> list[str]:
         if name not in out:
             out.append(name)
     return out
-
-
-def token_names(layout) -> list[str]:
-    """One name per token position of a layout: cls, dist, reg<k>, patch<j>."""
-    names = [""] * layout.n_tokens
-    if layout.cls is not None:
-        names[layout.cls] = "cls"
-    if layout.dist is not None:
-        names[layout.dist] = "dist"
-    for k, r in enumerate(layout.registers):
-        names[r] = f"reg{k}"
-    for j in range(layout.n_patches):
-        names[layout.patches.start + j] = f"patch{j}"
-    return names
 
 
 @dataclass
