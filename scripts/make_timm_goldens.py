@@ -1,7 +1,7 @@
 """Write the timm golden files that tests/parity/test_timm_goldens.py checks vitscope against.
 
-timm needs torchvision, which only installs here with the multi-GB CUDA torch build, so this script runs in a
-separate virtual environment outside the repository, never in /work/main/.venv:
+timm needs torchvision, which vitscope does not depend on (on CPU-only machines it often comes only with the
+multi-GB CUDA torch build), so this script runs in a separate virtual environment, not the project's ``.venv``:
 
     python3 -m venv /tmp/timm-venv
     /tmp/timm-venv/bin/pip install torch torchvision timm safetensors
