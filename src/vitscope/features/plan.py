@@ -306,9 +306,9 @@ def make_plan(model, sites: str | Sequence[str] = ("resid_post",), layers: str |
                 where = f"layer {e.layer}" if e.layer is not None else e.site
                 if r in ("cls", "cls+mean", "dist") and model.cfg.class_token and model.cfg.cls_block > 0:
                     start = model.cfg.cls_block
-                    raise ValueError(f"token reduction {r!r} at {where}: CLS enters at block {start}; use --tokens "
-                                     f"mean for every block, or --layers {start}:{model.cfg.depth} for the CLS "
-                                     f"token") from None
+                    raise ValueError(f"token reduction {r!r} at {where}: no CLS token yet, it enters at block "
+                                     f"{start}; use --tokens mean for every block, or --layers "
+                                     f"{start}:{model.cfg.depth} for the CLS token") from None
                 raise ValueError(f"token reduction {r!r} at {where}: {err}; drop it from tokens or choose other "
                                  f"layers") from None
     needs_final = any(e.site in ("ln_final",) + PROJECTED_SITES for e in entries)
