@@ -36,7 +36,7 @@ def neighbourhood_mask(h: int, w: int, radius: int, device=None) -> torch.Tensor
 
 def one_hot_labels(labels, num_classes: int | None = None) -> torch.Tensor:
     """(h, w) integer ids -> (C, h, w) float32 one-hot with C = max id + 1 (or ``num_classes``)."""
-    lab = (labels.detach().cpu() if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))).long()
+    lab = (labels.detach().cpu() if isinstance(labels, torch.Tensor) else torch.tensor(np.asarray(labels))).long()
     if lab.ndim != 2:
         raise ValueError(f"labels must be a (h, w) array of object ids, got shape {tuple(lab.shape)}")
     if lab.numel() and int(lab.min()) < 0:
