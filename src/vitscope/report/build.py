@@ -55,6 +55,8 @@ def _build_report(models, out: Path, title: str, subtitle: str, analyses, progre
         summary.update(headline(ctx.info))
         if ctx.dataset is not None:
             summary.setdefault("images", getattr(ctx.dataset, "description", f"{len(ctx.dataset)} images"))
+            summary.setdefault("images used", f"{len(ctx.images)} for the attention analyses, up to {ctx.n_eval} "
+                                              f"for accuracy, similarity and probes (spread over the dataset)")
         parts.append(ReportPart(spec.name, ctx.title, sections, summary, descriptions))
     facts = dict(facts or {})
     facts["built in"] = f"{time.time() - t0:.0f} s"
@@ -70,7 +72,8 @@ def headline(info: dict[str, Any]) -> dict[str, str]:
         out["accuracy (top-1)"] = f"{100 * info['accuracy']:.1f}% on {info.get('accuracy_n', '?')} images"
     for rule, r in (info.get("saliency") or {}).items():
         out[f"saliency IoU, {rule} masks"] = (f"{r['trained']['last_block_merged']:.3f} (random weights "
-                                              f"{r['random']['last_block_merged']:.3f})")
+                                              f"{r['random']['last_block_merged']:.3f}) on "
+                                              f"{r.get('n_images', '?')} images")
     return out
 
 

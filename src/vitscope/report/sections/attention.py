@@ -198,7 +198,8 @@ def saliency_iou(ctx) -> Section:
         trained = saliency_values(model, ctx.images, gt, ctx.patterns)
         random = saliency_values(ctx.random_model, ctx.images, gt, ctx.random_patterns)
         s_t, s_r = saliency_summary(trained, depth), saliency_summary(random, depth)
-        results[rule] = {"trained": s_t, "random": s_r, "object_cover": float(gt.float().mean())}
+        results[rule] = {"trained": s_t, "random": s_r, "object_cover": float(gt.float().mean()),
+                         "n_images": int(len(ctx.images))}
         sec.add_text(
             f"<b>{rule}</b> masks ({what}; objects cover {100 * float(gt.float().mean()):.0f}% of the token grid): "
             f"CLS attention of the last block, heads merged, IoU <b>{s_t['last_block_merged']:.3f}</b> vs "
