@@ -18,10 +18,9 @@ def resolve_blocks(model, blocks: Sequence[int] | str | None) -> list[int]:
     if blocks is None or (isinstance(blocks, str) and blocks.strip().lower() == "all"):
         return list(range(depth))
     if isinstance(blocks, str):
-        try:
-            blocks = [int(b) for b in blocks.split(",") if b.strip()]
-        except ValueError:
-            raise ValueError(f"blocks must be 'all' or comma-separated integers, got {blocks!r}") from None
+        from vitscope.analysis.block_features import parse_blocks
+
+        blocks = parse_blocks(blocks, depth)
     out = []
     for b in blocks:
         b = int(b)

@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 
+from vitscope.cli.common import save_tidy
 from vitscope.cli.common import (
     DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP, bundled_data, finish_skips, locks_out,
     parse_formats, slug,
@@ -151,22 +152,11 @@ def _batches(models: list, ds, batch_size: int, limit: Optional[int], masks_rule
         yield list(images), labels, idx, masks
 
 
-def _write_rows(rows: list[dict], stem: Path) -> list[Path]:
-    import pandas as pd
-
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows)
-    csv, pq = stem.with_suffix(".csv"), stem.with_suffix(".parquet")
-    df.to_csv(csv, index=False)
-    df.to_parquet(pq, index=False)
-    return [csv, pq]
-
-
 def _save(fig, stem: Path, formats, rows, quiet: bool) -> None:
     from vitscope.viz.save import save_figure
 
     paths = save_figure(fig, stem, formats)
-    _write_rows(rows, stem)
+    save_tidy(rows, stem)
     if not quiet:
         typer.echo(f"wrote {paths[0]}")
 
@@ -260,7 +250,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                            f"{random_note}, image rate {100 * res.image_rate():.1f}%, accuracy "
                            f"{'' if emb is None else 'of the class embeddings '}{100 * res.accuracy:.1f}% over "
                            f"{res.n_images} images")
-        _write_rows(all_rows, out / "logit_lens")
+        save_tidy(all_rows, out / "logit_lens")
         if not quiet:
             finish_skips(ds, out)
         typer.echo("; ".join(summary) + f"; written to {out}")
@@ -313,7 +303,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
             last = [r for r in rows if r["metric"] == "class_value_agreement" and r["block"] == model.cfg.depth - 1]
             summary.append(f"{label}: last-block class-value agreement " + ", ".join(
                 f"{r['kind']} {r['value']:.2f} (random {r.get('random', float('nan')):.2f})" for r in last))
-        _write_rows(all_rows, out / "memories")
+        save_tidy(all_rows, out / "memories")
         typer.echo("; ".join(summary) + f"; written to {out}")
 
     # ------------------------------------------------------------------ perturbations
@@ -375,7 +365,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
             all_rows += rows
             rate = {r["perturbation"]: r["value"] for r in rows if r["metric"] == "identifiable_rate"}
             summary.append(f"{label}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in rate.items()))
-        _write_rows(all_rows, out / "perturbation")
+        save_tidy(all_rows, out / "perturbation")
         typer.echo("identifiable tokens at the last block: " + "; ".join(summary) + f"; written to {out}")
 
     # ------------------------------------------------------------------ per-head direct logit attribution
@@ -430,5 +420,5 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                       key=lambda r: r["value"])
             summary.append(f"{label}: largest direct share block {top['block']} head {top['head']} "
                            f"({top['value']:.3f} at {top['tokens']}) over {acc.n_images} images")
-        _write_rows(all_rows, out / "attribution")
+        save_tidy(all_rows, out / "attribution")
         typer.echo("; ".join(summary) + f"; written to {out}")

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from vitscope.cli.common import DATA_HELP, FORMATS_HELP, MODEL_HELP, RANDOM_HELP, locks_out, parse_formats, slug
+from vitscope.cli.common import DATA_HELP, FORMATS_HELP, MODEL_HELP, RANDOM_HELP, locks_out, parse_formats, save_tidy, slug
 
 
 def _floats(text: Optional[str], what: str):
@@ -24,16 +24,6 @@ def _floats(text: Optional[str], what: str):
     return vals
 
 
-def _write_table(rows, stem: Path) -> list[Path]:
-    import pandas as pd
-
-    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(stem.with_suffix(".csv"), index=False)
-    df.to_parquet(stem.with_suffix(".parquet"), index=False)
-    return [stem.with_suffix(".csv"), stem.with_suffix(".parquet")]
-
-
 def _save_run(run, out: Path, formats, save_heads: bool) -> list[Path]:
     import numpy as np
     import pandas as pd
@@ -44,7 +34,7 @@ def _save_run(run, out: Path, formats, save_heads: bool) -> list[Path]:
     from vitscope.viz.probes import plot_attention_heads
     from vitscope.viz.save import save_figure
 
-    written = _write_table(run.rows, out / "results")
+    written = save_tidy(run.rows, out / "results")
     grids = []
     for (probe, exp), (fit, inputs) in run.fits.items():
         tag = f"{probe}_{slug(exp)}"
@@ -67,7 +57,7 @@ def _save_run(run, out: Path, formats, save_heads: bool) -> list[Path]:
             written += save_figure(fig, out / f"attention_{slug(exp)}", formats,
                                    arrays={"mean": fit.attention.mean(0), "std": fit.attention.std(0)},
                                    meta={"inputs": labels, "experiment": exp})
-    written += _write_table(grids, out / "val_grid")
+    written += save_tidy(grids, out / "val_grid")
     if run.per_layer:
         written += save_metric_per_block(run.per_layer, out / "accuracy_per_layer", metric="test balanced_top1",
                                          formats=formats, title=f"linear probe per layer ({run.dataset[:40]})",
@@ -257,14 +247,14 @@ def register(app: typer.Typer) -> None:
         else:
             pr = [(a, b) for a, b in FIGURE2_PAIRS if a in runs and b in runs]
         out.mkdir(parents=True, exist_ok=True)
-        _write_table(g, out / "gains")
+        save_tidy(g, out / "gains")
         n_tests = 0
         if pr and g["dataset"].nunique() > 1:
             tests = wilcoxon_over_datasets(g, pr, alpha=alpha)
-            _write_table(tests, out / "wilcoxon_over_datasets")
+            save_tidy(tests, out / "wilcoxon_over_datasets")
             n_tests = len(tests)
         if g["model"].nunique() > 1:
-            _write_table(per_dataset_tests(g, alpha=alpha), out / "per_dataset_tests")
+            save_tidy(per_dataset_tests(g, alpha=alpha), out / "per_dataset_tests")
         shown = [r for r in runs if r != baseline]
         fig = plot_gains(g, shown, title="gain over the last-layer CLS linear probe")
         save_figure(fig, out / "gains", fmts)

@@ -14,19 +14,8 @@ import typer
 from vitscope.cli.common import DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP
 from vitscope.cli.common import load_models as _load_models
 from vitscope.cli.common import parse_formats as _formats
+from vitscope.cli.common import save_tidy
 from vitscope.cli.common import slug as _slug
-
-
-def write_table(rows: list[dict], stem: Path) -> list[Path]:
-    """A tidy table as ``stem.csv`` and ``stem.parquet``."""
-    import pandas as pd
-
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows)
-    csv, pq = stem.with_suffix(".csv"), stem.with_suffix(".parquet")
-    df.to_csv(csv, index=False)
-    df.to_parquet(pq, index=False)
-    return [csv, pq]
 
 
 def _open_labelled(model, spec: Optional[str], option: str, what: str, limit: Optional[int]):
@@ -142,8 +131,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
             summary.append(f"{label}: " + ", ".join(parts))
             if ds.skipped:
                 ds.write_skip_report(out / "skipped.csv")
-        write_table(curve_rows, out / "removal_curves")
-        write_table(auc_rows, out / "removal_auc")
+        save_tidy(curve_rows, out / "removal_curves")
+        save_tidy(auc_rows, out / "removal_auc")
         if not quiet:
             for p in written:
                 if str(p).endswith((".png", ".pdf", ".svg")):
@@ -231,7 +220,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
             patch_acc = float(res.accuracy(s0, last)[lay.patches].mean())
             cls = f", CLS {res.accuracy(s0, last)[lay.cls]:.3f}" if lay.cls is not None else ""
             summary.append(f"{label} block {last} {s0}: patch tokens {patch_acc:.3f}{cls}")
-        write_table(rows, out / "token_probes")
+        save_tidy(rows, out / "token_probes")
         if not quiet:
             for p in written:
                 if str(p).endswith((".png", ".pdf", ".svg")):
