@@ -13,22 +13,11 @@ SITE = "hook_resid_post"
 
 
 def resolve_blocks(model, blocks: Sequence[int] | str | None) -> list[int]:
-    """``None`` / ``"all"``: every block; else the listed blocks (negative counts from the end), checked."""
-    depth = model.cfg.depth
-    if blocks is None or (isinstance(blocks, str) and blocks.strip().lower() == "all"):
-        return list(range(depth))
-    if isinstance(blocks, str):
-        from vitscope.analysis.block_features import parse_blocks
+    """``None`` / ``"all"``: every block; else the listed blocks (negative counts from the end), checked. Patch
+    tokens exist at every block, so this is the shared resolver with ``tokens="mean"``."""
+    from vitscope.analysis.block_features import resolve_blocks as resolve
 
-        blocks = parse_blocks(blocks, depth)
-    out = []
-    for b in blocks:
-        b = int(b)
-        bb = b + depth if b < 0 else b
-        if not 0 <= bb < depth:
-            raise ValueError(f"block {b} does not exist; the model has blocks 0..{depth - 1}")
-        if bb not in out:
-            out.append(bb)
+    out = resolve(model, blocks, tokens="mean")
     if not out:
         raise ValueError("no block chosen")
     return out
