@@ -122,6 +122,34 @@ def test_equal_votes_go_to_the_lower_class_index():
     np.testing.assert_array_equal(knn_predict(xtr, [3, 1], q, 2, num_classes=5), [[1, 3, 0, 2, 4]])
 
 
+def test_accuracy_breaks_equal_votes_by_the_lower_class_index():
+    t = 0.3
+    xtr = np.array([[np.cos(t), np.sin(t)], [np.cos(t), -np.sin(t)]])
+    q = np.array([[1.0, 0.0]] * 4)
+    # equal votes for classes 3 and 1: class 1 ranks first, 3 second; unvoted 0 third, 2 fourth
+    assert knn_accuracy(xtr, [3, 1], q[:1], [1], 2, num_classes=5) == (100.0, 100.0)
+    assert knn_accuracy(xtr, [3, 1], q[:1], [3], 2, num_classes=5) == (0.0, 100.0)
+    assert knn_accuracy(xtr, [3, 1], q, [0, 2, 4, 4], 2, num_classes=5) == (0.0, 0.0)
+    # top-5 slots are min(5, k) = 2: unvoted classes never reach them here, even when counted
+    assert knn_accuracy(xtr, [3, 1], q, [0, 2, 4, 4], 2, num_classes=5, count_unvoted=True) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("count_unvoted", [False, True])
+def test_many_classes_few_voted_match_slow_loop(count_unvoted):
+    """40 classes, 6 neighbours: most classes unvoted, the test label often unvoted (its place among the unvoted
+    depends on its index)."""
+    rng = np.random.default_rng(3)
+    C, D = 40, 6
+    ytr = rng.choice([0, 2, 3, 7, 30], 120)                 # few voted classes per row, some of low index
+    xtr = rng.normal(size=(120, D)).astype(np.float32)
+    xte = rng.normal(size=(60, D)).astype(np.float32)
+    yte = np.concatenate([rng.integers(0, 9, 40), rng.integers(0, C, 20)])    # low indices reach unvoted top-5 slots
+    for k in (1, 3, 6):
+        got = knn_accuracy(xtr, ytr, xte, yte, k, num_classes=C, count_unvoted=count_unvoted)
+        ref = slow_accuracy(xtr, ytr, xte, yte, k, count_unvoted, C=C)
+        assert got == pytest.approx(ref)
+
+
 def test_unnormalised_rows_do_not_overflow():
     rng = np.random.default_rng(1)
     xtr = 50 * rng.normal(size=(30, 4))

@@ -100,11 +100,16 @@ def neighbours(train_feats, test_feats, kmax: int, normalize: bool = True, devic
                max_chunk_bytes: int = MAX_CHUNK_BYTES):
     """Yield ``(start, sims (n, kmax), idx (n, kmax))``: the ``kmax`` most similar training rows of each test row,
     most similar first, chunk by chunk over the test rows (memory ~ ``max_chunk_bytes``)."""
+    x = _features(train_feats, "train_feats", device)
+    q_all = _features(test_feats, "test_feats", x.device)
+    return _neighbours(x, q_all, kmax, normalize, max_chunk_bytes)
+
+
+def _neighbours(x, q_all, kmax: int, normalize: bool, max_chunk_bytes: int):
+    """:func:`neighbours` on float32 tensors already checked by ``_features`` (on one device)."""
     import torch
     import torch.nn.functional as F
 
-    x = _features(train_feats, "train_feats", device)
-    q_all = _features(test_feats, "test_feats", x.device)
     if q_all.shape[1] != x.shape[1]:
         raise ValueError(f"train_feats have {x.shape[1]} features per row but test_feats {q_all.shape[1]}")
     _check_ks([kmax], x.shape[0])
@@ -138,19 +143,21 @@ def _top(sims, kmax: int):
             torch.from_numpy(np.take_along_axis(idx, order, 1)))
 
 
-def _votes(sims, nb_labels, ks: Sequence[int], temperature: float, C: int):
-    """Yield ``(k, votes (n, C), counts (n, C))`` for increasing ``ks``, each k adding its neighbours to the last."""
+def _votes(sims, nb_labels, ks: Sequence[int], temperature: float, C: int, with_count: bool = True):
+    """Yield ``(k, votes (n, C), counts (n, C) or None)`` for increasing ``ks``, each k adding its neighbours to
+    the last."""
     import torch
 
     n = sims.shape[0]
     w = torch.exp((sims - sims[:, :1]) / temperature)                                   # n, kmax (row max first)
     votes = torch.zeros(n, C, dtype=w.dtype, device=w.device)
-    count = torch.zeros(n, C, dtype=torch.int32, device=w.device)
+    count = torch.zeros(n, C, dtype=torch.int32, device=w.device) if with_count else None
     done = 0
     for k in ks:
         lab = nb_labels[:, done:k]
         votes.scatter_add_(1, lab, w[:, done:k])
-        count.scatter_add_(1, lab, torch.ones_like(lab, dtype=torch.int32))
+        if count is not None:
+            count.scatter_add_(1, lab, torch.ones_like(lab, dtype=torch.int32))
         done = k
         yield k, votes, count
 
@@ -163,16 +170,33 @@ def _ranking(votes, count, width: int):
     return torch.sort(v, dim=1, descending=True, stable=True).indices[:, :width]
 
 
-def _label_rank(votes, count, target):
-    """0-based place of each row's ``target`` class in :func:`_ranking`'s order (without sorting), and whether it
-    was voted."""
+def _first_seen(nb_labels, C: int):
+    """(n, kmax) bool: the neighbour at position j is the first of its class among positions 0..j (so, for every
+    k, the first k columns mark each voted class exactly once)."""
     import torch
 
-    v = torch.where(count > 0, votes, torch.full_like(votes, -1.0))                     # n, C
-    vt = v.gather(1, target[:, None])                                                   # n, 1
-    cls = torch.arange(v.shape[1], device=v.device)[None]
-    ahead = (v > vt) | ((v == vt) & (cls < target[:, None]))
-    return ahead.sum(dim=1), count.gather(1, target[:, None])[:, 0] > 0
+    n, K = nb_labels.shape
+    pos = torch.arange(K, device=nb_labels.device)
+    first = torch.full((n, C), K, dtype=torch.long, device=nb_labels.device)
+    first.scatter_reduce_(1, nb_labels, pos.expand(n, K), reduce="amin")
+    return first.gather(1, nb_labels) == pos
+
+
+def _label_rank(votes, nb_labels, first, k: int, target):
+    """0-based place of each row's ``target`` class in :func:`_ranking`'s order, and whether it was voted, from
+    the k neighbours' classes only (at most k voted classes per row, not all C)."""
+    lab = nb_labels[:, :k]
+    fk = first[:, :k]
+    t = target[:, None]
+    voted = (lab == t).any(dim=1)
+    vt = votes.gather(1, t)                                                             # n, 1
+    vj = votes.gather(1, lab)                                                           # n, k (voted classes)
+    ahead = fk & ((vj > vt) | ((vj == vt) & (lab < t)))
+    place = ahead.sum(dim=1)
+    # an unvoted target comes after every voted class and after the unvoted classes of lower index
+    below = (fk & (lab < t)).sum(dim=1)
+    unvoted_place = fk.sum(dim=1) + target - below
+    return place.where(voted, unvoted_place), voted
 
 
 def knn_evaluate(train_feats, train_labels, test_feats, test_labels=None, ks: Sequence[int] = KS,
@@ -198,15 +222,16 @@ def knn_evaluate(train_feats, train_labels, test_feats, test_labels=None, ks: Se
     width = min(5, C)
     hits = {k: [0, 0] for k in ks}
     preds = {k: [] for k in ks} if return_predictions else None
-    for s, sims, idx in neighbours(x, q, max(ks), normalize, x.device, max_chunk_bytes):
+    for s, sims, idx in _neighbours(x, q, max(ks), normalize, max_chunk_bytes):
         nb = y[idx]                                                                     # n, kmax
         t = None if yt is None else yt[s:s + nb.shape[0]]
-        for k, votes, count in _votes(sims, nb, ks, temperature, C):
+        first = None if t is None else _first_seen(nb, C)
+        for k, votes, count in _votes(sims, nb, ks, temperature, C, with_count=preds is not None):
             if preds is not None:
                 preds[k].append(_ranking(votes, count, width).cpu())
             if t is None:
                 continue
-            place, voted = _label_rank(votes, count, t)
+            place, voted = _label_rank(votes, nb, first, k, t)
             hit5 = place < min(5, k)
             if not count_unvoted:
                 hit5 &= voted
