@@ -1,11 +1,15 @@
 """Probe benchmarks: tuning linear probes on 13 layers x 21 configurations batched vs one after another, and the
 attentive probe's training throughput over 24 inputs.
 
-    python benchmarks/probes.py [--scale 1.0] [--steps 1000] [--rounds 1] [--threads 1]
+    python benchmarks/probes.py [--scale 1.0] [--steps 1000] [--rounds 1] [--threads 1] [--sequential-sample K]
 
 Part 1: 13 layers x 21 (lr, weight decay) configurations, N training rows of width 384, 100 classes, the same steps:
-``train_linear_grid`` (one computation) vs ``train_probe`` on each of the 273 probes in turn (``--sequential-sample``
-of them timed and scaled to 273 when the full loop is too slow); test accuracies of the timed probes compared.
+``train_linear_grid`` (one computation) against training the 273 probes one after another, two ways:
+``train_probe`` (vitscope's one-configuration trainer, same random numbers, so the same accuracies) and a
+transcription of seed 000's loop (a ``Dataset`` whose transform adds the Gaussian jitter sample by sample, a
+shuffling ``DataLoader``, ``nn.Linear``, weighted ``CrossEntropyLoss``, ``AdamW``, the cosine schedule set every
+step, ``clip_grad_norm_``; its own random numbers, so accuracies agree only statistically). ``--sequential-sample``
+probes of each are timed and scaled to 273; every method gets one untimed warm-up run first.
 Part 2: the attentive probe over 24 inputs (width 384) of N rows: training images per second (one configuration,
 and the 21-configuration grid batched).
 """
@@ -19,7 +23,52 @@ import torch
 from torch import nn
 
 from vitscope.analysis.probes import AttentiveGrid, TrainConfig, grid, linear_logits, train_linear_grid, train_probe
-from vitscope.analysis.probes.train import build_seeded, predict
+from vitscope.analysis.probes.train import build_seeded, class_weights, cosine_lr, predict
+
+
+class _GaussianNoise:
+    """Seed 000's ``GaussianNoise(mean=0, std=0.05, p=0.5)`` dataset transform, drawn per sample."""
+
+    def __init__(self, std=0.05, p=0.5):
+        self.std, self.p = std, p
+
+    def __call__(self, x):
+        if torch.rand(1) < self.p:
+            return x + torch.randn_like(x) * self.std
+        return x
+
+
+class _Features(torch.utils.data.Dataset):
+    def __init__(self, x, y, transform):
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.transform(self.x[i]), self.y[i]
+
+
+def seed_loop(x, y, lr, wd, steps, bs, C, seed=0):
+    """One linear probe trained the way seed 000's ``LinearProbe.train`` does it (see the module docstring)."""
+    torch.manual_seed(seed)
+    model = nn.Linear(x.shape[1], C)
+    loader = torch.utils.data.DataLoader(_Features(x, y, _GaussianNoise()), batch_size=bs, shuffle=True)
+    crit = nn.CrossEntropyLoss(weight=class_weights(y, C))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    epochs = -(-steps // len(loader))
+    total, step = epochs * len(loader), 0
+    for _ in range(epochs):
+        for xb, yb in loader:
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(lr, step, total)
+            loss = crit(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            step += 1
+    return model
 
 
 def _data(L, n, d, c, seed=0):
@@ -39,6 +88,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sequential-sample", type=int, default=273, help="probes timed one after another (scaled to 273)")
     ap.add_argument("--skip-attentive", action="store_true")
+    ap.add_argument("--skip-seed", action="store_true", help="leave out the transcription of seed 000's loop")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     L, D, C = 13, 384, 100
@@ -55,25 +105,45 @@ def main() -> None:
     k = min(a.sequential_sample, L * len(configs))
     pairs = [(l, g) for l in range(L) for g in range(len(configs))]
     pick = pairs[:: max(1, len(pairs) // k)][:k]
-    t_b, t_s = [], []
+    warm = cfg.with_(min_steps=3, epochs=1)                       # untimed first runs (lazy initialisation)
+    train_linear_grid(xtr[:, :bs], ytr[:bs], lrs, wds, warm, C, batch_size=bs)
+    train_probe(build_seeded(lambda: nn.Linear(D, C), 0), xtr[0, :bs], ytr[:bs], warm, C, batch_size=bs)
+    seed_loop(xtr[0, :bs], ytr[:bs], 0.01, 0.0, 3, bs, C)
+    t_b, t_s, t_seed = [], [], []
+    diffs, diffs_seed = [], []
     for _ in range(a.rounds):                                   # interleaved rounds
         t0 = time.perf_counter()
         W, b, info = train_linear_grid(xtr, ytr, lrs, wds, cfg, C, batch_size=bs)
         t_b.append(time.perf_counter() - t0)
         acc_b = (linear_logits(xte, W, b).argmax(-1) == yte).float().mean(-1)          # L, G
         t0 = time.perf_counter()
-        diffs = []
         for l, g in pick:
             m = build_seeded(lambda: nn.Linear(D, C), cfg.seed)
             train_probe(m, xtr[l], ytr, cfg.with_(lr=lrs[g], weight_decay=wds[g]), C, batch_size=bs)
             acc = float((predict(m, xte[l]).argmax(-1) == yte).float().mean())
             diffs.append(abs(acc - float(acc_b[l, g])))
         t_s.append((time.perf_counter() - t0) * len(pairs) / len(pick))
+        if a.skip_seed:
+            continue
+        t0 = time.perf_counter()
+        for l, g in pick:
+            m = seed_loop(xtr[l], ytr, lrs[g], wds[g], info["steps"], bs, C)
+            acc = float((predict(m, xte[l]).argmax(-1) == yte).float().mean())
+            diffs_seed.append(abs(acc - float(acc_b[l, g])))
+        t_seed.append((time.perf_counter() - t0) * len(pairs) / len(pick))
     fmt = lambda v: f"min {min(v):.1f} s, median {statistics.median(v):.1f} s, max {max(v):.1f} s"
-    print(f"  batched (1 computation):   {fmt(t_b)}  ({info['steps']} steps)")
-    print(f"  one after another (x{len(pairs)}): {fmt(t_s)}" + (f"  ({len(pick)} timed, scaled)" if k < len(pairs) else ""))
-    print(f"  speed-up: {statistics.median(t_s) / statistics.median(t_b):.1f}x; test accuracy difference: max "
+    scaled = f"  ({len(pick)} timed, scaled)" if k < len(pairs) else ""
+    print(f"  batched (1 computation):          {fmt(t_b)}  ({info['steps']} steps)")
+    print(f"  vitscope train_probe x{len(pairs)}:       {fmt(t_s)}{scaled}")
+    print(f"  speed-up vs train_probe one after another: {statistics.median(t_s) / statistics.median(t_b):.1f}x "
+          f"(rounds: {', '.join(f'{s_ / b_:.1f}x' for s_, b_ in zip(t_s, t_b))}); test accuracy difference: max "
           f"{100 * max(diffs):.3f} points over {len(pick)} probes; batched mean accuracy {100 * float(acc_b.mean()):.1f}%")
+    if t_seed:
+        print(f"  seed 000's loop x{len(pairs)}:            {fmt(t_seed)}{scaled}")
+        print(f"  speed-up vs seed 000's loop one after another: {statistics.median(t_seed) / statistics.median(t_b):.1f}x "
+              f"(rounds: {', '.join(f'{s_ / b_:.1f}x' for s_, b_ in zip(t_seed, t_b))}); test accuracy difference "
+              f"(different random numbers): mean {100 * sum(diffs_seed) / len(diffs_seed):.2f}, max "
+              f"{100 * max(diffs_seed):.2f} points")
     if a.skip_attentive:
         return
     T = 24

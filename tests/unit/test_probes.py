@@ -172,6 +172,28 @@ def test_batched_linear_grid_equals_one_at_a_time():
             assert torch.allclose(m.bias, b[layer, g], atol=2e-5)
 
 
+def test_batched_linear_grid_clips_each_probe_like_clip_grad_norm():
+    """Large features make every probe's gradient norm exceed 5 (the clip acts each step); per-layer learning
+    rates (L, 1) as the retraining after tuning passes them; the last batch is partial."""
+    x, y = _data(2, 130, 6, 3, seed=4)
+    x = 40 * x
+    cfg = TrainConfig(epochs=1, min_steps=12, batch_size=50, seed=2)
+    lrs, wds = [[0.05], [0.003]], [[0.01], [0.3]]
+    W, b, _ = train_linear_grid(x, y, lrs, wds, cfg, 3)
+    for layer in range(2):
+        m = build_seeded(lambda: nn.Linear(6, 3), cfg.seed)
+        first = {}
+
+        def norm_hook(*_):
+            first.setdefault("n", float(m.weight.grad.norm()))
+
+        m.weight.register_post_accumulate_grad_hook(norm_hook)
+        train_probe(m, x[layer], y, cfg.with_(lr=lrs[layer][0], weight_decay=wds[layer][0]), 3)
+        assert first["n"] > 5                                         # the clip was active
+        assert torch.allclose(m.weight, W[layer, 0], atol=1e-4), layer
+        assert torch.allclose(m.bias, b[layer, 0], atol=1e-4)
+
+
 NULL_GRAD = {"attn_block.norm_k.bias", "attn_block.norm_v.bias", "attn_block.cross_attn.proj.bias",
              "bn.running_mean"}
 

@@ -37,15 +37,22 @@ class StackedAdamW:
     """AdamW over parameters whose leading ``nconf`` dims index configurations, each with its own lr and decay."""
 
     def __init__(self, params: dict[str, torch.Tensor], weight_decay: torch.Tensor, nconf: int,
-                 betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+                 betas=(0.9, 0.999), eps: float = 1e-8,
+                 views: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> None:
+        """``views[name](t)`` reshapes a per-configuration tensor (lr, weight decay) to broadcast against parameter
+        ``name`` when the configuration dims are not its leading dims."""
         self.params, self.wd, self.nconf = params, weight_decay, nconf
+        self.views = views or {}
         self.b1, self.b2 = betas
         self.eps = eps
         self.m = {k: torch.zeros_like(p) for k, p in params.items()}
         self.v = {k: torch.zeros_like(p) for k, p in params.items()}
+        self.buf: dict[str, torch.Tensor] = {}
         self.t = 0
 
-    def _bc(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    def _bc(self, t: torch.Tensor, p: torch.Tensor, name: str | None = None) -> torch.Tensor:
+        if name in self.views:
+            return self.views[name](t)
         return t.view(*t.shape, *([1] * (p.ndim - self.nconf)))
 
     @torch.no_grad()
@@ -55,12 +62,16 @@ class StackedAdamW:
         bc2 = 1 - self.b2 ** self.t
         for k, p in self.params.items():
             g = p.grad
-            lr_p, wd_p = self._bc(lr, p), self._bc(self.wd, p)
+            lr_p, wd_p = self._bc(lr, p, k), self._bc(self.wd, p, k)
             p.mul_(1 - lr_p * wd_p)
             self.m[k].lerp_(g, 1 - self.b1)
             self.v[k].mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-            denom = (self.v[k].sqrt() / math.sqrt(bc2)).add_(self.eps)
-            p.sub_((lr_p / bc1) * self.m[k] / denom)
+            upd = self.buf.get(k)
+            if upd is None:
+                upd = self.buf[k] = torch.empty_like(p)
+            torch.sqrt(self.v[k], out=upd).div_(math.sqrt(bc2)).add_(self.eps)          # denominator
+            torch.div(self.m[k], upd, out=upd).mul_(lr_p / bc1)                          # no temporaries
+            p.sub_(upd)
 
 
 @torch.no_grad()
@@ -84,6 +95,30 @@ def weighted_ce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch
     return (nll * wy).sum(-1) / wy.sum()
 
 
+def _draws(x: torch.Tensor, n: int, bs: int, nb: int, epochs: int, cfg: TrainConfig, gen: torch.Generator,
+           batch_axis: int):
+    """Yield ``(step, idx, jittered batch)`` in train.py's random-number protocol: per epoch ``randperm(N)``, per
+    batch ``rand(B) < p`` then ``randn(B, *feature_shape) * std``; the jitter is drawn for one sample's feature (the
+    dims after ``batch_axis``) and shared by whatever precedes it (layers)."""
+    dev = x.device
+    feat_shape = tuple(x.shape[batch_axis + 1:])
+    step = 0
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen, device=dev)
+        for b in range(nb):
+            idx = perm[b * bs:(b + 1) * bs]
+            xb = x.index_select(batch_axis, idx)
+            apply = torch.rand(len(idx), generator=gen, device=dev) < cfg.jitter_p
+            noise = torch.randn((len(idx), *feat_shape), generator=gen, device=dev, dtype=x.dtype) * cfg.jitter_std
+            noise = noise * apply.view(-1, *([1] * len(feat_shape))).to(x.dtype)
+            yield step, idx, xb + noise.view(*([1] * batch_axis), *noise.shape)
+            step += 1
+
+
+def _cosine(lr: torch.Tensor, step: int, total: int, cfg: TrainConfig) -> torch.Tensor:
+    return 0.5 * (1 + math.cos(math.pi * step / total)) * (lr - cfg.min_lr) + cfg.min_lr
+
+
 def run_batched(forward: Callable[[torch.Tensor], torch.Tensor], params: dict[str, torch.Tensor], x: torch.Tensor,
                 y: torch.Tensor, lr: torch.Tensor, wd: torch.Tensor, cfg: TrainConfig, num_classes: int,
                 batch_axis: int = 0, batch_size: int | None = None, on_step: Callable[[], None] | None = None,
@@ -105,32 +140,20 @@ def run_batched(forward: Callable[[torch.Tensor], torch.Tensor], params: dict[st
         p.requires_grad_(True)
     opt = StackedAdamW(params, wd, nconf)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
-    feat_shape = tuple(x.shape[batch_axis + 1:])
-    lead = batch_axis
-    step = 0
     with seeded(cfg.seed, dev):
-        for _ in range(epochs):
-            perm = torch.randperm(n, generator=gen, device=dev)
-            for b in range(nb):
-                idx = perm[b * bs:(b + 1) * bs]
-                xb = x.index_select(batch_axis, idx)
-                apply = torch.rand(len(idx), generator=gen, device=dev) < cfg.jitter_p
-                noise = torch.randn((len(idx), *feat_shape), generator=gen, device=dev, dtype=x.dtype) * cfg.jitter_std
-                noise = noise * apply.view(-1, *([1] * len(feat_shape))).to(x.dtype)
-                xb = xb + noise.view(*([1] * lead), *noise.shape)
-                now = 0.5 * (1 + math.cos(math.pi * step / total)) * (lr - cfg.min_lr) + cfg.min_lr
-                loss = weighted_ce(forward(xb), y[idx], w).sum()
-                for p in params.values():
-                    p.grad = None
-                loss.backward()
-                if cfg.grad_clip:
-                    clip_per_config(params, cfg.grad_clip, nconf)
-                opt.step(now)
-                if on_step is not None:
-                    on_step()
-                step += 1
-                if progress is not None:
-                    progress(1)
+        for step, idx, xb in _draws(x, n, bs, nb, epochs, cfg, gen, batch_axis):
+            now = _cosine(lr, step, total, cfg)
+            loss = weighted_ce(forward(xb), y[idx], w).sum()
+            for p in params.values():
+                p.grad = None
+            loss.backward()
+            if cfg.grad_clip:
+                clip_per_config(params, cfg.grad_clip, nconf)
+            opt.step(now)
+            if on_step is not None:
+                on_step()
+            if progress is not None:
+                progress(1)
     for p in params.values():
         p.requires_grad_(False)
         p.grad = None
@@ -151,27 +174,58 @@ def train_linear_grid(x: torch.Tensor, y: torch.Tensor, lrs, wds, cfg: TrainConf
     ``x``: (L, N, D) float32 features of L inputs with one width; ``lrs`` / ``wds``: (G,) or (L, G) learning rates and
     weight decays. Returns weights (L, G, C, D), biases (L, G, C) and the run info. Each probe equals
     ``train_probe(nn.Linear(D, C) built after manual_seed(cfg.seed), x[l], y, cfg.with_(lr=.., weight_decay=..))``.
+
+    The gradient is written out rather than taken by autograd: the logits of every probe come from one
+    ``baddbmm`` per step into a buffer that is turned into the weighted cross-entropy's gradient in place
+    (``(softmax - onehot) w_y / sum w_y``), and the weights' gradient is one ``bmm`` with the batch. Weights are kept
+    as (L, D, G, C) so that neither product copies them.
     """
     if x.ndim != 3:
         raise ValueError(f"train_linear_grid expects features (layers, N, D), got {tuple(x.shape)}")
-    L, _, D = x.shape
-    lr = torch.as_tensor(lrs, dtype=torch.float32)
-    G = lr.shape[-1]
+    L, n, D = x.shape
+    G = torch.as_tensor(lrs, dtype=torch.float32).shape[-1]
     lr, wd = _as_grid(lrs, wds, (L, G), x.device)
     init = build_seeded(lambda: nn.Linear(D, num_classes), cfg.seed)
     C = num_classes
-    params = {"w": init.weight.detach().to(x.device, x.dtype).expand(L, G, C, D).contiguous(),   # L, G, C, D
-              "b": init.bias.detach().to(x.device, x.dtype).expand(L, G, C).contiguous()}         # L, G, C
-
-    def forward(xb: torch.Tensor) -> torch.Tensor:                                    # xb: L, B, D
-        B = xb.shape[1]
-        wt = params["w"].permute(0, 3, 1, 2).reshape(L, D, G * C)                      # L, D, G*C
-        out = torch.bmm(xb, wt).view(L, B, G, C).permute(0, 2, 1, 3)                  # L, G, B, C
-        return out + params["b"][:, :, None, :]
-
-    info = run_batched(forward, params, x, y, lr, wd, cfg, num_classes, batch_axis=1, batch_size=batch_size,
-                       progress=progress)
-    return params["w"], params["b"], info
+    dev = x.device
+    W = init.weight.detach().to(dev, x.dtype).t().reshape(1, D, 1, C).expand(L, D, G, C).contiguous()
+    b = init.bias.detach().to(dev, x.dtype).reshape(1, 1, C).expand(L, G, C).contiguous()
+    params = {"w": W, "b": b}
+    views = {"w": lambda t: t.view(L, 1, G, 1), "b": lambda t: t.view(L, G, 1)}
+    opt = StackedAdamW(params, wd, 2, views=views)
+    y = y.to(dev).long()
+    bs = batch_size or adjust_batch_size(cfg.batch_size, n)
+    nb, epochs = schedule(n, bs, cfg.epochs, cfg.min_steps)
+    total = nb * epochs
+    w = class_weights(y, num_classes).to(dev, x.dtype)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+    size = L * min(bs, n) * G * C
+    zbuf, pbuf = torch.empty(size, device=dev, dtype=x.dtype), torch.empty(size, device=dev, dtype=x.dtype)
+    gw = torch.empty_like(W)                                                              # reused every step
+    with torch.no_grad(), seeded(cfg.seed, dev):
+        for step, idx, xb in _draws(x, n, bs, nb, epochs, cfg, gen, 1):                  # xb: L, B, D
+            B = len(idx)
+            yb = y[idx]
+            logits = zbuf[:L * B * G * C].view(L, B, G, C)
+            torch.baddbmm(b.view(L, 1, G * C), xb, W.view(L, D, G * C), out=logits.view(L, B, G * C))
+            z = pbuf[:L * B * G * C].view(L, B, G, C)
+            torch.ops.aten._softmax.out(logits, -1, False, out=z)                         # F.softmax, no new buffer
+            z[:, torch.arange(B, device=dev), :, yb] -= 1                                 # - onehot
+            wy = w[yb]
+            z.mul_((wy / wy.sum()).view(1, B, 1, 1))                                      # d loss / d logits
+            torch.bmm(xb.transpose(1, 2), z.view(L, B, G * C), out=gw.view(L, D, G * C))
+            gb = z.sum(1)                                                                 # L, G, C
+            if cfg.grad_clip:
+                norm = torch.linalg.vector_norm(gw, dim=(1, 3)).square_().add_(gb.square().sum(-1)).sqrt_()  # L, G
+                coef = (cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0)
+                gw.mul_(coef.view(L, 1, G, 1))
+                gb.mul_(coef.view(L, G, 1))
+            W.grad, b.grad = gw, gb
+            opt.step(_cosine(lr, step, total, cfg))
+            if progress is not None:
+                progress(1)
+    W.grad = b.grad = None
+    return W.permute(0, 2, 3, 1).contiguous(), b, {"batch_size": bs, "epochs": epochs, "steps": total}
 
 
 @torch.no_grad()
