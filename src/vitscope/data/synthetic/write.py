@@ -8,7 +8,7 @@ Layout under ``out_dir`` (each part optional, see ``FORMATS``)::
     partimagenet/images/test/*.png, partimagenet/annotations/test.json    -> tasks.load_partimagenet
     imagenet-s/{validation,validation-segmentation}/<class>/*.png         -> tasks.load_imagenet_s
     davis/{JPEGImages,Annotations}/480p/<seq>/NNNNN.*, ImageSets/2017/val.txt -> tasks.load_davis
-    spair/{JPEGImages,ImageAnnotation}/<class>/*, PairAnnotation/test/*.json, Layout/large/test.txt -> tasks.load_spair
+    spair/{JPEGImages,ImageAnnotation}/<figure>/*, PairAnnotation/test/*.json, Layout/large/test.txt -> tasks.load_spair
     revisited/rsynth/jpg/*.jpg, revisited/rsynth/gnd_rsynth.pkl           -> tasks.load_revisited
 
 Same settings and seed, same bytes (PNG and JPEG encoders are deterministic; json and pickle are written
@@ -26,14 +26,14 @@ import numpy as np
 from PIL import Image
 
 from vitscope.data.synthetic.config import SynthConfig
-from vitscope.data.synthetic.objects import object_sample, render_object_image
+from vitscope.data.synthetic.objects import object_sample
+from vitscope.data.synthetic.pairs import pair_sample
 from vitscope.data.synthetic.retrieval import retrieval_set
 from vitscope.data.synthetic.scenes import scene_sample
-from vitscope.data.synthetic.shapes import KEYPOINTS, PART_NAMES, SHAPES, keypoint_ids
+from vitscope.data.synthetic.shapes import KEYPOINTS, PART_NAMES, SHAPES
 from vitscope.data.synthetic.video import video_sample
 
 FORMATS = ("imagefolder", "coco", "partimagenet", "imagenet_s", "davis", "spair", "revisited")
-SPAIR_KEY = 40
 JPEG_QUALITY = 95
 
 
@@ -160,38 +160,35 @@ def write_davis(cfg: SynthConfig, out: Path, n_videos: int, n_frames: int) -> di
 
 
 def write_spair(cfg: SynthConfig, out: Path, n_pairs: int) -> dict:
-    lines = []
+    """Pairs of views of a figure (``pairs.pair_sample``); keypoint ``j`` is the centre of part ``j``."""
+    lines, figures = [], {}
     for k in range(n_pairs):
-        label = k % cfg.n_classes
-        shape = SHAPES[label]
+        ps = pair_sample(cfg, k)
+        figures[ps.name] = [SHAPES[c] for c in ps.parts]
         views = []
-        for j in (0, 1):
-            s = render_object_image(cfg, cfg.rng(SPAIR_KEY, k, j), label)
+        for j, v in enumerate((ps.src, ps.trg)):
             name = f"synth_{k:05d}_{j}"
-            _jpg(s.image, out / "JPEGImages" / shape / f"{name}.jpg")
-            x0, y0, x1, y1 = s.box
+            _jpg(v.image, out / "JPEGImages" / ps.name / f"{name}.jpg")
+            x0, y0, x1, y1 = v.box
             box = [x0, y0, x1 - 1, y1 - 1]  # inclusive corners, as in PASCAL-based SPair
-            kps = {str(q): ([float(x), float(y)] if vis else None) for q, (x, y, vis) in enumerate(s.keypoints)}
-            h, w = s.image.shape[:2]
+            h, w = v.image.shape[:2]
             _json({"filename": f"{name}.jpg", "image_width": w, "image_height": h, "image_depth": 3,
-                   "category": shape, "pose": "Unspecified", "truncated": 0, "occluded": 0, "difficult": 0,
-                   "bndbox": box, "kps": kps}, out / "ImageAnnotation" / shape / f"{name}.json")
-            views.append((name, s, box))
-        (sn, ss, sb), (tn, ts, tb) = views
-        both = [q for q in range(len(ss.keypoints)) if ss.keypoints[q, 2] and ts.keypoints[q, 2]]
-        pair = f"{k:06d}-{sn}-{tn}:{shape}"
+                   "category": ps.name, "pose": "Unspecified", "truncated": 0, "occluded": 0, "difficult": 0,
+                   "bndbox": box, "kps": {str(q): [float(x), float(y)] for q, (x, y) in enumerate(v.keypoints)}},
+                  out / "ImageAnnotation" / ps.name / f"{name}.json")
+            views.append((name, v, box, (w, h)))
+        (sn, sv, sb, ssize), (tn, tv, tb, tsize) = views
+        pair = f"{k:06d}-{sn}-{tn}:{ps.name}"
         lines.append(pair)
-        h, w = ss.image.shape[:2]
         _json({"filename": pair, "src_imname": f"{sn}.jpg", "trg_imname": f"{tn}.jpg",
-               "src_imsize": [w, h, 3], "trg_imsize": [w, h, 3], "src_bndbox": sb, "trg_bndbox": tb,
-               "category": shape, "src_pose": "Unspecified", "trg_pose": "Unspecified",
-               "src_kps": [[float(ss.keypoints[q, 0]), float(ss.keypoints[q, 1])] for q in both],
-               "trg_kps": [[float(ts.keypoints[q, 0]), float(ts.keypoints[q, 1])] for q in both],
-               "kps_ids": [str(q) for q in both], "mirror": 0, "viewpoint_variation": 0, "scale_variation": 0,
-               "truncation": 0, "occlusion": 0}, out / "PairAnnotation" / "test" / f"{pair}.json")
+               "src_imsize": [*ssize, 3], "trg_imsize": [*tsize, 3], "src_bndbox": sb, "trg_bndbox": tb,
+               "category": ps.name, "src_pose": "Unspecified", "trg_pose": "Unspecified",
+               "src_kps": sv.keypoints.tolist(), "trg_kps": tv.keypoints.tolist(),
+               "kps_ids": [str(q) for q in range(len(sv.keypoints))], "mirror": 0, "viewpoint_variation": 0,
+               "scale_variation": 0, "truncation": 0, "occlusion": 0}, out / "PairAnnotation" / "test" / f"{pair}.json")
     (out / "Layout" / "large").mkdir(parents=True, exist_ok=True)
     (out / "Layout" / "large" / "test.txt").write_text("\n".join(lines) + "\n")
-    return {"pairs": n_pairs, "global_keypoint_ids_of_class": {s: keypoint_ids(s).tolist() for s in cfg.classes}}
+    return {"pairs": n_pairs, "keypoints": "centre of each part", "parts_of_category": figures}
 
 
 def write_revisited(cfg: SynthConfig, out: Path, n_landmarks: int, name: str = "rsynth") -> dict:
