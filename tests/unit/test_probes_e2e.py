@@ -207,3 +207,14 @@ def test_step_features_equal_the_feature_store(tmp_path):
     np.testing.assert_allclose(z[:, 4:11].numpy(), np.asarray(store["ln_final", "all"])[3:11]
                                / np.linalg.norm(store["ln_final", "all"][3:11], axis=-1, keepdims=True),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_second_job_on_the_same_folder_is_refused(tmp_path):
+    from vitscope.outlock import OutputLockedError, output_lock
+
+    cfg = E2EConfig(recipe="attentive-frozen", layer_set="last", steps=1, batch_size=BATCH)
+    with output_lock(tmp_path / "run", "another probe-e2e", part="rank-0"):           # rank 0 of a running job
+        with pytest.raises(OutputLockedError, match="another probe-e2e"):
+            train_e2e(tiny(), TRAIN, None, cfg, out=tmp_path / "run")
+    assert not (tmp_path / "run" / "probe.json").exists()
+    assert train_e2e(tiny(), TRAIN, None, cfg, out=tmp_path / "run")["finished"]     # released: runs

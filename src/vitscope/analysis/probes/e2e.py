@@ -326,8 +326,10 @@ def train_e2e(model, train_data, test_data=None, cfg: E2EConfig = E2EConfig(), o
 
     ``model``: a HookedViT (moved to the run's device); ``train_data`` / ``test_data``: data specs or datasets whose
     items are ``(image (3, H, W), label, index)``. Under ``torchrun --nproc_per_node=N`` the global batch is split over
-    N processes. ``on_step(step)`` is called after each optimiser step (``step`` = steps done).
+    N processes. ``on_step(step)`` is called after each optimiser step (``step`` = steps done). Each rank holds its
+    part of ``out``'s write lock while it runs, so a second job writing the same folder is refused at once.
     """
+    from vitscope.outlock import output_lock
     from vitscope.train.distributed import setup
 
     cfg = cfg.resolved()
@@ -335,8 +337,9 @@ def train_e2e(model, train_data, test_data=None, cfg: E2EConfig = E2EConfig(), o
     frozen = cfg.recipe == "attentive-frozen"
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     try:
-        return _run(model, train_data, test_data, cfg, Path(out), resume, env, num_workers, progress, model_name,
-                    dataset, on_step)
+        with output_lock(out, "vitscope probe-e2e", part=f"rank-{env.rank}"):
+            return _run(model, train_data, test_data, cfg, Path(out), resume, env, num_workers, progress,
+                        model_name, dataset, on_step)
     finally:
         if frozen:
             for n, p in model.named_parameters():
