@@ -52,7 +52,7 @@ def test_retrieval_trained_beats_random(ctx):
         assert len(t) == 12                               # mAP, mP@1/5/10 x easy, medium, hard
         for metric, row in t.iterrows():
             demo, rand = row["demo-vit"], row["demo-vit (random)"]
-            if metric.endswith("_hard"):                  # few, strongly changed positives: a smaller margin
+            if metric.endswith("_hard"):                  # values of 5-15%, noisier: a smaller margin
                 assert demo >= hard * rand and demo >= rand + 2, (crop, metric, demo, rand)
             else:
                 assert demo >= 2 * rand and demo >= rand + 4, (crop, metric, demo, rand)
