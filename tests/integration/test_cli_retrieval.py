@@ -24,7 +24,7 @@ def run(*args):
 def test_retrieval_models(rsynth, tmp_path):
     r = run("retrieval", "-m", "demo-vit", "--with-random", "--root", rsynth, "-o", tmp_path, "-q")
     assert r.exit_code == 0, (r.output, r.exception)
-    assert "retrieval of 2 model(s) on Revisited rsynth (44 images, 4 queries)" in r.output
+    assert "retrieval of 2 model(s) on Revisited rsynth (56 images, 12 queries)" in r.output
     for f in ("retrieval.csv", "retrieval.parquet", "retrieval_mAP_medium.png", "retrieval_mAP_hard.csv"):
         assert (tmp_path / f).exists(), f
     df = pd.read_parquet(tmp_path / "retrieval.parquet")
@@ -57,7 +57,8 @@ def test_retrieval_from_stores_equals_models(rsynth, tmp_path):
     r = run("retrieval", "--db-store", tmp_path / "db", "--query-store", tmp_path / "q", "--root", rsynth,
             "-o", tmp_path / "s", "-q")
     assert r.exit_code == 0, (r.output, r.exception)
-    r = run("retrieval", "-m", "demo-vit", "--root", rsynth, "--preprocess", "model", "--no-crop",
+    # --imsize 96: no image is larger (queries are 96 px), so no thumbnail before the model's transform, as in the stores
+    r = run("retrieval", "-m", "demo-vit", "--root", rsynth, "--preprocess", "model", "--no-crop", "--imsize", 96,
             "-o", tmp_path / "m", "-q")
     assert r.exit_code == 0, (r.output, r.exception)
     a = pd.read_csv(tmp_path / "s" / "retrieval.csv").sort_values(["block", "metric"]).value.to_numpy()

@@ -46,12 +46,13 @@ def test_retrieval_trained_beats_random(ctx):
     from vitscope.report.sections.retrieval import retrieval_rows
 
     rows, n_db, n_q = ctx.memo("retrieval_rows", lambda: retrieval_rows(ctx, n_landmarks=24))
-    assert (n_db, n_q) == (204, 24)
-    full = best(rows, crop=False)
-    assert len(full) == 12                                # mAP, mP@1/5/10 x easy, medium, hard
-    for metric, row in full.iterrows():                   # uncropped queries (DINO, seed 002): every metric
-        assert row["demo-vit"] >= 2 * row["demo-vit (random)"] and row["demo-vit"] >= row["demo-vit (random)"] + 4, \
-            metric
-    crop = best(rows, crop=True)                          # cropped queries: the easy and medium protocols
-    for metric in ("mAP_easy", "mAP_medium", "mP@1_medium", "mP@10_medium"):
-        assert crop.loc[metric, "demo-vit"] > 1.3 * crop.loc[metric, "demo-vit (random)"], metric
+    assert (n_db, n_q) == (276, 72)                       # 24 landmarks x (3 easy, 6 hard, 2 junk) + 12; 3 queries each
+    for crop, hard in ((True, 1.3), (False, 1.5)):        # queries cropped to their box (the protocol) and not (DINO)
+        t = best(rows, crop=crop)
+        assert len(t) == 12                               # mAP, mP@1/5/10 x easy, medium, hard
+        for metric, row in t.iterrows():
+            demo, rand = row["demo-vit"], row["demo-vit (random)"]
+            if metric.endswith("_hard"):                  # values of 5-15%, noisier: a smaller margin
+                assert demo >= hard * rand and demo >= rand + 2, (crop, metric, demo, rand)
+            else:
+                assert demo >= 2 * rand and demo >= rand + 4, (crop, metric, demo, rand)

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         videos: int = typer.Option(4, "--videos", help="DAVIS-style sequences."),
         frames: int = typer.Option(12, "--frames", help="Frames per sequence."),
         pairs: int = typer.Option(40, "--pairs", help="SPair-style keypoint pairs."),
-        landmarks: int = typer.Option(6, "--landmarks", help="Revisited-style queries (one per landmark)."),
+        landmarks: int = typer.Option(6, "--landmarks", help="Revisited-style landmarks (three queries each)."),
         formats: str = typer.Option(",".join(("imagefolder", "coco", "partimagenet", "imagenet_s", "davis", "spair",
                                               "revisited")), "--formats",
                                     help="Comma-separated parts to write."),

@@ -141,10 +141,33 @@ def test_spair_round_trip(written):
 def test_revisited_round_trip(written):
     gt = tasks.load_revisited(written / "revisited" / "rsynth")
     rs = retrieval_set(CFG, n_landmarks=2)
-    assert gt.imlist == rs.db_names and len(gt.queries) == 2
-    for m, q in enumerate(gt.queries):
+    assert gt.imlist == rs.db_names and len(gt.queries) == 6                  # three queries per landmark
+    assert (rs.query_landmark == np.repeat([0, 1], 3)).all()
+    for q, m, img in zip(gt.queries, rs.query_landmark, rs.query_images):
         for kind in ("easy", "hard", "junk"):
             assert (rs.db_landmark[getattr(q, kind)] == m).all()
-        assert len(q.easy) == 3 and len(q.hard) == 3 and len(q.junk) == 2
+        assert len(q.easy) == 3 and len(q.hard) == 6 and len(q.junk) == 2
         assert not set(q.easy) & set(q.hard) and not set(q.hard) & set(q.junk)
+        assert img.shape == (48, 48, 3)                                       # 1.5 x the image side
     assert (rs.db_landmark == -1).sum() == 12
+
+
+def test_revisited_query_box_frames_the_landmark_with_context():
+    """The box holds the whole landmark with a margin on every side (a crop is not cut at its outline)."""
+    from vitscope.data.synthetic.render import box_of
+    from vitscope.data.synthetic.retrieval import QUERY_MARGIN, query_box
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = np.zeros((96, 96), bool)
+        y0, x0 = rng.integers(30, 40, size=2)
+        h, w = rng.integers(15, 30, size=2)
+        mask[y0:y0 + h, x0:x0 + w] = True
+        b = query_box(rng, mask)
+        t = np.array(box_of(mask), float)
+        margin = np.array([t[0] - b[0], t[1] - b[1], b[2] - t[2], b[3] - t[3]]) / np.array([w, h, w, h])
+        assert (margin >= QUERY_MARGIN[0] - 0.5 / 15).all() and (margin <= QUERY_MARGIN[1] + 0.5 / 15).all()
+    edge = np.zeros((96, 96), bool)
+    edge[0:20, 80:96] = True                                                  # at the corner: kept inside
+    b = query_box(rng, edge)
+    assert b[0] < 80 and b[1] == 0 and b[2] == 96 and b[3] > 20

@@ -1,6 +1,10 @@
 """Instance retrieval in the Revisited Oxford / Paris style: landmarks (one shape instance each, with its own
-colour and stripe pattern) seen in a query and in database images of graded difficulty.
+colour and stripe pattern) seen in queries and in database images of graded difficulty.
 
+- query: several per landmark, each a larger picture (``QUERY_CANVAS`` times the image side) with the landmark
+  at the easy views' scale somewhere in it; its box frames the landmark with a margin of context on every side
+  (``QUERY_MARGIN`` of the landmark's width or height), so that a query cropped to its box shows the landmark as
+  the database shows it, on its background, rather than cut at its outline;
 - easy: the landmark in full, slightly turned and rescaled, on another background;
 - hard: strongly turned and rescaled, low contrast, noisier, partly covered by an occluder;
 - junk: barely visible (mostly outside the frame, or tiny), ignored by every protocol;
@@ -18,13 +22,16 @@ from vitscope.data.synthetic.render import Appearance, box_of, contrasting_colou
 from vitscope.data.synthetic.shapes import Pose
 
 RETRIEVAL_KEY = 20
+QUERY_CANVAS = 1.5          # query side / image side
+QUERY_MARGIN = (0.2, 0.35)  # context on each side of the landmark in a query box, as a fraction of its extent
 
 
 @dataclass
 class RetrievalSet:
-    """db_images / query_images: lists of (S, S, 3) uint8; db_names / query_names (file stems);
-    gnd: one dict per query with ``easy``, ``hard``, ``junk`` (db indices, int64 arrays) and ``bbx``
-    (x0, y0, x1, y1) of the landmark in the query image; db_landmark: landmark of each db image (-1: distractor)."""
+    """db_images: list of (S, S, 3) uint8; query_images: list of (Q, Q, 3) uint8, Q = round(QUERY_CANVAS * S);
+    db_names / query_names (file stems); gnd: one dict per query with ``easy``, ``hard``, ``junk`` (db indices,
+    int64 arrays) and ``bbx`` (x0, y0, x1, y1): the landmark with a margin of context, inside the query image;
+    db_landmark: landmark of each db image (-1: distractor); query_landmark: landmark of each query."""
 
     db_images: list[np.ndarray]
     db_names: list[str]
@@ -32,6 +39,7 @@ class RetrievalSet:
     query_names: list[str]
     gnd: list[dict]
     db_landmark: np.ndarray
+    query_landmark: np.ndarray
 
 
 def _landmark(rng: np.random.Generator, n_classes: int) -> tuple[int, Appearance]:
@@ -46,10 +54,16 @@ def _view(cfg: SynthConfig, rng: np.random.Generator, label: int, look: Appearan
     """One view of a landmark: (image, the ShapeSample before any occluder)."""
     size = cfg.size
     c = cfg
-    if kind in ("query", "easy"):
+    if kind == "query":  # a larger picture; room for the landmark's box with its widest margin
         r = size * rng.uniform(0.30, 0.38)
-        angle = base_angle + (0.0 if kind == "query" else rng.uniform(-0.25, 0.25))
-        centre = rng.uniform(r, size - r, size=2) if kind == "easy" else np.array([size / 2, size / 2])
+        angle = base_angle
+        c = replace(cfg, size=int(round(QUERY_CANVAS * size)))
+        pad = r * (1 + 2 * QUERY_MARGIN[1])
+        centre = rng.uniform(pad, c.size - pad, size=2)
+    elif kind == "easy":
+        r = size * rng.uniform(0.30, 0.38)
+        angle = base_angle + rng.uniform(-0.25, 0.25)
+        centre = rng.uniform(r, size - r, size=2)
     elif kind == "hard":
         r = size * rng.uniform(0.18, 0.26) if rng.random() < 0.5 else size * rng.uniform(0.40, 0.46)
         angle = base_angle + rng.choice([-1, 1]) * rng.uniform(0.8, np.pi)
@@ -82,18 +96,33 @@ def _view(cfg: SynthConfig, rng: np.random.Generator, label: int, look: Appearan
     return img, sample
 
 
-def retrieval_set(cfg: SynthConfig, n_landmarks: int = 6, easy: int = 3, hard: int = 3, junk: int = 2,
-                  distractors: int = 12) -> RetrievalSet:
-    """One query per landmark; its easy, hard and junk views plus ``distractors`` in a shuffled database."""
-    rng = cfg.rng(RETRIEVAL_KEY, n_landmarks, easy, hard, junk, distractors)
+def query_box(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """The landmark's tight box widened on each side by ``QUERY_MARGIN`` of its width (left, right) or height
+    (top, bottom), kept inside the image: (x0, y0, x1, y1) in whole pixels."""
+    x0, y0, x1, y1 = box_of(mask)
+    w, h = x1 - x0, y1 - y0
+    m = rng.uniform(*QUERY_MARGIN, size=4) * np.array([w, h, w, h])
+    b = np.round(np.array([x0, y0, x1, y1]) + np.array([-1, -1, 1, 1]) * m)
+    return np.clip(b, 0, [mask.shape[1], mask.shape[0]] * 2).astype(np.float64)
+
+
+def retrieval_set(cfg: SynthConfig, n_landmarks: int = 6, easy: int = 3, hard: int = 6, junk: int = 2,
+                  distractors: int = 12, queries_per_landmark: int = 3) -> RetrievalSet:
+    """``queries_per_landmark`` queries per landmark (as Revisited Oxford / Paris have several); each landmark's
+    easy, hard and junk views plus ``distractors`` in a shuffled database."""
+    if queries_per_landmark < 1:
+        raise ValueError(f"queries_per_landmark must be at least 1, got {queries_per_landmark}")
+    rng = cfg.rng(RETRIEVAL_KEY, n_landmarks, easy, hard, junk, distractors, queries_per_landmark)
     marks = [_landmark(rng, cfg.n_classes) for _ in range(n_landmarks)]
     angles = rng.uniform(0, 2 * np.pi, size=n_landmarks)
     items: list[tuple[np.ndarray, int, str]] = []  # image, landmark, kind
-    queries, bbxs = [], []
+    queries, bbxs, qmarks = [], [], []
     for m, ((label, look), a) in enumerate(zip(marks, angles)):
-        qimg, qs = _view(cfg, rng, label, look, "query", a)
-        queries.append(qimg)
-        bbxs.append(np.asarray(box_of(qs.mask), np.float64))
+        for _ in range(queries_per_landmark):
+            qimg, qs = _view(cfg, rng, label, look, "query", a)
+            queries.append(qimg)
+            bbxs.append(query_box(rng, qs.mask))
+            qmarks.append(m)
         for kind, n in (("easy", easy), ("hard", hard), ("junk", junk)):
             for _ in range(n):
                 items.append((_view(cfg, rng, label, look, kind, a)[0], m, kind))
@@ -107,12 +136,10 @@ def retrieval_set(cfg: SynthConfig, n_landmarks: int = 6, easy: int = 3, hard: i
         items.append((_view(cfg, rng, label, look, "easy", rng.uniform(0, 2 * np.pi))[0], -1, "distractor"))
     order = rng.permutation(len(items))
     items = [items[k] for k in order]
-    gnd = []
-    for m in range(n_landmarks):
-        g = {kind: np.array([i for i, it in enumerate(items) if it[1] == m and it[2] == kind], dtype=np.int64)
-             for kind in ("easy", "hard", "junk")}
-        g["bbx"] = bbxs[m]
-        gnd.append(g)
+    views = {(m, kind): np.array([i for i, it in enumerate(items) if it[1] == m and it[2] == kind], dtype=np.int64)
+             for m in range(n_landmarks) for kind in ("easy", "hard", "junk")}
+    gnd = [{**{kind: views[m, kind].copy() for kind in ("easy", "hard", "junk")}, "bbx": b}
+           for m, b in zip(qmarks, bbxs)]
     return RetrievalSet([it[0] for it in items], [f"db_{i:05d}" for i in range(len(items))], queries,
-                        [f"query_{m:03d}" for m in range(n_landmarks)], gnd,
-                        np.array([it[1] for it in items], dtype=np.int64))
+                        [f"query_{q:03d}" for q in range(len(queries))], gnd,
+                        np.array([it[1] for it in items], dtype=np.int64), np.array(qmarks, dtype=np.int64))

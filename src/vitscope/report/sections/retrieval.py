@@ -43,7 +43,7 @@ def retrieval_rows(ctx, n_landmarks: int = N_LANDMARKS) -> tuple[list[dict], int
 
 @analysis("retrieval", "Retrieval per block (Revisited protocol)", needs=("images",), order=57)
 def retrieval_section(ctx) -> Section:
-    """Revisited Oxford/Paris-style retrieval on the synthetic benchmark: each landmark's query against a database
+    """Revisited Oxford/Paris-style retrieval on the synthetic benchmark: each landmark's queries against a database
     of easy, hard and junk views and distractors; cosine ranking of each block's CLS token, mAP and mP@k under the
     easy, medium and hard protocols; queries cropped to their box (the protocol) and uncropped (DINO)."""
     from vitscope.viz.per_block import plot_metric_per_block
