@@ -136,3 +136,23 @@ def test_probe_e2e_finetune_two_processes_match_one(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "one" / "logits.npy"), np.load(tmp_path / "two" / "logits.npy"),
                                atol=1e-4)
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+
+
+def test_probe_reads_two_stores_of_a_late_cls_model(tmp_path):
+    """demo-vit-reg4 (CLS from block 6 of 8): `extract -t cls` over blocks 6:8 and `-t mean` over all blocks, then
+    `probe --store A --store B -l all`."""
+    runner = CliRunner()
+    data = "synthetic:n=96"
+    for name, layers, tok in (("cls", "6:8", "cls"), ("ap", "all", "mean")):
+        r = runner.invoke(app, ["extract", "-m", "demo-vit-reg4", "-d", data, "-o", str(tmp_path / name), "-l", layers,
+                                "-s", "ln2,ln_final", "-t", tok, "-q"])
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["extract", "-m", "demo-vit-reg4", "-d", data, "-o", str(tmp_path / "bad"), "-l", "all",
+                            "-s", "ln2", "-t", "cls", "-q"])
+    assert r.exit_code == 1 and "enters at block 6" in str(r.exception)
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["probe", "--store", str(tmp_path / "cls"), "--store", str(tmp_path / "ap"), "-l", "all",
+                            "-p", "attentive", "-o", str(out)] + FAST)
+    assert r.exit_code == 0, r.output
+    mean = np.load(out / "attention_all.mean.npy")
+    assert mean.shape == (11, 11)                      # AP of blocks 1-7, CLS of 6-7, final CLS and AP: 11 inputs

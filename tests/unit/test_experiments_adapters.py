@@ -262,3 +262,22 @@ def test_results_figures_read_the_rows_the_adapters_write(setup, tmp_path):
             "per_block/probe__test_balanced_top1__d__per-layer_cls.png"} <= paths
     assert not any("p_value" in p for p in paths)
     assert set(seen.values()) == {9 / 16}                                        # (C + 1) / 2C with C = 8
+
+
+def test_probe_all_layers_of_a_late_cls_model(tmp_path):
+    """demo-vit-reg4's CLS enters before block 6 of 8: the cell reads a CLS store (blocks 6, 7) and an AP store
+    (every block) together; layer set `all` has AP at every block and CLS from block 6 on."""
+    from vitscope.analysis.probes.inputs import layer_set
+
+    torch.set_num_threads(1)
+    text = STUDY.replace("models: [demo-vit]", "models: [demo-vit-reg4]")
+    study = parse_study(text)
+    cells = expand(study)
+    c = next(c for c in cells if c.analysis == "probe")
+    ctx = CellContext(c, tmp_path, store_tokens(study, cells), features=study.features)
+    rows = REGISTRY["probe"].fn(ctx, ctx.options)
+    got = by(rows)
+    assert {t for _, t, m in got if m == "gain"} == {"linear:last", "attentive:last", "linear:all", "attentive:all"}
+    per_layer = {(b, t) for (b, t, m) in got if m == "test_balanced_top1" and b is not None}
+    assert per_layer == {(b, "per-layer ap") for b in range(9)} | {(b, "per-layer cls") for b in (6, 7, 8)}
+    assert len(layer_set("all", 8, cls_from=6)) == 7 + 2 + 2                  # AP 1..7, CLS 6..7, final CLS + AP

@@ -218,3 +218,26 @@ def test_a_second_job_on_the_same_folder_is_refused(tmp_path):
             train_e2e(tiny(), TRAIN, None, cfg, out=tmp_path / "run")
     assert not (tmp_path / "run" / "probe.json").exists()
     assert train_e2e(tiny(), TRAIN, None, cfg, out=tmp_path / "run")["finished"]     # released: runs
+
+
+def test_frozen_probe_over_all_layers_of_a_late_cls_model(tmp_path):
+    """CLS enters before block 1 of 2: layer set `all` is AP of block 1, CLS of block 1, final CLS and AP; the
+    per-step features equal a store extracted from the same images (CLS store + AP store)."""
+    from vitscope.analysis.probes.e2e import input_plan, model_inputs
+
+    torch.manual_seed(0)
+    model = HookedViT(ViTConfig(**{**TINY, "cls_block": 1})).eval()
+    inputs = model_inputs(model, "all", "attentive-frozen")
+    assert {i.name for i in inputs} == {"ln2.1.mean", "ln2.1.cls", "ln_final.cls", "ln_final.mean"}
+    x, _ = images(model, TRAIN)
+    feats = image_features(model, x, inputs, input_plan(model, inputs))
+    cls = extract_features(model, TRAIN, tmp_path / "c", sites="ln2,ln_final", layers="1", tokens=("cls",),
+                           progress=False)
+    ap = extract_features(model, TRAIN, tmp_path / "a", sites="ln2,ln_final", layers="all", tokens=("mean",),
+                          progress=False)
+    for i, f in zip(inputs, feats):
+        st = cls if i.reduction == "cls" else ap
+        ref = st.get(i.site, i.layer, i.reduction) if i.layer is not None else st.get(i.site, None, i.reduction)
+        np.testing.assert_allclose(f.detach().numpy(), np.asarray(ref), atol=1e-5)
+    cfg = E2EConfig(recipe="attentive-frozen", layer_set="all", steps=2, batch_size=BATCH)
+    assert train_e2e(model, TRAIN, None, cfg, out=tmp_path / "run")["finished"]

@@ -69,9 +69,12 @@ def register(app: typer.Typer) -> None:
     @app.command("probe")
     @locks_out("vitscope probe")
     def probe_cmd(
-        store: Path = typer.Option(..., "--store", "-s", help="Training feature store (`vitscope extract`)."),
-        test_store: Optional[Path] = typer.Option(None, "--test-store", help="Test feature store (same model); "
-                                                  "without it a stratified --test-fraction of --store is held out."),
+        store: List[Path] = typer.Option(..., "--store", "-s", help="Training feature store (`vitscope extract`); "
+                                         "repeat to read several stores of the same samples as one (a late-CLS "
+                                         "model: CLS from its entry block on in one, AP of every block in another)."),
+        test_store: Optional[List[Path]] = typer.Option(None, "--test-store", help="Test feature store(s) (same "
+                                                        "model; repeatable like --store); without it a stratified "
+                                                        "--test-fraction of --store is held out."),
         test_fraction: float = typer.Option(0.25, "--test-fraction", help="Held-out share when no --test-store."),
         layer_set: List[str] = typer.Option(["last", "all"], "--layer-set", "-l",
                                             help="last, middle, quarterly, all, tokens, or an explicit list "
@@ -118,8 +121,8 @@ def register(app: typer.Typer) -> None:
         fmts = parse_formats(formats)
         probes = tuple(p.strip() for p in probe.split(",") if p.strip())
         t0 = time.time()
-        tr = open_store(store)
-        te = open_store(test_store) if test_store else None
+        tr = [open_store(p) for p in store]
+        te = [open_store(p) for p in test_store] if test_store else None
         cfg = TrainConfig(epochs=epochs, min_steps=min_steps, batch_size=batch_size, seed=seed)
         bar = tqdm(desc="probe steps", unit="step", disable=quiet)
         run = probe_store(tr, te, experiments=tuple(layer_set), probes=probes,

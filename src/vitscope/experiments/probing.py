@@ -74,6 +74,7 @@ def probe(ctx, opts: dict) -> list[dict]:
     import pandas as pd
 
     from vitscope.analysis.probes.experiment import probe_store
+    from vitscope.analysis.probes.inputs import CLS_REDUCTIONS
     from vitscope.analysis.probes.stats import gains
     from vitscope.analysis.probes.train import TrainConfig
     from vitscope.viz.per_block import save_metric_per_block
@@ -83,11 +84,20 @@ def probe(ctx, opts: dict) -> list[dict]:
     sites = tuple(dict.fromkeys((opts["site"], final)))
     toks = tuple(_probe_tokens(opts))
     first = "cls" if "cls" in toks else toks[0]
+    rest = tuple(t for t in toks if t not in CLS_REDUCTIONS)
+
+    def stores(split: str):
+        """The probe store; for a model whose CLS enters late, a second store with the other reductions at every
+        block, read together (StoreGroup)."""
+        main = ctx.store(0, first, split, sites=sites, tokens=toks)
+        if first in CLS_REDUCTIONS and rest and ctx.layers(0, rest[0]) != ctx.layers(0, first):
+            return [main, ctx.store(0, rest[0], split, sites=sites, tokens=rest)]
+        return main
+
     if ctx.cell.dataset.train:                     # the train split trains, the test split scores
-        train, test = ctx.store(0, first, "train", sites=sites, tokens=toks), ctx.store(0, first, sites=sites,
-                                                                                         tokens=toks)
+        train, test = stores("train"), stores("test")
     else:                                          # a stratified share of the one split is held out
-        train, test = ctx.store(0, first, sites=sites, tokens=toks), None
+        train, test = stores("test"), None
     cfg = TrainConfig(epochs=opts["epochs"], min_steps=opts["min_steps"], batch_size=opts["batch_size"],
                       seed=opts["seed"])
     floats = (lambda v: None if v is None else tuple(float(x) for x in v))

@@ -114,17 +114,34 @@ def model_inputs(model, spec: str | None, recipe: str) -> list[ProbeInput]:
     final = "clip_proj" if "clip_proj" in sites else "ln_final"
     if spec is None:
         spec = "tokens" if recipe == "attentive-frozen" else f"{final}.cls"
-    return parse_inputs(spec, model.cfg.depth, sites=sites)
+    return parse_inputs(spec, model.cfg.depth, sites=sites,
+                        cls_from=model.cfg.cls_block if model.cfg.class_token else 0)
 
 
 def input_plan(model, inputs: list[ProbeInput]):
-    """The feature-store plan (hooks, reductions, ``stop_at``) that yields every input."""
-    from vitscope.features.plan import make_plan
+    """The feature-store plan (hooks, reductions, ``stop_at``) that yields every input. Reductions asked at
+    different blocks (a late-CLS model: CLS from its entry block, AP at every block) get plans of their own, merged."""
+    from vitscope.features.plan import Plan, make_plan
 
-    sites = list(dict.fromkeys(i.site for i in inputs))
-    layers = sorted({i.layer for i in inputs if i.layer is not None})
-    tokens = list(dict.fromkeys(_STORE_REDUCTION.get(i.reduction, i.reduction) for i in inputs))
-    return make_plan(model, sites=sites, layers=layers or "all", tokens=tokens)
+    where: dict[str, tuple[list[str], set[int]]] = {}
+    for i in inputs:
+        red = _STORE_REDUCTION.get(i.reduction, i.reduction)
+        sites, layers = where.setdefault(red, ([], set()))
+        if i.site not in sites:
+            sites.append(i.site)
+        if i.layer is not None:
+            layers.add(i.layer)
+    groups: dict[tuple, list[str]] = {}
+    for red, (sites, layers) in where.items():
+        groups.setdefault((tuple(sites), tuple(sorted(layers))), []).append(red)
+    plans = [make_plan(model, sites=list(sites), layers=list(layers) or "all", tokens=reds)
+             for (sites, layers), reds in groups.items()]
+    if len(plans) == 1:
+        return plans[0]
+    stops = [p.stop_at for p in plans]
+    return Plan([e for p in plans for e in p.entries], list(dict.fromkeys(x for p in plans for x in p.sites)),
+                sorted({x for p in plans for x in p.layers}), list(dict.fromkeys(x for p in plans for x in p.reductions)),
+                None if None in stops else max(stops))
 
 
 def image_features(model, x: torch.Tensor, inputs: list[ProbeInput], plan=None) -> list[torch.Tensor]:

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vitscope.analysis.probes.attentive import default_heads, pad_stack
-from vitscope.analysis.probes.inputs import (LAYER_SETS, ProbeInput, check_pair, concat_inputs, load_inputs,
-                                             parse_inputs, seed_order, store_depth)
+from vitscope.analysis.probes.inputs import (CLS_REDUCTIONS, LAYER_SETS, ProbeInput, check_pair, concat_inputs,
+                                             as_store, load_inputs, parse_inputs, seed_order, store_cls_from,
+                                             store_depth)
 from vitscope.analysis.probes.stats import results_rows
 from vitscope.analysis.probes.train import TrainConfig
 from vitscope.analysis.probes.tuning import ATTN_DROPS, ProbeFit, check_labels, num_classes_of, tune_attentive, tune_linear
@@ -69,15 +70,22 @@ def probe_store(train_store, test_store=None, experiments=("last", "all"), probe
                 heads: int | None = None, attn_drops=ATTN_DROPS, lrs=None, wds=None, normalize: bool = True,
                 token_norm: str = "token", jitter_val: bool = True, device="cpu", model: str | None = None,
                 dataset: str | None = None, memory_budget: float = 2e9, progress=None, log=None) -> ProbeRun:
-    """Tune every requested probe on the store(s) and collect tidy results (see the module docstring)."""
+    """Tune every requested probe on the store(s) and collect tidy results (see the module docstring).
+
+    ``train_store`` / ``test_store``: a feature store, or a list of stores of the same samples read as one
+    (:class:`~vitscope.analysis.probes.inputs.StoreGroup`; a late-CLS model's CLS store and AP store).
+    """
     from vitscope.analysis.probes.train import LR_GRID, WD_GRID
 
     lrs, wds = lrs or LR_GRID, wds or WD_GRID
+    train_store = as_store(train_store)
+    test_store = None if test_store is None else as_store(test_store)
     _check_stores(train_store, test_store)
     bad = [p for p in probes if p not in PROBES]
     if bad:
         raise ValueError(f"unknown probe kind {bad[0]!r}; choose among {', '.join(PROBES)}")
     depth = store_depth(train_store)
+    cls_from = store_cls_from(train_store)
     model = model or (train_store.manifest.get("model") or {}).get("name") or "model"
     dataset = dataset or (train_store.manifest.get("dataset") or {}).get("description") or "dataset"
     if test_store is None:
@@ -105,9 +113,9 @@ def probe_store(train_store, test_store=None, experiments=("last", "all"), probe
             from vitscope.analysis.probes.inputs import _final_site, layer_set
 
             final = _final_site(train_store.sites)
-            inputs = layer_set(spec, depth, site=site, final=final, reductions=reds)
+            inputs = layer_set(spec, depth, site=site, final=final, reductions=reds, cls_from=cls_from)
         else:
-            inputs = parse_inputs(spec, depth, train_store.sites, site)
+            inputs = parse_inputs(spec, depth, train_store.sites, site, cls_from)
         name = experiment_name(spec, reds)
         for p in probes:
             if p == "linear" and name == "last_cls" and baseline:
@@ -136,8 +144,8 @@ def probe_store(train_store, test_store=None, experiments=("last", "all"), probe
 
         final = _final_site(train_store.sites)
         layers = [i for i in train_store.layers] if site in train_store.sites else []
-        inputs = [ProbeInput(site, i, r) for r in reductions for i in layers] + \
-                 [ProbeInput(final, None, r) for r in reductions]
+        inputs = [ProbeInput(site, i, r) for r in reductions for i in layers
+                  if not (r in CLS_REDUCTIONS and i < cls_from)] + [ProbeInput(final, None, r) for r in reductions]
         inputs = [ProbeInput(i.site, i.layer, "mean" if i.reduction == "ap" else i.reduction) for i in inputs]
         ftr, ytr, fte, yte = inputs_of(inputs)
         C = C or num_classes_of(ytr, yte, train_store.classes)

@@ -22,6 +22,10 @@ Named layer sets for a model of ``depth`` blocks (0-based blocks, site ``ln2`` =
 - ``tokens``: every token of the final layer, one (T, D) input.
 
 Seed 000's large-model file used blocks 6 and 3/6/9 for 24-block models too; give those as an explicit list.
+For a model whose CLS token enters late (before block ``cls_from`` > 0, from the store's model config,
+:func:`store_cls_from`), the blocks before it have no CLS: a named set keeps their AP only. A store cannot hold CLS
+for some blocks and AP for all, so such a model's inputs come from two stores of the same samples read as one
+(:class:`StoreGroup`; ``vitscope probe --store A --store B``).
 
 Normalisation at load (seed 000's default): each sample's vector is divided by its L2 norm, per input. All-token
 inputs are normalised per token over the feature axis by default (``token_norm="token"``, the end-to-end recipe);
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 LAYER_SETS = ("last", "middle", "quarterly", "all", "tokens")
+CLS_REDUCTIONS = ("cls", "cls+mean", "dist")
 REDUCTION_ALIASES = {"ap": "mean", "avg_pool": "ap_all", "cls_token": "cls", "all_tokens": "all", "at": "all"}
 
 
@@ -79,8 +84,8 @@ def _final_site(sites: list[str]) -> str:
 
 
 def layer_set(name: str, depth: int, site: str = "ln2", final: str = "ln_final",
-              reductions: tuple[str, ...] = ("cls", "ap")) -> list[ProbeInput]:
-    """The inputs of a named layer set (see the module docstring)."""
+              reductions: tuple[str, ...] = ("cls", "ap"), cls_from: int = 0) -> list[ProbeInput]:
+    """The inputs of a named layer set (see the module docstring); blocks before ``cls_from`` get no CLS input."""
     reds = tuple(REDUCTION_ALIASES.get(r, r) for r in reductions)
     if name == "last":
         blocks: list[int] = []
@@ -95,17 +100,20 @@ def layer_set(name: str, depth: int, site: str = "ln2", final: str = "ln_final",
     else:
         raise ValueError(f"unknown layer set {name!r}; choose among {', '.join(LAYER_SETS)} or give an explicit "
                          "list such as 'ln2.3.cls,ln2.3.ap,ln_final.cls'")
-    return [ProbeInput(site, b, r) for b in blocks for r in reds] + [ProbeInput(final, None, r) for r in reds]
+    return [ProbeInput(site, b, r) for b in blocks for r in reds if not (r in CLS_REDUCTIONS and b < cls_from)] + \
+        [ProbeInput(final, None, r) for r in reds]
 
 
 _ITEM = re.compile(r"^(?P<site>[A-Za-z_][\w.]*?)(?:\.(?P<layer>-?\d+))?\.(?P<red>[\w+]+)$")
 
 
-def parse_inputs(spec: str, depth: int, sites: list[str] | None = None, site: str = "ln2") -> list[ProbeInput]:
+def parse_inputs(spec: str, depth: int, sites: list[str] | None = None, site: str = "ln2",
+                 cls_from: int = 0) -> list[ProbeInput]:
     """A layer-set name or a comma list ``site.layer.reduction`` / ``site.reduction`` (``ln2.3.cls,ln_final.ap``)."""
     spec = spec.strip()
     if spec in LAYER_SETS:
-        return layer_set(spec, depth, site=site, final=_final_site(sites) if sites else "ln_final")
+        return layer_set(spec, depth, site=site, final=_final_site(sites) if sites else "ln_final",
+                         cls_from=cls_from)
     out = []
     for item in (s.strip() for s in spec.split(",") if s.strip()):
         m = _ITEM.match(item)
@@ -118,6 +126,86 @@ def parse_inputs(spec: str, depth: int, sites: list[str] | None = None, site: st
     if not out:
         raise ValueError("no probe inputs given")
     return out
+
+
+def store_cls_from(store) -> int:
+    """The block before which the stored model's CLS token enters (0: with the patch tokens, or no CLS at all)."""
+    cfg = (store.manifest.get("model") or {}).get("config") or {}
+    return int(cfg.get("cls_block") or 0) if cfg.get("class_token", True) else 0
+
+
+class StoreGroup:
+    """Several feature stores of the same samples (same model, data and order) read as one: each probe input
+    comes from the first store that holds it. For a late-CLS model: one store with CLS from its entry block on,
+    one with AP at every block."""
+
+    def __init__(self, stores) -> None:
+        stores = list(stores)
+        if not stores:
+            raise ValueError("no feature store given")
+        first = stores[0]
+        for s in stores[1:]:
+            if _samples(s) != _samples(first) or not np.array_equal(np.asarray(s.labels), np.asarray(first.labels)):
+                raise ValueError(f"the stores {first.path} and {s.path} hold different samples; stores read "
+                                 "together must be extracted from the same data (same spec, limit and order)")
+            if s.manifest.get("preprocessing") != first.manifest.get("preprocessing"):
+                raise ValueError(f"the stores {first.path} and {s.path} were extracted with different "
+                                 "preprocessing; extract both with the same model and settings")
+            wa = (first.manifest.get("model") or {}).get("weights_sha256")
+            wb = (s.manifest.get("model") or {}).get("weights_sha256")
+            if wa and wb and wa != wb:
+                raise ValueError(f"the stores {first.path} and {s.path} come from different model weights; "
+                                 "extract both with the same model")
+        self.stores = stores
+        self.path = first.path
+        self.manifest = first.manifest
+
+    def __getattr__(self, name):                     # n, classes, ids, model, ... as the first store's
+        if name == "stores":
+            raise AttributeError(name)
+        return getattr(self.stores[0], name)
+
+    @property
+    def sites(self) -> list[str]:
+        return list(dict.fromkeys(x for s in self.stores for x in s.sites))
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({x for s in self.stores for x in s.layers})
+
+    @property
+    def reductions(self) -> list[str]:
+        return list(dict.fromkeys(x for s in self.stores for x in s.reductions))
+
+    @property
+    def valid(self) -> np.ndarray:
+        return np.logical_and.reduce([np.asarray(s.valid) for s in self.stores])
+
+    def member(self, inp: "ProbeInput"):
+        """The first store that holds ``inp`` (else the first store, whose error then names what is missing)."""
+        for s in self.stores:
+            if inp.site in s.sites and (inp.layer is None or inp.layer in s.layers) and _can_read(s, inp.reduction):
+                return s
+        return self.stores[0]
+
+
+def _samples(store) -> tuple:
+    d = store.manifest.get("dataset") or {}
+    return (store.n, d.get("description"), d.get("ids_sha256"), d.get("labels_sha256"),
+            None if store.ids is None else list(store.ids))
+
+
+def as_store(stores):
+    """One store, or a :class:`StoreGroup` for a list / tuple of stores of the same samples."""
+    if isinstance(stores, (list, tuple)):
+        return stores[0] if len(stores) == 1 else StoreGroup(stores)
+    return stores
+
+
+def _can_read(store, reduction: str) -> bool:
+    have = set(store.reductions)
+    return (reduction in have or (reduction in ("cls", "mean") and "cls+mean" in have)
+            or (reduction == "ap_all" and "all" in have))
 
 
 def store_depth(store) -> int:
@@ -148,6 +236,8 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def load_input(store, inp: ProbeInput, rows=None, normalize: bool = True, token_norm: str = "token") -> np.ndarray:
     """One input as float32 (N, D) or (N, T, D), L2-normalised as the module docstring says."""
+    if isinstance(store, StoreGroup):
+        store = store.member(inp)
     if inp.site not in store.sites:
         raise ValueError(f"the store {store.path} has no site {inp.site!r} (it holds {store.sites}); extract it with "
                          f"--sites {inp.site}")
