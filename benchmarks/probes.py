@@ -49,17 +49,19 @@ class _Features(torch.utils.data.Dataset):
         return self.transform(self.x[i]), self.y[i]
 
 
-def seed_loop(x, y, lr, wd, steps, bs, C, seed=0):
-    """One linear probe trained the way seed 000's ``LinearProbe.train`` does it (see the module docstring)."""
+def seed_loop(x, y, lr, wd, steps, bs, C, seed=0, device="cpu"):
+    """One linear probe trained the way seed 000's ``LinearProbe.train`` does it (see the module docstring):
+    features in host memory, each batch moved to ``device``."""
     torch.manual_seed(seed)
-    model = nn.Linear(x.shape[1], C)
+    model = nn.Linear(x.shape[1], C).to(device)
     loader = torch.utils.data.DataLoader(_Features(x, y, _GaussianNoise()), batch_size=bs, shuffle=True)
-    crit = nn.CrossEntropyLoss(weight=class_weights(y, C))
+    crit = nn.CrossEntropyLoss(weight=class_weights(y, C).to(device))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
     epochs = -(-steps // len(loader))
     total, step = epochs * len(loader), 0
     for _ in range(epochs):
         for xb, yb in loader:
+            xb, yb = xb.to(device), yb.to(device)
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(lr, step, total)
             loss = crit(model(xb), yb)
@@ -89,36 +91,43 @@ def main() -> None:
     ap.add_argument("--sequential-sample", type=int, default=273, help="probes timed one after another (scaled to 273)")
     ap.add_argument("--skip-attentive", action="store_true")
     ap.add_argument("--skip-seed", action="store_true", help="leave out the transcription of seed 000's loop")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (features on the device; the seed's loop keeps "
+                                                    "them in host memory and moves each batch, as the seed does)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     L, D, C = 13, 384, 100
     n = int(10000 * a.scale)
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     x, y = _data(L, n + 2000, D, C)
-    xtr, ytr, xte, yte = x[:, :n], y[:n], x[:, n:], y[n:]
+    xtr_host, ytr_host = x[:, :n].contiguous(), y[:n]
+    xtr, ytr, xte, yte = x[:, :n].to(dev), y[:n].to(dev), x[:, n:].to(dev), y[n:].to(dev)
     configs = grid()
     lrs, wds = [c[0] for c in configs], [c[1] for c in configs]
     bs = 2048 if n >= 10240 else max(17, n // 5)
     nb = -(-n // bs)
     cfg = TrainConfig(epochs=max(1, a.steps // nb), min_steps=a.steps, batch_size=bs)
     print(f"linear: {L} layers x {len(configs)} configs, {n} rows x {D}, {C} classes, batch {bs}, "
-          f">= {a.steps} steps, {a.threads} thread(s)")
+          f">= {a.steps} steps, {a.threads} thread(s), {dev}")
     k = min(a.sequential_sample, L * len(configs))
     pairs = [(l, g) for l in range(L) for g in range(len(configs))]
     pick = pairs[:: max(1, len(pairs) // k)][:k]
     warm = cfg.with_(min_steps=3, epochs=1)                       # untimed first runs (lazy initialisation)
     train_linear_grid(xtr[:, :bs], ytr[:bs], lrs, wds, warm, C, batch_size=bs)
-    train_probe(build_seeded(lambda: nn.Linear(D, C), 0), xtr[0, :bs], ytr[:bs], warm, C, batch_size=bs)
-    seed_loop(xtr[0, :bs], ytr[:bs], 0.01, 0.0, 3, bs, C)
+    train_probe(build_seeded(lambda: nn.Linear(D, C), 0).to(dev), xtr[0, :bs], ytr[:bs], warm, C, batch_size=bs)
+    seed_loop(xtr_host[0, :bs], ytr_host[:bs], 0.01, 0.0, 3, bs, C, device=dev)
+    sync()
     t_b, t_s, t_seed = [], [], []
     diffs, diffs_seed = [], []
     for _ in range(a.rounds):                                   # interleaved rounds
         t0 = time.perf_counter()
         W, b, info = train_linear_grid(xtr, ytr, lrs, wds, cfg, C, batch_size=bs)
+        sync()
         t_b.append(time.perf_counter() - t0)
         acc_b = (linear_logits(xte, W, b).argmax(-1) == yte).float().mean(-1)          # L, G
         t0 = time.perf_counter()
         for l, g in pick:
-            m = build_seeded(lambda: nn.Linear(D, C), cfg.seed)
+            m = build_seeded(lambda: nn.Linear(D, C), cfg.seed).to(dev)
             train_probe(m, xtr[l], ytr, cfg.with_(lr=lrs[g], weight_decay=wds[g]), C, batch_size=bs)
             acc = float((predict(m, xte[l]).argmax(-1) == yte).float().mean())
             diffs.append(abs(acc - float(acc_b[l, g])))
@@ -127,7 +136,7 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         for l, g in pick:
-            m = seed_loop(xtr[l], ytr, lrs[g], wds[g], info["steps"], bs, C)
+            m = seed_loop(xtr_host[l], ytr_host, lrs[g], wds[g], info["steps"], bs, C, device=dev)
             acc = float((predict(m, xte[l]).argmax(-1) == yte).float().mean())
             diffs_seed.append(abs(acc - float(acc_b[l, g])))
         t_seed.append((time.perf_counter() - t0) * len(pairs) / len(pick))
@@ -147,13 +156,14 @@ def main() -> None:
     if a.skip_attentive:
         return
     T = 24
-    xa = _data(1, n, D, C, seed=1)[0][0][:, None].expand(n, T, D).contiguous() + 0.05 * torch.randn(n, T, D)
+    xa = (_data(1, n, D, C, seed=1)[0][0][:, None].expand(n, T, D).contiguous() + 0.05 * torch.randn(n, T, D)).to(dev)
     steps = max(20, a.steps // 20)
     cfg_a = TrainConfig(epochs=1, min_steps=steps, batch_size=bs)
     for G in (1, len(configs)):
-        g = AttentiveGrid(D, T, C, G, seed=0)
+        g = AttentiveGrid(D, T, C, G, seed=0, device=dev)
         t0 = time.perf_counter()
         info = g.fit(xa, ytr, lrs[:G], wds[:G], cfg_a, batch_size=bs)
+        sync()
         dt = time.perf_counter() - t0
         imgs = info["steps"] * bs
         print(f"attentive, {T} inputs x {D}, {T} heads, {G} config(s): {info['steps']} steps of {bs} in {dt:.1f} s -> "
