@@ -98,6 +98,8 @@ def main() -> None:
     L, D, C = 13, 384, 100
     n = int(10000 * a.scale)
     dev = torch.device(a.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda but no CUDA device is available; run on a GPU machine or use --device cpu")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     x, y = _data(L, n + 2000, D, C)
     xtr_host, ytr_host = x[:, :n].contiguous(), y[:n]

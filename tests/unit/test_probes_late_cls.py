@@ -32,9 +32,9 @@ def test_named_sets_have_no_cls_before_the_entry_block():
     assert len(layer_set("all", 4)) == 8 and layer_set("all", 4, cls_from=0) == layer_set("all", 4)
 
 
-def test_a_late_cls_store_cannot_hold_early_cls(stores):
+def test_a_late_cls_store_alone_says_how_to_add_the_ap_store(stores):
     cls, _ = stores
-    with pytest.raises(ValueError, match="no layer 1"):
+    with pytest.raises(ValueError, match="no layer 1 .*CLS enters at block 2.*--store CLS_STORE --store AP_STORE"):
         load_input(cls, ProbeInput("ln2", 1, "mean"))
 
 
@@ -64,7 +64,8 @@ def test_probe_all_layers_of_a_late_cls_model(stores):
     run = probe_store([cls, ap], experiments=("all",), probes=("linear", "attentive"), per_layer=True, cfg=cfg,
                       lrs=(0.01,), wds=(1e-4,), attn_drops=(0.0,))
     _, inputs = run.fits[("attentive", "all")]
-    assert {i.name for i in inputs} == {i.name for i in layer_set("all", 4, cls_from=2)}
+    assert {i.name for i in inputs} == {"ln2.1.mean", "ln2.2.mean", "ln2.3.mean", "ln2.2.cls", "ln2.3.cls",
+                                        "ln_final.cls", "ln_final.mean"}
     per_layer = {k[1] for k in run.fits if k[1].startswith("layer_")}
     assert {"layer_0_ap", "layer_1_ap", "layer_2_cls", "layer_3_cls", "layer_final_cls"} <= per_layer
     assert "layer_1_cls" not in per_layer and "layer_0_cls" not in per_layer

@@ -9,7 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from vitscope.cli.common import DATA_HELP, FORMATS_HELP, MODEL_HELP, RANDOM_HELP, locks_out, parse_formats, save_tidy, slug
+from vitscope.cli.common import (DATA_HELP, FORMATS_HELP, MODEL_HELP, RANDOM_HELP, check_range, locks_out, parse_formats,
+                                 save_tidy, slug)
 
 
 def _floats(text: Optional[str], what: str):
@@ -119,6 +120,7 @@ def register(app: typer.Typer) -> None:
         from vitscope.features import open as open_store
 
         fmts = parse_formats(formats)
+        check_range(test_fraction, "--test-fraction", 0, 1, low_open=True, high_open=True)
         probes = tuple(p.strip() for p in probe.split(",") if p.strip())
         t0 = time.time()
         tr = [open_store(p) for p in store]

@@ -89,10 +89,11 @@ def probe(ctx, opts: dict) -> list[dict]:
     def stores(split: str):
         """The probe store; for a model whose CLS enters late, a second store with the other reductions at every
         block, read together (StoreGroup)."""
-        main = ctx.store(0, first, split, sites=sites, tokens=toks)
         if first in CLS_REDUCTIONS and rest and ctx.layers(0, rest[0]) != ctx.layers(0, first):
-            return [main, ctx.store(0, rest[0], split, sites=sites, tokens=rest)]
-        return main
+            cls_only = tuple(t for t in toks if t in CLS_REDUCTIONS)
+            return [ctx.store(0, first, split, sites=sites, tokens=cls_only),
+                    ctx.store(0, rest[0], split, sites=sites, tokens=rest)]
+        return ctx.store(0, first, split, sites=sites, tokens=toks)
 
     if ctx.cell.dataset.train:                     # the train split trains, the test split scores
         train, test = stores("train"), stores("test")

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitscope.analysis.probes.attentive import AttentiveProbe, head_width
-from vitscope.analysis.probes.train import (TrainConfig, adjust_batch_size, build_seeded, class_weights, schedule,
-                                            seeded)
+from vitscope.analysis.probes.train import (TrainConfig, adjust_batch_size, build_seeded, class_weights, jitter,
+                                            schedule, seeded)
 
 
 # ----------------------------------------------------------------------------- the shared loop
@@ -95,23 +95,28 @@ def weighted_ce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch
     return (nll * wy).sum(-1) / wy.sum()
 
 
-def _draws(x: torch.Tensor, n: int, bs: int, nb: int, epochs: int, cfg: TrainConfig, gen: torch.Generator,
-           batch_axis: int):
-    """Yield ``(step, idx, jittered batch)`` in train.py's random-number protocol: per epoch ``randperm(N)``, per
-    batch ``rand(B) < p`` then ``randn(B, *feature_shape) * std``; the jitter is drawn for one sample's feature (the
-    dims after ``batch_axis``) and shared by whatever precedes it (layers)."""
+def _batching(n: int, cfg: TrainConfig, batch_size: int | None) -> tuple[int, int, int]:
+    """(batch size, batches per epoch, epochs): the seed's batch-size rule unless ``batch_size`` is given, and the
+    1000-step minimum."""
+    bs = batch_size or adjust_batch_size(cfg.batch_size, n)
+    nb, epochs = schedule(n, bs, cfg.epochs, cfg.min_steps)
+    return bs, nb, epochs
+
+
+def _draws(x: torch.Tensor, cfg: TrainConfig, batch_axis: int, bs: int, nb: int, epochs: int):
+    """Yield ``(step, idx, jittered batch)`` in train.py's random-number protocol (a generator on the data's device
+    seeded with ``cfg.seed``): per epoch ``randperm(N)``, per batch ``rand(B) < p`` then
+    ``randn(B, *feature_shape) * std``; the jitter is drawn for one sample's feature (the dims after
+    ``batch_axis``) and shared by whatever precedes it (layers)."""
     dev = x.device
-    feat_shape = tuple(x.shape[batch_axis + 1:])
+    n = x.shape[batch_axis]
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     step = 0
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen, device=dev)
         for b in range(nb):
             idx = perm[b * bs:(b + 1) * bs]
-            xb = x.index_select(batch_axis, idx)
-            apply = torch.rand(len(idx), generator=gen, device=dev) < cfg.jitter_p
-            noise = torch.randn((len(idx), *feat_shape), generator=gen, device=dev, dtype=x.dtype) * cfg.jitter_std
-            noise = noise * apply.view(-1, *([1] * len(feat_shape))).to(x.dtype)
-            yield step, idx, xb + noise.view(*([1] * batch_axis), *noise.shape)
+            yield step, idx, jitter(x.index_select(batch_axis, idx), gen, cfg.jitter_p, cfg.jitter_std, batch_axis)
             step += 1
 
 
@@ -130,18 +135,15 @@ def run_batched(forward: Callable[[torch.Tensor], torch.Tensor], params: dict[st
     """
     dev = x.device
     y = y.to(dev).long()
-    n = x.shape[batch_axis]
-    bs = batch_size or adjust_batch_size(cfg.batch_size, n)
-    nb, epochs = schedule(n, bs, cfg.epochs, cfg.min_steps)
+    bs, nb, epochs = _batching(x.shape[batch_axis], cfg, batch_size)
     total = nb * epochs
     w = class_weights(y, num_classes).to(dev)
     nconf = lr.ndim
     for p in params.values():
         p.requires_grad_(True)
     opt = StackedAdamW(params, wd, nconf)
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     with seeded(cfg.seed, dev):
-        for step, idx, xb in _draws(x, n, bs, nb, epochs, cfg, gen, batch_axis):
+        for step, idx, xb in _draws(x, cfg, batch_axis, bs, nb, epochs):
             now = _cosine(lr, step, total, cfg)
             loss = weighted_ce(forward(xb), y[idx], w).sum()
             for p in params.values():
@@ -194,16 +196,14 @@ def train_linear_grid(x: torch.Tensor, y: torch.Tensor, lrs, wds, cfg: TrainConf
     views = {"w": lambda t: t.view(L, 1, G, 1), "b": lambda t: t.view(L, G, 1)}
     opt = StackedAdamW(params, wd, 2, views=views)
     y = y.to(dev).long()
-    bs = batch_size or adjust_batch_size(cfg.batch_size, n)
-    nb, epochs = schedule(n, bs, cfg.epochs, cfg.min_steps)
+    bs, nb, epochs = _batching(n, cfg, batch_size)
     total = nb * epochs
     w = class_weights(y, num_classes).to(dev, x.dtype)
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     size = L * min(bs, n) * G * C
     zbuf, pbuf = torch.empty(size, device=dev, dtype=x.dtype), torch.empty(size, device=dev, dtype=x.dtype)
     gw = torch.empty_like(W)                                                              # reused every step
     with torch.no_grad(), seeded(cfg.seed, dev):
-        for step, idx, xb in _draws(x, n, bs, nb, epochs, cfg, gen, 1):                  # xb: L, B, D
+        for step, idx, xb in _draws(x, cfg, 1, bs, nb, epochs):                           # xb: L, B, D
             B = len(idx)
             yb = y[idx]
             logits = zbuf[:L * B * G * C].view(L, B, G, C)

@@ -184,7 +184,7 @@ class StoreGroup:
     def member(self, inp: "ProbeInput"):
         """The first store that holds ``inp`` (else the first store, whose error then names what is missing)."""
         for s in self.stores:
-            if inp.site in s.sites and (inp.layer is None or inp.layer in s.layers) and _can_read(s, inp.reduction):
+            if inp.site in s.sites and (inp.layer is None or inp.layer in s.layers) and _stored_as(s, inp.reduction):
                 return s
         return self.stores[0]
 
@@ -202,10 +202,17 @@ def as_store(stores):
     return stores
 
 
-def _can_read(store, reduction: str) -> bool:
+def _stored_as(store, reduction: str) -> str | None:
+    """The store reduction an input reduction is read from (``cls`` / ``mean`` from ``cls+mean``, ``ap_all`` from
+    ``all``), or None when the store cannot give it."""
     have = set(store.reductions)
-    return (reduction in have or (reduction in ("cls", "mean") and "cls+mean" in have)
-            or (reduction == "ap_all" and "all" in have))
+    if reduction in have:
+        return reduction
+    if reduction in ("cls", "mean") and "cls+mean" in have:
+        return "cls+mean"
+    if reduction == "ap_all" and "all" in have:
+        return "all"
+    return None
 
 
 def store_depth(store) -> int:
@@ -216,13 +223,14 @@ def store_depth(store) -> int:
 
 
 def _read(store, site: str, layer: int | None, reduction: str, rows) -> np.ndarray:
-    have = set(store.reductions)
-    if reduction in have:
+    src = _stored_as(store, reduction)
+    if src == reduction:
         return np.asarray(store.get(site, layer, reduction)[rows], dtype=np.float32)
-    if reduction in ("cls", "mean") and "cls+mean" in have:
-        return np.asarray(store.get(site, layer, "cls+mean")[rows, 0 if reduction == "cls" else 1], dtype=np.float32)
-    if reduction == "ap_all" and "all" in have:
-        return np.asarray(store.get(site, layer, "all")[rows, 1:], dtype=np.float32).mean(axis=1)
+    if src == "cls+mean":
+        return np.asarray(store.get(site, layer, src)[rows, 0 if reduction == "cls" else 1], dtype=np.float32)
+    if src == "all":
+        return np.asarray(store.get(site, layer, src)[rows, 1:], dtype=np.float32).mean(axis=1)
+    have = set(store.reductions)
     need = {"ap_all": "all", "mean": "mean (or cls+mean)", "cls": "cls (or cls+mean)"}.get(reduction, reduction)
     raise ValueError(f"the store {store.path} has no reduction {reduction!r} (it holds {sorted(have)}); extract "
                      f"with --tokens {need.split(' ')[0]}")
@@ -242,8 +250,11 @@ def load_input(store, inp: ProbeInput, rows=None, normalize: bool = True, token_
         raise ValueError(f"the store {store.path} has no site {inp.site!r} (it holds {store.sites}); extract it with "
                          f"--sites {inp.site}")
     if inp.layer is not None and inp.layer not in store.layers:
+        late = store_cls_from(store)
+        hint = (f"; its model's CLS enters at block {late}, so give a second store with the patch mean of every block "
+                f"(--store CLS_STORE --store AP_STORE)" if late and inp.reduction not in CLS_REDUCTIONS else "")
         raise ValueError(f"the store {store.path} has no layer {inp.layer} (it holds {store.layers}); extract it with "
-                         f"--layers {inp.layer} or choose another layer set")
+                         f"--layers {inp.layer} or choose another layer set{hint}")
     rows = np.flatnonzero(store.valid) if rows is None else rows
     x = _read(store, inp.site, inp.layer, inp.reduction, rows)
     if not np.isfinite(x).all():

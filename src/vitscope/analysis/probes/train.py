@@ -126,11 +126,14 @@ def set_cosine_lrs(opt: torch.optim.Optimizer, bases: list[float], step: int, to
     return lrs
 
 
-def jitter(x: torch.Tensor, gen: torch.Generator, p: float, std: float) -> torch.Tensor:
-    """Per sample, with probability p, add N(0, std^2) to the whole feature (padded zeros included)."""
-    apply = torch.rand(x.shape[0], generator=gen, device=x.device) < p
-    noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * std
-    return x + noise * apply.view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+def jitter(x: torch.Tensor, gen: torch.Generator, p: float, std: float, batch_axis: int = 0) -> torch.Tensor:
+    """Per sample (along ``batch_axis``), with probability p, add N(0, std^2) to the whole feature (padded zeros
+    included); dims before ``batch_axis`` (layers of a batched grid) share the sample's noise."""
+    b, feat = x.shape[batch_axis], tuple(x.shape[batch_axis + 1:])
+    apply = torch.rand(b, generator=gen, device=x.device) < p
+    noise = torch.randn((b, *feat), generator=gen, device=x.device, dtype=x.dtype) * std
+    noise = noise * apply.view(-1, *([1] * len(feat))).to(x.dtype)
+    return x + noise.view(*([1] * batch_axis), *noise.shape)
 
 
 @contextlib.contextmanager
