@@ -6,7 +6,7 @@ attentive probe's training throughput over 24 inputs.
 Part 1: 13 layers x 21 (lr, weight decay) configurations, N training rows of width 384, 100 classes, the same steps:
 ``train_linear_grid`` (one computation) against training the 273 probes one after another, two ways:
 ``train_probe`` (vitscope's one-configuration trainer, same random numbers, so the same accuracies) and a
-transcription of seed 000's loop (a ``Dataset`` whose transform adds the Gaussian jitter sample by sample, a
+transcription of ciernik2025's loop (a ``Dataset`` whose transform adds the Gaussian jitter sample by sample, a
 shuffling ``DataLoader``, ``nn.Linear``, weighted ``CrossEntropyLoss``, ``AdamW``, the cosine schedule set every
 step, ``clip_grad_norm_``; its own random numbers, so accuracies agree only statistically). ``--sequential-sample``
 probes of each are timed and scaled to 273; every method gets one untimed warm-up run first.
@@ -27,7 +27,7 @@ from vitscope.analysis.probes.train import build_seeded, class_weights, cosine_l
 
 
 class _GaussianNoise:
-    """Seed 000's ``GaussianNoise(mean=0, std=0.05, p=0.5)`` dataset transform, drawn per sample."""
+    """ciernik2025's ``GaussianNoise(mean=0, std=0.05, p=0.5)`` dataset transform, drawn per sample."""
 
     def __init__(self, std=0.05, p=0.5):
         self.std, self.p = std, p
@@ -50,7 +50,7 @@ class _Features(torch.utils.data.Dataset):
 
 
 def seed_loop(x, y, lr, wd, steps, bs, C, seed=0, device="cpu"):
-    """One linear probe trained the way seed 000's ``LinearProbe.train`` does it (see the module docstring):
+    """One linear probe trained the way ciernik2025's ``LinearProbe.train`` does it (see the module docstring):
     features in host memory, each batch moved to ``device``."""
     torch.manual_seed(seed)
     model = nn.Linear(x.shape[1], C).to(device)
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sequential-sample", type=int, default=273, help="probes timed one after another (scaled to 273)")
     ap.add_argument("--skip-attentive", action="store_true")
-    ap.add_argument("--skip-seed", action="store_true", help="leave out the transcription of seed 000's loop")
+    ap.add_argument("--skip-seed", action="store_true", help="leave out the transcription of ciernik2025's loop")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (features on the device; the seed's loop keeps "
                                                     "them in host memory and moves each batch, as the seed does)")
     a = ap.parse_args()
@@ -150,8 +150,8 @@ def main() -> None:
           f"(rounds: {', '.join(f'{s_ / b_:.1f}x' for s_, b_ in zip(t_s, t_b))}); test accuracy difference: max "
           f"{100 * max(diffs):.3f} points over {len(pick)} probes; batched mean accuracy {100 * float(acc_b.mean()):.1f}%")
     if t_seed:
-        print(f"  seed 000's loop x{len(pairs)}:            {fmt(t_seed)}{scaled}")
-        print(f"  speed-up vs seed 000's loop one after another: {statistics.median(t_seed) / statistics.median(t_b):.1f}x "
+        print(f"  ciernik2025's loop x{len(pairs)}:            {fmt(t_seed)}{scaled}")
+        print(f"  speed-up vs ciernik2025's loop one after another: {statistics.median(t_seed) / statistics.median(t_b):.1f}x "
               f"(rounds: {', '.join(f'{s_ / b_:.1f}x' for s_, b_ in zip(t_seed, t_b))}); test accuracy difference "
               f"(different random numbers): mean {100 * sum(diffs_seed) / len(diffs_seed):.2f}, max "
               f"{100 * max(diffs_seed):.2f} points")

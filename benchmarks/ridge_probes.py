@@ -1,8 +1,8 @@
 """Per-token ridge probes: vitscope's closed form batched over token positions against one scikit-learn
-``Ridge`` fit per position (what seed 001 runs, ``solver='lsqr'``, and scikit-learn's default solver).
+``Ridge`` fit per position (what vilas2023 runs, ``solver='lsqr'``, and scikit-learn's default solver).
 
     python benchmarks/ridge_probes.py                        # 20 positions, 1,000 rows, width 128, 50 classes
-    python benchmarks/ridge_probes.py --positions 50 --n 10000 --d 768 --classes 1000   # seed 001's B/32 size
+    python benchmarks/ridge_probes.py --positions 50 --n 10000 --d 768 --classes 1000   # vilas2023's B/32 size
 
 Each round times, in turn: ``ridge_fit`` on all positions at once (float64), ``RidgeAccumulator`` fed in
 batches of 256 rows then solved (the streamed path the commands use), and the loop of scikit-learn fits (one per

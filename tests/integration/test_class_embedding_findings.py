@@ -1,4 +1,4 @@
-"""Seed 001's findings reproduced on the bundled demo model, on the held-out split of the data it was trained on
+"""vilas2023's findings reproduced on the bundled demo model, on the held-out split of the data it was trained on
 (docs/demo-model.md): patch-token identifiability rises over the blocks and ends far above the random-weight
 model; self_only attention in every block collapses it while no_cls barely moves it."""
 from __future__ import annotations

@@ -74,7 +74,7 @@ def test_bad_input_is_one_line(args, msg, tmp_path, capsys):
 
 
 def test_logit_lens_on_imagenet_s_with_own_category_masks(tmp_path):
-    """Seed 001's data layout: ImageNet-S folders labelled by the head's classes, first N images per class, masks of
+    """vilas2023's data layout: ImageNet-S folders labelled by the head's classes, first N images per class, masks of
     each image's own category (written by the synthetic benchmark in the ImageNet-S format)."""
     import numpy as np
 

@@ -52,7 +52,7 @@ def _tiny_folder(tmp_path, **kw):
 
 
 def test_inspect_a_local_folder_with_late_cls_and_registers(tmp_path):
-    # seed 004's layout: 2 registers appended before block 1, CLS prepended before block 2
+    # cls-register's layout: 2 registers appended before block 1, CLS prepended before block 2
     folder, m = _tiny_folder(tmp_path, num_registers=2, register_location="end", register_block=1, cls_block=2)
     r = runner.invoke(app, ["inspect", str(folder), "--json"])
     assert r.exit_code == 0, r.output

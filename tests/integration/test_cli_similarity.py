@@ -97,7 +97,7 @@ def test_cka_two_models_full_and_last_layer(work):
     assert last.shape == (2, 2) and last[0, 1] > 0
     ok("cka", work / "tinyA", work / "tinyB", "--data", DATA, "--out", out, "--quiet", "--grid", "--batch-size", 6)
     assert (out / "cka_grid.tinyA__tinyB.npy").exists() and (out / "cka_grid.png").exists()
-    # a random-init copy of the same architecture (seed 001's baseline) as the second model
+    # a random-init copy of the same architecture (vilas2023's baseline) as the second model
     ok("cka", work / "tinyA", "--with-random", "--data", DATA, "--out", out, "--quiet", "--batch-size", 6)
     meta = json.loads((out / "cka_tinyA_x_tinyA_random.json").read_text())
     assert meta["models"] == ["tinyA", "tinyA (random)"]

@@ -63,8 +63,8 @@ def test_demo_model_accuracy_on_the_held_out_split(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(DEMO_MODELS))
 def test_demo_model_attention_localises_objects_better_than_random_weights(name):
-    """Last block, CLS query, heads merged, top 60% of the mass (seed 002). On the 8 x 8 grid the tight masks
-    (cells at least half object) carry the claim; seed 002's bicubic masks, which also mark the cells around
+    """Last block, CLS query, heads merged, top 60% of the mass (walmer2023). On the 8 x 8 grid the tight masks
+    (cells at least half object) carry the claim; walmer2023's bicubic masks, which also mark the cells around
     the small objects (4x their area), show a smaller gain (docs/demo-model.md gives both)."""
     model = load_model(str(demo_model_path(name)))
     torch.manual_seed(0)

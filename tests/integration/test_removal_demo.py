@@ -1,4 +1,4 @@
-"""Seed 001's removal finding, reproduced on the bundled demo models and their held-out split: removing the least
+"""vilas2023's removal finding, reproduced on the bundled demo models and their held-out split: removing the least
 important tokens first keeps accuracy longer than a random order, which keeps it longer than removing the most
 important first (importance: Chefer relevance of the true class)."""
 import pytest

@@ -238,7 +238,7 @@ def test_cli_train_on_the_synthetic_benchmark(tmp_path):
 
 @pytest.mark.slow
 def test_lamb_with_repeated_augmentation_learns_and_resumes(bars, tmp_path):
-    """The DeiT III / seed 004 options: LAMB and repeated augmentation (R = 3) train the bars task, and a resumed
+    """The DeiT III / cls-register options: LAMB and repeated augmentation (R = 3) train the bars task, and a resumed
     run restores LAMB's state exactly."""
     opts = dict(data=bars, epochs=4, lr=5e-3, drop_path=0.0, opt="lamb", repeated_aug=3, **TINY)
     summary = train(out=str(tmp_path / "a"), **opts)

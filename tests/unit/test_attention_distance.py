@@ -99,7 +99,7 @@ def test_known_answers(kind):
     assert torch.allclose(a.double(), torch.full((2, 4), mean_pairwise(lay.grid, "A", 8), dtype=torch.float64))
     b = D.mean_attention_distance(uni, lay, "B", 8)        # not renormalised: only N of the T shares land on patches
     assert torch.allclose(b.double(), torch.full((2, 4), N / T * mean_pairwise(lay.grid, "B", 8), dtype=torch.float64))
-    # all attention on CLS / registers: variant A counts the row as 0 (seed 002's empty-row rule)
+    # all attention on CLS / registers: variant A counts the row as 0 (walmer2023's empty-row rule)
     if lay.prefix:
         P = torch.zeros(1, 4, T, T)
         P[..., lay.prefix[0]] = 1.0

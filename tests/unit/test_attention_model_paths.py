@@ -91,7 +91,7 @@ def std1(xs):
 
 
 def ref_statistics(P):
-    """Per image, from the definitions in seed 002's terms; returns means over images."""
+    """Per image, from the definitions in walmer2023's terms; returns means over images."""
     B, H = P.shape[:2]
     rows, cols = GRID
     N = rows * cols

@@ -28,7 +28,7 @@ def random_pattern(B, H, T, seed=0):
 
 
 def ref_binary(P, lay, query, merge, mass):
-    """seed 002's att_to_binary_mask written with loops over our layout."""
+    """walmer2023's att_to_binary_mask written with loops over our layout."""
     a = P.double().numpy()
     B, H = a.shape[:2]
     rows, cols = lay.grid
@@ -119,7 +119,7 @@ def test_mask_to_token_grid_rules():
     want_any = want.copy()
     want_any[2, 3] = True
     np.testing.assert_array_equal(anyr, want_any)
-    assert bic[:2, :2].all()                                  # seed 002's rule contains the object cells
+    assert bic[:2, :2].all()                                  # walmer2023's rule contains the object cells
     # loop reference for "any" / "majority" on a random mask (area fraction per cell)
     rng = np.random.default_rng(0)
     m = rng.random((40, 40)) > 0.7
@@ -142,7 +142,7 @@ def test_mask_follows_the_image_preprocessing():
     want = np.array([[crop[8 * i:8 * i + 8, 8 * j:8 * j + 8].mean() >= 0.5 for j in range(4)] for i in range(4)])
     got = SA.mask_to_token_grid(m, (4, 4), preprocess_cfg=cfg, rule="majority")
     np.testing.assert_array_equal(got, want)
-    # without a config: a square centre crop (seed 002)
+    # without a config: a square centre crop (walmer2023)
     sq = SA.crop_mask_like_preprocess(m)
     assert sq.shape == (48, 48) and sq.sum() == 32 * 32
 

@@ -1,4 +1,4 @@
-"""Saliency IoU's named rules against transcriptions of seed 002's code (``prep_token_masks``,
+"""Saliency IoU's named rules against transcriptions of walmer2023's code (``prep_token_masks``,
 ``att_to_binary_mask`` called in its order, with its in-place division), and masks given with each batch."""
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from vitscope.analysis.attention import saliency as SA
 from vitscope.models.layout import TokenLayout
 
 
-# ----------------------------------------------------------------------------- seed 002, transcribed
+# ----------------------------------------------------------------------------- walmer2023, transcribed
 def seed_token_mask(objects, gv, gh):
     """Each object: centre crop to a square, 0/255, resized (PIL's default filter for 'L', bicubic), > 0; OR."""
     masks = []

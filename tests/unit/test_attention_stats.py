@@ -1,4 +1,4 @@
-"""Seed 002's attention statistics against loop references; known answers for the query-centred maps."""
+"""walmer2023's attention statistics against loop references; known answers for the query-centred maps."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Seed 002's "all" and "spcpure" average maps and the query-centred maps, against transcriptions of its
+"""walmer2023's "all" and "spcpure" average maps and the query-centred maps, against transcriptions of its
 ``AvgAttentionOnToken`` / ``AvgAlignedAttentionOnToken`` (CLS at index 0, square grid) and slow loops, plus
 the overlap-normalised query-centred map (flat for uniform attention)."""
 import numpy as np
@@ -19,7 +19,7 @@ def rand_pattern(B, H, T, seed=0):
     return (torch.randn(B, H, T, T, generator=g, dtype=torch.float64) * 2).softmax(-1)
 
 
-# ----------------------------------------------------------------------------- seed 002, transcribed
+# ----------------------------------------------------------------------------- walmer2023, transcribed
 def seed_avg_att_on_token(attn, mode):
     """attn (B, H, T, T) for one block -> (H, T) summed over images (the seed sums, then divides by the count)."""
     a = attn.clone()[:, None]                                            # B, 1 (block), H, T, T as in the seed
@@ -92,7 +92,7 @@ def test_aligned_queries_norm_matches_seed002_and_overlap_is_flat_for_uniform():
     U = torch.full((1, 1, lay2.n_tokens, lay2.n_tokens), 1.0 / lay2.n_tokens)
     flat = S.aligned_attention(U, lay2, norm="overlap")[0, 0]
     np.testing.assert_allclose(flat.numpy(), np.full((5, 9), 1 / 15), rtol=1e-6)
-    peaked = S.aligned_attention(U, lay2)[0, 0]                          # seed 002's division: a pyramid
+    peaked = S.aligned_attention(U, lay2)[0, 0]                          # walmer2023's division: a pyramid
     assert peaked[2, 4] > 3 * peaked[0, 0]
     with pytest.raises(ValueError, match="norm"):
         S.aligned_attention(U, lay2, norm="count")

@@ -25,7 +25,7 @@ def ref_rbf_gram(x, sigma):
 
 
 def ref_median_sigma(x):
-    """seed 000: sqrt(torch.median(non-zero squared distances)); torch's median is the lower middle value."""
+    """ciernik2025: sqrt(torch.median(non-zero squared distances)); torch's median is the lower middle value."""
     n = x.shape[0]
     vals = sorted(np.sum((x[i] - x[j]) ** 2) for i in range(n) for j in range(i + 1, n))
     vals = [v for v in vals if v != 0]
@@ -167,7 +167,7 @@ def test_inputs_torch_float32_and_numpy_agree(xy):
     assert a == pytest.approx(b, rel=1e-12)
     c = cka(x.astype(np.float32), y.astype(np.float32))
     assert c == pytest.approx(a, rel=1e-5)
-    # (n, T, D) inputs are flattened per sample, as seed 002 does for "all tokens"
+    # (n, T, D) inputs are flattened per sample, as walmer2023 does for "all tokens"
     x3 = x.reshape(40, 3, 4)
     assert cka(x3, y) == pytest.approx(a, rel=1e-12)
 
@@ -176,7 +176,7 @@ def test_minmax_quirk_is_a_no_op_for_one_full_unbiased_batch(xy):
     x, y = xy
     k, l = ref_linear_gram(x), ref_linear_gram(y)
 
-    def quirk(m):                                                                      # seed 002's code, verbatim logic
+    def quirk(m):                                                                      # walmer2023's code, verbatim logic
         m = m - m.min()
         m = m / m.max()
         np.fill_diagonal(m, 0)

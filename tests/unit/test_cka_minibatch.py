@@ -1,5 +1,5 @@
 """MinibatchCKA against the loop reference of Nguyen et al. 2021 eq. 3 in test_cka.py (ones vectors, zeroed diagonals,
-per-batch HSIC averaged over batches), including seed 002's min-max kernel quirk."""
+per-batch HSIC averaged over batches), including walmer2023's min-max kernel quirk."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Class embedding space (seed 001): every metric against a slow reference written from its definition; the
+"""Class embedding space (vilas2023): every metric against a slow reference written from its definition; the
 streamed logit lens against the all-at-once computation; memories and perturbations against loops; bad input."""
 from __future__ import annotations
 

@@ -100,7 +100,7 @@ def test_object_features_are_mask_weighted_means():
             np.testing.assert_allclose(feats[b, k], ref, atol=1e-12)
     single, _ = object_features(tokens[0], [m1], [1], resample="area")
     np.testing.assert_allclose(single[0], feats[0, 0])
-    # seed 002's bicubic default: PIL's 8-bit bicubic resize of the 0/255 mask (reproduced in torch by
+    # walmer2023's bicubic default: PIL's 8-bit bicubic resize of the 0/255 mask (reproduced in torch by
     # test_saliency_mask_rule.pil_bicubic_8bit), divided by its sum
     from test_saliency_mask_rule import pil_bicubic_8bit
 

@@ -40,7 +40,7 @@ def test_letterbox_geometry():
 
 
 def reference_match(src_tok, trg_tok, kps, p):
-    """Seed 002 as written: normalise tokens, upsample both maps to pixels, dot products with every target
+    """walmer2023 as written: normalise tokens, upsample both maps to pixels, dot products with every target
     pixel, argmax (first on ties)."""
     def up(t):
         t = F.normalize(torch.as_tensor(t).double(), dim=-1).permute(2, 0, 1)[None]

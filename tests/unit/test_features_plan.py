@@ -67,7 +67,7 @@ def test_reduce_tokens_prefix_registers(reduction):
 
 @pytest.mark.parametrize("reduction", ["cls", "mean", "registers", "patches"])
 def test_reduce_tokens_late_cls_end_registers(reduction):
-    # seed 004: registers appended at the end from block 1, CLS prepended from block 2
+    # cls-register: registers appended at the end from block 1, CLS prepended from block 2
     cfg = ViTConfig(img_size=16, patch_size=8, embed_dim=8, depth=4, num_heads=2, num_registers=2,
                     register_location="end", register_block=1, cls_block=2, num_classes=4)
     m = HookedViT(cfg)

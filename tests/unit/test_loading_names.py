@@ -56,7 +56,7 @@ def entry_1000(monkeypatch):
 
 
 def test_checkpoint_with_a_100_class_head_loads_through_weights(tmp_path, entry_1000):
-    """seed 001's CIFAR-100 model: timm keys under a "model." prefix, a 100-class head on a 1000-class name."""
+    """vilas2023's CIFAR-100 model: timm keys under a "model." prefix, a 100-class head on a 1000-class name."""
     torch.manual_seed(0)
     ft = HookedViT(vs.ViTConfig(**{**TINY, "num_classes": 100})).eval()
     torch.save({f"model.{k}": v for k, v in _timm_names(ft.state_dict()).items()}, tmp_path / "cifar100.pt")

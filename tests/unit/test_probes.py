@@ -1,4 +1,4 @@
-"""Probes (seed 000): each piece against an independent reference (hand computations, SciPy, scikit-learn, plain
+"""Probes (ciernik2025): each piece against an independent reference (hand computations, SciPy, scikit-learn, plain
 loops written from the reference's description)."""
 import math
 
@@ -27,7 +27,7 @@ SEED_KEYS = {
 
 
 def plain_attentive(sd, x, H, eps=1e-5):
-    """Seed 000's probe written from the reference, one sample and one head at a time (eval mode)."""
+    """ciernik2025's probe written from the reference, one sample and one head at a time (eval mode)."""
     B, N, D = x.shape
     Dh = 2 * (D // H)
 

@@ -1,5 +1,5 @@
 """End-to-end probes: the frozen-backbone attentive probe and fine-tuning with a linear head, each against a plain
-training loop written in the test from the reference (seed 000 section 7 and 8); frozen weights, parameter groups,
+training loop written in the test from the reference (ciernik2025 section 7 and 8); frozen weights, parameter groups,
 resume after an interruption, and the per-step features against the feature store."""
 import copy
 import math
@@ -154,7 +154,7 @@ class Killed(Exception):
 
 def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     cfg = E2EConfig(recipe="attentive-frozen", layer_set="all", steps=STEPS, batch_size=BATCH, save_every=2)
-    train_e2e(tiny(), TRAIN, None, cfg, out=tmp_path / "straight")          # jitter and dropout on (seed 000)
+    train_e2e(tiny(), TRAIN, None, cfg, out=tmp_path / "straight")          # jitter and dropout on (ciernik2025)
 
     def kill(step):
         if step == 5:                                                        # after the checkpoint of step 4

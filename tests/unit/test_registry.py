@@ -50,12 +50,12 @@ SEED_MODELS = [
     ("mocov3-b16", "vit_base_patch16_224.mocov3_300ep"),
     ("beit-b16", "beit_base_patch16_224.pt22k"),
     ("beit-l16", "beit_large_patch16_224.pt22k"),
-    # seed 001's others: MIIL, the GAP model (residual post-norm), its CIFAR-100 fine-tune (weights=PATH only)
+    # vilas2023's others: MIIL, the GAP model (residual post-norm), its CIFAR-100 fine-tune (weights=PATH only)
     ("vit-b16-miil", "vit_base_patch16_224_miil.in21k_ft_in1k"),
     ("vit-b16-rpn", "vit_base_patch16_rpn_224.sw_in1k"),
 ]
 
-# seed 001's own model names (src/models/load.py: load_vit) resolve to the entries it loads
+# vilas2023's own model names (src/models/load.py: load_vit) resolve to the entries it loads
 SEED001_NAMES = [("vit_b_32", "vit_base_patch32_224.augreg_in21k_ft_in1k"),
                  ("vit_b_16", "vit_base_patch16_224.augreg_in21k_ft_in1k"),
                  ("vit_large_16", "vit_large_patch16_224.augreg_in21k_ft_in1k"),
@@ -81,7 +81,7 @@ def test_every_seed_model_is_registered(alias, name):
 
 
 def test_official_checkpoint_urls():
-    # DINO / MAE / MoCo-v3 / BEiT: the official URLs (seed 002's download lists; DINO's release)
+    # DINO / MAE / MoCo-v3 / BEiT: the official URLs (walmer2023's download lists; DINO's release)
     urls = {s.location for e in list_models() for s in e.sources if s.kind == "url"}
     for u in ["https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base.pth",
               "https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_large.pth",
@@ -154,7 +154,7 @@ def test_architecture_details():
     ft = get_entry("beit-b16-ft").config
     assert (ft.global_pool, ft.fc_norm, ft.final_norm) == ("avg", True, False)
     assert not get_entry("vit-b16-miil").config.qkv_bias
-    rpn = get_entry("vit_gap_16").config       # seed 001's GAP model: timm's ResPostBlock ViT
+    rpn = get_entry("vit_gap_16").config       # vilas2023's GAP model: timm's ResPostBlock ViT
     assert (rpn.res_post_norm, rpn.class_token, rpn.global_pool, rpn.fc_norm, rpn.final_norm, rpn.qkv_bias,
             rpn.layer_scale_init) == (True, False, "avg", True, False, False, None)
     assert [e.name for e in list_models() if e.config.res_post_norm] == ["vit_base_patch16_rpn_224.sw_in1k"]

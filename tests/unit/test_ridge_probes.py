@@ -1,4 +1,4 @@
-"""Per-token ridge probes (seed 001) against scikit-learn's Ridge and plain loops written from the definition."""
+"""Per-token ridge probes (vilas2023) against scikit-learn's Ridge and plain loops written from the definition."""
 import numpy as np
 import pytest
 import torch

@@ -74,7 +74,7 @@ def test_spectral_clustering_recovers_blocks():
     perm = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8])
     got = spectral_cluster_layers(s[perm][:, perm], 3, seed=0)
     np.testing.assert_array_equal(got, lab)                                           # renumbered by first occurrence
-    # negative similarities are used by magnitude (seed 000), as in |S|
+    # negative similarities are used by magnitude (ciernik2025), as in |S|
     np.testing.assert_array_equal(spectral_cluster_layers(-s, 3), lab)
     assert spectral_cluster_layers(s, 1).tolist() == [0] * 9
 

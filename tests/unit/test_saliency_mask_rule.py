@@ -1,7 +1,7 @@
-"""Seed 002's "bicubic" rule for putting an object mask on the token grid, on non-square masks with a crop.
+"""walmer2023's "bicubic" rule for putting an object mask on the token grid, on non-square masks with a crop.
 
 Reference: the crop written out by hand, then PIL's bicubic filter reproduced with torch (antialiased bicubic,
-a = -0.5, the horizontal pass first, each pass rounded and clipped to 8 bits as PIL does), then seed 002's
+a = -0.5, the horizontal pass first, each pass rounded and clipped to 8 bits as PIL does), then walmer2023's
 threshold: a token is object when the resized 0/255 mask is above 0. The masks are chosen so that many cells
 are only partly covered (values between 1 and 127), where another threshold would give another answer.
 """

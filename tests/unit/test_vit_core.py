@@ -18,7 +18,7 @@ VARIANTS = {
     "mae_sincos": dict(pos_embed="sincos"),
     "dinov2_reg": dict(num_registers=4, pos_embed_prefix=False, layer_scale_init=1e-1),
     "gap_no_cls": dict(class_token=False, global_pool="avg", fc_norm=True, final_norm=False),
-    # seed 001's GAP model (timm vit_base_patch16_rpn_224): residual post-norm blocks, no CLS, no qkv bias
+    # vilas2023's GAP model (timm vit_base_patch16_rpn_224): residual post-norm blocks, no CLS, no qkv bias
     "res_post_norm_gap": dict(res_post_norm=True, class_token=False, global_pool="avg", fc_norm=True,
                               final_norm=False, qkv_bias=False),
 }

@@ -1,12 +1,12 @@
-"""k-means clustering of token features scored against labels (seed 002).
+"""k-means clustering of token features scored against labels (walmer2023).
 
 * Image-level: k-means (k = 50, ``random_state=0``) on the CLS token or the mean of the patch tokens of each
   block, scored against class labels by NMI, ARI (scikit-learn) and purity.
 * Dense object / part level: for every ground-truth object (or part) mask, a mask-weighted average of the patch
-  tokens (the mask resized to the token grid and normalised to sum 1; seed 002 resizes with PIL's bicubic
+  tokens (the mask resized to the token grid and normalised to sum 1; walmer2023 resizes with PIL's bicubic
   filter, ``resample="area"`` uses exact fractional coverage instead), then k-means with k = 80.
 
-Seed 002 ran scikit-learn's KMeans with its defaults of the time (k-means++, ``n_init=10``); vitscope fixes
+walmer2023 ran scikit-learn's KMeans with its defaults of the time (k-means++, ``n_init=10``); vitscope fixes
 ``n_init=10`` so newer scikit-learn versions (``n_init="auto"``) give the same clustering.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ import numpy as np
 
 from vitscope.analysis.similarity.cka import as_features
 
-DEFAULT_K = 50            # seed 002, image-level clustering (ImageNet-50)
-DEFAULT_DENSE_K = 80      # seed 002, object / part clustering
-DEFAULT_SEED = 0          # seed 002: KMeans(random_state=0)
-DEFAULT_N_INIT = 10       # scikit-learn's default when seed 002 was written
+DEFAULT_K = 50            # walmer2023, image-level clustering (ImageNet-50)
+DEFAULT_DENSE_K = 80      # walmer2023, object / part clustering
+DEFAULT_SEED = 0          # walmer2023: KMeans(random_state=0)
+DEFAULT_N_INIT = 10       # scikit-learn's default when walmer2023 was written
 METRICS = ("nmi", "ari", "purity")
 
 
@@ -115,10 +115,10 @@ def token_mask_weights(mask: Any, grid: tuple[int, int], resample: str = "bicubi
                        center_crop: bool = False) -> np.ndarray | None:
     """One binary mask (H, W) -> weights on the token grid (rows, cols) summing to 1, or None if it vanishes.
 
-    ``resample="bicubic"`` (seed 002): PIL bicubic resize of the 0/255 mask, clipped to [0, 255];
+    ``resample="bicubic"`` (walmer2023): PIL bicubic resize of the 0/255 mask, clipped to [0, 255];
     ``"area"``: the exact fraction of each patch covered by the mask (box average; needs H, W divisible by
     the grid or uses PIL's box filter otherwise). ``center_crop`` crops the mask to a centred square first,
-    as seed 002 does when the model input was centre-cropped.
+    as walmer2023 does when the model input was centre-cropped.
     """
     from PIL import Image
 
@@ -145,7 +145,7 @@ def token_mask_weights(mask: Any, grid: tuple[int, int], resample: str = "bicubi
             img = Image.fromarray(m.astype(np.float32))
             wgt = np.asarray(img.resize((cols, rows), Image.Resampling.BOX), dtype=np.float64)
     else:
-        raise ValueError(f"resample must be 'bicubic' (seed 002) or 'area', got {resample!r}")
+        raise ValueError(f"resample must be 'bicubic' (walmer2023) or 'area', got {resample!r}")
     total = wgt.sum()
     if total <= 0:
         return None
@@ -329,7 +329,7 @@ def model_dense_cluster_scores(model, data, level: str = "object", hooks: Sequen
                                k: int = DEFAULT_DENSE_K, seed: int = DEFAULT_SEED, n_init: int = DEFAULT_N_INIT,
                                resample: str = "bicubic", batch_size: int = 64, limit: int | None = None,
                                progress: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Dense object / part clustering (seed 002): per-block k-means (default k = 80) on mask-pooled features."""
+    """Dense object / part clustering (walmer2023): per-block k-means (default k = 80) on mask-pooled features."""
     from vitscope.analysis.similarity.compare import block_hooks
 
     hooks = list(hooks or block_hooks(model.cfg.depth))

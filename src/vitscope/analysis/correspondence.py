@@ -1,4 +1,4 @@
-"""SPair-71k keypoint correspondence per block, as seed 002 (``run_kp_analysis.py``) computes it.
+"""SPair-71k keypoint correspondence per block, as walmer2023 (``run_kp_analysis.py``) computes it.
 
 Both images are letterboxed to ``size`` x ``size`` (long side -> size with Lanczos, short side rounded half to
 even, centred on black); the patch tokens of a block are L2-normalised per token and then bilinearly upsampled to

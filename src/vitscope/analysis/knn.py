@@ -1,4 +1,4 @@
-"""Weighted k-NN classification of frozen features (the DINO protocol, seed 002 per block).
+"""Weighted k-NN classification of frozen features (the DINO protocol, walmer2023 per block).
 
 For each test row q (rows L2-normalised): similarities s_j = q . x_j to every training row, the k largest
 (ties between equal similarities broken by the implementation), and each class c gets the vote

@@ -1,6 +1,6 @@
 """Image retrieval on Revisited Oxford 5k / Paris 6k (and the synthetic benchmark's Revisited-style set).
 
-Scoring is revisitop's ``compute_map`` (the one DINO and seed 002 copy):
+Scoring is revisitop's ``compute_map`` (the one DINO and walmer2023 copy):
 
 - protocols (positives / ignored): easy: easy / junk + hard; medium: easy + hard / junk; hard: hard / junk + easy;
 - per query, each positive's position p in the ranking drops by the number of ignored items ranked strictly
@@ -15,9 +15,9 @@ truncated ranking) gets P@k = 0 where revisitop raises; when no query has a posi
 
 Descriptors (:func:`image_descriptors`): the CLS token of each block, the image thumbnailed to ``imsize``
 (longer side, aspect kept, never enlarged, Lanczos) as DINO does, or the model's own resize + centre crop as
-seed 002 does (``preprocess="model"``); optionally the mean over the scales 1, 1/sqrt 2, 1/2 (DINO's
+walmer2023 does (``preprocess="model"``); optionally the mean over the scales 1, 1/sqrt 2, 1/2 (DINO's
 ``multi_scale``: bilinear ``interpolate``, ``align_corners=False``). Queries are cropped to their box by
-default (the protocol, revisitop's example); DINO and seed 002 do not crop (``crop=False``).
+default (the protocol, revisitop's example); DINO and walmer2023 do not crop (``crop=False``).
 """
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def prepare_image(img, pcfg, patch: int, imsize: int | None = None, preprocess: 
 
     ``thumbnail`` (DINO): longer side shrunk to ``imsize`` (aspect kept, never enlarged, Lanczos), normalised
     with the model's mean / std, no crop; right and bottom pixels beyond a multiple of the patch are dropped
-    (what DINO's strided patch convolution ignores). ``model`` (seed 002): thumbnail to ``imsize`` first when
+    (what DINO's strided patch convolution ignores). ``model`` (walmer2023): thumbnail to ``imsize`` first when
     given, then the model's resize + centre crop.
     """
     from PIL import Image

@@ -324,8 +324,8 @@ def prepare_video(frames: np.ndarray, first_mask: np.ndarray, patch_size: int, r
     first mask on the token grid (h, w), info).
 
     ``resolution``: "dino" (default): bilinear resize to :func:`dino_frame_size` (``short_side`` 480), cropped at
-    the bottom / right to a multiple of the patch (what a strided patch embedding ignores); "squash" (seed 002
-    without ``--dense``): frames and mask squashed to ``tile`` x ``tile``; "dense" (seed 002's ``--dense``):
+    the bottom / right to a multiple of the patch (what a strided patch embedding ignores); "squash" (walmer2023
+    without ``--dense``): frames and mask squashed to ``tile`` x ``tile``; "dense" (walmer2023's ``--dense``):
     bicubic resize to short side 2 x ``tile`` (448), long side floored to a multiple of the patch, the frames
     then cut into ``tile`` x ``tile`` tiles by :func:`tiled_features`. The mask goes to the token grid with a
     nearest resize (void counts as background).
@@ -374,7 +374,7 @@ def _tile_starts(length: int, tile: int) -> list[int]:
 
 def tiled_features(model, frames: torch.Tensor, blocks: Sequence[int], tile: int = 224,
                    device="cpu") -> dict[int, torch.Tensor]:
-    """Seed 002's dense extraction: each frame (3, H', W') cut into ``tile`` x ``tile`` tiles (the last one of a
+    """walmer2023's dense extraction: each frame (3, H', W') cut into ``tile`` x ``tile`` tiles (the last one of a
     row / column aligned to the edge, overlapping), each tile run at ``tile`` px, its patch tokens placed on the
     full grid; on overlaps the first tile written wins. {block: (T, H'/p, W'/p, D)}."""
     from vitscope.analysis.dense_features import block_patch_features

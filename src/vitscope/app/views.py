@@ -180,7 +180,7 @@ def attention_view(model, image, block: int = -1, head: str | int = "mean", quer
     """Attention of ``query`` over the patches at ``block``: one head or the heads fused (mean / max / min).
 
     ``query``: ``"cls"``, ``"dist"``, ``"reg<k>"`` or a patch ``(row, col)``. When the token is not in the
-    sequence at that block (seed 004: it enters later), the view has no figure and the note says where it enters.
+    sequence at that block (cls-register: it enters later), the view has no figure and the note says where it enters.
     """
     b = normalize_block(int(block), model.cfg.depth)
     x, base = model_input(model, image)
@@ -270,7 +270,7 @@ def rollout_view(model, image, method: str = "rollout", target: int | None = Non
 
 
 def tokens_view(model, image, block: int = -1, cmap: str = "inferno", size: int = DISPLAY) -> View:
-    """CLS and register attention over the patches at ``block`` (seed 004): one row per token, mean then heads.
+    """CLS and register attention over the patches at ``block`` (cls-register): one row per token, mean then heads.
 
     Tokens not yet in the sequence at that block are listed in the note with the block where they enter.
     """

@@ -244,8 +244,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         out: Path = typer.Option(Path("runs/attention-distance"), "--out", "-o", help=OUT_HELP),
         variants: str = typer.Option("A,B", "--variants",
                                      help="A: normalised coordinates, prefix tokens dropped and rows renormalised "
-                                          "(seed 002); B: pixels, not renormalised (seed 003)."),
-        limit: Optional[int] = typer.Option(1000, "--limit", help="At most this many images (seed 003: 1000)."),
+                                          "(walmer2023); B: pixels, not renormalised (probing-vits)."),
+        limit: Optional[int] = typer.Option(1000, "--limit", help="At most this many images (probing-vits: 1000)."),
         batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
         relative_depth: bool = typer.Option(False, "--relative-depth",
                                             help="Comparison figure: blocks on [0, 1] (models of different depth)."),
@@ -307,7 +307,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                                   "random_init": [bool(r) for _, r in runs]})
         typer.echo(f"wrote mean attention distance ({', '.join(vs)}) of {len(runs)} model(s) to {out}")
 
-    # ------------------------------------------------------------------ seed-002 statistics
+    # ------------------------------------------------------------------ walmer2023 statistics
     @app.command("attention-stats")
     def stats_cmd(
         images: Optional[List[Path]] = typer.Argument(None, help=IMAGES_HELP),
@@ -321,9 +321,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
-        """Seed 002's statistics: std over heads / positions, spatial->CLS, average and query-centred maps, offsets.
+        """walmer2023's statistics: std over heads / positions, spatial->CLS, average and query-centred maps, offsets.
 
-        Query-centred maps are written twice: aligned (seed 002: divided by the number of queries) and
+        Query-centred maps are written twice: aligned (walmer2023: divided by the number of queries) and
         aligned_overlap (each offset divided by the number of queries that reach it; flat for uniform attention).
         """
         check_inputs(data, images, limit)                 # at once, before torch and the model load
@@ -387,12 +387,12 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                                     help="Queries: cls, mean (all spatial queries), centre."),
         mass: float = typer.Option(0.6, "--mass", help="Share of attention mass kept in the binary map."),
         mask_rule: str = typer.Option("bicubic", "--mask-rule",
-                                      help="Mask to token grid: bicubic (seed 002: each object resized, then "
+                                      help="Mask to token grid: bicubic (walmer2023: each object resized, then "
                                            "ORed), bicubic-union (the union resized once), any, majority."),
         merge_rule: str = typer.Option("sum", "--merge-rule",
                                        help="Heads summed: sum (raw maps, then renormalised) or seed002 (CLS and "
-                                            "centre maps renormalised per head first, as seed 002's code does)."),
-        limit: Optional[int] = typer.Option(5000, "--limit", help="At most this many images (seed 002: 5000)."),
+                                            "centre maps renormalised per head first, as walmer2023's code does)."),
+        limit: Optional[int] = typer.Option(5000, "--limit", help="At most this many images (walmer2023: 5000)."),
         batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
         formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
@@ -517,7 +517,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                           "video": str(res["video"])})
         typer.echo(f"wrote {res['video']} ({res['n_frames']} frames at {res['fps']:g} fps)")
 
-    # ------------------------------------------------------------------ tokens PDF (seed 004)
+    # ------------------------------------------------------------------ tokens PDF (cls-register)
     @app.command("tokens-pdf")
     def tokens_pdf_cmd(
         images: Optional[List[Path]] = typer.Argument(None, help=IMAGES_HELP),

@@ -1,4 +1,4 @@
-"""`vitscope logit-lens`, `vitscope memories`, `vitscope perturb`, `vitscope attribution`: seed 001's class embedding
+"""`vitscope logit-lens`, `vitscope memories`, `vitscope perturb`, `vitscope attribution`: vilas2023's class embedding
 space and the per-head direct logit attribution, thin wrappers over ``vitscope.analysis.class_embedding``. Models
 without a classifier take class embeddings: ``--class-embeddings FILE.npy`` or ``--head DIR`` (a linear probe on the
 last layer, saved by ``vitscope probe``). Every figure is saved with its numbers and a tidy table
@@ -17,10 +17,10 @@ from vitscope.cli.common import (
 )
 
 LIMIT_HELP = "Use only the first N images."
-IMAGENET_S_HELP = "ImageNet-S root (seed 001's images; masks of each image's own category)."
+IMAGENET_S_HELP = "ImageNet-S root (vilas2023's images; masks of each image's own category)."
 CLASS_INDEX_HELP = ("With --imagenet-s: the head's classes, one wnid per line (line k = class k); default: the "
                     "model's class names.")
-PER_CLASS_HELP = "Keep the first N images of each class (seed 001: 5)."
+PER_CLASS_HELP = "Keep the first N images of each class (vilas2023: 5)."
 MASK_RULE_HELP = "Object mask to token grid: majority (at least half of the cell), any, bicubic."
 EMB_HELP = ("Class embeddings for a model without a classifier: a (classes, width) .npy matrix, read after the "
             "final norm (width = the model's) or after the CLIP projection (width = the projection's; e.g. CLIP text "
@@ -58,7 +58,7 @@ def _open(data: Optional[str], imagenet_s: Optional[Path] = None, class_index: O
     if len(ds) == 0:
         raise ValueError(f"the dataset {data!r} has no images")
     if not len(ds.classes) or (ds.labels < 0).any():
-        raise ValueError(f"the dataset {data!r} has no class labels; seed 001's analyses need labelled images (a "
+        raise ValueError(f"the dataset {data!r} has no class labels; vilas2023's analyses need labelled images (a "
                          "folder with one sub-folder per class, a list file with labels, or synthetic:...)")
     if per_class is not None:
         counts: dict[int, int] = {}
@@ -181,7 +181,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         sites: str = typer.Option("resid,attn,mlp", "--sites",
                                   help="What to project: resid (block output), attn, mlp (branch outputs)."),
         topk: int = typer.Option(5, "--topk", help="Top classes recorded per token."),
-        prescale: bool = typer.Option(False, "--prescale", help="Project the branches before LayerScale (seed 001 "
+        prescale: bool = typer.Option(False, "--prescale", help="Project the branches before LayerScale (vilas2023 "
                                                                 "reads attn.proj / mlp.fc2); default: as added to "
                                                                 "the stream."),
         mask_rule: str = typer.Option("majority", "--mask-rule", help=MASK_RULE_HELP),
@@ -269,7 +269,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         class_names: Optional[Path] = typer.Option(None, "--class-names", help=NAMES_HELP),
         head: Optional[Path] = typer.Option(None, "--head", help=HEAD_HELP),
         out: Path = typer.Option(Path("runs/memories"), "--out", "-o", help=OUT_HELP),
-        k: int = typer.Option(5, "--k", help="Memories per class and key coefficients per token (seed 001: 5)."),
+        k: int = typer.Option(5, "--k", help="Memories per class and key coefficients per token (vilas2023: 5)."),
         permutations: int = typer.Option(300, "--permutations", help="Permutations of the correct-vs-wrong test."),
         seed: int = typer.Option(0, "--seed", help="Seed of the random-class baseline, the permutations and the "
                                                    "random-weight model."),
@@ -325,7 +325,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         tokens_drop: bool = typer.Option(True, "--token-drop/--no-token-drop",
                                          help="Also drop context or object tokens (needs object masks)."),
         tokens: str = typer.Option("patches", "--tokens",
-                                   help="Tokens counted: patches (default) or all (CLS included, seed 001)."),
+                                   help="Tokens counted: patches (default) or all (CLS included, vilas2023)."),
         blocks: Optional[str] = typer.Option(None, "--blocks", help="Perturbed blocks, comma-separated (default all)."),
         mask_rule: str = typer.Option("majority", "--mask-rule", help=MASK_RULE_HELP),
         limit: Optional[int] = typer.Option(None, "--limit", help=LIMIT_HELP),
@@ -335,7 +335,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
         """Perturbations: identifiable tokens at the last block under self_only / no_cls attention and with context
-        or object tokens dropped, against the unperturbed model (seed 001's tables)."""
+        or object tokens dropped, against the unperturbed model (vilas2023's tables)."""
         from vitscope.analysis import class_embedding as ce
         from vitscope.analysis.similarity.compare import preprocess_config
         from vitscope.viz import class_embedding as V

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N sequences."),
         resolution: str = typer.Option("dino", "--resolution",
                                        help="dino (short side --short-side, long side to a multiple of 64), "
-                                            "squash (seed 002: frames squashed to --tile px) or dense (seed 002's "
+                                            "squash (walmer2023: frames squashed to --tile px) or dense (walmer2023's "
                                             "--dense: short side 2 x --tile, cut into --tile tiles)."),
         short_side: int = typer.Option(480, "--short-side", help="Short side of the frames (dino resolution)."),
         tile: Optional[int] = typer.Option(None, "--tile", help="squash / dense size (default: the model's input "

@@ -1,4 +1,4 @@
-"""`vitscope keypoints`: SPair-71k keypoint correspondence per block, PCK as seed 002 computes it
+"""`vitscope keypoints`: SPair-71k keypoint correspondence per block, PCK as walmer2023 computes it
 (``vitscope.analysis.correspondence``)."""
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
                                                help="Pairs drawn per category (0: every pair)."),
         seed: int = typer.Option(42, "--seed", help="Seed of the pair sample."),
         with_replacement: bool = typer.Option(False, "--with-replacement",
-                                              help="Draw the pairs with replacement (seed 002's sample)."),
+                                              help="Draw the pairs with replacement (walmer2023's sample)."),
         size: Optional[int] = typer.Option(None, "--size", help="Letterbox side (default: the model's input size, "
                                                                 "224 for the seed's models)."),
         out: Path = typer.Option(Path("runs/keypoints"), "--out", "-o", help=OUT_HELP),

@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
                                                                                   "paired with --train-store."),
         site: str = typer.Option("resid_post", "--site", help="Store site to read (--train-store)."),
         blocks: str = typer.Option("all", "--blocks", help="Blocks: all, '0,3,-1' or '4:8'."),
-        tokens: str = typer.Option("cls", "--tokens", help="cls (DINO, seed 002) or mean (of the patch tokens)."),
+        tokens: str = typer.Option("cls", "--tokens", help="cls (DINO, walmer2023) or mean (of the patch tokens)."),
         ks: str = typer.Option("10,20,100,200", "--k", help="Neighbour counts, comma-separated (DINO's)."),
         temperature: float = typer.Option(0.07, "--temperature", help="Vote weight exp(similarity / T)."),
         count_unvoted: bool = typer.Option(False, "--count-unvoted", help="Top-5 also counts hits on classes "

@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
                                                                   "final layer), batched: accuracy per layer."),
         reductions: str = typer.Option("cls,ap", "--reductions", "-r", help="Reductions of each layer: cls, ap "
                                                                             "(patch mean), ap_all."),
-        site: str = typer.Option("ln2", "--site", help="Store site of the intermediate layers (seed 000: ln2)."),
+        site: str = typer.Option("ln2", "--site", help="Store site of the intermediate layers (ciernik2025: ln2)."),
         heads: Optional[int] = typer.Option(None, "--heads", help="Attentive heads (default: number of inputs; "
                                                                   "8 for all tokens)."),
         attn_drops: str = typer.Option("0,0.1,0.3", "--attn-drops", help="Attention dropouts searched (each its own "
@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
         min_steps: int = typer.Option(1000, "--min-steps", help="Minimum number of optimiser steps."),
         batch_size: int = typer.Option(2048, "--batch-size", "-b", help="Batch size before the seed's rule."),
         token_norm: str = typer.Option("token", "--token-norm", help="All-token inputs: 'token' (each token L2) or "
-                                                                    "'over_tokens' (seed 000's stored variant)."),
+                                                                    "'over_tokens' (ciernik2025's stored variant)."),
         no_normalize: bool = typer.Option(False, "--no-normalize", help="Skip the load-time L2 normalisation."),
         clean_val: bool = typer.Option(False, "--clean-val", help="Score validation without jitter (the seed "
                                                                   "jitters it)."),
@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
         formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary."),
     ):
-        """Linear and attentive probes over one, several or all layers of a feature store (seed 000's recipe,
+        """Linear and attentive probes over one, several or all layers of a feature store (ciernik2025's recipe,
         tuned over lr x weight decay as one batched computation); tidy results, heads, logits, figures."""
         from tqdm import tqdm
 
@@ -183,7 +183,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("runs/probe-e2e"), "--out", "-o", help="Output folder."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary."),
     ):
-        """End-to-end probes (seed 000): the attentive probe on a frozen backbone with features computed every step
+        """End-to-end probes (ciernik2025): the attentive probe on a frozen backbone with features computed every step
         from the images (no feature store), or fine-tuning with a linear head (two parameter groups); resumable.
 
         Data parallel: torchrun --nproc_per_node=N -m vitscope probe-e2e ..."""
@@ -214,7 +214,7 @@ def register(app: typer.Typer) -> None:
                                                        "(several models and datasets)."),
         pairs: Optional[str] = typer.Option(None, "--pairs", help="Run pairs a>b to test, e.g. "
                                             "'attentive:all>attentive:last,linear:all>linear:last' (default: "
-                                            "seed 000's Figure 2 pairs present in the table)."),
+                                            "ciernik2025's Figure 2 pairs present in the table)."),
         baseline: str = typer.Option("linear:last_cls", "--baseline", help="Run the gains are measured against."),
         alpha: float = typer.Option(0.05, "--alpha", help="Significance level."),
         out: Path = typer.Option(Path("runs/probe-stats"), "--out", "-o", help="Output folder."),

@@ -1,4 +1,4 @@
-"""`vitscope removal` (token-removal curves) and `vitscope probe-tokens` (per-token ridge probes), seed 001.
+"""`vitscope removal` (token-removal curves) and `vitscope probe-tokens` (per-token ridge probes), vilas2023.
 
 Thin wrappers over ``vitscope.analysis.class_embedding.removal`` / ``importance`` and
 ``vitscope.analysis.probes.ridge``: every figure is saved with its numbers, and the results are tidy tables
@@ -48,15 +48,15 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         random: bool = typer.Option(False, "--random", help=RANDOM_HELP),
         out: Path = typer.Option(Path("runs/removal"), "--out", "-o", help=OUT_HELP),
         orders: Optional[str] = typer.Option(None, "--orders",
-                                             help="Token orders, comma-separated: grads (seed 001's class-embedding "
+                                             help="Token orders, comma-separated: grads (vilas2023's class-embedding "
                                                   "gradients), chefer, probe (per-token ridge probes; needs "
                                                   "--probe-data), random. Default: grads,chefer,random, and probe "
                                                   "when --probe-data is given."),
         probe_data: Optional[str] = typer.Option(None, "--probe-data",
                                                  help="Labelled images to fit the per-token ridge probes of the "
-                                                      "probe order on (seed 001: another split than --data)."),
-        n_random: int = typer.Option(10, "--random-orders", help="Number of random orders (seed 001: 10)."),
-        seed: int = typer.Option(0, "--seed", help="Random order i uses seed SEED + i (seed 001: 0..9)."),
+                                                      "probe order on (vilas2023: another split than --data)."),
+        n_random: int = typer.Option(10, "--random-orders", help="Number of random orders (vilas2023: 10)."),
+        seed: int = typer.Option(0, "--seed", help="Random order i uses seed SEED + i (vilas2023: 0..9)."),
         step: int = typer.Option(1, "--step", help="Evaluate every STEP-th number of removed tokens (1 = all)."),
         limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images of --data."),
         probe_limit: Optional[int] = typer.Option(None, "--probe-limit",
@@ -145,14 +145,14 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         model_names: List[str] = typer.Option(..., "--model", "-m", help=MODEL_HELP + " Repeat for several."),
         data: Optional[str] = typer.Option(None, "--data", "-d", help="Labelled test images. " + DATA_HELP),
         train_data: Optional[str] = typer.Option(None, "--train-data",
-                                                 help="Labelled images the probes are fitted on (seed 001: another "
+                                                 help="Labelled images the probes are fitted on (vilas2023: another "
                                                       "split than --data)."),
         random: bool = typer.Option(False, "--random", help=RANDOM_HELP),
         out: Path = typer.Option(Path("runs/probe-tokens"), "--out", "-o", help=OUT_HELP),
         sites: str = typer.Option("resid_post,attn_out,mlp_out", "--sites",
-                                  help="Sites, comma-separated: resid_post, attn_out, mlp_out (seed 001's hs, attn, "
+                                  help="Sites, comma-separated: resid_post, attn_out, mlp_out (vilas2023's hs, attn, "
                                        "mlp)."),
-        alpha: float = typer.Option(1.0, "--alpha", help="Ridge penalty (seed 001: 1.0)."),
+        alpha: float = typer.Option(1.0, "--alpha", help="Ridge penalty (vilas2023: 1.0)."),
         num_classes: Optional[int] = typer.Option(None, "--num-classes",
                                                   help="Classes of the targets (default: the training set's)."),
         limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images of --data."),
@@ -163,7 +163,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
-        """Per-token ridge probes (seed 001): one probe per site, block and token position; accuracy and
+        """Per-token ridge probes (vilas2023): one probe per site, block and token position; accuracy and
         true-class rank per token, and the rank sum over blocks that orders patches for `vitscope removal`."""
         import numpy as np
 

@@ -1,8 +1,8 @@
 """`vitscope retrieval`: Revisited Oxford / Paris retrieval (mAP, mP@1/5/10; easy, medium, hard) of every block.
 
 Descriptors: the CLS token of each block, images thumbnailed to ``--imsize`` (DINO) or the model's own resize
-and crop (``--preprocess model``, seed 002), optionally multi-scale; queries cropped to their box unless
-``--no-crop`` (DINO, seed 002). Or read from feature stores of the database and query images. Writes
+and crop (``--preprocess model``, walmer2023), optionally multi-scale; queries cropped to their box unless
+``--no-crop`` (DINO, walmer2023). Or read from feature stores of the database and query images. Writes
 ``retrieval.csv`` / ``retrieval.parquet`` (percent) and the per-block figures.
 """
 from __future__ import annotations
@@ -57,10 +57,10 @@ def register(app: typer.Typer) -> None:
         imsize: Optional[int] = typer.Option(None, "--imsize", help="Longer side of the thumbnail (DINO: 224 Oxford, "
                                                                     "512 Paris; default: the model's input size)."),
         preprocess: str = typer.Option("thumbnail", "--preprocess", help="thumbnail (DINO: aspect kept, no crop) or "
-                                                                         "model (seed 002: the model's resize + "
+                                                                         "model (walmer2023: the model's resize + "
                                                                          "centre crop)."),
         multiscale: bool = typer.Option(False, "--multiscale", help="Mean descriptor over scales 1, 1/sqrt 2, 1/2."),
-        no_crop: bool = typer.Option(False, "--no-crop", help="Do not crop queries to their box (DINO, seed 002)."),
+        no_crop: bool = typer.Option(False, "--no-crop", help="Do not crop queries to their box (DINO, walmer2023)."),
         batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass (equal sizes batched)."),
         seed: int = typer.Option(0, "--seed", help="Seed of random weights."),
         out: Path = typer.Option(Path("runs/retrieval"), "--out", "-o", help=OUT_HELP),

@@ -100,7 +100,7 @@ def cka_command(
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Images for models: folder, list, shards, hf:NAME, "
                                                             "synthetic:n=256 ..."),
     random: bool = typer.Option(False, "--random", help="Random-init weights (no download); for baselines and tests."),
-    with_random: bool = typer.Option(False, "--with-random", help="Add a random-init copy of every model (seed 001's "
+    with_random: bool = typer.Option(False, "--with-random", help="Add a random-init copy of every model (vilas2023's "
                                                                   "baseline)."),
     store: Optional[Path] = typer.Option(None, "--store", help="Feature store written by `vitscope extract`."),
     store2: Optional[Path] = typer.Option(None, "--store2", help="Second feature store (same images): store x store2."),
@@ -122,10 +122,10 @@ def cka_command(
                                                                    "2019) or seed000 (median of the non-zero "
                                                                    "distances)."),
     biased: bool = typer.Option(False, "--biased", help="Biased HSIC (default: unbiased); full-data CKA only."),
-    minmax: Optional[bool] = typer.Option(None, "--minmax/--no-minmax", help="Seed 002's kernel quirk (scale each "
+    minmax: Optional[bool] = typer.Option(None, "--minmax/--no-minmax", help="walmer2023's kernel quirk (scale each "
                                                                              "Gram matrix to [0, 1], zero diagonal)."),
     normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize", help="L2-normalise each sample's "
-                                                                                      "features first (seed 000)."),
+                                                                                      "features first (ciernik2025)."),
     full: Optional[bool] = typer.Option(None, "--full/--minibatch", help="Models: collect every feature and compute "
                                                                          "exact CKA (--full) or stream minibatch "
                                                                          "CKA (default, memory independent of N)."),
@@ -135,7 +135,7 @@ def cka_command(
     residual: bool = typer.Option(False, "--residual", help="Residual CKA: skip input vs attention / MLP branch "
                                                             "output of every block, with norm ratios."),
     mlp_skip: str = typer.Option("resid_mid", "--mlp-skip", help="Residual CKA: skip input of the MLP branch, "
-                                                                 "resid_mid (seed 002, default) or resid_pre."),
+                                                                 "resid_mid (walmer2023, default) or resid_pre."),
     grid: bool = typer.Option(False, "--grid", help="With several models: one layer x layer map per model pair, "
                                                     "drawn as a grid."),
     clusters: Optional[int] = typer.Option(None, "--clusters", help="Spectral clustering of the layers into K groups "
@@ -155,7 +155,7 @@ def cka_command(
     o = C.preset_options(preset or "default", kernel=kernel, minmax=minmax, normalize=normalize,
                          token_mode=tokens, minibatch=None if full is None else not full)
     if residual and tokens is None and preset is None:
-        o["token_mode"] = "all"                                                        # seed 002's residual CKA
+        o["token_mode"] = "all"                                                        # walmer2023's residual CKA
     if sites:
         o["sites"] = tuple(_site_hooks(sites))
     if o["token_mode"] not in C.TOKEN_MODES:
@@ -294,7 +294,7 @@ def rsa_command(
     fmt: str = typer.Option("png", "--formats", help="Figure formats, comma-separated."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or messages."),
 ) -> None:
-    """RSA between layers (correlation RDMs compared by Spearman, seed 000), optional spectral clustering."""
+    """RSA between layers (correlation RDMs compared by Spearman, ciernik2025), optional spectral clustering."""
     from vitscope.analysis.similarity import compare as C
     from vitscope.analysis.similarity.rsa import spectral_cluster_layers
     from vitscope.viz.similarity import save_similarity
@@ -357,9 +357,9 @@ def cluster_command(
                                                                      "several models."),
     out: Path = typer.Option(Path("runs/similarity"), "--out", "-o", help="Output folder."),
     tokens: str = typer.Option("cls", "--tokens", help="cls (default) or mean (mean-pooled patch tokens)."),
-    k: Optional[int] = typer.Option(None, "--k", help="Clusters; default 50 (images) or 80 (--dense), as seed 002."),
-    seed: int = typer.Option(0, "--seed", help="k-means random_state (seed 002: 0)."),
-    n_init: int = typer.Option(10, "--n-init", help="k-means restarts (scikit-learn's old default, used by seed 002)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Clusters; default 50 (images) or 80 (--dense), as walmer2023."),
+    seed: int = typer.Option(0, "--seed", help="k-means random_state (walmer2023: 0)."),
+    n_init: int = typer.Option(10, "--n-init", help="k-means restarts (scikit-learn's old default, used by walmer2023)."),
     dense: Optional[str] = typer.Option(None, "--dense", help="object or part: cluster mask-pooled patch features of "
                                                               "every ground-truth object / part."),
     coco: Optional[Path] = typer.Option(None, "--coco", help="--dense object on COCO: the instances json (with "

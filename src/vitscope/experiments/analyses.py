@@ -110,7 +110,7 @@ def _token_list(opts: dict) -> list[str]:
 
 # ----------------------------------------------------------------------------- attention distance
 @register("attention_distance", defaults={"variants": ["A"], "batch_size": 32}, choices={"variants": ("A", "B")},
-          description="mean attention distance per block and head (seed 002: variant A; seed 003: B)")
+          description="mean attention distance per block and head (walmer2023: variant A; probing-vits: B)")
 def attention_distance(ctx, opts: dict) -> list[dict]:
     from vitscope.analysis.attention.distance import attention_distance as run
     from vitscope.viz.attention_distance import plot_attention_distance
@@ -136,7 +136,7 @@ def attention_distance(ctx, opts: dict) -> list[dict]:
 # ----------------------------------------------------------------------------- saliency IoU
 @register("saliency", defaults={"queries": ["cls"], "mass": 0.6, "mask_rule": "bicubic", "batch_size": 32},
           choices={"queries": ("cls", "mean", "centre"), "mask_rule": ("bicubic", "any", "majority")},
-          needs=("masks",), description="IoU of binarised attention with the object masks (seed 002)")
+          needs=("masks",), description="IoU of binarised attention with the object masks (walmer2023)")
 def saliency(ctx, opts: dict) -> list[dict]:
     from vitscope.analysis.attention.saliency import image_mask_pairs, saliency_batches, saliency_iou
     from vitscope.viz.attention_stats import plot_block_head_heatmap
@@ -191,7 +191,7 @@ def cka(ctx, opts: dict) -> list[dict]:
 # ----------------------------------------------------------------------------- k-means clustering
 @register("cluster", defaults={"tokens": "cls", "k": 50, "seed": 0, "n_init": 10},
           choices={"tokens": ("cls", "mean")}, store_tokens=_token_list, needs=("labels",),
-          description="k-means on each block's features scored by NMI, ARI and purity (seed 002)")
+          description="k-means on each block's features scored by NMI, ARI and purity (walmer2023)")
 def cluster(ctx, opts: dict) -> list[dict]:
     from vitscope.analysis.cluster import store_cluster_scores
 

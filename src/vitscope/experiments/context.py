@@ -4,7 +4,7 @@ Models and datasets are loaded on first use and kept for the other cells run by 
 stores live in ``STUDY_DIR/stores/``, one per (model, dataset, split): the first cell that needs one extracts it
 (``vitscope.features.extract_features``) under a lock, every other cell of that pair reuses it. A store holds
 every token reduction the study's analyses read for that pair; a reduction that exists only from some block on
-(CLS entering late, seed 004) is kept in a store of those blocks.
+(CLS entering late, cls-register) is kept in a store of those blocks.
 """
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def _validate_knn(o: dict) -> None:
                            "count_unvoted": False, "num_classes": None, "blocks": "all"},
           choices={"tokens": ("cls", "mean")}, store_tokens=lambda o: [o["tokens"]], needs=("labels", "train"),
           validate=_validate_knn,
-          description="weighted k-NN accuracy per block, train split as memory (seed 002, DINO)")
+          description="weighted k-NN accuracy per block, train split as memory (walmer2023, DINO)")
 def knn(ctx, opts: dict) -> list[dict]:
     from vitscope.analysis.knn import knn_per_block
     from vitscope.analysis.similarity.compare import store_features
@@ -114,7 +114,7 @@ def _validate_retrieval(o: dict) -> None:
                                  "batch_size": 32, "name": None},
           choices={"tokens": ("cls", "mean"), "preprocess": ("thumbnail", "model")}, task="revisited",
           validate=_validate_retrieval,
-          description="Revisited Oxford / Paris retrieval mAP and mP@k per block (seed 002, DINO)")
+          description="Revisited Oxford / Paris retrieval mAP and mP@k per block (walmer2023, DINO)")
 def retrieval(ctx, opts: dict) -> list[dict]:
     from vitscope.analysis.block_features import parse_blocks, resolve_blocks
     from vitscope.analysis.retrieval import image_descriptors, retrieval_per_block
@@ -164,7 +164,7 @@ def _validate_davis(o: dict) -> None:
                              "resolution": "dino", "short_side": 480, "tile": None, "n_last": 7, "radius": 12,
                              "topk": 5, "temperature": 0.1, "batch_size": 8},
           choices={"resolution": ("dino", "squash", "dense")}, task="davis", validate=_validate_davis,
-          description="DAVIS-2017 label propagation J&F per block (seed 002, DINO)")
+          description="DAVIS-2017 label propagation J&F per block (walmer2023, DINO)")
 def davis(ctx, opts: dict) -> list[dict]:
     from vitscope.analysis.video_segmentation import davis_rows, evaluate_davis
     from vitscope.data.tasks import load_davis
@@ -202,7 +202,7 @@ def _validate_keypoints(o: dict) -> None:
 @register("keypoints", defaults={"blocks": "all", "split": "test", "pairs_per_category": 20, "seed": 42,
                                  "with_replacement": False, "size": None, "batch_size": 16},
           task="spair", validate=_validate_keypoints,
-          description="SPair-71k keypoint transfer PCK@0.1/0.05/0.01 per block (seed 002)")
+          description="SPair-71k keypoint transfer PCK@0.1/0.05/0.01 per block (walmer2023)")
 def keypoints(ctx, opts: dict) -> list[dict]:
     from vitscope.analysis.correspondence import evaluate_spair, sample_pairs, spair_rows
     from vitscope.data.tasks import load_spair

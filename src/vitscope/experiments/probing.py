@@ -1,5 +1,5 @@
-"""Study adapters of the probes (seed 000, from the cell's feature stores) and of the class-embedding analyses of
-seed 001 (logit-lens identifiability, token-removal curves; streamed from the dataset).
+"""Study adapters of the probes (ciernik2025, from the cell's feature stores) and of the class-embedding analyses of
+vilas2023 (logit-lens identifiability, token-removal curves; streamed from the dataset).
 
 Each calls the library functions its command calls (`vitscope probe`, `logit-lens`, `removal`) with the same
 options. Rows:
@@ -40,7 +40,7 @@ def _validate_probe(o: dict) -> None:
             raise ValueError(f"'experiments' are layer sets ({', '.join(LAYER_SETS)}) or input lists such as "
                              f"'ln2.3.cls,ln_final.ap', got {e!r}")
     if o["site"] not in ("ln2", "resid_post", "resid_mid", "resid_pre", "ln1", "attn_out", "mlp_out"):
-        raise ValueError(f"'site' is a block site such as ln2 (seed 000) or resid_post, got {o['site']!r}")
+        raise ValueError(f"'site' is a block site such as ln2 (ciernik2025) or resid_post, got {o['site']!r}")
     if o["token_norm"] not in ("token", "over_tokens"):
         raise ValueError(f"'token_norm' is token or over_tokens, got {o['token_norm']!r}")
     for key in ("lrs", "wds", "attn_drops"):
@@ -69,7 +69,7 @@ def _probe_tokens(o: dict) -> list[str]:
                              "clean_val": False, "seed": 0, "test_fraction": 0.25},
           needs=("labels",), validate=_validate_probe,
           description="linear / attentive probes on layer sets and per layer; gains over the last-layer CLS probe "
-                      "(seed 000)")
+                      "(ciernik2025)")
 def probe(ctx, opts: dict) -> list[dict]:
     import pandas as pd
 
@@ -146,7 +146,7 @@ def _validate_lens(o: dict) -> None:
 @register("logit_lens", defaults={"sites": ["resid"], "topk": 5, "prescale": False, "random_baseline": False,
                                   "per_class": None, "batch_size": 64, "seed": 0},
           needs=("labels",), validate=_validate_lens,
-          description="logit lens: identifiability of CLS and patch tokens per block (seed 001)")
+          description="logit lens: identifiability of CLS and patch tokens per block (vilas2023)")
 def logit_lens(ctx, opts: dict) -> list[dict]:
     import torch
 
@@ -218,7 +218,7 @@ def _validate_removal(o: dict) -> None:
 @register("removal", defaults={"orders": ["grads", "chefer", "random"], "n_random": 10, "seed": 0, "step": 1,
                                "batch_size": 64},
           needs=("labels",), validate=_validate_removal,
-          description="token-removal curves and their AUCs (seed 001); the probe order fits on the train split")
+          description="token-removal curves and their AUCs (vilas2023); the probe order fits on the train split")
 def removal(ctx, opts: dict) -> list[dict]:
     from vitscope.analysis.class_embedding.removal import removal_curves, resolve_orders
     from vitscope.analysis.probes.ridge import fit_token_probes
@@ -238,7 +238,7 @@ def removal(ctx, opts: dict) -> list[dict]:
     bs = opts["batch_size"]
     probes = None
     if "probe" in orders:
-        tr = ctx.dataset("train")                  # seed 001 fits the probes on another split
+        tr = ctx.dataset("train")                  # vilas2023 fits the probes on another split
         probes = fit_token_probes(model, tr.batches(bs), model.cfg.num_classes, sites=("resid_post",),
                                   total=(len(tr) + bs - 1) // bs)
     res = removal_curves(model, ds.batches(bs), orders=orders, probes=probes, n_random=opts["n_random"],

@@ -1,4 +1,4 @@
-"""Interventions built on hooks: attention perturbations, token dropping, head ablation (seed 001).
+"""Interventions built on hooks: attention perturbations, token dropping, head ablation (vilas2023).
 
 Each function returns a list of ``(hook_name, fn)`` pairs to pass to ``model.run_with_hooks`` or
 ``model.hooks(...)``, so interventions compose with each other and with caching::
@@ -28,7 +28,7 @@ def attention_perturbation(model, kind: str, blocks: Iterable[int] | None = None
     """Hooks that edit the attention pattern of patch-token queries in ``blocks`` (default: all).
 
     - ``self_only``: every patch query attends only to itself (its row becomes one-hot on the diagonal).
-    - ``no_cls``: patch queries give zero attention to CLS; rows are *not* renormalised (seed 001).
+    - ``no_cls``: patch queries give zero attention to CLS; rows are *not* renormalised (vilas2023).
     - ``no_cls_renorm``: as ``no_cls``, then each patch-query row is renormalised to sum to 1.
     Queries of CLS, DIST and registers are left unchanged. Works with tokens that enter later:
     at a block without CLS, ``no_cls`` does nothing there.

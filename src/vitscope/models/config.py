@@ -51,7 +51,7 @@ class ViTConfig:
     class_token: bool = True
     distill_token: bool = False           # DeiT-distilled: a second prefix token after CLS
     num_registers: int = 0
-    register_location: str = "prefix"     # "prefix" (DINOv2: after CLS) or "end" (seed 004: appended)
+    register_location: str = "prefix"     # "prefix" (DINOv2: after CLS) or "end" (cls-register: appended)
     cls_block: int = 0                    # CLS (and DIST) are inserted before this block
     register_block: int = 0               # registers are inserted before this block
     pos_embed: str = "learned"            # "learned", "sincos" (fixed 2-D, MAE / MoCo-v3) or "none" (BEiT)

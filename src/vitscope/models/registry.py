@@ -410,7 +410,7 @@ def _timm_entry(name: str, family: str, pp: PreprocessConfig, aliases=(), source
                                aliases=tuple(aliases), notes=notes, extra=extra))
 
 
-# seed 001's own model names (its load_vit), as aliases of the entries they load
+# vilas2023's own model names (its load_vit), as aliases of the entries they load
 _SEED001_ALIASES = {"vit-b32": ("vit_b_32",), "vit-b16": ("vit_b_16",), "vit-l16": ("vit_large_16",)}
 
 # --- supervised ViT, "How to train your ViT" (AugReg): in21k pretrain, in1k fine-tune; inputs in [-1, 1]
@@ -422,7 +422,7 @@ for _arch, _alias in [("vit_small_patch32", "vit-s32"), ("vit_small_patch16", "v
     if _arch != "vit_base_patch8":       # no B/8 at 384 exists
         _timm_entry(f"{_arch}_384.augreg_in21k_ft_in1k", "vit", _pp(384, 1.0), aliases=(f"{_alias}-384",),
                     notes="AugReg in21k -> in1k at 384 px (timm hub)")
-# seed 002's extra: the original L/32 at 384, and the original (non-AugReg) B/16; seed 001's MIIL ViT
+# walmer2023's extra: the original L/32 at 384, and the original (non-AugReg) B/16; vilas2023's MIIL ViT
 _timm_entry("vit_large_patch32_384.orig_in21k_ft_in1k", "vit", _pp(384, 1.0), aliases=("vit-l32-384",),
             notes="original ViT (Dosovitskiy et al.) in21k -> in1k", extra=True)
 _timm_entry("vit_base_patch16_224.orig_in21k_ft_in1k", "vit", _pp(224, 0.9), aliases=("vit-b16-orig",),
@@ -433,14 +433,14 @@ _timm_entry("vit_base_patch16_224_miil.in21k_ft_in1k", "vit",
             _pp(224, 0.875, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
             aliases=("vit-b16-miil", "vit_miil_16"),
             notes="ImageNet-21K-P (Alibaba MIIL), no qkv bias; inputs in [0, 1]")
-# seed 001's GAP model: no CLS, average pooling + fc_norm, residual post-norm blocks, no qkv bias
+# vilas2023's GAP model: no CLS, average pooling + fc_norm, residual post-norm blocks, no qkv bias
 _timm_entry("vit_base_patch16_rpn_224.sw_in1k", "vit", _pp(224, 0.9), aliases=("vit-b16-rpn", "vit_gap_16"),
             notes="residual post-norm blocks (x + norm(branch(x))), average pooling, no CLS (timm hub)")
-# seed 001's ViT-B/16 fine-tuned on CIFAR-100: the author's checkpoint is not public, so there is no source;
+# vilas2023's ViT-B/16 fine-tuned on CIFAR-100: the author's checkpoint is not public, so there is no source;
 # load_model("vit-b16-cifar100", weights=PATH) reads it (timm keys, also under a "model." prefix)
 _timm_entry("vit_base_patch16_224.cifar100", "vit", _pp(224, 1.0, "bilinear"), aliases=("vit-b16-cifar100",
             "vit_cifar_16"), sources=(), num_classes=100,
-            notes="ViT-B/16 with a 100-class head (seed 001's CIFAR-100 fine-tune); weights=PATH only. "
+            notes="ViT-B/16 with a 100-class head (vilas2023's CIFAR-100 fine-tune); weights=PATH only. "
                   "The seed resizes to 224x224 without keeping the aspect ratio")
 
 # --- DeiT (ImageNet-1k), plain and distilled (CLS + DIST tokens, two heads averaged)

@@ -425,7 +425,7 @@ class HookedViT(HookedRootModule):
 
     # ------------------------------------------------------------------ conveniences
     def project_to_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Logit lens (seed 001): head(final_norm(h)) for any residual-stream vector(s) (..., D).
+        """Logit lens (vilas2023): head(final_norm(h)) for any residual-stream vector(s) (..., D).
 
         Models pooled by averaging use ``fc_norm`` in place of the final norm.
         """

@@ -148,7 +148,7 @@ class ReportContext:
     def token_masks(self, rule: str = "bicubic") -> torch.Tensor:
         """Object masks of ``images`` on the token grid (n, rows, cols) bool.
 
-        ``rule``: "bicubic" (seed 002: a generous resize that also marks cells next to the object), "majority"
+        ``rule``: "bicubic" (walmer2023: a generous resize that also marks cells next to the object), "majority"
         (at least half of the cell is object) or "any"; see ``mask_to_token_grid``.
         """
         from vitscope.analysis.attention.saliency import mask_to_token_grid
@@ -238,7 +238,7 @@ class ReportContext:
 
     @cached_property
     def random_model(self):
-        """The same architecture with random weights (seed 0): the baseline of seed 001 / 002."""
+        """The same architecture with random weights (seed 0): the baseline of vilas2023 / 002."""
         from vitscope.models.vit import HookedViT
 
         torch.manual_seed(0)

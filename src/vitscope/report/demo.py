@@ -17,7 +17,7 @@ DEMO_DATA = ("synthetic:size=64,classes=8,difficulty=easy,jitter=0,scale_min=0.1
              "clutter=0,texture=0.15,contrast=0.45,rotation=30,stripes=0,stretch=0.05")
 DEMO_MODELS = {
     "demo-vit": "demo-vit: 6 blocks, 8 heads, CLS from block 0",
-    "demo-vit-reg4": "demo-vit-reg4: 8 blocks, 4 registers from block 3, CLS from block 6 (seed 004)",
+    "demo-vit-reg4": "demo-vit-reg4: 8 blocks, 4 registers from block 3, CLS from block 6 (cls-register)",
 }
 
 

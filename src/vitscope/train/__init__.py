@@ -1,4 +1,4 @@
-"""Training recipes for small ViTs: from scratch, dynamic CLS / register placement (seed 004), distillation."""
+"""Training recipes for small ViTs: from scratch, dynamic CLS / register placement (cls-register), distillation."""
 from vitscope.train.config import TrainConfig
 from vitscope.train.loop import evaluate, train
 

@@ -26,11 +26,11 @@ class TrainConfig:
     num_registers: int = 0
     register_block: int = 0
     cls_block: int = 0
-    register_location: str = "end"        # seed 004 appends the registers at the end of the sequence
+    register_location: str = "end"        # cls-register appends the registers at the end of the sequence
     distill_token: bool = False
     drop_path: float = 0.1
     # optimisation
-    opt: str = "adamw"                    # "adamw" or "lamb" (NVLAMB as in timm: DeiT III, seed 004)
+    opt: str = "adamw"                    # "adamw" or "lamb" (NVLAMB as in timm: DeiT III, cls-register)
     epochs: int = 30
     batch_size: int = 128                 # global batch (split over data-parallel ranks)
     lr: float = 1e-3

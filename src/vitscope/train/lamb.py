@@ -1,5 +1,5 @@
 """LAMB (You et al., 2019, "Large Batch Optimization for Deep Learning"), in the NVLAMB form that timm's ``Lamb``
-implements and DeiT / DeiT III and seed 004 train with (``--opt lamb``).
+implements and DeiT / DeiT III and cls-register train with (``--opt lamb``).
 
 Per step, with ``g`` the gradient divided by ``max(‖all gradients‖ / max_grad_norm, 1)`` (global clipping):
 

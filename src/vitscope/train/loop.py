@@ -1,4 +1,4 @@
-"""`train()`: a HookedViT from scratch on an image dataset (DeiT-style recipe for small ViTs, seed 004).
+"""`train()`: a HookedViT from scratch on an image dataset (DeiT-style recipe for small ViTs, cls-register).
 
 One epoch = every training image once (drop-last batches). Validation after every epoch; the best model by
 **validation** accuracy is kept in ``<out>/best`` (config.json + model.safetensors, what ``load_model``

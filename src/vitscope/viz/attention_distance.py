@@ -1,4 +1,4 @@
-"""Mean attention distance figures: seed 003's scatter (one point per head, x = block) for one or several models."""
+"""Mean attention distance figures: probing-vits's scatter (one point per head, x = block) for one or several models."""
 from __future__ import annotations
 
 from collections.abc import Mapping

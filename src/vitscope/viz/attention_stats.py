@@ -1,4 +1,4 @@
-"""Figures for seed 002's attention statistics and for saliency IoU."""
+"""Figures for walmer2023's attention statistics and for saliency IoU."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -33,7 +33,7 @@ def plot_block_metric(values, ylabel: str, title: str | None = None, data: str |
 
 def plot_head_metric(values, ylabel: str, title: str | None = None, data: str | None = None,
                      n_images: int | None = None):
-    """Seed 002's head-level plot: for each block, the heads sorted by value, one line per block (colour from
+    """walmer2023's head-level plot: for each block, the heads sorted by value, one line per block (colour from
     early to late, and a marker and line style of its own so that neighbouring blocks stay apart)."""
     v = np.asarray(values, float)
     L, H = v.shape

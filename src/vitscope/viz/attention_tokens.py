@@ -1,4 +1,4 @@
-"""CLS / register pages (seed 004), position-embedding similarity grids and patch-embedding filters (seed 003)."""
+"""CLS / register pages (cls-register), position-embedding similarity grids and patch-embedding filters (probing-vits)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -52,7 +52,7 @@ def tokens_pdf(path: str | Path, image: np.ndarray | None, maps: Mapping[str, np
 
 
 def plot_position_similarity(sim, cmap: str = "viridis", title: str | None = "Position embedding similarity"):
-    """Seed 003's grid: for each patch (i, j), the cosine similarity of its embedding to all patches."""
+    """probing-vits's grid: for each patch (i, j), the cosine similarity of its embedding to all patches."""
     sim = np.asarray(sim, float)
     R, C = sim.shape[:2]
     fig, axes = subplots(R, C, figsize=(0.55 * C + 1.6, 0.55 * R + 1.0))

@@ -1,4 +1,4 @@
-"""Figures of the class embedding space (seed 001): identifiability over blocks, change rates, residual match,
+"""Figures of the class embedding space (vilas2023): identifiability over blocks, change rates, residual match,
 class- vs context-labelled tokens, memories and perturbations. Each takes the tidy rows of
 ``vitscope.analysis.class_embedding`` and returns a Figure."""
 from __future__ import annotations

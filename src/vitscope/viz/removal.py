@@ -1,4 +1,4 @@
-"""Figures for token-removal curves and per-token ridge probes (seed 001)."""
+"""Figures for token-removal curves and per-token ridge probes (vilas2023)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from vitscope.viz.save import save_figure, save_json, save_table  # noqa: E402
 from vitscope.viz.titles import context_title  # noqa: E402
 
-CMAP = "magma"          # seed 002's CKA colour map
+CMAP = "magma"          # walmer2023's CKA colour map
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _LINES = ("-", "--", "-.", ":")
 
@@ -194,7 +194,7 @@ def plot_cluster_curves(scores: Mapping[str, Mapping[str, Sequence[float]]], met
 
     ``blocks``: the model's block index of each score (one list, or one per model), e.g. ``[6, 7]`` when CLS enters
     at block 6; default 0..L-1. Models of different depth share the axis as a fraction of depth when depths
-    differ (seed 002's plots).
+    differ (walmer2023's plots).
     """
     if not scores:
         raise ValueError("no models to plot")

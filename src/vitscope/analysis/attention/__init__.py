@@ -1,9 +1,9 @@
-"""Attention analyses: maps, rollout, gradient relevance, attention distance, seed-002 statistics,
+"""Attention analyses: maps, rollout, gradient relevance, attention distance, walmer2023 statistics,
 saliency IoU, video heat maps, CLS / register maps, position-embedding similarity.
 
 Pure functions take softmax patterns (B, H, T, T) from ``blocks.{i}.attn.hook_pattern`` with the
 ``TokenLayout`` of the same block; ``*_from_model`` / model-level helpers run the model. Definitions follow
-the reference (seeds 002, 003, 004, vit-explain, Chefer et al.); where the public code differs, both
+the reference (walmer2023, probing-vits, cls-register, vit-explain, Chefer et al.); where the public code differs, both
 rules are offered under names (see docs/attention.md).
 """
 from vitscope.analysis.attention.distance import (

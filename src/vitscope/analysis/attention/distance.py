@@ -1,10 +1,10 @@
 """Mean attention distance per block x head, two named variants, streamed over batches.
 
-- **Variant A** (seed 002, "Teaching Matters"; the default): patch positions on [0, 1]
+- **Variant A** (walmer2023, "Teaching Matters"; the default): patch positions on [0, 1]
   (grid coordinate / (edge - 1)); every prefix token (CLS, DIST, registers) is dropped from queries and
   keys and each query row is renormalised over the patch keys (a row with no mass on patches counts 0);
   ``d_i = Σ_j a_ij ‖p_i - p_j‖``, averaged over the patch queries.
-- **Variant B** (seed 003, "probing-vits"; Raghu et al.): distance in pixels (patch_size x grid distance);
+- **Variant B** (probing-vits, "probing-vits"; Raghu et al.): distance in pixels (patch_size x grid distance);
   prefix tokens dropped from queries and keys **without** renormalising; Σ over keys, mean over queries.
 
 Both give one value per image x block x head, then the mean (and std) over images. ``MeanAttentionDistance``

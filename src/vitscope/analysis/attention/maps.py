@@ -59,7 +59,7 @@ def attention_map(pattern: torch.Tensor, layout: TokenLayout, query="cls", heads
 
     Returns (B, H', rows, cols) with ``heads`` selected (all by default), or (B, rows, cols) when ``fusion``
     ("mean", "max", "min", "sum") fuses the heads. ``renormalize`` divides by the attention mass left on
-    patches after dropping the prefix keys (seed 002's saliency does this after fusing); a row with no mass
+    patches after dropping the prefix keys (walmer2023's saliency does this after fusing); a row with no mass
     on patches stays zero.
     """
     rows = query_rows(pattern, layout, query, cfg)[..., layout.patches]             # B, H, N

@@ -1,4 +1,4 @@
-"""Position-embedding similarity and patch-embedding filters (seed 003; ViT paper, figure 7)."""
+"""Position-embedding similarity and patch-embedding filters (probing-vits; ViT paper, figure 7)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Gradient-weighted attention: vit-explain's gradient rollout and the two methods of Chefer et al. (seed 001).
+"""Gradient-weighted attention: vit-explain's gradient rollout and the two methods of Chefer et al. (vilas2023).
 
 Both need the gradient of a class score with respect to every block's attention probabilities. The
 patterns are captured by hooks on ``blocks.{i}.attn.hook_pattern`` (which switches the model to the explicit

@@ -1,11 +1,11 @@
-"""Attention rollout (Abnar & Zuidema 2020; seed 003 and vit-explain), correct for every sample of a batch.
+"""Attention rollout (Abnar & Zuidema 2020; probing-vits and vit-explain), correct for every sample of a batch.
 
 For blocks ``start .. end``: fuse the heads (mean / max / min), optionally zero the lowest ``discard_ratio``
 of the entries of each sample's matrix (never the CLS->CLS entry), add the identity, renormalise the
 **rows**, and multiply: ``J_n = Â_n · J_{n-1}`` with ``J`` starting at the identity. The CLS row of ``J`` over
 the patch columns, divided by its max, is the rollout map.
 
-Tokens that enter at a later block (seed 004: CLS or registers inserted before block k) make the matrices
+Tokens that enter at a later block (cls-register: CLS or registers inserted before block k) make the matrices
 change size. vitscope rolls out over the tokens present: before multiplying by a block that has more
 tokens, ``J`` is embedded into the larger index set (each old token keeps its identity, found by name
 through the two layouts) and every newly inserted token gets an identity row and column — an inserted
@@ -178,7 +178,7 @@ def rollout_map(joint: torch.Tensor, layout: TokenLayout, query="cls", normalize
                 cfg=None) -> torch.Tensor:
     """Row of ``query`` (default CLS) over the patch columns, on the grid: (B, rows, cols).
 
-    ``normalize="max"`` divides each map by its max (seed 003 / vit-explain); ``"minmax"`` rescales to [0, 1]
+    ``normalize="max"`` divides each map by its max (probing-vits / vit-explain); ``"minmax"`` rescales to [0, 1]
     (the notebooks of Chefer et al.); None or ``"none"`` keeps raw values.
     """
     if normalize == "none":

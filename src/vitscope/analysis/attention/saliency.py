@@ -1,4 +1,4 @@
-"""Saliency IoU (seed 002): how well a head's attention covers the annotated objects.
+"""Saliency IoU (walmer2023): how well a head's attention covers the annotated objects.
 
 Per image, block and head: take the attention of the CLS query, the mean spatial query or the centre
 query over the patch keys (prefix keys dropped, row renormalised), per head or summed over heads
@@ -6,13 +6,13 @@ query over the patch keys (prefix keys dropped, row renormalised), per head or s
 :func:`~vitscope.analysis.attention.maps.mass_threshold`), and score IoU against the ground-truth mask on
 the token grid. Results are averaged over images per block x head.
 
-Named options where seed 002's code and vitscope's first rule differ:
+Named options where walmer2023's code and vitscope's first rule differ:
 
-- mask to grid (``rule``): ``"bicubic"`` (default, seed 002) resizes **each object's** mask to the token
+- mask to grid (``rule``): ``"bicubic"`` (default, walmer2023) resizes **each object's** mask to the token
   grid (bicubic, any value > 0) and ORs them; ``"bicubic-union"`` resizes the union of the objects once
   (a little tighter where objects are small and apart); ``"any"`` / ``"majority"`` work on the union.
 - merged heads (``merge_rule``): ``"sum"`` (default) sums the heads' raw maps, then renormalises;
-  ``"seed002"`` reproduces seed 002's numbers, whose CLS and centre maps reach the merge already renormalised
+  ``"seed002"`` reproduces walmer2023's numbers, whose CLS and centre maps reach the merge already renormalised
   per head (its per-head pass divides the attention tensor in place), so every head weighs the same in the
   sum; its mean-query maps are unaffected.
 """
@@ -39,7 +39,7 @@ def crop_mask_like_preprocess(mask: np.ndarray, preprocess_cfg=None) -> np.ndarr
 
     ``preprocess_cfg`` (a :class:`~vitscope.models.preprocess.PreprocessConfig`): resize the short side to
     ``input/crop_pct`` and centre crop, as the image was (area-averaged, values in [0, 1]). None: a square
-    centre crop of the original mask (seed 002's ``ccrop``).
+    centre crop of the original mask (walmer2023's ``ccrop``).
     """
     m = np.asarray(mask).astype(np.float32)
     if m.ndim != 2:
@@ -79,7 +79,7 @@ def mask_to_token_grid(mask: np.ndarray, grid: tuple[int, int], preprocess_cfg=N
 
     ``mask``: (H, W) (any non-zero = object) or a stack (K, H, W) of the image's objects. Each is cropped as
     the image was (see :func:`crop_mask_like_preprocess`), then:
-    ``"bicubic"`` (seed 002, default): each object's 0/255 mask resized bicubically, a token is object when
+    ``"bicubic"`` (walmer2023, default): each object's 0/255 mask resized bicubically, a token is object when
     its value is > 0 for any object (generous: it also takes cells next to an object);
     ``"bicubic-union"``: the union of the objects resized once the same way;
     ``"any"``: any object pixel in the cell; ``"majority"``: at least half of the cell's pixels are object.
@@ -254,9 +254,9 @@ def summarize_iou(values: dict[tuple[str, bool], np.ndarray]) -> list[dict]:
 def image_mask_pairs(structure, limit: int | None = None):
     """(image, masks, id) for each item of a task structure with object masks.
 
-    ``masks`` is bool (K, H, W), one mask per annotated object (what seed 002 resizes one by one), or (H, W).
+    ``masks`` is bool (K, H, W), one mask per annotated object (what walmer2023 resizes one by one), or (H, W).
     Accepts what ``vitscope.data`` reads: COCO instances (the non-crowd instances), PartImageNet (its part
-    masks, the annotations seed 002 reads), ImageNet-S (one mask per class present), the synthetic
+    masks, the annotations walmer2023 reads), ImageNet-S (one mask per class present), the synthetic
     classification set (an ImageDataset or source whose ``sample(i)`` has ``image`` and ``mask``), or any
     iterable of ``(image, mask)`` pairs. Images are PIL images, arrays or paths.
     """

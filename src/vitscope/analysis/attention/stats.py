@@ -1,24 +1,24 @@
-"""The other attention statistics of seed 002 ("Teaching Matters"), per image and streamed over a dataset.
+"""The other attention statistics of walmer2023 ("Teaching Matters"), per image and streamed over a dataset.
 
 All patch-to-patch statistics drop every prefix token (CLS, DIST, registers) from queries and keys, as
-seed 002 drops CLS. Definitions (per image, one block's pattern (B, H, T, T)):
+walmer2023 drops CLS. Definitions (per image, one block's pattern (B, H, T, T)):
 
 - ``head_std``: standard deviation over heads (unbiased, as ``torch.std``) of each patch->patch entry,
   averaged over queries and keys -> (B,).
 - ``position_std``: for each key, standard deviation over the patch queries (unbiased), averaged over
   keys -> (B, H).
 - ``spatial_to_cls``: attention from the patch queries to the CLS key, averaged over queries -> (B, H).
-  (Seed 002's code reads key index 1, the first patch, where its comment says CLS; vitscope reads CLS.)
+  (walmer2023's code reads key index 1, the first patch, where its comment says CLS; vitscope reads CLS.)
 - average maps of the CLS, mean-spatial and centre queries over the patch keys: see ``maps.attention_map``;
-  and seed 002's two other average maps: ``"all"`` (the mean over **every** query, prefix tokens included, of
+  and walmer2023's two other average maps: ``"all"`` (the mean over **every** query, prefix tokens included, of
   the attention on each patch key) and ``"spcpure"`` (each patch query's row with the prefix keys removed and
   renormalised over the patch keys, then averaged over the patch queries): :func:`average_map`.
 - ``aligned_attention``: each patch query's renormalised patch map shifted so that the query sits at the
   centre of a (2·rows-1) x (2·cols-1) grid, summed over queries and divided (``norm``):
-  ``"queries"`` (seed 002) by the number of queries N; ``"overlap"`` by the number of queries whose shifted
+  ``"queries"`` (walmer2023) by the number of queries N; ``"overlap"`` by the number of queries whose shifted
   map covers each offset, ``(rows - |dr|) (cols - |dc|)``. Dividing by N makes far offsets small only because
   few queries reach them, so uniform (or random) attention peaks at zero offset and looks local; with
-  ``"overlap"`` uniform attention gives a flat map, 1/N everywhere. (Seed 002 also divides its running sum by
+  ``"overlap"`` uniform attention gives a flat map, 1/N everywhere. (walmer2023 also divides its running sum by
   batches x queries instead of images x queries, a divisor a factor of the batch size too small, so its maps
   are that factor too large; vitscope divides by images. The offsets below do not depend on that scale.)
 - ``attention_offset``: centre of mass of the aligned map on [-1, 1] coordinates (x along columns, y along
@@ -72,7 +72,7 @@ def spatial_to_cls(pattern: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
 
 
 def average_map(pattern: torch.Tensor, layout: TokenLayout, mode: str = "all") -> torch.Tensor:
-    """Seed 002's average attention maps on the patch keys -> (B, H, rows, cols).
+    """walmer2023's average attention maps on the patch keys -> (B, H, rows, cols).
 
     ``"all"``: mean over every query (CLS, registers and patches) of its attention on each patch key (not
     renormalised). ``"spcpure"``: patch queries only, prefix keys removed and each query's row renormalised
@@ -101,7 +101,7 @@ def overlap_count(grid: tuple[int, int]) -> torch.Tensor:
 def aligned_attention(pattern: torch.Tensor, layout: TokenLayout, norm: str = "queries") -> torch.Tensor:
     """(B, H, 2r-1, 2c-1) query-centred average of the renormalised patch->patch maps.
 
-    ``norm="queries"`` (seed 002) divides the sum by the number of queries; ``"overlap"`` divides each offset
+    ``norm="queries"`` (walmer2023) divides the sum by the number of queries; ``"overlap"`` divides each offset
     by the number of queries that reach it (:func:`overlap_count`), so that uniform attention is flat.
     """
     if norm not in ALIGNED_NORMS:
@@ -144,7 +144,7 @@ def offset_heads(aligned: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 class AttentionStats:
-    """Streaming accumulator of every seed-002 statistic over a dataset (per block, means over images).
+    """Streaming accumulator of every walmer2023 statistic over a dataset (per block, means over images).
 
     ``update(block, pattern, layout)`` per batch; ``compute()`` returns a dict of arrays:
     ``head_std`` (L,), ``position_std`` (L, H), ``spatial_to_cls`` (L, H), ``map_cls`` / ``map_mean`` /

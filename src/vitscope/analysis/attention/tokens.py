@@ -1,16 +1,16 @@
 """Token bookkeeping shared by every attention analysis.
 
 Every index comes from ``model.token_layout(block)`` (a :class:`~vitscope.models.layout.TokenLayout`): CLS,
-the distillation token and registers may sit anywhere and may enter at a later block (seed 004), so
+the distillation token and registers may sit anywhere and may enter at a later block (cls-register), so
 nothing here assumes "CLS is token 0" or "patches start at 1".
 
 Queries (the row of the attention matrix that is read) are named:
 
 - ``"cls"``, ``"dist"``, ``"reg<k>"`` (register k): a prefix token;
 - ``(row, col)`` or the string ``"row,col"``: one patch token;
-- ``"centre"`` / ``"center"``, ``"top"``, ``"left"``, ``"right"``, ``"bottom"``: the patch positions seed 002
+- ``"centre"`` / ``"center"``, ``"top"``, ``"left"``, ``"right"``, ``"bottom"``: the patch positions walmer2023
   uses (centre = ``((rows-1)//2, (cols-1)//2)``, the others on the edges through the centre);
-- ``"mean"``: the mean over all patch queries (seed 002's "spatial" query).
+- ``"mean"``: the mean over all patch queries (walmer2023's "spatial" query).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def index_map(old: TokenLayout, new: TokenLayout) -> list[int]:
 
 
 def patch_position(name: str, grid: tuple[int, int]) -> tuple[int, int]:
-    """(row, col) of seed 002's named query positions on a ``grid``."""
+    """(row, col) of walmer2023's named query positions on a ``grid``."""
     rows, cols = grid
     mr, mc = (rows - 1) // 2, (cols - 1) // 2
     table = {"centre": (mr, mc), "center": (mr, mc), "top": (0, mc), "left": (mr, 0),

@@ -1,4 +1,4 @@
-"""Attention heat-map videos (seed 003): per-frame attention of a video file or a frame folder.
+"""Attention heat-map videos (probing-vits): per-frame attention of a video file or a frame folder.
 
 Each frame is resized so that its short side is ``short_side`` pixels (default: the model's input size),
 centre-cropped to multiples of the patch size (the model resamples its position embedding to that grid),

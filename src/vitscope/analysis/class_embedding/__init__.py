@@ -1,4 +1,4 @@
-"""Class embedding space (seed 001): the logit lens over every block, token and branch, identifiability, change
+"""Class embedding space (vilas2023): the logit lens over every block, token and branch, identifiability, change
 rates, residual match, memories, perturbations and token-removal curves. See ``docs/class-embedding.md``."""
 from vitscope.analysis.class_embedding.attribution import attribution_table, head_logit_attribution
 from vitscope.analysis.class_embedding.importance import (chefer_importance, importance, importance_order,

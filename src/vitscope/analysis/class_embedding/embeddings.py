@@ -1,7 +1,7 @@
 """Class embeddings: the matrix a logit lens projects the residual stream onto, and the one place where the
 projection is computed.
 
-For a model with a classifier they are its own head (seed 001). For models without one (DINO, MAE, CLIP,
+For a model with a classifier they are its own head (vilas2023). For models without one (DINO, MAE, CLIP,
 DINOv2) they come from a linear head fitted on the last layer (``vitscope probe``'s linear probe on the final-norm
 CLS, saved with ``save_linear_head``: :meth:`ClassEmbeddings.from_head`) or from a matrix the user gives, e.g.
 CLIP text embeddings of class prompts, which live after the CLIP projection (:meth:`ClassEmbeddings.from_npy`).

@@ -1,4 +1,4 @@
-"""Seed 001's images: ImageNet-S with the labels of a classifier's head, optionally the first k images per class."""
+"""vilas2023's images: ImageNet-S with the labels of a classifier's head, optionally the first k images per class."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ def imagenet_s_dataset(root: str | Path, classes: Sequence[str], split: str = "v
     """An ImageDataset over ImageNet-S images whose class folder (wnid) is one of the head's ``classes``
     (``classes[k]`` = the wnid or folder name of head class k), labelled with that index.
 
-    ``per_class``: keep the first k images of each class folder in natural order (seed 001: 5). The dataset keeps
+    ``per_class``: keep the first k images of each class folder in natural order (vilas2023: 5). The dataset keeps
     the ImageNet-S structure, so ``metrics.class_token_masks`` reads each image's own-category mask. Folders whose
     wnid is not a head class are left out; none in common is an error.
     """

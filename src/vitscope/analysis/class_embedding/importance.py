@@ -1,10 +1,10 @@
-"""Patch-token importance for the token-removal curves (seed 001, reference section 19).
+"""Patch-token importance for the token-removal curves (vilas2023, reference section 19).
 
 Every function returns an importance per image and patch token (B, N), higher = more important, over the
 patch tokens of the input (registers, CLS and DIST are never ranked); ``importance_order`` turns it into the
 order in which the curves keep patches (most important first).
 
-- ``grads`` (seed 001's "cls-emb" importance): at every block b where CLS exists, the attention output of
+- ``grads`` (vilas2023's "cls-emb" importance): at every block b where CLS exists, the attention output of
   the block (``hook_attn_out``, what the branch adds to the stream) at CLS is projected onto class space
   with the final norm and the head (``model.project_to_logits``); the seed then applies a softmax and
   ``CrossEntropyLoss`` to those probabilities (a second log-softmax) against the true class. The loss of block
@@ -15,7 +15,7 @@ order in which the curves keep patches (most important first).
 - ``probe``: minus the per-token ridge probes' true-class ranks summed over the residual blocks
   (``vitscope.analysis.probes.ridge``); lowest rank sum = most important.
 - ``random``: orders shared by all images, ``torch.randperm(N)`` after ``torch.manual_seed(seed + i)`` for
-  i = 0 .. n - 1 (seed 001 seeds its 10 permutations 0 .. 9).
+  i = 0 .. n - 1 (vilas2023 seeds its 10 permutations 0 .. 9).
 """
 from __future__ import annotations
 
@@ -53,10 +53,10 @@ def check_classifier(model) -> None:
 
 
 def seed_gradient_importance(model, x: torch.Tensor, labels) -> torch.Tensor:
-    """Seed 001's gradient importance (B, N) of the patch tokens; needs a CLS token."""
+    """vilas2023's gradient importance (B, N) of the patch tokens; needs a CLS token."""
     check_classifier(model)
     if not model.cfg.class_token:
-        raise ValueError("seed 001's gradient importance reads the CLS token, and this model has none; "
+        raise ValueError("vilas2023's gradient importance reads the CLS token, and this model has none; "
                          "use --orders chefer,probe,random")
     y = check_labels(model, labels, x.shape[0]).to(model.device)
     grid = grid_of(x, model)

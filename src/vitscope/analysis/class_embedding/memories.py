@@ -1,4 +1,4 @@
-"""Memories (seed 001, reference section 16): the output weights of the attention projection and of the MLP as
+"""Memories (vilas2023, reference section 16): the output weights of the attention projection and of the MLP as
 "value vectors" read in class space.
 
 - value vectors: the columns of the output weight (torch layout), ``attn.proj.weight[:, m]`` (D, D) and

@@ -1,4 +1,4 @@
-"""Metrics of the class embedding space (seed 001, reference sections 12-15).
+"""Metrics of the class embedding space (vilas2023, reference sections 12-15).
 
 - rank of the true class = number of classes with a **strictly** larger logit (ties count in the true class's
   favour); identifiability score = 1 - rank / C (best 1, worst 1/C); a token is "identifiable" at rank 0;
@@ -55,14 +55,14 @@ def block_change_rate(true_prev: np.ndarray, true_cur: np.ndarray) -> float:
 
 
 def branch_change_rate(true_branch: np.ndarray, true_prev: np.ndarray) -> float:
-    """Share with ``logit_true(branch of block b) - logit_true(block b-1 output) > 0`` (seed 001)."""
+    """Share with ``logit_true(branch of block b) - logit_true(block b-1 output) > 0`` (vilas2023)."""
     return float((np.asarray(true_branch) - np.asarray(true_prev) > 0).mean())
 
 
 def residual_match(top_out, top_attn, top_mlp, top_prev) -> dict[str, float]:
     """Shares of tokens whose top-1 class of the block output equals that of the attention output, the MLP
     output, the previous block; "composition": differs from all three; "composition_seed001": differs from the
-    previous block and the attention output (seed 001's code)."""
+    previous block and the attention output (vilas2023's code)."""
     o, a, m, p = (np.asarray(t) for t in (top_out, top_attn, top_mlp, top_prev))
     return {"match_attn": float((o == a).mean()), "match_mlp": float((o == m).mean()),
             "match_prev": float((o == p).mean()),
@@ -132,7 +132,7 @@ def evolution_rows(result, random_result=None, site: str = "resid", model: str =
 
 
 def rate_rows(result, model: str = "model", site: str = "resid", block: int = -1) -> list[dict]:
-    """Seed 001's rates at one block (default: the last): token rate and image rate over patch tokens, accuracy."""
+    """vilas2023's rates at one block (default: the last): token rate and image rate over patch tokens, accuracy."""
     b = block % result.depth
     out = [dict(model=model, block=b, task="logit_lens", metric="token_rate", value=result.token_rate(site, b),
                 site=site, token="patches"),
@@ -149,7 +149,7 @@ def class_context_rows(result, value: str = "score", site: str = "resid", n_perm
                        seed: int = 0, model: str = "model") -> list[dict]:
     """Class- vs context-labelled patch tokens per block with the permutation test (needs recorded masks).
 
-    ``value``: "score" (identifiability, seed 001's ``identifiability.compute_context_diff``) or "attn_change" /
+    ``value``: "score" (identifiability, vilas2023's ``identifiability.compute_context_diff``) or "attn_change" /
     "mlp_change" (the branch change d of block b against block b-1's output, ``mech_interp.compute_context_diff``,
     blocks 1..L-1). Each block's permutations use ``seed + block``.
     """
@@ -188,7 +188,7 @@ def class_token_masks(dataset, indices: Sequence[int], grid: tuple[int, int], pr
     """(n, rows * cols) bool: the patch tokens of each image that show its class.
 
     The synthetic benchmark: the object (of the image's class); ImageNet-S: pixels whose id is the image's own
-    category (other classes and ignore pixels count as context, seed 001); COCO / PartImageNet: every annotated
+    category (other classes and ignore pixels count as context, vilas2023); COCO / PartImageNet: every annotated
     object. Masks follow the image's resize and crop, then go to the token grid by ``rule`` ("majority": at
     least half of the cell; "any"; "bicubic", see ``mask_to_token_grid``)."""
     from vitscope.analysis.attention.saliency import mask_to_token_grid

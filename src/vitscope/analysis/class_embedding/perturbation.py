@@ -1,4 +1,4 @@
-"""Attention and token perturbations measured in class space (seed 001, reference sections 17-18).
+"""Attention and token perturbations measured in class space (vilas2023, reference sections 17-18).
 
 - ``self_only`` / ``no_cls`` in every block (``vitscope.hooks.attention_perturbation``): the share of tokens of the
   last block output whose true class is rank 0, against the unperturbed model;
@@ -6,7 +6,7 @@
   context patches ("no_class"); the share of the remaining tokens with rank 0, against the unperturbed share of the
   same kind of patches (pooled).
 
-Rates count patch tokens (decision 3); ``tokens="all"`` counts CLS and the other prefix tokens too, as seed 001's
+Rates count patch tokens (decision 3); ``tokens="all"`` counts CLS and the other prefix tokens too, as vilas2023's
 perturbed numbers do.
 """
 from __future__ import annotations
@@ -112,7 +112,7 @@ def attention_perturbation_rows(model, batches: Iterable, kinds: Sequence[str] =
 
 def token_drop_rows(model, batches: Iterable, projection: ClassProjection | ClassEmbeddings | None = None,
                     tokens: str = "patches", model_name: str = "model", progress: bool = False) -> list[dict]:
-    """Seed 001's token perturbations. ``batches``: ``(images, labels, masks)`` with ``masks`` (B, N_patch) bool
+    """vilas2023's token perturbations. ``batches``: ``(images, labels, masks)`` with ``masks`` (B, N_patch) bool
     marking the class-labelled patches (see ``metrics.class_token_masks``).
 
     Rows: "no_context" (only class-labelled patches kept) with its baseline, the unperturbed rank-0 share of the

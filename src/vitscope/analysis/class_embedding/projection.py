@@ -1,4 +1,4 @@
-"""The logit lens (seed 001), streamed: every block output and both branch outputs, at every token, projected
+"""The logit lens (vilas2023), streamed: every block output and both branch outputs, at every token, projected
 onto class space as the batches pass.
 
 ``ClassProjection`` maps residual-stream vectors (..., D) to class logits (..., C): class embeddings
@@ -247,7 +247,7 @@ class LensResult:
         return self.sums[(site, block)].top1 / max(self.n_images, 1)
 
     def token_rate(self, site: str = "resid", block: int = -1) -> float:
-        """Per image, the share of patch tokens with rank 0, averaged over images (seed 001's token rate)."""
+        """Per image, the share of patch tokens with rank 0, averaged over images (vilas2023's token rate)."""
         return self.sums[(site, block % self.depth)].img_rate / max(self.n_images, 1)
 
     def image_rate(self, site: str = "resid", block: int = -1) -> float:
@@ -289,7 +289,7 @@ class LogitLens:
     ``sites``: any of "resid", "attn", "mlp". ``topk``: how many top classes to record per token (0: none).
     ``record``: False (sums only), True (per-image arrays in memory) or a folder (per-image arrays appended to
     files there; memory stays flat). Change rates and residual match need "resid" (and the branch sites).
-    ``prescale``: project the branches before LayerScale (seed 001 reads ``attn.proj`` / ``mlp.fc2``); by default
+    ``prescale``: project the branches before LayerScale (vilas2023 reads ``attn.proj`` / ``mlp.fc2``); by default
     they are projected as added to the stream (the same for models without LayerScale).
     """
 

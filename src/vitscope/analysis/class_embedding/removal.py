@@ -1,8 +1,8 @@
-"""Token-removal curves (seed 001, reference section 19): accuracy as patch tokens are removed in order.
+"""Token-removal curves (vilas2023, reference section 19): accuracy as patch tokens are removed in order.
 
 Patches are ordered by decreasing importance (``vitscope.analysis.class_embedding.importance``). With k of the
 N patches removed, the model runs on the remaining N - k patches (and CLS, DIST, registers), tokens removed
-right after the position embedding with ``vitscope.hooks.drop_patches`` (seed 001 indexes the sequence at the
+right after the position embedding with ``vitscope.hooks.drop_patches`` (vilas2023 indexes the sequence at the
 same place), and the accuracy over the images is recorded:
 
 - ``negative``: the least important patches go first (the model keeps the N - k most important);
@@ -12,7 +12,7 @@ same place), and the accuracy over the images is recorded:
 The curves hold k = 0 (the unperturbed accuracy) .. N - 1 (one patch left), or every ``step``-th of them
 (always with N - 1). Two areas under each curve are reported, named:
 
-- ``auc_seed``: seed 001's, over k = 1 .. N - 1 only: sum(acc) / (max(acc) * N), normalised by the curve's
+- ``auc_seed``: vilas2023's, over k = 1 .. N - 1 only: sum(acc) / (max(acc) * N), normalised by the curve's
   own maximum (not a trapezoid). With a ``step`` it is mean(acc) / max(acc) * (N - 1) / N over the k >= 1
   evaluated, the same number on the full grid.
 - ``auc_trapezoid``: the trapezoid rule over x = k / N, k = 0 .. N - 1 (accuracy as it is, unperturbed point
@@ -81,7 +81,7 @@ def correct_after_removal(model, x: torch.Tensor, labels: torch.Tensor, order: t
 
 
 def auc_seed(acc: np.ndarray, removed: np.ndarray, n_patches: int) -> float:
-    """Seed 001's AUC: over k >= 1, mean(acc) / max(acc) * (N - 1) / N (= sum / (max * N) on the full grid)."""
+    """vilas2023's AUC: over k >= 1, mean(acc) / max(acc) * (N - 1) / N (= sum / (max * N) on the full grid)."""
     acc, removed = np.asarray(acc, float), np.asarray(removed)
     a = acc[removed >= 1]
     if a.size == 0 or a.max() <= 0:

@@ -1,5 +1,5 @@
-"""Probes over stored features: linear and attentive probes (seed 000), batched tuning, per-token ridge probes
-(seed 001), statistics across datasets; end-to-end recipes from images (frozen backbone, fine-tuning).
+"""Probes over stored features: linear and attentive probes (ciernik2025), batched tuning, per-token ridge probes
+(vilas2023), statistics across datasets; end-to-end recipes from images (frozen backbone, fine-tuning).
 See ``docs/probes.md``."""
 from vitscope.analysis.probes.attentive import (AttentiveProbe, attention_over_inputs, default_heads, head_width,
                                                 load_attentive_probe, pad_stack, save_attentive_probe)

@@ -1,4 +1,4 @@
-"""Seed 000's attentive probe: one learnable query cross-attends over the inputs (layers or tokens).
+"""ciernik2025's attentive probe: one learnable query cross-attends over the inputs (layers or tokens).
 
 Input x (B, N, D). ``query_token`` (1, 1, D) ~ N(0, 0.02^2); separate LayerNorms ``norm_q`` (query), ``norm_k`` and
 ``norm_v`` (inputs); ``q``, ``k``, ``v`` linear maps D -> A without bias, A = H * Dh with **Dh = 2 * floor(D / H)**;
@@ -7,7 +7,7 @@ projection ``proj`` (A -> D, with bias), projection dropout; no residual, no MLP
 ``BatchNorm1d(D)`` (affine, running statistics) and a linear ``classifier``.
 
 The parameter names are the seed's (``query_token``, ``attn_block.norm_{q,k,v}``, ``attn_block.cross_attn.{q,k,v,
-proj}``, ``bn``, ``classifier``), so a state dict saved by seed 000's code loads with ``strict=True``. Modules are
+proj}``, ``bn``, ``classifier``), so a state dict saved by ciernik2025's code loads with ``strict=True``. Modules are
 built in the seed's order (attention block, BatchNorm, classifier, then the query), so the same seed gives the same
 initial weights.
 """
@@ -19,7 +19,7 @@ from torch import nn
 
 
 def head_width(dim: int, num_heads: int) -> int:
-    """Seed 000's head width: twice CAE's ``dim // num_heads``."""
+    """ciernik2025's head width: twice CAE's ``dim // num_heads``."""
     return 2 * (dim // num_heads)
 
 
@@ -145,7 +145,7 @@ def pad_stack(features: list[torch.Tensor], dim: int | None = None) -> torch.Ten
 
 
 def save_attentive_probe(path, probe: AttentiveProbe, meta: dict | None = None) -> list:
-    """``path.safetensors`` (seed 000's state-dict keys) + ``path.json`` (dim, heads, classes, dropout, meta)."""
+    """``path.safetensors`` (ciernik2025's state-dict keys) + ``path.json`` (dim, heads, classes, dropout, meta)."""
     from vitscope.analysis.probes.linear import save_tensors
 
     ca = probe.attn_block.cross_attn

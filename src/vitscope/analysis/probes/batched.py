@@ -128,7 +128,7 @@ def run_batched(forward: Callable[[torch.Tensor], torch.Tensor], params: dict[st
                 y: torch.Tensor, lr: torch.Tensor, wd: torch.Tensor, cfg: TrainConfig, num_classes: int,
                 batch_axis: int = 0, batch_size: int | None = None, on_step: Callable[[], None] | None = None,
                 progress: Callable[[int], None] | None = None) -> dict:
-    """Train stacked ``params`` (leading dims = ``lr.shape``) with seed 000's recipe, one data pass per step.
+    """Train stacked ``params`` (leading dims = ``lr.shape``) with ciernik2025's recipe, one data pass per step.
 
     ``forward(xb)`` -> logits (*lr.shape, B, C). ``x`` holds the samples along ``batch_axis``; the jitter is drawn for
     one sample's feature (the dims after ``batch_axis``) and shared by whatever precedes it (layers).
@@ -235,7 +235,7 @@ def linear_logits(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Te
 
 
 # ----------------------------------------------------------------------------- attentive probes
-_KEYS = {  # stacked name -> seed 000's state-dict key
+_KEYS = {  # stacked name -> ciernik2025's state-dict key
     "query": "query_token", "nq_w": "attn_block.norm_q.weight", "nq_b": "attn_block.norm_q.bias",
     "nk_w": "attn_block.norm_k.weight", "nk_b": "attn_block.norm_k.bias",
     "nv_w": "attn_block.norm_v.weight", "nv_b": "attn_block.norm_v.bias",
@@ -329,7 +329,7 @@ class AttentiveGrid:
         return torch.cat([self.forward(x[i:i + chunk], train=False) for i in range(0, len(x), chunk)], dim=1)
 
     def probe(self, g: int) -> AttentiveProbe:
-        """Configuration g as an :class:`AttentiveProbe` (seed 000's keys)."""
+        """Configuration g as an :class:`AttentiveProbe` (ciernik2025's keys)."""
         m = AttentiveProbe(self.dim, self.H, self.C, attn_drop=self.attn_drop, proj_drop=self.proj_drop)
         sd = {key: self.params[k][g].detach().clone().view_as(m.state_dict()[key]) for k, key in _KEYS.items()}
         sd["bn.running_mean"] = self.running_mean[g].clone()

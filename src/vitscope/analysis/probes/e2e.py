@@ -1,4 +1,4 @@
-"""End-to-end recipes of seed 000: images in, features computed every step, no feature store.
+"""End-to-end recipes of ciernik2025: images in, features computed every step, no feature store.
 
 - ``attentive-frozen``: the attentive probe on a **frozen** backbone. Each step runs the backbone under ``no_grad``
   (eval mode) with hooks on the chosen layer set's sites, reduces the tokens as the feature store would (same
@@ -167,7 +167,7 @@ def image_features(model, x: torch.Tensor, inputs: list[ProbeInput], plan=None) 
     out = []
     for i in inputs:
         red = i.reduction
-        if red == "ap_all":                                   # every token after the first (seed 000's avg_pool)
+        if red == "ap_all":                                   # every token after the first (ciernik2025's avg_pool)
             out.append(got[(i.site, i.layer, "all")][:, 1:].mean(dim=1))
         else:
             out.append(got[(i.site, i.layer, red)])

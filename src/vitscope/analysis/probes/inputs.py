@@ -1,18 +1,18 @@
-"""Probe inputs from a feature store: sites x layers x reductions, seed 000's named layer sets, L2 normalisation.
+"""Probe inputs from a feature store: sites x layers x reductions, ciernik2025's named layer sets, L2 normalisation.
 
 An input is one (site, layer, reduction) of the store; CLS and AP of one layer are two inputs. Reductions:
 
 =========  ====================================================================================================
 ``cls``    the CLS token (store reduction ``cls``, or row 0 of ``cls+mean``)
-``ap``     the mean of the patch tokens (store ``mean``, or row 1 of ``cls+mean``); equals seed 000's AP for
+``ap``     the mean of the patch tokens (store ``mean``, or row 1 of ``cls+mean``); equals ciernik2025's AP for
            models without registers
-``ap_all`` the mean of every token after the first (seed 000's ``avg_pool``: registers included), from ``all``
+``ap_all`` the mean of every token after the first (ciernik2025's ``avg_pool``: registers included), from ``all``
 ``all``    every token, (T, D)
 =========  ====================================================================================================
 
 Any other reduction the store holds (``dist``, ``patches``, ``registers``) is passed through.
 
-Named layer sets for a model of ``depth`` blocks (0-based blocks, site ``ln2`` = seed 000's ``blocks.{i}.norm2``,
+Named layer sets for a model of ``depth`` blocks (0-based blocks, site ``ln2`` = ciernik2025's ``blocks.{i}.norm2``,
 ``final`` = the final norm, or CLIP's projection when the store has ``clip_proj``); CLS and AP of each layer:
 
 - ``last``: final (2 inputs);
@@ -21,15 +21,15 @@ Named layer sets for a model of ``depth`` blocks (0-based blocks, site ``ln2`` =
 - ``all``: blocks 1 .. depth-1 and final (2 depth inputs: 24 for 12 blocks, 48 for 24);
 - ``tokens``: every token of the final layer, one (T, D) input.
 
-Seed 000's large-model file used blocks 6 and 3/6/9 for 24-block models too; give those as an explicit list.
+ciernik2025's large-model file used blocks 6 and 3/6/9 for 24-block models too; give those as an explicit list.
 For a model whose CLS token enters late (before block ``cls_from`` > 0, from the store's model config,
 :func:`store_cls_from`), the blocks before it have no CLS: a named set keeps their AP only. A store cannot hold CLS
 for some blocks and AP for all, so such a model's inputs come from two stores of the same samples read as one
 (:class:`StoreGroup`; ``vitscope probe --store A --store B``).
 
-Normalisation at load (seed 000's default): each sample's vector is divided by its L2 norm, per input. All-token
+Normalisation at load (ciernik2025's default): each sample's vector is divided by its L2 norm, per input. All-token
 inputs are normalised per token over the feature axis by default (``token_norm="token"``, the end-to-end recipe);
-``token_norm="over_tokens"`` is seed 000's stored-feature variant (each channel over the tokens of an image).
+``token_norm="over_tokens"`` is ciernik2025's stored-feature variant (each channel over the tokens of an image).
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class ProbeInput:
 
     @property
     def seed_key(self) -> str:
-        """Seed 000's model key, e.g. ``cls@blocks.3.norm2`` / ``ap@norm``: its input order sorts these strings."""
+        """ciernik2025's model key, e.g. ``cls@blocks.3.norm2`` / ``ap@norm``: its input order sorts these strings."""
         red = {"mean": "ap", "ap": "ap", "ap_all": "ap", "all": "at"}.get(self.reduction, self.reduction)
         where = "norm" if self.layer is None else f"blocks.{self.layer}.{self.site}"
         return f"{red}@{where}"
@@ -70,7 +70,7 @@ class ProbeInput:
 
 
 def seed_order(inputs: list[ProbeInput]) -> list[ProbeInput]:
-    """Seed 000's input order: model keys sorted as strings (AP first, then CLS; blocks 1, 10, 11, 2, ...)."""
+    """ciernik2025's input order: model keys sorted as strings (AP first, then CLS; blocks 1, 10, 11, 2, ...)."""
     return sorted(inputs, key=lambda i: i.seed_key)
 
 

@@ -1,4 +1,4 @@
-"""Seed 000's probe metrics: top-k accuracy and balanced top-k accuracy.
+"""ciernik2025's probe metrics: top-k accuracy and balanced top-k accuracy.
 
 ``balanced_topk`` is the mean, over the classes present in the targets, of the share of that class's samples whose
 label is among the k highest logits. Top-5 values are NaN when the largest label is below 5 (fewer than 6 classes

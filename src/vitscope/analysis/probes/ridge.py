@@ -1,7 +1,7 @@
-"""Per-token ridge probes (seed 001): one ridge regression per site, block and token position.
+"""Per-token ridge probes (vilas2023): one ridge regression per site, block and token position.
 
 Each probe maps the raw feature of one token position (no normalisation) to a C-vector of targets, -1
-everywhere and +1 at the label, with ridge penalty ``alpha`` (seed 001: 1.0) and an unpenalised intercept,
+everywhere and +1 at the label, with ridge penalty ``alpha`` (vilas2023: 1.0) and an unpenalised intercept,
 as scikit-learn's ``Ridge(alpha=1.0)``. The fit is the closed form on centred data,
 
     W = (Xc^T Xc + alpha I)^-1 Xc^T Yc,    b = mean(Y) - mean(X) W,
@@ -11,7 +11,7 @@ sums, X^T X and per-class sums of X) accumulate batch by batch, so a probe over 
 the features in memory (:class:`RidgeAccumulator`).
 
 Evaluation gives per token the top-1 accuracy and the true class's rank, the number of classes with a
-strictly larger score (0 = best; seed 001 stores the same 0-based rank from an argsort, ties in arbitrary
+strictly larger score (0 = best; vilas2023 stores the same 0-based rank from an argsort, ties in arbitrary
 order). Summed over the blocks of the residual stream, the ranks of the patch tokens order the patches for
 the token-removal curves of ``vitscope.analysis.class_embedding.removal`` (lowest sum = most important).
 """
@@ -25,7 +25,7 @@ import torch
 
 from vitscope.analysis.attention.tokens import grid_of, token_names
 
-# probe sites: the block output and the two branches as they are added to the stream (seed 001's hs, attn, mlp)
+# probe sites: the block output and the two branches as they are added to the stream (vilas2023's hs, attn, mlp)
 RIDGE_SITES = {"resid_post": "hook_resid_post", "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out"}
 SEED_SITE_NAMES = {"hs": "resid_post", "attn": "attn_out", "mlp": "mlp_out"}
 
@@ -142,12 +142,12 @@ def _site_hook(site: str) -> str:
     site = SEED_SITE_NAMES.get(site, site)
     if site not in RIDGE_SITES:
         raise ValueError(f"unknown probe site {site!r}; choose among {', '.join(RIDGE_SITES)} "
-                         f"(seed 001's names: {', '.join(SEED_SITE_NAMES)})")
+                         f"(vilas2023's names: {', '.join(SEED_SITE_NAMES)})")
     return RIDGE_SITES[site]
 
 
 def resolve_sites(sites: str | Iterable[str]) -> list[str]:
-    """Site names (comma-separated or a list; seed 001's hs/attn/mlp accepted) -> vitscope site names."""
+    """Site names (comma-separated or a list; vilas2023's hs/attn/mlp accepted) -> vitscope site names."""
     items = [s.strip() for s in sites.split(",")] if isinstance(sites, str) else [str(s) for s in sites]
     items = [s for s in items if s]
     if not items:
@@ -301,7 +301,7 @@ def evaluate_token_probes(model, probes: TokenProbes, batches: Iterable, progres
 
 def probe_rank_sum(model, probes: TokenProbes, x: torch.Tensor, labels: torch.Tensor,
                    site: str = "resid_post") -> torch.Tensor:
-    """The "linear probe" patch score of seed 001 for one batch: per image, the ranks of each patch token summed
+    """The "linear probe" patch score of vilas2023 for one batch: per image, the ranks of each patch token summed
     over the probed blocks of ``site`` (B, n_patches); lowest = most important."""
     site = resolve_sites([site])[0]
     sub = TokenProbes({k: v for k, v in probes.weights.items() if k[0] == site}, probes.num_classes,

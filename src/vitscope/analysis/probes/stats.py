@@ -1,4 +1,4 @@
-"""Results tables, gains and seed 000's statistics.
+"""Results tables, gains and ciernik2025's statistics.
 
 The tidy results table has the columns ``model, dataset, experiment, probe, layer_set, split, metric, value``
 (value in [0, 1]). A *run* is one (probe, experiment), written ``probe:experiment`` (``attentive:all``).

@@ -1,4 +1,4 @@
-"""Seed 000's probe training recipe, shared by the linear and the attentive probe.
+"""ciernik2025's probe training recipe, shared by the linear and the attentive probe.
 
 - loss: class-weighted cross-entropy, ``w_c = N / (K n_c)`` with ``K`` = largest label + 1 and ``w_c = 0`` for labels
   without samples (PyTorch's weighted mean over a batch);
@@ -34,7 +34,7 @@ WD_GRID = tuple(10.0 ** e for e in range(-6, 1))                       # np.logs
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One probe training: seed 000's defaults for feature probes."""
+    """One probe training: ciernik2025's defaults for feature probes."""
 
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -72,7 +72,7 @@ def class_weights(targets: torch.Tensor, num_classes: int | None = None) -> torc
 
 
 def adjust_batch_size(batch_size: int, n: int, min_batches: int = 5) -> int:
-    """Seed 000's rule: keep ``batch_size`` if it gives >= 5 full batches and a last batch that is empty or at least
+    """ciernik2025's rule: keep ``batch_size`` if it gives >= 5 full batches and a last batch that is empty or at least
     half full; else the largest size from ``n // m + 1`` down to 17 (``m = max(5, full batches)``) that gives m full
     batches and such a last batch; 1 if none."""
     def ok(rem: int, b: int) -> bool:
@@ -168,7 +168,7 @@ def check_training_data(x: torch.Tensor, y: torch.Tensor, what: str = "training 
 
 def train_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, num_classes: int,
                 batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> dict:
-    """Train ``model`` in place on features ``x`` (N, ...) and labels ``y`` (N,) with seed 000's recipe.
+    """Train ``model`` in place on features ``x`` (N, ...) and labels ``y`` (N,) with ciernik2025's recipe.
 
     ``batch_size`` overrides the seed's rule (the tuning loaders pass theirs). Returns what was run: batch size,
     epochs, steps and the last loss.

@@ -1,4 +1,4 @@
-"""Seed 000's tuning: stratified 20% validation split, lr x weight-decay grid, selection by validation balanced top-1,
+"""ciernik2025's tuning: stratified 20% validation split, lr x weight-decay grid, selection by validation balanced top-1,
 retraining on the whole training set, test metrics; for the attentive probe each attention dropout (0, 0.1, 0.3) is
 a separate search and the one with the best validation score is kept.
 

@@ -8,7 +8,7 @@ Definitions (``reference/algorithms.md``, "Representation similarity and cluster
   - ``"kornblith"`` (default; Kornblith et al. 2019, ``gram_rbf(x, threshold)`` of their reference code):
     ``sigma = threshold * sqrt(median of all n x n squared distances)``, the zeros of the diagonal included
     and numpy's median (the mean of the two middle values for an even count);
-  - ``"seed000"`` (vitscope's former default, seed 000's median heuristic):
+  - ``"seed000"`` (vitscope's former default, ciernik2025's median heuristic):
     ``sigma = threshold * sqrt(median of the non-zero pairwise squared distances)``.
 
   ``threshold`` (default 1) scales either. Minibatch CKA takes each batch's own bandwidth.
@@ -17,7 +17,7 @@ Definitions (``reference/algorithms.md``, "Representation similarity and cluster
   with its diagonal zeroed: ``sum_{i != j} U(K)_ij U(L)_ij / (n (n - 3))``. Needs n >= 4.
 * ``CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))``.
 
-Defaults follow seed 000: linear kernel, unbiased HSIC. Everything is accumulated in float64. For the linear
+Defaults follow ciernik2025: linear kernel, unbiased HSIC. Everything is accumulated in float64. For the linear
 kernel the feature-space form (``||X^T Y||_F^2`` and row norms, cost O(n d^2), memory O(d^2)) is used when
 it is cheaper than building n x n Gram matrices; it gives the same numbers.
 
@@ -108,7 +108,7 @@ def _check_kernel(kernel: str, sigma: float | None, bandwidth: str = "kornblith"
 
 
 def l2_normalize_rows(x: torch.Tensor) -> torch.Tensor:
-    """Seed 000 loads features L2-normalised per sample; zero rows stay zero."""
+    """ciernik2025 loads features L2-normalised per sample; zero rows stay zero."""
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
 
 
@@ -124,7 +124,7 @@ def pairwise_sq_dists(x: torch.Tensor) -> torch.Tensor:
 
 
 def median_sigma(x: Any = None, sq_dists: torch.Tensor | None = None) -> float:
-    """Median heuristic of seed 000: sqrt of the median of the non-zero pairwise squared distances."""
+    """Median heuristic of ciernik2025: sqrt of the median of the non-zero pairwise squared distances."""
     if sq_dists is None:
         sq_dists = pairwise_sq_dists(as_features(x))
     n = sq_dists.shape[0]
@@ -162,7 +162,7 @@ def rbf_sigma(sq_dists: torch.Tensor, bandwidth: str = "kornblith", threshold: f
 
 
 def gram_linear(x: Any, minmax: bool = False) -> torch.Tensor:
-    """``X X^T`` (n, n) in float64. ``minmax=True`` applies seed 002's quirk (see :func:`minmax_scale_gram`)."""
+    """``X X^T`` (n, n) in float64. ``minmax=True`` applies walmer2023's quirk (see :func:`minmax_scale_gram`)."""
     x = as_features(x)
     k = x @ x.T
     return minmax_scale_gram(k) if minmax else k
@@ -186,7 +186,7 @@ def gram(x: Any, kernel: str = "linear", sigma: float | None = None, minmax: boo
 
 
 def minmax_scale_gram(k: torch.Tensor) -> torch.Tensor:
-    """Seed 002's kernel quirk: ``K -= K.min(); K /= K.max(); diag(K) = 0`` (min and max over the whole matrix).
+    """walmer2023's kernel quirk: ``K -= K.min(); K /= K.max(); diag(K) = 0`` (min and max over the whole matrix).
 
     With a single batch it does not change unbiased CKA (U-centring removes the constant shift and the scale
     cancels); across minibatches it re-weights the batches, which is why their figures differ slightly.
@@ -356,13 +356,13 @@ def cka(x: Any, y: Any, kernel: str = "linear", unbiased: bool = True, sigma: fl
 
     Args:
         kernel: "linear" (default) or "rbf".
-        unbiased: unbiased HSIC (default, seed 000) or biased (``unbiased=False``).
+        unbiased: unbiased HSIC (default, ciernik2025) or biased (``unbiased=False``).
         sigma: fixed RBF bandwidth; None = one per input from its distances (``bandwidth``, ``threshold``).
         threshold: RBF only, scales the data bandwidth (Kornblith et al.'s ``threshold``, default 1).
         bandwidth: "kornblith" (default: ``threshold * sqrt(median squared distance)`` over the whole distance
             matrix) or "seed000" (the median of the non-zero distances, vitscope's former default).
-        minmax: seed 002's kernel quirk (Gram scaled to [0, 1], diagonal zeroed); only for reproducing its figures.
-        normalize: L2-normalise each sample first (seed 000 loads features that way).
+        minmax: walmer2023's kernel quirk (Gram scaled to [0, 1], diagonal zeroed); only for reproducing its figures.
+        normalize: L2-normalise each sample first (ciernik2025 loads features that way).
         method: "auto" (feature-space form for the linear kernel when cheaper), "gram" or "features".
     """
     return float(cka_matrix([x], [y], kernel=kernel, unbiased=unbiased, sigma=sigma, minmax=minmax,

@@ -7,10 +7,10 @@ number of images.
 
 Token modes (where the tokens sit comes from ``model.token_layout``, never from a hard-coded ``1:``):
 
-* ``"cls"``      the CLS token (seed 002 "cls")
+* ``"cls"``      the CLS token (walmer2023 "cls")
 * ``"mean"``     the mean of the patch tokens
-* ``"all"``      every token, flattened per image (seed 002 "all", its default)
-* ``"patches"``  the patch tokens, flattened per image (seed 002 "spat")
+* ``"all"``      every token, flattened per image (walmer2023 "all", its default)
+* ``"patches"``  the patch tokens, flattened per image (walmer2023 "spat")
 
 Seed presets (:data:`PRESETS`): ``"default"`` is full-data unbiased linear CKA on raw features; ``"seed000"``
 the same on L2-normalised features; ``"seed002"`` minibatch unbiased CKA with the min-max kernel quirk,
@@ -38,7 +38,7 @@ MLP_SKIPS = ("resid_mid", "resid_pre")
 
 
 def residual_hooks(mlp_skip: str = "resid_mid") -> dict[str, tuple[str, str]]:
-    """(skip, branch) hook suffixes per branch. The MLP's skip input is ``hook_resid_mid`` (seed 002, default:
+    """(skip, branch) hook suffixes per branch. The MLP's skip input is ``hook_resid_mid`` (walmer2023, default:
     the stream the MLP is added to); ``mlp_skip="resid_pre"`` uses the block input for both branches."""
     if mlp_skip not in MLP_SKIPS:
         raise ValueError(f"mlp_skip must be one of {MLP_SKIPS}, got {mlp_skip!r}")
@@ -48,10 +48,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the default: exact full-data CKA (linear kernel, unbiased HSIC), features as they come
     "default": dict(kernel="linear", unbiased=True, minmax=False, normalize=False, minibatch=False,
                     token_mode="cls", sites=(DEFAULT_SITE,)),
-    # seed 000: full-data CKA on L2-normalised features (linear or RBF), unbiased by default
+    # ciernik2025: full-data CKA on L2-normalised features (linear or RBF), unbiased by default
     "seed000": dict(kernel="linear", unbiased=True, minmax=False, normalize=True, minibatch=False,
                     token_mode="cls", sites=(DEFAULT_SITE,)),
-    # seed 002: minibatch unbiased HSIC with min-max scaled linear kernels, all tokens, ln1/ln2 outputs
+    # walmer2023: minibatch unbiased HSIC with min-max scaled linear kernels, all tokens, ln1/ln2 outputs
     "seed002": dict(kernel="linear", unbiased=True, minmax=True, normalize=False, minibatch=True,
                     token_mode="all", sites=SEED002_SITES),
 }
@@ -97,7 +97,7 @@ class ResidualResult:
 # ----------------------------------------------------------------------------- names and tokens
 def token_blocks(model, token_mode: str) -> list[int]:
     """The blocks whose activations have what ``token_mode`` reads: every block, except for ``"cls"`` on a model
-    whose CLS enters late (seed 004), where it is the blocks from ``cfg.cls_block`` on. A model without CLS is a
+    whose CLS enters late (cls-register), where it is the blocks from ``cfg.cls_block`` on. A model without CLS is a
     clear error naming ``--tokens mean``."""
     cfg = model.cfg
     if token_mode != "cls":
@@ -109,7 +109,7 @@ def token_blocks(model, token_mode: str) -> list[int]:
 
 def block_hooks(depth: int, sites: str | Sequence[str] = DEFAULT_SITE, blocks: Iterable[int] | None = None
                 ) -> list[str]:
-    """``blocks.{i}.{site}`` for every block (and every site, interleaved per block, as seed 002 lists them)."""
+    """``blocks.{i}.{site}`` for every block (and every site, interleaved per block, as walmer2023 lists them)."""
     sites = [sites] if isinstance(sites, str) else list(sites)
     idx = range(depth) if blocks is None else list(blocks)
     out = []
@@ -557,7 +557,7 @@ def stream_residual_cka(model, data, token_mode: str = "all", batch_size: int = 
                         sigma: float | None = None, minmax: bool = False, limit: int | None = None,
                         progress: bool = False, mlp_skip: str = "resid_mid", threshold: float = 1.0,
                         bandwidth: str = "kornblith") -> ResidualResult:
-    """Residual CKA (seed 002) streamed: skip input vs branch output of every block, for both branches.
+    """Residual CKA (walmer2023) streamed: skip input vs branch output of every block, for both branches.
 
     Attention branch: ``hook_resid_pre`` (skip) vs ``hook_attn_out``; MLP branch: ``hook_resid_mid`` (the
     MLP's skip input, after the attention update) vs ``hook_mlp_out``. Matrices are skip(block i) x

@@ -6,7 +6,7 @@ pair. The per-batch values ``HSIC_1 = <U(K), U(L)> / (b (b - 3))`` are averaged 
 
     CKA_minibatch(X_i, Y_j) = mean_b HSIC_1(K_ib, L_jb) / sqrt(mean_b HSIC_1(K_ib, K_ib) * mean_b HSIC_1(L_jb, L_jb))
 
-Memory is O(L b^2 + b d) whatever the number of samples. Seed 002 used batches of 8 and min-max scaled every
+Memory is O(L b^2 + b d) whatever the number of samples. walmer2023 used batches of 8 and min-max scaled every
 linear Gram matrix to [0, 1] with the diagonal zeroed before the HSIC (``minmax=True`` reproduces that; off by
 default). With one batch holding all the data, the result equals full unbiased CKA.
 """
@@ -38,7 +38,7 @@ def _as_list(feats: Any) -> tuple[list[str] | None, list[Any]]:
 
 
 def _minmax_stack(k: torch.Tensor) -> torch.Tensor:
-    """Seed 002's quirk on a stack of Gram matrices (L, b, b): each scaled to [0, 1], diagonal zeroed."""
+    """walmer2023's quirk on a stack of Gram matrices (L, b, b): each scaled to [0, 1], diagonal zeroed."""
     k = k - k.amin(dim=(1, 2), keepdim=True)
     top = k.amax(dim=(1, 2), keepdim=True)
     k = torch.where(top > 0, k / torch.where(top > 0, top, torch.ones_like(top)), k)

@@ -1,11 +1,11 @@
-"""Representational similarity analysis (seed 000, after thingsvision) and spectral clustering of layers.
+"""Representational similarity analysis (ciernik2025, after thingsvision) and spectral clustering of layers.
 
 * ``rdm(X, "correlation")``: ``1 - corr(x_i, x_j)`` (each sample centred over its features, clipped to [-1, 1]);
   ``"cosine"``: ``1 - cos(x_i, x_j)``; ``"euclidean"``: ``||x_i - x_j||``.
 * ``compare_rdms(A, B, "spearman" | "pearson")``: the correlation of the strict upper triangles (scipy.stats).
-* Seed 000 defaults: correlation RDMs compared with Spearman.
+* ciernik2025 defaults: correlation RDMs compared with Spearman.
 * ``spectral_cluster_layers(S, k)``: sklearn ``SpectralClustering(affinity="precomputed")`` on ``|S|`` with a unit
-  diagonal (seed 000), cluster ids renumbered by first appearance in layer order.
+  diagonal (ciernik2025), cluster ids renumbered by first appearance in layer order.
 
 Never NaN: a zero-variance sample (correlation RDM), a zero sample (cosine RDM), a constant RDM
 (correlation of RDMs) and a non-finite similarity matrix are each a ``ValueError``.
@@ -61,7 +61,7 @@ def upper_triangle(m: np.ndarray) -> np.ndarray:
 
 
 def compare_rdms(a: Any, b: Any, method: str = "spearman") -> float:
-    """Spearman (default, seed 000) or Pearson correlation of the strict upper triangles of two RDMs."""
+    """Spearman (default, ciernik2025) or Pearson correlation of the strict upper triangles of two RDMs."""
     if method not in COMPARE_METHODS:
         raise ValueError(f"RDM comparison must be one of {COMPARE_METHODS}, got {method!r}")
     va, vb = upper_triangle(np.asarray(a)), upper_triangle(np.asarray(b))
@@ -113,7 +113,7 @@ def rsa_matrix(xs: Sequence[Any] | Mapping[str, Any], ys: Sequence[Any] | Mappin
 
 
 def mean_cosine_similarity(x: Any, y: Any) -> float:
-    """Seed 000's "cosine" model similarity: mean over samples of cos(x_i, y_i) (same feature width)."""
+    """ciernik2025's "cosine" model similarity: mean over samples of cos(x_i, y_i) (same feature width)."""
     a, b = _np(x, "X"), _np(y, "Y")
     if a.shape != b.shape:
         raise ValueError(f"cosine similarity needs the same shape, got {a.shape} and {b.shape}")
@@ -127,7 +127,7 @@ def spectral_cluster_layers(similarity: Any, n_clusters: int, seed: int = 0, ass
                             absolute: bool = True) -> np.ndarray:
     """Cluster layers (or models) by a square similarity matrix; returns one cluster id per row.
 
-    As seed 000: the affinity is ``|S|`` with the diagonal set to 1, ``SpectralClustering(affinity="precomputed",
+    As ciernik2025: the affinity is ``|S|`` with the diagonal set to 1, ``SpectralClustering(affinity="precomputed",
     assign_labels=..., random_state=seed)``; ids are renumbered in order of first appearance.
     """
     from sklearn.cluster import SpectralClustering

@@ -86,7 +86,7 @@ def attention_maps(ctx) -> Section:
 
 @analysis("rollout", "Attention rollout", needs=("images", "cls"), order=25)
 def rollout(ctx) -> Section:
-    """Attention rollout (Abnar & Zuidema; seed 003): heads fused by mean, identity added, rows renormalised,
+    """Attention rollout (Abnar & Zuidema; probing-vits): heads fused by mean, identity added, rows renormalised,
     multiplied through the blocks; the CLS row over the patches, divided by its max."""
     from vitscope.viz.attention import plot_image_overlays
 
@@ -105,7 +105,7 @@ def rollout(ctx) -> Section:
 
 @analysis("relevance", "Gradient relevance (Chefer et al.)", needs=("images", "cls"), order=27)
 def relevance(ctx) -> Section:
-    """Class-specific relevance, "Generic Attention-model Explainability" (Chefer et al., ICCV 2021; seed 001):
+    """Class-specific relevance, "Generic Attention-model Explainability" (Chefer et al., ICCV 2021; vilas2023):
     R <- R + mean_heads(clamp(grad * A, min=0)) R through the blocks, for the predicted class; the CLS row over
     the patches, divided by its max."""
     from vitscope.analysis.attention.relevance import relevance_from_model
@@ -129,8 +129,8 @@ def relevance(ctx) -> Section:
 
 @analysis("attention_distance", "Mean attention distance", needs=("images",), order=30)
 def attention_distance(ctx) -> Section:
-    """Mean attention distance per block and head: variant A (seed 002: normalised coordinates, prefix tokens
-    dropped, rows renormalised) and variant B (seed 003: pixels, no renormalisation)."""
+    """Mean attention distance per block and head: variant A (walmer2023: normalised coordinates, prefix tokens
+    dropped, rows renormalised) and variant B (probing-vits: pixels, no renormalisation)."""
     from vitscope.analysis.attention.distance import MeanAttentionDistance
     from vitscope.viz.attention_distance import plot_attention_distance
 
@@ -179,13 +179,13 @@ def saliency_summary(values: dict, depth: int) -> dict[str, float]:
             "best": float(per_head[b, h]), "best_block": int(b), "best_head": int(h)}
 
 
-SALIENCY_RULES = {"bicubic": "seed 002's bicubic mask (generous: it also marks cells next to the object)",
+SALIENCY_RULES = {"bicubic": "walmer2023's bicubic mask (generous: it also marks cells next to the object)",
                   "majority": "tight mask (cells at least half covered by the object)"}
 
 
 @analysis("saliency_iou", "Saliency IoU against object masks", needs=("images", "masks", "cls"), order=35)
 def saliency_iou(ctx) -> Section:
-    """Seed 002's saliency IoU: the top 60% of each head's CLS attention mass, binarised, IoU with the object
+    """walmer2023's saliency IoU: the top 60% of each head's CLS attention mass, binarised, IoU with the object
     mask on the token grid; compared with the same architecture with random weights."""
     from vitscope.analysis.attention.saliency import summarize_iou
     from vitscope.viz.attention_stats import plot_block_head_heatmap
@@ -228,7 +228,7 @@ def saliency_iou(ctx) -> Section:
 
 @analysis("attention_stats", "Attention statistics", needs=("images",), order=40)
 def attention_stats(ctx) -> Section:
-    """Seed 002's statistics: spread of attention over heads and over positions, attention from the spatial
+    """walmer2023's statistics: spread of attention over heads and over positions, attention from the spatial
     tokens to CLS, and the average attention map of the mean spatial query per block and head."""
     from vitscope.analysis.attention.stats import AttentionStats
     from vitscope.viz.attention import plot_block_head_grid
@@ -263,7 +263,7 @@ def attention_stats(ctx) -> Section:
 
 @analysis("position_embedding", "Position-embedding similarity", order=45)
 def position_embedding(ctx) -> Section:
-    """Seed 003: cosine similarity of each patch's learned position embedding to every other patch."""
+    """probing-vits: cosine similarity of each patch's learned position embedding to every other patch."""
     from vitscope.analysis.attention.posembed import position_similarity
     from vitscope.viz.attention_tokens import plot_position_similarity
 

@@ -50,7 +50,7 @@ def model_card(ctx) -> Section:
         f"{_value(cfg.img_size)} px input in {cfg.patch_size} px patches ({cfg.grid[0]} x {cfg.grid[1]} grid), "
         f"{n_params / 1e6:.2f} M parameters. Source: {meta.get('source', 'in memory')}.")
     if cfg.num_registers or cfg.cls_block:
-        sec.add_text(f"Dynamic tokens (seed 004): {cfg.num_registers} register(s) enter before block "
+        sec.add_text(f"Dynamic tokens (cls-register): {cfg.num_registers} register(s) enter before block "
                      f"{cfg.register_block} ({cfg.register_location} of the sequence); CLS enters before block "
                      f"{cfg.cls_block}. The table below gives the sequence at each block where it changes.")
     for k in ("description", "command"):

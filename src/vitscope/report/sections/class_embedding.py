@@ -1,4 +1,4 @@
-"""Class embedding space sections (seed 001): identifiability over blocks against random weights, and the
+"""Class embedding space sections (vilas2023): identifiability over blocks against random weights, and the
 perturbation table. Computation comes from ``vitscope.analysis.class_embedding``."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _batches(ctx, images, labels, size: int):
 @analysis("identifiability", "Class identifiability over blocks (logit lens)", needs=("labels", "classifier"),
           order=70)
 def identifiability_section(ctx) -> Section:
-    """Every block output projected on the classifier (final norm + head, seed 001's logit lens): the mean
+    """Every block output projected on the classifier (final norm + head, vilas2023's logit lens): the mean
     identifiability score 1 - rank / C of the true class for the CLS and the patch tokens, against the random-weight
     twin (stars: one-sided Wilcoxon p < 0.05), and the share of identifiable (rank-0) patch tokens."""
     from vitscope.analysis import class_embedding as ce
@@ -36,7 +36,7 @@ def identifiability_section(ctx) -> Section:
                meta={"rows": rows})
     sec.add_text(f"Last block: {100 * res.token_rate():.1f}% of patch tokens identify the true class "
                  f"(random weights {100 * rres.token_rate():.1f}%, chance {100 / res.num_classes:.1f}%); "
-                 f"{100 * res.image_rate():.1f}% of images have at least one such token. Seed 001 (ViT-B/32 on "
+                 f"{100 * res.image_rate():.1f}% of images have at least one such token. vilas2023 (ViT-B/32 on "
                  "ImageNet-S): 60.7% of patch tokens, 95.6% of images.")
     sec.table(ctx, [{k: r[k] for k in ("block", "token", "value", "random", "p_value")} for r in rows],
               "evolution", "Mean identifiability per block (trained, random, one-sided Wilcoxon p).")
@@ -45,7 +45,7 @@ def identifiability_section(ctx) -> Section:
 
 @analysis("perturbation", "Attention and token perturbations", needs=("labels", "classifier"), order=71)
 def perturbation_section(ctx) -> Section:
-    """Seed 001's perturbation table: identifiable patch tokens at the last block with every patch query attending
+    """vilas2023's perturbation table: identifiable patch tokens at the last block with every patch query attending
     only to itself (self_only) or not to CLS (no_cls) in every block, and with the context or the object tokens
     dropped (when the images have object masks)."""
     from vitscope.analysis import class_embedding as ce
@@ -71,7 +71,7 @@ def perturbation_section(ctx) -> Section:
                       "unperturbed, same patches %": (round(100 * r["baseline"], 2) if "baseline" in r else None),
                       "accuracy %": None if acc is None else round(100 * acc, 2), "images": r["n_images"]})
     sec = Section()
-    sec.table(ctx, table, "table", "Identifiable patch tokens at the last block (rank 0 of the true class). Seed 001 "
+    sec.table(ctx, table, "table", "Identifiable patch tokens at the last block (rank 0 of the true class). vilas2023 "
               "(ViT-B/32): unperturbed 60.73%, self_only 0.13%, no_cls 60.71%; no context 44.70% (class patches "
               "71.92%), no class patches 38.68% (context 56.24%).")
     return sec

@@ -8,7 +8,7 @@ from vitscope.report.sections.video_segmentation import SYNTH
 @analysis("correspondence", "Keypoint correspondence (SPair-style PCK)", order=74)
 def correspondence_section(ctx) -> Section:
     """Nearest-neighbour keypoint transfer between two views of a synthetic figure of four shapes, keypoints at
-    the parts' centres (seed 002's protocol: letterbox, per-token normalisation, bilinear upsampling), PCK@0.1 of
+    the parts' centres (walmer2023's protocol: letterbox, per-token normalisation, bilinear upsampling), PCK@0.1 of
     the target box per block; the random-weight twin for reference."""
     import pandas as pd
 

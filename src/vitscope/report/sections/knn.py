@@ -1,4 +1,4 @@
-"""k-NN classification per block (DINO protocol, seed 002), trained model against its random-weight twin."""
+"""k-NN classification per block (DINO protocol, walmer2023), trained model against its random-weight twin."""
 from __future__ import annotations
 
 import numpy as np

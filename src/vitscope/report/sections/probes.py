@@ -1,5 +1,5 @@
 """Probe section: a linear probe on every block (CLS and patch mean) and the attentive probe over all blocks
-(seed 000), on the report's evaluation images. Computation comes from ``vitscope.analysis.probes``."""
+(ciernik2025), on the report's evaluation images. Computation comes from ``vitscope.analysis.probes``."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +14,7 @@ DEMO_WDS = (1e-4,)
 @analysis("probes", "Linear and attentive probes", needs=("images", "labels"), order=70)
 def probes_section(ctx) -> Section:
     """Half of the evaluation images (stratified) train, the other half test: a tuned linear probe on each block
-    output (CLS and mean of the patch tokens, L2-normalised, trained as one batched computation), and seed 000's
+    output (CLS and mean of the patch tokens, L2-normalised, trained as one batched computation), and ciernik2025's
     attentive probe over all of them (one input per block and reduction, heads = inputs)."""
     import torch
     from sklearn.model_selection import train_test_split

@@ -1,4 +1,4 @@
-"""Seed 001's token-removal curves: accuracy as patch tokens are removed in the order of an importance."""
+"""vilas2023's token-removal curves: accuracy as patch tokens are removed in the order of an importance."""
 from __future__ import annotations
 
 from vitscope.report.registry import Section, analysis
@@ -9,10 +9,10 @@ STEP = 12              # evaluate every 12th number of removed tokens
 N_RANDOM = 3
 
 
-@analysis("removal", "Token removal curves (seed 001)", needs=("labels", "classifier", "cls"), order=72)
+@analysis("removal", "Token removal curves (vilas2023)", needs=("labels", "classifier", "cls"), order=72)
 def removal_section(ctx) -> Section:
     """Accuracy as patch tokens are removed, least important first (negative) or most important first
-    (positive), for seed 001's class-embedding gradients, Chefer relevance, the per-token ridge probes' order
+    (positive), for vilas2023's class-embedding gradients, Chefer relevance, the per-token ridge probes' order
     and random orders; with the seed's AUC and the trapezoid AUC."""
     import torch
 
@@ -36,9 +36,9 @@ def removal_section(ctx) -> Section:
         f"Patch tokens are removed right after the position embedding, in the order of an importance, and the "
         f"accuracy on {res.n_images} images is recorded after every {STEP}th token (of {res.n_patches}). Negative: "
         f"least important first, so a good importance keeps the accuracy up; positive: most important first, so a "
-        f"good importance makes it fall. Orders: seed 001's gradients of a class-embedding loss at CLS, Chefer "
+        f"good importance makes it fall. Orders: vilas2023's gradients of a class-embedding loss at CLS, Chefer "
         f"relevance, the per-token ridge probes' rank sum (fitted on {0 if probes is None else probes.n_train} "
-        f"other images), and {N_RANDOM} random orders. Seed 001 reports on ViT-B/32 (seed AUC): negative 0.836 "
+        f"other images), and {N_RANDOM} random orders. vilas2023 reports on ViT-B/32 (seed AUC): negative 0.836 "
         f"(gradients), 0.845 (Chefer), 0.739 (linear probe), 0.716 (random); positive 0.413, 0.393, 0.683.")
     sec.figure(ctx, plot_removal_curves(res, title=f"{ctx.title}: token removal"), "curves",
                "Accuracy against the fraction of patch tokens removed; the legend gives the seed's AUC (normalised "

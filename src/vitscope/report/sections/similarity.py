@@ -43,7 +43,7 @@ def cka_section(ctx) -> Section:
 @analysis("clustering", "Clustering scores per block", needs=("images", "labels"), order=55)
 def clustering(ctx) -> Section:
     """k-means (k = number of classes, seed 0, 10 inits) on the CLS token and on the mean patch token of every
-    block, scored against the labels by NMI, ARI and purity (seed 002); the random-weight twin for reference."""
+    block, scored against the labels by NMI, ARI and purity (walmer2023); the random-weight twin for reference."""
     from vitscope.analysis.cluster import blockwise_cluster_scores
     from vitscope.viz.similarity import plot_cluster_curves
 
@@ -78,7 +78,7 @@ def clustering(ctx) -> Section:
 
 @analysis("residual_cka", "Residual CKA: skip vs branches", needs=("images",), order=52)
 def residual_cka(ctx) -> Section:
-    """Seed 002's residual analysis: CKA between each block's skip input and its attention / MLP branch output
+    """walmer2023's residual analysis: CKA between each block's skip input and its attention / MLP branch output
     (all tokens, minibatch unbiased HSIC), and the norm ratios ||skip|| / ||branch||."""
     from vitscope.analysis.similarity.compare import stream_residual_cka
     from vitscope.viz.similarity import plot_residual
@@ -103,7 +103,7 @@ def residual_cka(ctx) -> Section:
 
 @analysis("rsa", "RSA between blocks", needs=("images",), order=53)
 def rsa_section(ctx) -> Section:
-    """Seed 000's representational similarity analysis: correlation-distance RDMs of each block's mean patch
+    """ciernik2025's representational similarity analysis: correlation-distance RDMs of each block's mean patch
     token, compared between blocks by Spearman correlation."""
     from vitscope.analysis.similarity.compare import layer_rsa
     from vitscope.viz.similarity import plot_cka

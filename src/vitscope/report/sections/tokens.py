@@ -1,4 +1,4 @@
-"""Seed 004's CLS / register attention pages: a multi-page PDF per image (one page per token), linked from the
+"""cls-register's CLS / register attention pages: a multi-page PDF per image (one page per token), linked from the
 report, with the pages of the first image embedded."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 from vitscope.report.registry import Section, analysis
 
 
-@analysis("token_pages", "CLS and register attention (seed 004)", needs=("registers", "images"), order=60)
+@analysis("token_pages", "CLS and register attention (cls-register)", needs=("registers", "images"), order=60)
 def token_pages(ctx) -> Section:
     """At the last block (every token present), the per-head attention of CLS and of each register over the
     patch tokens; one PDF per image, one page per token."""
