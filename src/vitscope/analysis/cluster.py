@@ -237,9 +237,9 @@ def store_cluster_scores(store, site: str = "resid_post", reduction: str = "cls"
                          n_init: int = DEFAULT_N_INIT, progress: bool = False
                          ) -> tuple[dict[str, np.ndarray], list[int]]:
     """Per-layer k-means scores from a feature store and its labels (skipped samples left out)."""
-    from vitscope.analysis.similarity.compare import _open_store, store_features
+    from vitscope.analysis.similarity.compare import open_store_any, store_features
 
-    s = _open_store(store)
+    s = open_store_any(store)
     valid = np.asarray(s.valid)
     labels = np.asarray(s.labels)[valid]
     _check_labels(labels)

@@ -22,9 +22,13 @@ Differences from the public DINO code (``eval_knn.knn_classifier``), each delibe
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from vitscope.analysis.api import Options, Result, tidy_table
+from vitscope.features.access import TOKENS
 
 KS = (10, 20, 100, 200)            # DINO --nb_knn
 TEMPERATURE = 0.07                 # DINO --temperature
@@ -309,3 +313,164 @@ def _block(b):
         return int(b)
     except (TypeError, ValueError):
         return b
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+@dataclass
+class KNNOptions(Options):
+    """Options of :func:`evaluate` (``vitscope knn``, the study analysis ``knn``)."""
+
+    k: tuple[int, ...] = KS                  # neighbour counts (DINO's --nb_knn)
+    temperature: float = TEMPERATURE         # vote weight exp(similarity / T)
+    tokens: str = "cls"                      # cls (DINO, walmer2023) or mean (of the patch tokens)
+    blocks: str = "all"                      # all, "0,3,-1" or "4:8"
+    normalize: bool = True                   # cosine similarity (L2-normalised features)
+    count_unvoted: bool = False              # top-5 also counts classes without a vote (DINO's code)
+    num_classes: int | None = None           # default: from the labels
+    test_fraction: float = 0.2               # one dataset split in two: share held out as test
+    seed: int = 0                            # seed of that split
+    site: str = "resid_post"                 # feature-store site read
+    batch_size: int = 64
+    limit: int | None = None                 # at most this many train and test images
+    device: str | None = None
+    progress: bool = False
+
+    def validate(self) -> None:
+        self.check_ints("k")
+        self.check_number("temperature", low=0, low_open=True)
+        self.check_choice("tokens", TOKENS)
+        self.check_blocks("blocks")
+        self.check_int("num_classes", minimum=2, optional=True)
+        self.check_number("test_fraction", 0, 1, low_open=True, high_open=True)
+        self.check_int("batch_size")
+        self.check_int("limit", optional=True)
+
+
+def _as_pairs(models_or_stores) -> tuple[str, dict]:
+    """("models", {label: model}), ("stores", {label: (train_store, test_store)}) or ("features",
+    {label: FeatureSplit})."""
+    from vitscope.features.access import FeatureSplit, open_store_any, store_name
+
+    items = models_or_stores
+    if not isinstance(items, Mapping):
+        items = list(items) if isinstance(items, (list, tuple)) and not _is_pair(items) else [items]
+        items = {(_store_label(x, store_name, open_store_any) if _is_pair(x) else _model_label(x)): x
+                 for x in items}
+    kinds = {"stores" if _is_pair(v) else "features" if isinstance(v, FeatureSplit) else "models"
+             for v in items.values()}
+    if len(kinds) != 1:
+        raise ValueError("give one kind of input: models, (train store, test store) pairs or FeatureSplits")
+    kind = kinds.pop()
+    if kind == "stores":
+        items = {k: (open_store_any(a), open_store_any(b)) for k, (a, b) in items.items()}
+    return kind, dict(items)
+
+
+def _is_pair(x) -> bool:
+    return isinstance(x, (tuple, list)) and len(x) == 2 and not hasattr(x[0], "token_layout")
+
+
+def _store_label(pair, store_name, open_store_any) -> str:
+    return store_name(open_store_any(pair[0]))
+
+
+def _model_label(m) -> str:
+    return str((getattr(m, "meta", None) or {}).get("name") or "model")
+
+
+def evaluate(models_or_stores, data=None, options: KNNOptions | None = None, **overrides) -> Result:
+    """Weighted k-NN accuracy (top-1 / top-5 for every k) of every block: DINO's protocol, as walmer2023 runs it.
+
+    Args:
+        models_or_stores: ``{label: HookedViT}`` (or one model / a list), ``{label: (train_store, test_store)}``
+            (stores written by ``vitscope extract``; paths or opened stores), or ``{label: FeatureSplit}``
+            (features in memory).
+        data: with models, a dataset (``ImageDataset`` or a spec string) split by ``options.test_fraction``, or a
+            ``(train, test)`` pair of datasets / specs; unused with stores.
+        options: :class:`KNNOptions` (keyword overrides are applied on top).
+
+    Returns a :class:`~vitscope.analysis.api.Result` whose table has one row per model x block x k x metric
+    (``top1_k<k>`` / ``top5_k<k>``, in %), with ``k``, ``temperature``, ``n_train``, ``n_test``, ``tokens`` and
+    ``count_unvoted`` columns; ``figures()`` draws top-1 and top-5 per block at k = 20 (or the first k).
+    """
+    from vitscope.features.access import (collect_block_features, open_dataset_any, resolve_blocks,
+                                          split_dataset, store_features, store_labels, store_layers)
+
+    opts = (options or KNNOptions()).replace(**overrides) if overrides else (options or KNNOptions())
+    kind, items = _as_pairs(models_or_stores)
+    ks = sorted(set(opts.k))
+    rows: list[dict] = []
+    dataset = None
+    if kind == "stores":
+        for label, (tr_store, te_store) in items.items():
+            layers = store_layers(tr_store, opts.blocks)
+            for st in (tr_store, te_store):
+                if opts.tokens not in st.reductions:
+                    raise ValueError(f"the stores must hold the {opts.tokens!r} reduction; extract with --tokens "
+                                     f"{opts.tokens}")
+            ytr, yte = store_labels(tr_store), store_labels(te_store)
+            if (ytr < 0).any() or (yte < 0).any():
+                raise ValueError("k-NN needs labels on both splits (class folders, a list with labels, or "
+                                 "synthetic)")
+            nc = opts.num_classes or max(len(getattr(tr_store, "classes", []) or []), int(ytr.max()) + 1,
+                                         int(yte.max()) + 1)
+            rows += knn_per_block(store_features(tr_store, opts.site, opts.tokens, layers), ytr,
+                                  store_features(te_store, opts.site, opts.tokens, layers), yte, ks, label,
+                                  opts.temperature, nc, normalize=opts.normalize, count_unvoted=opts.count_unvoted,
+                                  device=opts.device, progress=_bar(opts, label))
+    elif kind == "features":
+        for label, f in items.items():
+            rows += knn_per_block(f.train, f.train_labels, f.test, f.test_labels, ks, label, opts.temperature,
+                                  opts.num_classes, normalize=opts.normalize, count_unvoted=opts.count_unvoted,
+                                  device=opts.device, progress=_bar(opts, label))
+    else:
+        if data is None:
+            raise ValueError("models need images: a labelled dataset (split by test_fraction) or a (train, test) "
+                             "pair")
+        if isinstance(data, (tuple, list)):
+            ds_train, ds_test = (open_dataset_any(d) for d in data)
+        else:
+            ds = open_dataset_any(data)
+            dataset = getattr(ds, "description", None)
+            ds_train, ds_test = split_dataset(ds, opts.test_fraction, opts.seed)
+        want = {n: resolve_blocks(m, opts.blocks, opts.tokens) for n, m in items.items()}
+        ftr, ytr = collect_block_features(items, ds_train, want, opts.tokens, opts.batch_size, opts.limit,
+                                          progress=opts.progress)
+        fte, yte = collect_block_features(items, ds_test, want, opts.tokens, opts.batch_size, opts.limit,
+                                          progress=opts.progress)
+        for n in items:
+            rows += knn_per_block(ftr[n], ytr, fte[n], yte, ks, n, opts.temperature, opts.num_classes,
+                                  normalize=opts.normalize, count_unvoted=opts.count_unvoted, device=opts.device,
+                                  progress=_bar(opts, n))
+    for r in rows:
+        r.update(tokens=opts.tokens, count_unvoted=opts.count_unvoted)
+    table = tidy_table(rows, "knn", opts, dataset=dataset)
+    fk = 20 if 20 in ks else ks[0]
+    n_train, n_test = (int(rows[-1]["n_train"]), int(rows[-1]["n_test"])) if rows else (0, 0)
+    best = max((r for r in rows if r["metric"] == f"top1_k{fk}"), key=lambda r: r["value"])
+    summary = (f"k-NN of {len(items)} model(s) on {n_train} train / {n_test} test images, k={','.join(map(str, ks))}"
+               f": best top-1 (k={fk}) {best['value']:.1f}% ({best['model']}, block {best['block']})")
+    return Result("knn", table, summary, opts, meta={"k_shown": fk, "n_train": n_train, "n_test": n_test},
+                  draw=_draw)
+
+
+def _bar(opts: KNNOptions, name: str):
+    if not opts.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda it: tqdm(it, desc=f"k-NN {name}", unit="block", leave=False)
+
+
+def _draw(result: Result) -> dict:
+    """Top-1 and top-5 accuracy per block at the k shown (dashed: random twins), each with the rows it shows."""
+    from vitscope.viz.per_block import plot_metric_per_block
+
+    fk, n_train, n_test = (result.meta[k] for k in ("k_shown", "n_train", "n_test"))
+    figs = {}
+    for m in ("top1", "top5"):
+        name = m.replace("top", "top-")
+        fig = plot_metric_per_block(result.table, metric=f"{m}_k{fk}", ylabel=f"{name} accuracy (%)",
+                                    title=f"k-NN {name}, k={fk} ({n_train} train / {n_test} test)")
+        figs[f"knn_{m}_k{fk}"] = (fig, result.table[result.table["metric"] == f"{m}_k{fk}"])
+    return figs

@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from vitscope.runtime import load_model, load_models, resolve_device, save_tidy, slug  # noqa: F401
+
 MODEL_HELP = ("Model: a registry name, timm/<name>, hf:<repo>, or a local folder / file "
               "(see `vitscope models`).")
 RANDOM_HELP = "Random weights (no download): the architecture only, as a baseline."
@@ -29,20 +31,9 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return fmts
 
 
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_model_for_cli(name: str, random: bool, device: str | None = None):
     """``vitscope.load_model(name, pretrained=not random)`` in eval mode on ``device``."""
-    from vitscope.models.loading import load_model
-
-    model = load_model(name, pretrained=not random)
-    return model.eval().to(resolve_device(device))
+    return load_model(name, random=random, device=device)
 
 
 def open_images(model, data: str | None, images: list[Path] | None, limit: int | None):
@@ -86,30 +77,6 @@ def model_meta(model, name: str, random: bool) -> dict:
     meta = getattr(model, "meta", {}) or {}
     return {"model": name, "random_init": bool(random), "source": meta.get("source"),
             "weights_sha256": meta.get("weights_sha256"), "config": model.cfg.to_dict()}
-
-
-def slug(s: str) -> str:
-    """A string as a safe file-name part."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)).strip("_") or "model"
-
-
-def load_models(names: list[str], random: bool, device: Optional[str], seed: int = 0,
-                with_random: bool = False) -> dict:
-    """Load every model by label; ``random`` random-inits them all, ``with_random`` adds a random-init copy of each."""
-    from vitscope.models.loading import load_model
-
-    models = {}
-    for n in names:
-        for rand in ([random] + ([True] if with_random and not random else [])):
-            m = load_model(n, pretrained=not rand, device=device, seed=seed)
-            m.eval()
-            label = str((getattr(m, "meta", None) or {}).get("name") or Path(n).name or n)
-            if rand:
-                label += " (random)"
-            while label in models:
-                label += "'"
-            models[label] = m
-    return models
 
 
 def check_limit(limit: int | None, option: str = "--limit") -> None:
@@ -222,19 +189,6 @@ def locks_out(command: str):
                 return fn(*args, **kwargs)
         return wrapper
     return deco
-
-def save_tidy(rows, stem: Path) -> list[Path]:
-    """Write a tidy table (list of dicts or DataFrame) as ``stem.csv`` and ``stem.parquet``; returns both paths."""
-    import pandas as pd
-
-    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    csv, parquet = stem.with_name(f"{stem.name}.csv"), stem.with_name(f"{stem.name}.parquet")
-    df.to_csv(csv, index=False)
-    df.to_parquet(parquet, index=False)
-    return [csv, parquet]
-
 
 def default_data(model_names, data: str | None, quiet: bool = False) -> str | None:
     """``data``, or ``builtin:demo`` (with a note) when it is missing and every model named is a bundled demo

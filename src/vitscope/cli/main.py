@@ -102,6 +102,9 @@ def main() -> None:
         if os.environ.get("VITSCOPE_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        field = getattr(e, "field", None)                 # an analysis option (vitscope.analysis.api.OptionError)
+        if field:
+            msg = str(e).replace(f"`{field}`", "--" + field.replace("_", "-"))
         typer.secho(f"error: {msg} (VITSCOPE_DEBUG=1 shows the traceback)", fg=typer.colors.RED, err=True)
         sys.exit(1)
 

@@ -66,9 +66,9 @@ def _context(res=None, ds=None, data: Optional[str] = None, store=None, limit: O
         n = len(ds) if limit is None else min(limit, len(ds))
     if n is None and store is not None:
         try:
-            from vitscope.analysis.similarity.compare import _open_store
+            from vitscope.analysis.similarity.compare import open_store_any
 
-            n = int(np.asarray(_open_store(store).valid).sum())
+            n = int(np.asarray(open_store_any(store).valid).sum())
         except (OSError, ValueError, AttributeError):
             n = None
     where = data or (f"store {Path(store).name}" if store is not None else getattr(ds, "description", None))
@@ -182,7 +182,7 @@ def cka_command(
         if residual:
             res = C.store_residual_cka(store, token_mode=o["token_mode"], unbiased=unbiased, kernel=o["kernel"],
                                        sigma=sigma, minmax=o["minmax"], mlp_skip=mlp_skip, **rbf)
-            name = C.store_name(C._open_store(store))
+            name = C.store_name(C.open_store_any(store))
             written += save_residual(res, out / f"residual_{_slug(name)}", formats, title=f"{name}: residual CKA",
                                      **_context(res, store=store, tokens=o["token_mode"]))
         elif last_layer:
@@ -303,12 +303,12 @@ def rsa_command(
     _check_inputs(models, store, store2)
     formats = _formats(fmt)
     if store is not None:
-        s1 = C._open_store(store)
+        s1 = C.open_store_any(store)
         if store2 is None:
             res = C.store_layer_rsa(s1, site, tokens, rdm_method=rdm_method, compare=compare)
         else:
-            s2 = C._open_store(store2)
-            valid = C._common_valid([s1, s2])
+            s2 = C.open_store_any(store2)
+            valid = C.common_valid([s1, s2])
             res = C.layer_rsa(C.store_features(s1, site, tokens, None, valid),
                               C.store_features(s2, site, tokens, None, valid), rdm_method, compare)
             res.meta.update(models=[C.store_name(s1), C.store_name(s2)])
@@ -400,7 +400,7 @@ def cluster_command(
         if dense:
             raise ValueError("--dense needs the images and their masks: run it on models with --data")
         for s in stores:
-            st = C._open_store(s)
+            st = C.open_store_any(s)
             sc, layers = K.store_cluster_scores(st, site, tokens, None, kk, seed, n_init, progress)
             name = C.store_name(st)
             while name in scores:

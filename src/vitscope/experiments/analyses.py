@@ -60,12 +60,18 @@ REGISTRY: dict[str, Adapter] = {}
 
 def register(name: str, defaults: dict | None = None, choices: dict | None = None, scope: str = "model",
              store_tokens: Callable[[dict], list[str]] | None = None, needs: tuple[str, ...] = (),
-             validate: Callable[[dict], None] | None = None, description: str = "", task: str | None = None):
+             validate: Callable[[dict], None] | None = None, description: str = "", task: str | None = None,
+             options: type | None = None, fields: tuple[str, ...] = ()):
     """Decorator: register ``fn(ctx, options) -> rows`` as analysis ``name`` (see the module docstring).
 
+    ``options``: the analysis's options dataclass (:class:`vitscope.analysis.api.Options`); a study's ``options:``
+    may set its ``fields``, whose defaults and validation come from the dataclass (written once, there).
     ``task``: the analysis reads a task root of the dataset entry (``davis``, ``spair``, ``revisited``) instead of
     its images; its cells are made for the datasets that name one."""
     from vitscope.experiments.config import TASKS
+
+    if options is not None:
+        defaults, validate = options_defaults(options, fields), options_validator(options, validate)
 
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
@@ -82,6 +88,42 @@ def register(name: str, defaults: dict | None = None, choices: dict | None = Non
         return fn
 
     return deco
+
+
+def options_defaults(options: type, fields: tuple[str, ...]) -> dict[str, Any]:
+    """A study's defaults for ``fields`` of an options dataclass (tuples as lists, as YAML writes them)."""
+    base = options()
+    return {f: list(v) if isinstance(v, tuple) else v for f in fields for v in [getattr(base, f)]}
+
+
+def options_validator(options: type, extra: Callable[[dict], None] | None = None) -> Callable[[dict], None]:
+    """Validation of a study's options by the dataclass (``options.k`` named as the study file spells it)."""
+    def validate(o: dict) -> None:
+        from vitscope.analysis.api import OptionError
+
+        try:
+            options.from_mapping(o)
+        except OptionError as e:
+            raise ValueError(str(e).replace(f"`{e.field}`", f"'{e.field}'")) from None
+        if extra is not None:
+            extra(o)
+    return validate
+
+
+def study_rows(result, keep: tuple[str, ...] = ()) -> list[dict]:
+    """A :class:`~vitscope.analysis.api.Result`'s table as study rows (block, metric, value and the columns in
+    ``keep``, e.g. task / head / model2 / block2); the runner adds the model and option columns."""
+    out = []
+    for r in result.table.to_dict("records"):
+        row = {"block": None if _isnull(r.get("block")) else int(r["block"]), "metric": r["metric"],
+               "value": float(r["value"])}
+        row.update({k: r[k] for k in keep if not _isnull(r.get(k))})
+        out.append(row)
+    return out
+
+
+def _isnull(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v))
 
 
 def import_or_skip(module: str, what: str):

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from vitscope.experiments.analyses import register
+from vitscope.experiments.analyses import register, study_rows
+
+
+def _knn_options():
+    from vitscope.analysis.knn import KNNOptions
+
+    return KNNOptions
 
 
 def _positive_ints(values, what: str) -> None:
@@ -60,41 +66,18 @@ def _strip(rows: list[dict], keep_task: bool = False) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- k-NN
-def _validate_knn(o: dict) -> None:
-    _positive_ints(o["k"], "k")
-    _positive(o, "temperature")
-    _optional_int(o, "num_classes", 2)
-    _check_blocks(o["blocks"])
-
-
-@register("knn", defaults={"tokens": "cls", "k": [10, 20, 100, 200], "temperature": 0.07, "normalize": True,
-                           "count_unvoted": False, "num_classes": None, "blocks": "all"},
-          choices={"tokens": ("cls", "mean")}, store_tokens=lambda o: [o["tokens"]], needs=("labels", "train"),
-          validate=_validate_knn,
+@register("knn", options=_knn_options(), fields=("tokens", "k", "temperature", "normalize", "count_unvoted",
+                                                 "num_classes", "blocks"),
+          store_tokens=lambda o: [o["tokens"]], needs=("labels", "train"),
           description="weighted k-NN accuracy per block, train split as memory (walmer2023, DINO)")
 def knn(ctx, opts: dict) -> list[dict]:
-    from vitscope.analysis.knn import knn_per_block
-    from vitscope.analysis.similarity.compare import store_features
-    from vitscope.viz.per_block import save_metric_per_block
+    from vitscope.analysis.knn import KNNOptions, evaluate
 
     t = opts["tokens"]
-    test, train = ctx.store(0, t), ctx.store(0, t, split="train")
-    y_test = np.asarray(test.labels)[np.asarray(test.valid)]
-    y_train = np.asarray(train.labels)[np.asarray(train.valid)]
-    if (y_test < 0).any() or (y_train < 0).any():
-        raise ValueError("k-NN needs labels on both splits (class folders, a list with labels, or synthetic)")
-    layers = _blocks_of(ctx, 0, opts["blocks"], list(test.layers))
-    ks = sorted(set(opts["k"]))
-    num_classes = opts["num_classes"] or max(len(train.classes), int(y_train.max()) + 1, int(y_test.max()) + 1)
-    rows = knn_per_block(store_features(train, ctx.site, t, layers), y_train,
-                         store_features(test, ctx.site, t, layers), y_test, ks, ctx.label(0), opts["temperature"],
-                         num_classes, normalize=opts["normalize"], count_unvoted=opts["count_unvoted"],
-                         device=ctx.device)
-    fk = 20 if 20 in ks else ks[0]
-    for m in ("top1", "top5"):
-        save_metric_per_block(rows, ctx.out / f"knn_{m}_k{fk}", metric=f"{m}_k{fk}",
-                              title=f"{ctx.label(0)}: k-NN {m}, k={fk} ({len(y_train)} train / {len(y_test)} test)")
-    return _strip(rows)
+    result = evaluate({ctx.label(0): (ctx.store(0, t, split="train"), ctx.store(0, t))}, None,
+                      KNNOptions.from_mapping(opts, site=ctx.site, device=ctx.device))
+    result.save(ctx.out, table=False)
+    return study_rows(result)
 
 
 # ----------------------------------------------------------------------------- retrieval

@@ -29,8 +29,10 @@ import torch
 from vitscope.analysis.similarity.cka import cka_matrix
 from vitscope.analysis.similarity.minibatch import MinibatchCKA
 from vitscope.analysis.similarity.rsa import rsa_matrix
+from vitscope.features.access import (TOKEN_MODES, LazyRows, _cat, common_valid, _merge_short_tail,  # noqa: F401
+                                     _MultiPreprocess, open_store_any, image_batches, layout_for, model_features,
+                                     preprocess_config, reduce_tokens, store_features, store_name)
 
-TOKEN_MODES = ("cls", "mean", "all", "patches")
 DEFAULT_SITE = "hook_resid_post"
 SEED002_SITES = ("ln1.hook_normalized", "ln2.hook_normalized")
 RESIDUAL_HOOKS = {"attn": ("hook_resid_pre", "hook_attn_out"), "mlp": ("hook_resid_mid", "hook_mlp_out")}
@@ -130,144 +132,6 @@ def short_name(hook: str) -> str:
         return m.group(1)
     rest = rest.replace(".hook_normalized", "").replace("hook_", "")
     return f"{m.group(1)}.{rest}"
-
-
-def layout_for(model, hook: str, grid: tuple[int, int] | None = None):
-    """The token layout of the activation at ``hook`` (block i's hooks all see the tokens entering block i)."""
-    m = re.match(r"blocks\.(\d+)\.", hook)
-    if m:
-        return model.token_layout(int(m.group(1)), grid)
-    if hook.startswith("ln_final"):
-        return model.token_layout(model.cfg.depth, grid)
-    if hook in ("hook_full_embed",):
-        return model.token_layout(0, grid)
-    raise ValueError(f"no token layout for {hook!r}: token modes apply to block activations (B, T, D)")
-
-
-def reduce_tokens(acts: torch.Tensor, layout, mode: str) -> torch.Tensor:
-    """(B, T, D) activations -> (B, d) for one token mode (see the module docstring)."""
-    if mode not in TOKEN_MODES:
-        raise ValueError(f"token mode must be one of {TOKEN_MODES}, got {mode!r}")
-    if acts.ndim == 2:
-        if mode in ("cls", "mean"):
-            return acts
-        raise ValueError(f"token mode {mode!r} needs (B, T, D) activations, got (B, D)")
-    if acts.ndim != 3:
-        raise ValueError(f"expected (B, T, D) activations, got shape {tuple(acts.shape)}")
-    if acts.shape[1] != layout.n_tokens:
-        raise ValueError(f"activations have {acts.shape[1]} tokens but the layout expects {layout.n_tokens}")
-    if mode == "cls":
-        return acts[:, layout.index_of("cls")]
-    if mode == "mean":
-        return acts[:, layout.patches].mean(dim=1)
-    if mode == "patches":
-        return acts[:, layout.patches].reshape(acts.shape[0], -1)
-    return acts.reshape(acts.shape[0], -1)
-
-
-def model_features(model, images: torch.Tensor, hooks: Sequence[str], token_mode: str) -> dict[str, torch.Tensor]:
-    """Run ``model`` on a batch and return ``{hook: (B, d)}`` reduced by ``token_mode``."""
-    images = images.to(model.device, model.dtype)
-    grid = (images.shape[-2] // model.cfg.patch_size, images.shape[-1] // model.cfg.patch_size)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(images, names_filter=list(hooks))
-    missing = [h for h in hooks if h not in cache]
-    if missing:
-        raise ValueError(f"hook(s) {missing[:3]} recorded nothing; see model.hook_names")
-    return {h: reduce_tokens(cache[h], layout_for(model, h, grid), token_mode) for h in hooks}
-
-
-# ----------------------------------------------------------------------------- image streams
-class _MultiPreprocess:
-    """Dataset transform that returns one tensor per distinct preprocessing config (picklable)."""
-
-    def __init__(self, cfgs) -> None:
-        from vitscope.models.preprocess import Preprocessor
-
-        self.tfs = [Preprocessor(c) for c in cfgs]
-
-    def __call__(self, img):
-        return tuple(tf(img) for tf in self.tfs)
-
-
-def preprocess_config(model):
-    from vitscope.models.preprocess import PreprocessConfig
-
-    return model.preprocess_cfg or PreprocessConfig(input_size=model.cfg.img_size)
-
-
-def _merge_short_tail(batches: Iterator[tuple], min_size: int) -> Iterator[tuple]:
-    """Yield batches, merging a last batch smaller than ``min_size`` into the one before it."""
-    prev = None
-    for b in batches:
-        if prev is not None and len(b[2]) < min_size:
-            prev = tuple(_cat(p, q) for p, q in zip(prev, b))
-            continue
-        if prev is not None:
-            yield prev
-        prev = b
-    if prev is not None:
-        yield prev
-
-
-def _cat(a, b):
-    if isinstance(a, tuple):
-        return tuple(torch.cat([x, y]) for x, y in zip(a, b))
-    return torch.cat([a, b])
-
-
-def image_batches(models: Sequence[Any], data: Any, batch_size: int = 256, limit: int | None = None,
-                  num_workers: int = 0, progress: bool = False, min_size: int = 4
-                  ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]:
-    """Batches ``([images for each model], labels, indices)`` from a dataset, a tensor or an iterable.
-
-    An :class:`~vitscope.data.ImageDataset` is re-read with each model's own preprocessing (one decode per
-    image); a tensor (N, 3, H, W) or an iterable of tensors / ``(images, labels, ...)`` tuples is used as is
-    by every model. A last batch with fewer than ``min_size`` images is merged into the previous one.
-    """
-    from vitscope.data.datasets import ImageDataset
-
-    def raw() -> Iterator[tuple]:
-        seen = 0
-        if isinstance(data, ImageDataset):
-            cfgs = [preprocess_config(m) for m in models]
-            uniq = list(dict.fromkeys(cfgs))
-            ds = ImageDataset(data.source, transform=_MultiPreprocess(uniq), on_error=data.on_error)
-            if limit is not None:
-                ds = ds.subset(range(min(limit, len(ds))))
-            for images, labels, idx in ds.batches(batch_size=batch_size, num_workers=num_workers,
-                                                  progress=progress):
-                per = [images[uniq.index(c)] for c in cfgs]
-                yield tuple(per), labels, idx
-            data.record_skips(ds.skipped)
-            return
-        if isinstance(data, torch.Tensor):
-            stream = (data[s:s + batch_size] for s in range(0, data.shape[0], batch_size))
-        else:
-            stream = iter(data)
-        for item in stream:
-            if isinstance(item, (tuple, list)):
-                images = item[0]
-                labels = item[1] if len(item) > 1 else torch.full((images.shape[0],), -1)
-            else:
-                images, labels = item, torch.full((item.shape[0],), -1)
-            if limit is not None and seen + images.shape[0] > limit:
-                images, labels = images[:limit - seen], labels[:limit - seen]
-            if images.shape[0] == 0:
-                break
-            idx = torch.arange(seen, seen + images.shape[0])
-            seen += images.shape[0]
-            yield tuple(images for _ in models), torch.as_tensor(labels), idx
-            if limit is not None and seen >= limit:
-                break
-
-    n = 0
-    for images, labels, idx in _merge_short_tail(raw(), min_size):
-        n += 1
-        yield list(images), labels, idx
-    if n == 0:
-        raise ValueError("no usable image: the dataset is empty or every file was skipped as unreadable; check it "
-                         "with `vitscope check-data SPEC`")
 
 
 # ----------------------------------------------------------------------------- from arrays (e.g. a store)
@@ -375,68 +239,13 @@ def residual_cka(acts: Mapping[str, Sequence[Any]], layouts: Sequence[Any], toke
 
 
 # ----------------------------------------------------------------------------- from feature stores
-class LazyRows:
-    """Rows ``mask`` of a lazy array (a store's memmap), read only when converted with ``np.asarray``."""
-
-    def __init__(self, arr: Any, mask: np.ndarray | None) -> None:
-        self.arr, self.mask = arr, mask
-        n = int(mask.sum()) if mask is not None else arr.shape[0]
-        self.shape = (n,) + tuple(arr.shape[1:])
-
-    def __array__(self, dtype=None, copy=None):
-        a = np.asarray(self.arr if self.mask is None else self.arr[self.mask])
-        return a.astype(dtype) if dtype is not None else a
-
-
-def _open_store(store):
-    if isinstance(store, (str, bytes)) or hasattr(store, "__fspath__"):
-        from vitscope.features import open_store
-
-        return open_store(store)
-    return store
-
-
-def store_name(store) -> str:
-    model = getattr(store, "model", {}) or {}
-    return str(model.get("name") or getattr(store, "path", "store"))
-
-
-def _common_valid(stores: Sequence[Any]) -> np.ndarray:
-    """Rows valid in every store; the stores must describe the same samples in the same order."""
-    n = {s.n for s in stores}
-    if len(n) > 1:
-        raise ValueError(f"the feature stores hold different numbers of samples {sorted(n)}; CKA compares the same "
-                         f"images seen by two models, so extract both from the same dataset")
-    ids = [s.ids for s in stores if getattr(s, "ids", None)]
-    if len(ids) > 1 and any(i != ids[0] for i in ids[1:]):
-        raise ValueError("the feature stores hold different samples (their ids differ); extract both from the "
-                         "same dataset in the same order")
-    valid = np.ones(stores[0].n, dtype=bool)
-    for s in stores:
-        valid &= np.asarray(s.valid)
-    return valid
-
-
-def store_features(store, site: str = "resid_post", reduction: str = "cls", layers: Sequence[int] | None = None,
-                   valid: np.ndarray | None = None) -> dict[str, LazyRows]:
-    """``{"<layer>": lazy (n_valid, d) rows}`` for one site and reduction of a feature store (nothing read yet)."""
-    store = _open_store(store)
-    if reduction not in store.reductions:
-        raise ValueError(f"the store at {getattr(store, 'path', '?')} has reductions {store.reductions}, not "
-                         f"{reduction!r}; extract it with --tokens {reduction}")
-    layers = list(store.layers if layers is None else layers)
-    valid = np.asarray(store.valid) if valid is None else valid
-    mask = None if valid.all() else valid
-    return {str(layer): LazyRows(store[site, layer, reduction], mask) for layer in layers}
-
-
 def store_layer_cka(store, store2=None, site: str = "resid_post", reduction: str = "cls",
                     layers: Sequence[int] | None = None, site2: str | None = None,
                     layers2: Sequence[int] | None = None, **kw) -> SimilarityResult:
     """Full-data CKA layer x layer from one feature store, or between two stores of the same images."""
-    s1 = _open_store(store)
-    s2 = None if store2 is None else _open_store(store2)
-    valid = _common_valid([s1] if s2 is None else [s1, s2])
+    s1 = open_store_any(store)
+    s2 = None if store2 is None else open_store_any(store2)
+    valid = common_valid([s1] if s2 is None else [s1, s2])
     f1 = store_features(s1, site, reduction, layers, valid)
     f2 = None if s2 is None else store_features(s2, site2 or site, reduction, layers2, valid)
     res = layer_cka(f1, f2, **kw)
@@ -448,10 +257,10 @@ def store_layer_cka(store, store2=None, site: str = "resid_post", reduction: str
 def store_cross_model_cka(stores: Sequence[Any], site: str = "resid_post", reduction: str = "cls",
                           layer: int = -1, **kw) -> SimilarityResult:
     """CKA between one layer (default the last) of several stores over the same images -> (M, M)."""
-    ss = [_open_store(s) for s in stores]
+    ss = [open_store_any(s) for s in stores]
     if len(ss) < 2:
         raise ValueError("comparing models needs at least two feature stores")
-    valid = _common_valid(ss)
+    valid = common_valid(ss)
     feats = {}
     for s in ss:
         lay = s.layers[layer] if layer < 0 else layer
@@ -466,7 +275,7 @@ def store_cross_model_cka(stores: Sequence[Any], site: str = "resid_post", reduc
 
 def store_layer_rsa(store, site: str = "resid_post", reduction: str = "cls", layers: Sequence[int] | None = None,
                     rdm_method: str = "correlation", compare: str = "spearman") -> SimilarityResult:
-    s = _open_store(store)
+    s = open_store_any(store)
     res = layer_rsa(store_features(s, site, reduction, layers), rdm_method=rdm_method, compare=compare)
     res.meta.update(site=site, token_mode=reduction, models=[store_name(s)])
     return res
@@ -477,7 +286,7 @@ def store_residual_cka(store, token_mode: str = "all", layers: Sequence[int] | N
     from vitscope.models.config import ViTConfig
     from vitscope.models.layout import token_layout
 
-    s = _open_store(store)
+    s = open_store_any(store)
     need = ("resid_pre", "attn_out", "resid_mid", "mlp_out")
     if not set(need) <= set(s.sites) or "all" not in s.reductions:
         raise ValueError(f"residual CKA from a store needs sites {list(need)} with the 'all' reduction; this store "

@@ -11,19 +11,21 @@ KS = (10, 20, 100, 200)
 def knn_rows(ctx, seed: int = 0) -> tuple[list[dict], int, int, str]:
     """k-NN rows of the trained model and its random twin: the evaluation images split in two halves (seeded),
     one half voting for the other. Returns (rows, n_train, n_test, token mode)."""
-    from vitscope.analysis.knn import knn_per_block
+    from vitscope.analysis.knn import KNNOptions, evaluate
+    from vitscope.features.access import FeatureSplit
 
     y = np.asarray(ctx.eval_labels)
     mode = "cls" if ctx.block_features("trained", "cls") else "mean"
     perm = np.random.default_rng(seed).permutation(len(y))
     tr, te = np.sort(perm[len(y) // 2:]), np.sort(perm[: len(y) // 2])
     ks = [k for k in KS if k <= len(tr)] or [len(tr)]
-    rows = []
+    splits = {}
     for who, label in (("trained", ctx.name), ("random", f"{ctx.name} (random)")):
         f = ctx.block_features(who, mode)
-        rows += knn_per_block({b: v[tr] for b, v in f.items()}, y[tr], {b: v[te] for b, v in f.items()}, y[te],
-                              ks, model=label, num_classes=max(len(ctx.classes), int(y.max()) + 1))
-    return rows, len(tr), len(te), mode
+        splits[label] = FeatureSplit({b: v[tr] for b, v in f.items()}, y[tr], {b: v[te] for b, v in f.items()}, y[te])
+    result = evaluate(splits, None, KNNOptions(k=tuple(ks), tokens=mode,
+                                               num_classes=max(len(ctx.classes), int(y.max()) + 1)))
+    return result.table.to_dict("records"), len(tr), len(te), mode
 
 
 @analysis("knn", "k-NN classification per block", needs=("images", "labels"), order=56)
