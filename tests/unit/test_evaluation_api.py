@@ -67,4 +67,4 @@ def test_knn_python_cli_and_study_give_the_same_table(tmp_path):
     assert_same_values(values(api.table), values(rows))
     assert_same_values(values(api.table), values(cli))
     assert set(api.table["temperature"]) == {0.1} and len(api.table) == 6 * 2 * 2
-    assert "best top-1" in api.summary and set(api.figures()) == {"knn_top1_k10", "knn_top5_k10"}
+    assert "best top-1" in api.summary and set(api.figures()) == {"knn_top1_k3", "knn_top5_k3"}   # k = 20, else the first k
