@@ -134,7 +134,8 @@ def plain_spair(model, pairs, size, block, alphas):
 
 def test_evaluate_spair_on_pairs_of_different_sizes_against_a_plain_version(model, pairs):
     alphas = (0.3, 0.1)
-    res = evaluate_spair(model, pairs, blocks=[0, -1], size=48, alphas=alphas, batch_size=1, keep_matches=1)
+    res = evaluate_spair(model, pairs, blocks=[0, -1], size=48, alphas=alphas, batch_size=1, keep_matches=1,
+                         progress=True)
     assert res["size"] == 48 and res["n_pairs"] == 3 and res["n_outside"] == 3
     for b in (0, 1):
         pck, per_cat, counts = plain_spair(model, pairs, 48, b, alphas)

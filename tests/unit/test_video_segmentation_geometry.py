@@ -118,6 +118,20 @@ def test_label_propagation_on_non_square_videos_at_dino_resolution(model, davis)
     assert all(r["model"] == "m" and r["task"] == "davis" and r["resolution"] == "dino" for r in rows)
 
 
+def test_dense_resolution_is_its_parts_composed(model, davis):
+    from vitscope.analysis.video_segmentation import propagate_labels, soft_to_ids
+
+    seq = davis[1]                                                            # 100 x 60
+    res = evaluate_davis(model, [seq], blocks=[1], resolution="dense", tile=16, radius=1, progress=True,
+                         keep_predictions=True)
+    assert res["info"]["tall"] == {"input_size": (48, 32), "grid": (6, 4), "original_size": (100, 60)}
+    x, small, _ = prepare_video(seq.frames(), seq.masks()[0], 8, "dense", tile=16)
+    feats = tiled_features(model, x, [1], tile=16)[1]
+    soft = propagate_labels(feats, small, radius=1)
+    ref = [soft_to_ids(soft[t], 8, (100, 60)) for t in range(1, len(soft))]
+    assert np.array_equal(res["predictions"][1]["tall"][1:], np.stack(ref))
+
+
 def test_prepare_video_sizes_and_masks_on_the_token_grid(davis):
     seq = davis[0]                                                            # 60 x 100
     frames, first = seq.frames(), seq.masks()[0]
