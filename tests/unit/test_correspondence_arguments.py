@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from test_correspondence import reference_match  # noqa: E402  (the full-upsampling reference, one copy)
-from vitscope.analysis.correspondence import (evaluate_spair, letterbox, sample_pairs, spair_rows,
-                                              upsample_matrix)
+from vitscope.analysis.correspondence import (evaluate_spair, letterbox, letterbox_geometry, letterbox_points,
+                                              sample_pairs, spair_rows, threshold_length, upsample_matrix)
 
 
 @dataclass
@@ -43,6 +43,10 @@ def test_letterbox_known_answer():
     assert out.shape == (40, 40, 3)
     assert (out[:10] == 0).all() and (out[30:] == 0).all()
     assert (out[10:30] == (200, 100, 50)).all()
+    # another letterbox side: 500 x 375 -> 100 x 75, 12 black rows above
+    assert letterbox_geometry(500, 375, size=100) == (0.2, (100, 75), (0, 12))
+    np.testing.assert_allclose(letterbox_points([[0, 0], [500, 375]], 500, 375, size=100), [[0, 12], [100, 87]])
+    assert threshold_length([10, 20, 110, 70], 500, 375, size=100) == pytest.approx(20.0)
 
 
 # ----------------------------------------------------------------------------- evaluate_spair vs a plain version
