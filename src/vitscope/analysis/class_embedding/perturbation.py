@@ -23,6 +23,7 @@ from vitscope.analysis.class_embedding.projection import ClassProjection, resolv
 ATTENTION_KINDS = ("none", "self_only", "no_cls")
 TOKEN_KINDS = ("no_context", "no_class")
 TOKEN_SETS = ("patches", "all")
+KEEP_RULES = ("mixed", "vilas2023")
 
 
 def last_block_ranks(model, images: torch.Tensor, labels: torch.Tensor, projection: ClassProjection,
@@ -111,18 +112,31 @@ def attention_perturbation_rows(model, batches: Iterable, kinds: Sequence[str] =
 
 
 def token_drop_rows(model, batches: Iterable, projection: ClassProjection | ClassEmbeddings | None = None,
-                    tokens: str = "patches", model_name: str = "model", progress: bool = False) -> list[dict]:
+                    tokens: str = "patches", model_name: str = "model", progress: bool = False,
+                    keep: str = "mixed") -> list[dict]:
     """vilas2023's token perturbations. ``batches``: ``(images, labels, masks)`` with ``masks`` (B, N_patch) bool
     marking the class-labelled patches (see ``metrics.class_token_masks``).
 
     Rows: "no_context" (only class-labelled patches kept) with its baseline, the unperturbed rank-0 share of the
     class-labelled patches (pooled); "no_class" (only context patches kept) against the unperturbed context
-    patches. Images with no class-labelled or no context patch are left out (``n_images`` says how many count).
+    patches. ``n_images`` says how many images count in each row.
+
+    ``keep``: which images count. "mixed" (default): those with both class-labelled and context patches; an image
+    whose mask marks every patch (or none) is left out of both rows and both baselines, since one of its two
+    perturbations would remove every patch and the other none. "vilas2023": every image, as vilas2023's code: a
+    perturbation that removes every patch runs on the prefix tokens (CLS) alone, one that removes none is the
+    unperturbed model, and the baselines pool the patches of all images. With ``tokens="patches"`` an image left
+    without a patch token has nothing to count and stays out of that row's mean (``tokens="all"`` counts its CLS,
+    as vilas2023's rates do).
     """
     from vitscope.hooks import drop_patches
 
+    if keep not in KEEP_RULES:
+        raise ValueError(f"keep must be one of {KEEP_RULES}, got {keep!r}")
     proj = resolve_projection(model, projection)
     lay = model.token_layout(model.cfg.depth)
+    lay0 = model.token_layout(0)
+    prefix_at_input = lay0.n_tokens - lay0.n_patches                  # tokens left when every patch is dropped
     acc = {k: [0.0, 0] for k in TOKEN_KINDS}                # sum of per-image shares, images
     base = {"no_context": [0, 0], "no_class": [0, 0]}         # pooled rank-0 tokens, tokens
     it = batches
@@ -138,7 +152,7 @@ def token_drop_rows(model, batches: Iterable, projection: ClassProjection | Clas
         if m.shape[1] != lay.n_patches:
             raise ValueError(f"masks have {m.shape[1]} cells per image but the model sees {lay.n_patches} patch "
                              f"tokens ({lay.grid[0]}x{lay.grid[1]}); resize the masks to the token grid")
-        ok = m.any(1) & (~m).any(1)
+        ok = m.any(1) & (~m).any(1) if keep == "mixed" else torch.ones(len(m), dtype=torch.bool)
         if not ok.any():
             continue
         x, y, m = x[ok], y[ok], m[ok]
@@ -151,6 +165,8 @@ def token_drop_rows(model, batches: Iterable, projection: ClassProjection | Clas
         for kind, drop in (("no_context", ~m), ("no_class", m)):
             n_keep = (~drop).sum(1)
             for kept in n_keep.unique().tolist():                                   # same count -> one batch
+                if kept == 0 and (tokens == "patches" or prefix_at_input == 0):
+                    continue                                                        # no token left to count
                 sel = n_keep == kept
                 rr = last_block_ranks(model, x[sel], y[sel], proj, drop_patches(model, drop[sel]))
                 idx = _token_index(model, rr.shape[1], tokens)

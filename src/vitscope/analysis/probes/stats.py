@@ -10,6 +10,19 @@ The tidy results table has the columns ``model, dataset, experiment, probe, laye
   every p-value of the call adjusted together with Benjamini-Hochberg, rejected where adjusted p < alpha.
 - :func:`per_dataset_tests`: per dataset, the run with the highest mean over the models against every other run,
   one-sided paired Wilcoxon over the models, no correction.
+
+Both tests take ``rule``:
+
+- ``"vitscope"`` (default): the test does not depend on the unit of the gains. The differences a - b are freed of
+  the float noise of the subtractions first: a difference within 1e-9 of the pair's largest |gain| is zero, and
+  differences whose sizes lie within that of each other are tied. SciPy then sees the ties and zeros the exact
+  numbers have, so fractions and percentage points give the same p-value (on raw floats SciPy can switch between
+  its exact and its approximate test with the unit). A pair whose differences are all zero has no test: p = NaN,
+  left out of the Benjamini-Hochberg family. (Leaving it out is valid independent filtering: under the null the
+  signs of the differences are independent of their sizes, and an all-zero pair is chosen by its sizes alone.)
+- ``"ciernik2025"``: ciernik2025's notebooks as they run: ``scipy.stats.wilcoxon(a, b, alternative="greater")`` on
+  the numbers x 100 (gains for Figure 2, test balanced top-1 for Table 1), every pair kept; a pair equal on every
+  dataset gets SciPy's p = 1 and stays in the Benjamini-Hochberg family.
 """
 from __future__ import annotations
 
@@ -81,26 +94,68 @@ def gains(table, metric: str = "balanced_top1", split: str = "test", baseline: t
     return pd.DataFrame(out)
 
 
-def _paired(g, key: str, a: str, b: str, over: str):
-    pa = g[g["run"] == a].set_index(over)["gain"]
-    pb = g[g["run"] == b].set_index(over)["gain"]
+def _paired(g, key: str, a: str, b: str, over: str, column: str = "gain"):
+    pa = g[g["run"] == a].set_index(over)[column]
+    pb = g[g["run"] == b].set_index(over)[column]
     common = sorted(set(pa.index) & set(pb.index))
     return pa.loc[common].to_numpy(), pb.loc[common].to_numpy(), common
 
 
-def _wilcoxon_greater(a: np.ndarray, b: np.ndarray) -> float:
+RULES = ("vitscope", "ciernik2025")
+NOISE = 1e-9                      # relative to the pair's largest |gain|: differences closer than this are equal
+
+
+def _check_rule(rule: str) -> str:
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    return rule
+
+
+def denoised_differences(a: np.ndarray, b: np.ndarray, rtol: float = NOISE) -> np.ndarray:
+    """``a - b`` with float noise removed: differences within ``tol = rtol x max(|a|, |b|)`` of zero become 0, and
+    in increasing order of size, a difference whose size lies within ``tol`` of the smallest size of its run takes
+    that size, so that ties and zeros are those of the exact numbers, whatever their unit."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    d = a - b
+    scale = max(float(np.abs(a).max(initial=0.0)), float(np.abs(b).max(initial=0.0)))
+    tol = rtol * scale
+    mag = np.where(np.abs(d) <= tol, 0.0, np.abs(d))
+    order = np.argsort(mag, kind="stable")
+    anchor = None
+    for i in order:
+        if anchor is not None and mag[i] - anchor <= tol:
+            mag[i] = anchor
+        else:
+            anchor = mag[i]
+    return np.sign(d) * mag
+
+
+def _wilcoxon_greater(a: np.ndarray, b: np.ndarray, rule: str = "vitscope") -> float:
+    """One-sided paired Wilcoxon signed-rank p-value for a > b under ``rule`` (see the module docstring)."""
     from scipy.stats import wilcoxon
 
-    if len(a) == 0 or np.allclose(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) == 0:
         return float("nan")
-    return float(wilcoxon(a, b, alternative="greater").pvalue)
+    if rule == "ciernik2025":
+        if np.array_equal(a, b):
+            return 1.0                                    # what SciPy returns there (with a warning)
+        return float(wilcoxon(a, b, alternative="greater").pvalue)
+    d = denoised_differences(a, b)
+    if not d.any():
+        return float("nan")
+    return float(wilcoxon(d, alternative="greater").pvalue)
 
 
 def wilcoxon_over_datasets(gain_table, pairs: Sequence[tuple[str, str]] = FIGURE2_PAIRS, alpha: float = 0.05,
-                           models: Sequence[str] | None = None):
-    """Figure 2's tests: per model and pair (a, b), is a's gain greater than b's over the datasets?"""
+                           models: Sequence[str] | None = None, rule: str = "vitscope"):
+    """Figure 2's tests: per model and pair (a, b), is a's gain greater than b's over the datasets? ``rule``:
+    "vitscope" (unit-independent, untestable pairs left out of the correction) or "ciernik2025" (the paper's
+    notebook: gains x 100, every pair corrected); see the module docstring."""
     import pandas as pd
 
+    _check_rule(rule)
+    unit = 100.0 if rule == "ciernik2025" else 1.0
     g = gain_table
     rows = []
     for model in (models or sorted(g["model"].unique())):
@@ -110,7 +165,7 @@ def wilcoxon_over_datasets(gain_table, pairs: Sequence[tuple[str, str]] = FIGURE
             if len(ds) == 0:
                 continue
             rows.append({"model": model, "a": a, "b": b, "n_datasets": len(ds), "mean_gain_a": float(va.mean()),
-                         "mean_gain_b": float(vb.mean()), "p": _wilcoxon_greater(va, vb)})
+                         "mean_gain_b": float(vb.mean()), "p": _wilcoxon_greater(va * unit, vb * unit, rule)})
     df = pd.DataFrame(rows)
     if df.empty:
         raise ValueError(f"none of the pairs {list(pairs)} has runs on common datasets in the table")
@@ -121,19 +176,22 @@ def wilcoxon_over_datasets(gain_table, pairs: Sequence[tuple[str, str]] = FIGURE
     return df
 
 
-def per_dataset_tests(gain_table, alpha: float = 0.05, runs: Sequence[str] | None = None):
+def per_dataset_tests(gain_table, alpha: float = 0.05, runs: Sequence[str] | None = None, rule: str = "vitscope"):
     """Table 1's tests: per dataset, the run with the highest mean gain over models vs every other run (paired over
-    models, one-sided Wilcoxon, no correction)."""
+    models, one-sided Wilcoxon, no correction). ``rule="ciernik2025"``: the paper's notebook, on the test values
+    x 100 (the same test as on the gains, up to float noise); see the module docstring."""
     import pandas as pd
 
+    _check_rule(rule)
+    column, unit = ("value", 100.0) if rule == "ciernik2025" else ("gain", 1.0)
     g = gain_table if runs is None else gain_table[gain_table["run"].isin(runs)]
     rows = []
     for dataset, gd in g.groupby("dataset", sort=True):
         means = gd.groupby("run")["gain"].mean()
-        best = str(means.idxmax())
+        best = str(gd.groupby("run")[column].mean().idxmax()) if rule == "ciernik2025" else str(means.idxmax())
         for other in sorted(set(means.index) - {best}):
-            va, vb, ms = _paired(gd, "dataset", best, other, "model")
-            p = _wilcoxon_greater(va, vb) if len(ms) else float("nan")
+            va, vb, ms = _paired(gd, "dataset", best, other, "model", column)
+            p = _wilcoxon_greater(va * unit, vb * unit, rule) if len(ms) else float("nan")
             rows.append({"dataset": dataset, "best": best, "other": other, "n_models": len(ms),
                          "mean_best": float(means[best]), "mean_other": float(means[other]), "p": p,
                          "significant": bool(p < alpha) if p == p else False})

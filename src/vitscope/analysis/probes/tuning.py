@@ -4,7 +4,8 @@ a separate search and the one with the best validation score is kept.
 
 The grid (and, for linear probes, every layer) trains as one batched computation (``batched.py``). A configuration
 replaces the best only when strictly better, so ties keep the earlier one (lr outer 0.1, 0.01, 0.001; weight decay
-inner, ascending). Validation features are jittered like the training features by default, as in the seed (its
+inner, ascending); when every validation score is 0 that is the first configuration (ciernik2025's code then keeps
+its starting values lr = 0, weight decay = 0, i.e. an untrained probe). Validation features are jittered like the training features by default, as in the seed (its
 validation split is a subset of the jittered training set); ``jitter_val=False`` scores them clean.
 """
 from __future__ import annotations
