@@ -237,7 +237,7 @@ def store_cluster_scores(store, site: str = "resid_post", reduction: str = "cls"
                          n_init: int = DEFAULT_N_INIT, progress: bool = False
                          ) -> tuple[dict[str, np.ndarray], list[int]]:
     """Per-layer k-means scores from a feature store and its labels (skipped samples left out)."""
-    from vitscope.analysis.similarity.compare import open_store_any, store_features
+    from vitscope.features.access import open_store_any, store_features
 
     s = open_store_any(store)
     valid = np.asarray(s.valid)
@@ -294,7 +294,8 @@ def model_object_features(model, data, level: str = "object", hooks: Sequence[st
     """Mask-weighted patch-token averages per ground-truth object / part, at every hook -> ({hook: (K, D)}, (K,))."""
     import torch
 
-    from vitscope.analysis.similarity.compare import block_hooks, image_batches, layout_for, preprocess_config
+    from vitscope.analysis.similarity.compare import block_hooks
+    from vitscope.features.access import image_batches, layout_for, preprocess_config
 
     hooks = list(hooks or block_hooks(model.cfg.depth))
     cfg = preprocess_config(model)

@@ -245,8 +245,7 @@ def image_descriptors(models: Mapping[str, Any], images: Sequence[Any], blocks: 
     scales 1, 1/sqrt 2 and 1/2 (ranking L2-normalises it)."""
     import torch
 
-    from vitscope.analysis.block_features import forward_block_features
-    from vitscope.analysis.similarity.compare import preprocess_config
+    from vitscope.features.access import forward_block_features, preprocess_config
 
     names = list(models)
     sizes = {n: imsize.get(n) if isinstance(imsize, Mapping) else imsize for n in names}

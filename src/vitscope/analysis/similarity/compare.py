@@ -19,7 +19,7 @@ all tokens, on the ``ln1`` / ``ln2`` outputs of every block.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +29,9 @@ import torch
 from vitscope.analysis.similarity.cka import cka_matrix
 from vitscope.analysis.similarity.minibatch import MinibatchCKA
 from vitscope.analysis.similarity.rsa import rsa_matrix
-from vitscope.features.access import (TOKEN_MODES, LazyRows, _cat, common_valid, _merge_short_tail,  # noqa: F401
-                                     _MultiPreprocess, open_store_any, image_batches, layout_for, model_features,
-                                     preprocess_config, reduce_tokens, store_features, store_name)
+from vitscope.features.access import (LazyRows, common_valid, image_batches, model_features, open_store_any,
+                                      reduce_tokens, store_features, store_name)
+from vitscope.features.access import preprocess_config  # noqa: F401  (old import path, kept for callers)
 
 DEFAULT_SITE = "hook_resid_post"
 SEED002_SITES = ("ln1.hook_normalized", "ln2.hook_normalized")
@@ -439,9 +439,8 @@ def stream_layer_rsa(model, data, hooks: Sequence[str] | None = None, token_mode
 
 
 __all__ = [
-    "LazyRows", "MLP_SKIPS", "PRESETS", "RESIDUAL_HOOKS", "ResidualResult", "SEED002_SITES", "SimilarityResult",
-    "TOKEN_MODES", "block_hooks", "collect_features", "cross_model_cka", "image_batches", "layer_cka", "layer_rsa",
-    "layout_for", "model_features", "norm_ratios", "preset_options", "reduce_tokens", "residual_cka",
+    "MLP_SKIPS", "PRESETS", "RESIDUAL_HOOKS", "ResidualResult", "SEED002_SITES", "SimilarityResult",
+    "block_hooks", "collect_features", "cross_model_cka", "layer_cka", "layer_rsa", "norm_ratios", "preset_options", "reduce_tokens", "residual_cka",
     "residual_hooks", "short_name", "store_cross_model_cka", "store_features", "store_layer_cka", "store_layer_rsa",
     "store_residual_cka", "stream_cross_model_cka", "stream_layer_cka", "stream_layer_rsa", "stream_residual_cka",
 ]
