@@ -202,3 +202,21 @@ def default_data(model_names, data: str | None, quiet: bool = False) -> str | No
         typer.echo("note: no --data; using builtin:demo, the synthetic benchmark the demo models were trained on",
                    err=True)
     return "builtin:demo"
+
+
+# ----------------------------------------------------------------------------- shared by the evaluation commands
+BLOCKS_HELP = "Blocks: all, '0,3,-1' or '4:8' (end excluded; negatives count from the end)."
+SEED_HELP = "Seed of the random-weight twins (--random / --with-random): the same seed, the same twin everywhere."
+WITH_RANDOM_HELP = "Also run a random-weight twin of every model (seeded by --seed; dashed in the figures)."
+LIMIT_HELP = "Use at most this many images."
+
+
+def echo_skips(skipped, out: Path, quiet: bool = False) -> None:
+    """Write ``out/skipped.csv`` and print the one-line summary when an analysis skipped unreadable files."""
+    if not skipped:
+        return
+    from vitscope.data.skip import skip_summary, write_skip_report
+
+    path = write_skip_report(skipped, Path(out) / "skipped.csv")
+    if not quiet:
+        typer.echo(skip_summary(skipped, report=path), err=True)

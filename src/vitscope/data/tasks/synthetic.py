@@ -21,6 +21,12 @@ SYNTH_TASK_OPTIONS = {"davis": ("videos", "frames"), "spair": ("pairs",), "revis
 SUBFOLDER = {"davis": "davis", "spair": "spair", "revisited": "revisited/rsynth"}
 
 
+def default_cache() -> Path:
+    """Where synthetic task roots given to the Python API are written: ``$VITSCOPE_CACHE/tasks`` (default
+    ``~/.cache/vitscope/tasks``). Commands write them into their output folder, studies into the study folder."""
+    return Path(os.environ.get("VITSCOPE_CACHE", "~/.cache/vitscope")).expanduser() / "tasks"
+
+
 def is_synthetic(value) -> bool:
     return isinstance(value, str) and (value == "synthetic" or value.startswith("synthetic:"))
 
