@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from vitscope.cli.common import (BLOCKS_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP,
-                                 SEED_HELP, WITH_RANDOM_HELP, locks_out)
+                                 SEED_HELP, WITH_RANDOM_HELP, cli_options, locks_out)
 
 
 @locks_out("vitscope davis")
@@ -52,9 +52,10 @@ def davis_cmd(
     from vitscope.viz.save import save_json
 
     fmts = parse_formats(formats)
-    opts = DavisOptions(blocks=blocks, split=split, sequences=sequences, limit=limit, resolution=resolution,
-                        short_side=short_side, upscale=upscale, tile=tile, n_last=n_last, radius=radius, topk=topk,
-                        temperature=temperature, batch_size=batch_size, device=device, progress=not quiet)
+    opts = cli_options(DavisOptions, blocks=blocks, split=split, sequences=sequences, limit=limit,
+                       resolution=resolution, short_side=short_side, upscale=upscale, tile=tile, n_last=n_last,
+                       radius=radius, topk=topk, temperature=temperature, batch_size=batch_size, device=device,
+                       progress=not quiet)
     folder = task_root(root, "davis", Path(out) / "data")
     davis_sequences(folder, opts)                                   # a bad folder or selection fails before loading
     models = load_models(model_names, random, device, seed=seed, with_random=with_random)

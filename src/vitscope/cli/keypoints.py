@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from vitscope.cli.common import (BLOCKS_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP,
-                                 WITH_RANDOM_HELP, locks_out)
+                                 WITH_RANDOM_HELP, cli_options, locks_out)
 
 
 @locks_out("vitscope keypoints")
@@ -45,9 +45,9 @@ def keypoints_cmd(
     from vitscope.viz.save import save_json
 
     fmts = parse_formats(formats)
-    opts = KeypointsOptions(blocks=blocks, split=split, pairs_per_category=pairs_per_category, seed=seed,
-                            with_replacement=with_replacement, size=size, batch_size=batch_size, device=device,
-                            progress=not quiet)
+    opts = cli_options(KeypointsOptions, blocks=blocks, split=split, pairs_per_category=pairs_per_category,
+                       seed=seed, with_replacement=with_replacement, size=size, batch_size=batch_size, device=device,
+                       progress=not quiet)
     folder = task_root(root, "spair", Path(out) / "data")
     spair_sample(folder, opts)                                      # a bad folder or split fails before loading
     models = load_models(model_names, random, device, seed=model_seed, with_random=with_random)

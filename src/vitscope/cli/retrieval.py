@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 
 from vitscope.cli.common import (BLOCKS_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP,
-                                 SEED_HELP, WITH_RANDOM_HELP, echo_skips, locks_out)
+                                 SEED_HELP, WITH_RANDOM_HELP, cli_options, echo_skips, locks_out)
 from vitscope.data.tasks.revisited import revisited_loaders  # noqa: F401  (its old import path)
 
 
@@ -55,9 +55,9 @@ def retrieval_cmd(
     from vitscope.data.tasks.synthetic import task_root
 
     fmts = parse_formats(formats)
-    opts = RetrievalOptions(tokens=tokens, protocols=protocols, imsize=imsize, preprocess=preprocess,
-                            multiscale=multiscale, crop=not no_crop, blocks=blocks, batch_size=batch_size,
-                            name=name, site=site, device=device, progress=not quiet)
+    opts = cli_options(RetrievalOptions, tokens=tokens, protocols=protocols, imsize=imsize, preprocess=preprocess,
+                       multiscale=multiscale, crop=not no_crop, blocks=blocks, batch_size=batch_size, name=name,
+                       site=site, device=device, progress=not quiet)
     gt = open_revisited(task_root(root, "revisited", Path(out) / "data"), name)
     names, stores = list(model_names or []), (list(db_store or []), list(query_store or []))
     if stores[0] or stores[1]:
