@@ -58,7 +58,7 @@ def retrieval_cmd(
     opts = cli_options(RetrievalOptions, tokens=tokens, protocols=protocols, imsize=imsize, preprocess=preprocess,
                        multiscale=multiscale, crop=not no_crop, blocks=blocks, batch_size=batch_size, name=name,
                        site=site, device=device, progress=not quiet)
-    gt = open_revisited(task_root(root, "revisited", Path(out) / "data"), name)
+    gt = cli_options(open_revisited, task_root(root, "revisited", Path(out) / "data"), name)
     names, stores = list(model_names or []), (list(db_store or []), list(query_store or []))
     if stores[0] or stores[1]:
         if names:
