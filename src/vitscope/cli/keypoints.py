@@ -17,7 +17,8 @@ def keypoints_cmd(
     root: str = typer.Option(..., "--spair", help="SPair-71k folder (JPEGImages/, PairAnnotation/, Layout/), or "
                                                   "synthetic[:pairs=N,...] (written into --out/data)."),
     random: bool = typer.Option(False, "--random", help=RANDOM_HELP + " Applies to every --model."),
-    with_random: bool = typer.Option(False, "--with-random", help=WITH_RANDOM_HELP),
+    with_random: bool = typer.Option(False, "--with-random", help=WITH_RANDOM_HELP.replace("--seed",
+                                                                                           "--model-seed")),
     model_seed: int = typer.Option(0, "--model-seed", help="Seed of the random-weight twins (--seed draws the "
                                                            "pairs here)."),
     blocks: str = typer.Option("all", "--blocks", help=BLOCKS_HELP),
