@@ -12,10 +12,12 @@ walmer2023 ran scikit-learn's KMeans with its defaults of the time (k-means++, `
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from vitscope.analysis.api import OptionError, Options, Result, tidy_table
 from vitscope.analysis.similarity.cka import as_features
 
 DEFAULT_K = 50            # walmer2023, image-level clustering (ImageNet-50)
@@ -237,7 +239,7 @@ def store_cluster_scores(store, site: str = "resid_post", reduction: str = "cls"
                          n_init: int = DEFAULT_N_INIT, progress: bool = False
                          ) -> tuple[dict[str, np.ndarray], list[int]]:
     """Per-layer k-means scores from a feature store and its labels (skipped samples left out)."""
-    from vitscope.analysis.similarity.compare import open_store_any, store_features
+    from vitscope.features.access import open_store_any, store_features
 
     s = open_store_any(store)
     valid = np.asarray(s.valid)
@@ -294,7 +296,8 @@ def model_object_features(model, data, level: str = "object", hooks: Sequence[st
     """Mask-weighted patch-token averages per ground-truth object / part, at every hook -> ({hook: (K, D)}, (K,))."""
     import torch
 
-    from vitscope.analysis.similarity.compare import block_hooks, image_batches, layout_for, preprocess_config
+    from vitscope.analysis.similarity.compare import block_hooks
+    from vitscope.features.access import image_batches, layout_for, preprocess_config
 
     hooks = list(hooks or block_hooks(model.cfg.depth))
     cfg = preprocess_config(model)
@@ -335,3 +338,124 @@ def model_dense_cluster_scores(model, data, level: str = "object", hooks: Sequen
     hooks = list(hooks or block_hooks(model.cfg.depth))
     feats, labels = model_object_features(model, data, level, hooks, resample, batch_size, limit, progress)
     return dense_cluster_scores([feats[h] for h in hooks], labels, k, seed, n_init, progress), hooks
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+@dataclass
+class ClusterOptions(Options):
+    """Options of :func:`evaluate` (``vitscope cluster``, the study analysis ``cluster``)."""
+
+    tokens: str = "cls"                      # cls or mean (of the patch tokens)
+    k: int | None = None                     # clusters; default walmer2023's: 50 (images), 80 (objects / parts)
+    seed: int = DEFAULT_SEED                 # k-means random_state (walmer2023: 0)
+    n_init: int = DEFAULT_N_INIT             # k-means restarts
+    dense: str | None = None                 # object or part: cluster mask-pooled object / part features
+    resample: str = "bicubic"                # dense: mask to token grid, bicubic (walmer2023) or area
+    sites: tuple[str, ...] = ("resid_post",)  # block sites read from models
+    site: str = "resid_post"                 # feature-store site read (stores)
+    batch_size: int = 64
+    limit: int | None = None                 # at most this many images
+    device: str | None = None
+    progress: bool = False
+
+    def validate(self) -> None:
+        from vitscope.analysis.similarity.compare import site_hooks
+
+        self.check_choice("tokens", ("cls", "mean"))
+        self.check_int("k", optional=True)
+        self.check_int("seed", minimum=0)
+        self.check_int("n_init")
+        if self.dense is not None:
+            self.check_choice("dense", ("object", "part"))
+        self.check_choice("resample", ("bicubic", "area"))
+        self.sites = tuple(self.sites.split(",")) if isinstance(self.sites, str) else tuple(self.sites)
+        try:
+            site_hooks(self.sites)
+        except ValueError as e:
+            raise OptionError("sites", str(e)) from None
+        self.check_int("batch_size")
+        self.check_int("limit", optional=True)
+
+    @property
+    def clusters(self) -> int:
+        return self.k or (DEFAULT_DENSE_K if self.dense else DEFAULT_K)
+
+
+def evaluate(models_or_stores, data=None, options: ClusterOptions | None = None, **overrides) -> Result:
+    """k-means per block scored against the labels by NMI, ARI and purity (walmer2023), per model.
+
+    Args:
+        models_or_stores: ``{label: HookedViT}`` (or one model / a list), feature stores with labels (paths or
+            opened stores; a list or ``{label: store}``), or features in memory ``{label: {block: (n, d)}}``.
+        data: with models, a labelled dataset (spec string or ``ImageDataset``; with ``dense``, one whose images
+            carry object / part masks: the synthetic benchmark, COCO, PartImageNet); with features, their labels.
+        options: :class:`ClusterOptions` (keyword overrides are applied on top).
+
+    The table has one row per model x block x metric (``nmi``, ``ari``, ``purity``).
+    """
+    from vitscope.analysis.similarity.compare import (PanelResult, block_hooks, data_label, hook_block, n_images,
+                                                      similarity_inputs, site_hooks, token_hooks)
+    from vitscope.features.access import open_dataset_any
+
+    opts = (options or ClusterOptions()).replace(**overrides) if overrides else (options or ClusterOptions())
+    k = opts.clusters
+    kind, items = similarity_inputs(models_or_stores)
+    scores, where, notes = {}, {}, []
+    n, label_of_data = None, data_label(data)
+    if kind == "stores":
+        if opts.dense:
+            raise OptionError("dense", "`dense` needs the images and their masks: run it on models with data")
+        for name, st in items.items():
+            scores[name], layers = store_cluster_scores(st, opts.site, opts.tokens, None, k, opts.seed, opts.n_init,
+                                                        opts.progress)
+            where[name] = [(int(layer), None) for layer in layers]
+        first = next(iter(items.values()))
+        n, label_of_data = int(np.asarray(first.valid).sum()), data_label(first)
+    elif kind == "features":
+        labels = _labels(data, "labels (the data of in-memory features)")
+        for name, f in items.items():
+            scores[name] = blockwise_cluster_scores(list(f.values()), labels, k, opts.seed, opts.n_init)
+            where[name] = [hook_block(b) for b in f]
+        n = labels.size
+    else:
+        if data is None:
+            raise ValueError("clustering models needs labelled images: data (a dataset spec or ImageDataset)")
+        ds = open_dataset_any(data)
+        for name, m in items.items():
+            if opts.dense:
+                hooks = block_hooks(m.cfg.depth, site_hooks(opts.sites))
+                scores[name], _ = model_dense_cluster_scores(m, ds, opts.dense, hooks, k, opts.seed, opts.n_init,
+                                                             opts.resample, opts.batch_size, opts.limit,
+                                                             opts.progress)
+            else:
+                hooks, note = token_hooks(m, opts.tokens, opts.sites)
+                notes += [note] if note and note not in notes else []
+                scores[name], _ = model_cluster_scores(m, ds, opts.tokens, hooks, k, opts.seed, opts.n_init,
+                                                       opts.batch_size, opts.limit, opts.progress)
+            where[name] = [hook_block(h) for h in hooks]
+        n, label_of_data = n_images(ds, opts.limit), label_of_data or data_label(ds)
+    rows = [{"model": name, "block": b, "site": site, "metric": met, "value": float(sc[met][i])}
+            for name, sc in scores.items() for i, (b, site) in enumerate(where[name]) for met in METRICS]
+    for r in rows:
+        if r["site"] is None:
+            del r["site"]
+    table = tidy_table(rows, "cluster", opts, dataset=label_of_data)
+    best = {name: (where[name][int(sc["nmi"].argmax())][0], float(sc["nmi"].max())) for name, sc in scores.items()}
+    top = max(best, key=lambda name: best[name][1])
+    what = f"{opts.dense} features" if opts.dense else f"{opts.tokens} tokens"
+    summary = (f"k-means (k={k}) on the {what} of {len(scores)} model(s){f', {n} images' if n else ''}: best NMI "
+               f"{best[top][1]:.3f} ({top}, block {best[top][0]})")
+    return PanelResult("cluster", table, summary, opts, panels=_panels,
+                       arrays={"scores": scores, "blocks": {m: [b for b, _ in w] for m, w in where.items()}},
+                       meta={"k": k, "best": best, "notes": notes, "n_images": n, "data": label_of_data})
+
+
+def _panels(result) -> dict:
+    """One figure: NMI, ARI and purity per block, one line per model (the model's own block numbers)."""
+    o, m = result.options, result.meta
+    blocks = {name: b for name, b in result.arrays["blocks"].items() if len(set(b)) == len(b)}
+    what = f"{o.dense} clustering" if o.dense else f"{o.tokens} clustering"
+    kw = dict(title=f"{what} (k={m['k']})", blocks=blocks or None, data=m["data"], n_images=m["n_images"],
+              tokens=None if o.dense else o.tokens,
+              meta=dict(k=m["k"], seed=o.seed, n_init=o.n_init, tokens=o.tokens, dense=o.dense))
+    return {f"cluster_{o.dense or o.tokens}": ("curves", result.arrays["scores"], kw)}

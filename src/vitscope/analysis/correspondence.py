@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from vitscope.analysis.api import OptionError, Options, Result, tidy_table
 
 ALPHAS = (0.1, 0.05, 0.01)
 
@@ -213,3 +216,108 @@ def spair_rows(result: dict, model_name: str, **options) -> list[dict]:
     """Tidy rows (model, block, task, metric, value, options...) of :func:`evaluate_spair`."""
     return [{"model": model_name, "block": int(b), "task": "spair", "metric": f"pck@{a:g}", "value": float(v),
              **options} for b, d in result["pck"].items() for a, v in d.items()]
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+SPLITS = ("test", "val", "trn")
+
+
+@dataclass
+class KeypointsOptions(Options):
+    """Options of :func:`evaluate` (``vitscope keypoints``, the study analysis ``keypoints``)."""
+
+    blocks: str = "all"                      # all, "0,3,-1" or "4:8"
+    split: str = "test"                      # SPair pair split: test, val or trn
+    pairs_per_category: int = 20             # pairs drawn per category (0: every pair)
+    seed: int = 42                           # seed of the pair sample
+    with_replacement: bool = False           # draw with replacement (walmer2023's sample)
+    size: int | None = None                  # letterbox side; default: the model's input size
+    batch_size: int = 16                     # images per forward pass
+    keep_matches: int = 4                    # pairs whose predictions are kept for the figure
+    device: str | None = None
+    progress: bool = False
+
+    def validate(self) -> None:
+        self.check_blocks("blocks")
+        self.check_choice("split", SPLITS)
+        self.check_int("pairs_per_category", minimum=0)
+        self.check_int("seed", minimum=0)
+        self.check_int("size", minimum=8, optional=True)
+        self.check_int("batch_size")
+        self.check_int("keep_matches", minimum=0)
+
+
+def spair_sample(data, opts: KeypointsOptions) -> tuple[list, str | None]:
+    """(pairs, description of the set): ``data`` an SPair-71k folder or ``synthetic[:pairs=N,...]`` (read with
+    ``opts.split``), a loaded :class:`~vitscope.data.tasks.SPair` or a list of pairs; sampled by
+    :func:`sample_pairs` with ``opts.pairs_per_category`` (0: every pair), ``opts.seed``, ``opts.with_replacement``."""
+    from vitscope.data.tasks import load_spair
+
+    if data is None:
+        raise ValueError("keypoint transfer needs an SPair-71k folder (JPEGImages/, PairAnnotation/, Layout/) or "
+                         "synthetic[:pairs=N]")
+    if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
+        from vitscope.data.tasks.synthetic import default_cache, task_root
+
+        data = load_spair(task_root(data, "spair", default_cache()), split=opts.split)
+    pairs = sample_pairs(data, opts.pairs_per_category or None, opts.seed, opts.with_replacement)
+    if not pairs:
+        raise ValueError(f"no SPair pairs to evaluate in {getattr(data, 'description', 'the data given')}")
+    return pairs, getattr(data, "description", None)
+
+
+def evaluate(models, data, options: KeypointsOptions | None = None, **overrides) -> Result:
+    """SPair-71k keypoint transfer PCK@0.1 / 0.05 / 0.01 (in %) of every block's patch tokens, walmer2023's
+    protocol, per model.
+
+    Args:
+        models: ``{label: HookedViT}`` (or one model / a list).
+        data: see :func:`spair_sample`.
+        options: :class:`KeypointsOptions` (keyword overrides are applied on top).
+
+    The table has one row per model x block x threshold; ``result.arrays["categories"]`` the PCK per category.
+    """
+    from vitscope.analysis.knn import _as_pairs
+
+    opts = (options or KeypointsOptions()).replace(**overrides) if overrides else (options or KeypointsOptions())
+    kind, items = _as_pairs(models)
+    if kind != "models":
+        raise ValueError("keypoint transfer runs models over the images (no feature stores)")
+    for label, model in items.items():
+        size, p = int(opts.size or model.cfg.img_size[0]), model.cfg.patch_size
+        if size % p:
+            raise OptionError("size", f"`size` must be a multiple of {label}'s patch size {p}, got {size}")
+    pairs, desc = spair_sample(data, opts)
+    rows, cats, matches = [], [], {}
+    for label, model in items.items():
+        res = evaluate_spair(model, pairs, opts.blocks, size=opts.size, batch_size=opts.batch_size,
+                             progress=opts.progress, keep_matches=opts.keep_matches)
+        rows += spair_rows(res, label, size=res["size"], pairs=len(pairs), seed=opts.seed,
+                           with_replacement=opts.with_replacement)
+        cats += [{"model": label, "block": b, "category": c, "metric": f"pck@{a:g}", "value": v}
+                 for b, d in res["per_category"].items() for c, av in d.items() for a, v in av.items()]
+        matches[label] = (max(res["pck"]), res["matches"], res["n_outside"])
+    table = tidy_table(rows, "keypoints", opts, dataset=desc)
+    best = max((r for r in rows if r["metric"] == "pck@0.1"), key=lambda r: r["value"])
+    summary = (f"SPair PCK@0.1 of {len(items)} model(s) on {len(pairs)} pair(s): best {best['value']:.1f}% "
+               f"({best['model']}, block {best['block']})")
+    return Result("keypoints", table, summary, opts, draw=_draw, arrays={"categories": cats, "matches": matches},
+                  meta={"pairs": [p.name for p in pairs]})
+
+
+def _draw(result: Result) -> dict:
+    """PCK per block at each threshold (dashed: random twins), and each model's predicted matches at its last
+    block (source keypoints, target ground truth and predictions)."""
+    from vitscope.runtime import slug
+    from vitscope.viz.downstream_dense import plot_keypoint_matches
+    from vitscope.viz.per_block import plot_metric_per_block
+
+    n, out = len(result.meta["pairs"]), {}
+    for metric in sorted(set(result.table["metric"])):
+        shown = result.table[result.table["metric"] == metric]
+        out[f"keypoints_{slug(metric)}"] = (plot_metric_per_block(
+            shown, title=f"SPair keypoint transfer, {n} pairs", ylabel=f"PCK ({metric}, %)"), shown)
+    for label, (block, kept, _) in result.arrays["matches"].items():
+        if kept:
+            out[f"matches_{slug(label)}"] = plot_keypoint_matches(kept, title=f"{label}, block {block}")
+    return out

@@ -15,7 +15,7 @@ SITE = "hook_resid_post"
 def resolve_blocks(model, blocks: Sequence[int] | str | None) -> list[int]:
     """``None`` / ``"all"``: every block; else the listed blocks (negative counts from the end), checked. Patch
     tokens exist at every block, so this is the shared resolver with ``tokens="mean"``."""
-    from vitscope.analysis.block_features import resolve_blocks as resolve
+    from vitscope.features.access import resolve_blocks as resolve
 
     out = resolve(model, blocks, tokens="mean")
     if not out:

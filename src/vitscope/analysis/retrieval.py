@@ -23,9 +23,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from vitscope.analysis.api import Options, OptionError, Result, tidy_table
+from vitscope.data.tasks.revisited import crop_to_box  # noqa: F401  (queries cropped to their box)
+from vitscope.features.access import TOKENS
 
 PROTOCOLS = ("easy", "medium", "hard")
 KAPPAS = (1, 5, 10)
@@ -147,9 +152,15 @@ def rank_database(db_feats, query_feats, normalize: bool = True, device=None):
 
 
 def retrieval_scores(db_feats, query_feats, gnd, protocols: Sequence[str] = PROTOCOLS,
-                     kappas: Sequence[int] = KAPPAS) -> dict[str, dict[str, float]]:
-    """``{protocol: {"mAP": %, "mP@1": %, ...}}`` (percent, as DINO and revisitop print them)."""
+                     kappas: Sequence[int] = KAPPAS, db_ids: Sequence[int] | None = None
+                     ) -> dict[str, dict[str, float]]:
+    """``{protocol: {"mAP": %, "mP@1": %, ...}}`` (percent, as DINO and revisitop print them).
+
+    ``db_ids``: the database index (in ``gnd``'s numbering) of each row of ``db_feats`` when some database images
+    are left out (unreadable files): a positive that is left out counts as never retrieved."""
     ranks = rank_database(db_feats, query_feats)
+    if db_ids is not None:
+        ranks = np.asarray(db_ids, dtype=np.int64)[ranks]
     out = {}
     for p in protocols:
         aps, prs = revisited_per_query(ranks, gnd, p, kappas)
@@ -164,14 +175,14 @@ def retrieval_scores(db_feats, query_feats, gnd, protocols: Sequence[str] = PROT
 
 def retrieval_per_block(db: Mapping[Any, Any], queries: Mapping[Any, Any], gnd, model: str = "model",
                         protocols: Sequence[str] = PROTOCOLS, kappas: Sequence[int] = KAPPAS,
-                        **options) -> list[dict[str, Any]]:
+                        db_ids: Sequence[int] | None = None, **options) -> list[dict[str, Any]]:
     """Tidy rows ``model, block, task, metric, value (percent), protocol`` + ``options`` for every block;
-    ``metric`` is ``mAP_<protocol>`` or ``mP@<k>_<protocol>``."""
+    ``metric`` is ``mAP_<protocol>`` or ``mP@<k>_<protocol>``. ``db_ids``: see :func:`retrieval_scores`."""
     if set(db) != set(queries):
         raise ValueError(f"db and queries must hold the same blocks; db {list(db)}, queries {list(queries)}")
     rows = []
     for b in db:
-        res = retrieval_scores(db[b], queries[b], gnd, protocols, kappas)
+        res = retrieval_scores(db[b], queries[b], gnd, protocols, kappas, db_ids)
         for p, r in res.items():
             for m, v in r.items():
                 if m == "n_queries":
@@ -183,14 +194,6 @@ def retrieval_per_block(db: Mapping[Any, Any], queries: Mapping[Any, Any], gnd, 
 
 
 # ----------------------------------------------------------------------------- descriptors
-def crop_to_box(img, bbx):
-    """A query image cropped to its box (x0, y0, x1, y1), rounded to whole pixels; unchanged without a box."""
-    b = np.asarray(bbx if bbx is not None else [], dtype=np.float64).reshape(-1)
-    if len(b) != 4 or not np.isfinite(b).all():
-        return img
-    return img.crop(tuple(int(round(v)) for v in b))
-
-
 def prepare_image(img, pcfg, patch: int, imsize: int | None = None, preprocess: str = "thumbnail"):
     """PIL image -> (3, H, W) tensor for retrieval.
 
@@ -238,22 +241,28 @@ def _scaled(x, s: float, patch: int):
 def image_descriptors(models: Mapping[str, Any], images: Sequence[Any], blocks: Mapping[str, Sequence[int]],
                       imsize: Mapping[str, int | None] | int | None = None, preprocess: str = "thumbnail",
                       multiscale: bool = False, tokens: str = "cls", batch_size: int = 32,
-                      progress: Callable[[Iterable], Iterable] | None = None) -> dict[str, dict[int, np.ndarray]]:
+                      progress: Callable[[Iterable], Iterable] | None = None,
+                      skipped: list | None = None) -> dict[str, dict[int, np.ndarray]]:
     """``{model: {block: (n, D) float32}}`` descriptors of ``images`` (PIL images or zero-argument callables
     returning one), each image decoded once and run once per model and scale. Images of equal size after
     preprocessing share a batch. With ``multiscale`` the descriptor is the mean of the raw descriptors at the
-    scales 1, 1/sqrt 2 and 1/2 (ranking L2-normalises it)."""
+    scales 1, 1/sqrt 2 and 1/2 (ranking L2-normalises it).
+
+    ``skipped``: a list to collect the images that cannot be read (:class:`~vitscope.data.skip.SkipRecord`); their
+    rows are left out of the result (the others keep their order). Without it an unreadable image is an error."""
     import torch
 
-    from vitscope.analysis.block_features import forward_block_features
-    from vitscope.analysis.similarity.compare import preprocess_config
+    from vitscope.features.access import forward_block_features, preprocess_config
 
     names = list(models)
     sizes = {n: imsize.get(n) if isinstance(imsize, Mapping) else imsize for n in names}
     parts: dict[str, dict[int, list]] = {n: {b: [None] * len(images) for b in blocks[n]} for n in names}
     starts = range(0, len(images), batch_size)
+    kept: list[int] = []
     for s in (progress(starts) if progress else starts):
-        pil = [im() if callable(im) else im for im in images[s:s + batch_size]]
+        decoded = _decode(images, s, batch_size, skipped)
+        where, pil = [i for i, _ in decoded], [im for _, im in decoded]
+        kept += where
         for n in names:
             m = models[n]
             p = m.cfg.patch_size
@@ -270,5 +279,169 @@ def image_descriptors(models: Mapping[str, Any], images: Sequence[Any], blocks: 
                 k = len(SCALES) if multiscale else 1
                 for b, f in acc.items():
                     for r, j in enumerate(idx):
-                        parts[n][b][s + j] = (f[r] / k).numpy()
-    return {n: {b: np.stack(v) for b, v in parts[n].items()} for n in names}
+                        parts[n][b][where[j]] = (f[r] / k).numpy()
+    if not kept:
+        raise ValueError(f"no usable image: all {len(images)} image(s) were skipped as unreadable")
+    return {n: {b: np.stack([v[i] for i in kept]) for b, v in parts[n].items()} for n in names}
+
+
+def _decode(images: Sequence[Any], start: int, batch_size: int, skipped: list | None) -> list[tuple[int, Any]]:
+    """``(index, PIL image)`` of ``images[start:start + batch_size]``; unreadable ones recorded in ``skipped``."""
+    from vitscope.data.decode import ImageDecodeError
+    from vitscope.data.skip import SkipRecord
+
+    out = []
+    for i, im in enumerate(images[start:start + batch_size], start):
+        try:
+            out.append((i, im() if callable(im) else im))
+        except (ImageDecodeError, FileNotFoundError) as e:
+            if skipped is None:
+                raise
+            skipped.append(SkipRecord(i, str(getattr(im, "id", i)), str(e), getattr(e, "kind", "missing")))
+    return out
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+@dataclass
+class RetrievalOptions(Options):
+    """Options of :func:`evaluate` (``vitscope retrieval``, the study analysis ``retrieval``)."""
+
+    tokens: str = "cls"                      # cls (the protocol) or mean (of the patch tokens)
+    protocols: tuple[str, ...] = PROTOCOLS   # easy, medium, hard
+    imsize: int | None = None                # longer side of the thumbnail; default: the model's input size
+    preprocess: str = "thumbnail"            # thumbnail (DINO: aspect kept, no crop) or model (walmer2023)
+    multiscale: bool = False                 # mean descriptor over the scales 1, 1/sqrt 2, 1/2 (DINO)
+    crop: bool = True                        # queries cropped to their box (the protocol; DINO, walmer2023: no)
+    blocks: str = "all"                      # all, "0,3,-1" or "4:8"
+    batch_size: int = 32
+    name: str | None = None                  # which gnd_<name>.pkl when the folder holds several
+    site: str = "resid_post"                 # feature-store site read (stores)
+    device: str | None = None
+    progress: bool = False
+
+    def validate(self) -> None:
+        self.check_choice("tokens", TOKENS)
+        ps = self.protocols
+        ps = tuple(p.strip().lower() for p in ps.split(",") if p.strip()) if isinstance(ps, str) else tuple(ps or ())
+        if not ps or any(p not in PROTOCOLS for p in ps):
+            raise OptionError("protocols", f"`protocols` takes {', '.join(PROTOCOLS)}, got {self.protocols!r}")
+        self.protocols = tuple(dict.fromkeys(ps))
+        self.check_int("imsize", minimum=8, optional=True)
+        self.check_choice("preprocess", PREPROCESS)
+        self.check_blocks("blocks")
+        self.check_int("batch_size")
+
+
+def open_revisited(data, name: str | None = None):
+    """``data`` as a Revisited ground truth: a folder or ``gnd_*.pkl`` path, ``synthetic[:options]`` (written once
+    into the task cache), a loaded :class:`~vitscope.data.tasks.Revisited` or the synthetic benchmark's in-memory
+    retrieval set (returned as they are)."""
+    from pathlib import Path
+
+    from vitscope.data.tasks.revisited import gnd_choice_message, load_revisited
+
+    if hasattr(data, "queries") or hasattr(data, "db_images"):
+        return data
+    if data is None:
+        raise ValueError("retrieval needs a Revisited dataset: a folder with gnd_<name>.pkl and jpg/ (roxford5k, "
+                         "rparis6k) or synthetic[:landmarks=N]")
+    from vitscope.data.tasks.synthetic import default_cache, task_root
+
+    root = task_root(data, "revisited", default_cache())
+    if name is None and Path(root).is_dir():
+        found = sorted(Path(root).glob("gnd_*.pkl"))
+        if len(found) != 1:
+            raise OptionError("name", gnd_choice_message(Path(root), found, "`name`"))
+    return load_revisited(root, name)
+
+
+def evaluate(models_or_stores, data, options: RetrievalOptions | None = None, **overrides) -> Result:
+    """Revisited Oxford / Paris retrieval (mAP and mP@1/5/10 under the easy, medium and hard protocols, in %) of
+    every block: revisitop's scorer, DINO's descriptors (the CLS token of each block).
+
+    Args:
+        models_or_stores: ``{label: HookedViT}`` (or one model / a list), or ``{label: (db_store, query_store)}``
+            (stores of the database and query images in ground-truth order, written by ``vitscope extract``).
+        data: the Revisited set (see :func:`open_revisited`).
+        options: :class:`RetrievalOptions` (keyword overrides are applied on top).
+
+    Unreadable images are skipped (``result.meta["skipped"]``): a database image left out counts as never
+    retrieved, a query left out is not scored. The table has one row per model x block x protocol x metric.
+    """
+    from vitscope.analysis.knn import _as_pairs
+    from vitscope.data.tasks.revisited import revisited_description, revisited_loaders, revisited_queries
+    from vitscope.features.access import resolve_blocks, store_features, store_layers
+
+    opts = (options or RetrievalOptions()).replace(**overrides) if overrides else (options or RetrievalOptions())
+    gt = open_revisited(data, opts.name)
+    gnd, desc = revisited_queries(gt), revisited_description(gt)
+    kind, items = _as_pairs(models_or_stores)
+    protos = list(opts.protocols)
+    rows: list[dict] = []
+    skipped: dict[str, list] = {"database": [], "queries": []}
+    if kind == "features":
+        raise ValueError("retrieval takes models or (database store, query store) pairs")
+    if kind == "stores":
+        for label, (sa, sb) in items.items():
+            n_db = len(gt.imlist) if hasattr(gt, "imlist") else len(gt.db_images)
+            if sa.n != n_db or sb.n != len(gnd):
+                raise ValueError(f"the stores hold {sa.n} database and {sb.n} query rows; {desc} has {n_db} and "
+                                 f"{len(gnd)} (extract them in ground-truth order)")
+            if not (np.asarray(sa.valid).all() and np.asarray(sb.valid).all()):
+                raise ValueError("the stores have skipped images; retrieval needs a descriptor for every image")
+            layers = store_layers(sa, opts.blocks)
+            fa = {int(k): v for k, v in store_features(sa, opts.site, opts.tokens, layers).items()}
+            fb = {int(k): v for k, v in store_features(sb, opts.site, opts.tokens, layers).items()}
+            rows += retrieval_per_block(fa, fb, gnd, label, protos, tokens=opts.tokens)
+    else:
+        want = {n: resolve_blocks(m, opts.blocks, opts.tokens) for n, m in items.items()}
+        size = {n: opts.imsize or int(np.max(m.cfg.img_size)) for n, m in items.items()}
+        db_imgs, q_imgs = revisited_loaders(gt, opts.crop)
+        kw = dict(imsize=size, preprocess=opts.preprocess, multiscale=opts.multiscale, tokens=opts.tokens,
+                  batch_size=opts.batch_size)
+        fdb = image_descriptors(items, db_imgs, want, progress=_bar(opts, "database"),
+                                skipped=skipped["database"], **kw)
+        fq = image_descriptors(items, q_imgs, want, progress=_bar(opts, "query"), skipped=skipped["queries"], **kw)
+        left = {r.index for r in skipped["database"]}
+        db_ids = [i for i in range(len(db_imgs)) if i not in left] if left else None
+        q_left = {r.index for r in skipped["queries"]}
+        q_gnd = [g for i, g in enumerate(gnd) if i not in q_left]
+        options = dict(tokens=opts.tokens, crop=opts.crop, multiscale=opts.multiscale, preprocess=opts.preprocess)
+        for n in items:
+            rows += retrieval_per_block(fdb[n], fq[n], q_gnd, n, protos, db_ids=db_ids,
+                                        **{**options, "imsize": size[n]})
+    table = tidy_table(rows, "retrieval", opts, dataset=desc)
+    main = "medium" if "medium" in protos else protos[0]
+    cand = [r for r in rows if r["metric"] == f"mAP_{main}" and np.isfinite(r["value"])]
+    best = max(cand, key=lambda r: r["value"]) if cand else None
+    tail = (f"best mAP ({main}) {best['value']:.1f}% ({best['model']}, block {best['block']})" if best else
+            f"no query has a positive under {main}")
+    n_skip = sum(len(v) for v in skipped.values())
+    note = f"; skipped {n_skip} unreadable image(s)" if n_skip else ""
+    summary = f"retrieval of {len(items)} model(s) on {desc}: {tail}{note}"
+    name = getattr(gt, "name", "synthetic")
+    return Result("retrieval", table, summary, opts, draw=_draw,
+                  meta={"protocols": protos, "name": name, "crop": opts.crop,
+                        "skipped": skipped["database"] + skipped["queries"], "skipped_by_part": skipped})
+
+
+def _bar(opts: RetrievalOptions, what: str):
+    if not opts.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda it: tqdm(it, desc=f"{what} images", unit="batch", leave=False)
+
+
+def _draw(result: Result) -> dict:
+    """mAP per block for every protocol (dashed: random twins), each with the rows it shows."""
+    from vitscope.viz.per_block import plot_metric_per_block
+
+    out = {}
+    crop = "cropped" if result.meta["crop"] else "full"
+    for p in result.meta["protocols"]:
+        shown = result.table[result.table["metric"] == f"mAP_{p}"]
+        fig = plot_metric_per_block(shown, title=f"{result.meta['name']}: mAP, {p} ({crop} queries)",
+                                    ylabel="mAP (%)")
+        out[f"retrieval_mAP_{p}"] = (fig, shown)
+    return out

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from vitscope.analysis.api import OptionError, Options, Result, tidy_table
 
 VOID = 255
 
@@ -419,13 +422,15 @@ def video_block_features(model, frames: torch.Tensor, blocks: Sequence[int], res
 def evaluate_davis(model, davis, blocks=None, resolution: str = "dino", short_side: int = 480,
                    tile: int | None = None, n_last: int = 7, radius: int = 12, topk: int = 5,
                    temperature: float = 0.1, bound_th: float = 0.008, batch_size: int = 8, progress: bool = False,
-                   keep_predictions: bool = False) -> dict:
+                   keep_predictions: bool | str = False, upscale: bool = True) -> dict:
     """Label propagation + the DAVIS-2017 scorer for every block of ``model`` on a :class:`Davis` dataset (or a
     list of :class:`DavisSequence`).
 
     Returns ``{"global": {block: global table}, "objects": {block: per-object rows}, "predictions":
-    {block: {sequence: (T, H, W) uint8}} (with ``keep_predictions``), "info": {...}}``. ``tile`` defaults to
-    the model's input size (224 for the seed's models).
+    {block: {sequence: (T, H, W) uint8}} (with ``keep_predictions``; ``"first"``: only the first sequence at the
+    last block, for a figure), "info": {...}}``. ``tile`` defaults to the model's input size (224 for the seed's
+    models). ``upscale=False``: frames whose short side is below ``short_side`` keep their size (the "dino"
+    resolution; DAVIS's own 480p frames are not affected).
     """
     from tqdm.auto import tqdm
 
@@ -448,8 +453,8 @@ def evaluate_davis(model, davis, blocks=None, resolution: str = "dino", short_si
             raise ValueError(f"sequence {seq.name!r} has {len(seq.frame_paths)} frames but {len(seq.mask_paths)} "
                              f"annotations; scoring needs one annotation per frame (the val split)")
         frames = seq.frames()
-        x, small, meta = prepare_video(frames, gt[0], model.cfg.patch_size, resolution, short_side, tile, mean,
-                                       std)
+        side = short_side if upscale else min(short_side, min(frames.shape[1:3]))
+        x, small, meta = prepare_video(frames, gt[0], model.cfg.patch_size, resolution, side, tile, mean, std)
         info[seq.name] = meta
         feats = video_block_features(model, x, blocks, resolution, tile, batch_size)
         H, W = frames.shape[1:3]
@@ -458,13 +463,13 @@ def evaluate_davis(model, davis, blocks=None, resolution: str = "dino", short_si
             ids = np.stack([np.where(gt[0] == VOID, 0, gt[0]).astype(np.uint8)]
                            + [soft_to_ids(soft[t], model.cfg.patch_size, (H, W)) for t in range(1, len(soft))])
             per_block[b][seq.name] = evaluate_sequence(ids, gt, n_objects=seq.n_objects, bound_th=bound_th)
-            if keep_predictions:
+            if keep_predictions is True or (keep_predictions == "first" and seq is seqs[0] and b == max(blocks)):
                 preds[b][seq.name] = ids
     out = {"global": {}, "objects": {}, "info": info}
     for b in blocks:
         out["global"][b], out["objects"][b] = davis_table(per_block[b])
     if keep_predictions:
-        out["predictions"] = preds
+        out["predictions"] = {b: p for b, p in preds.items() if p}
     return out
 
 
@@ -472,3 +477,122 @@ def davis_rows(result: dict, model_name: str, **options) -> list[dict]:
     """The tidy rows (model, block, task, metric, value, options...) of :func:`evaluate_davis`."""
     return [{"model": model_name, "block": int(b), "task": "davis", "metric": m, "value": float(v), **options}
             for b, table in result["global"].items() for m, v in table.items()]
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+@dataclass
+class DavisOptions(Options):
+    """Options of :func:`evaluate` (``vitscope davis``, the study analysis ``davis``)."""
+
+    blocks: str = "all"                      # all, "0,3,-1" or "4:8"
+    split: str = "val"                       # ImageSets/2017/<split>.txt
+    sequences: tuple[str, ...] | None = None  # only these sequences
+    limit: int | None = None                 # only the first N sequences
+    resolution: str = "dino"                 # dino, squash (walmer2023) or dense (walmer2023's --dense)
+    short_side: int = 480                    # dino: the frames' short side (DINO: 480)
+    upscale: bool = False                    # dino: also enlarge frames smaller than short_side (DINO's code does)
+    tile: int | None = None                  # squash / dense size; default: the model's input size
+    n_last: int = 7                          # previous frames in the context, besides the first
+    radius: int = 12                         # neighbourhood radius in tokens (0: none)
+    topk: int = 5                            # affinities kept per token, over all context frames
+    temperature: float = 0.1                 # affinity temperature
+    batch_size: int = 8                      # frames per forward pass
+    device: str | None = None
+    progress: bool = False
+
+    def validate(self) -> None:
+        self.check_blocks("blocks")
+        if isinstance(self.sequences, str):
+            self.sequences = tuple(s.strip() for s in self.sequences.split(",") if s.strip())
+        if self.sequences is not None:
+            if isinstance(self.sequences, str) or not all(isinstance(s, str) for s in self.sequences):
+                raise OptionError("sequences", f"`sequences` is a list of sequence names, got {self.sequences!r}")
+            self.sequences = tuple(self.sequences) or None
+        self.check_int("limit", optional=True)
+        self.check_choice("resolution", RESOLUTIONS)
+        self.check_int("short_side")
+        self.check_int("tile", minimum=8, optional=True)
+        self.check_int("n_last", minimum=0)
+        self.check_int("radius", minimum=0)
+        self.check_int("topk")
+        self.check_number("temperature", low=0, low_open=True)
+        self.check_int("batch_size")
+
+
+def davis_sequences(data, opts: DavisOptions) -> tuple[list, str | None]:
+    """(sequences, description of the set) to evaluate: ``data`` a DAVIS-2017 folder or ``synthetic[:videos=N,frames=T,...]`` (read with
+    ``opts.split`` / ``opts.sequences``), a loaded :class:`~vitscope.data.tasks.Davis` or a list of sequences;
+    the first ``opts.limit``."""
+    from vitscope.data.tasks import load_davis
+
+    if data is None:
+        raise ValueError("DAVIS label propagation needs a DAVIS-2017 folder (JPEGImages/, Annotations/, "
+                         "ImageSets/) or synthetic[:videos=N]")
+    if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
+        from vitscope.data.tasks.synthetic import default_cache, task_root
+
+        data = load_davis(task_root(data, "davis", default_cache()), split=opts.split,
+                          sequences=list(opts.sequences) if opts.sequences else None)
+    seqs = list(data)
+    seqs = seqs[:opts.limit] if opts.limit else seqs
+    if not seqs:
+        raise ValueError(f"no DAVIS sequence to evaluate in {getattr(data, 'description', 'the data given')}")
+    return seqs, getattr(data, "description", None)
+
+
+def evaluate(models, data, options: DavisOptions | None = None, **overrides) -> Result:
+    """DAVIS-2017 J&F of label propagation from every block's patch tokens (DINO's protocol, the DAVIS-2017
+    scorer), per model.
+
+    Args:
+        models: ``{label: HookedViT}`` (or one model / a list).
+        data: see :func:`davis_sequences`.
+        options: :class:`DavisOptions` (keyword overrides are applied on top).
+
+    The table has one row per model x block x metric (``J&F-Mean``, ``J-Mean``, ``J-Recall``, ...);
+    ``result.arrays["objects"]`` holds the per-object scores.
+    """
+    from vitscope.analysis.knn import _as_pairs
+
+    opts = (options or DavisOptions()).replace(**overrides) if overrides else (options or DavisOptions())
+    seqs, desc = davis_sequences(data, opts)
+    kind, items = _as_pairs(models)
+    if kind != "models":
+        raise ValueError("DAVIS label propagation runs models over the frames (no feature stores)")
+    prop = dict(resolution=opts.resolution, short_side=opts.short_side, n_last=opts.n_last, radius=opts.radius,
+                topk=opts.topk, temperature=opts.temperature)
+    rows, objects, shown = [], [], {}
+    for label, model in items.items():
+        res = evaluate_davis(model, seqs, opts.blocks, tile=opts.tile, batch_size=opts.batch_size,
+                             progress=opts.progress, keep_predictions="first", upscale=opts.upscale, **prop)
+        rows += davis_rows(res, label, **prop, tile=int(opts.tile or model.cfg.img_size[0]))
+        objects += [{"model": label, "block": b, **r} for b, rs in res["objects"].items() for r in rs]
+        last = max(res["global"])
+        shown[label] = (last, res["predictions"][last][seqs[0].name])
+    table = tidy_table(rows, "davis", opts, dataset=desc)
+    best = max((r for r in rows if r["metric"] == "J&F-Mean"), key=lambda r: r["value"])
+    summary = (f"DAVIS J&F of {len(items)} model(s) on {len(seqs)} sequence(s): best {best['value']:.3f} "
+               f"({best['model']}, block {best['block']})")
+    return Result("davis", table, summary, opts, draw=_draw,
+                  arrays={"objects": objects, "predictions": shown, "sequence": seqs[0]},
+                  meta={"sequences": [s.name for s in seqs]})
+
+
+def _draw(result: Result) -> dict:
+    """J&F, J and F per block (dashed: random twins) and the first sequence propagated by each model's last
+    block (propagated above, ground truth below)."""
+    from vitscope.runtime import slug
+    from vitscope.viz.downstream_dense import plot_propagation
+    from vitscope.viz.per_block import plot_metric_per_block
+
+    n, res = len(result.meta["sequences"]), result.options.resolution
+    out = {}
+    for metric in ("J&F-Mean", "J-Mean", "F-Mean"):
+        shown = result.table[result.table["metric"] == metric]
+        out[f"davis_{slug(metric)}"] = (plot_metric_per_block(
+            shown, title=f"DAVIS label propagation ({res}), {n} sequence(s)"), shown)
+    seq, preds = result.arrays["sequence"], result.arrays["predictions"]
+    for label, (block, ids) in preds.items():
+        name = f"propagation_{slug(label)}_{slug(seq.name)}" if len(preds) > 1 else f"propagation_{slug(seq.name)}"
+        out[name] = plot_propagation(seq.frames(), ids, seq.masks(), title=f"{label}, block {block}: {seq.name}")
+    return out

@@ -140,7 +140,7 @@ def _has_masks(ds, model, pcfg, rule: str) -> bool:
 def _batches(models: list, ds, batch_size: int, limit: Optional[int], masks_rule: Optional[str], quiet: bool):
     """(list of per-model images, labels, dataset indices, class masks or None) per batch, decoded once."""
     from vitscope.analysis.class_embedding import class_token_masks
-    from vitscope.analysis.similarity.compare import image_batches, preprocess_config
+    from vitscope.features.access import image_batches, preprocess_config
 
     pcfg = preprocess_config(models[0])
     for images, labels, idx in image_batches(models, ds, batch_size, limit, progress=not quiet, min_size=1):
@@ -196,7 +196,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         """Logit lens: every block, token and branch projected on the class embeddings; identifiability over
         blocks against random weights, change rates, residual match, class- vs context-labelled tokens."""
         from vitscope.analysis import class_embedding as ce
-        from vitscope.analysis.similarity.compare import preprocess_config
+        from vitscope.features.access import preprocess_config
         from vitscope.viz import class_embedding as V
 
         fmts = parse_formats(formats)
@@ -337,7 +337,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         """Perturbations: identifiable tokens at the last block under self_only / no_cls attention and with context
         or object tokens dropped, against the unperturbed model (vilas2023's tables)."""
         from vitscope.analysis import class_embedding as ce
-        from vitscope.analysis.similarity.compare import preprocess_config
+        from vitscope.features.access import preprocess_config
         from vitscope.viz import class_embedding as V
 
         fmts = parse_formats(formats)

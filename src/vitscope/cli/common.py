@@ -132,17 +132,6 @@ def refuse_weights_with_random(weights, random: bool) -> None:
         raise ValueError("--weights and --random contradict each other: --random means no weights; drop one")
 
 
-def cls_block_hooks(model, token_mode: str, sites, quiet: bool = False) -> list[str]:
-    """Block hooks of ``model`` for ``sites`` where ``token_mode`` exists; says so when a late CLS drops blocks."""
-    from vitscope.analysis.similarity.compare import block_hooks, token_blocks
-
-    blocks = token_blocks(model, token_mode)
-    if blocks and blocks[0] > 0 and not quiet:
-        typer.echo(f"note: CLS enters at block {blocks[0]}; using blocks {blocks[0]}-{blocks[-1]} "
-                   f"(--tokens mean uses every block)", err=True)
-    return block_hooks(model.cfg.depth, sites, blocks)
-
-
 def check_inputs(data: str | None, images: list[Path] | None, limit: int | None) -> None:
     """What can be checked about the images before a model (and torch) is loaded: --limit, --data with image
     paths, missing image files. One line, at once."""
@@ -202,3 +191,33 @@ def default_data(model_names, data: str | None, quiet: bool = False) -> str | No
         typer.echo("note: no --data; using builtin:demo, the synthetic benchmark the demo models were trained on",
                    err=True)
     return "builtin:demo"
+
+
+# ----------------------------------------------------------------------------- shared by the evaluation commands
+BLOCKS_HELP = "Blocks: all, '0,3,-1' or '4:8' (end excluded; negatives count from the end)."
+SEED_HELP = "Seed of the random-weight twins (--random / --with-random): the same seed, the same twin everywhere."
+WITH_RANDOM_HELP = "Also run a random-weight twin of every model (seeded by --seed; dashed in the figures)."
+LIMIT_HELP = "Use at most this many images."
+
+
+def echo_skips(skipped, out: Path, quiet: bool = False) -> None:
+    """Write ``out/skipped.csv`` and print the one-line summary when an analysis skipped unreadable files."""
+    if not skipped:
+        return
+    from vitscope.data.skip import skip_summary, write_skip_report
+
+    path = write_skip_report(skipped, Path(out) / "skipped.csv")
+    if not quiet:
+        typer.echo(skip_summary(skipped, report=path), err=True)
+
+
+def cli_options(build, *args, **values):
+    """An analysis's options built from the command's values (``build``: the dataclass or a constructor such as
+    ``CKAOptions.from_preset``); a bad value is one line naming the command's flag (``--k`` for ``k``)."""
+    from vitscope.analysis.api import OptionError
+
+    try:
+        return build(*args, **values)
+    except OptionError as e:
+        flag = "--" + e.field.replace("_", "-")
+        raise OptionError(e.field, str(e).replace(f"`{e.field}`", flag)) from None

@@ -65,13 +65,16 @@ def register(name: str, defaults: dict | None = None, choices: dict | None = Non
     """Decorator: register ``fn(ctx, options) -> rows`` as analysis ``name`` (see the module docstring).
 
     ``options``: the analysis's options dataclass (:class:`vitscope.analysis.api.Options`); a study's ``options:``
-    may set its ``fields``, whose defaults and validation come from the dataclass (written once, there).
+    may set its ``fields``, whose defaults and validation come from the dataclass (written once, there); a
+    ``defaults`` entry given with it overrides the dataclass's default of that field in studies (an explicit study
+    default, e.g. ``k: 50`` where the dataclass's ``None`` means "the paper's value for the mode")
     ``task``: the analysis reads a task root of the dataset entry (``davis``, ``spair``, ``revisited``) instead of
     its images; its cells are made for the datasets that name one."""
     from vitscope.experiments.config import TASKS
 
     if options is not None:
-        defaults, validate = options_defaults(options, fields), options_validator(options, validate)
+        defaults = {**options_defaults(options, fields), **(defaults or {})}
+        validate = options_validator(options, validate)
 
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
@@ -212,35 +215,52 @@ def saliency(ctx, opts: dict) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- CKA
-@register("cka", defaults={"tokens": "cls", "kernel": "linear", "unbiased": True, "normalize": False},
-          choices={"tokens": ("cls", "mean"), "kernel": ("linear", "rbf")}, scope="pair", store_tokens=_token_list,
+def _options(module: str, name: str):
+    return getattr(importlib.import_module(module), name)
+
+
+@register("cka", options=_options("vitscope.analysis.similarity.cka", "CKAOptions"),
+          fields=("tokens", "kernel", "unbiased", "normalize"), defaults={"tokens": "cls"}, scope="pair",
+          choices={"tokens": ("cls", "mean"), "kernel": ("linear", "rbf")},
+          store_tokens=_token_list,
           description="layer x layer CKA for every pair of models (and each model with itself)")
 def cka(ctx, opts: dict) -> list[dict]:
-    from vitscope.analysis.similarity.compare import store_layer_cka
-    from vitscope.viz.similarity import save_similarity
+    from vitscope.analysis.similarity.cka import CKAOptions, evaluate
 
     t = opts["tokens"]
-    s1 = ctx.store(0, t)
-    s2 = None if ctx.same_models else ctx.store(1, t)
-    res = store_layer_cka(s1, s2, site=ctx.site, reduction=t, kernel=opts["kernel"], unbiased=opts["unbiased"],
-                          normalize=opts["normalize"])
-    save_similarity(res, ctx.out / "cka", title=f"CKA ({t}): {ctx.label(0)} x {ctx.label(-1)}")
-    m2 = ctx.label(-1)
-    return [{"block": int(r), "block2": int(c), "model2": m2, "metric": "cka", "value": float(res.matrix[i, j])}
-            for i, r in enumerate(res.rows) for j, c in enumerate(res.cols)]
+    stores = {ctx.label(0): ctx.store(0, t)}
+    if not ctx.same_models:
+        stores[ctx.label(1)] = ctx.store(1, t)
+    result = evaluate(stores, None, CKAOptions.from_mapping(opts, site=ctx.site, device=ctx.device))
+    result.save(ctx.out, table=False)
+    return study_rows(result, keep=("block2", "model2"))
+
+
+# ----------------------------------------------------------------------------- RSA
+@register("rsa", options=_options("vitscope.analysis.similarity.rsa", "RSAOptions"),
+          fields=("rdm", "compare", "tokens"), choices={"tokens": ("cls", "mean")}, store_tokens=_token_list,
+          description="layer x layer RSA of each model: correlation RDMs compared by Spearman (ciernik2025)")
+def rsa(ctx, opts: dict) -> list[dict]:
+    from vitscope.analysis.similarity.rsa import RSAOptions, evaluate
+
+    result = evaluate({ctx.label(0): ctx.store(0, opts["tokens"])}, None,
+                      RSAOptions.from_mapping(opts, site=ctx.site, device=ctx.device))
+    result.save(ctx.out, table=False)
+    return study_rows(result, keep=("block2", "model2"))
 
 
 # ----------------------------------------------------------------------------- k-means clustering
-@register("cluster", defaults={"tokens": "cls", "k": 50, "seed": 0, "n_init": 10},
-          choices={"tokens": ("cls", "mean")}, store_tokens=_token_list, needs=("labels",),
+@register("cluster", options=_options("vitscope.analysis.cluster", "ClusterOptions"),
+          fields=("tokens", "k", "seed", "n_init"), defaults={"k": 50}, choices={"tokens": ("cls", "mean")},
+          store_tokens=_token_list, needs=("labels",),
           description="k-means on each block's features scored by NMI, ARI and purity (walmer2023)")
 def cluster(ctx, opts: dict) -> list[dict]:
-    from vitscope.analysis.cluster import store_cluster_scores
+    from vitscope.analysis.cluster import ClusterOptions, evaluate
 
-    scores, layers = store_cluster_scores(ctx.store(0, opts["tokens"]), ctx.site, opts["tokens"], None, opts["k"],
-                                          opts["seed"], opts["n_init"])
-    return [{"block": int(layer), "metric": m, "value": float(v[i])}
-            for m, v in scores.items() for i, layer in enumerate(layers)]
+    result = evaluate({ctx.label(0): ctx.store(0, opts["tokens"])}, None,
+                      ClusterOptions.from_mapping(opts, site=ctx.site, device=ctx.device))
+    result.save(ctx.out, table=False)
+    return study_rows(result)
 
 
 # ----------------------------------------------------------------------------- the other evaluations

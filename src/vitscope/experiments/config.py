@@ -29,10 +29,11 @@ from typing import Any
 
 import yaml
 
+from vitscope.data.tasks.synthetic import SYNTH_TASK_OPTIONS, parse_synthetic_task  # noqa: F401
+
 RANDOM_SUFFIX = " (random)"
 FEATURE_DEFAULTS = {"site": "resid_post", "dtype": "float32", "batch_size": 64, "nproc_per_node": 1}
 TASKS = ("davis", "spair", "revisited")          # task roots a dataset entry may name (besides its images)
-SYNTH_TASK_OPTIONS = {"davis": ("videos", "frames"), "spair": ("pairs",), "revisited": ("landmarks",)}
 TOP_KEYS = ("study", "out", "plugins", "features", "models", "datasets", "analyses", "description")
 MODEL_KEYS = ("name", "label", "random", "with_random", "seed", "weights")
 DATASET_KEYS = ("name", "data", "limit", "train", "train_limit") + TASKS
@@ -280,36 +281,6 @@ def _datasets(doc: _Doc, raw: Any) -> list[DatasetSpec]:
             raise doc.error(p, f"two datasets are named {spec.name!r}; give each a different 'name'")
         out.append(spec)
     return out
-
-
-def parse_synthetic_task(spec: str, kind: str) -> tuple[dict, dict]:
-    """``synthetic[:k=v,...]`` of a task root -> (generator options, writer counts); unknown keys are a ValueError."""
-    from vitscope.data.synthetic.config import config_from_options, option_names
-
-    body = spec.split(":", 1)[1] if ":" in spec else ""
-    opts: dict[str, str] = {}
-    for item in re.split(r"[,&]", body):
-        if not item.strip():
-            continue
-        if "=" not in item:
-            raise ValueError(f"synthetic options are key=value pairs, got {item!r}")
-        k, v = (x.strip() for x in item.split("=", 1))
-        opts[k] = v
-    extra = SYNTH_TASK_OPTIONS[kind]
-    bad = [k for k in opts if k not in option_names() and k not in extra]
-    if bad:
-        raise ValueError(f"unknown synthetic option {bad[0]!r}{_suggest(bad[0], [*option_names(), *extra])} for "
-                         f"{kind}; it takes the generator's options (size, classes, seed, difficulty, ...) and "
-                         f"{', '.join(extra)}")
-    counts = {}
-    for k in extra:
-        if k in opts:
-            v = opts.pop(k)
-            if not v.isdigit() or int(v) < 1:
-                raise ValueError(f"synthetic option {k!r} must be a positive integer, got {v!r}")
-            counts[k] = int(v)
-    cfg, _ = config_from_options(opts)
-    return cfg.to_dict(), counts
 
 
 def _task_root(doc: _Doc, path: tuple, kind: str, value: Any) -> str:

@@ -9,7 +9,6 @@ every token reduction the study's analyses read for that pair; a reduction that 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -267,38 +266,18 @@ class CellContext:
     def task_root(self, kind: str) -> Path:
         """The dataset's ``kind`` root (davis, spair, revisited): its folder, or the synthetic benchmark's, written
         once into ``STUDY_DIR/data/`` (under a lock) from ``synthetic[:options]``."""
-        from vitscope.experiments.config import parse_synthetic_task
+        from vitscope.data.tasks.synthetic import is_synthetic, task_root
 
         value = self.cell.dataset.task(kind)
         if not value:
             raise ValueError(f"dataset {self.cell.dataset.name!r} has no {kind!r} root; add '{kind}: FOLDER' (or "
                              f"'{kind}: synthetic') to it in the study file")
-        if not (value == "synthetic" or value.startswith("synthetic:")):
-            root = Path(value).expanduser()
-            if not root.exists():
-                raise FileNotFoundError(f"{kind} root {root} of dataset {self.cell.dataset.name!r} not found")
-            return root
-        cfg, counts = parse_synthetic_task(value, kind)
-        h = hashlib.sha256(canonical({"kind": kind, "cfg": cfg, "counts": counts}).encode()).hexdigest()[:10]
-        folder = self.study_dir / "data" / f"synthetic-{kind}__{h}"
-        sub = {"davis": "davis", "spair": "spair", "revisited": "revisited/rsynth"}[kind]
-        done = folder / "synth.json"
-        if not done.exists():
-            from vitscope.experiments.locks import store_lock
+        if not is_synthetic(value) and not Path(value).expanduser().exists():
+            raise FileNotFoundError(f"{kind} root {Path(value).expanduser()} of dataset {self.cell.dataset.name!r} "
+                                    f"not found")
+        from vitscope.experiments.locks import store_lock
 
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            with store_lock(folder.with_name(folder.name + ".lock")):
-                if not done.exists():
-                    import shutil
-
-                    from vitscope.data.synthetic import SynthConfig, write
-
-                    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    write(tmp, SynthConfig(**cfg), formats=[kind], **counts)
-                    shutil.rmtree(folder, ignore_errors=True)
-                    os.replace(tmp, folder)
-        return folder / sub
+        return task_root(value, kind, self.study_dir / "data", lock=store_lock)
 
 
 class _Limited:

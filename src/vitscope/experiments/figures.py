@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from vitscope.experiments.config import slug
 
@@ -65,13 +64,18 @@ def summary_text(df, max_errors: int = 10) -> str:
     return "\n".join(lines)
 
 
-def _cka_pairs(g) -> dict[tuple[str, str], np.ndarray]:
-    pairs: dict[tuple[str, str], np.ndarray] = {}
+def _cka_pairs(g) -> dict[tuple[str, str], Any]:
+    """``{(model, model2): SimilarityResult}`` of the CKA rows, rows and columns named by the table's block numbers
+    (a model whose CLS enters late has blocks 6, 7, not 0, 1)."""
+    from vitscope.analysis.similarity.compare import SimilarityResult
+
+    pairs: dict[tuple[str, str], Any] = {}
     for (a, b), p in g.groupby(["model", "model2"], sort=False):
         m = p.pivot_table(index="block", columns="block2", values="value", aggfunc="mean")
-        pairs[(a, b)] = m.to_numpy()
+        rows, cols = [str(int(x)) for x in m.index], [str(int(x)) for x in m.columns]
+        pairs[(a, b)] = SimilarityResult(m.to_numpy(), rows, cols, {"metric": "cka"})
         if a != b and (b, a) not in pairs:
-            pairs[(b, a)] = m.to_numpy().T
+            pairs[(b, a)] = SimilarityResult(m.to_numpy().T, cols, rows, {"metric": "cka"})
     models = list(dict.fromkeys([a for a, _ in pairs] + [b for _, b in pairs]))
     return {(a, b): pairs[(a, b)] for a in models for b in models if (a, b) in pairs}
 

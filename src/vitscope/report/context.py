@@ -264,7 +264,7 @@ class ReportContext:
         return self._features[(which, mode)]
 
     def _extract(self, which: str) -> None:
-        from vitscope.analysis.similarity.compare import reduce_tokens
+        from vitscope.features.access import reduce_tokens
 
         model = self.model if which == "trained" else self.random_model
         cfg = model.cfg

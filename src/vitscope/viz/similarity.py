@@ -224,10 +224,15 @@ def plot_cluster_curves(scores: Mapping[str, Mapping[str, Sequence[float]]], met
 
 
 # ----------------------------------------------------------------------------- save with numbers
+def plot_similarity(res, title: str | None = None, clusters: Sequence[int] | None = None, **kw):
+    """:func:`plot_cka` of a :class:`SimilarityResult`, its colour bar named by its metric (CKA, RSA)."""
+    return plot_cka(res, title=title, clusters=clusters, label=res.meta.get("metric", "CKA").upper(), **kw)
+
+
 def save_similarity(res, stem: str | Path, formats: Sequence[str] = ("png",), title: str | None = None,
                     clusters: Sequence[int] | None = None, **kw) -> list[Path]:
     """Heat map + ``stem.matrix.npy`` + ``stem.json`` (names, settings) + ``stem.csv`` (tidy rows)."""
-    fig = plot_cka(res, title=title, clusters=clusters, label=res.meta.get("metric", "CKA").upper(), **kw)
+    fig = plot_similarity(res, title=title, clusters=clusters, **kw)
     meta = {"rows": res.rows, "cols": res.cols, **res.meta}
     arrays = {"matrix": res.matrix}
     if clusters is not None:
@@ -284,5 +289,31 @@ def save_cluster_curves(scores: Mapping[str, Mapping[str, Sequence[float]]], ste
     return paths
 
 
-__all__ = ["plot_cka", "plot_cka_grid", "plot_cluster_curves", "plot_residual", "save_cka_grid",
-           "save_cluster_curves", "save_json", "save_residual", "save_similarity"]
+# ----------------------------------------------------------------------------- panels of an analysis result
+def _panel_kinds() -> dict:
+    return {"similarity": (plot_similarity, save_similarity), "grid": (plot_cka_grid, save_cka_grid),
+            "residual": (plot_residual, save_residual), "curves": (plot_cluster_curves, save_cluster_curves)}
+
+
+def draw_panels(panels: Mapping[str, tuple[str, Any, Mapping[str, Any]]]) -> dict:
+    """``{stem: (kind, data, keywords)}`` -> ``{stem: Figure}``; kinds: similarity (a SimilarityResult), grid
+    (``{(a, b): result}``), residual (a ResidualResult), curves (``{model: {metric: scores}}``)."""
+    kinds = _panel_kinds()
+    return {stem: kinds[kind][0](data, **{k: v for k, v in kw.items() if k != "meta"})
+            for stem, (kind, data, kw) in panels.items()}
+
+
+def save_panels(panels: Mapping[str, tuple[str, Any, Mapping[str, Any]]], out: str | Path,
+                formats: Sequence[str] = ("png",)) -> list[Path]:
+    """Each panel saved with the ``save_*`` function of its kind (the figure and the numbers behind it)."""
+    kinds = _panel_kinds()
+    paths: list[Path] = []
+    for stem, (kind, data, kw) in panels.items():
+        paths += kinds[kind][1](data, Path(out) / stem, formats, **kw)
+    return paths
+
+
+__all__ = [
+    "draw_panels", "plot_cka", "plot_cka_grid", "plot_cluster_curves", "plot_residual", "plot_similarity",
+    "save_cka_grid", "save_cluster_curves", "save_json", "save_panels", "save_residual", "save_similarity",
+]

@@ -19,19 +19,20 @@ all tokens, on the ``ln1`` / ``ln2`` outputs of every block.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from vitscope.analysis.api import Result
 from vitscope.analysis.similarity.cka import cka_matrix
 from vitscope.analysis.similarity.minibatch import MinibatchCKA
 from vitscope.analysis.similarity.rsa import rsa_matrix
-from vitscope.features.access import (TOKEN_MODES, LazyRows, _cat, common_valid, _merge_short_tail,  # noqa: F401
-                                     _MultiPreprocess, open_store_any, image_batches, layout_for, model_features,
-                                     preprocess_config, reduce_tokens, store_features, store_name)
+from vitscope.features.access import (LazyRows, common_valid, image_batches, model_features, open_store_any,
+                                      reduce_tokens, store_features, store_name)
+from vitscope.features.access import preprocess_config  # noqa: F401  (old import path, kept for callers)
 
 DEFAULT_SITE = "hook_resid_post"
 SEED002_SITES = ("ln1.hook_normalized", "ln2.hook_normalized")
@@ -96,6 +97,93 @@ class ResidualResult:
         return np.diag(getattr(self, branch).matrix).copy()
 
 
+@dataclass
+class PanelResult(Result):
+    """A :class:`~vitscope.analysis.api.Result` whose figures are similarity panels (heat maps, grids, residual
+    CKA, clustering curves): ``panels(result) -> {file stem: (kind, data, keywords)}`` (kinds of
+    :func:`vitscope.viz.similarity.draw_panels`). :meth:`save` writes each with the numbers behind it (``.npy``
+    arrays, ``.json`` settings, ``.csv`` rows), as every similarity figure is written."""
+
+    panels: Callable[[Result], dict] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.draw is None and self.panels is not None:
+            self.draw = _draw_panels
+
+    def save(self, out, formats: Sequence[str] = ("png",), stem: str | None = None, figures: bool = True,
+             table: bool = True) -> list:
+        from pathlib import Path
+
+        from vitscope.viz.similarity import save_panels
+
+        written = super().save(out, formats, stem, figures=False, table=table)
+        if figures and self.panels is not None:
+            written += save_panels(self.panels(self), Path(out), formats)
+        return written
+
+
+def _draw_panels(result: PanelResult) -> dict:
+    from vitscope.viz.similarity import draw_panels
+
+    return draw_panels(result.panels(result))
+
+
+def similarity_inputs(models_or_stores, what: str = "models or feature stores") -> tuple[str, dict]:
+    """``("models", {label: model})``, ``("stores", {label: store})`` or ``("features", {label: {layer: (n, d)}})``
+    from a mapping, a list or one item; store labels are their model names (primed when repeated)."""
+    items = models_or_stores
+    if isinstance(items, Mapping) and items and all(not isinstance(v, Mapping) for v in items.values()) and \
+            not all(_is_model(v) or _is_store(v) for v in items.values()):
+        items = {"model": items}                                    # one model's {layer: features}
+    if not isinstance(items, Mapping):
+        items = list(items) if isinstance(items, (list, tuple)) else [items]
+        named = {}
+        for x in items:
+            name = store_name(open_store_any(x)) if _is_store(x) else _model_name(x)
+            while name in named:
+                name += "'"
+            named[name] = x
+        items = named
+    kinds = {"models" if _is_model(v) else "stores" if _is_store(v) else "features" if isinstance(v, Mapping)
+             else "?" for v in items.values()}
+    if len(kinds) != 1 or "?" in kinds:
+        raise ValueError(f"give one kind of input: {what}")
+    kind = kinds.pop()
+    if kind == "stores":
+        items = {k: open_store_any(v) for k, v in items.items()}
+    return kind, dict(items)
+
+
+def _is_model(x) -> bool:
+    return hasattr(x, "token_layout") and hasattr(x, "run_with_cache")
+
+
+def _is_store(x) -> bool:
+    return isinstance(x, (str, bytes)) or hasattr(x, "__fspath__") or (hasattr(x, "reductions") and hasattr(x, "valid"))
+
+
+def _model_name(m) -> str:
+    return str((getattr(m, "meta", None) or {}).get("name") or "model")
+
+
+def data_label(data) -> str | None:
+    """What a figure title says the images were: a spec string, a dataset's description or a store's folder."""
+    if data is None:
+        return None
+    if isinstance(data, str):
+        return data
+    if hasattr(data, "reductions"):
+        from pathlib import Path
+
+        return f"store {Path(str(data.path)).name}"
+    return getattr(data, "description", None)
+
+
+def n_images(ds, limit: int | None) -> int | None:
+    n = len(ds) if hasattr(ds, "__len__") else None
+    return n if n is None or limit is None else min(n, limit)
+
+
 # ----------------------------------------------------------------------------- names and tokens
 def token_blocks(model, token_mode: str) -> list[int]:
     """The blocks whose activations have what ``token_mode`` reads: every block, except for ``"cls"`` on a model
@@ -120,6 +208,50 @@ def block_hooks(depth: int, sites: str | Sequence[str] = DEFAULT_SITE, blocks: I
             raise ValueError(f"block {i} does not exist in a model of depth {depth}")
         out += [f"blocks.{i}.{s}" for s in sites]
     return out
+
+
+SITE_HOOKS = {
+    "resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
+    "ln1": "ln1.hook_normalized", "ln2": "ln2.hook_normalized", "attn_out": "hook_attn_out",
+    "mlp_out": "hook_mlp_out",
+}
+
+
+def site_hooks(sites: str | Sequence[str]) -> list[str]:
+    """Block sites by their short names (``"resid_post,ln1"`` or a list; hook suffixes are accepted too) -> hook
+    suffixes (``hook_resid_post``, ``ln1.hook_normalized``)."""
+    names = {v: k for k, v in SITE_HOOKS.items()}
+    items = sites.split(",") if isinstance(sites, str) else list(sites)
+    out = []
+    for s in (str(x).strip() for x in items if str(x).strip()):
+        if s not in SITE_HOOKS and s not in names:
+            raise ValueError(f"unknown site {s!r}; choose among {', '.join(SITE_HOOKS)}")
+        out.append(SITE_HOOKS.get(s, s))
+    if not out:
+        raise ValueError("no block site given; choose among " + ", ".join(SITE_HOOKS))
+    return out
+
+
+def token_hooks(model, token_mode: str, sites: str | Sequence[str] = ("resid_post",)) -> tuple[list[str], str | None]:
+    """(hooks, note): the block hooks of ``sites`` at the blocks that have what ``token_mode`` reads
+    (:func:`token_blocks`), and a note when a late CLS leaves out the first blocks."""
+    blocks = token_blocks(model, token_mode)
+    note = None
+    if blocks and blocks[0] > 0:
+        note = (f"CLS enters at block {blocks[0]}; using blocks {blocks[0]}-{blocks[-1]} (--tokens mean uses every "
+                f"block)")
+    return block_hooks(model.cfg.depth, site_hooks(sites), blocks), note
+
+
+def hook_block(name: str) -> tuple[int | None, str | None]:
+    """A layer's name as the results table keeps it: ``"3"`` -> (3, None), ``"3.ln1"`` -> (3, "ln1"),
+    ``"blocks.3.hook_resid_post"`` -> (3, None)."""
+    short = short_name(name) if str(name).startswith("blocks.") else str(name)
+    head, _, site = short.partition(".")
+    try:
+        return int(head), (site or None)
+    except ValueError:
+        return None, short
 
 
 def short_name(hook: str) -> str:
@@ -439,9 +571,10 @@ def stream_layer_rsa(model, data, hooks: Sequence[str] | None = None, token_mode
 
 
 __all__ = [
-    "LazyRows", "MLP_SKIPS", "PRESETS", "RESIDUAL_HOOKS", "ResidualResult", "SEED002_SITES", "SimilarityResult",
-    "TOKEN_MODES", "block_hooks", "collect_features", "cross_model_cka", "image_batches", "layer_cka", "layer_rsa",
-    "layout_for", "model_features", "norm_ratios", "preset_options", "reduce_tokens", "residual_cka",
-    "residual_hooks", "short_name", "store_cross_model_cka", "store_features", "store_layer_cka", "store_layer_rsa",
-    "store_residual_cka", "stream_cross_model_cka", "stream_layer_cka", "stream_layer_rsa", "stream_residual_cka",
+    "MLP_SKIPS", "PRESETS", "PanelResult", "RESIDUAL_HOOKS", "ResidualResult", "SEED002_SITES", "SITE_HOOKS",
+    "SimilarityResult", "block_hooks", "collect_features", "cross_model_cka", "data_label", "hook_block", "layer_cka",
+    "layer_rsa", "norm_ratios", "preset_options", "reduce_tokens", "residual_cka", "residual_hooks", "short_name",
+    "similarity_inputs", "site_hooks", "store_cross_model_cka", "store_features", "store_layer_cka",
+    "store_layer_rsa", "store_residual_cka", "stream_cross_model_cka", "stream_layer_cka", "stream_layer_rsa",
+    "stream_residual_cka", "token_hooks",
 ]

@@ -31,6 +31,14 @@ _ALLOWED = {
 }
 
 
+def gnd_choice_message(root: Path, found: list[Path], option: str = "load_revisited(root, name)") -> str:
+    """What to say when a folder holds no ground truth or several: which ones, and how to choose."""
+    if not found:
+        return f"no ground truth (gnd_<name>.pkl) in {root}; give the Revisited folder (roxford5k, rparis6k)"
+    names = ", ".join(p.stem[len("gnd_"):] for p in found)
+    return f"{root} holds {len(found)} ground truths ({names}); choose one with {option}"
+
+
 class UnsafePickleError(pickle.UnpicklingError, ValueError):
     """A pickle referenced something other than plain data; it was not loaded."""
 
@@ -108,7 +116,7 @@ class Revisited(TaskImages):
             if name is None:
                 found = sorted(root.glob("gnd_*.pkl"))
                 if len(found) != 1:
-                    raise ValueError(f"expected one gnd_*.pkl in {root}, found {len(found)}; pass name=")
+                    raise ValueError(gnd_choice_message(root, found))
                 gnd_file = found[0]
             else:
                 gnd_file = require(root / f"gnd_{name}.pkl", "Revisited ground truth")
@@ -172,10 +180,57 @@ class QuerySource:
         from vitscope.data.decode import load_image
 
         img = load_image(self.paths[i])
-        b = self.boxes[i]
-        if self.crop and np.isfinite(b).all() and len(b) == 4:
-            img = img.crop(tuple(int(round(v)) for v in b))
+        return crop_to_box(img, self.boxes[i]) if self.crop else img
+
+
+def crop_to_box(img, bbx):
+    """A query image cropped to its box (x0, y0, x1, y1), rounded to whole pixels; unchanged without a box."""
+    b = np.asarray(bbx if bbx is not None else [], dtype=np.float64).reshape(-1)
+    if len(b) != 4 or not np.isfinite(b).all():
         return img
+    return img.crop(tuple(int(round(v)) for v in b))
+
+
+class ImageLoader:
+    """A zero-argument loader of one image (decoded when called), optionally cropped to a box; ``id`` names it in
+    a skip report."""
+
+    def __init__(self, id: str, path: str | None = None, array: np.ndarray | None = None, box=None) -> None:
+        self.id, self.path, self.array, self.box = id, path, array, box
+
+    def __call__(self):
+        from PIL import Image
+
+        from vitscope.data.decode import load_image
+
+        img = load_image(self.path) if self.array is None else Image.fromarray(self.array)
+        return img if self.box is None else crop_to_box(img, self.box)
+
+
+def revisited_loaders(gt, crop: bool = True) -> tuple[list[ImageLoader], list[ImageLoader]]:
+    """Image loaders of the database and of the queries (cropped to their box when ``crop``, the protocol).
+
+    ``gt``: a :class:`Revisited` (files), or the synthetic benchmark's retrieval set (images in memory,
+    ``vitscope.data.synthetic.retrieval_set``)."""
+    if isinstance(gt, Revisited):
+        db = [ImageLoader(p, p) for p in gt.image_paths()]
+        qs = [ImageLoader(p, p, box=q.bbx if crop else None) for p, q in zip(gt.query_paths(), gt.queries)]
+        return db, qs
+    db = [ImageLoader(n, array=a) for n, a in zip(gt.db_names, gt.db_images)]
+    qs = [ImageLoader(n, array=a, box=g["bbx"] if crop else None)
+          for n, a, g in zip(gt.query_names, gt.query_images, gt.gnd)]
+    return db, qs
+
+
+def revisited_queries(gt) -> list:
+    """The ground truth of each query (:class:`RevisitedQuery` or a ``gnd`` dict), for the scorer."""
+    return list(gt.queries) if isinstance(gt, Revisited) else list(gt.gnd)
+
+
+def revisited_description(gt) -> str:
+    if isinstance(gt, Revisited):
+        return gt.description
+    return f"the synthetic Revisited set ({len(gt.db_images)} images, {len(gt.query_images)} queries)"
 
 
 def load_revisited(root: str | Path, name: str | None = None) -> Revisited:

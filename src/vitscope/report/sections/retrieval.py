@@ -18,27 +18,15 @@ def synthetic_config(ctx):
 
 def retrieval_rows(ctx, n_landmarks: int = N_LANDMARKS) -> tuple[list[dict], int, int]:
     """Rows of the trained model and its random twin, queries cropped and not; (rows, n_db, n_queries)."""
-    from PIL import Image
-
-    from vitscope.analysis.block_features import resolve_blocks
-    from vitscope.analysis.retrieval import crop_to_box, image_descriptors, retrieval_per_block
+    from vitscope.analysis.retrieval import RetrievalOptions, evaluate
     from vitscope.data.synthetic import retrieval_set
 
     rs = retrieval_set(synthetic_config(ctx), n_landmarks=n_landmarks)
-    db = [Image.fromarray(a) for a in rs.db_images]
-    full = [Image.fromarray(a) for a in rs.query_images]
-    cropped = [crop_to_box(q, g["bbx"]) for q, g in zip(full, rs.gnd)]
     models = {ctx.name: ctx.model, f"{ctx.name} (random)": ctx.random_model}
-    mode = "cls" if ctx.model.cfg.class_token else "mean"
-    blocks = {n: resolve_blocks(m, None, mode) for n, m in models.items()}
-    size = int(np.max(ctx.model.cfg.img_size))
-    fdb = image_descriptors(models, db, blocks, imsize=size, tokens=mode)
-    rows = []
-    for crop, qs in ((True, cropped), (False, full)):
-        fq = image_descriptors(models, qs, blocks, imsize=size, tokens=mode)
-        for n in models:
-            rows += retrieval_per_block(fdb[n], fq[n], rs.gnd, n, crop=crop, tokens=mode)
-    return rows, len(db), len(full)
+    opts = RetrievalOptions(tokens="cls" if ctx.model.cfg.class_token else "mean",
+                            imsize=int(np.max(ctx.model.cfg.img_size)))
+    rows = [r for crop in (True, False) for r in evaluate(models, rs, opts, crop=crop).rows()]
+    return rows, len(rs.db_images), len(rs.query_images)
 
 
 @analysis("retrieval", "Retrieval per block (Revisited protocol)", needs=("images",), order=57)

@@ -11,7 +11,7 @@ from vitscope.report.registry import Section, analysis
 def cka_section(ctx) -> Section:
     """Linear CKA (unbiased HSIC, full data) between every pair of block outputs, on the mean of the patch
     tokens and on all tokens; and between the trained model and its random-weight twin."""
-    from vitscope.analysis.similarity.compare import layer_cka
+    from vitscope.analysis.similarity.cka import CKAOptions, evaluate
     from vitscope.viz.similarity import plot_cka
 
     n = len(ctx.eval_images)
@@ -23,18 +23,19 @@ def cka_section(ctx) -> Section:
         if feats is None:
             sec.add_text(f"CKA on {label} left out: the features would not fit in memory; use --n-eval lower.")
             continue
-        res = layer_cka(feats)
+        res = evaluate({"trained": feats}, None, CKAOptions(tokens=mode)).arrays["results"][("trained", "trained")]
         fig = plot_cka(res, title=f"CKA, block outputs ({label})", xlabel="block", ylabel="block",
                        data=ctx.data_label, n_images=n)
         sec.figure(ctx, fig, f"layers_{mode}", f"Linear CKA between block outputs, {label}.",
                    arrays={"cka": res.matrix})
-    mean = ctx.block_features("trained", "mean")
-    res = layer_cka(mean, ctx.block_features("random", "mean"))
+        if mode == "mean":
+            m = res.matrix
+    feats = {"trained": ctx.block_features("trained", "mean"), "random": ctx.block_features("random", "mean")}
+    res = evaluate(feats, None, CKAOptions(tokens="mean")).arrays["results"][("trained", "random")]
     fig = plot_cka(res, title="CKA, trained (rows) vs random weights (columns)", xlabel="block (random)",
                    ylabel="block (trained)", data=ctx.data_label, n_images=n, tokens="mean of patch")
     sec.figure(ctx, fig, "trained_vs_random", "Where the trained model's representations still resemble those "
                "of a random network (mean of patch tokens).", arrays={"cka": res.matrix})
-    m = layer_cka(mean).matrix
     sec.add_text(f"Adjacent blocks: CKA {np.mean(np.diag(m, 1)):.2f} on average; first vs last block "
                  f"{m[0, -1]:.2f}.")
     return sec
@@ -44,7 +45,7 @@ def cka_section(ctx) -> Section:
 def clustering(ctx) -> Section:
     """k-means (k = number of classes, seed 0, 10 inits) on the CLS token and on the mean patch token of every
     block, scored against the labels by NMI, ARI and purity (walmer2023); the random-weight twin for reference."""
-    from vitscope.analysis.cluster import blockwise_cluster_scores
+    from vitscope.analysis.cluster import ClusterOptions, evaluate
     from vitscope.viz.similarity import plot_cluster_curves
 
     y = ctx.eval_labels
@@ -54,22 +55,18 @@ def clustering(ctx) -> Section:
     sec = Section()
     rows = []
     for mode, label in (("cls", "CLS token"), ("mean", "mean patch token")):
-        blocks = [int(b) for b in ctx.block_features("trained", mode)]
-        if not blocks:
+        feats = {who: ctx.block_features(who, mode) for who in ("trained", "random")}
+        if not feats["trained"]:
             continue
-        curves = {}
-        for who in ("trained", "random"):
-            f = ctx.block_features(who, mode)
-            s = blockwise_cluster_scores(list(f.values()), y, k=k)
-            curves[who] = s
-            for j, name in enumerate(f):
-                rows.append({"tokens": label, "model": who, "block": name,
-                             **{m: round(float(v[j]), 4) for m, v in s.items()}})
+        result = evaluate(feats, y, ClusterOptions(tokens=mode, k=k))
+        curves, blocks = result.arrays["scores"], result.arrays["blocks"]
+        rows += [{"tokens": label, "model": who, "block": str(b), **{m: round(float(v[j]), 4) for m, v in s.items()}}
+                 for who, s in curves.items() for j, b in enumerate(blocks[who])]
         fig = plot_cluster_curves(curves, title=f"k-means on the {label} (k={k})", data=ctx.data_label,
-                                  n_images=len(y),
-                                  blocks={who: [int(b) for b in ctx.block_features(who, mode)] for who in curves})
-        if blocks[0] > 0:
-            sec.add_text(f"CLS exists from block {blocks[0]}: its curves are over blocks {blocks}.")
+                                  n_images=len(y), blocks=blocks)
+        if blocks["trained"][0] > 0:
+            sec.add_text(f"CLS exists from block {blocks['trained'][0]}: its curves are over blocks "
+                         f"{blocks['trained']}.")
         sec.figure(ctx, fig, mode, f"NMI, ARI and purity per block, {label}.",
                    arrays={f"{who}_{m}": v for who, s in curves.items() for m, v in s.items()})
     sec.table(ctx, rows, "scores", "Clustering scores per block")
@@ -80,12 +77,13 @@ def clustering(ctx) -> Section:
 def residual_cka(ctx) -> Section:
     """walmer2023's residual analysis: CKA between each block's skip input and its attention / MLP branch output
     (all tokens, minibatch unbiased HSIC), and the norm ratios ||skip|| / ||branch||."""
-    from vitscope.analysis.similarity.compare import stream_residual_cka
+    from vitscope.analysis.similarity.cka import CKAOptions, evaluate
     from vitscope.viz.similarity import plot_residual
 
     if len(ctx.eval_images) < 8:
         return Section.skip(f"skipped: residual CKA needs at least 8 images, got {len(ctx.eval_images)}")
-    res = stream_residual_cka(ctx.model, ctx.eval_images, token_mode="all", batch_size=max(ctx.batch_size, 8))
+    opts = CKAOptions(comparison="residual", tokens="all", batch_size=max(ctx.batch_size, 8))
+    res = evaluate({ctx.name: ctx.model}, ctx.eval_images, opts).arrays["results"][ctx.name]
     sec = Section()
     ratios = res.norm_ratios
     fig = plot_residual(res, title="residual CKA", data=ctx.data_label, n_images=res.meta["n_images"], tokens="all")
@@ -105,13 +103,12 @@ def residual_cka(ctx) -> Section:
 def rsa_section(ctx) -> Section:
     """ciernik2025's representational similarity analysis: correlation-distance RDMs of each block's mean patch
     token, compared between blocks by Spearman correlation."""
-    from vitscope.analysis.similarity.compare import layer_rsa
+    from vitscope.analysis.similarity.rsa import RSAOptions, evaluate
     from vitscope.viz.similarity import plot_cka
 
-    feats = ctx.block_features("trained", "mean")
     if len(ctx.eval_images) < 4:
         return Section.skip("skipped: RSA needs at least 4 images")
-    res = layer_rsa(feats)
+    res = evaluate({"trained": ctx.block_features("trained", "mean")}, None, RSAOptions(tokens="mean")).arrays["result"]
     sec = Section()
     fig = plot_cka(res, title="RSA (Spearman of correlation RDMs)", xlabel="block", ylabel="block", vmin=None,
                    vmax=1.0, label="RSA", data=ctx.data_label, n_images=len(ctx.eval_images), tokens="mean of patch")

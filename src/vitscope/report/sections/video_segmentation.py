@@ -20,39 +20,32 @@ def synthetic_davis(ctx, videos: int = 1, frames: int = 6):
     return load_davis(root / "davis")
 
 
-@analysis("video_segmentation", "Video object segmentation (DAVIS-style label propagation)", order=72)
+@analysis("davis", "Video object segmentation (DAVIS-style label propagation)", order=72,
+          aliases=("video_segmentation",))
 def video_segmentation_section(ctx) -> Section:
     """Label propagation from the first frame's mask (DINO's protocol: 7 previous frames, neighbourhood 12,
     top-5, temperature 0.1) on a synthetic clip, scored by the DAVIS-2017 J&F, per block; the random-weight twin
     for reference."""
-    import pandas as pd
-
-    from vitscope.analysis.video_segmentation import davis_rows, evaluate_davis
+    from vitscope.analysis.video_segmentation import DavisOptions, evaluate
     from vitscope.viz.downstream_dense import plot_propagation
     from vitscope.viz.per_block import plot_metric_per_block
 
     if min(ctx.model.cfg.img_size) < 32:
         return Section.skip("skipped: the synthetic data needs a model input of at least 32 px")
     ds = synthetic_davis(ctx)
-    side = 2 * int(ctx.model.cfg.img_size[0])
-    rows = []
-    res = None
-    for who, model in (("trained", ctx.model), ("random", ctx.random_model)):
-        r = evaluate_davis(model, ds, short_side=side, keep_predictions=who == "trained")
-        rows += davis_rows(r, ctx.name if who == "trained" else f"{ctx.name} (random)")
-        res = res or r
-    table = pd.DataFrame(rows)
+    models = {ctx.name: ctx.model, f"{ctx.name} (random)": ctx.random_model}
+    result = evaluate(models, ds, DavisOptions(short_side=2 * int(ctx.model.cfg.img_size[0])))
     sec = Section()
-    fig = plot_metric_per_block(table, metric="J&F-Mean", title=f"J&F per block, {len(ds)} synthetic clip(s)")
+    fig = plot_metric_per_block(result.table, metric="J&F-Mean", title=f"J&F per block, {len(ds)} synthetic clip(s)")
     sec.figure(ctx, fig, "jf", "DAVIS-2017 J&F-Mean of label propagation from each block's patch tokens "
                "(dashed: random weights).")
-    seq = ds[0]
-    last = max(res["global"])
-    fig = plot_propagation(seq.frames(), res["predictions"][last][seq.name], seq.masks(),
-                           title=f"block {last}: propagated (top) and ground truth (bottom)")
+    seq, (last, ids) = result.arrays["sequence"], result.arrays["predictions"][ctx.name]
+    fig = plot_propagation(seq.frames(), ids, seq.masks(), title=f"block {last}: propagated (top) and ground truth "
+                                                                 f"(bottom)")
     sec.figure(ctx, fig, "frames", "Masks propagated from frame 0 by the last block's features.")
-    sec.table(ctx, [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows
-                    if r["metric"] in ("J&F-Mean", "J-Mean", "F-Mean")], "per_block", "J and F per block")
-    best = table[table["metric"] == "J&F-Mean"].groupby("model")["value"].max()
+    rows = [r for r in result.rows() if r["metric"] in ("J&F-Mean", "J-Mean", "F-Mean")]
+    sec.table(ctx, [{k: (round(r[k], 4) if k == "value" else r[k]) for k in ("model", "block", "metric", "value")}
+                    for r in rows], "per_block", "J and F per block")
+    best = result.table[result.table["metric"] == "J&F-Mean"].groupby("model", sort=False)["value"].max()
     sec.add_text("Best J&F over blocks: " + ", ".join(f"{m} {v:.3f}" for m, v in best.items()) + ".")
     return sec
