@@ -1,0 +1,2 @@
+"""Causal interventions on the hooked ViT: activation patching, path patching, attribution patching, ablations and
+head composition scores."""
