@@ -81,7 +81,8 @@ class PatchGrid:
                     maps[i, cell["row"], cell["col"]] = e
                 else:
                     prefix.setdefault(cell["token"], np.full(len(self.blocks), np.nan))[i] = e
-        return maps, prefix
+        order = sorted(prefix, key=lambda t: (t != "cls", t != "dist", len(t), t))        # CLS, DIST, reg0, ...
+        return maps, {t: prefix[t] for t in order}
 
     def head_map(self) -> np.ndarray:
         """Effects (L, H) for head sites (and path patching's senders); NaN where a head was not patched."""

@@ -55,7 +55,17 @@ def _pcfg(model):
 
 
 def _is_image_like(x) -> bool:
-    return isinstance(x, (str, Path, Image.Image, np.ndarray)) or (isinstance(x, torch.Tensor) and x.ndim == 3)
+    """One image: an image file's path (by its extension), a PIL image, an array or a (3, H, W) tensor."""
+    if isinstance(x, (str, Path)):
+        from vitscope.data.decode import is_image_file
+
+        return is_image_file(x)
+    return isinstance(x, (Image.Image, np.ndarray)) or (isinstance(x, torch.Tensor) and x.ndim == 3)
+
+
+def _is_pair(x) -> bool:
+    return isinstance(x, (tuple, list)) and len(x) == 2 and all(
+        isinstance(d, (str, Path)) or _is_image_like(d) for d in x)
 
 
 def _to_input(model, img) -> torch.Tensor:
@@ -165,9 +175,9 @@ def make_pairs(model, data, corrupt: str | None = None, region: str | None = Non
         return data
     grid = model.cfg.grid
     if corrupt is None:
-        if isinstance(data, (tuple, list)) and len(data) == 2 and all(_is_image_like(d) for d in data):
+        if _is_pair(data):
             return load_pair(model, *data)
-        if isinstance(data, (tuple, list)) and data and all(isinstance(d, (tuple, list)) and len(d) == 2 for d in data):
+        if isinstance(data, (tuple, list)) and data and all(_is_pair(d) for d in data):
             parts = [load_pair(model, *d) for d in data]
             return PatchPairs(torch.cat([p.clean for p in parts]), torch.cat([p.corrupted for p in parts]),
                               names=[n for p in parts for n in p.names], description=f"{len(parts)} image pairs")
