@@ -38,33 +38,38 @@ def parse_corruption(spec: str) -> tuple[str, float | str | None]:
     return kind, (arg.strip() or None)
 
 
-def _span(text: str, n: int, axis: str, whole: str) -> range:
+def _span(text: str, n: int | None, axis: str, whole: str, what: str) -> range:
     text = text.strip()
     try:
         if ":" in text:
             a, b = text.split(":", 1)
-            lo, hi = int(a) if a.strip() else 0, int(b) if b.strip() else n
+            lo = int(a) if a.strip() else 0
+            hi = int(b) if b.strip() else (n if n is not None else lo + 1)
         else:
             lo = int(text)
             hi = lo + 1
     except ValueError:
-        raise ValueError(f"a region takes patch rows and columns as 'r0:r1,c0:c1' or 'r,c', got {whole!r}") from None
-    if not 0 <= lo < hi <= n:
-        raise ValueError(f"region {whole!r}: {axis} {lo}..{hi - 1} fall outside the patch grid ({axis} 0..{n - 1}); "
-                         f"give {axis} within it")
+        raise ValueError(f"{what} takes patch rows and columns as 'r0:r1,c0:c1' or 'r,c', got {whole!r}") from None
+    if not 0 <= lo < hi or (n is not None and hi > n):
+        grid = f"the patch grid ({axis} 0..{n - 1})" if n is not None else "the patch grid"
+        which = f"{axis[:-1]} {lo}" if hi == lo + 1 else f"{axis} {lo}..{hi - 1}"
+        raise ValueError(f"{what} {whole!r}: {which} outside {grid}; give {axis} within it")
     return range(lo, hi)
 
 
-def parse_region(text: str | None, grid: tuple[int, int]) -> np.ndarray | None:
-    """``"r0:r1,c0:c1"`` / ``"r,c"`` -> a (rows, cols) bool mask of patches; None for None / ``"all"``."""
+def parse_region(text: str | None, grid: tuple[int, int] | None, what: str = "region") -> np.ndarray | None:
+    """``"r0:r1,c0:c1"`` / ``"r,c"`` -> a (rows, cols) bool mask of patches; None for None / ``"all"``. Without
+    ``grid`` only the spelling is checked (None is returned)."""
     if text is None or str(text).strip().lower() in ("", "all"):
         return None
     parts = str(text).split(",")
     if len(parts) != 2:
-        raise ValueError(f"a region takes patch rows and columns as 'r0:r1,c0:c1' or 'r,c', got {text!r}")
-    rows, cols = grid
+        raise ValueError(f"{what} takes patch rows and columns as 'r0:r1,c0:c1' or 'r,c', got {text!r}")
+    rows, cols = grid if grid is not None else (None, None)
+    r, c = _span(parts[0], rows, "rows", text, what), _span(parts[1], cols, "columns", text, what)
+    if grid is None:
+        return None
     mask = np.zeros(grid, dtype=bool)
-    r, c = _span(parts[0], rows, "rows", text), _span(parts[1], cols, "columns", text)
     mask[r.start:r.stop, c.start:c.stop] = True
     return mask
 

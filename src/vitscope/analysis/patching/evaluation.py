@@ -18,7 +18,6 @@ from vitscope.analysis.patching.sites import SITES, site_kind
 
 METHODS = ("activation", "attribution", "both")
 _SITE_ALIASES = {**{h: s for s, h in SITES.items()}, **{h.replace("attn.", ""): s for s, h in SITES.items()}}
-_BIG = (10 ** 6, 10 ** 6)
 
 
 @dataclass
@@ -52,13 +51,13 @@ class PatchOptions(Options):
                                             f"callable, got {self.metric!r}")
         self.check_choice("direction", DIRECTIONS)
         self.check_choice("method", METHODS)
-        for name, check in (("corrupt", parse_corruption), ("region", lambda t: parse_region(t, _BIG)),
-                            ("patches", lambda t: parse_region(t, _BIG))):
+        for name, check in (("corrupt", parse_corruption), ("region", lambda t: parse_region(t, None, "region")),
+                            ("patches", lambda t: parse_region(t, None, "patches"))):
             if getattr(self, name) is not None:
                 try:
                     check(getattr(self, name))
                 except ValueError as e:
-                    raise OptionError(name, f"`{name}`: {e}") from None
+                    raise OptionError(name, str(e).replace(name, f"`{name}`", 1)) from None
         if self.receivers is not None:
             if self.method != "activation":
                 raise OptionError("method", "`method` must be activation with receivers (path patching has no "
@@ -118,7 +117,7 @@ def evaluate(models, data=None, options: PatchOptions | None = None, **overrides
         pairs = make_pairs(model, data, opts.corrupt, opts.region, opts.limit, opts.seed)
         blocks = _blocks(model, opts.blocks)
         patches = parse_region(opts.patches, (pairs.clean.shape[-2] // model.cfg.patch_size,
-                                              pairs.clean.shape[-1] // model.cfg.patch_size))
+                                              pairs.clean.shape[-1] // model.cfg.patch_size), "patches")
         kw = dict(metric=opts.metric, direction=opts.direction, blocks=blocks)
         g: dict[str, Any] = {}
         if opts.receivers is not None:
