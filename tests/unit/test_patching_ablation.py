@@ -67,13 +67,15 @@ def test_each_component_equals_the_loop(method, mean_over, tiny_cfg_kwargs):
     means = reference_means(m, ref, range(2), mean_over == "position", batch_size=4) if method == "mean" else None
     rows = ablate_components(m, x, y, method, "heads,mlps", means=means, batch_size=4)
     want = _loop(m, x, y, method, mean_over, ref=ref)
-    got = {(r["block"], r["component"], r["head"]): r for r in rows if r["metric"] == "logit"}
-    acc = {(r["block"], r["component"], r["head"]): r["value"] for r in rows if r["metric"] == "accuracy"}
+    got = {(r["block"], r["component"], r["head"]): r for r in rows if r["metric"].endswith("logit")}
+    acc = {(r["block"], r["component"], r["head"]): r["value"] for r in rows if r["metric"].endswith("accuracy")}
     assert set(got) - {(None, "none", None)} == set(want)
     for k, (a, lg) in want.items():
         assert got[k]["value"] == pytest.approx(lg, abs=1e-4)
         assert acc[k] == pytest.approx(a)
-    drops = {(r["block"], r["component"], r["head"]): r["value"] for r in rows if r["metric"] == "logit_drop"}
+    drops = {(r["block"], r["component"], r["head"]): r["value"] for r in rows if r["metric"].endswith("logit_drop")}
+    assert {r["metric"] for r in rows} == {"accuracy", "logit"} | {f"{k}_{m}" for k in ("head", "mlp") for m in (
+        "accuracy", "accuracy_drop", "logit", "logit_drop")}
     base = got[(None, "none", None)]["value"]
     for k in want:
         assert drops[k] == pytest.approx(base - got[k]["value"])
@@ -151,8 +153,7 @@ def test_evaluate_table_and_figures(tiny_cfg_kwargs):
     x, y = _data(8)
     r = evaluate(m, (x, y), AblateOptions(method="zero", prune=True, prune_step=4, prune_images=4))
     t = r.table
-    assert set(t["metric"]) == {"accuracy", "accuracy_drop", "logit", "logit_drop", "pruned_accuracy",
-                                "pruned_logit"}
-    assert len(t[t["metric"] == "logit_drop"]) == 2 * 5
+    assert {"accuracy", "head_logit_drop", "mlp_accuracy_drop", "pruned_accuracy", "pruned_logit"} <= set(t["metric"])
+    assert len(t[t["metric"] == "head_logit_drop"]) == 2 * 4 and len(t[t["metric"] == "mlp_logit_drop"]) == 2
     assert set(r.figures()) == {"ablation_logit_drop", "ablation_accuracy_drop", "ablation_pruning"}
     assert "zero ablation of heads and mlps on 8 images" in r.summary

@@ -209,7 +209,9 @@ def _scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, t
 def ablate_components(model, images: torch.Tensor, labels: torch.Tensor, method: str = "mean",
                       components: str = "heads,mlps", blocks: Sequence[int] | None = None, means=None,
                       seed: int = 0, batch_size: int = 64, progress: bool = False) -> list[dict]:
-    """Rows of the accuracy (%) and mean true-class logit with each component ablated, and their drops."""
+    """Rows of the accuracy (%) and mean true-class logit with each component ablated, and their drops: metrics
+    ``head_accuracy``, ``head_accuracy_drop``, ``head_logit``, ``head_logit_drop`` (``mlp_...`` for MLPs), and the
+    unablated ``accuracy`` / ``logit`` (block None)."""
     blocks = list(range(model.cfg.depth)) if blocks is None else list(blocks)
     comps = _components(model, blocks, components)
     n = images.shape[0]
@@ -241,7 +243,7 @@ def ablate_components(model, images: torch.Tensor, labels: torch.Tensor, method:
     for k, (b, kind, h) in enumerate(comps, start=1):
         for m, v in (("accuracy", acc[k]), ("accuracy_drop", acc[0] - acc[k]), ("logit", mean_logit[k]),
                      ("logit_drop", mean_logit[0] - mean_logit[k])):
-            rows.append({"block": b, "component": kind, "head": h, "metric": m, "value": float(v)})
+            rows.append({"block": b, "component": kind, "head": h, "metric": f"{kind}_{m}", "value": float(v)})
     return rows
 
 
@@ -327,9 +329,10 @@ def evaluate(models, data=None, options: AblateOptions | None = None, **override
     ``prune`` the iterative head-pruning curve.
 
     ``data``: a labelled dataset (spec or opened), a tensor (N, 3, H, W), or ``(images, labels)``. Returns a Result
-    with one row per model x component x metric (``accuracy``, ``accuracy_drop`` in percentage points, ``logit``,
-    ``logit_drop``; columns ``component`` (head / mlp / none), ``head``), plus ``pruned_accuracy`` /
-    ``pruned_logit`` rows (column ``n_pruned``) with ``prune``.
+    with one row per model x component x metric (``head_accuracy``, ``head_accuracy_drop`` in percentage points,
+    ``head_logit``, ``head_logit_drop``, the same with ``mlp_``; columns ``component`` (head / mlp / none),
+    ``head``), the unablated ``accuracy`` and ``logit``, plus ``pruned_accuracy`` / ``pruned_logit`` rows (column
+    ``n_pruned``) with ``prune``.
     """
     from vitscope.analysis.patching.evaluation import _blocks, model_items
 
@@ -368,7 +371,7 @@ def evaluate(models, data=None, options: AblateOptions | None = None, **override
 
 
 def _summary(table, opts: AblateOptions) -> str:
-    drops = table[table["metric"] == "logit_drop"]
+    drops = table[table["metric"].isin(["head_logit_drop", "mlp_logit_drop"])]
     if not len(drops):
         return f"{opts.method} ablation: nothing ablated"
     top = drops.loc[drops["value"].idxmax()]
@@ -381,8 +384,9 @@ def _summary(table, opts: AblateOptions) -> str:
 
 
 def ablation_grid(table, model: str, metric: str = "logit_drop") -> tuple[np.ndarray, list[int], list[str]]:
-    """(values (L, H [+ 1]), blocks, column names) of one model's ablation rows: heads, then the MLP."""
-    t = table[(table["model"] == model) & (table["metric"] == metric)]
+    """(values (L, H [+ 1]), blocks, column names) of one model's ablation rows of ``metric`` (``logit_drop``,
+    ``accuracy_drop``, ...): heads, then the MLP."""
+    t = table[(table["model"] == model) & table["metric"].isin([f"head_{metric}", f"mlp_{metric}"])]
     blocks = sorted(int(b) for b in t["block"].dropna().unique())
     heads = sorted(int(h) for h in t["head"].dropna().unique())
     has_mlp = (t["component"] == "mlp").any()
@@ -410,7 +414,8 @@ def _draw(result: Result) -> dict:
                 continue
             fig = plot_head_effects(grid, blocks, title=f"{model}: {result.options.method} ablation, {label}",
                                     label=label, columns=cols, xlabel="head (and MLP)")
-            figs[f"{pre}ablation_{metric}"] = (fig, t[(t["model"] == model) & (t["metric"] == metric)])
+            figs[f"{pre}ablation_{metric}"] = (fig, t[(t["model"] == model)
+                                                     & t["metric"].isin([f"head_{metric}", f"mlp_{metric}"])])
     if result.meta["curves"]:
         curve = t[t["metric"].isin(["pruned_accuracy", "pruned_logit"])].copy()
         curve["metric"] = curve["metric"].str.replace("pruned_", "", regex=False)

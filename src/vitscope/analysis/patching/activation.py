@@ -68,6 +68,44 @@ class PatchGrid:
                              "delta": float(v[k, p] - base[p])} for p in range(v.shape[1])]
         return out
 
+    def summary_rows(self, model: str = "model", changed: np.ndarray | None = None) -> list[dict]:
+        """Per-block summaries (no cell columns): ``effect_max``, the effect of the cell with the largest |effect|
+        (per block x head for the pattern site; head and path grids have no summary: their cells are heads), and,
+        with ``changed`` ((P, rows, cols): the share of each patch where each pair's inputs differ),
+        ``changed_share``: the share of the summed |change of the metric| over patch positions that lies on changed
+        patches, averaged over the pairs (pairs whose inputs differ everywhere are left out)."""
+        kind = "path" if self.method == "path" else site_kind(self.site)
+        if kind in ("head", "path"):
+            return []
+        out = []
+        base = {"model": model, "site": self.site, "direction": self.direction, "method": self.method,
+                "quantity": self.metric, **self.extra}
+        ref = self.corrupted if self.direction == "denoising" else self.clean
+        for b in self.blocks:
+            eff = self.effect(b)
+            if kind == "pattern":
+                heads = np.array([c["head"] for c in self.cells[b]])
+                for h in np.unique(heads):
+                    e = eff[heads == h]
+                    out.append({**base, "block": b, "head": int(h), "metric": "effect_max",
+                                "value": float(e[np.argmax(np.abs(e))])})
+                continue
+            out.append({**base, "block": b, "metric": "effect_max", "value": float(eff[np.argmax(np.abs(eff))])})
+            if changed is None:
+                continue
+            patch = [k for k, c in enumerate(self.cells[b]) if c["token"] == "patch"]
+            delta = np.abs(self.values[b][patch] - ref[None])                           # K_patch, P
+            shares = []
+            for p in range(delta.shape[1]):
+                on = np.array([changed[p][self.cells[b][k]["row"], self.cells[b][k]["col"]] > 0 for k in patch])
+                if on.all() or delta[:, p].sum() == 0:
+                    continue
+                shares.append(delta[on, p].sum() / delta[:, p].sum())
+            if shares:
+                out.append({**base, "block": b, "metric": "changed_share", "value": float(np.mean(shares)),
+                            "pairs": len(shares)})
+        return out
+
     # ------------------------------------------------------------------ arrays for the figures
     def position_maps(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(patch effects (L, rows, cols), {prefix token: (L,)}) with NaN where a cell was not patched or a token is

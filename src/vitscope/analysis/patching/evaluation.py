@@ -57,7 +57,9 @@ class PatchOptions(Options):
                 try:
                     check(getattr(self, name))
                 except ValueError as e:
-                    raise OptionError(name, str(e).replace(name, f"`{name}`", 1)) from None
+                    msg = str(e)
+                    msg = f"`{name}`{msg[len(name):]}" if msg.startswith(name) else f"`{name}`: {msg}"
+                    raise OptionError(name, msg) from None
         if self.receivers is not None:
             if self.method != "activation":
                 raise OptionError("method", "`method` must be activation with receivers (path patching has no "
@@ -102,7 +104,9 @@ def evaluate(models, data=None, options: PatchOptions | None = None, **overrides
     Returns a :class:`~vitscope.analysis.api.Result`: one row per model x block x cell (``metric`` "effect",
     ``value`` normalised so that 0 is the corrupted run and 1 the clean run; ``delta`` the raw change of the metric;
     ``site``, ``direction``, ``method``, ``quantity`` and the cell's ``position`` / ``token`` / ``row`` / ``col`` /
-    ``head``), plus ``agreement_r`` rows for ``method="both"``; ``figures()`` draws the grids.
+    ``head``); per-block summaries without cell columns (``effect_max``, and ``changed_share`` where the changed
+    patches are known: see :meth:`PatchGrid.summary_rows`); ``agreement_r`` rows for ``method="both"``;
+    ``figures()`` draws the grids.
     """
     opts = (options or PatchOptions()).replace(**overrides) if overrides else (options or PatchOptions())
     if data is None:
@@ -131,7 +135,7 @@ def evaluate(models, data=None, options: PatchOptions | None = None, **overrides
                 g["attribution"] = attribution_patching(model, pairs, opts.site, patches=patches,
                                                         freeze_norm=opts.freeze_norm, **kw)
         for grid in g.values():
-            rows += grid.rows(label, per_pair=opts.per_pair)
+            rows += grid.rows(label, per_pair=opts.per_pair) + grid.summary_rows(label, pairs.changed)
         if len(g) == 2:
             rows += [{"model": label, "site": g["activation"].site, "direction": opts.direction, "method": "both",
                       **r} for r in agreement(g["activation"], g["attribution"])]
@@ -177,7 +181,8 @@ def _draw(result: Result) -> dict:
         model = result.meta["models"][label]
         t = result.table
         for method, grid in g.items():
-            shown = t[(t["model"] == label) & (t["method"] == grid.method) & (t["metric"] == "effect")]
+            shown = t[(t["model"] == label) & (t["method"] == grid.method) & (t["metric"] == "effect")
+                      & (t["site"] == grid.site)]
             name = f"{pre}patching_{'path' if method == 'path' else grid.site}" + \
                 ("_attribution" if method == "attribution" else "")
             figs[name] = (draw_grid(grid, model, pairs, title=_title(label, grid, pairs)), shown)
