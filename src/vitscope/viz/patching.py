@@ -193,3 +193,38 @@ def plot_composition(scores: Mapping[str, np.ndarray], title: str | None = None)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def plot_block_effects(effects: np.ndarray, blocks: Sequence[int], image: np.ndarray | None = None,
+                       patch: tuple[int, int] | None = None, grid: tuple[int, int] | None = None,
+                       title: str | None = None, label: str = "effect (0 corrupted, 1 clean)"):
+    """One cell's effect per block as bars (colour diverging around 0), with the corrupted input beside it and the
+    patched position outlined (the app's patching tab)."""
+    import matplotlib
+    from matplotlib.patches import Rectangle
+
+    e = np.asarray(effects, float)
+    fig, axes = subplots(1, 2 if image is not None else 1, figsize=(6.8 if image is not None else 4.4, 2.8),
+                         width_ratios=[1, 1.6] if image is not None else None)
+    if image is not None:
+        ax = axes[0, 0]
+        h, w = image.shape[:2]
+        ax.imshow(image)
+        if patch is not None and grid is not None:
+            ph, pw = h / grid[0], w / grid[1]
+            ax.add_patch(Rectangle((patch[1] * pw - 0.5, patch[0] * ph - 0.5), pw, ph, fill=False, lw=1.5, ec="c"))
+        ax.set_title("corrupted input", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax = axes[0, -1]
+    vmax = _vmax(e)
+    norm = matplotlib.colors.Normalize(-vmax, vmax)
+    ax.bar(range(len(e)), e, color=matplotlib.colormaps[CMAP](norm(e)), edgecolor="0.3", lw=0.5)
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_xticks(range(len(e)), [str(b) for b in blocks], fontsize=8)
+    ax.set_xlabel("block")
+    ax.set_ylabel(label, fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
