@@ -24,7 +24,8 @@ _SITE_ALIASES = {**{h: s for s, h in SITES.items()}, **{h.replace("attn.", ""): 
 class PatchOptions(Options):
     """Options of :func:`evaluate`."""
 
-    site: str = "resid_pre"            # resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, result, q, k, v, pattern
+    site: str = "resid_pre"            # resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, result, q, k, v,
+                                       # pattern
     metric: Any = "logit"              # logit-diff:A,B | logit[:CLASS] | prob[:CLASS] | a callable on the logits
     direction: str = "denoising"       # denoising (clean into corrupted) or noising (corrupted into clean)
     method: str = "activation"         # activation, attribution (gradient estimate), both (and their agreement)
