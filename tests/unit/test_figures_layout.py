@@ -175,6 +175,30 @@ INPUTS = {
                                               for t in ("cls", "patches") for b in range(6) for h in range(8)],
                                              tokens="all", title="demo-vit: direct true-class logit per head"),
     },
+    "patching": {
+        "plot_position_effects": lambda f: f(rng.random((6, 4, 4)) - 0.3, list(range(6)),
+                                             {"cls": rng.random(6), "reg0": np.r_[np.nan, np.nan, rng.random(4)]},
+                                             images={"clean": IMG, "corrupted": IMG},
+                                             changed=(rng.random((4, 4)) > 0.7).astype(float),
+                                             title="demo-vit-reg4: activation patching, resid_pre (denoising, "
+                                                   "logit; 1 pair)"),
+        "plot_head_effects": lambda f: f(rng.random((6, 9)) - 0.5, list(range(6)), columns=[*map(str, range(8)), "MLP"],
+                                         title="demo-vit: mean ablation, true-class logit drop", xlabel="head (and MLP)"),
+        "plot_pattern_effects": lambda f: f(rng.random((4, 4, 17)) - 0.5, [0, 1, 2, 3],
+                                            title="demo-vit: activation patching, pattern (denoising, logit; 2 pairs)"),
+        "plot_agreement": lambda f: f({"resid_pre": (rng.random(40), rng.random(40), 0.42),
+                                       "z": (rng.random(24), rng.random(24), -0.1)},
+                                      title="demo-vit: attribution vs activation patching"),
+        "plot_pruning": lambda f: f([{"model": m, "n_pruned": n, "metric": k, "value": float(rng.random())}
+                                     for m in ("demo-vit", "demo-vit-reg4") for n in range(0, 49, 4)
+                                     for k in ("accuracy", "logit")], title="iterative head pruning (mean ablation)"),
+        "plot_composition": lambda f: f({k: np.where(np.arange(4)[:, None, None, None] < np.arange(4)[None, None, :,
+                                                                                                     None],
+                                                     rng.random((4, 3, 4, 3)), np.nan) for k in "QKV"},
+                                        title="demo-vit: head composition"),
+        "plot_block_effects": lambda f: f(rng.random(8) - 0.3, list(range(8)), IMG, (1, 2), (4, 4),
+                                          title="resid_pre at patch (1, 2), blur:0.5"),
+    },
     "removal": {
         "plot_removal_curves": lambda f: f(_removal_curves(), title="demo-vit: token removal"),
         "plot_token_probe_accuracy": lambda f: f(rng.random((6, 20)), ["cls", "reg0"] + [f"patch{i}" for i in range(18)],

@@ -208,8 +208,17 @@ def handlers(state: AppState) -> dict:
                                  alpha=float(alpha))
         return pics.get("figure"), note, files
 
+    def patching(model_name, random, upload, sample, patch, corrupt, site):
+        try:
+            p = tuple(int(v) for v in str(patch).split(",", 1)) if patch and "," in str(patch) else None
+        except ValueError:
+            raise _err(ValueError(f"the patch is 'row,col', got {patch!r}")) from None
+        view, files, note, pics = _run(state, model_name, random, upload, sample, V.patching_view, patch=p,
+                                       corrupt=corrupt, site=site)
+        return pics.get("figure"), pics.get("effects"), note, files
+
     return {"predict": predict, "attention": attention, "rollout": rollout, "tokens": tokens,
-            "distance": distance, "logit_lens": logit_lens}
+            "distance": distance, "logit_lens": logit_lens, "patching": patching}
 
 
 def model_controls(state: AppState, model_name, random):
@@ -319,6 +328,18 @@ def build_blocks(state: AppState):
                                      interactive=False)
                     l_note = gr.Markdown()
                     l_files = gr.File(label="download (PNG, .npy, .csv)", file_count="multiple")
+                with gr.Tab("Patching"):
+                    with gr.Row():
+                        p_corrupt = gr.Dropdown(list(V.PATCH_CORRUPTIONS), value=V.PATCH_CORRUPTIONS[0],
+                                                label="corrupted copy", allow_custom_value=True)
+                        p_site = gr.Radio(list(V.PATCH_SITES), value="resid_pre", label="activation patched")
+                        p_patch = gr.Textbox("", label="clicked patch (row,col; empty: the centre)", max_lines=1)
+                    p_fig = gr.Image(label="click a patch: its clean activation is put into the corrupted run",
+                                     type="filepath", interactive=False, elem_id="vs-patching")
+                    p_chart = gr.Image(label="effect per block", type="filepath", interactive=False,
+                                       show_label=False)
+                    p_note = gr.Markdown()
+                    p_files = gr.File(label="download (PNG, .npy, .csv)", file_count="multiple")
 
         src = [model, random, upload, sample]
         ev = {
@@ -328,6 +349,7 @@ def build_blocks(state: AppState):
             "tokens": (src + [t_block, a_cmap], [t_fig, t_note, t_files]),
             "distance": (src + [d_variant], [d_fig, d_note, d_files]),
             "logit_lens": (src + [l_block, a_alpha], [l_fig, l_note, l_files]),
+            "patching": (src + [p_patch, p_corrupt, p_site], [p_fig, p_chart, p_note, p_files]),
         }
         # the public API: one endpoint per view on a hidden button; blocks are plain numbers there (any model's
         # depth, negative counts from the end), the page's sliders follow the model chosen in the page
@@ -339,7 +361,8 @@ def build_blocks(state: AppState):
         # the page: what changes triggers which view
         private = dict(api_visibility="private")
         controls = (a_block, a_head, a_query, t_block, l_block, r_target, info)
-        everything = [(h[n], *ev[n]) for n in ("predict", "attention", "rollout", "tokens", "distance", "logit_lens")]
+        everything = [(h[n], *ev[n]) for n in ("predict", "attention", "rollout", "tokens", "distance", "logit_lens",
+                                                "patching")]
 
         def chain(event):
             for fn, ins, outs in everything:
@@ -364,6 +387,13 @@ def build_blocks(state: AppState):
 
         a_fig.select(on_click, [model, random], [a_patch, a_query], **private).then(
             h["attention"], *ev["attention"], **private)
+        gr.on([p_corrupt.change, p_site.change, p_patch.submit], h["patching"], *ev["patching"], **private)
+
+        def on_patch_click(n, r, evt: gr.SelectData):
+            return click_patch(state, n, r, evt.index)
+
+        p_fig.select(on_patch_click, [model, random], [p_patch], **private).then(
+            h["patching"], *ev["patching"], **private)
         chain(demo.load(lambda n, r: model_controls(state, n, r), [model, random], list(controls), **private))
     return demo
 

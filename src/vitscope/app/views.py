@@ -373,6 +373,45 @@ def logit_lens_view(model, image, block: int = -1, alpha: float = 0.55, size: in
     return View("logit_lens", fig, arrays, table, note, {"model": name, "block": b, "prediction": pred})
 
 
+PATCH_CORRUPTIONS = ("blur:0.5", "blur:1", "noise:0.3", "noise:0.1")
+PATCH_SITES = ("resid_pre", "attn_out", "mlp_out")
+
+
+def patching_view(model, image, patch: tuple[int, int] | None = None, corrupt: str = "blur:0.5",
+                  site: str = "resid_pre", size: int = DISPLAY) -> View:
+    """Activation patching of one patch position (denoising): in the run of the image's corrupted copy, that
+    position's ``site`` activation is taken from the clean image, one block at a time; the true-class logit's
+    effect per block (0 = the corrupted run, 1 = the clean one). ``patch``: (row, col), default the centre."""
+    from vitscope.analysis.patching import PatchOptions, evaluate
+    from vitscope.viz.patching import plot_block_effects
+
+    name = _model_name(model)
+    if model.cfg.head == "none":
+        return View("patching", None, note="this model has no classification head to measure", meta={"model": name})
+    x, base = model_input(model, image)
+    grid = grid_of(x, model)
+    r, c = (grid[0] // 2, grid[1] // 2) if patch is None else (int(patch[0]), int(patch[1]))
+    if not (0 <= r < grid[0] and 0 <= c < grid[1]):
+        raise ValueError(f"patch ({r}, {c}) is outside the {grid[0]} x {grid[1]} patch grid")
+    res = evaluate({name: model}, x, PatchOptions(site=site, corrupt=corrupt, patches=f"{r},{c}"))
+    t = res.table[res.table["metric"] == "effect"].sort_values("block")
+    eff = t["value"].to_numpy()
+    pairs = res.meta["pairs"][name]
+    pcfg = model.preprocess_cfg
+    mean, std = (pcfg.mean, pcfg.std) if pcfg is not None else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    corrupted = denormalize(pairs.corrupted[0].float().cpu(), mean, std)
+    chart = plot_block_effects(eff, t["block"].tolist(), corrupted, (r, c), grid,
+                               title=f"{site} at patch ({r}, {c}), {corrupt}")
+    best = int(np.argmax(np.abs(eff)))
+    note = (f"patch ({r}, {c}), {site}, corrupted by {corrupt}: the clean activation restores "
+            + ", ".join(f"{v:+.2f}" for v in eff) + f" of the true-class logit at blocks 0-{len(eff) - 1} "
+            f"(largest at block {int(t['block'].iloc[best])}); click another patch of the image")
+    table = t[["model", "block", "site", "direction", "position", "row", "col", "metric", "value", "delta"]]
+    return View("patching", mark_patch(enlarge(base, size), (r, c), grid), {"effect": eff}, table, note,
+                {"model": name, "patch": [r, c], "site": site, "corrupt": corrupt},
+                images={"effects": figure_to_array(chart)})
+
+
 def _class_map_figure(model, base: np.ndarray, top_map: np.ndarray, alpha: float, size: int):
     """Each patch coloured by its class (tab20 by frequency), blended over the image, with a legend strip."""
     import matplotlib

@@ -264,6 +264,8 @@ def cluster(ctx, opts: dict) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- the other evaluations
-# k-NN, retrieval, DAVIS, keypoints (downstream.py); probes, logit lens, removal curves (probing.py)
+# k-NN, retrieval, DAVIS, keypoints (downstream.py); probes, logit lens, removal curves (probing.py); patching,
+# ablations, composition scores (patching.py)
 from vitscope.experiments import downstream as _downstream  # noqa: E402,F401  (registers)
 from vitscope.experiments import probing as _probing  # noqa: E402,F401  (registers)
+from vitscope.experiments import patching as _patching  # noqa: E402,F401  (registers)

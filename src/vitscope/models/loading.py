@@ -427,7 +427,8 @@ def _is_url(s: str) -> bool:
 def load_model(name_or_path: str | os.PathLike, pretrained: bool = True, weights: str | os.PathLike | None = None,
                device: str | torch.device | None = None, dtype: torch.dtype | None = None, *,
                seed: int | None = None, input_size: int | tuple[int, int] | None = None,
-               source: str | None = None, progress: bool = True) -> HookedViT:
+               source: str | None = None, progress: bool = True, fold_ln: bool = False,
+               center_writing_weights: bool = False, fold_value_biases: bool = False) -> HookedViT:
     """Build a :class:`HookedViT` in eval mode, with ``.preprocess_cfg`` and ``.meta``.
 
     Args:
@@ -443,10 +444,18 @@ def load_model(name_or_path: str | os.PathLike, pretrained: bool = True, weights
             position embedding is resampled bicubically; not for BEiT).
         source: for registry names with several weight sources, "hub" or "url" (default: the first).
         progress: show download progress.
+        fold_ln, center_writing_weights, fold_value_biases: TransformerLens's weight processing, applied after
+            loading (``vitscope.models.processing``): the logits are unchanged, the weights simpler to read.
 
     ``model.meta`` holds ``name``, ``family``, ``source`` (where the weights came from: a path, hub file,
     URL, or "random-init"), ``weights_sha256`` (of the file loaded; None for random init) and ``format``.
     """
+    if fold_ln or center_writing_weights or fold_value_biases:
+        from vitscope.models.processing import process_weights
+
+        model = load_model(name_or_path, pretrained, weights, device, dtype, seed=seed, input_size=input_size,
+                           source=source, progress=progress)
+        return process_weights(model, fold_ln, center_writing_weights, fold_value_biases)
     if weights is not None:
         pretrained = True
     target = str(name_or_path)

@@ -73,14 +73,23 @@ def relative_position_index(grid: tuple[int, int]) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- small modules
 class HookedLayerNorm(nn.LayerNorm):
-    """LayerNorm whose output is ``<name>.hook_normalized``."""
+    """LayerNorm whose output is ``<name>.hook_normalized``.
+
+    ``<name>.hook_scale`` (..., 1) is the divisor ``sqrt(var + eps)``; it exists only while something is attached
+    to it (then the norm runs in explicit steps, so a hook may read or freeze the scale, TransformerLens-style).
+    """
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__(dim, eps=eps)
+        self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hook_normalized(super().forward(x))
+        if not self.hook_scale.active:
+            return self.hook_normalized(super().forward(x))
+        centred = x - x.mean(-1, keepdim=True)                                         # ..., D
+        scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())  # ..., 1
+        return self.hook_normalized(centred / scale * self.weight + self.bias)
 
 
 class LayerScale(nn.Module):
@@ -133,6 +142,8 @@ class Attention(nn.Module):
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
         self.hook_result = HookPoint()    # per-head outputs; computed only when a hook is attached
+        # per-head copies of the input that q, k, v read (B, T, H, D); computed only when a hook is attached
+        self.hook_q_input, self.hook_k_input, self.hook_v_input = HookPoint(), HookPoint(), HookPoint()
 
     def rel_bias(self, T: int) -> torch.Tensor | None:
         if not hasattr(self, "relative_position_bias_table"):
@@ -149,8 +160,11 @@ class Attention(nn.Module):
         bias = self.qkv.bias
         if hasattr(self, "q_bias"):
             bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        qkv = linear(x, self.qkv.weight, bias, impl=self.linear_impl)                    # B, T, 3D
-        q, k, v = qkv.reshape(B, T, 3, self.H, self.Dh).unbind(2)                       # 3 x B, T, H, Dh
+        if self.hook_q_input.active or self.hook_k_input.active or self.hook_v_input.active:
+            q, k, v = self.split_qkv(x, bias)                                           # 3 x B, T, H, Dh
+        else:
+            qkv = linear(x, self.qkv.weight, bias, impl=self.linear_impl)                # B, T, 3D
+            q, k, v = qkv.reshape(B, T, 3, self.H, self.Dh).unbind(2)                   # 3 x B, T, H, Dh
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         rel = self.rel_bias(T)                                                          # H, T, T or None
         explicit = self.impl == "explicit" or (
@@ -171,6 +185,23 @@ class Attention(nn.Module):
         if self.hook_result.active:
             return self.head_results(z).sum(dim=2) + self.proj.bias                    # B, T, D
         return apply_linear(self.proj, z.reshape(B, T, D), impl=self.linear_impl)         # B, T, D
+
+    def split_qkv(self, x: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """q, k, v (each B, T, H, Dh); the hooked ones of ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` from
+        a copy of the input per head (B, T, H, D), so that a hook can give each head its own input (path patching).
+        """
+        B, T, D = x.shape
+        W = self.qkv.weight.reshape(3, self.H, self.Dh, D)                              # 3, H, Dh, D
+        b = bias.reshape(3, self.H, self.Dh) if bias is not None else None              # 3, H, Dh
+        out = []
+        for i, hp in enumerate((self.hook_q_input, self.hook_k_input, self.hook_v_input)):
+            if hp.active:
+                xi = hp(x[:, :, None, :].repeat(1, 1, self.H, 1))                       # B, T, H, D
+                y = torch.einsum("bthd,hed->bthe", xi, W[i])                            # B, T, H, Dh
+            else:
+                y = F.linear(x, W[i].reshape(D, D)).reshape(B, T, self.H, self.Dh)      # B, T, H, Dh
+            out.append(y if b is None else y + b[i])
+        return tuple(out)
 
     def head_results(self, z: torch.Tensor) -> torch.Tensor:
         """Each head's output through its slice of ``proj`` (no bias), through ``hook_result`` -> (B, T, H, D).
@@ -388,6 +419,21 @@ class HookedViT(HookedRootModule):
         if stop_at is not None and stop_at == self.cfg.depth:
             return x
         return self.ln_final(x) if self.ln_final is not None else x
+
+    def forward_from(self, x: torch.Tensor, block: int, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Logits (B, C) from the tokens entering ``block`` (B, T, D; ``blocks.{block}.hook_resid_pre`` of an earlier
+        run), skipping the blocks before it: patching runs every patched copy from the block it patches. Tokens
+        that enter later are inserted as in :meth:`forward`; ``block == depth`` applies the final norm and head.
+        ``grid``: the patch grid of that run (default: the model's)."""
+        if not 0 <= block <= self.cfg.depth:
+            raise ValueError(f"block must be in [0, {self.cfg.depth}] for a model of depth {self.cfg.depth}, "
+                             f"got {block}")
+        pos_prefix, _ = self._pos_embed(grid or self.cfg.grid)
+        for i in range(block, self.cfg.depth):
+            if i > block:
+                x = self._insert_tokens(x, i, pos_prefix)
+            x = self.blocks[i](x)
+        return self.forward_head(self.ln_final(x) if self.ln_final is not None else x)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Final tokens (B, T, D) -> the vector the head reads (B, D)."""
