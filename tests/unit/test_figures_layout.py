@@ -134,6 +134,7 @@ INPUTS = {
                                       ("demo-vit", "demo-vit-reg4"): rng.random((12, 8)),
                                       ("demo-vit-reg4", "demo-vit-reg4"): rng.random((8, 8))},
                                      title="CKA (cls tokens)"),
+        "plot_similarity": lambda f: f(_sim(rng.random((12, 12))), title="RSA demo-vit (cls tokens)"),
         "plot_residual": lambda f: f(_residual(), title="residual CKA, demo-vit-reg4"),
         "plot_cluster_curves": lambda f: f({"demo-vit": {m: rng.random(6) for m in ("nmi", "ari", "purity")},
                                             "demo-vit (random)": {m: rng.random(6) for m in ("nmi", "ari", "purity")}},
