@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from vitscope.runtime import load_model, load_models, resolve_device, save_tidy, slug  # noqa: F401
+from vitscope.runtime import load_model, load_models, model_meta, resolve_device, save_tidy, slug  # noqa: F401
 
 MODEL_HELP = ("Model: a registry name, timm/<name>, hf:<repo>, or a local folder / file "
               "(see `vitscope models`).")
@@ -70,13 +70,6 @@ def finish_skips(ds, out: Path) -> None:
     if ds.skipped:
         ds.write_skip_report(out / "skipped.csv")
     typer.echo(ds.skip_summary(report=out / "skipped.csv" if ds.skipped else None))
-
-
-def model_meta(model, name: str, random: bool) -> dict:
-    """What a results file records about the model it came from."""
-    meta = getattr(model, "meta", {}) or {}
-    return {"model": name, "random_init": bool(random), "source": meta.get("source"),
-            "weights_sha256": meta.get("weights_sha256"), "config": model.cfg.to_dict()}
 
 
 def check_limit(limit: int | None, option: str = "--limit") -> None:
@@ -202,3 +195,60 @@ def default_data(model_names, data: str | None, quiet: bool = False) -> str | No
         typer.echo("note: no --data; using builtin:demo, the synthetic benchmark the demo models were trained on",
                    err=True)
     return "builtin:demo"
+
+
+SEED_HELP = "Seed of the random weights (--random): the same seed gives the same random twin in every command."
+OPACITY_HELP = "Opacity of a map over its image (0-1)."
+
+
+def cli_options(cls, flags: dict | None = None, **values):
+    """An analysis's options (``vitscope.analysis.api.Options``) from command-line values; a bad value is an
+    ``OptionError`` whose message names the flag (``--discard-rule`` for the field ``discard_rule``; ``flags``
+    maps a field to another flag, e.g. ``{"video": "--out"}``)."""
+    from vitscope.analysis.api import OptionError
+
+    try:
+        return cls(**values)
+    except OptionError as e:
+        flag = (flags or {}).get(e.field) or "--" + e.field.replace("_", "-")
+        raise OptionError(e.field, str(e).replace(f"`{e.field}`", flag)) from None
+
+
+def image_data(model_names, data: str | None, images: list[Path] | None, limit: int | None, quiet: bool = False):
+    """The images of a command as one ImageDataset (the analysis re-reads it with each model's preprocessing):
+    ``--data``, image paths, or ``builtin:demo`` for the bundled demo models; at most ``limit`` images."""
+    from vitscope.data import ImageDataset, open_dataset
+    from vitscope.data.folders import FileSource
+
+    check_inputs(data, images, limit)
+    spec = default_data(model_names, data, quiet) if not images else None
+    if spec:
+        ds = open_dataset(spec)
+    elif images:
+        ds = ImageDataset(FileSource([str(p) for p in images], description="image files"))
+    else:
+        raise ValueError("no images: give image paths or --data SPEC")
+    if limit is not None and limit < len(ds):
+        ds = ds.subset(range(limit))
+    if len(ds) == 0:
+        raise ValueError("the dataset has no images")
+    return ds
+
+
+def images_reported(ds, out: Path):
+    """Around a pass over ``ds``: afterwards write ``out/skipped.csv`` (when files were skipped) and print the
+    skip summary; a run where no image could be used says where the reasons are."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def reported():
+        try:
+            yield
+        except ValueError as e:
+            if str(e).startswith("no usable image") and getattr(ds, "skipped", None):
+                report = ds.write_skip_report(Path(out) / "skipped.csv")
+                raise ValueError(str(e).replace("; check", f" (reasons in {report}); check", 1)) from None
+            raise
+        finish_skips(ds, out)
+
+    return reported()
