@@ -312,10 +312,11 @@ def _distances(model, data, opts: AttentionDistanceOptions) -> dict[str, MeanAtt
     cfg = model.cfg
     if isinstance(data, AttentionPatterns):
         acc = {v: MeanAttentionDistance(cfg.depth, cfg.num_heads, v, cfg.patch_size) for v in opts.variants}
-        reduce, lays = multi_variant_reducer(acc), data.layouts(model)
+        lays = data.layouts(model)
         n = len(data) if opts.limit is None else min(opts.limit, len(data))
-        for b, p in data.patterns.items():
-            reduce(b, p[:n], lays[b])
+        for v in opts.variants:
+            for b, p in data.patterns.items():
+                acc[v].update(b, p[:n], lays[b])
         return acc
     images = ImageBatches(model, data, opts.limit)
     acc = attention_distance(model, (x for x, _ in images.batches(opts.batch_size)), opts.variants,

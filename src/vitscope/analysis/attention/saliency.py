@@ -441,7 +441,7 @@ def evaluate(models, data=None, options: SaliencyOptions | None = None, **overri
     desc = data_description(data) if isinstance(data, (str, Path, AttentionPatterns)) else \
         getattr(data, "description", None) or type(data).__name__
     table = tidy_table(df, "saliency", opts, dataset=desc, weights={label: weights_of(model)})
-    last = {q: _mean_iou(values[(q, True)])[-1, 0] for q in opts.queries}
+    last = {q: mean_iou(values[(q, True)])[-1, 0] for q in opts.queries}
     summary = (f"{label}: saliency IoU over {n_used} image(s) ({len(skipped)} without objects left out), last "
                f"block, heads summed: " + ", ".join(f"{q} {v:.3f}" for q, v in last.items()))
     return Result("saliency", table, summary, opts, {"values": values},
@@ -449,7 +449,8 @@ def evaluate(models, data=None, options: SaliencyOptions | None = None, **overri
                         "record": model_meta(model, label)}, draw=_draw)
 
 
-def _mean_iou(v: np.ndarray) -> np.ndarray:
+def mean_iou(v: np.ndarray) -> np.ndarray:
+    """Mean over images of per-image IoU (N, blocks, K) -> (blocks, K); NaN where no image has a value."""
     import warnings
 
     with warnings.catch_warnings():
@@ -460,7 +461,7 @@ def _mean_iou(v: np.ndarray) -> np.ndarray:
 def saliency_headline(values: dict, depth: int, query: str = "cls") -> dict[str, float]:
     """Headline numbers of :func:`evaluate`'s per-image values: the query at the last block (heads summed, and
     the best head), and the best block x head."""
-    per_head, merged = _mean_iou(values[(query, False)]), _mean_iou(values[(query, True)])[:, 0]   # L, H and L
+    per_head, merged = mean_iou(values[(query, False)]), mean_iou(values[(query, True)])[:, 0]   # L, H and L
     b, h = np.unravel_index(np.nanargmax(per_head), per_head.shape)
     return {"last_block_merged": float(merged[depth - 1]), "last_block_best_head": float(np.nanmax(per_head[-1])),
             "best": float(per_head[b, h]), "best_block": int(b), "best_head": int(h)}
@@ -476,7 +477,7 @@ def _draw(result: Result):
             "n_images": m["n_images"], "skipped_no_object": len(m["skipped_no_object"]), **m.get("figure_meta", {})}
     for q in o.queries:
         per_head, summed = values[(q, False)], values[(q, True)]
-        table = np.concatenate([_mean_iou(per_head), _mean_iou(summed)], axis=1)                  # L, H + 1
+        table = np.concatenate([mean_iou(per_head), mean_iou(summed)], axis=1)                  # L, H + 1
         labels = [str(h) for h in range(per_head.shape[2])] + ["sum"]
         fig = plot_block_head_heatmap(table, title=f"{m['model']}: saliency IoU, {q} query (mass {o.mass:g})",
                                       cmap="viridis", data=m["data"], n_images=m["n_images"], label="IoU",

@@ -131,14 +131,16 @@ def _draw(result: Result):
                                                 arrays={"maps": a["maps"][t][k]}, meta=meta)
 
 
-def write_pdfs(result: Result, out: str | Path, count: int | None = None) -> list[Path]:
-    """One multi-page PDF per image of ``result`` (the first ``count``): ``<index>_<name>_block<b>.pdf``."""
+def write_pdf(result: Result, k: int, path: str | Path) -> Path:
+    """The multi-page PDF of the ``k``-th image of ``result``: one page per token (CLS first, then each register)."""
     from vitscope.viz.attention_tokens import tokens_pdf
 
     a, m = result.arrays, result.meta
-    written = []
-    for k, base in _pages(result)[:count]:
-        disp = None if a["display"] is None else a["display"][k]
-        written.append(tokens_pdf(Path(out) / f"{base}_block{m['block']}.pdf", disp,
-                                  {t: a["maps"][t][k] for t in m["tokens"]}, m["block"], result.options.cmap))
-    return written
+    disp = None if a["display"] is None else a["display"][k]
+    return tokens_pdf(path, disp, {t: a["maps"][t][k] for t in m["tokens"]}, m["block"], result.options.cmap)
+
+
+def write_pdfs(result: Result, out: str | Path) -> list[Path]:
+    """One PDF per image of ``result`` in ``out``: ``<index>_<name>_block<b>.pdf``."""
+    return [write_pdf(result, k, Path(out) / f"{base}_block{result.meta['block']}.pdf")
+            for k, base in _pages(result)]
