@@ -191,8 +191,7 @@ def attention_stats(ctx, opts: dict) -> list[dict]:
     from vitscope.analysis.attention.stats import AttentionStatsOptions, evaluate
 
     result = evaluate({ctx.label(0): ctx.model(0)}, ctx.dataset(), AttentionStatsOptions.from_mapping(opts, limit=None))
-    _save_attention(result, ctx)
-    return study_rows(result, keep=("head",))
+    return study_rows(result, keep=("head",))         # (its 15 figures: `vitscope attention-stats`)
 
 
 # ----------------------------------------------------------------------------- CKA
