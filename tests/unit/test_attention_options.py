@@ -42,8 +42,8 @@ LIMIT = "`limit` must be a positive number of images, got 0"
     (RolloutOptions, dict(normalize="l2"), "`normalize` must be one of max, minmax, none, got 'l2'"),
     (RolloutOptions, dict(target=-1), "`target` must be an integer >= 0, got -1"),
     (RolloutOptions, dict(head_fusion="sum"), "`head_fusion` must be one of mean, max, min, got 'sum'"),
-    (AttentionDistanceOptions, dict(variants="A,C"), "`variants` takes A and/or B, got 'A,C'"),
-    (AttentionDistanceOptions, dict(variants=[]), "`variants` takes A and/or B, got []"),
+    (AttentionDistanceOptions, dict(variants="A,C"), "`variants` takes A and/or B; got 'A,C'"),
+    (AttentionDistanceOptions, dict(variants=[]), "`variants` takes A and/or B; got []"),
     (SaliencyOptions, dict(queries="cls,top"), "`queries` takes cls, mean, centre; got 'cls,top'"),
     (SaliencyOptions, dict(mass=0), "`mass` must be in (0, 1], got 0"),
     (SaliencyOptions, dict(mask_rule="bogus"), "`mask_rule` must be one of bicubic, bicubic-union, any, majority, "

@@ -31,11 +31,6 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return fmts
 
 
-def load_model_for_cli(name: str, random: bool, device: str | None = None):
-    """``vitscope.load_model(name, pretrained=not random)`` in eval mode on ``device``."""
-    return load_model(name, random=random, device=device)
-
-
 def open_images(model, data: str | None, images: list[Path] | None, limit: int | None):
     """An ImageDataset with the model's own preprocessing, from --data or image paths; at most ``limit`` items."""
     from vitscope.data import ImageDataset, open_dataset
@@ -90,33 +85,6 @@ def check_range(value, option: str, low=None, high=None, low_open: bool = False,
         rng = f"in {lo}, {hi}" if low is not None and high is not None else (
             f"{'>' if low_open else '>='} {low}" if low is not None else f"{'<' if high_open else '<='} {high}")
         raise ValueError(f"{option} must be {rng}, got {value}")
-
-
-def parse_heads(text: str | None, num_heads: int, option: str = "--heads") -> list[int] | None:
-    """``"0,3,-1"`` -> head indices in [0, num_heads); None means every head."""
-    if not text:
-        return None
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            h = int(part)
-        except ValueError:
-            raise ValueError(f"{option} takes comma-separated head indices (e.g. 0,3,5), got {text!r}") from None
-        if not -num_heads <= h < num_heads:
-            raise ValueError(f"{option}: head {h} does not exist; the model has {num_heads} heads (0-{num_heads - 1})")
-        out.append(h % num_heads)
-    return out
-
-
-def require_images(n_done: int, ds, out: Path | None = None) -> None:
-    """After a pass over ``ds``: one clear line when not a single image could be used."""
-    if n_done > 0:
-        return
-    skipped = len(getattr(ds, "skipped", []) or [])
-    where = f" (reasons in {out / 'skipped.csv'})" if out is not None and skipped else ""
-    raise ValueError(f"no usable image: all {skipped or len(ds)} file(s) were skipped as unreadable{where}; "
-                     "check the files with `vitscope check-data SPEC`")
 
 
 def refuse_weights_with_random(weights, random: bool) -> None:

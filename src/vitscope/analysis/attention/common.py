@@ -77,6 +77,16 @@ class AttentionOptions(Options):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise OptionError(name, f"`{name}` must be a positive number of images, got {v}")
 
+    def check_names(self, name: str, choices: Sequence[str], upper: bool = False, message: str | None = None) -> None:
+        """A non-empty list of names among ``choices`` (or ``"a,b"``), case-folded, repeats dropped; a tuple."""
+        v = getattr(self, name)
+        parts = v.split(",") if isinstance(v, str) else list(v) if isinstance(v, (list, tuple)) else [v]
+        fold = str.upper if upper else str.lower
+        names = tuple(dict.fromkeys(fold(str(p).strip()) for p in parts if str(p).strip()))
+        if not names or any(p not in choices for p in names):
+            raise OptionError(name, f"`{name}` {message or 'takes ' + ', '.join(choices)}; got {v!r}")
+        setattr(self, name, names)
+
     def check_heads(self, name: str = "heads") -> None:
         """None (every head), ``"0,3,-1"`` or a list of head indices; stored as a tuple."""
         v = getattr(self, name)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vitscope.analysis.api import Drawn, OptionError, Result
+from vitscope.analysis.api import Drawn, Result
 from vitscope.analysis.attention.common import (
     AttentionOptions, AttentionPatterns, ImageBatches, as_models, block_of, data_description, figure_stem,
     options_of, pattern_hook, weights_of,
@@ -245,12 +245,7 @@ class AttentionDistanceOptions(AttentionOptions):
     progress: bool = False
 
     def validate(self) -> None:
-        v = self.variants
-        parts = v.split(",") if isinstance(v, str) else list(v) if isinstance(v, (list, tuple)) else [v]
-        vs = tuple(dict.fromkeys(str(p).strip().upper() for p in parts if str(p).strip()))
-        if not vs or any(p not in VARIANTS for p in vs):
-            raise OptionError("variants", f"`variants` takes A and/or B, got {v!r}")
-        self.variants = vs
+        self.check_names("variants", VARIANTS, upper=True, message="takes A and/or B")
         self.check_limit()
         self.check_int("batch_size")
 

@@ -373,12 +373,7 @@ class SaliencyOptions(AttentionOptions):
     progress: bool = False
 
     def validate(self) -> None:
-        v = self.queries
-        parts = v.split(",") if isinstance(v, str) else list(v) if isinstance(v, (list, tuple)) else [v]
-        qs = tuple(dict.fromkeys(str(p).strip().lower() for p in parts if str(p).strip()))
-        if not qs or any(q not in SALIENCY_QUERIES for q in qs):
-            raise OptionError("queries", f"`queries` takes {', '.join(SALIENCY_QUERIES)}; got {v!r}")
-        self.queries = qs
+        self.check_names("queries", SALIENCY_QUERIES)
         self.check_number("mass", 0, 1, low_open=True)
         self.check_choice("mask_rule", MASK_RULES)
         self.check_choice("merge_rule", MERGE_RULES)
