@@ -127,11 +127,11 @@ def test_token_pages_python_cli_and_app_agree(photos, tmp_path):
     from vitscope.app.views import tokens_view
 
     reg4 = load_model("demo-vit-reg4")
-    api = token_pages.evaluate(reg4, photos)
-    run_cli("tokens-pdf", *photos, "-m", "demo-vit-reg4", "-o", tmp_path, "-q")
+    api = token_pages.evaluate(reg4, photos[:1])
+    run_cli("tokens-pdf", photos[0], "-m", "demo-vit-reg4", "-o", tmp_path, "-q")
     keys = ("image", "token", "head", "row", "col", "metric")
     assert_same_values(values(api.table, keys), values(_parquet(tmp_path, "token_pages"), keys))
-    assert len(list(tmp_path.glob("*.pdf"))) == 2
+    assert [p.name for p in tmp_path.glob("*.pdf")] == ["0000_photo0_block7.pdf"]
     view = tokens_view(reg4, Image.open(photos[0]), block=-1)
     for t in ("cls", "reg3"):
         np.testing.assert_allclose(view.arrays[f"maps_{t}"], api.arrays["maps"][t][0], atol=1e-6)
