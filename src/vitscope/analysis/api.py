@@ -258,22 +258,29 @@ def tidy_table(rows: Sequence[Mapping[str, Any]], analysis: str, options: Option
 
 
 def _tidy_frame(df, analysis: str, opts: str | None, dataset: str | None, weights: Mapping[str, str] | None):
-    """:func:`tidy_table` of a DataFrame, column by column (large tables: one row per map cell)."""
+    """:func:`tidy_table` of a DataFrame, built column by column in one go (large tables: a row per map cell)."""
+    import numpy as np
     import pandas as pd
 
     n = len(df)
-    cols = {"model": df["model"] if "model" in df else pd.Series([None] * n, dtype=object)}
-    cols["weights"] = (cols["model"].map(lambda m: (weights or {}).get(m)) if "weights" not in df
-                       else df["weights"])
-    cols["dataset"] = df["dataset"] if "dataset" in df else pd.Series([dataset] * n, dtype=object)
-    cols["analysis"] = pd.Series([analysis] * n, dtype=object)
-    cols["block"] = df["block"] if "block" in df else pd.Series([None] * n, dtype=object)
-    cols["metric"], cols["value"] = df["metric"], df["value"]
-    cols["options"] = pd.Series([opts] * n, dtype=object)
-    out = pd.DataFrame({k: (v.to_numpy() if isinstance(v, pd.Series) else v) for k, v in cols.items()})
-    for c in df.columns:
-        if c not in out:
-            out[c] = df[c].to_numpy()
-    if len(out) and out["block"].notna().all():
+
+    def const(v):
+        a = np.empty(n, dtype=object)
+        a[:] = [v] * n if n else []
+        return a
+
+    model = df["model"].to_numpy() if "model" in df else const(None)
+    if "weights" in df:
+        w = df["weights"].to_numpy()
+    else:
+        lookup = {m: (weights or {}).get(m) for m in pd.unique(model)} if n else {}
+        w = np.array([lookup[m] for m in model], dtype=object)
+    cols = {"model": model, "weights": w,
+            "dataset": df["dataset"].to_numpy() if "dataset" in df else const(dataset),
+            "analysis": const(analysis), "block": df["block"].to_numpy() if "block" in df else const(None),
+            "metric": df["metric"].to_numpy(), "value": df["value"].to_numpy(), "options": const(opts)}
+    cols.update({c: df[c].to_numpy() for c in df.columns if c not in cols})
+    out = pd.DataFrame(cols, copy=False)
+    if n and out["block"].notna().all():
         out["block"] = out["block"].astype("int64")
     return out
