@@ -61,6 +61,20 @@ def model_label(model, name: str, random: bool = False) -> str:
     return label + " (random)" if random else label
 
 
+def is_random(model) -> bool:
+    """Whether a loaded model has random weights (its ``meta`` says ``source: random-init``)."""
+    return (getattr(model, "meta", None) or {}).get("source") == "random-init"
+
+
+def model_meta(model, name: str | None = None, random: bool | None = None) -> dict:
+    """What a results file records about the model it came from: name, random weights or not, source, weights
+    hash of the file loaded, config."""
+    meta = getattr(model, "meta", None) or {}
+    return {"model": name if name is not None else meta.get("name"),
+            "random_init": bool(is_random(model) if random is None else random), "source": meta.get("source"),
+            "weights_sha256": meta.get("weights_sha256"), "config": model.cfg.to_dict()}
+
+
 def load_models(names: list[str], random: bool = False, device: str | None = None, seed: int = DEFAULT_SEED,
                 with_random: bool = False) -> dict:
     """``{label: model}``: every name loaded; ``random`` random-inits them all, ``with_random`` adds each one's

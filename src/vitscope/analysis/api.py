@@ -158,12 +158,25 @@ class Options:
 RUNTIME_FIELDS = ("device", "progress", "batch_size", "num_workers", "threads")
 
 
+@dataclass
+class Drawn:
+    """A figure of :meth:`Result.figures` with what :meth:`Result.save` writes beside it: the rows it shows
+    (``<name>.csv``), the arrays behind it (``<name>.<key>.npy``) and metadata (``<name>.json``)."""
+
+    figure: Any
+    rows: Any = None
+    arrays: Mapping[str, Any] | None = None
+    meta: Mapping[str, Any] | None = None
+
+
 # ---------------------------------------------------------------------------------------------------- results
 @dataclass
 class Result:
     """What ``evaluate`` returns. ``table``: tidy rows (pandas DataFrame, :data:`COLUMNS` first, then any extra
     columns of the analysis); ``summary``: one line; ``arrays``: the arrays behind the figures;
-    ``draw``: ``draw(result) -> {name: Figure or (Figure, rows it shows)}``, called by :meth:`figures`."""
+    ``draw``: ``draw(result) -> {name: Figure, (Figure, rows it shows) or Drawn}``, called by :meth:`figures`;
+    it may also return an iterator of ``(name, figure)`` pairs, which :meth:`save` draws and writes one at a
+    time (analyses with a figure per image)."""
 
     analysis: str
     table: Any
@@ -175,10 +188,16 @@ class Result:
 
     def figures(self) -> dict[str, Any]:
         """Named matplotlib Figures (empty when the analysis draws none)."""
-        return {k: v[0] if isinstance(v, tuple) else v for k, v in self._drawn().items()}
+        return {k: _unpack(v)[0] for k, v in self._drawn().items()}
 
     def _drawn(self) -> dict[str, Any]:
-        return dict(self.draw(self)) if self.draw is not None else {}
+        return dict(self._draw_items())
+
+    def _draw_items(self):
+        if self.draw is None:
+            return iter(())
+        drawn = self.draw(self)
+        return iter(drawn.items()) if isinstance(drawn, Mapping) else iter(drawn)
 
     def rows(self) -> list[dict]:
         return self.table.to_dict("records")
@@ -193,9 +212,9 @@ class Result:
         out = Path(out)
         written = save_tidy(self.table, out / (stem or self.analysis)) if table else []
         if figures:
-            for name, fig in self._drawn().items():
-                fig, shown = fig if isinstance(fig, tuple) else (fig, None)
-                written += save_figure(fig, out / name, formats)
+            for name, drawn in self._draw_items():
+                fig, shown, arrays, meta = _unpack(drawn)
+                written += save_figure(fig, out / name, formats, arrays=arrays, meta=meta)
                 if shown is not None:
                     written.append(out / f"{name}.csv")
                     shown.to_csv(written[-1], index=False)
@@ -205,14 +224,26 @@ class Result:
         return self.summary or f"{self.analysis}: {len(self.table)} rows"
 
 
+def _unpack(drawn) -> tuple:
+    """(figure, rows shown, arrays, meta) of what ``draw`` returned for one name."""
+    if isinstance(drawn, Drawn):
+        return drawn.figure, drawn.rows, drawn.arrays, drawn.meta
+    if isinstance(drawn, tuple):
+        return drawn[0], drawn[1], None, None
+    return drawn, None, None, None
+
+
 def tidy_table(rows: Sequence[Mapping[str, Any]], analysis: str, options: Options | None = None,
                dataset: str | None = None, weights: Mapping[str, str] | None = None):
-    """Rows (dicts with at least ``model``, ``metric``, ``value``) -> a DataFrame with :data:`COLUMNS` first.
+    """Rows (dicts with at least ``model``, ``metric``, ``value``, or a DataFrame with those columns) -> a
+    DataFrame with :data:`COLUMNS` first.
 
     ``weights``: model label -> weights identity (hash); ``options``: written as canonical JSON in every row."""
     import pandas as pd
 
     opts = options.as_json() if options is not None else None
+    if isinstance(rows, pd.DataFrame):
+        return _tidy_frame(rows, analysis, opts, dataset, weights)
     out = []
     for r in rows:
         row = {"model": r.get("model"), "weights": (weights or {}).get(r.get("model"), r.get("weights")),
@@ -224,3 +255,32 @@ def tidy_table(rows: Sequence[Mapping[str, Any]], analysis: str, options: Option
     if "block" in df and df["block"].notna().all() and len(df):
         df["block"] = df["block"].astype("int64")
     return df
+
+
+def _tidy_frame(df, analysis: str, opts: str | None, dataset: str | None, weights: Mapping[str, str] | None):
+    """:func:`tidy_table` of a DataFrame, built column by column in one go (large tables: a row per map cell)."""
+    import numpy as np
+    import pandas as pd
+
+    n = len(df)
+
+    def const(v):
+        a = np.empty(n, dtype=object)
+        a[:] = [v] * n if n else []
+        return a
+
+    model = df["model"].to_numpy() if "model" in df else const(None)
+    if "weights" in df:
+        w = df["weights"].to_numpy()
+    else:
+        lookup = {m: (weights or {}).get(m) for m in pd.unique(model)} if n else {}
+        w = np.array([lookup[m] for m in model], dtype=object)
+    cols = {"model": model, "weights": w,
+            "dataset": df["dataset"].to_numpy() if "dataset" in df else const(dataset),
+            "analysis": const(analysis), "block": df["block"].to_numpy() if "block" in df else const(None),
+            "metric": df["metric"].to_numpy(), "value": df["value"].to_numpy(), "options": const(opts)}
+    cols.update({c: df[c].to_numpy() for c in df.columns if c not in cols})
+    out = pd.DataFrame(cols, copy=False)
+    if n and out["block"].notna().all():
+        out["block"] = out["block"].astype("int64")
+    return out

@@ -1,6 +1,7 @@
 """The web app's views as pure functions: (model, image, options) -> a picture and the numbers behind it.
 
-Each view calls the library (``vitscope.analysis.attention``, ``vitscope.viz``) and returns a :class:`View`:
+Each view calls the ``evaluate`` of its analysis (``vitscope.analysis.attention``) and draws (``vitscope.viz``),
+returning a :class:`View`:
 ``figure`` (RGB uint8, what the page shows), ``arrays`` (saved as ``.npy``), ``table`` (a tidy DataFrame,
 saved as ``.csv``), a ``note`` shown under the figure, and ``meta``. :func:`save_view` writes all of it.
 Nothing here knows about Gradio; the tests call these functions directly.
@@ -19,11 +20,9 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from vitscope.analysis.attention import (
-    attention_map, attention_rollout, chefer_relevance, collect_patterns, fuse_heads, gradient_rollout,
-    mean_attention_distance, resolve_query, rollout_map,
-)
-from vitscope.analysis.attention.relevance import METHOD_TITLES, METHODS, attention_with_gradients, resolve_method
+from vitscope.analysis.api import OptionError
+from vitscope.analysis.attention.common import map_frame
+from vitscope.analysis.attention.relevance import METHOD_TITLES, METHODS, resolve_method
 from vitscope.analysis.attention.tokens import grid_of, normalize_block
 from vitscope.app.models import class_label, class_names
 from vitscope.viz.attention import colorize, denormalize, overlay, upsample
@@ -146,14 +145,7 @@ def _tidy_map(m: np.ndarray, **cols) -> pd.DataFrame:
     """A map (rows, cols) or a stack of maps (K, rows, cols) as a tidy table; list-valued ``cols`` give one value
     per map of the stack."""
     m = np.asarray(m, float)
-    stack = m[None] if m.ndim == 2 else m
-    K, rows, cols_ = stack.shape
-    n = rows * cols_
-    r, c = np.divmod(np.arange(n), cols_)
-    data = {k: (np.repeat(np.asarray(v, dtype=object), n) if isinstance(v, (list, tuple)) else v)
-            for k, v in cols.items()}
-    data.update(row=np.tile(r, K), col=np.tile(c, K), value=stack.reshape(-1))
-    return pd.DataFrame(data)
+    return map_frame(m[None] if m.ndim == 2 else m, **cols)
 
 
 def _model_name(model) -> str:
@@ -181,29 +173,32 @@ def attention_view(model, image, block: int = -1, head: str | int = "mean", quer
 
     ``query``: ``"cls"``, ``"dist"``, ``"reg<k>"`` or a patch ``(row, col)``. When the token is not in the
     sequence at that block (cls-register: it enters later), the view has no figure and the note says where it enters.
+    Numbers: ``vitscope.analysis.attention.maps.evaluate``.
     """
+    from vitscope.analysis.attention.maps import AttentionMapOptions, evaluate
+
     b = normalize_block(int(block), model.cfg.depth)
     x, base = model_input(model, image)
     grid = grid_of(x, model)
-    layout = model.token_layout(b, grid)
     q = tuple(int(v) for v in query) if isinstance(query, (tuple, list)) else query
     meta = {"model": _model_name(model), "view": "attention", "block": b, "head": head,
             "query": _query_label(q), "alpha": alpha, "cmap": cmap}
+    fusion = head if isinstance(head, str) and head in FUSIONS else "mean"
     try:
-        resolve_query(q, layout, model.cfg)
-    except ValueError as e:
+        result = evaluate({meta["model"]: model}, x, AttentionMapOptions(block=b, query=q, fusion=fusion, limit=None))
+    except OptionError:
+        raise
+    except ValueError as e:                                            # the token is not there yet
         return View("attention", None, note=str(e), meta=meta)
-    pattern = collect_patterns(model, x, [b])[b]                                         # 1, H, T, T
-    maps = attention_map(pattern, layout, q, cfg=model.cfg)[0].float().cpu()             # H, rows, cols
+    maps = result.arrays["maps"][0]                                                       # H, rows, cols
     H = maps.shape[0]
     if isinstance(head, str) and head in FUSIONS:
-        shown, what = fuse_heads(maps, head, dim=0), f"{head} over {H} heads"
+        shown, what = result.arrays["fused"][0], f"{head} over {H} heads"
     else:
         h = int(head)
         if not 0 <= h < H:
             raise ValueError(f"head {h} does not exist; this model has {H} heads (0..{H - 1})")
         shown, what = maps[h], f"head {h}"
-    shown, maps = shown.numpy(), maps.numpy()
     fig = _map_overlay(base, shown, cmap, alpha, size)
     if isinstance(q, tuple):
         fig = mark_patch(fig, q, grid)
@@ -225,76 +220,58 @@ def rollout_view(model, image, method: str = "rollout", target: int | None = Non
 
     ``target``: the class explained by the gradient methods (None: the predicted class). Rollout needs no
     class. Gradients are taken only for the gradient methods. ``normalize``: "max" or "minmax".
+    Numbers: ``vitscope.analysis.attention.relevance.evaluate``.
     """
+    from vitscope.analysis.attention.relevance import RolloutOptions, evaluate
+
     method = resolve_method(method, ROLLOUT_METHODS)
     x, base = model_input(model, image)
-    grid = grid_of(x, model)
-    depth = model.cfg.depth
-    end = depth - 1
-    lays = {b: model.token_layout(b, grid) for b in range(depth)}
+    end = model.cfg.depth - 1
     meta = {"model": _model_name(model), "view": method, "head_fusion": head_fusion, "discard_ratio": discard_ratio}
+    if method != "rollout" and model.cfg.head == "none":
+        return View(method, None, note="this model has no classification head: the gradient methods need a "
+                                       "class score (use rollout)", meta=meta)
+    opts = RolloutOptions(method=method, target=target, head_fusion=head_fusion, discard_ratio=discard_ratio,
+                          normalize=normalize, limit=None)
     try:
-        resolve_query("cls", lays[end], model.cfg)
-    except ValueError as e:
+        result = evaluate({meta["model"]: model}, x, opts)
+    except OptionError:
+        raise
+    except ValueError as e:                          # CLS not there yet; a model chefer2021-lrp does not support
         return View(method, None, note=str(e), meta=meta)
     if method == "rollout":
-        pats = collect_patterns(model, x)
-        J = attention_rollout(pats, lays, head_fusion, discard_ratio, 0, end)
         note = f"rollout over blocks 0..{end}, heads fused by {head_fusion}, discard ratio {discard_ratio:g}"
     else:
-        if model.cfg.head == "none":
-            return View(method, None, note="this model has no classification head: the gradient methods need a "
-                                           "class score (use rollout)", meta=meta)
-        pats, grads, logits, targets = attention_with_gradients(model, x, target)
-        if method == "chefer2021-generic":
-            J = chefer_relevance(pats, grads, lays, 0, end)
-        elif method == "chefer2021-lrp":
-            from vitscope.analysis.attention.lrp import lrp_attention_relevance, transformer_attribution
-
-            try:
-                cams = lrp_attention_relevance(model, x, targets)
-            except ValueError as e:
-                return View(method, None, note=str(e), meta=meta)
-            J = transformer_attribution(cams, grads, lays, 0, end)
-        else:
-            J = gradient_rollout(pats, grads, lays, discard_ratio, 0, end)
-        t = int(targets[0])
+        t = int(result.arrays["targets"][0])
         meta["target"] = t
-        note = (f"{METHOD_TITLES[method]} for "
-                f"{class_label(model, t)} (logit {float(logits[0, t]):.3f}"
+        note = (f"{METHOD_TITLES[method]} for {class_label(model, t)} (logit {float(result.arrays['logits'][0]):.3f}"
                 f"{', the predicted class' if target is None else ''})")
-    m = rollout_map(J, lays[end], "cls", normalize, cfg=model.cfg)[0].float().cpu().numpy()
+    m = result.arrays["maps"][0]
     fig = _map_overlay(base, m, cmap, alpha, size)
     table = _tidy_map(m, model=meta["model"], method=method, target=meta.get("target", -1))
-    return View(method, fig, {"map": m, "matrix": J[0].float().cpu().numpy()}, table, note, meta)
+    return View(method, fig, {"map": m, "matrix": result.arrays["matrix"][0]}, table, note, meta)
 
 
 def tokens_view(model, image, block: int = -1, cmap: str = "inferno", size: int = DISPLAY) -> View:
     """CLS and register attention over the patches at ``block`` (cls-register): one row per token, mean then heads.
 
     Tokens not yet in the sequence at that block are listed in the note with the block where they enter.
+    Numbers: ``vitscope.analysis.attention.token_pages.evaluate``.
     """
-    cfg = model.cfg
-    b = normalize_block(int(block), cfg.depth)
+    from vitscope.analysis.attention.token_pages import TokenPagesOptions, evaluate, prefix_tokens
+
+    b = normalize_block(int(block), model.cfg.depth)
     x, base = model_input(model, image)
     grid = grid_of(x, model)
-    layout = model.token_layout(b, grid)
-    tokens = (["cls"] if cfg.class_token else []) + [f"reg{k}" for k in range(cfg.num_registers)]
     meta = {"model": _model_name(model), "view": "tokens", "block": b}
-    if not tokens:
+    if not prefix_tokens(model):
         return View("tokens", None, note="this model has neither a CLS token nor registers", meta=meta)
-    present, notes = [], []
-    for t in tokens:
-        try:
-            resolve_query(t, layout, cfg)
-            present.append(t)
-        except ValueError as e:
-            if not (t.startswith("reg") and t != "reg0"):        # one line for all registers
-                notes.append(str(e).replace("register 0 enters", "the registers enter"))
-    if not present:
-        return View("tokens", None, note=" ".join(notes), meta=meta)
-    pattern = collect_patterns(model, x, [b])[b]
-    maps = {t: attention_map(pattern, layout, t, cfg=cfg)[0].float().cpu().numpy() for t in present}
+    try:
+        result = evaluate({meta["model"]: model}, x, TokenPagesOptions(block=b, absent="skip", limit=None))
+    except OptionError as e:                                     # none of the tokens is there yet
+        return View("tokens", None, note=str(e), meta=meta)
+    present, notes = result.meta["tokens"], result.meta["notes"]
+    maps = {t: result.arrays["maps"][t][0] for t in present}                             # H, rows, cols each
     H = next(iter(maps.values())).shape[0]
     tile = max(48, min(112, size // 4))
     tiles, labels = [], []
@@ -313,20 +290,18 @@ def tokens_view(model, image, block: int = -1, cmap: str = "inferno", size: int 
 
 
 def distance_view(model, image, variant: str = "A") -> View:
-    """Mean attention distance of every head and block for this image (variant A or B, docs/attention.md)."""
+    """Mean attention distance of every head and block for this image (variant A or B, docs/attention.md).
+    Numbers: ``vitscope.analysis.attention.distance.evaluate``."""
+    from vitscope.analysis.attention.distance import AttentionDistanceOptions, evaluate
     from vitscope.viz.attention_distance import plot_attention_distance
 
     x, _ = model_input(model, image)
-    grid = grid_of(x, model)
-    pats = collect_patterns(model, x)
-    d = np.stack([mean_attention_distance(pats[b], model.token_layout(b, grid), variant,
-                                          patch_size=model.cfg.patch_size)[0].cpu().numpy()
-                  for b in sorted(pats)])                                             # L, H
     name = _model_name(model)
+    result = evaluate({name: model}, x, AttentionDistanceOptions(variants=(variant,), limit=None))
+    d = result.arrays["mean"][name][variant]                                             # L, H
     fig = plot_attention_distance(d, variant, title=f"{name}: mean attention distance ({variant})")
-    L, H = d.shape
-    table = pd.DataFrame({"model": name, "block": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
-                          "metric": f"mean_attention_distance_{variant}", "value": d.ravel()})
+    t = result.table
+    table = t[t["head"].notna()][["model", "block", "head", "metric", "value"]].reset_index(drop=True)
     note = (f"per head: mean over patch queries of the attention-weighted distance to the keys "
             f"({'normalised grid units' if variant == 'A' else 'pixels'}); block means "
             + ", ".join(f"{v:.2f}" for v in d.mean(1)))

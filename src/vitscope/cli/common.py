@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from vitscope.runtime import load_model, load_models, resolve_device, save_tidy, slug  # noqa: F401
+from vitscope.runtime import load_model, load_models, model_meta, resolve_device, save_tidy, slug  # noqa: F401
 
 MODEL_HELP = ("Model: a registry name, timm/<name>, hf:<repo>, or a local folder / file "
               "(see `vitscope models`).")
@@ -29,11 +29,6 @@ def parse_formats(text: str) -> tuple[str, ...]:
     if bad or not fmts:
         raise ValueError(f"--formats takes png, pdf, svg (comma-separated), got {text!r}")
     return fmts
-
-
-def load_model_for_cli(name: str, random: bool, device: str | None = None):
-    """``vitscope.load_model(name, pretrained=not random)`` in eval mode on ``device``."""
-    return load_model(name, random=random, device=device)
 
 
 def open_images(model, data: str | None, images: list[Path] | None, limit: int | None):
@@ -72,13 +67,6 @@ def finish_skips(ds, out: Path) -> None:
     typer.echo(ds.skip_summary(report=out / "skipped.csv" if ds.skipped else None))
 
 
-def model_meta(model, name: str, random: bool) -> dict:
-    """What a results file records about the model it came from."""
-    meta = getattr(model, "meta", {}) or {}
-    return {"model": name, "random_init": bool(random), "source": meta.get("source"),
-            "weights_sha256": meta.get("weights_sha256"), "config": model.cfg.to_dict()}
-
-
 def check_limit(limit: int | None, option: str = "--limit") -> None:
     """``--limit N`` must be a positive number of images."""
     if limit is not None and limit < 1:
@@ -97,33 +85,6 @@ def check_range(value, option: str, low=None, high=None, low_open: bool = False,
         rng = f"in {lo}, {hi}" if low is not None and high is not None else (
             f"{'>' if low_open else '>='} {low}" if low is not None else f"{'<' if high_open else '<='} {high}")
         raise ValueError(f"{option} must be {rng}, got {value}")
-
-
-def parse_heads(text: str | None, num_heads: int, option: str = "--heads") -> list[int] | None:
-    """``"0,3,-1"`` -> head indices in [0, num_heads); None means every head."""
-    if not text:
-        return None
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            h = int(part)
-        except ValueError:
-            raise ValueError(f"{option} takes comma-separated head indices (e.g. 0,3,5), got {text!r}") from None
-        if not -num_heads <= h < num_heads:
-            raise ValueError(f"{option}: head {h} does not exist; the model has {num_heads} heads (0-{num_heads - 1})")
-        out.append(h % num_heads)
-    return out
-
-
-def require_images(n_done: int, ds, out: Path | None = None) -> None:
-    """After a pass over ``ds``: one clear line when not a single image could be used."""
-    if n_done > 0:
-        return
-    skipped = len(getattr(ds, "skipped", []) or [])
-    where = f" (reasons in {out / 'skipped.csv'})" if out is not None and skipped else ""
-    raise ValueError(f"no usable image: all {skipped or len(ds)} file(s) were skipped as unreadable{where}; "
-                     "check the files with `vitscope check-data SPEC`")
 
 
 def refuse_weights_with_random(weights, random: bool) -> None:
@@ -198,6 +159,7 @@ BLOCKS_HELP = "Blocks: all, '0,3,-1' or '4:8' (end excluded; negatives count fro
 SEED_HELP = "Seed of the random-weight twins (--random / --with-random): the same seed, the same twin everywhere."
 WITH_RANDOM_HELP = "Also run a random-weight twin of every model (seeded by --seed; dashed in the figures)."
 LIMIT_HELP = "Use at most this many images."
+OPACITY_HELP = "Opacity of a map over its image (0-1)."
 
 
 def echo_skips(skipped, out: Path, quiet: bool = False) -> None:
@@ -211,13 +173,55 @@ def echo_skips(skipped, out: Path, quiet: bool = False) -> None:
         typer.echo(skip_summary(skipped, report=path), err=True)
 
 
-def cli_options(build, *args, **values):
+def cli_options(build, *args, flags: dict | None = None, **values):
     """An analysis's options built from the command's values (``build``: the dataclass or a constructor such as
-    ``CKAOptions.from_preset``); a bad value is one line naming the command's flag (``--k`` for ``k``)."""
+    ``CKAOptions.from_preset``); a bad value is an ``OptionError`` whose message names the command's flag
+    (``--discard-rule`` for the field ``discard_rule``; ``flags`` maps a field to another flag, e.g.
+    ``{"video": "--out"}``)."""
     from vitscope.analysis.api import OptionError
 
     try:
         return build(*args, **values)
     except OptionError as e:
-        flag = "--" + e.field.replace("_", "-")
+        flag = (flags or {}).get(e.field) or "--" + e.field.replace("_", "-")
         raise OptionError(e.field, str(e).replace(f"`{e.field}`", flag)) from None
+
+
+def image_data(model_names, data: str | None, images: list[Path] | None, limit: int | None, quiet: bool = False):
+    """The images of a command as one ImageDataset (the analysis re-reads it with each model's preprocessing):
+    ``--data``, image paths, or ``builtin:demo`` for the bundled demo models; at most ``limit`` images."""
+    from vitscope.data import ImageDataset, open_dataset
+    from vitscope.data.folders import FileSource
+
+    check_inputs(data, images, limit)
+    spec = default_data(model_names, data, quiet) if not images else None
+    if spec:
+        ds = open_dataset(spec)
+    elif images:
+        ds = ImageDataset(FileSource([str(p) for p in images], description="image files"))
+    else:
+        raise ValueError("no images: give image paths or --data SPEC")
+    if limit is not None and limit < len(ds):
+        ds = ds.subset(range(limit))
+    if len(ds) == 0:
+        raise ValueError("the dataset has no images")
+    return ds
+
+
+def images_reported(ds, out: Path):
+    """Around a pass over ``ds``: afterwards write ``out/skipped.csv`` (when files were skipped) and print the
+    skip summary; a run where no image could be used says where the reasons are."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def reported():
+        try:
+            yield
+        except ValueError as e:
+            if str(e).startswith("no usable image") and getattr(ds, "skipped", None):
+                report = ds.write_skip_report(Path(out) / "skipped.csv")
+                raise ValueError(str(e).replace("; check", f" (reasons in {report}); check", 1)) from None
+            raise
+        finish_skips(ds, out)
+
+    return reported()

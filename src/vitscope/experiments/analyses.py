@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,75 +142,59 @@ def import_or_skip(module: str, what: str):
     return importlib.import_module(module)
 
 
-def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(a, axis)
-
-
 def _token_list(opts: dict) -> list[str]:
     return [opts["tokens"]]
 
 
-# ----------------------------------------------------------------------------- attention distance
-@register("attention_distance", defaults={"variants": ["A"], "batch_size": 32}, choices={"variants": ("A", "B")},
+# ----------------------------------------------------------------------------- attention
+def _attention_options(name: str):
+    import importlib
+
+    module, cls = {"distance": ("distance", "AttentionDistanceOptions"), "saliency": ("saliency", "SaliencyOptions"),
+                   "stats": ("stats", "AttentionStatsOptions")}[name]
+    return getattr(importlib.import_module(f"vitscope.analysis.attention.{module}"), cls)
+
+
+def _save_attention(result, ctx) -> None:
+    """The result's figures in the cell's folder, named without the model (one model per cell), with the cell."""
+    result.meta["figure_meta"] = ctx.meta()
+    if "stems" in result.meta:
+        result.meta["stems"] = dict.fromkeys(result.meta["stems"], "")
+    result.save(ctx.out, table=False)
+
+
+@register("attention_distance", options=_attention_options("distance"), fields=("variants", "batch_size"),
           description="mean attention distance per block and head (walmer2023: variant A; probing-vits: B)")
 def attention_distance(ctx, opts: dict) -> list[dict]:
-    from vitscope.analysis.attention.distance import attention_distance as run
-    from vitscope.viz.attention_distance import plot_attention_distance
-    from vitscope.viz.save import save_figure
+    from vitscope.analysis.attention.distance import AttentionDistanceOptions, evaluate
 
-    model, ds = ctx.model(0), ctx.dataset()
-    variants = list(dict.fromkeys(opts["variants"]))
-    acc = run(model, (b[0] for b in ds.batches(batch_size=opts["batch_size"])), variants, progress=False,
-              total=len(ds))
-    rows = []
-    for v in variants:
-        mean, std = acc[v].compute(), acc[v].std()
-        metric = f"attention_distance_{v}"
-        for b in range(mean.shape[0]):
-            rows.append({"block": b, "metric": metric, "value": float(mean[b].mean())})
-            rows += [{"block": b, "head": h, "metric": metric, "value": float(mean[b, h])}
-                     for h in range(mean.shape[1])]
-        save_figure(plot_attention_distance(mean, v, title=f"{ctx.label(0)} (variant {v})", std=std),
-                    ctx.out / f"distance_{v}", arrays={"mean": mean, "std": std}, meta=ctx.meta())
-    return rows
+    result = evaluate({ctx.label(0): ctx.model(0)}, ctx.dataset(),
+                      AttentionDistanceOptions.from_mapping(opts, limit=None))
+    _save_attention(result, ctx)
+    return study_rows(result, keep=("head",))
 
 
-# ----------------------------------------------------------------------------- saliency IoU
-@register("saliency", defaults={"queries": ["cls"], "mass": 0.6, "mask_rule": "bicubic", "batch_size": 32},
-          choices={"queries": ("cls", "mean", "centre"), "mask_rule": ("bicubic", "any", "majority")},
+@register("saliency", options=_attention_options("saliency"), fields=("queries", "mass", "mask_rule", "batch_size"),
           needs=("masks",), description="IoU of binarised attention with the object masks (walmer2023)")
 def saliency(ctx, opts: dict) -> list[dict]:
-    from vitscope.analysis.attention.saliency import image_mask_pairs, saliency_batches, saliency_iou
-    from vitscope.viz.attention_stats import plot_block_head_heatmap
-    from vitscope.viz.save import save_figure
+    from vitscope.analysis.attention.saliency import SaliencyOptions, evaluate
 
-    model = ctx.model(0)
     structure = ctx.raw_dataset()
-    src = getattr(structure, "source", structure)
-    if not hasattr(src, "sample"):
+    if not hasattr(getattr(structure, "source", structure), "sample"):
         raise ValueError(f"dataset {ctx.cell.dataset.name!r} has no object masks; saliency needs synthetic:... "
                          "(or run `vitscope saliency` on a segmentation task format)")
-    skipped: list[str] = []
-    batches = saliency_batches(model, image_mask_pairs(structure), opts["batch_size"], opts["mask_rule"], skipped)
-    res = saliency_iou(model, batches, opts["queries"], opts["mass"], progress=False, total=len(structure))
-    rows = []
-    for q in dict.fromkeys(opts["queries"]):
-        per_head, summed = _nanmean(res[(q, False)], 0), _nanmean(res[(q, True)], 0)        # L, H and L, 1
-        metric = f"saliency_iou_{q}"
-        for b in range(per_head.shape[0]):
-            if np.isnan(summed[b, 0]):                                  # the query token is absent at this block
-                continue
-            rows.append({"block": b, "metric": metric, "value": float(summed[b, 0])})
-            rows += [{"block": b, "head": h, "metric": metric, "value": float(per_head[b, h])}
-                     for h in range(per_head.shape[1])]
-        table = np.concatenate([per_head, summed], axis=1)
-        labels = [str(h) for h in range(per_head.shape[1])] + ["sum"]
-        save_figure(plot_block_head_heatmap(table, title=f"{ctx.label(0)}: saliency IoU, {q} query", cmap="viridis",
-                                            label="IoU", head_labels=labels),
-                    ctx.out / f"iou_{q}", arrays={"mean": table}, meta={**ctx.meta(), "skipped_no_object": skipped})
-    return rows
+    result = evaluate({ctx.label(0): ctx.model(0)}, structure, SaliencyOptions.from_mapping(opts, limit=None))
+    _save_attention(result, ctx)
+    return study_rows(result, keep=("head",))
+
+
+@register("attention_stats", options=_attention_options("stats"), fields=("batch_size",),
+          description="walmer2023's attention statistics per block and head (spread, spatial->CLS, offsets)")
+def attention_stats(ctx, opts: dict) -> list[dict]:
+    from vitscope.analysis.attention.stats import AttentionStatsOptions, evaluate
+
+    result = evaluate({ctx.label(0): ctx.model(0)}, ctx.dataset(), AttentionStatsOptions.from_mapping(opts, limit=None))
+    return study_rows(result, keep=("head",))         # (its 15 figures: `vitscope attention-stats`)
 
 
 # ----------------------------------------------------------------------------- CKA

@@ -364,3 +364,55 @@ def open_dataset_any(data, transform=None):
 
         return open_dataset(str(data), transform=transform)
     return data
+
+
+# ----------------------------------------------------------------------------- images for one model
+def model_images(model, data, limit: int | None = None):
+    """``(ImageDataset, PreprocessConfig)``: ``data`` read with ``model``'s own preprocessing, at most ``limit``
+    images.
+
+    ``data``: a dataset spec (``vitscope.data.open_dataset``), an opened ``ImageDataset`` (re-read with this
+    model's preprocessing; its files skipped as unreadable are recorded back into it by :func:`record_skips`),
+    or a list of image files.
+    """
+    from vitscope.data import ImageDataset, open_dataset
+    from vitscope.data.folders import FileSource
+    from vitscope.models.preprocess import Preprocessor
+
+    pcfg = preprocess_config(model)
+    tf = Preprocessor(pcfg)
+    if isinstance(data, ImageDataset):
+        ds = ImageDataset(data.source, transform=tf, on_error=data.on_error)
+    elif isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
+        ds = open_dataset(str(data), transform=tf)
+    elif isinstance(data, (list, tuple)) and data and all(isinstance(p, str) or hasattr(p, "__fspath__")
+                                                          for p in data):
+        from pathlib import Path
+
+        missing = [str(p) for p in data if not Path(p).exists()]
+        if missing:
+            raise FileNotFoundError(f"image file not found: {missing[0]}")
+        ds = ImageDataset(FileSource([str(p) for p in data], description="image files"), transform=tf)
+    else:
+        raise ValueError(f"expected images as a dataset spec, an ImageDataset or a list of image files, got "
+                         f"{type(data).__name__}")
+    if limit is not None and limit < len(ds):
+        ds = ds.subset(range(limit))
+    if len(ds) == 0:
+        raise ValueError("the dataset has no images")
+    return ds, pcfg
+
+
+def record_skips(data, ds) -> None:
+    """Copy the files ``ds`` (from :func:`model_images`) skipped into ``data`` when ``data`` is a dataset."""
+    if hasattr(data, "record_skips") and data is not ds:
+        data.record_skips(ds.skipped)
+
+
+def require_images(n_done: int, ds) -> None:
+    """After a pass over ``ds``: one clear line when not a single image could be used."""
+    if n_done > 0:
+        return
+    skipped = len(getattr(ds, "skipped", []) or [])
+    raise ValueError(f"no usable image: all {skipped or len(ds)} file(s) were skipped as unreadable; "
+                     "check the files with `vitscope check-data SPEC`")

@@ -227,6 +227,16 @@ class ReportContext:
 
         return collect_patterns(self.model, self.images)
 
+    def attention_patterns(self, random: bool = False, masks: str | None = None):
+        """The attention patterns of ``images`` (of the random-weight twin with ``random``) as the attention
+        analyses' ``evaluate`` takes them, with the images, their pictures and, with ``masks`` (a rule of
+        :meth:`token_masks`), the object masks on the token grid."""
+        from vitscope.analysis.attention.common import AttentionPatterns
+
+        return AttentionPatterns(self.random_patterns if random else self.patterns, images=self.images,
+                                 masks=None if masks is None else self.token_masks(masks), display=self.display,
+                                 ids=[f"#{int(i)}" for i in self.indices], description=self.data_label)
+
     def layout(self, block: int):
         return self.model.token_layout(block)
 

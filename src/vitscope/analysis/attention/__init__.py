@@ -1,11 +1,16 @@
 """Attention analyses: maps, rollout, gradient relevance, attention distance, walmer2023 statistics,
 saliency IoU, video heat maps, CLS / register maps, position-embedding similarity.
 
+Each analysis has one entry point, ``evaluate(models, data, options) -> Result`` in its module (``maps``,
+``relevance`` (rollout and the gradient methods), ``distance``, ``stats``, ``saliency``, ``token_pages``, ``posembed``,
+``video``), with its options dataclass; the command line, studies, report and app call it (docs/api.md).
+
 Pure functions take softmax patterns (B, H, T, T) from ``blocks.{i}.attn.hook_pattern`` with the
 ``TokenLayout`` of the same block; ``*_from_model`` / model-level helpers run the model. Definitions follow
 the reference (walmer2023, probing-vits, cls-register, vit-explain, Chefer et al.); where the public code differs, both
 rules are offered under names (see docs/attention.md).
 """
+from vitscope.analysis.attention.common import AttentionPatterns
 from vitscope.analysis.attention.distance import (
     MeanAttentionDistance, attention_distance, distance_matrix, mean_attention_distance, stream_patterns,
 )
@@ -30,6 +35,7 @@ from vitscope.analysis.attention.tokens import resolve_query, token_names
 from vitscope.analysis.attention.video import attention_video, read_frames, video_attention_maps, write_video
 
 __all__ = [
+    "AttentionPatterns",
     "Attribution", "METHODS", "average_map", "lrp_attention_relevance", "overlap_count", "patterns_from_cache",
     "resolve_method", "spatial_to_token", "transformer_attribution",
     "AttentionStats", "MeanAttentionDistance", "SaliencyIoU", "aligned_attention", "attention_distance",

@@ -15,13 +15,19 @@ as it is computed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from vitscope.analysis.attention.maps import block_of, pattern_hook
+from vitscope.analysis.api import Drawn, Result
+from vitscope.analysis.attention.common import (
+    AttentionOptions, AttentionPatterns, ImageBatches, as_models, block_of, data_description, figure_stem,
+    options_of, pattern_hook, weights_of,
+)
 from vitscope.analysis.attention.tokens import check_pattern
 from vitscope.models.layout import TokenLayout
+from vitscope.runtime import model_meta
 
 VARIANTS = ("A", "B")
 
@@ -224,3 +230,118 @@ def attention_distance(model, batches: Iterable, variants: Sequence[str] = ("A",
     stream_patterns(model, batches, [multi_variant_reducer(acc)], blocks, device, progress, total,
                     desc="attention distance")
     return acc
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+@dataclass
+class AttentionDistanceOptions(AttentionOptions):
+    """Options of :func:`evaluate` (``vitscope attention-distance``, the study analysis ``attention_distance``,
+    the app's distance view, the report's section)."""
+
+    variants: tuple[str, ...] = ("A",)  # A (walmer2023: normalised, renormalised rows), B (probing-vits: pixels)
+    limit: int | None = 1000            # at most this many images (probing-vits: 1000)
+    batch_size: int = 32
+    relative_depth: bool = False        # figure of several models: blocks on [0, 1] (models of different depth)
+    progress: bool = False
+
+    def validate(self) -> None:
+        self.check_names("variants", VARIANTS, upper=True, message="takes A and/or B")
+        self.check_limit()
+        self.check_int("batch_size")
+
+
+def evaluate(models, data=None, options: AttentionDistanceOptions | None = None, **overrides) -> Result:
+    """Mean attention distance of every block and head, averaged over the images (streamed), per model.
+
+    Args:
+        models: a model, a list of models or ``{label: model}``.
+        data: images (a dataset spec, an ``ImageDataset``, image files, model inputs (N, 3, H, W)), read with
+            each model's own preprocessing, or :class:`~vitscope.analysis.attention.common.AttentionPatterns`
+            (one model).
+        options: :class:`AttentionDistanceOptions` (keyword overrides are applied on top).
+
+    Returns a :class:`~vitscope.analysis.api.Result`: per model, variant and block one row with the mean over
+    heads (``head`` empty) and one row per head (``metric`` ``attention_distance_<variant>``; variant A in
+    normalised [0, 1] units, B in pixels), with ``variant``, ``std`` (over images) and ``n_images`` columns.
+    ``arrays``: ``mean`` and ``std`` as ``{model: {variant: (blocks, heads)}}``. ``figures()``: a scatter per
+    model and variant, and every model on one figure when there are several.
+    """
+    import pandas as pd
+
+    from vitscope.analysis.api import tidy_table
+
+    opts = options_of(AttentionDistanceOptions, options, overrides)
+    items = as_models(models)
+    if isinstance(data, AttentionPatterns) and len(items) != 1:
+        raise ValueError("attention patterns belong to one model; give that model alone")
+    rows: list[dict] = []
+    means: dict[str, dict] = {}
+    stds: dict[str, dict] = {}
+    counts: dict[str, int] = {}
+    for label, model in items.items():
+        acc = _distances(model, data, opts)
+        counts[label] = n = acc[opts.variants[0]].n_images
+        means[label], stds[label] = {v: acc[v].compute() for v in opts.variants}, {v: acc[v].std() for v in acc}
+        for v in opts.variants:
+            mean, std = means[label][v], stds[label][v]
+            for b in range(mean.shape[0]):
+                common = {"model": label, "block": b, "metric": f"attention_distance_{v}", "variant": v,
+                          "n_images": n}
+                rows.append({**common, "head": None, "value": float(mean[b].mean()), "std": None})
+                rows += [{**common, "head": h, "value": float(mean[b, h]), "std": float(std[b, h])}
+                         for h in range(mean.shape[1])]
+    df = pd.DataFrame(rows)
+    df["head"] = pd.Series([r["head"] for r in rows], dtype=object)
+    table = tidy_table(df, "attention_distance", opts, dataset=data_description(data),
+                       weights={k: weights_of(m) for k, m in items.items()})
+    last = ", ".join(f"{k} {v}: {float(np.nanmean(means[k][v][-1])):.3f}" for k in items for v in opts.variants)
+    summary = (f"mean attention distance (variant {', '.join(opts.variants)}) of {len(items)} model(s) over "
+               f"{max(counts.values())} image(s); last block, mean over heads: {last}")
+    meta = {"stems": {k: figure_stem(k) for k in items}, "n_images": counts, "data": data_description(data),
+            "records": {k: model_meta(m, k) for k, m in items.items()}}
+    return Result("attention_distance", table, summary, opts, {"mean": means, "std": stds}, meta, draw=_draw)
+
+
+def _distances(model, data, opts: AttentionDistanceOptions) -> dict[str, MeanAttentionDistance]:
+    """``{variant: MeanAttentionDistance}`` of one model over ``data`` (streamed) or over given patterns."""
+    cfg = model.cfg
+    if isinstance(data, AttentionPatterns):
+        acc = {v: MeanAttentionDistance(cfg.depth, cfg.num_heads, v, cfg.patch_size) for v in opts.variants}
+        lays = data.layouts(model)
+        n = len(data) if opts.limit is None else min(opts.limit, len(data))
+        for v in opts.variants:
+            for b, p in data.patterns.items():
+                acc[v].update(b, p[:n], lays[b])
+        return acc
+    images = ImageBatches(model, data, opts.limit)
+    acc = attention_distance(model, (x for x, _ in images.batches(opts.batch_size)), opts.variants,
+                             progress=opts.progress, total=len(images))
+    images.require(acc[opts.variants[0]].n_images)
+    return acc
+
+
+def _draw(result: Result):
+    """A scatter per model and variant (a point per head at its block); every model on one figure."""
+    from vitscope.viz.attention_distance import plot_attention_distance, plot_attention_distance_models
+
+    o: AttentionDistanceOptions = result.options
+    m, means, stds = result.meta, result.arrays["mean"], result.arrays["std"]
+    for label, stem in m["stems"].items():
+        for v in o.variants:
+            n = m["n_images"][label]
+            fig = plot_attention_distance(means[label][v], v, title=f"{label} (variant {v})", std=stds[label][v],
+                                          data=m["data"], n_images=n)
+            meta = {**m["records"][label], "variant": v, "n_images": n, "data": m["data"],
+                    "units": "normalised [0, 1]" if v == "A" else "pixels", **m.get("figure_meta", {})}
+            yield "_".join(p for p in (stem, "distance", v) if p), Drawn(
+                fig, arrays={"mean": means[label][v], "std": stds[label][v]}, meta=meta)
+    if len(means) > 1:
+        for v in o.variants:
+            fig = plot_attention_distance_models({k: means[k][v] for k in means}, v,
+                                                 relative_depth=o.relative_depth,
+                                                 title=f"mean attention distance, variant {v}", data=m["data"],
+                                                 n_images=max(m["n_images"].values()))
+            yield f"models_distance_{v}", Drawn(
+                fig, arrays={f"model{k}": means[x][v] for k, x in enumerate(means)},
+                meta={"variant": v, "models": list(means),
+                      "random_init": [m["records"][k]["random_init"] for k in means]})

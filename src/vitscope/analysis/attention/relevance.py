@@ -25,16 +25,24 @@ names are accepted as aliases (:data:`METHOD_ALIASES`, :func:`resolve_method`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from vitscope.analysis.attention.maps import block_of, pattern_hook
+from vitscope.analysis.api import Drawn, OptionError, Result
+from vitscope.analysis.attention.common import (
+    AttentionOptions, AttentionPatterns, ImageBatches, PatternBatch, block_of, check_block, data_description,
+    map_frame, one_model, options_of, pattern_batches, pattern_hook, weights_of,
+)
 from vitscope.analysis.attention.rollout import (
     Attribution, _blocks, add_identity_and_normalize, discard_lowest, resolve_discard_rule, rollout_map,
     rollout_matrices,
 )
 from vitscope.analysis.attention.tokens import grid_of, normalize_block, resolve_query
 from vitscope.models.layout import TokenLayout
+from vitscope.runtime import model_meta
 
 
 METHODS = ("rollout", "grad-rollout", "chefer2021-generic", "chefer2021-lrp")
@@ -158,6 +166,13 @@ def relevance_from_model(model, x: torch.Tensor, target=None, method: str = "che
     classification head; not for chefer2021-lrp, which starts from the class). ``normalize``: ``"max"``,
     ``"minmax"`` or None.
     """
+    return _relevance(model, x, target, method, discard_ratio, start_block, end_block, query, normalize, score_fn,
+                      discard_rule)[0]
+
+
+def _relevance(model, x, target, method, discard_ratio, start_block, end_block, query, normalize, score_fn,
+               discard_rule) -> tuple[Attribution, torch.Tensor]:
+    """:func:`relevance_from_model` and the logits of the forward pass it explains."""
     method = resolve_method(method, GRADIENT_METHODS)
     depth = model.cfg.depth
     start, end = normalize_block(start_block, depth), normalize_block(end_block, depth)
@@ -171,8 +186,8 @@ def relevance_from_model(model, x: torch.Tensor, target=None, method: str = "che
         if score_fn is not None:
             raise ValueError("chefer2021-lrp propagates the relevance of a class; score_fn is not supported")
         check_supported(model)
-    pats, grads, _, targets = attention_with_gradients(model, x, target, blocks=range(start, end + 1),
-                                                       score_fn=score_fn)
+    pats, grads, logits, targets = attention_with_gradients(model, x, target, blocks=range(start, end + 1),
+                                                            score_fn=score_fn)
     lays = {b: model.token_layout(b, grid) for b in pats}
     if method == "chefer2021-generic":
         M = chefer_relevance(pats, grads, lays, start, end)
@@ -183,4 +198,147 @@ def relevance_from_model(model, x: torch.Tensor, target=None, method: str = "che
 
         cams = lrp_attention_relevance(model, x, targets)
         M = transformer_attribution(cams, grads, lays, start, end).to(torch.promote_types(x.dtype, torch.float32))
-    return Attribution(rollout_map(M, lays[end], query, normalize, cfg=model.cfg), M, targets)
+    return Attribution(rollout_map(M, lays[end], query, normalize, cfg=model.cfg), M, targets), logits
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+@dataclass
+class RolloutOptions(AttentionOptions):
+    """Options of :func:`evaluate` (``vitscope rollout``, the app's rollout view, the report's rollout and
+    relevance)."""
+
+    method: str = "rollout"             # rollout, grad-rollout, chefer2021-generic or chefer2021-lrp (METHODS)
+    head_fusion: str = "mean"           # rollout: mean, max or min
+    discard_ratio: float = 0.0          # rollout / grad-rollout: zero this share of the lowest entries per block
+    discard_rule: str = "exclude-cls"   # which entries the discard zeroes (DISCARD_RULES)
+    normalize: str = "max"              # map scaling: max, minmax or none
+    start_block: int = 0
+    end_block: int = -1
+    query: str = "cls"                  # row read from the rolled-out matrix
+    target: int | None = None           # class explained by the gradient methods (None: the predicted one)
+    limit: int | None = 8
+    batch_size: int = 8
+    cmap: str = "inferno"
+    opacity: float = 0.6
+    progress: bool = False
+
+    def validate(self) -> None:
+        from vitscope.analysis.attention.rollout import (DISCARD_RULES, NORMALIZATIONS, ROLLOUT_FUSIONS,
+                                                         resolve_discard_rule)
+
+        try:
+            self.method = resolve_method(self.method)
+        except ValueError as e:
+            raise OptionError("method", f"`method`: {e}") from None
+        self.check_choice("head_fusion", ROLLOUT_FUSIONS)
+        self.check_number("discard_ratio", 0, 1, high_open=True)
+        try:
+            resolve_discard_rule(self.discard_rule)
+        except ValueError:
+            self.check_choice("discard_rule", DISCARD_RULES)
+        self.check_choice("normalize", NORMALIZATIONS)
+        self.check_int("start_block", minimum=None)
+        self.check_int("end_block", minimum=None)
+        self.check_query()
+        self.check_int("target", minimum=0, optional=True)
+        self.check_limit()
+        self.check_int("batch_size")
+        self.check_display()
+
+
+def evaluate(models, data=None, options: RolloutOptions | None = None, **overrides) -> Result:
+    """Attention rollout, gradient rollout or Chefer et al.'s relevance of every image (``options.method``).
+
+    Args:
+        models: one model (or ``{label: model}`` with one entry); the gradient methods need a classification head.
+        data: images (a dataset spec, an ``ImageDataset``, image files, model inputs (N, 3, H, W)) or
+            :class:`~vitscope.analysis.attention.common.AttentionPatterns` (rollout reads them; the gradient
+            methods run the model on their ``images``).
+        options: :class:`RolloutOptions` (keyword overrides are applied on top).
+
+    Returns a :class:`~vitscope.analysis.api.Result`: one row per image x patch (``metric``: the method), with
+    ``image``, ``row``, ``col`` and, for the gradient methods, ``target`` (the class explained) and
+    ``target_logit``; ``arrays``: ``maps`` (N, rows, cols), ``matrix`` (N, T, T), ``targets``, ``target_logits``.
+    ``figures()`` draws every image with its map.
+    """
+    import pandas as pd
+
+    from vitscope.analysis.api import tidy_table
+    from vitscope.analysis.attention.rollout import rollout_from_patterns
+
+    opts = options_of(RolloutOptions, options, overrides)
+    label, model = one_model(models)
+    method, gradient = opts.method, opts.method != "rollout"
+    if gradient and model.cfg.head == "none":
+        raise OptionError("method", f"`method` {method} explains a class score, and this model has no "
+                                    f"classification head; use rollout")
+    start, end = check_block(model, opts.start_block, "start_block"), check_block(model, opts.end_block, "end_block")
+    if start > end:
+        raise OptionError("start_block", f"`start_block` {opts.start_block} comes after `end_block` "
+                                         f"{opts.end_block}")
+    resolve_query(opts.query, model.token_layout(end), model.cfg)
+    if gradient and isinstance(data, AttentionPatterns):
+        if data.images is None:
+            raise ValueError(f"{method} runs the model again: give the patterns with their images")
+        data = data.images
+    out: dict[str, list] = {k: [] for k in ("maps", "matrix", "targets", "logits", "display", "index", "ids")}
+    blocks = None if gradient else range(start, end + 1)
+    for batch in (_image_batches(model, data, opts) if gradient else
+                  pattern_batches(model, data, blocks, opts.limit, opts.batch_size, opts.progress)):
+        if gradient:
+            att, logits = _relevance(model, batch.x, opts.target, method, opts.discard_ratio, start, end,
+                                     opts.query, opts.normalize, None, opts.discard_rule)
+            out["targets"].append(att.targets.cpu())
+            out["logits"].append(logits.float().gather(1, att.targets[:, None]).squeeze(1).cpu())
+        else:
+            att = rollout_from_patterns(batch.patterns, batch.layouts, opts.head_fusion, opts.discard_ratio, start,
+                                        end, opts.query, opts.normalize, opts.discard_rule, model.cfg)
+        out["maps"].append(att.maps.detach().float().cpu())
+        out["matrix"].append(att.matrix.detach().float().cpu())
+        for k in ("display", "index", "ids"):
+            out[k] += getattr(batch, k)
+    arrays = {k: torch.cat(v).numpy() for k, v in out.items() if k in ("maps", "matrix", "targets", "logits") and v}
+    arrays.update(index=np.asarray(out["index"]),
+                  display=out["display"] if all(d is not None for d in out["display"]) else None)
+    cols = dict(image=out["ids"])
+    if gradient:
+        cols.update(target=arrays["targets"].tolist(), target_logit=arrays["logits"].tolist())
+    df = map_frame(arrays["maps"], metric=method, **cols)
+    df.insert(0, "model", label)
+    df.insert(1, "block", end)
+    table = tidy_table(df, "rollout", opts, dataset=data_description(data), weights={label: weights_of(model)})
+    what = METHOD_TITLES[method] + (f" ({opts.head_fusion}, discard {opts.discard_ratio:g})"
+                                    if method == "rollout" else "")
+    n = len(out["ids"])
+    summary = f"{label}: {what} of {n} image(s)" + (
+        f", explaining class(es) {', '.join(map(str, sorted(set(arrays['targets'].tolist()))))}" if gradient else "")
+    return Result("rollout", table, summary, opts, arrays,
+                  meta={"model": label, "what": what, "ids": out["ids"], "record": model_meta(model, label)},
+                  draw=_draw)
+
+
+def _image_batches(model, data, opts):
+    """Batches of model inputs for the gradient methods (no patterns collected: they run the model themselves)."""
+    images = ImageBatches(model, data, opts.limit)
+    ids = images.ids
+    for x, idx in images.batches(opts.batch_size, opts.progress):
+        yield PatternBatch({}, {}, x, list(images.display(x)), idx, [ids[i] for i in idx])
+    images.require(len(images.used))
+
+
+def _draw(result: Result) -> dict:
+    """Every image, its map over it and the map alone."""
+    from vitscope.viz.attention import plot_image_overlays
+
+    o: RolloutOptions = result.options
+    a, m = result.arrays, result.meta
+    if a.get("display") is None:
+        return {}
+    names = [Path(i).name for i in m["ids"]]
+    targets = a["targets"].tolist() if "targets" in a else []
+    titles = [f"{n} (class {t})" for n, t in zip(names, targets)] if targets else names
+    fig = plot_image_overlays(a["display"], a["maps"], titles, cmap=o.cmap, alpha=o.opacity, title=m["what"])
+    meta = {**m["record"], "images": m["ids"], "method": o.method, "head_fusion": o.head_fusion,
+            "discard_ratio": o.discard_ratio, "discard_rule": o.discard_rule, "normalize": o.normalize,
+            "start_block": o.start_block, "query": o.query, "targets": targets}
+    return {o.method: Drawn(fig, arrays={"maps": a["maps"]}, meta=meta)}

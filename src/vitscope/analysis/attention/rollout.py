@@ -208,6 +208,15 @@ def rollout_from_model(model, x: torch.Tensor, head_fusion: str = "mean", discar
     grid = grid_of(x, model)
     resolve_query(query, model.token_layout(end, grid), model.cfg)
     pats = collect_patterns(model, x, range(start, end + 1))
-    lays = {b: model.token_layout(b, grid) for b in pats}
-    J = attention_rollout(pats, lays, head_fusion, discard_ratio, start, end, discard_rule=discard_rule)
-    return Attribution(rollout_map(J, lays[end], query, normalize, cfg=model.cfg), J, None)
+    return rollout_from_patterns(pats, {b: model.token_layout(b, grid) for b in pats}, head_fusion, discard_ratio,
+                                 start, end, query, normalize, discard_rule, model.cfg)
+
+
+def rollout_from_patterns(patterns: Mapping[int, torch.Tensor], layouts: Mapping[int, TokenLayout],
+                          head_fusion: str = "mean", discard_ratio: float = 0.0, start_block: int = 0,
+                          end_block: int | None = None, query="cls", normalize: str | None = "max",
+                          discard_rule: str = "exclude-cls", cfg=None) -> Attribution:
+    """:func:`rollout_from_model` on patterns already computed (``{block: (B, H, T, T)}`` with their layouts)."""
+    end = max(patterns) if end_block is None else end_block
+    J = attention_rollout(patterns, layouts, head_fusion, discard_ratio, start_block, end, discard_rule=discard_rule)
+    return Attribution(rollout_map(J, layouts[end], query, normalize, cfg=cfg), J, None)

@@ -19,14 +19,21 @@ Named options where walmer2023's code and vitscope's first rule differ:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from vitscope.analysis.api import Drawn, OptionError, Result
+from vitscope.analysis.attention.common import (
+    AttentionOptions, AttentionPatterns, data_description, one_model, options_of, weights_of,
+)
 from vitscope.analysis.attention.maps import attention_map, mass_threshold
 from vitscope.analysis.attention.tokens import check_pattern
 from vitscope.models.layout import TokenLayout
+from vitscope.runtime import model_meta
 
 SALIENCY_QUERIES = ("cls", "mean", "centre")
 MASK_RULES = ("bicubic", "bicubic-union", "any", "majority")
@@ -325,3 +332,150 @@ def saliency_batches(model, pairs, batch_size: int = 16, rule: str = "bicubic", 
             xs, ms = [], []
     if xs:
         yield torch.stack(xs), torch.stack(ms)
+
+
+def mask_data(data=None, coco=None, partimagenet=None, imagenet_s=None, image_root=None):
+    """Images with object masks for :func:`evaluate`: exactly one of a dataset spec with masks (``synthetic:...``),
+    a COCO instances json or a PartImageNet annotation json (each with ``image_root``), or an ImageNet-S folder."""
+    given = [s for s in (coco, partimagenet, imagenet_s, data) if s]
+    if len(given) != 1:
+        raise ValueError("give exactly one of --coco, --partimagenet, --imagenet-s or --data synthetic:...")
+    if coco or partimagenet:
+        from vitscope.data.tasks import load_segmentation
+
+        return load_segmentation(coco, partimagenet, image_root)
+    if imagenet_s:
+        from vitscope.data.tasks import load_imagenet_s
+
+        return load_imagenet_s(imagenet_s)
+    if not isinstance(data, (str, Path)):
+        return data
+    from vitscope.data import open_dataset
+
+    structure = open_dataset(str(data))
+    if not hasattr(structure.source, "sample"):
+        raise ValueError(f"--data {data!r} has no object masks; use synthetic[:...] or a task format")
+    return structure
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+@dataclass
+class SaliencyOptions(AttentionOptions):
+    """Options of :func:`evaluate` (``vitscope saliency``, the study analysis ``saliency``, the report's
+    section)."""
+
+    queries: tuple[str, ...] = ("cls",)     # cls, mean (all spatial queries), centre
+    mass: float = 0.6                       # share of the attention mass kept in the binary map (DINO's rule)
+    mask_rule: str = "bicubic"              # mask to token grid (MASK_RULES; bicubic: walmer2023)
+    merge_rule: str = "sum"                 # heads summed (MERGE_RULES; seed002: walmer2023's numbers)
+    limit: int | None = 5000                # at most this many images (walmer2023: 5000)
+    batch_size: int = 32
+    progress: bool = False
+
+    def validate(self) -> None:
+        self.check_names("queries", SALIENCY_QUERIES)
+        self.check_number("mass", 0, 1, low_open=True)
+        self.check_choice("mask_rule", MASK_RULES)
+        self.check_choice("merge_rule", MERGE_RULES)
+        self.check_limit()
+        self.check_int("batch_size")
+
+
+def evaluate(models, data=None, options: SaliencyOptions | None = None, **overrides) -> Result:
+    """walmer2023's saliency IoU: the top ``mass`` of each head's (and the summed heads') attention, binarised,
+    against the object masks on the token grid, averaged over the images per block and head.
+
+    Args:
+        models: one model (or ``{label: model}`` with one entry).
+        data: images with object masks: a spec with masks (``synthetic:...``), what :func:`mask_data` opens
+            (COCO, PartImageNet, ImageNet-S), an iterable of ``(image, mask)`` pairs, or
+            :class:`~vitscope.analysis.attention.common.AttentionPatterns` with ``masks`` on the token grid.
+        options: :class:`SaliencyOptions` (keyword overrides are applied on top).
+
+    Returns a :class:`~vitscope.analysis.api.Result`: per query and block one row for the heads summed (``head``
+    empty) and one per head (``metric`` ``saliency_iou_<query>``, the mean IoU over images), with ``query``,
+    ``iou_std`` and ``n`` columns; blocks where the query token is absent have no row. ``arrays["values"]``:
+    ``{(query, merged): per-image IoU (N, blocks, heads or 1)}``; ``meta["skipped_no_object"]``: images left out
+    (no object). ``figures()``: a block x (heads + sum) map per query.
+    """
+    import pandas as pd
+
+    from vitscope.analysis.api import tidy_table
+
+    opts = options_of(SaliencyOptions, options, overrides)
+    label, model = one_model(models)
+    cfg = model.cfg
+    if "cls" in opts.queries and not cfg.class_token:
+        raise OptionError("queries", "this model has no CLS token; use `queries` mean,centre")
+    skipped: list[str] = []
+    if isinstance(data, AttentionPatterns):
+        if data.masks is None:
+            raise ValueError("saliency IoU needs the object masks on the token grid with the patterns (masks=)")
+        acc = SaliencyIoU(cfg.depth, cfg.num_heads, opts.queries, opts.mass, merge_rule=opts.merge_rule)
+        acc.update_batch(dict(data.patterns), data.layouts(model), data.masks)
+        values, n_total = acc.compute(), len(data)
+    else:
+        structure = mask_data(data)
+        n_total = len(structure) if opts.limit is None else min(opts.limit, len(structure))
+        batches = saliency_batches(model, image_mask_pairs(structure, opts.limit), opts.batch_size, opts.mask_rule,
+                                   skipped)
+        values = saliency_iou(model, batches, opts.queries, opts.mass, progress=opts.progress, total=n_total,
+                              merge_rule=opts.merge_rule)
+    n_used = int(next(iter(values.values())).shape[0])
+    if n_used == 0:
+        raise ValueError(f"no usable image: none of the {n_total} image(s) could be read or had an object mask "
+                         f"({len(skipped)} without objects); check the data with `vitscope check-data`")
+    summ = summarize_iou(values)
+    absent = {(r["query"], r["block"]) for r in summ if r["merged"] and np.isnan(r["iou_mean"])}
+    rows = [{"model": label, "block": r["block"], "head": None if r["merged"] else r["head"],
+             "metric": f"saliency_iou_{r['query']}", "value": r["iou_mean"], "query": r["query"],
+             "iou_std": r["iou_std"], "n": r["n"]} for r in summ if (r["query"], r["block"]) not in absent]
+    rows.sort(key=lambda r: (opts.queries.index(r["query"]), r["block"], -1 if r["head"] is None else r["head"]))
+    df = pd.DataFrame(rows)
+    df["head"] = pd.Series([r["head"] for r in rows], dtype=object)
+    desc = data_description(data) if isinstance(data, (str, Path, AttentionPatterns)) else \
+        getattr(data, "description", None) or type(data).__name__
+    table = tidy_table(df, "saliency", opts, dataset=desc, weights={label: weights_of(model)})
+    last = {q: mean_iou(values[(q, True)])[-1, 0] for q in opts.queries}
+    summary = (f"{label}: saliency IoU over {n_used} image(s) ({len(skipped)} without objects left out), last "
+               f"block, heads summed: " + ", ".join(f"{q} {v:.3f}" for q, v in last.items()))
+    return Result("saliency", table, summary, opts, {"values": values},
+                  meta={"model": label, "n_images": n_used, "skipped_no_object": skipped, "data": desc,
+                        "record": model_meta(model, label)}, draw=_draw)
+
+
+def mean_iou(v: np.ndarray) -> np.ndarray:
+    """Mean over images of per-image IoU (N, blocks, K) -> (blocks, K); NaN where no image has a value."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(v, 0)
+
+
+def saliency_headline(values: dict, depth: int, query: str = "cls") -> dict[str, float]:
+    """Headline numbers of :func:`evaluate`'s per-image values: the query at the last block (heads summed, and
+    the best head), and the best block x head."""
+    per_head, merged = mean_iou(values[(query, False)]), mean_iou(values[(query, True)])[:, 0]   # L, H and L
+    b, h = np.unravel_index(np.nanargmax(per_head), per_head.shape)
+    return {"last_block_merged": float(merged[depth - 1]), "last_block_best_head": float(np.nanmax(per_head[-1])),
+            "best": float(per_head[b, h]), "best_block": int(b), "best_head": int(h)}
+
+
+def _draw(result: Result):
+    """A block x (heads + sum) map of the mean IoU per query."""
+    from vitscope.viz.attention_stats import plot_block_head_heatmap
+
+    o: SaliencyOptions = result.options
+    m, values = result.meta, result.arrays["values"]
+    meta = {**m["record"], "mass": o.mass, "mask_rule": o.mask_rule, "merge_rule": o.merge_rule,
+            "n_images": m["n_images"], "skipped_no_object": len(m["skipped_no_object"]), **m.get("figure_meta", {})}
+    for q in o.queries:
+        per_head, summed = values[(q, False)], values[(q, True)]
+        table = np.concatenate([mean_iou(per_head), mean_iou(summed)], axis=1)                  # L, H + 1
+        labels = [str(h) for h in range(per_head.shape[2])] + ["sum"]
+        fig = plot_block_head_heatmap(table, title=f"{m['model']}: saliency IoU, {q} query (mass {o.mass:g})",
+                                      cmap="viridis", data=m["data"], n_images=m["n_images"], label="IoU",
+                                      head_labels=labels)
+        yield f"iou_{q}", Drawn(fig, arrays={"per_image_heads": per_head, "per_image_summed": summed, "mean": table},
+                                meta={**meta, "query": q, "columns": labels})

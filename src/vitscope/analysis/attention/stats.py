@@ -27,13 +27,19 @@ walmer2023 drops CLS. Definitions (per image, one block's pattern (B, H, T, T)):
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from vitscope.analysis.api import Drawn, Result
+from vitscope.analysis.attention.common import (
+    AttentionOptions, AttentionPatterns, ImageBatches, data_description, one_model, options_of, weights_of,
+)
 from vitscope.analysis.attention.maps import attention_map
 from vitscope.analysis.attention.tokens import check_pattern
 from vitscope.models.layout import TokenLayout
+from vitscope.runtime import model_meta
 
 QUERY_MAPS = ("cls", "mean", "centre")
 AVERAGE_MAPS = ("all", "spcpure")
@@ -210,3 +216,103 @@ def attention_statistics(model, batches: Iterable, grid: tuple[int, int] | None 
     stream_patterns(model, batches, [acc.update], device=device, progress=progress, total=total,
                     desc="attention statistics")
     return acc.compute()
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+#: the per-head statistics of the table, and the one per block
+HEAD_METRICS = ("position_std", "spatial_to_cls", "offset", "offset_x", "offset_y", "offset_head")
+MAP_KEYS = ("map_cls", "map_mean", "map_centre", "map_all", "map_spcpure", "aligned", "aligned_overlap")
+
+
+@dataclass
+class AttentionStatsOptions(AttentionOptions):
+    """Options of :func:`evaluate` (``vitscope attention-stats``, the study analysis ``attention_stats``, the
+    report's section)."""
+
+    limit: int | None = 1000            # at most this many images
+    batch_size: int = 32
+    progress: bool = False
+
+    def validate(self) -> None:
+        self.check_limit()
+        self.check_int("batch_size")
+
+
+def evaluate(models, data=None, options: AttentionStatsOptions | None = None, **overrides) -> Result:
+    """walmer2023's attention statistics of one model over the images (streamed): spread over heads and over
+    query positions, spatial -> CLS attention, average maps, query-centred maps and their offsets.
+
+    Args:
+        models: one model (or ``{label: model}`` with one entry).
+        data: images (a dataset spec, an ``ImageDataset``, image files, model inputs (N, 3, H, W)) or
+            :class:`~vitscope.analysis.attention.common.AttentionPatterns`.
+        options: :class:`AttentionStatsOptions` (keyword overrides are applied on top).
+
+    Returns a :class:`~vitscope.analysis.api.Result`: one row per block and head for each of :data:`HEAD_METRICS`
+    (``offset_head`` is 1 for a head whose query-centred map peaks away from zero offset) and one row per block
+    for ``head_std`` (``head`` empty); undefined values (CLS statistics before CLS enters) have no row.
+    ``arrays``: :meth:`AttentionStats.compute`'s dict. ``figures()``: every statistic and map of the command.
+    """
+    import pandas as pd
+
+    from vitscope.analysis.api import tidy_table
+
+    opts = options_of(AttentionStatsOptions, options, overrides)
+    label, model = one_model(models)
+    cfg = model.cfg
+    if isinstance(data, AttentionPatterns):
+        acc = AttentionStats(cfg.depth, cfg.num_heads, data.grid or cfg.grid)
+        lays = data.layouts(model)
+        n = len(data) if opts.limit is None else min(opts.limit, len(data))
+        for b, p in data.patterns.items():
+            acc.update(b, p[:n], lays[b])
+        res = acc.compute()
+    else:
+        images = ImageBatches(model, data, opts.limit)
+        res = attention_statistics(model, (x for x, _ in images.batches(opts.batch_size)), progress=opts.progress,
+                                   total=len(images))
+        images.require(int(res["n_images"]))
+    n = int(res["n_images"])
+    rows = [{"block": b, "head": None, "metric": "head_std", "value": float(res["head_std"][b])}
+            for b in range(cfg.depth)]
+    rows += [{"block": b, "head": h, "metric": k, "value": float(res[k][b, h])}
+             for k in HEAD_METRICS for b in range(cfg.depth) for h in range(cfg.num_heads)]
+    rows = [r for r in rows if r["value"] == r["value"]]                        # no row for undefined values
+    df = pd.DataFrame(rows)
+    df["head"] = pd.Series([r["head"] for r in rows], dtype=object)
+    df.insert(0, "model", label)
+    df["n_images"] = n
+    table = tidy_table(df, "attention_stats", opts, dataset=data_description(data),
+                       weights={label: weights_of(model)})
+    summary = (f"{label}: walmer2023's attention statistics over {n} image(s); std over heads from "
+               f"{res['head_std'][0]:.4f} (block 0) to {res['head_std'][-1]:.4f} (block {cfg.depth - 1}), "
+               f"{int(res['offset_head'].sum())} offset head(s)")
+    return Result("attention_stats", table, summary, opts, dict(res),
+                  meta={"model": label, "data": data_description(data), "record": model_meta(model, label)},
+                  draw=_draw)
+
+
+def _draw(result: Result):
+    """Std over heads per block; each per-head statistic (by block, and as a block x head map); the offsets;
+    every average and query-centred map (blocks where it is defined)."""
+    from vitscope.viz.attention import plot_block_head_grid
+    from vitscope.viz.attention_stats import plot_block_head_heatmap, plot_block_metric, plot_head_metric, plot_offsets
+
+    res, m = result.arrays, result.meta
+    meta = {**m["record"], "n_images": int(res["n_images"])}
+    ctx = {"data": m["data"], "n_images": int(res["n_images"])}                             # for the titles
+    yield "std_over_heads", Drawn(plot_block_metric(res["head_std"], "std over heads", **ctx),
+                                  arrays={"values": res["head_std"]}, meta=meta)
+    for key, label in [("position_std", "std over token positions"), ("spatial_to_cls", "spatial -> CLS attention"),
+                       ("offset", "attention offset (query-centred maps)")]:
+        yield key, Drawn(plot_head_metric(res[key], label, **ctx), arrays={"values": res[key]}, meta=meta)
+        yield f"{key}_summary", Drawn(plot_block_head_heatmap(res[key], label=label, title=label, **ctx),
+                                      arrays={"values": res[key]}, meta=meta)
+    yield "offsets", Drawn(plot_offsets(res["offset_x"], res["offset_y"], "centre of the query-centred maps", **ctx),
+                           arrays={"x": res["offset_x"], "y": res["offset_y"], "offset_head": res["offset_head"]},
+                           meta=meta)
+    for key in MAP_KEYS:
+        keep = [b for b in range(res[key].shape[0]) if not np.isnan(res[key][b]).all()]     # skip all-NaN blocks
+        if keep:
+            fig = plot_block_head_grid(res[key][keep], keep, title=key.replace("_", " "), **ctx)
+            yield key, Drawn(fig, arrays={"maps": res[key], "blocks": keep}, meta=meta)

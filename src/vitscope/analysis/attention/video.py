@@ -10,14 +10,20 @@ binary that imageio-ffmpeg ships) or a GIF, chosen by the output suffix.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from vitscope.analysis.api import Drawn, OptionError, Result
+from vitscope.analysis.attention.common import (
+    AttentionOptions, check_block, map_frame, one_model, options_of, weights_of,
+)
 from vitscope.analysis.attention.maps import attention_map, collect_patterns
 from vitscope.analysis.attention.tokens import normalize_block, resolve_query
+from vitscope.runtime import model_meta
 
 def _video_fps(path: Path) -> float | None:
     import imageio.v2 as iio
@@ -192,14 +198,15 @@ def write_video(frames: Iterable[np.ndarray], path: str | Path, fps: float = 10.
     return Path(path)
 
 
-def attention_video(model, source: str | Path, out: str | Path, block: int = -1, query="cls", fusion: str = "mean",
-                    short_side: int | None = None, cmap: str = "inferno", alpha: float = 0.6,
+def attention_video(model, source: str | Path, out: str | Path | None, block: int = -1, query="cls",
+                    fusion: str = "mean", short_side: int | None = None, cmap: str = "inferno", alpha: float = 0.6,
                     layout: str = "overlay", fps: float | None = None, max_frames: int | None = None,
                     step: int = 1, batch_size: int = 8, save_frames: bool = True, progress: bool = True,
                     device=None) -> dict:
     """Heat-map video of ``source`` -> ``out`` (.mp4 or .gif), plus ``<out stem>_frames/*.png`` and the maps.
 
-    ``layout``: ``"overlay"`` (map blended over the frame) or ``"side"`` (frame | heat map).
+    ``layout``: ``"overlay"`` (map blended over the frame) or ``"side"`` (frame | heat map). ``out=None`` writes
+    nothing (the maps and the sample frames only).
     Frames are streamed to the writer (a GIF is assembled in memory). Returns {"video", "frames_dir",
     "maps" (F, rows, cols), "fps", "n_frames", "samples" (up to 4 rendered frames for a summary figure)}.
     """
@@ -207,14 +214,15 @@ def attention_video(model, source: str | Path, out: str | Path, block: int = -1,
 
     from vitscope.viz.attention import heatmap_frame
 
-    out = Path(out)
+    out = None if out is None else Path(out)
     frames, src_fps, n = read_frames(source, max_frames=max_frames, step=step)
     fps = fps or src_fps or 10.0
-    frames_dir = out.with_name(out.stem + "_frames")
+    save_frames = save_frames and out is not None
+    frames_dir = out.with_name(out.stem + "_frames") if out is not None else None
     if save_frames:
         frames_dir.mkdir(parents=True, exist_ok=True)
     maps, samples, last = [], [], None
-    writer = VideoWriter(out, fps)
+    writer = VideoWriter(out, fps) if out is not None else None
     bar = tqdm(total=n, desc="video attention", unit="frame", disable=not progress)
     try:
         for k, (fr, m) in enumerate(video_attention_maps(model, frames, block, query, fusion, short_side,
@@ -222,7 +230,8 @@ def attention_video(model, source: str | Path, out: str | Path, block: int = -1,
             img = heatmap_frame(fr, m, cmap=cmap, alpha=alpha, layout=layout)
             if save_frames:
                 Image.fromarray(img).save(frames_dir / f"frame_{k:05d}.png")
-            writer.append(img)
+            if writer is not None:
+                writer.append(img)
             maps.append(m)
             if k < 3:
                 samples.append((k, img))
@@ -232,9 +241,113 @@ def attention_video(model, source: str | Path, out: str | Path, block: int = -1,
         bar.close()
     if not maps:
         raise ValueError(f"no frames could be read from {source}")
-    writer.close()
+    if writer is not None:
+        writer.close()
     shapes = {m.shape for m in maps}
     maps_arr = np.stack(maps) if len(shapes) == 1 else np.array(maps, dtype=object)
     keep = samples + ([last] if last[0] >= 3 else [])
     return {"video": out, "frames_dir": frames_dir if save_frames else None, "maps": maps_arr, "fps": fps,
             "n_frames": len(maps), "samples": keep}
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+LAYOUTS = ("overlay", "side")
+
+
+@dataclass
+class VideoOptions(AttentionOptions):
+    """Options of :func:`evaluate` (``vitscope video``)."""
+
+    block: int = -1                     # -1: the last
+    query: str = "cls"                  # cls, reg<k>, mean, centre, ...
+    fusion: str = "mean"                # over heads: mean, max, min or sum
+    short_side: int | None = None       # frames resized to this short side (default: the model's input size)
+    layout: str = "overlay"             # overlay (map over the frame) or side (frame | map)
+    cmap: str = "inferno"
+    opacity: float = 0.6
+    fps: float | None = None            # of the video written (default: the source's)
+    max_frames: int | None = None       # stop after this many frames
+    step: int = 1                       # every k-th frame
+    batch_size: int = 8
+    video: str | None = None            # write the heat-map video here (.mp4 / .gif); None: the maps only
+    save_frames: bool = True            # with video: also the PNG frames in <video stem>_frames/
+    progress: bool = False
+
+    def validate(self) -> None:
+        from vitscope.analysis.attention.maps import HEAD_FUSIONS
+
+        self.check_int("block", minimum=None)
+        self.check_query()
+        self.check_choice("fusion", HEAD_FUSIONS)
+        self.check_int("short_side", optional=True)
+        self.check_choice("layout", LAYOUTS)
+        self.check_number("fps", low=0, low_open=True, optional=True)
+        self.check_int("max_frames", optional=True)
+        self.check_int("step")
+        self.check_int("batch_size")
+        if self.video is not None:
+            self.video = str(self.video)
+            if Path(self.video).suffix.lower() not in (".gif", ".mp4", ".mov", ".mkv", ".avi"):
+                raise OptionError("video", f"`video` must end in .mp4, .mov, .mkv, .avi or .gif, got {self.video!r}")
+        self.check_display()
+
+    def as_json(self, exclude=()) -> str:
+        return super().as_json(tuple(exclude) + ("video", "save_frames"))
+
+
+def evaluate(models, data=None, options: VideoOptions | None = None, **overrides) -> Result:
+    """Per-frame attention of a video file or a folder of frames (probing-vits), and with ``options.video`` the
+    heat-map video (and its PNG frames), written while the frames stream through.
+
+    Args:
+        models: one model (or ``{label: model}`` with one entry).
+        data: a video file (mp4, GIF, anything ffmpeg reads) or a folder of frame images.
+        options: :class:`VideoOptions` (keyword overrides are applied on top).
+
+    Returns a :class:`~vitscope.analysis.api.Result`: one row per frame x patch (``metric`` ``attention``,
+    ``frame``, ``row``, ``col``); ``arrays["maps"]`` (frames, rows, cols); ``meta``: ``fps``, ``n_frames``,
+    ``video``. ``figures()``: a strip of the first and last rendered frames.
+    """
+    import pandas as pd
+
+    from vitscope.analysis.api import tidy_table
+
+    opts = options_of(VideoOptions, options, overrides)
+    label, model = one_model(models)
+    if data is None:
+        raise ValueError("no video: give a video file or a folder of frames")
+    b = check_block(model, opts.block)
+    resolve_query(opts.query, model.token_layout(b), model.cfg)
+    res = attention_video(model, data, opts.video, b, opts.query, opts.fusion, opts.short_side, opts.cmap,
+                          opts.opacity, opts.layout, opts.fps, opts.max_frames, opts.step, opts.batch_size,
+                          save_frames=opts.save_frames, progress=opts.progress)
+    maps = res["maps"]
+    if maps.dtype != object:                                     # every frame on one grid
+        df = map_frame(maps, metric="attention", frame=list(range(len(maps))))
+    else:
+        df = pd.concat([map_frame(np.asarray(m)[None], metric="attention", frame=k) for k, m in enumerate(maps)],
+                       ignore_index=True)
+    df.insert(0, "model", label)
+    df.insert(1, "block", b)
+    table = tidy_table(df, "video", opts, dataset=str(data), weights={label: weights_of(model)})
+    summary = (f"{label}: {opts.query} attention at block {b} over {res['n_frames']} frame(s) at {res['fps']:g} fps"
+               + (f" -> {res['video']}" if res["video"] is not None else ""))
+    arrays = {"maps": maps, "samples": res["samples"]}
+    meta = {"model": label, "block": b, "source": str(data), "fps": res["fps"], "n_frames": res["n_frames"],
+            "video": res["video"], "frames_dir": res["frames_dir"], "record": model_meta(model, label)}
+    return Result("video", table, summary, opts, arrays, meta, draw=_draw)
+
+
+def _draw(result: Result) -> dict:
+    """The first three and the last rendered frames."""
+    from vitscope.viz.attention import plot_frames
+
+    o, m, a = result.options, result.meta, result.arrays
+    fig = plot_frames([f for _, f in a["samples"]], [f"frame {k}" for k, _ in a["samples"]],
+                      title=f"{o.query} attention, block {m['block']}, heads fused by {o.fusion}")
+    maps = a["maps"]
+    name = f"{Path(m['video']).stem}_summary" if m["video"] is not None else "video_summary"
+    return {name: Drawn(fig, arrays={"maps": maps} if maps.dtype != object else {},
+                        meta={**m["record"], "source": m["source"], "block": o.block, "query": o.query,
+                              "fusion": o.fusion, "fps": m["fps"], "n_frames": m["n_frames"],
+                              "video": None if m["video"] is None else str(m["video"])})}

@@ -1,5 +1,6 @@
 """Attention sections: per-head maps, rollout, mean attention distance, saliency IoU, attention statistics,
-position-embedding similarity. Computation comes from ``vitscope.analysis.attention``; figures from ``vitscope.viz``."""
+position-embedding similarity. Each calls the ``evaluate`` of its analysis (``vitscope.analysis.attention``) on the
+report's attention patterns and draws (``vitscope.viz``)."""
 from __future__ import annotations
 
 from html import escape
@@ -16,19 +17,27 @@ def _titles(ctx, k: int) -> list[str]:
     return [f"#{int(i)}" for i in ctx.indices[:k]]
 
 
-def _cls_blocks(model) -> list[int]:
-    return [b for b in range(model.cfg.depth) if model.token_layout(b).cls is not None]
+def _models(ctx, random: bool = False) -> dict:
+    return {f"{ctx.name} (random)": ctx.random_model} if random else {ctx.name: ctx.model}
+
+
+def _maps(ctx, **options):
+    """The attention-maps evaluation (``vitscope.analysis.attention.maps``) on the report's patterns, once."""
+    from vitscope.analysis.attention.maps import AttentionMapOptions, evaluate
+
+    key = "attention_maps_" + "_".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return ctx.memo(key, lambda: evaluate(_models(ctx), ctx.attention_patterns(),
+                                          AttentionMapOptions(limit=None, **options)))
 
 
 @analysis("overview", "At a glance", needs=("images", "cls"), order=5)
 def overview(ctx) -> Section:
     """A few images with the last block's CLS attention (mean over heads) and the attention rollout."""
-    from vitscope.analysis.attention.maps import attention_map
     from vitscope.viz.attention import _panel, subplots
 
     depth = ctx.model.cfg.depth
     k = min(ctx.n_show, len(ctx.images))
-    last = attention_map(ctx.patterns[depth - 1][:k], ctx.layout(depth - 1), "cls").mean(1)        # k, r, c
+    last = torch.from_numpy(_maps(ctx, all_blocks=True).arrays["fused"][:k])                     # k, r, c
     roll = rollout_maps(ctx)
     fig, axes = subplots(3, k, figsize=(1.75 * k, 5.6))
     for i, title in enumerate(_titles(ctx, k)):
@@ -43,13 +52,12 @@ def overview(ctx) -> Section:
 
 def rollout_maps(ctx) -> torch.Tensor:
     """CLS rollout maps (n_show, rows, cols) of the first images, computed once per context."""
-    from vitscope.analysis.attention.rollout import attention_rollout, rollout_map
+    from vitscope.analysis.attention.relevance import RolloutOptions, evaluate
 
     def compute():
-        depth, k = ctx.model.cfg.depth, min(ctx.n_show, len(ctx.images))
-        layouts = {b: ctx.layout(b) for b in range(depth)}
-        joint = attention_rollout({b: p[:k] for b, p in ctx.patterns.items()}, layouts)
-        return rollout_map(joint, layouts[depth - 1], "cls")
+        k = min(ctx.n_show, len(ctx.images))
+        result = evaluate(_models(ctx), ctx.attention_patterns(), RolloutOptions(limit=k))
+        return torch.from_numpy(result.arrays["maps"])
 
     return ctx.memo("rollout_cls", compute)
 
@@ -58,29 +66,28 @@ def rollout_maps(ctx) -> torch.Tensor:
 def attention_maps(ctx) -> Section:
     """CLS-query attention over the patches: every head of the last block over one image, the block x head
     grid, and the head-mean map of the last block over several images."""
-    from vitscope.analysis.attention.maps import attention_map
     from vitscope.viz.attention import plot_block_head_grid, plot_head_maps, plot_image_overlays
 
-    model, last = ctx.model, ctx.model.cfg.depth - 1
-    blocks = _cls_blocks(model)
+    last = ctx.model.cfg.depth - 1
+    result = _maps(ctx, all_blocks=True)
+    blocks = result.arrays["grid_blocks"].tolist()
+    maps, grid = result.arrays["maps"], result.arrays["grid"][0]                 # n, H, r, c and L, H, r, c
     sec = Section()
-    maps = {b: attention_map(ctx.patterns[b], ctx.layout(b), "cls") for b in blocks}             # n, H, r, c
     sec.add_text(f"Attention of the CLS query to the patch tokens (prefix keys dropped, rows not renormalised), "
                  f"blocks {blocks[0]}..{last}. Brighter = more attention. Inferno colour map, overlays at alpha 0.6.")
-    fig = plot_head_maps(maps[last][0], ctx.display[0], overlay_image=True,
+    fig = plot_head_maps(maps[0], ctx.display[0], overlay_image=True,
                          title=f"block {last}, CLS -> patches, every head ({_titles(ctx, 1)[0]})")
     sec.figure(ctx, fig, "heads_last_block", f"Block {last}: each head's CLS attention over image "
-               f"{_titles(ctx, 1)[0]}.", arrays={"maps": maps[last][0].numpy()})
-    grid = torch.stack([maps[b][0] for b in blocks])                                               # L, H, r, c
+               f"{_titles(ctx, 1)[0]}.", arrays={"maps": maps[0]})
     fig = plot_block_head_grid(grid, blocks, title="CLS attention, block x head (first image)")
     sec.figure(ctx, fig, "block_head_grid", "Every block (rows) and head (columns), raw maps on the patch grid.",
-               arrays={"maps": grid.numpy()})
+               arrays={"maps": grid})
     k = min(ctx.n_show, len(ctx.images))
-    mean_maps = maps[last][:k].mean(1)                                                            # k, r, c
+    mean_maps = result.arrays["fused"][:k]                                                       # k, r, c
     fig = plot_image_overlays(list(ctx.display[:k]), mean_maps, _titles(ctx, k),
                               title=f"block {last}, CLS attention (mean over heads)")
     sec.figure(ctx, fig, "overlays", f"Head-mean CLS attention of block {last} over {k} images.",
-               arrays={"maps": mean_maps.numpy()})
+               arrays={"maps": mean_maps})
     return sec
 
 
@@ -108,22 +115,23 @@ def relevance(ctx) -> Section:
     """Class-specific relevance, "Generic Attention-model Explainability" (Chefer et al., ICCV 2021; vilas2023):
     R <- R + mean_heads(clamp(grad * A, min=0)) R through the blocks, for the predicted class; the CLS row over
     the patches, divided by its max."""
-    from vitscope.analysis.attention.relevance import relevance_from_model
+    from vitscope.analysis.attention.relevance import RolloutOptions, evaluate
     from vitscope.viz.attention import plot_image_overlays
 
-    model = ctx.model
-    if model.cfg.head == "none":
+    if ctx.model.cfg.head == "none":
         return Section.skip("skipped: the model has no classification head to explain")
     k = min(ctx.n_show, len(ctx.images))
-    maps, _, targets = relevance_from_model(model, ctx.images[:k], method="chefer2021-generic")
+    result = evaluate(_models(ctx), ctx.images[:k],
+                      RolloutOptions(method="chefer2021-generic", limit=k, batch_size=max(k, 1)))
+    maps, targets = result.arrays["maps"], result.arrays["targets"]
     classes = ctx.model_classes()
     names = [classes[int(t)] if classes and int(t) < len(classes) else f"class {int(t)}" for t in targets]
     titles = [f"{t} -> {n}" for t, n in zip(_titles(ctx, k), names)]
     sec = Section()
-    fig = plot_image_overlays(list(ctx.display[:k]), maps.detach(), titles,
+    fig = plot_image_overlays(list(ctx.display[:k]), maps, titles,
                               title="relevance for the predicted class (chefer2021-generic)")
     sec.figure(ctx, fig, "overlays", f"Relevance maps of the predicted class over {k} images (title: image -> "
-               f"prediction).", arrays={"maps": maps.detach().numpy(), "targets": targets.numpy()})
+               f"prediction).", arrays={"maps": maps, "targets": targets})
     return sec
 
 
@@ -131,52 +139,26 @@ def relevance(ctx) -> Section:
 def attention_distance(ctx) -> Section:
     """Mean attention distance per block and head: variant A (walmer2023: normalised coordinates, prefix tokens
     dropped, rows renormalised) and variant B (probing-vits: pixels, no renormalisation)."""
-    from vitscope.analysis.attention.distance import MeanAttentionDistance
+    from vitscope.analysis.attention.distance import AttentionDistanceOptions, evaluate
     from vitscope.viz.attention_distance import plot_attention_distance
 
-    cfg = ctx.model.cfg
+    result = evaluate(_models(ctx), ctx.attention_patterns(), AttentionDistanceOptions(variants=("A", "B"),
+                                                                                       limit=None))
+    n = result.meta["n_images"][ctx.name]
     sec = Section()
     rows = []
     for variant, unit in (("A", "normalised [0, 1] coordinates"), ("B", "pixels")):
-        acc = MeanAttentionDistance(cfg.depth, cfg.num_heads, variant, patch_size=cfg.patch_size)
-        for b, p in ctx.patterns.items():
-            acc.update(b, p, ctx.layout(b))
-        dist, std = acc.compute(), acc.std()
+        dist, std = result.arrays["mean"][ctx.name][variant], result.arrays["std"][ctx.name][variant]
         fig = plot_attention_distance(dist, variant, title=f"variant {variant} ({unit})", data=ctx.data_label,
-                                      n_images=acc.n_images)
+                                      n_images=n)
         sec.figure(ctx, fig, f"variant_{variant}", f"Variant {variant}: one point per head at its block.",
                    arrays={"distance": dist, "std": std})
-        for b in range(cfg.depth):
-            rows.append({"variant": variant, "block": b, "mean over heads": round(float(np.nanmean(dist[b])), 4),
-                         "min head": round(float(np.nanmin(dist[b])), 4),
-                         "max head": round(float(np.nanmax(dist[b])), 4)})
+        rows += [{"variant": variant, "block": b, "mean over heads": round(float(np.nanmean(dist[b])), 4),
+                  "min head": round(float(np.nanmin(dist[b])), 4), "max head": round(float(np.nanmax(dist[b])), 4)}
+                 for b in range(dist.shape[0])]
     sec.add_text("Low values: local heads (attending near the query patch); high values: global heads.")
     sec.table(ctx, rows, "per_block", "Mean attention distance per block (over heads and images)")
     return sec
-
-
-def saliency_values(model, images: torch.Tensor, gt: torch.Tensor, patterns=None) -> dict:
-    """{(query, merged): (n, L, H or 1)} saliency IoU of ``model`` on ``images`` against token-grid masks."""
-    from vitscope.analysis.attention.maps import collect_patterns
-    from vitscope.analysis.attention.saliency import SaliencyIoU
-
-    pats = patterns if patterns is not None else collect_patterns(model, images)
-    acc = SaliencyIoU(model.cfg.depth, model.cfg.num_heads, queries=("cls", "mean"))
-    acc.update_batch(pats, {b: model.token_layout(b) for b in pats}, gt)
-    return acc.compute()
-
-
-def saliency_summary(values: dict, depth: int) -> dict[str, float]:
-    """Headline numbers: CLS query at the last block (heads merged, and the best head), the best block x head."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        per_head = np.nanmean(values[("cls", False)], 0)                                       # L, H
-        merged = np.nanmean(values[("cls", True)], 0)[:, 0]                                   # L
-    b, h = np.unravel_index(np.nanargmax(per_head), per_head.shape)
-    return {"last_block_merged": float(merged[depth - 1]), "last_block_best_head": float(np.nanmax(per_head[-1])),
-            "best": float(per_head[b, h]), "best_block": int(b), "best_head": int(h)}
 
 
 SALIENCY_RULES = {"bicubic": "walmer2023's bicubic mask (generous: it also marks cells next to the object)",
@@ -187,17 +169,19 @@ SALIENCY_RULES = {"bicubic": "walmer2023's bicubic mask (generous: it also marks
 def saliency_iou(ctx) -> Section:
     """walmer2023's saliency IoU: the top 60% of each head's CLS attention mass, binarised, IoU with the object
     mask on the token grid; compared with the same architecture with random weights."""
-    from vitscope.analysis.attention.saliency import summarize_iou
+    from vitscope.analysis.attention.saliency import (SaliencyOptions, evaluate, mean_iou, saliency_headline,
+                                                      summarize_iou)
     from vitscope.viz.attention_stats import plot_block_head_heatmap
 
-    model, depth = ctx.model, ctx.model.cfg.depth
+    depth = ctx.model.cfg.depth
+    opts = SaliencyOptions(queries=("cls", "mean"), limit=None)
     sec = Section()
     results, rows = {}, []
     for rule, what in SALIENCY_RULES.items():
         gt = ctx.token_masks(rule)
-        trained = saliency_values(model, ctx.images, gt, ctx.patterns)
-        random = saliency_values(ctx.random_model, ctx.images, gt, ctx.random_patterns)
-        s_t, s_r = saliency_summary(trained, depth), saliency_summary(random, depth)
+        res = {who: evaluate(_models(ctx, who == "random"), ctx.attention_patterns(who == "random", rule), opts)
+               for who in ("trained", "random")}
+        s_t, s_r = (saliency_headline(res[who].arrays["values"], depth) for who in ("trained", "random"))
         results[rule] = {"trained": s_t, "random": s_r, "object_cover": float(gt.float().mean()),
                          "n_images": int(len(ctx.images))}
         sec.add_text(
@@ -205,18 +189,14 @@ def saliency_iou(ctx) -> Section:
             f"CLS attention of the last block, heads merged, IoU <b>{s_t['last_block_merged']:.3f}</b> vs "
             f"<b>{s_r['last_block_merged']:.3f}</b> with random weights; best single head {s_t['best']:.3f} "
             f"(block {s_t['best_block']}, head {s_t['best_head']}) vs {s_r['best']:.3f}.")
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            ht, hr = np.nanmean(trained[("cls", False)], 0), np.nanmean(random[("cls", False)], 0)
-        for who, v in (("trained", ht), ("random weights", hr)):
+        for who, r in (("trained", res["trained"]), ("random weights", res["random"])):
+            v = mean_iou(r.arrays["values"][("cls", False)])                                      # L, H
             fig = plot_block_head_heatmap(v, title=f"saliency IoU, CLS query, {rule} masks ({who})", label="IoU",
-                                          data=ctx.data_label, n_images=int(trained[("cls", False)].shape[0]))
+                                          data=ctx.data_label, n_images=r.meta["n_images"])
             sec.figure(ctx, fig, f"{rule}_{who.split()[0]}", f"Mean IoU per block and head, {rule} masks, {who} "
                        f"(blocks before CLS enters are empty).", arrays={"iou": v})
-        rows += [dict(r, masks=rule, model="trained") for r in summarize_iou(trained) if r["merged"]]
-        rows += [dict(r, masks=rule, model="random") for r in summarize_iou(random) if r["merged"]]
+        rows += [dict(x, masks=rule, model=who) for who, r in res.items()
+                 for x in summarize_iou(r.arrays["values"]) if x["merged"]]
     ctx.info["saliency"] = results
     sec.add_text(f"{len(ctx.images)} images. A head whose attention sits on a few object tokens scores low IoU "
                  f"even when all of it is on the object: the 60% mass keeps few tokens.")
@@ -230,15 +210,12 @@ def saliency_iou(ctx) -> Section:
 def attention_stats(ctx) -> Section:
     """walmer2023's statistics: spread of attention over heads and over positions, attention from the spatial
     tokens to CLS, and the average attention map of the mean spatial query per block and head."""
-    from vitscope.analysis.attention.stats import AttentionStats
+    from vitscope.analysis.attention.stats import AttentionStatsOptions, evaluate
     from vitscope.viz.attention import plot_block_head_grid
     from vitscope.viz.attention_stats import plot_block_metric, plot_head_metric
 
     cfg = ctx.model.cfg
-    acc = AttentionStats(cfg.depth, cfg.num_heads, cfg.grid)
-    for b, p in ctx.patterns.items():
-        acc.update(b, p, ctx.layout(b))
-    res = acc.compute()
+    res = evaluate(_models(ctx), ctx.attention_patterns(), AttentionStatsOptions(limit=None)).arrays
     sec = Section()
     where = {"data": ctx.data_label, "n_images": int(res["n_images"])}
     fig = plot_block_metric(res["head_std"], "std over heads", title="diversity of heads per block", **where)
@@ -264,13 +241,13 @@ def attention_stats(ctx) -> Section:
 @analysis("position_embedding", "Position-embedding similarity", order=45)
 def position_embedding(ctx) -> Section:
     """probing-vits: cosine similarity of each patch's learned position embedding to every other patch."""
-    from vitscope.analysis.attention.posembed import position_similarity
+    from vitscope.analysis.attention.posembed import evaluate
     from vitscope.viz.attention_tokens import plot_position_similarity
 
     if ctx.model.cfg.pos_embed != "learned":
         return Section.skip(f"skipped: the model's position embedding is {escape(ctx.model.cfg.pos_embed)!s}, "
                             f"not learned")
-    sim = position_similarity(ctx.model)
+    sim = evaluate(_models(ctx)).arrays["similarity"]
     sec = Section()
     fig = plot_position_similarity(sim)
     sec.figure(ctx, fig, "similarity", "Each small map: one patch's similarity to all patches (its own position "
