@@ -108,9 +108,7 @@ class HFSource:
             raise ImageDecodeError(f"{self.ids[i]} has no image", "empty")
         arr = np.asarray(v)
         if arr.ndim in (2, 3):
-            from vitscope.models.preprocess import _as_pil
-
-            return _as_pil(arr)
+            return to_pil(arr)
         raise ImageDecodeError(f"{self.ids[i]}: cannot read a {type(v).__name__} as an image", "not_image")
 
 
@@ -135,10 +133,10 @@ def _load_offline_aware(datasets, name: str, config, split, revision):
 
     from huggingface_hub import constants
 
-    from vitscope.models.loading import _host_reachable, _offline
+    from vitscope.hub import host_reachable, offline as hub_offline
 
     local = Path(name).exists()
-    offline = not local and (_offline() or not _host_reachable(constants.ENDPOINT))
+    offline = not local and (hub_offline() or not host_reachable(constants.ENDPOINT))
     if not offline:
         return datasets.load_dataset(name, config, split=split, revision=revision)
     quiet = [logging.getLogger(n) for n in ("huggingface_hub", "datasets", "fsspec")]
