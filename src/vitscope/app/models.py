@@ -59,7 +59,7 @@ class ModelCache:
     def __init__(self, capacity: int = 3, device: str | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"the model cache needs room for at least one model, got capacity={capacity}")
-        from vitscope.cli.common import resolve_device
+        from vitscope.runtime import resolve_device
 
         self.capacity = capacity
         self.device = resolve_device(device)

@@ -63,7 +63,7 @@ class AppState:
 
     def save(self, view: V.View, model_name: str) -> list[str]:
         """Write the view's files into a fresh folder under ``results/`` and return their paths."""
-        from vitscope.cli.common import slug
+        from vitscope.runtime import slug
 
         self.prune()
         folder = self.results / uuid.uuid4().hex

@@ -26,14 +26,8 @@ def parse_protocols(text: str) -> list[str]:
 
 
 def revisited_loaders(gt, crop: bool) -> tuple[list, list]:
-    """Zero-argument image loaders of the database and of the queries (cropped to their box when ``crop``)."""
-    from functools import partial
-
-    from vitscope.data.decode import load_image
-    from vitscope.data.tasks.revisited import QuerySource
-
-    qs = QuerySource(gt, crop)
-    return [partial(load_image, p) for p in gt.image_paths()], [partial(qs.load, i) for i in range(len(qs.paths))]
+    """Zero-argument image loaders of the database and of the queries: :meth:`Revisited.image_loaders`."""
+    return gt.image_loaders(crop)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,8 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vitscope.experiments.cells import Cell, canonical, pair_key
-from vitscope.experiments.config import FEATURE_DEFAULTS, DatasetSpec, ModelSpec, slug
+from vitscope.experiments.spec import FEATURE_DEFAULTS, Cell, DatasetSpec, ModelSpec, canonical, pair_key, slug
 
 _MODELS: dict[tuple, Any] = {}
 _DATASETS: dict[tuple, Any] = {}
@@ -267,7 +266,7 @@ class CellContext:
     def task_root(self, kind: str) -> Path:
         """The dataset's ``kind`` root (davis, spair, revisited): its folder, or the synthetic benchmark's, written
         once into ``STUDY_DIR/data/`` (under a lock) from ``synthetic[:options]``."""
-        from vitscope.experiments.config import parse_synthetic_task
+        from vitscope.experiments.spec import parse_synthetic_task
 
         value = self.cell.dataset.task(kind)
         if not value:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vitscope.experiments.analyses import register, study_rows
+from vitscope.experiments.registry import register, study_rows
 
 
 def _knn_options():
@@ -101,7 +101,6 @@ def _validate_retrieval(o: dict) -> None:
 def retrieval(ctx, opts: dict) -> list[dict]:
     from vitscope.analysis.block_features import parse_blocks, resolve_blocks
     from vitscope.analysis.retrieval import image_descriptors, retrieval_per_block
-    from vitscope.cli.retrieval import revisited_loaders
     from vitscope.data.tasks import load_revisited
     from vitscope.viz.per_block import save_metric_per_block
 
@@ -111,7 +110,7 @@ def retrieval(ctx, opts: dict) -> list[dict]:
     want = {label: resolve_blocks(model, None if blocks.strip().lower() == "all" else
                                   parse_blocks(blocks, model.cfg.depth), t)}
     size = opts["imsize"] or int(np.max(model.cfg.img_size))
-    db_imgs, q_imgs = revisited_loaders(gt, opts["crop"])
+    db_imgs, q_imgs = gt.image_loaders(opts["crop"])
     kw = dict(imsize=size, preprocess=opts["preprocess"], multiscale=opts["multiscale"], tokens=t,
               batch_size=opts["batch_size"])
     fdb = image_descriptors({label: model}, db_imgs, want, **kw)[label]

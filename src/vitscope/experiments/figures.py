@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitscope.experiments.config import slug
+from vitscope.experiments.spec import slug
 
 IDENTIFIABILITY = "identifiability"
 GAIN = "gain"
