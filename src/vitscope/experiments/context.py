@@ -188,7 +188,7 @@ class CellContext:
 
         With ``features: {nproc_per_node: K}`` (K > 1) the extraction runs as ``torchrun --nproc_per_node=K -m
         vitscope extract ...`` (a subprocess, the samples split between K ranks, e.g. the GPUs of a SLURM node)."""
-        from vitscope.experiments.locks import store_lock
+        from vitscope.outlock import store_lock
         from vitscope.features import extract_features, open_store
 
         path, layers, group = self.store_path(i, reduction, split, sites, tokens)
@@ -283,7 +283,7 @@ class CellContext:
         sub = {"davis": "davis", "spair": "spair", "revisited": "revisited/rsynth"}[kind]
         done = folder / "synth.json"
         if not done.exists():
-            from vitscope.experiments.locks import store_lock
+            from vitscope.outlock import store_lock
 
             folder.parent.mkdir(parents=True, exist_ok=True)
             with store_lock(folder.with_name(folder.name + ".lock")):
