@@ -20,12 +20,6 @@ _DATASETS: dict[tuple, Any] = {}
 _HASHES: dict[int, str] = {}
 
 
-def clear_caches() -> None:
-    _MODELS.clear()
-    _DATASETS.clear()
-    _HASHES.clear()
-
-
 def load_study_model(spec: ModelSpec, device: str | None = None):
     """The model of a study entry (random ones seeded), cached per process."""
     key = (spec.name, spec.random, spec.seed, spec.weights, device)

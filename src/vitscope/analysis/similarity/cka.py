@@ -84,12 +84,6 @@ def check_n(n: int, unbiased: bool, what: str = "CKA") -> None:
                          f"use more samples{' or unbiased=False' if unbiased else ''}")
 
 
-def check_same_n(x: torch.Tensor, y: torch.Tensor, names: tuple[str, str] = ("X", "Y")) -> None:
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{names[0]} has {x.shape[0]} samples but {names[1]} has {y.shape[0]}; CKA compares the "
-                         f"same samples seen by two representations, so the first dimensions must match")
-
-
 def check_not_constant(x: torch.Tensor, name: str = "X") -> None:
     if bool((x == x[:1]).all()):
         raise ValueError(f"{name} is constant across its {x.shape[0]} samples: CKA is 0/0 (undefined); "

@@ -11,11 +11,6 @@ class CheckpointError(ValueError):
     """A checkpoint does not match the architecture; the message lists every offending key."""
 
 
-def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Keep the keys that start with ``prefix``, without it (e.g. ``module.base_encoder.``)."""
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
 def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Separate q, k, v projections (HF layout) -> one fused ``qkv`` tensor (timm layout)."""
     return torch.cat([q, k, v], dim=0)
