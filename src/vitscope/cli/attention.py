@@ -390,7 +390,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
                                       help="Mask to token grid: bicubic (walmer2023: each object resized, then "
                                            "ORed), bicubic-union (the union resized once), any, majority."),
         merge_rule: str = typer.Option("sum", "--merge-rule",
-                                       help="Heads summed: sum (raw maps, then renormalised) or seed002 (CLS and "
+                                       help="Heads summed: sum (raw maps, then renormalised) or walmer2023 (CLS and "
                                             "centre maps renormalised per head first, as walmer2023's code does)."),
         limit: Optional[int] = typer.Option(5000, "--limit", help="At most this many images (walmer2023: 5000)."),
         batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
@@ -404,8 +404,10 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one function that declar
         import numpy as np
 
         from vitscope.analysis.attention.saliency import (
-            MASK_RULES, MERGE_RULES, image_mask_pairs, saliency_batches, saliency_iou, summarize_iou,
+            MASK_RULES, MERGE_RULE_ALIASES, MERGE_RULES, image_mask_pairs, saliency_batches, saliency_iou,
+            summarize_iou,
         )
+        merge_rule = MERGE_RULE_ALIASES.get(merge_rule, merge_rule)
 
         if mask_rule not in MASK_RULES:
             raise ValueError(f"--mask-rule takes {', '.join(MASK_RULES)}, got {mask_rule!r}")

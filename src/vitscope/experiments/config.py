@@ -1,8 +1,8 @@
 """The study file (YAML): models x datasets x analyses, validated with errors that name the line.
 
 ```yaml
-study: seed002-demo                 # a name (the ``study`` column of the results table)
-out: runs/seed002-demo              # optional; `vitscope run --out` overrides it
+study: walmer2023-demo                 # a name (the ``study`` column of the results table)
+out: runs/walmer2023-demo              # optional; `vitscope run --out` overrides it
 plugins: [my_analyses.py]           # optional: modules or .py files (next to the study file) registering analyses
 features: {site: resid_post, dtype: float32, batch_size: 64}    # how feature stores are extracted
 models:

@@ -222,6 +222,8 @@ class LensResult:
             rows.append(dict(model=model, block=b, task="logit_lens", metric="image_rate",
                              value=self.image_rate(site, b), site=site, token="patches"))
         for name, c in self.counts.items():
+            if name in COUNT_ALIASES:
+                continue
             metric, _, token = name.partition(":")
             for b in range(self.depth):
                 if c[b, 1] > 0:
@@ -233,7 +235,8 @@ class LensResult:
 
 COUNT_NAMES = ("block_change:patches", "block_change:cls", "attn_change:patches", "attn_change:cls",
                "mlp_change:patches", "mlp_change:cls", "match_attn", "match_mlp", "match_prev", "composition",
-               "composition_seed001")
+               "composition_vilas2023")
+COUNT_ALIASES = {"composition_seed001": "composition_vilas2023"}      # old names: the same counts, not in rows()
 
 
 class LogitLens:
@@ -264,6 +267,7 @@ class LogitLens:
         self.grid: tuple[int, int] | None = None
         self.sums: dict[tuple[str, int], LensSums] = {}
         self.counts = {k: np.zeros((self.depth, 2), np.int64) for k in COUNT_NAMES}
+        self.counts.update({old: self.counts[new] for old, new in COUNT_ALIASES.items()})
         self.n_images = 0
         self.n_correct = 0
         self.own_head = self.projection.own_head
@@ -383,7 +387,7 @@ class LogitLens:
                 for name, hit in (("match_attn", top_o == top_a), ("match_mlp", top_o == top_m),
                                   ("match_prev", top_o == top_p),
                                   ("composition", (top_o != top_p) & (top_o != top_a) & (top_o != top_m)),
-                                  ("composition_seed001", (top_o != top_p) & (top_o != top_a))):
+                                  ("composition_vilas2023", (top_o != top_p) & (top_o != top_a))):
                     self.counts[name][b] += (int(hit.sum()), n)
 
     def _count(self, name: str, b: int, hit: torch.Tensor, is_cls: np.ndarray, is_patch: np.ndarray) -> None:

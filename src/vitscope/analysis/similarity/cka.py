@@ -8,7 +8,7 @@ Definitions (``reference/algorithms.md``, "Representation similarity and cluster
   - ``"kornblith"`` (default; Kornblith et al. 2019, ``gram_rbf(x, threshold)`` of their reference code):
     ``sigma = threshold * sqrt(median of all n x n squared distances)``, the zeros of the diagonal included
     and numpy's median (the mean of the two middle values for an even count);
-  - ``"seed000"`` (vitscope's former default, ciernik2025's median heuristic):
+  - ``"ciernik2025"`` (old spelling ``"seed000"``; vitscope's former default, ciernik2025's median heuristic):
     ``sigma = threshold * sqrt(median of the non-zero pairwise squared distances)``.
 
   ``threshold`` (default 1) scales either. Minibatch CKA takes each batch's own bandwidth.
@@ -35,7 +35,8 @@ import torch
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
 KERNELS = ("linear", "rbf")
-BANDWIDTHS = ("kornblith", "seed000")
+BANDWIDTHS = ("kornblith", "ciernik2025")
+BANDWIDTH_ALIASES = {"seed000": "ciernik2025"}          # old spellings, still accepted
 METHODS = ("auto", "gram", "features")
 
 
@@ -95,7 +96,7 @@ def _check_kernel(kernel: str, sigma: float | None, bandwidth: str = "kornblith"
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if sigma is not None and not (np.isfinite(sigma) and sigma > 0):
         raise ValueError(f"sigma must be a positive number or None (a bandwidth from the data), got {sigma!r}")
-    if bandwidth not in BANDWIDTHS:
+    if BANDWIDTH_ALIASES.get(bandwidth, bandwidth) not in BANDWIDTHS:
         raise ValueError(f"bandwidth must be one of {BANDWIDTHS}, got {bandwidth!r}")
     if not (np.isfinite(threshold) and threshold > 0):
         raise ValueError(f"the RBF threshold must be a positive number, got {threshold!r}")
@@ -142,15 +143,16 @@ def kornblith_sigma(x: Any = None, sq_dists: torch.Tensor | None = None, thresho
     med = float((lo + hi) / 2)
     if not med > 0:
         raise ValueError("the median squared distance is zero (half or more of the samples are identical), so "
-                         "Kornblith's RBF bandwidth is zero; pass a fixed sigma or bandwidth='seed000'")
+                         "Kornblith's RBF bandwidth is zero; pass a fixed sigma or bandwidth='ciernik2025'")
     return threshold * float(np.sqrt(med))
 
 
 def rbf_sigma(sq_dists: torch.Tensor, bandwidth: str = "kornblith", threshold: float = 1.0) -> float:
     """The RBF bandwidth of one input from its squared distances (see the module docstring)."""
+    bandwidth = BANDWIDTH_ALIASES.get(bandwidth, bandwidth)
     if bandwidth == "kornblith":
         return kornblith_sigma(sq_dists=sq_dists, threshold=threshold)
-    if bandwidth == "seed000":
+    if bandwidth == "ciernik2025":
         return threshold * median_sigma(sq_dists=sq_dists)
     raise ValueError(f"bandwidth must be one of {BANDWIDTHS}, got {bandwidth!r}")
 
@@ -354,7 +356,8 @@ def cka(x: Any, y: Any, kernel: str = "linear", unbiased: bool = True, sigma: fl
         sigma: fixed RBF bandwidth; None = one per input from its distances (``bandwidth``, ``threshold``).
         threshold: RBF only, scales the data bandwidth (Kornblith et al.'s ``threshold``, default 1).
         bandwidth: "kornblith" (default: ``threshold * sqrt(median squared distance)`` over the whole distance
-            matrix) or "seed000" (the median of the non-zero distances, vitscope's former default).
+            matrix) or "ciernik2025" (the median of the non-zero distances, vitscope's former default; old
+            spelling "seed000").
         minmax: walmer2023's kernel quirk (Gram scaled to [0, 1], diagonal zeroed); only for reproducing its figures.
         normalize: L2-normalise each sample first (ciernik2025 loads features that way).
         method: "auto" (feature-space form for the linear kernel when cheaper), "gram" or "features".
