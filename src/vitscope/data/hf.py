@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from vitscope.data.decode import ImageDecodeError, decode_image, load_image
+from vitscope.data.folders import choose_split
 
 _LABEL_NAMES = ("label", "labels", "fine_label", "target", "cls", "class")
 _IMAGE_NAMES = ("image", "img", "jpg", "png", "webp", "pixel_values")
@@ -34,13 +35,7 @@ def is_saved_hf_dataset(p: Path) -> bool:
 
 
 def _pick_split(dd, split: str | None, where: str):
-    splits = list(dd.keys())
-    if split is None:
-        if len(splits) > 1:
-            raise ValueError(f"{where} has several splits ({', '.join(splits)}); choose one with ?split=NAME")
-        split = splits[0]
-    if split not in dd:
-        raise ValueError(f"split {split!r} not found in {where}; available: {', '.join(splits)}")
+    split = choose_split(list(dd.keys()), split, where)
     return dd[split], split
 
 

@@ -1,7 +1,9 @@
 """Helpers shared by the checkpoint converters: strict loading, prefix stripping, qkv fusion."""
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -9,6 +11,20 @@ from torch import nn
 
 class CheckpointError(ValueError):
     """A checkpoint does not match the architecture; the message lists every offending key."""
+
+
+def folder_config(path: str | Path) -> dict | None:
+    """The ``config.json`` of a model folder as a dict; None when ``path`` is no folder, has none, or it does not
+    read as a JSON object (the checkpoint-format tests ask this of any path)."""
+    p = Path(path)
+    cfg = p / "config.json"
+    if not p.is_dir() or not cfg.is_file():
+        return None
+    try:
+        d = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
 
 
 def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
