@@ -134,15 +134,22 @@ def _path_in(comp: list[str], graph: dict[str, set[str]]) -> str:
     while queue:
         v = queue.pop(0)
         for w in sorted(graph[v] & members):
-            if w == start:
-                path = [v]
-                while prev[path[-1]] is not None:
-                    path.append(prev[path[-1]])
-                return " -> ".join(reversed([start] + path[:-1] + [start])) if len(path) > 1 else f"{start} -> {v} -> {start}"
+            if w == start:                             # back at the start: walk the chain back from v
+                chain = [v]
+                while chain[-1] != start:
+                    chain.append(prev[chain[-1]])
+                return " -> ".join(reversed(chain)) + f" -> {start}"
             if w not in prev:
                 prev[w] = v
                 queue.append(w)
     return " <-> ".join(comp)
+
+
+def test_the_circle_finder_on_a_small_graph():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"d"}, "f": {"g"}, "g": {"f"}}
+    assert _cycles(graph) == [["a", "b", "c"], ["f", "g"]]
+    assert _path_in(["a", "b", "c"], graph) == "a -> b -> c -> a"
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
 
 
 def test_the_graph_sees_module_level_lazy_and_submodule_imports():
