@@ -22,8 +22,10 @@ import time
 import torch
 from torch import nn
 
-from vitscope.analysis.probes import AttentiveGrid, TrainConfig, grid, linear_logits, train_linear_grid, train_probe
-from vitscope.analysis.probes.train import build_seeded, class_weights, cosine_lr, predict
+from vitscope.analysis.probes import (AttentiveGrid, ProbeTrainConfig, grid, linear_logits, train_linear_grid,
+                                      train_probe)
+from vitscope.analysis.probes.train import MIN_LR, build_seeded, class_weights, predict
+from vitscope.train.schedule import cosine_lr
 
 
 class _GaussianNoise:
@@ -63,7 +65,7 @@ def seed_loop(x, y, lr, wd, steps, bs, C, seed=0, device="cpu"):
         for xb, yb in loader:
             xb, yb = xb.to(device), yb.to(device)
             for g in opt.param_groups:
-                g["lr"] = cosine_lr(lr, step, total)
+                g["lr"] = cosine_lr(step, total, lr, min_lr=MIN_LR)
             loss = crit(model(xb), yb)
             opt.zero_grad()
             loss.backward()
@@ -108,7 +110,7 @@ def main() -> None:
     lrs, wds = [c[0] for c in configs], [c[1] for c in configs]
     bs = 2048 if n >= 10240 else max(17, n // 5)
     nb = -(-n // bs)
-    cfg = TrainConfig(epochs=max(1, a.steps // nb), min_steps=a.steps, batch_size=bs)
+    cfg = ProbeTrainConfig(epochs=max(1, a.steps // nb), min_steps=a.steps, batch_size=bs)
     print(f"linear: {L} layers x {len(configs)} configs, {n} rows x {D}, {C} classes, batch {bs}, "
           f">= {a.steps} steps, {a.threads} thread(s), {dev}")
     k = min(a.sequential_sample, L * len(configs))
@@ -160,7 +162,7 @@ def main() -> None:
     T = 24
     xa = (_data(1, n, D, C, seed=1)[0][0][:, None].expand(n, T, D).contiguous() + 0.05 * torch.randn(n, T, D)).to(dev)
     steps = max(20, a.steps // 20)
-    cfg_a = TrainConfig(epochs=1, min_steps=steps, batch_size=bs)
+    cfg_a = ProbeTrainConfig(epochs=1, min_steps=steps, batch_size=bs)
     for G in (1, len(configs)):
         g = AttentiveGrid(D, T, C, G, seed=0, device=dev)
         t0 = time.perf_counter()

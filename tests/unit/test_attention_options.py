@@ -48,7 +48,7 @@ LIMIT = "`limit` must be a positive number of images, got 0"
     (SaliencyOptions, dict(mass=0), "`mass` must be in (0, 1], got 0"),
     (SaliencyOptions, dict(mask_rule="bogus"), "`mask_rule` must be one of bicubic, bicubic-union, any, majority, "
                                                "got 'bogus'"),
-    (SaliencyOptions, dict(merge_rule="mean"), "`merge_rule` must be one of sum, seed002, got 'mean'"),
+    (SaliencyOptions, dict(merge_rule="mean"), "`merge_rule` must be one of sum, walmer2023, got 'mean'"),
     (TokenPagesOptions, dict(absent="ignore"), "`absent` must be one of error, skip, got 'ignore'"),
     (PosEmbedOptions, dict(grid="3"), "`grid` takes 'rows,cols' (two positive integers), got '3'"),
     (PosEmbedOptions, dict(grid="0,4"), "`grid` takes 'rows,cols' (two positive integers), got '0,4'"),

@@ -163,7 +163,7 @@ def video_cmd(
     from vitscope.analysis.attention.video import VideoOptions, evaluate
     from vitscope.cli.common import cli_options, parse_formats
 
-    opts = cli_options(VideoOptions, {"video": "--out"}, block=block, query=query, fusion=fusion, short_side=short_side,
+    opts = cli_options(VideoOptions, flags={"video": "--out"}, block=block, query=query, fusion=fusion, short_side=short_side,
                        layout=layout, cmap=cmap, opacity=_opacity(opacity, alpha), fps=fps, max_frames=max_frames,
                        step=step, batch_size=batch_size, video=str(out), save_frames=not no_frames,
                        progress=not quiet)

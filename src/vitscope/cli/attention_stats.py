@@ -132,8 +132,8 @@ def saliency_cmd(
                                   help="Mask to token grid: bicubic (walmer2023: each object resized, then ORed), "
                                        "bicubic-union (the union resized once), any, majority."),
     merge_rule: str = typer.Option("sum", "--merge-rule",
-                                   help="Heads summed: sum (raw maps, then renormalised) or seed002 (CLS and centre "
-                                        "maps renormalised per head first, as walmer2023's code does)."),
+                                   help="Heads summed: sum (raw maps, then renormalised) or walmer2023 (CLS and centre "
+                                        "maps renormalised per head first, as that code does; old spelling seed002)."),
     limit: Optional[int] = typer.Option(5000, "--limit", help="At most this many images (walmer2023: 5000)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),

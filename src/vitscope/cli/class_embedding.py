@@ -113,18 +113,9 @@ def _load(name: str, random: bool, device: Optional[str], seed: int = 0):
 
 
 def _check_classes(model, ds, names_given: bool = False, emb=None) -> None:
-    """Labels must index the classes of the head (or of the given class embeddings); names are compared when
-    known."""
-    if emb is None:
-        C, names, what = model.cfg.num_classes, (model.cfg.meta or {}).get("classes"), "the model's head"
-    else:
-        C, names, what = emb.num_classes, emb.classes, "the class embeddings"
-    if int(ds.labels.max()) >= C:
-        raise ValueError(f"the dataset has labels up to {int(ds.labels.max())} but {what} "
-                         f"{'predicts' if emb is None else 'have'} {C} classes; give images of those classes")
-    if names and not names_given and list(names) != list(ds.classes)[:len(names)]:
-        raise ValueError(f"the dataset's classes ({', '.join(ds.classes[:4])}...) are not the classes of {what} "
-                         f"({', '.join(list(names)[:4])}...); give images of those classes, in that order")
+    from vitscope.analysis.class_embedding.embeddings import check_classes
+
+    check_classes(model, ds, names_given, emb)
 
 
 def _has_masks(ds, model, pcfg, rule: str) -> bool:

@@ -66,8 +66,8 @@ def cka_command(
     store: Optional[Path] = typer.Option(None, "--store", help="Feature store written by `vitscope extract`."),
     store2: Optional[Path] = typer.Option(None, "--store2", help="Second feature store (same images): store x store2."),
     out: Path = typer.Option(Path("runs/similarity"), "--out", "-o", help="Output folder."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Seed preset: default, seed000 (L2-normalised, full "
-                                                                "data) or seed002 (minibatch, min-max kernels, "
+    preset: Optional[str] = typer.Option(None, "--preset", help="Preset: default, ciernik2025 (L2-normalised, full "
+                                                                "data) or walmer2023 (minibatch, min-max kernels, "
                                                                 "all tokens, ln1/ln2)."),
     sites: Optional[str] = typer.Option(None, "--sites", help=SITES_HELP),
     tokens: Optional[str] = typer.Option(None, "--tokens", help="Token mode: cls (default; all with --residual), "
@@ -79,7 +79,7 @@ def cka_command(
                                                                     "et al.'s threshold)."),
     bandwidth: str = typer.Option("kornblith", "--bandwidth", help="RBF bandwidth rule: kornblith (threshold x "
                                                                    "sqrt(median squared distance), Kornblith et al. "
-                                                                   "2019) or seed000 (median of the non-zero "
+                                                                   "2019) or ciernik2025 (median of the non-zero "
                                                                    "distances)."),
     biased: bool = typer.Option(False, "--biased", help="Biased HSIC (default: unbiased); full-data CKA only."),
     minmax: Optional[bool] = typer.Option(None, "--minmax/--no-minmax", help="walmer2023's kernel quirk (scale each "

@@ -67,7 +67,7 @@ def collate_skip(items: Sequence[tuple[Any, int, int]]) -> Batch:
 
 
 def _default_transform():
-    from vitscope.models.preprocess import PreprocessConfig, Preprocessor
+    from vitscope.preprocess import PreprocessConfig, Preprocessor
 
     return Preprocessor(PreprocessConfig())
 

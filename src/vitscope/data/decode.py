@@ -102,3 +102,25 @@ def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:
     if not data:
         raise ImageDecodeError(f"{name} is empty (0 bytes)", "empty")
     return _decode(io.BytesIO(data), name)
+
+
+def to_pil(item) -> Image.Image:
+    """A PIL image, a path or an (H, W[, C]) array (uint8, or floats in [0, 1]) -> an RGB PIL image."""
+    if isinstance(item, Image.Image):
+        return item.convert("RGB") if item.mode != "RGB" else item
+    if isinstance(item, (str, Path)):
+        return load_image(item)
+    if isinstance(item, np.ndarray):
+        a = item
+        if a.ndim == 2:
+            a = np.stack([a] * 3, axis=-1)
+        if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"expected an image array of shape (H, W), (H, W, 3) or (H, W, 4), got {a.shape}")
+        if a.dtype != np.uint8:
+            if np.issubdtype(a.dtype, np.floating) and a.max() <= 1.0:
+                a = a * 255.0
+            a = np.clip(a, 0, 255).astype(np.uint8)
+        if a.shape[-1] == 1:
+            a = np.repeat(a, 3, axis=-1)
+        return Image.fromarray(a[..., :3])
+    raise TypeError(f"expected a PIL image, a path or an (H, W, C) array, got {type(item).__name__}")

@@ -38,6 +38,17 @@ class FileSource:
         return load_image(self.paths[i])
 
 
+def choose_split(splits: list[str], split: str | None, where: str) -> str:
+    """The split ``?split=NAME`` asks for among ``splits`` (the only one when not asked); ValueError otherwise."""
+    if split is None:
+        if len(splits) > 1:
+            raise ValueError(f"{where} has several splits ({', '.join(splits)}); choose one with ?split=NAME")
+        return splits[0]
+    if split not in splits:
+        raise ValueError(f"split {split!r} not found in {where}; available: {', '.join(splits)}")
+    return split
+
+
 def natural_key(text: str) -> list:
     """Sort key that orders numbers by value: ``frame2`` before ``frame10``."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from vitscope.data.decode import ImageDecodeError, decode_image, load_image
+from vitscope.data.folders import choose_split
 
 _LABEL_NAMES = ("label", "labels", "fine_label", "target", "cls", "class")
 _IMAGE_NAMES = ("image", "img", "jpg", "png", "webp", "pixel_values")
@@ -34,13 +35,7 @@ def is_saved_hf_dataset(p: Path) -> bool:
 
 
 def _pick_split(dd, split: str | None, where: str):
-    splits = list(dd.keys())
-    if split is None:
-        if len(splits) > 1:
-            raise ValueError(f"{where} has several splits ({', '.join(splits)}); choose one with ?split=NAME")
-        split = splits[0]
-    if split not in dd:
-        raise ValueError(f"split {split!r} not found in {where}; available: {', '.join(splits)}")
+    split = choose_split(list(dd.keys()), split, where)
     return dd[split], split
 
 
@@ -108,9 +103,7 @@ class HFSource:
             raise ImageDecodeError(f"{self.ids[i]} has no image", "empty")
         arr = np.asarray(v)
         if arr.ndim in (2, 3):
-            from vitscope.models.preprocess import _as_pil
-
-            return _as_pil(arr)
+            return to_pil(arr)
         raise ImageDecodeError(f"{self.ids[i]}: cannot read a {type(v).__name__} as an image", "not_image")
 
 
@@ -135,10 +128,10 @@ def _load_offline_aware(datasets, name: str, config, split, revision):
 
     from huggingface_hub import constants
 
-    from vitscope.models.loading import _host_reachable, _offline
+    from vitscope.hub import host_reachable, offline as hub_offline
 
     local = Path(name).exists()
-    offline = not local and (_offline() or not _host_reachable(constants.ENDPOINT))
+    offline = not local and (hub_offline() or not host_reachable(constants.ENDPOINT))
     if not offline:
         return datasets.load_dataset(name, config, split=split, revision=revision)
     quiet = [logging.getLogger(n) for n in ("huggingface_hub", "datasets", "fsspec")]

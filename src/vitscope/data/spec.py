@@ -92,7 +92,7 @@ def open_source(spec: str | Path, **options):
         n = rest.get("n", rest["per_class"] * cfg.n_classes if "per_class" in rest else 100 * cfg.n_classes)
         return SyntheticSource(cfg, n, rest.get("split", "train"))
     if kind == "builtin" and target == "demo":
-        from vitscope.models.bundled import DEMO_DATA, DEMO_DATA_DEFAULTS
+        from vitscope.bundled import DEMO_DATA, DEMO_DATA_DEFAULTS
 
         allowed = {"n", "split", "per_class"}
         bad = sorted(set(opts) - allowed)

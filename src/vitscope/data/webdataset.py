@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from vitscope.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
-from vitscope.data.folders import natural_key
+from vitscope.data.folders import choose_split, natural_key
 
 # image member extensions, in order of preference when a sample has several
 _IMAGE_EXTS = ("webp", "jpg", "jpeg", "png", "ppm", "bmp", "tif", "tiff", "gif")
@@ -77,13 +77,7 @@ def resolve_shards(spec: str, split: str | None = None) -> tuple[list[Path], Pat
         splits = sorted(c.name for c in p.iterdir() if c.is_dir() and _tars(c))
         if not splits:
             raise ValueError(f"no .tar shards in {p} or its sub-folders")
-        if split is None:
-            if len(splits) > 1:
-                raise ValueError(f"{p} has several splits ({', '.join(splits)}); choose one with ?split=NAME")
-            split = splits[0]
-        if split not in splits:
-            raise ValueError(f"split {split!r} not found in {p}; available: {', '.join(splits)}")
-        return _tars(p / split), p
+        return _tars(p / choose_split(splits, split, str(p))), p
     if p.is_file():
         return [p], p.parent
     names = []

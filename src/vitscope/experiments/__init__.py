@@ -2,9 +2,9 @@
 in several processes or as a SLURM job array, writing one results table that the comparison figures read.
 
 >>> from vitscope.experiments import load_study, run_study, read_results
->>> study = load_study("examples/seed002_study.yaml")
->>> summary = run_study(study, "runs/seed002-demo")
->>> df = read_results("runs/seed002-demo")          # = pandas.read_parquet("runs/seed002-demo/results")
+>>> study = load_study("examples/walmer2023_study.yaml")
+>>> summary = run_study(study, "runs/walmer2023-demo")
+>>> df = read_results("runs/walmer2023-demo")          # = pandas.read_parquet("runs/walmer2023-demo/results")
 """
 from vitscope.experiments.analyses import REGISTRY, AnalysisUnavailable, register
 from vitscope.experiments.cells import Cell, expand

@@ -16,130 +16,25 @@ analysis, options, vitscope version and time. Adding an analysis is one register
         store = ctx.store(0, "cls")
         return [{"block": b, "metric": "my_metric", "value": f(store, b, opts["k"])} for b in ctx.layers(0, "cls")]
 
-Adapters import their library module inside the function. A plugin adapter whose library is missing calls
+:func:`register` and :data:`REGISTRY` live in :mod:`vitscope.experiments.registry`: an adapter module (this one,
+``downstream.py``, ``probing.py``, a plugin) imports them from there. Adapters import their library module inside
+the function. A plugin adapter whose library is missing calls
 :func:`import_or_skip`: its cells are recorded as skipped (:class:`AnalysisUnavailable`) while the others run.
 """
 from __future__ import annotations
 
 import importlib
-import importlib.util
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+import warnings
 
 import numpy as np
 
-SCOPES = ("model", "pair")
-NEEDS = ("labels", "masks", "train")
+from vitscope.experiments.registry import (REGISTRY, Adapter, AnalysisUnavailable, import_or_skip,  # noqa: F401
+                                           options_defaults, options_validator, register, study_rows)
 
 
-class AnalysisUnavailable(RuntimeError):
-    """The analysis cannot run in this installation (its library module is missing); the cell is skipped."""
-
-
-@dataclass
-class Adapter:
-    name: str
-    fn: Callable[..., list[dict]]
-    defaults: dict[str, Any] = field(default_factory=dict)
-    choices: dict[str, tuple] = field(default_factory=dict)
-    scope: str = "model"                               # "model": one cell per model; "pair": per pair of models
-    store_tokens: Callable[[dict], list[str]] | None = None    # token reductions read from the feature store
-    needs: tuple[str, ...] = ()
-    validate: Callable[[dict], None] | None = None
-    description: str = ""
-    task: str | None = None                            # reads a task root of the dataset (davis, spair, revisited)
-
-    def tokens(self, options: dict) -> list[str]:
-        return list(self.store_tokens(options)) if self.store_tokens else []
-
-
-REGISTRY: dict[str, Adapter] = {}
-
-
-def register(name: str, defaults: dict | None = None, choices: dict | None = None, scope: str = "model",
-             store_tokens: Callable[[dict], list[str]] | None = None, needs: tuple[str, ...] = (),
-             validate: Callable[[dict], None] | None = None, description: str = "", task: str | None = None,
-             options: type | None = None, fields: tuple[str, ...] = ()):
-    """Decorator: register ``fn(ctx, options) -> rows`` as analysis ``name`` (see the module docstring).
-
-    ``options``: the analysis's options dataclass (:class:`vitscope.analysis.api.Options`); a study's ``options:``
-    may set its ``fields``, whose defaults and validation come from the dataclass (written once, there); a
-    ``defaults`` entry given with it overrides the dataclass's default of that field in studies (an explicit study
-    default, e.g. ``k: 50`` where the dataclass's ``None`` means "the paper's value for the mode")
-    ``task``: the analysis reads a task root of the dataset entry (``davis``, ``spair``, ``revisited``) instead of
-    its images; its cells are made for the datasets that name one."""
-    from vitscope.experiments.config import TASKS
-
-    if options is not None:
-        defaults = {**options_defaults(options, fields), **(defaults or {})}
-        validate = options_validator(options, validate)
-
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-    if task is not None and task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    bad = [n for n in needs if n not in NEEDS]
-    if bad:
-        raise ValueError(f"needs takes {NEEDS}, got {bad}")
-
-    def deco(fn):
-        REGISTRY[name] = Adapter(name, fn, dict(defaults or {}), dict(choices or {}), scope, store_tokens,
-                                 tuple(needs), validate, description or (fn.__doc__ or "").strip().split("\n")[0],
-                                 task)
-        return fn
-
-    return deco
-
-
-def options_defaults(options: type, fields: tuple[str, ...]) -> dict[str, Any]:
-    """A study's defaults for ``fields`` of an options dataclass (tuples as lists, as YAML writes them)."""
-    base = options()
-    return {f: list(v) if isinstance(v, tuple) else v for f in fields for v in [getattr(base, f)]}
-
-
-def options_validator(options: type, extra: Callable[[dict], None] | None = None) -> Callable[[dict], None]:
-    """Validation of a study's options by the dataclass (``options.k`` named as the study file spells it)."""
-    def validate(o: dict) -> None:
-        from vitscope.analysis.api import OptionError
-
-        try:
-            options.from_mapping(o)
-        except OptionError as e:
-            raise ValueError(str(e).replace(f"`{e.field}`", f"'{e.field}'")) from None
-        if extra is not None:
-            extra(o)
-    return validate
-
-
-def study_rows(result, keep: tuple[str, ...] = ()) -> list[dict]:
-    """A :class:`~vitscope.analysis.api.Result`'s table as study rows (block, metric, value and the columns in
-    ``keep``, e.g. task / head / model2 / block2); the runner adds the model and option columns."""
-    out = []
-    for r in result.table.to_dict("records"):
-        row = {"block": None if _isnull(r.get("block")) else int(r["block"]), "metric": r["metric"],
-               "value": float(r["value"])}
-        row.update({k: r[k] for k in keep if not _isnull(r.get(k))})
-        out.append(row)
-    return out
-
-
-def _isnull(v) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v))
-
-
-def import_or_skip(module: str, what: str):
-    """Import ``module`` or raise :class:`AnalysisUnavailable` saying ``what`` is not in this version."""
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        found = False
-    if not found:
-        import vitscope
-
-        raise AnalysisUnavailable(f"{what} is not available in this version of vitscope ({vitscope.__version__}: "
-                                  f"{module} is missing); the cell runs once it is installed")
-    return importlib.import_module(module)
+def _options(module: str, name: str):
+    """An analysis's options dataclass, imported when the adapters are registered."""
+    return getattr(importlib.import_module(module), name)
 
 
 def _token_list(opts: dict) -> list[str]:
@@ -147,14 +42,6 @@ def _token_list(opts: dict) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- attention
-def _attention_options(name: str):
-    import importlib
-
-    module, cls = {"distance": ("distance", "AttentionDistanceOptions"), "saliency": ("saliency", "SaliencyOptions"),
-                   "stats": ("stats", "AttentionStatsOptions")}[name]
-    return getattr(importlib.import_module(f"vitscope.analysis.attention.{module}"), cls)
-
-
 def _save_attention(result, ctx) -> None:
     """The result's figures in the cell's folder, named without the model (one model per cell), with the cell."""
     result.meta["figure_meta"] = ctx.meta()
@@ -163,7 +50,7 @@ def _save_attention(result, ctx) -> None:
     result.save(ctx.out, table=False)
 
 
-@register("attention_distance", options=_attention_options("distance"), fields=("variants", "batch_size"),
+@register("attention_distance", options=_options("vitscope.analysis.attention.distance", "AttentionDistanceOptions"), fields=("variants", "batch_size"),
           description="mean attention distance per block and head (walmer2023: variant A; probing-vits: B)")
 def attention_distance(ctx, opts: dict) -> list[dict]:
     from vitscope.analysis.attention.distance import AttentionDistanceOptions, evaluate
@@ -174,7 +61,7 @@ def attention_distance(ctx, opts: dict) -> list[dict]:
     return study_rows(result, keep=("head",))
 
 
-@register("saliency", options=_attention_options("saliency"), fields=("queries", "mass", "mask_rule", "batch_size"),
+@register("saliency", options=_options("vitscope.analysis.attention.saliency", "SaliencyOptions"), fields=("queries", "mass", "mask_rule", "batch_size"),
           needs=("masks",), description="IoU of binarised attention with the object masks (walmer2023)")
 def saliency(ctx, opts: dict) -> list[dict]:
     from vitscope.analysis.attention.saliency import SaliencyOptions, evaluate
@@ -188,7 +75,7 @@ def saliency(ctx, opts: dict) -> list[dict]:
     return study_rows(result, keep=("head",))
 
 
-@register("attention_stats", options=_attention_options("stats"), fields=("batch_size",),
+@register("attention_stats", options=_options("vitscope.analysis.attention.stats", "AttentionStatsOptions"), fields=("batch_size",),
           description="walmer2023's attention statistics per block and head (spread, spatial->CLS, offsets)")
 def attention_stats(ctx, opts: dict) -> list[dict]:
     from vitscope.analysis.attention.stats import AttentionStatsOptions, evaluate
@@ -198,10 +85,6 @@ def attention_stats(ctx, opts: dict) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- CKA
-def _options(module: str, name: str):
-    return getattr(importlib.import_module(module), name)
-
-
 @register("cka", options=_options("vitscope.analysis.similarity.cka", "CKAOptions"),
           fields=("tokens", "kernel", "unbiased", "normalize"), defaults={"tokens": "cls"}, scope="pair",
           choices={"tokens": ("cls", "mean"), "kernel": ("linear", "rbf")},

@@ -8,48 +8,11 @@ share one feature store (:func:`store_tokens` collects the token reductions all 
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass
-from typing import Any
 
-from vitscope.experiments.config import ConfigError, DatasetSpec, ModelSpec, Study, slug
+from vitscope.experiments.spec import (Cell, ConfigError, DatasetSpec, ModelSpec, Study, canonical,  # noqa: F401
+                                       pair_key, slug)
 
 HASH_LEN = 12
-
-
-@dataclass(frozen=True)
-class Cell:
-    id: str                       # file-name-safe: <analysis>__<models>__<dataset>__<hash>
-    hash: str
-    study: str
-    analysis: str                 # the label of the analysis entry
-    kind: str                     # the registered analysis
-    models: tuple[ModelSpec, ...]
-    dataset: DatasetSpec
-    options: dict[str, Any]
-    features: dict[str, Any]
-
-    @property
-    def model_labels(self) -> list[str]:
-        return [m.label for m in self.models]
-
-    def describe(self) -> str:
-        return f"{self.analysis} | {' x '.join(dict.fromkeys(self.model_labels))} | {self.dataset.name}"
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "hash": self.hash, "study": self.study, "analysis": self.analysis, "kind": self.kind,
-                "models": [m.key() for m in self.models], "dataset": self.dataset.key(), "options": self.options,
-                "features": self.features}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Cell:
-        return cls(d["id"], d["hash"], d["study"], d["analysis"], d["kind"],
-                   tuple(ModelSpec(**m) for m in d["models"]), DatasetSpec(**d["dataset"]), dict(d["options"]),
-                   dict(d["features"]))
-
-
-def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def cell_hash(study: str, kind: str, analysis: str, models: tuple[ModelSpec, ...], dataset: DatasetSpec,
@@ -127,7 +90,3 @@ def store_tokens(study: Study, cells: list[Cell]) -> dict[str, list[str]]:
         for m in c.models:
             out.setdefault(pair_key(m.label, c.dataset.name), set()).update(toks)
     return {k: sorted(v) for k, v in out.items()}
-
-
-def pair_key(model_label: str, dataset: str) -> str:
-    return f"{model_label}|{dataset}"

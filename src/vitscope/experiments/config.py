@@ -1,8 +1,8 @@
 """The study file (YAML): models x datasets x analyses, validated with errors that name the line.
 
 ```yaml
-study: seed002-demo                 # a name (the ``study`` column of the results table)
-out: runs/seed002-demo              # optional; `vitscope run --out` overrides it
+study: walmer2023-demo                 # a name (the ``study`` column of the results table)
+out: runs/walmer2023-demo              # optional; `vitscope run --out` overrides it
 plugins: [my_analyses.py]           # optional: modules or .py files (next to the study file) registering analyses
 features: {site: resid_post, dtype: float32, batch_size: 64}    # how feature stores are extracted
 models:
@@ -21,95 +21,20 @@ message starts with ``FILE:LINE:`` and says what was expected.
 """
 from __future__ import annotations
 
-import difflib
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from vitscope.data.tasks.synthetic import SYNTH_TASK_OPTIONS, parse_synthetic_task  # noqa: F401
+from vitscope.experiments.spec import (FEATURE_DEFAULTS, RANDOM_SUFFIX, SYNTH_TASK_OPTIONS, TASKS,  # noqa: F401
+                                       AnalysisSpec, ConfigError, DatasetSpec, ModelSpec, Study, parse_synthetic_task,
+                                       slug)
+from vitscope.experiments.spec import suggest as _suggest
 
-RANDOM_SUFFIX = " (random)"
-FEATURE_DEFAULTS = {"site": "resid_post", "dtype": "float32", "batch_size": 64, "nproc_per_node": 1}
-TASKS = ("davis", "spair", "revisited")          # task roots a dataset entry may name (besides its images)
 TOP_KEYS = ("study", "out", "plugins", "features", "models", "datasets", "analyses", "description")
 MODEL_KEYS = ("name", "label", "random", "with_random", "seed", "weights")
 DATASET_KEYS = ("name", "data", "limit", "train", "train_limit") + TASKS
 ANALYSIS_KEYS = ("name", "label", "options", "models", "datasets")
-
-
-def slug(s: str) -> str:
-    """A string as a safe file-name part."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)).strip("_") or "x"
-
-
-class ConfigError(ValueError):
-    """A study file that cannot be used; the message names the file and line."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    label: str
-    name: str
-    random: bool = False
-    seed: int = 0
-    weights: str | None = None
-
-    def key(self) -> dict:
-        return {"label": self.label, "name": self.name, "random": self.random, "seed": self.seed,
-                "weights": self.weights}
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    data: str | None
-    limit: int | None = None
-    train: str | None = None
-    train_limit: int | None = None
-    davis: str | None = None          # task roots: a folder, or "synthetic[:options]" (written into the study)
-    spair: str | None = None
-    revisited: str | None = None
-
-    def key(self) -> dict:
-        out = {"name": self.name, "data": self.data, "limit": self.limit, "train": self.train,
-               "train_limit": self.train_limit}
-        out.update({t: getattr(self, t) for t in TASKS if getattr(self, t) is not None})
-        return out
-
-    def task(self, kind: str) -> str | None:
-        return getattr(self, kind) if kind in TASKS else None
-
-
-@dataclass
-class AnalysisSpec:
-    label: str
-    kind: str                        # the registered analysis name
-    options: dict[str, Any]          # resolved: defaults merged with the file's options
-    models: list[str] | None = None
-    datasets: list[str] | None = None
-    line: int = 0
-
-
-@dataclass
-class Study:
-    name: str
-    path: Path | None
-    out: str | None
-    models: list[ModelSpec]
-    datasets: list[DatasetSpec]
-    analyses: list[AnalysisSpec]
-    features: dict[str, Any] = field(default_factory=lambda: dict(FEATURE_DEFAULTS))
-    plugins: list[str] = field(default_factory=list)
-    description: str = ""
-
-    def model(self, label: str) -> ModelSpec:
-        return next(m for m in self.models if m.label == label)
-
-    def dataset(self, name: str) -> DatasetSpec:
-        return next(d for d in self.datasets if d.name == name)
 
 
 # ----------------------------------------------------------------------------- YAML with line numbers
@@ -159,11 +84,6 @@ class _Doc:
 
     def error(self, path: tuple, message: str) -> ConfigError:
         return ConfigError(f"{self.source}:{self.line(path)}: {message}")
-
-
-def _suggest(word: str, choices) -> str:
-    near = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f" (did you mean {near[0]!r}?)" if near else ""
 
 
 def _check_keys(doc: _Doc, path: tuple, value: dict, allowed, what: str) -> None:

@@ -12,18 +12,11 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from vitscope.experiments.cells import Cell, canonical, pair_key
-from vitscope.experiments.config import FEATURE_DEFAULTS, DatasetSpec, ModelSpec, slug
+from vitscope.experiments.spec import FEATURE_DEFAULTS, Cell, DatasetSpec, ModelSpec, canonical, pair_key, slug
 
 _MODELS: dict[tuple, Any] = {}
 _DATASETS: dict[tuple, Any] = {}
 _HASHES: dict[int, str] = {}
-
-
-def clear_caches() -> None:
-    _MODELS.clear()
-    _DATASETS.clear()
-    _HASHES.clear()
 
 
 def load_study_model(spec: ModelSpec, device: str | None = None):
@@ -188,7 +181,7 @@ class CellContext:
 
         With ``features: {nproc_per_node: K}`` (K > 1) the extraction runs as ``torchrun --nproc_per_node=K -m
         vitscope extract ...`` (a subprocess, the samples split between K ranks, e.g. the GPUs of a SLURM node)."""
-        from vitscope.experiments.locks import store_lock
+        from vitscope.outlock import store_lock
         from vitscope.features import extract_features, open_store
 
         path, layers, group = self.store_path(i, reduction, split, sites, tokens)
@@ -275,7 +268,7 @@ class CellContext:
         if not is_synthetic(value) and not Path(value).expanduser().exists():
             raise FileNotFoundError(f"{kind} root {Path(value).expanduser()} of dataset {self.cell.dataset.name!r} "
                                     f"not found")
-        from vitscope.experiments.locks import store_lock
+        from vitscope.outlock import store_lock
 
         return task_root(value, kind, self.study_dir / "data", lock=store_lock)
 

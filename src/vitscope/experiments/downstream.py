@@ -11,7 +11,7 @@ from __future__ import annotations
 from vitscope.analysis.correspondence import KeypointsOptions
 from vitscope.analysis.retrieval import RetrievalOptions
 from vitscope.analysis.video_segmentation import DavisOptions
-from vitscope.experiments.analyses import register, study_rows
+from vitscope.experiments.registry import register, study_rows
 
 
 def _knn_options():

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vitscope.experiments.config import slug
+from vitscope.experiments.spec import slug
 
 IDENTIFIABILITY = "identifiability"
 GAIN = "gain"

@@ -30,6 +30,21 @@ class SlurmOptions:
     extra: dict = field(default_factory=dict)          # other slurm_* parameters of submitit
 
 
+def limit_threads(threads: int | None) -> None:
+    """Use ``threads`` CPU threads in torch and in the BLAS / OpenMP pools (k-means); None leaves the defaults."""
+    if not threads:
+        return
+    import torch
+
+    torch.set_num_threads(int(threads))
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(int(threads))
+    except ImportError:
+        pass
+
+
 def parse_time_minutes(text: str) -> int:
     """SLURM time (``MM``, ``HH:MM:SS``, ``D-HH:MM``, ``D-HH:MM:SS``) -> whole minutes."""
     t = str(text).strip()
@@ -77,8 +92,6 @@ def run_local(study_dir: Path, cell_ids: list[str], device: str | None = None,
 
 
 def _worker_init(threads: int) -> None:
-    from vitscope.experiments.study import limit_threads
-
     limit_threads(max(1, threads))
 
 
@@ -111,8 +124,6 @@ def run_processes(study_dir: Path, cell_ids: list[str], jobs: int, device: str |
 # ----------------------------------------------------------------------------- SLURM through submitit
 def cell_job(study_dir: str, cell_id: str, device: str | None = None) -> dict:
     """What one job-array task runs (only strings travel in the pickle)."""
-    from vitscope.experiments.study import limit_threads
-
     limit_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0) or None)
     return run_cell(study_dir, cell_id, device).to_dict()
 

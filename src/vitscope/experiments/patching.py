@@ -8,7 +8,7 @@ import dataclasses
 from vitscope.analysis.patching import PatchOptions
 from vitscope.analysis.patching.ablation import AblateOptions
 from vitscope.analysis.patching.composition import CompositionOptions
-from vitscope.experiments.analyses import register, study_rows
+from vitscope.experiments.registry import register, study_rows
 
 @register("patching", options=PatchOptions,
           fields=("site", "metric", "direction", "method", "corrupt", "region", "patches", "receivers", "freeze_mlps",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vitscope.experiments.analyses import register
+from vitscope.experiments.registry import register
 from vitscope.experiments.downstream import _optional_int, _positive_ints
 
 PROBE_REDUCTIONS = {"cls": "cls", "ap": "mean", "mean": "mean", "ap_all": "all"}
@@ -151,7 +151,7 @@ def logit_lens(ctx, opts: dict) -> list[dict]:
     import torch
 
     from vitscope.analysis import class_embedding as ce
-    from vitscope.cli.class_embedding import _check_classes
+    from vitscope.analysis.class_embedding.embeddings import check_classes
     from vitscope.experiments.context import load_study_model
     from vitscope.viz import class_embedding as V
     from vitscope.viz.save import save_figure
@@ -169,7 +169,7 @@ def logit_lens(ctx, opts: dict) -> list[dict]:
     if not len(ds.classes) or (np.asarray(ds.labels) < 0).any():
         raise ValueError(f"dataset {ctx.cell.dataset.name!r} has no class labels; the logit lens needs labelled "
                          "images of the classes the model's head predicts")
-    _check_classes(model, ds)
+    check_classes(model, ds)
     models = [model]
     if opts["random_baseline"] and not ctx.cell.models[0].random:
         from dataclasses import replace

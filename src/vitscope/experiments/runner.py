@@ -14,9 +14,9 @@ from pathlib import Path
 
 from vitscope.experiments.cells import Cell, expand, store_tokens
 from vitscope.experiments.config import Study, load_plugins
-from vitscope.experiments.locks import CellLock
 from vitscope.experiments.results import (cell_status, is_finished, make_rows, now, options_json, set_aside,
                                           write_cell)
+from vitscope.outlock import CellLock
 
 PLAN = "plan.json"
 LOCKS = "locks"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitscope.experiments.config import Study
-from vitscope.experiments.launchers import LAUNCHERS, SlurmOptions, run_local, run_processes, submit
+from vitscope.experiments.launchers import LAUNCHERS, SlurmOptions, limit_threads, run_local, run_processes, submit
 from vitscope.experiments.runner import Outcome, pending, prepare
 
 
@@ -38,21 +38,6 @@ class RunSummary:
             parts.append(f"{len(self.submitted)} submitted")
         return (f"study {self.study}: {self.cells} cells: {', '.join(parts)} in {self.seconds:.1f} s "
                 f"-> {self.study_dir}")
-
-
-def limit_threads(threads: int | None) -> None:
-    """Use ``threads`` CPU threads in torch and in the BLAS / OpenMP pools (k-means); None leaves the defaults."""
-    if not threads:
-        return
-    import torch
-
-    torch.set_num_threads(int(threads))
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(int(threads))
-    except ImportError:
-        pass
 
 
 def run_study(study: Study, study_dir: str | Path, launcher: str = "local", jobs: int = 1,

@@ -34,6 +34,8 @@ from typing import Any, Mapping
 
 import torch
 
+from vitscope.hub import host_reachable as _host_reachable
+from vitscope.hub import offline as _offline
 from vitscope.models.bundled import bundled_path
 from vitscope.models.config import ViTConfig
 from vitscope.models.converters.common import CheckpointError, load_strict
@@ -201,51 +203,11 @@ def convert_checkpoint(raw: Mapping[str, Any], cfg: ViTConfig, fmt: str | None =
 
 
 # ----------------------------------------------------------------------------- downloads
-def _offline() -> bool:
-    try:
-        from huggingface_hub import constants
-
-        if constants.HF_HUB_OFFLINE:
-            return True
-    except Exception:  # noqa: BLE001
-        pass
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-
-
 def _offline_hint(what: str, reason: str) -> str:
     cache = ("or copy a filled Hugging Face cache (HF_HOME) here" if _offline()
              else "or set HF_HUB_OFFLINE=1 with a filled Hugging Face cache")
     return (f"could not download {what} ({reason}); download it elsewhere and pass weights=PATH "
             f"(CLI: --weights PATH), {cache}, or use random weights (CLI: --random)")
-
-
-_REACH: dict[str, tuple[float, bool]] = {}
-
-
-def _host_reachable(url: str, timeout: float = 3.0) -> bool:
-    """A quick TCP connect to the host of ``url`` (cached 60 s), so that no network fails in seconds rather
-    than after huggingface_hub's retries. With an HTTP(S) proxy configured, assume reachable."""
-    import socket
-    import time
-    from urllib.parse import urlparse
-
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
-        return True
-    u = urlparse(url)
-    host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
-    if not host:
-        return True
-    now = time.monotonic()
-    hit = _REACH.get(host)
-    if hit and now - hit[0] < 60:
-        return hit[1]
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        ok = True
-    except OSError:
-        ok = False
-    _REACH[host] = (now, ok)
-    return ok
 
 
 def hub_download(repo_id: str, filenames: tuple[str, ...] | list[str], what: str | None = None) -> Path:

@@ -7,14 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vitscope.models.bundled import BUNDLED_DIR as ASSETS
-from vitscope.models.bundled import bundled_models, bundled_path
-
-# the synthetic benchmark the demo models were trained on (train split) and are shown on (test split): 64 px,
-# 8 shapes, small objects, one colour per class (jitter=0; see docs/demo-model.md). Every setting is pinned so
-# that a change of the difficulty presets does not change the demo's images.
-DEMO_DATA = ("synthetic:size=64,classes=8,difficulty=easy,jitter=0,scale_min=0.1,scale_max=0.2,noise=0.02,"
-             "clutter=0,texture=0.15,contrast=0.45,rotation=30,stripes=0,stretch=0.05")
+from vitscope.bundled import BUNDLED_DIR as ASSETS
+from vitscope.bundled import DEMO_DATA, bundled_models, bundled_path  # noqa: F401  (DEMO_DATA: the benchmark)
 DEMO_MODELS = {
     "demo-vit": "demo-vit: 6 blocks, 8 heads, CLS from block 0",
     "demo-vit-reg4": "demo-vit-reg4: 8 blocks, 4 registers from block 3, CLS from block 6 (cls-register)",

@@ -95,8 +95,9 @@ def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0)
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of -sum_c t_c log softmax(logits)_c."""
-    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+    """Mean over the batch of -sum_c t_c log softmax(logits)_c: ``F.cross_entropy`` with probability targets, in
+    float32."""
+    return F.cross_entropy(logits.float(), targets)
 
 
 def _beta(g: torch.Generator, alpha: float) -> float:

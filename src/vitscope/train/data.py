@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitscope.models.preprocess import PreprocessConfig, _as_pil, resize_crop
+from vitscope.data.decode import to_pil
+from vitscope.preprocess import PreprocessConfig, resize_crop
 
 
 def open_training_dataset(spec):
@@ -95,7 +96,7 @@ def to_uint8(image, size: tuple[int, int]) -> torch.Tensor:
             t = torch.nn.functional.interpolate(t[None].float(), size=size, mode="bilinear", antialias=True,
                                                 align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
         return t
-    img = image if isinstance(image, Image.Image) else _as_pil(image)
+    img = image if isinstance(image, Image.Image) else to_pil(image)
     img = resize_crop(img.convert("RGB"), PreprocessConfig(input_size=size, crop_pct=1.0))
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # 3, H, W
 

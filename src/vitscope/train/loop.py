@@ -31,6 +31,7 @@ from vitscope.train.data import ImageTensors, dataset_classes, dataset_labels, o
 from vitscope.train.distill import StudentHeads, TeacherInput, distillation_loss, load_teacher
 from vitscope.train.distributed import DistEnv, setup
 from vitscope.train.schedule import cosine_lr, set_lr
+from vitscope.train.step import optimizer_step
 
 
 def _step_generator(seed: int, epoch: int, step: int, rank: int) -> torch.Generator:
@@ -238,13 +239,7 @@ def _train(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
             loss, parts = distillation_loss(cls_logits, dist_logits, targets, teacher_logits,
                                             kind=cfg.distill if teacher is not None else "none",
                                             alpha=cfg.distill_alpha, tau=cfg.distill_tau)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"the loss became {float(loss)} at epoch {epoch} step {s}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            optimizer_step(optimizer, loss, model.parameters(), cfg.grad_clip, where=f"epoch {epoch} step {s}")
             sums["loss"] += float(loss.detach()) * len(y)
             for k, v in parts.items():
                 sums[k] += v * len(y)

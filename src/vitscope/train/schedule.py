@@ -1,15 +1,18 @@
-"""Learning-rate schedule: linear warm-up, then cosine decay to a floor, evaluated per optimisation step."""
+"""The learning-rate schedule of every trainer in vitscope (``vitscope train``, the feature probes, the end-to-end
+probes): linear warm-up, then cosine decay to a floor, evaluated per optimisation step."""
 from __future__ import annotations
 
 import math
 
 
-def cosine_lr(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0, min_lr: float = 0.0,
-              warmup_start_lr: float = 0.0) -> float:
+def cosine_lr(step: int, total_steps: int, base_lr, warmup_steps: int = 0, min_lr: float = 0.0,
+              warmup_start_lr: float = 0.0):
     """Learning rate at ``step`` (0-based).
 
     Warm-up: linear from ``warmup_start_lr`` (at step 0) to ``base_lr`` (reached at ``warmup_steps``).
-    Then cosine from ``base_lr`` to ``min_lr`` at ``total_steps``; constant ``min_lr`` after that.
+    Then ``min_lr + (base_lr - min_lr)(1 + cos(pi s / S)) / 2`` with ``s = step - warmup_steps`` and
+    ``S = total_steps - warmup_steps``; constant ``min_lr`` from ``total_steps`` on. ``base_lr`` may be a tensor
+    (one rate per configuration of a batched grid).
     """
     if total_steps <= 0:
         raise ValueError(f"total_steps must be > 0, got {total_steps}")

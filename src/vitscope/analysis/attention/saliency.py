@@ -12,9 +12,9 @@ Named options where walmer2023's code and vitscope's first rule differ:
   grid (bicubic, any value > 0) and ORs them; ``"bicubic-union"`` resizes the union of the objects once
   (a little tighter where objects are small and apart); ``"any"`` / ``"majority"`` work on the union.
 - merged heads (``merge_rule``): ``"sum"`` (default) sums the heads' raw maps, then renormalises;
-  ``"seed002"`` reproduces walmer2023's numbers, whose CLS and centre maps reach the merge already renormalised
-  per head (its per-head pass divides the attention tensor in place), so every head weighs the same in the
-  sum; its mean-query maps are unaffected.
+  ``"walmer2023"`` (old spelling ``"seed002"``) reproduces walmer2023's numbers, whose CLS and centre maps reach
+  the merge already renormalised per head (its per-head pass divides the attention tensor in place), so every head
+  weighs the same in the sum; its mean-query maps are unaffected.
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ from vitscope.runtime import model_meta
 
 SALIENCY_QUERIES = ("cls", "mean", "centre")
 MASK_RULES = ("bicubic", "bicubic-union", "any", "majority")
-MERGE_RULES = ("sum", "seed002")
+MERGE_RULES = ("sum", "walmer2023")
+MERGE_RULE_ALIASES = {"seed002": "walmer2023"}         # old spellings, still accepted
 
 
 # ----------------------------------------------------------------------------- masks
@@ -110,16 +111,23 @@ def mask_to_token_grid(mask: np.ndarray, grid: tuple[int, int], preprocess_cfg=N
 
 
 # ----------------------------------------------------------------------------- scores
+def check_merge_rule(merge_rule: str) -> str:
+    """The merge rule's current name (an old spelling of :data:`MERGE_RULE_ALIASES` is accepted); ValueError when
+    it is none of :data:`MERGE_RULES`."""
+    merge_rule = MERGE_RULE_ALIASES.get(merge_rule, merge_rule)
+    if merge_rule not in MERGE_RULES:
+        raise ValueError(f"merge_rule must be one of {MERGE_RULES}, got {merge_rule!r}")
+    return merge_rule
+
+
 def binarize_attention(pattern: torch.Tensor, layout: TokenLayout, query: str = "cls", merge: bool = False,
                        mass: float = 0.6, cfg=None, merge_rule: str = "sum") -> torch.Tensor:
     """Bool (B, H', rows, cols): the top-``mass`` attention of ``query`` over patches, H' = 1 when merged.
 
-    ``merge_rule="seed002"``: the CLS and centre maps are renormalised per head before the heads are summed
+    ``merge_rule="walmer2023"``: the CLS and centre maps are renormalised per head before the heads are summed
     (see the module docstring); ``"sum"`` sums the raw maps.
     """
-    if merge_rule not in MERGE_RULES:
-        raise ValueError(f"merge_rule must be one of {MERGE_RULES}, got {merge_rule!r}")
-    if merge and merge_rule == "seed002" and query != "mean":
+    if check_merge_rule(merge_rule) == "walmer2023" and merge and query != "mean":
         per_head = attention_map(pattern, layout, query, renormalize=True, cfg=cfg)    # B, H, r, c
         m = per_head.sum(1)
         s = m.sum(dim=(-2, -1), keepdim=True)
@@ -151,10 +159,8 @@ class SaliencyIoU:
 
     def __init__(self, depth: int, num_heads: int, queries: Sequence[str] = SALIENCY_QUERIES,
                  mass: float = 0.6, merge: Sequence[bool] = (False, True), merge_rule: str = "sum") -> None:
-        if merge_rule not in MERGE_RULES:
-            raise ValueError(f"merge_rule must be one of {MERGE_RULES}, got {merge_rule!r}")
+        self.merge_rule = check_merge_rule(merge_rule)
         self.depth, self.H, self.queries, self.mass, self.merge = depth, num_heads, tuple(queries), mass, tuple(merge)
-        self.merge_rule = merge_rule
         self._batch: dict[tuple[str, bool], dict[int, torch.Tensor]] = {}
         self.values: dict[tuple[str, bool], list[np.ndarray]] = {(q, m): [] for q in self.queries for m in self.merge}
         self._gt: torch.Tensor | None = None
@@ -367,7 +373,7 @@ class SaliencyOptions(AttentionOptions):
     queries: tuple[str, ...] = ("cls",)     # cls, mean (all spatial queries), centre
     mass: float = 0.6                       # share of the attention mass kept in the binary map (DINO's rule)
     mask_rule: str = "bicubic"              # mask to token grid (MASK_RULES; bicubic: walmer2023)
-    merge_rule: str = "sum"                 # heads summed (MERGE_RULES; seed002: walmer2023's numbers)
+    merge_rule: str = "sum"                 # heads summed (MERGE_RULES; walmer2023: that code's numbers)
     limit: int | None = 5000                # at most this many images (walmer2023: 5000)
     batch_size: int = 32
     progress: bool = False
@@ -376,7 +382,7 @@ class SaliencyOptions(AttentionOptions):
         self.check_names("queries", SALIENCY_QUERIES)
         self.check_number("mass", 0, 1, low_open=True)
         self.check_choice("mask_rule", MASK_RULES)
-        self.check_choice("merge_rule", MERGE_RULES)
+        self.check_choice("merge_rule", MERGE_RULES, aliases=MERGE_RULE_ALIASES)
         self.check_limit()
         self.check_int("batch_size")
 

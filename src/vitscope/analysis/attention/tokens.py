@@ -14,8 +14,6 @@ Queries (the row of the attention matrix that is read) are named:
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from vitscope.models.layout import TokenLayout
@@ -163,8 +161,3 @@ def grid_of(x: torch.Tensor, model) -> tuple[int, int]:
     """Token grid of a batch of images (B, C, H, W) for this model."""
     p = model.cfg.patch_size
     return (x.shape[-2] // p, x.shape[-1] // p)
-
-
-def layouts_for(model, grid: tuple[int, int] | None = None, blocks: Sequence[int] | None = None) -> dict[int, TokenLayout]:
-    blocks = range(model.cfg.depth) if blocks is None else blocks
-    return {b: model.token_layout(b, grid) for b in blocks}

@@ -15,7 +15,7 @@ CLIP text embeddings of class prompts, which live after the CLIP projection (:me
 - ``unit`` an L2 normalisation of each vector (``l2_normalize``: what a probe trained on L2-normalised features
   reads; off by default).
 
-:class:`~vitscope.analysis.class_embedding.projection.ClassProjection` is these embeddings bound to a model
+:class:`ClassProjection` is these embeddings bound to a model
 (:meth:`ClassEmbeddings.to_projection`): the callable the streamed logit lens, the memories and the
 perturbations use.
 """
@@ -292,9 +292,68 @@ class ClassEmbeddings:
 
     def to_projection(self, model):
         """These embeddings bound to ``model``: a :class:`ClassProjection` (``(..., D) -> (..., C)``)."""
-        from vitscope.analysis.class_embedding.projection import ClassProjection
-
         return ClassProjection(self, model)
+
+
+class ClassProjection:
+    """Class embeddings bound to a model: residual-stream vectors (..., D) -> class logits (..., C).
+
+    A thin view over :class:`~vitscope.analysis.class_embedding.embeddings.ClassEmbeddings`, which holds the
+    vectors and computes the projection (norm -> optional projection -> ``W x + b``); build it with
+    :meth:`from_model`, :meth:`ClassEmbeddings.to_projection` or ``ClassProjection(embeddings, model)``.
+    """
+
+    def __init__(self, embeddings: ClassEmbeddings, model) -> None:
+        if not isinstance(embeddings, ClassEmbeddings):
+            raise TypeError(f"expected ClassEmbeddings, got {type(embeddings).__name__}")
+        self.embeddings, self.model = embeddings, model
+
+    @classmethod
+    def from_model(cls, model, weight=None, bias=None, norm: bool = True,
+                   proj: torch.Tensor | Callable | None = None) -> "ClassProjection":
+        """The model's own head (``weight=None``), or class embeddings (C, D') read after the model's final norm
+        (``norm=True``) and an optional projection ``proj`` ((D, D') matrix or callable, e.g. CLIP's)."""
+        if weight is None:
+            return cls(ClassEmbeddings.from_model(model), model)
+        return cls(ClassEmbeddings(weight, bias, apply_norm=norm, after_projection=False, projection=proj,
+                                   source="given"), model)
+
+    @property
+    def num_classes(self) -> int:
+        return self.embeddings.num_classes
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.embeddings.classes
+
+    @property
+    def own_head(self) -> bool:
+        """The embeddings are the model's own head (its logits are the lens's final prediction)."""
+        return self.embeddings.own_head
+
+    @property
+    def class_embeddings(self) -> torch.Tensor:
+        """The class embeddings at the stream width (C, D) (no bias): the head's weight (distilled: both heads
+        averaged), or given embeddings pulled back through their projection."""
+        return self.embeddings.stream_weight(self.model)
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        return self.embeddings.project(self.model, h).float()
+
+
+def check_classes(model, ds, names_given: bool = False, emb=None) -> None:
+    """The labels of ``ds`` must index the classes of the model's head (or of the class embeddings ``emb``); the
+    class names are compared when both are known and ``names_given`` is False. ValueError otherwise."""
+    if emb is None:
+        C, names, what = model.cfg.num_classes, (model.cfg.meta or {}).get("classes"), "the model's head"
+    else:
+        C, names, what = emb.num_classes, emb.classes, "the class embeddings"
+    if int(ds.labels.max()) >= C:
+        raise ValueError(f"the dataset has labels up to {int(ds.labels.max())} but {what} "
+                         f"{'predicts' if emb is None else 'have'} {C} classes; give images of those classes")
+    if names and not names_given and list(names) != list(ds.classes)[:len(names)]:
+        raise ValueError(f"the dataset's classes ({', '.join(ds.classes[:4])}...) are not the classes of {what} "
+                         f"({', '.join(list(names)[:4])}...); give images of those classes, in that order")
 
 
 def _head_path(path: str | Path) -> Path:

@@ -61,13 +61,14 @@ def branch_change_rate(true_branch: np.ndarray, true_prev: np.ndarray) -> float:
 
 def residual_match(top_out, top_attn, top_mlp, top_prev) -> dict[str, float]:
     """Shares of tokens whose top-1 class of the block output equals that of the attention output, the MLP
-    output, the previous block; "composition": differs from all three; "composition_seed001": differs from the
-    previous block and the attention output (vilas2023's code)."""
+    output, the previous block; "composition": differs from all three; "composition_vilas2023": differs from the
+    previous block and the attention output (vilas2023's code; also under its old name "composition_seed001")."""
     o, a, m, p = (np.asarray(t) for t in (top_out, top_attn, top_mlp, top_prev))
+    vilas = float(((o != p) & (o != a)).mean())
     return {"match_attn": float((o == a).mean()), "match_mlp": float((o == m).mean()),
             "match_prev": float((o == p).mean()),
             "composition": float(((o != p) & (o != a) & (o != m)).mean()),
-            "composition_seed001": float(((o != p) & (o != a)).mean())}
+            "composition_vilas2023": vilas, "composition_seed001": vilas}
 
 
 # ----------------------------------------------------------------------------- tests

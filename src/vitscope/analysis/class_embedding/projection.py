@@ -20,7 +20,7 @@ the blocks they exist in.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,57 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings
+from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings, ClassProjection
 from vitscope.analysis.class_embedding.metrics import class_rank
 
 SITES = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
-
-
-# ----------------------------------------------------------------------------- the projection
-class ClassProjection:
-    """Class embeddings bound to a model: residual-stream vectors (..., D) -> class logits (..., C).
-
-    A thin view over :class:`~vitscope.analysis.class_embedding.embeddings.ClassEmbeddings`, which holds the
-    vectors and computes the projection (norm -> optional projection -> ``W x + b``); build it with
-    :meth:`from_model`, :meth:`ClassEmbeddings.to_projection` or ``ClassProjection(embeddings, model)``.
-    """
-
-    def __init__(self, embeddings: ClassEmbeddings, model) -> None:
-        if not isinstance(embeddings, ClassEmbeddings):
-            raise TypeError(f"expected ClassEmbeddings, got {type(embeddings).__name__}")
-        self.embeddings, self.model = embeddings, model
-
-    @classmethod
-    def from_model(cls, model, weight=None, bias=None, norm: bool = True,
-                   proj: torch.Tensor | Callable | None = None) -> "ClassProjection":
-        """The model's own head (``weight=None``), or class embeddings (C, D') read after the model's final norm
-        (``norm=True``) and an optional projection ``proj`` ((D, D') matrix or callable, e.g. CLIP's)."""
-        if weight is None:
-            return cls(ClassEmbeddings.from_model(model), model)
-        return cls(ClassEmbeddings(weight, bias, apply_norm=norm, after_projection=False, projection=proj,
-                                   source="given"), model)
-
-    @property
-    def num_classes(self) -> int:
-        return self.embeddings.num_classes
-
-    @property
-    def classes(self) -> list[str] | None:
-        return self.embeddings.classes
-
-    @property
-    def own_head(self) -> bool:
-        """The embeddings are the model's own head (its logits are the lens's final prediction)."""
-        return self.embeddings.own_head
-
-    @property
-    def class_embeddings(self) -> torch.Tensor:
-        """The class embeddings at the stream width (C, D) (no bias): the head's weight (distilled: both heads
-        averaged), or given embeddings pulled back through their projection."""
-        return self.embeddings.stream_weight(self.model)
-
-    def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        return self.embeddings.project(self.model, h).float()
 
 
 def pool_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
@@ -269,6 +222,8 @@ class LensResult:
             rows.append(dict(model=model, block=b, task="logit_lens", metric="image_rate",
                              value=self.image_rate(site, b), site=site, token="patches"))
         for name, c in self.counts.items():
+            if name in COUNT_ALIASES:
+                continue
             metric, _, token = name.partition(":")
             for b in range(self.depth):
                 if c[b, 1] > 0:
@@ -280,7 +235,8 @@ class LensResult:
 
 COUNT_NAMES = ("block_change:patches", "block_change:cls", "attn_change:patches", "attn_change:cls",
                "mlp_change:patches", "mlp_change:cls", "match_attn", "match_mlp", "match_prev", "composition",
-               "composition_seed001")
+               "composition_vilas2023")
+COUNT_ALIASES = {"composition_seed001": "composition_vilas2023"}      # old names: the same counts, not in rows()
 
 
 class LogitLens:
@@ -311,6 +267,7 @@ class LogitLens:
         self.grid: tuple[int, int] | None = None
         self.sums: dict[tuple[str, int], LensSums] = {}
         self.counts = {k: np.zeros((self.depth, 2), np.int64) for k in COUNT_NAMES}
+        self.counts.update({old: self.counts[new] for old, new in COUNT_ALIASES.items()})
         self.n_images = 0
         self.n_correct = 0
         self.own_head = self.projection.own_head
@@ -430,7 +387,7 @@ class LogitLens:
                 for name, hit in (("match_attn", top_o == top_a), ("match_mlp", top_o == top_m),
                                   ("match_prev", top_o == top_p),
                                   ("composition", (top_o != top_p) & (top_o != top_a) & (top_o != top_m)),
-                                  ("composition_seed001", (top_o != top_p) & (top_o != top_a))):
+                                  ("composition_vilas2023", (top_o != top_p) & (top_o != top_a))):
                     self.counts[name][b] += (int(hit.sum()), n)
 
     def _count(self, name: str, b: int, hit: torch.Tensor, is_cls: np.ndarray, is_patch: np.ndarray) -> None:

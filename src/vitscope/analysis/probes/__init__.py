@@ -13,13 +13,13 @@ from vitscope.analysis.probes.ridge import (RidgeAccumulator, TokenProbeResult, 
 from vitscope.analysis.probes.metrics import balanced_topk_accuracy, probe_metrics, topk_accuracy
 from vitscope.analysis.probes.stats import (benjamini_hochberg, gains, per_dataset_tests, results_rows,
                                             wilcoxon_over_datasets)
-from vitscope.analysis.probes.train import (TrainConfig, adjust_batch_size, class_weights, cosine_lr, grid,
-                                            train_probe)
+from vitscope.analysis.probes.train import (ProbeTrainConfig, TrainConfig, adjust_batch_size, class_weights,
+                                            cosine_lr, grid, train_probe)
 from vitscope.analysis.probes.tuning import ProbeFit, tune_attentive, tune_linear
 
 __all__ = [
     "AttentiveProbe", "AttentiveGrid", "E2EConfig", "LAYER_SETS", "ProbeFit", "ProbeInput", "RidgeAccumulator",
-    "TokenProbeResult", "TokenProbes", "TrainConfig", "adjust_batch_size", "evaluate_token_probes",
+    "ProbeTrainConfig", "TokenProbeResult", "TokenProbes", "TrainConfig", "adjust_batch_size", "evaluate_token_probes",
     "fit_token_probes", "probe_rank_sum", "ridge_fit", "true_class_rank",
     "attention_over_inputs", "balanced_topk_accuracy", "benjamini_hochberg", "class_weights", "concat_inputs",
     "cosine_lr", "default_heads", "gains", "grid", "head_width", "l2_normalize", "layer_set", "linear_logits",

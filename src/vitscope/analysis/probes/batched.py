@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitscope.analysis.probes.attentive import AttentiveProbe, head_width
-from vitscope.analysis.probes.train import (TrainConfig, adjust_batch_size, build_seeded, class_weights, jitter,
+from vitscope.analysis.probes.train import (ProbeTrainConfig, adjust_batch_size, build_seeded, class_weights, jitter,
                                             schedule, seeded)
+from vitscope.train.schedule import cosine_lr
 
 
 # ----------------------------------------------------------------------------- the shared loop
@@ -95,7 +96,7 @@ def weighted_ce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch
     return (nll * wy).sum(-1) / wy.sum()
 
 
-def _batching(n: int, cfg: TrainConfig, batch_size: int | None) -> tuple[int, int, int]:
+def _batching(n: int, cfg: ProbeTrainConfig, batch_size: int | None) -> tuple[int, int, int]:
     """(batch size, batches per epoch, epochs): the seed's batch-size rule unless ``batch_size`` is given, and the
     1000-step minimum."""
     bs = batch_size or adjust_batch_size(cfg.batch_size, n)
@@ -103,7 +104,7 @@ def _batching(n: int, cfg: TrainConfig, batch_size: int | None) -> tuple[int, in
     return bs, nb, epochs
 
 
-def _draws(x: torch.Tensor, cfg: TrainConfig, batch_axis: int, bs: int, nb: int, epochs: int):
+def _draws(x: torch.Tensor, cfg: ProbeTrainConfig, batch_axis: int, bs: int, nb: int, epochs: int):
     """Yield ``(step, idx, jittered batch)`` in train.py's random-number protocol (a generator on the data's device
     seeded with ``cfg.seed``): per epoch ``randperm(N)``, per batch ``rand(B) < p`` then
     ``randn(B, *feature_shape) * std``; the jitter is drawn for one sample's feature (the dims after
@@ -120,12 +121,8 @@ def _draws(x: torch.Tensor, cfg: TrainConfig, batch_axis: int, bs: int, nb: int,
             step += 1
 
 
-def _cosine(lr: torch.Tensor, step: int, total: int, cfg: TrainConfig) -> torch.Tensor:
-    return 0.5 * (1 + math.cos(math.pi * step / total)) * (lr - cfg.min_lr) + cfg.min_lr
-
-
 def run_batched(forward: Callable[[torch.Tensor], torch.Tensor], params: dict[str, torch.Tensor], x: torch.Tensor,
-                y: torch.Tensor, lr: torch.Tensor, wd: torch.Tensor, cfg: TrainConfig, num_classes: int,
+                y: torch.Tensor, lr: torch.Tensor, wd: torch.Tensor, cfg: ProbeTrainConfig, num_classes: int,
                 batch_axis: int = 0, batch_size: int | None = None, on_step: Callable[[], None] | None = None,
                 progress: Callable[[int], None] | None = None) -> dict:
     """Train stacked ``params`` (leading dims = ``lr.shape``) with ciernik2025's recipe, one data pass per step.
@@ -144,7 +141,7 @@ def run_batched(forward: Callable[[torch.Tensor], torch.Tensor], params: dict[st
     opt = StackedAdamW(params, wd, nconf)
     with seeded(cfg.seed, dev):
         for step, idx, xb in _draws(x, cfg, batch_axis, bs, nb, epochs):
-            now = _cosine(lr, step, total, cfg)
+            now = cosine_lr(step, total, lr, min_lr=cfg.min_lr)
             loss = weighted_ce(forward(xb), y[idx], w).sum()
             for p in params.values():
                 p.grad = None
@@ -169,7 +166,7 @@ def _as_grid(lrs, wds, shape: tuple[int, ...], device) -> tuple[torch.Tensor, to
 
 
 # ----------------------------------------------------------------------------- linear probes
-def train_linear_grid(x: torch.Tensor, y: torch.Tensor, lrs, wds, cfg: TrainConfig, num_classes: int,
+def train_linear_grid(x: torch.Tensor, y: torch.Tensor, lrs, wds, cfg: ProbeTrainConfig, num_classes: int,
                       batch_size: int | None = None, progress=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Linear probes for L layers x G configurations as one computation.
 
@@ -221,7 +218,7 @@ def train_linear_grid(x: torch.Tensor, y: torch.Tensor, lrs, wds, cfg: TrainConf
                 gw.mul_(coef.view(L, 1, G, 1))
                 gb.mul_(coef.view(L, G, 1))
             W.grad, b.grad = gw, gb
-            opt.step(_cosine(lr, step, total, cfg))
+            opt.step(cosine_lr(step, total, lr, min_lr=cfg.min_lr))
             if progress is not None:
                 progress(1)
     W.grad = b.grad = None
@@ -311,7 +308,7 @@ class AttentiveGrid:
         on = (o - mean[:, None]) / torch.sqrt(var[:, None] + 1e-5) * p["bn_w"][:, None] + p["bn_b"][:, None]
         return torch.baddbmm(p["cls_b"][:, None], on, p["cls_w"].transpose(1, 2))    # G, B, C
 
-    def fit(self, x: torch.Tensor, y: torch.Tensor, lrs, wds, cfg: TrainConfig, batch_size: int | None = None,
+    def fit(self, x: torch.Tensor, y: torch.Tensor, lrs, wds, cfg: ProbeTrainConfig, batch_size: int | None = None,
             progress=None) -> dict:
         """Train all G probes on x (N, T, D), y (N,); ``lrs`` / ``wds`` of length G."""
         lr, wd = _as_grid(lrs, wds, (self.G,), x.device)

@@ -47,6 +47,7 @@ from vitscope.analysis.probes.attentive import AttentiveProbe, default_heads, pa
 from vitscope.analysis.probes.inputs import ProbeInput, parse_inputs
 from vitscope.analysis.probes.train import (build_seeded, class_weights, jitter, make_optimizer, schedule, seeded,
                                             set_cosine_lrs)
+from vitscope.train.step import optimizer_step
 
 RECIPES = ("attentive-frozen", "finetune")
 _STORE_REDUCTION = {"ap_all": "all"}           # probe reductions computed from another store reduction
@@ -473,13 +474,7 @@ def _run(model, train_data, test_data, cfg: E2EConfig, out: Path, resume: bool, 
             ce = F.cross_entropy(logits, y, weight=w, reduction="none")               # w_y * l per sample
             denom = env.all_sum([float(w[y].sum())])[0]
             loss = ce.sum() * (env.world / denom)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"the loss became {float(loss)} at step {step}; lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
+            optimizer_step(opt, loss, params, cfg.grad_clip, where=f"step {step}")
             step += 1
             loss_val = float(loss.detach()) / env.world
             if step % nb == 0 or step == end:

@@ -16,7 +16,7 @@ from vitscope.analysis.probes.inputs import (CLS_REDUCTIONS, LAYER_SETS, ProbeIn
                                              as_store, load_inputs, parse_inputs, seed_order, store_cls_from,
                                              store_depth)
 from vitscope.analysis.probes.stats import results_rows
-from vitscope.analysis.probes.train import TrainConfig
+from vitscope.analysis.probes.train import ProbeTrainConfig
 from vitscope.analysis.probes.tuning import ATTN_DROPS, ProbeFit, check_labels, num_classes_of, tune_attentive, tune_linear
 
 PROBES = ("linear", "attentive")
@@ -66,7 +66,7 @@ def _check_stores(train, test) -> None:
 
 def probe_store(train_store, test_store=None, experiments=("last", "all"), probes=PROBES,
                 reductions: tuple[str, ...] = ("cls", "ap"), site: str = "ln2", per_layer: bool = False,
-                baseline: bool = True, cfg: TrainConfig = TrainConfig(), test_fraction: float = 0.25,
+                baseline: bool = True, cfg: ProbeTrainConfig = ProbeTrainConfig(), test_fraction: float = 0.25,
                 heads: int | None = None, attn_drops=ATTN_DROPS, lrs=None, wds=None, normalize: bool = True,
                 token_norm: str = "token", jitter_val: bool = True, device="cpu", model: str | None = None,
                 dataset: str | None = None, memory_budget: float = 2e9, progress=None, log=None) -> ProbeRun:

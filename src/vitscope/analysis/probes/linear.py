@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 FORMAT = "vitscope.probe"
 
@@ -73,8 +72,3 @@ def load_linear_head(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict
         raise ValueError(f"{_paths(path)[0]} is not a linear probe head (no 2-D 'weight' tensor)")
     w = t["weight"]
     return w, t.get("bias", torch.zeros(w.shape[0])), meta
-
-
-def linear_probe(in_features: int, num_classes: int) -> nn.Linear:
-    """The seed's linear probe: ``nn.Linear`` with PyTorch's default initialisation."""
-    return nn.Linear(in_features, num_classes)

@@ -3,8 +3,9 @@
 - loss: class-weighted cross-entropy, ``w_c = N / (K n_c)`` with ``K`` = largest label + 1 and ``w_c = 0`` for labels
   without samples (PyTorch's weighted mean over a batch);
 - AdamW (default betas / eps) with weight decay on **all** parameters;
-- cosine schedule without warm-up: before step ``s`` (0-based) ``lr = min + (base - min)(1 + cos(pi s / S)) / 2``,
-  ``min = 1e-6``, ``S`` = epochs x batches per epoch (the last step uses ``s = S - 1``);
+- cosine schedule without warm-up (:func:`vitscope.train.schedule.cosine_lr`, the schedule of every trainer): before
+  step ``s`` (0-based) ``lr = min + (base - min)(1 + cos(pi s / S)) / 2``, ``min = 1e-6``, ``S`` = epochs x batches
+  per epoch (the last step uses ``s = S - 1``);
 - at least 1,000 steps: when batches x epochs < 1000, epochs := ceil(1000 / batches);
 - total gradient-norm clip 5;
 - Gaussian jitter: each training sample gets N(0, 0.05^2) noise on its whole feature with probability 0.5;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
@@ -27,14 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitscope.train.schedule import cosine_lr as schedule_lr
+from vitscope.train.step import optimizer_step
+
 MIN_LR = 1e-6
 LR_GRID = (0.1, 0.01, 0.001)
 WD_GRID = tuple(10.0 ** e for e in range(-6, 1))                       # np.logspace(-6, 0, 7)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """One probe training: ciernik2025's defaults for feature probes."""
+class ProbeTrainConfig:
+    """One probe training: ciernik2025's defaults for feature probes (``vitscope train``'s options are
+    :class:`vitscope.train.TrainConfig`)."""
 
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -47,11 +53,14 @@ class TrainConfig:
     min_lr: float = MIN_LR
     seed: int = 0
 
-    def with_(self, **kw) -> "TrainConfig":
+    def with_(self, **kw) -> "ProbeTrainConfig":
         return replace(self, **kw)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+TrainConfig = ProbeTrainConfig          # the old name, kept for old code
 
 
 def grid(lrs=LR_GRID, wds=WD_GRID) -> list[tuple[float, float]]:
@@ -102,8 +111,11 @@ def schedule(n: int, batch_size: int, epochs: int, min_steps: int = 1000) -> tup
 
 
 def cosine_lr(base: float, step: int, total: int, min_lr: float = MIN_LR) -> float:
-    """The learning rate before 0-based ``step`` of ``total`` (no warm-up)."""
-    return 0.5 * (1 + math.cos(math.pi * step / total)) * (base - min_lr) + min_lr
+    """Deprecated argument order (``base`` first), kept for old code: the schedule is
+    :func:`vitscope.train.schedule.cosine_lr` ``(step, total, base, min_lr=...)``."""
+    warnings.warn("vitscope.analysis.probes.cosine_lr(base, step, total) is deprecated; use "
+                  "vitscope.train.schedule.cosine_lr(step, total, base, min_lr=...)", DeprecationWarning, stacklevel=2)
+    return schedule_lr(step, total, base, min_lr=min_lr)
 
 
 def make_optimizer(groups) -> torch.optim.AdamW:
@@ -121,7 +133,7 @@ def set_cosine_lrs(opt: torch.optim.Optimizer, bases: list[float], step: int, to
     lrs = []
     for g, base in zip(opt.param_groups, bases):
         lo = min_lr if base == top else min_lr * base / top
-        g["lr"] = cosine_lr(base, step, total, lo)
+        g["lr"] = schedule_lr(step, total, base, min_lr=lo)
         lrs.append(g["lr"])
     return lrs
 
@@ -166,7 +178,7 @@ def check_training_data(x: torch.Tensor, y: torch.Tensor, what: str = "training 
         raise ValueError(f"{what}: features contain NaN or Inf; re-extract them (e.g. with --dtype float32) or drop those rows")
 
 
-def train_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, num_classes: int,
+def train_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ProbeTrainConfig, num_classes: int,
                 batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> dict:
     """Train ``model`` in place on features ``x`` (N, ...) and labels ``y`` (N,) with ciernik2025's recipe.
 
@@ -193,11 +205,7 @@ def train_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
                 xb = jitter(x[idx], gen, cfg.jitter_p, cfg.jitter_std)
                 set_cosine_lrs(opt, [cfg.lr], step, total, cfg.min_lr)
                 loss = F.cross_entropy(model(xb), y[idx], weight=w)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
+                optimizer_step(opt, loss, params, cfg.grad_clip)
                 step += 1
                 if progress is not None:
                     progress(1)

@@ -19,7 +19,7 @@ import torch
 from vitscope.analysis.probes.attentive import attention_over_inputs
 from vitscope.analysis.probes.batched import AttentiveGrid, linear_logits, train_linear_grid
 from vitscope.analysis.probes.metrics import batched_balanced_top1, probe_metrics
-from vitscope.analysis.probes.train import (LR_GRID, WD_GRID, TrainConfig, adjust_batch_size, check_training_data,
+from vitscope.analysis.probes.train import (LR_GRID, WD_GRID, ProbeTrainConfig, adjust_batch_size, check_training_data,
                                             grid, jitter, split_batch_size)
 
 ATTN_DROPS = (0.0, 0.1, 0.3)
@@ -94,7 +94,7 @@ def _t(a, device) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(a), device=device)
 
 
-def _maybe_jitter(x: torch.Tensor, cfg: TrainConfig, on: bool, batch_axis: int = 0) -> torch.Tensor:
+def _maybe_jitter(x: torch.Tensor, cfg: ProbeTrainConfig, on: bool, batch_axis: int = 0) -> torch.Tensor:
     if not on or cfg.jitter_p <= 0:
         return x
     gen = torch.Generator(device=x.device).manual_seed(cfg.seed + 1)
@@ -105,7 +105,7 @@ def _maybe_jitter(x: torch.Tensor, cfg: TrainConfig, on: bool, batch_axis: int =
 
 # ----------------------------------------------------------------------------- linear probes, one per input
 def tune_linear(train: list[np.ndarray], y_train: np.ndarray, test: list[np.ndarray], y_test: np.ndarray,
-                names: list[str] | None = None, cfg: TrainConfig = TrainConfig(), lrs=LR_GRID, wds=WD_GRID,
+                names: list[str] | None = None, cfg: ProbeTrainConfig = ProbeTrainConfig(), lrs=LR_GRID, wds=WD_GRID,
                 val_fraction: float = 0.2, jitter_val: bool = True, num_classes: int | None = None,
                 device: str | torch.device = "cpu", progress=None) -> list[ProbeFit]:
     """One tuned linear probe per input (each (N, D_i)); inputs of one width train as one batched computation."""
@@ -168,7 +168,7 @@ def _fit_attentive_grid(x, y, lrs, wds, heads, C, cfg, drop, bs, device, budget,
 
 
 def tune_attentive(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray,
-                   num_heads: int, name: str = "attentive", cfg: TrainConfig = TrainConfig(), lrs=LR_GRID,
+                   num_heads: int, name: str = "attentive", cfg: ProbeTrainConfig = ProbeTrainConfig(), lrs=LR_GRID,
                    wds=WD_GRID, attn_drops=ATTN_DROPS, val_fraction: float = 0.2, jitter_val: bool = True,
                    num_classes: int | None = None, device: str | torch.device = "cpu",
                    memory_budget: float = 2e9, progress=None) -> ProbeFit:
@@ -211,15 +211,3 @@ def tune_attentive(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_t
                     test_metrics=probe_metrics(test_logits, _t(y_test, device)),
                     test_logits=test_logits.cpu().numpy(), test_targets=np.asarray(y_test), head=probe.cpu(),
                     attention=attn.numpy(), info={**info, "num_heads": num_heads, "tokens": int(x.shape[1])})
-
-
-def steps_of(n: int, cfg: TrainConfig, val_fraction: float = 0.2) -> tuple[int, int]:
-    """(steps of one grid training on the training part, steps of the final training) for a progress bar."""
-    from vitscope.analysis.probes.train import schedule
-
-    bs_full = adjust_batch_size(cfg.batch_size, n)
-    n_tr = n - int(np.ceil(n * val_fraction))
-    bs_tr = split_batch_size(bs_full, n_tr)
-    nb, ep = schedule(n_tr, bs_tr, cfg.epochs, cfg.min_steps)
-    nb2, ep2 = schedule(n, bs_full, cfg.epochs, cfg.min_steps)
-    return nb * ep, nb2 * ep2

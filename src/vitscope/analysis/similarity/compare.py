@@ -12,9 +12,10 @@ Token modes (where the tokens sit comes from ``model.token_layout``, never from 
 * ``"all"``      every token, flattened per image (walmer2023 "all", its default)
 * ``"patches"``  the patch tokens, flattened per image (walmer2023 "spat")
 
-Seed presets (:data:`PRESETS`): ``"default"`` is full-data unbiased linear CKA on raw features; ``"seed000"``
-the same on L2-normalised features; ``"seed002"`` minibatch unbiased CKA with the min-max kernel quirk,
-all tokens, on the ``ln1`` / ``ln2`` outputs of every block.
+Presets (:data:`PRESETS`): ``"default"`` is full-data unbiased linear CKA on raw features; ``"ciernik2025"`` the
+same on L2-normalised features; ``"walmer2023"`` minibatch unbiased CKA with the min-max kernel quirk, all tokens, on
+the ``ln1`` / ``ln2`` outputs of every block. The old spellings ``"seed000"`` / ``"seed002"`` are still accepted
+(:data:`PRESET_ALIASES`).
 """
 from __future__ import annotations
 
@@ -27,15 +28,17 @@ import numpy as np
 import torch
 
 from vitscope.analysis.api import Result
-from vitscope.analysis.similarity.cka import cka_matrix
+from vitscope.analysis.similarity.cka_core import BANDWIDTH_ALIASES, cka_matrix
 from vitscope.analysis.similarity.minibatch import MinibatchCKA
-from vitscope.analysis.similarity.rsa import rsa_matrix
-from vitscope.features.access import (LazyRows, common_valid, image_batches, model_features, open_store_any,
+from vitscope.analysis.similarity.rsa_core import rsa_matrix
+from vitscope.features.access import (TOKEN_MODES, LazyRows, common_valid, image_batches, layout_for,  # noqa: F401
+                                      model_features, open_store_any,
                                       reduce_tokens, store_features, store_name)
 from vitscope.features.access import preprocess_config  # noqa: F401  (old import path, kept for callers)
 
 DEFAULT_SITE = "hook_resid_post"
-SEED002_SITES = ("ln1.hook_normalized", "ln2.hook_normalized")
+WALMER2023_SITES = ("ln1.hook_normalized", "ln2.hook_normalized")
+SEED002_SITES = WALMER2023_SITES                       # the old name
 RESIDUAL_HOOKS = {"attn": ("hook_resid_pre", "hook_attn_out"), "mlp": ("hook_resid_mid", "hook_mlp_out")}
 MLP_SKIPS = ("resid_mid", "resid_pre")
 
@@ -52,12 +55,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": dict(kernel="linear", unbiased=True, minmax=False, normalize=False, minibatch=False,
                     token_mode="cls", sites=(DEFAULT_SITE,)),
     # ciernik2025: full-data CKA on L2-normalised features (linear or RBF), unbiased by default
-    "seed000": dict(kernel="linear", unbiased=True, minmax=False, normalize=True, minibatch=False,
-                    token_mode="cls", sites=(DEFAULT_SITE,)),
+    "ciernik2025": dict(kernel="linear", unbiased=True, minmax=False, normalize=True, minibatch=False,
+                        token_mode="cls", sites=(DEFAULT_SITE,)),
     # walmer2023: minibatch unbiased HSIC with min-max scaled linear kernels, all tokens, ln1/ln2 outputs
-    "seed002": dict(kernel="linear", unbiased=True, minmax=True, normalize=False, minibatch=True,
-                    token_mode="all", sites=SEED002_SITES),
+    "walmer2023": dict(kernel="linear", unbiased=True, minmax=True, normalize=False, minibatch=True,
+                       token_mode="all", sites=WALMER2023_SITES),
 }
+PRESET_ALIASES = {"seed000": "ciernik2025", "seed002": "walmer2023"}      # old spellings, still accepted
 
 
 # ----------------------------------------------------------------------------- results
@@ -268,9 +272,11 @@ def short_name(hook: str) -> str:
 
 # ----------------------------------------------------------------------------- from arrays (e.g. a store)
 def preset_options(preset: str | None, **overrides) -> dict[str, Any]:
-    """The options of a seed preset (:data:`PRESETS`), with explicit (non-None) overrides applied."""
+    """The options of a preset (:data:`PRESETS`, or an old spelling of :data:`PRESET_ALIASES`), with explicit
+    (non-None) overrides applied."""
     if preset is None:
         return {k: v for k, v in overrides.items() if v is not None}
+    preset = PRESET_ALIASES.get(preset, preset)
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     out = dict(PRESETS[preset])
@@ -282,7 +288,8 @@ def _rbf_meta(kernel: str, sigma, threshold: float, bandwidth: str) -> dict:
     """The RBF bandwidth options as recorded beside a result (nothing for the linear kernel)."""
     if kernel != "rbf":
         return {}
-    return {"rbf_bandwidth": "fixed" if sigma is not None else bandwidth, "rbf_threshold": threshold}
+    return {"rbf_bandwidth": "fixed" if sigma is not None else BANDWIDTH_ALIASES.get(bandwidth, bandwidth),
+            "rbf_threshold": threshold}
 
 
 def layer_cka(feats: Sequence[Any] | Mapping[str, Any], feats2: Sequence[Any] | Mapping[str, Any] | None = None,
@@ -571,10 +578,11 @@ def stream_layer_rsa(model, data, hooks: Sequence[str] | None = None, token_mode
 
 
 __all__ = [
-    "MLP_SKIPS", "PRESETS", "PanelResult", "RESIDUAL_HOOKS", "ResidualResult", "SEED002_SITES", "SITE_HOOKS",
-    "SimilarityResult", "block_hooks", "collect_features", "cross_model_cka", "data_label", "hook_block", "layer_cka",
-    "layer_rsa", "norm_ratios", "preset_options", "reduce_tokens", "residual_cka", "residual_hooks", "short_name",
-    "similarity_inputs", "site_hooks", "store_cross_model_cka", "store_features", "store_layer_cka",
-    "store_layer_rsa", "store_residual_cka", "stream_cross_model_cka", "stream_layer_cka", "stream_layer_rsa",
-    "stream_residual_cka", "token_hooks",
+    "LazyRows", "MLP_SKIPS", "PRESETS", "PRESET_ALIASES", "PanelResult", "RESIDUAL_HOOKS", "ResidualResult",
+    "SEED002_SITES", "SITE_HOOKS", "SimilarityResult", "TOKEN_MODES", "WALMER2023_SITES", "block_hooks",
+    "collect_features", "cross_model_cka", "data_label", "hook_block", "image_batches", "layer_cka",
+    "layer_rsa", "layout_for", "model_features", "norm_ratios", "preset_options", "reduce_tokens",
+    "residual_cka", "residual_hooks", "short_name", "similarity_inputs", "site_hooks", "store_cross_model_cka",
+    "store_features", "store_layer_cka", "store_layer_rsa", "store_residual_cka", "stream_cross_model_cka",
+    "stream_layer_cka", "stream_layer_rsa", "stream_residual_cka", "token_hooks",
 ]

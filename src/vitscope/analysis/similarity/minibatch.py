@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitscope.analysis.similarity.cka import (
+from vitscope.analysis.similarity.cka_core import (
     DEGENERATE_RTOL,
     _check_kernel,
     as_features,

@@ -163,6 +163,15 @@ class Revisited(TaskImages):
 
         return ImageDataset(QuerySource(self, crop), transform=transform, on_error=on_error)
 
+    def image_loaders(self, crop: bool = True) -> tuple[list, list]:
+        """Zero-argument image loaders of the database and of the queries (cropped to their box when ``crop``)."""
+        from functools import partial
+
+        from vitscope.data.decode import load_image
+
+        qs = QuerySource(self, crop)
+        return [partial(load_image, p) for p in self.image_paths()], [partial(qs.load, i) for i in range(len(qs.paths))]
+
 
 class QuerySource:
     """Query images, optionally cropped to the query box."""

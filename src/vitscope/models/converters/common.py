@@ -1,7 +1,9 @@
 """Helpers shared by the checkpoint converters: strict loading, prefix stripping, qkv fusion."""
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -11,9 +13,18 @@ class CheckpointError(ValueError):
     """A checkpoint does not match the architecture; the message lists every offending key."""
 
 
-def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Keep the keys that start with ``prefix``, without it (e.g. ``module.base_encoder.``)."""
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+def folder_config(path: str | Path) -> dict | None:
+    """The ``config.json`` of a model folder as a dict; None when ``path`` is no folder, has none, or it does not
+    read as a JSON object (the checkpoint-format tests ask this of any path)."""
+    p = Path(path)
+    cfg = p / "config.json"
+    if not p.is_dir() or not cfg.is_file():
+        return None
+    try:
+        d = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
 
 
 def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from vitscope.models.config import ViTConfig
-from vitscope.models.converters.common import CheckpointError, fuse_qkv, load_strict
+from vitscope.models.converters.common import CheckpointError, folder_config, fuse_qkv, load_strict
 from vitscope.models.preprocess import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN,
                                         INCEPTION_STD, PreprocessConfig)
 
@@ -368,15 +368,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def is_hf_folder(path: str | Path) -> bool:
     """True for a folder whose config.json was written by transformers (has model_type or architectures)."""
-    p = Path(path)
-    cfg = p / "config.json"
-    if not p.is_dir() or not cfg.is_file():
-        return False
-    try:
-        d = json.loads(cfg.read_text())
-    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
-        return False
-    return isinstance(d, dict) and ("model_type" in d or isinstance(d.get("architectures"), list))
+    d = folder_config(path)
+    return d is not None and ("model_type" in d or isinstance(d.get("architectures"), list))
 
 
 def _load_file(path: Path) -> dict[str, torch.Tensor]:

@@ -216,7 +216,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_official(src: str | Path | Mapping[str, Any], fmt: str | None = None, cfg: ViTConfig | None = None,
                   **cfg_kw):
     """Official DINO / DINOv2 / MAE / MoCo-v3 checkpoint (a path or the loaded dict) -> eval-mode HookedViT."""
-    from vitscope.models.converters import detect_format
+    from vitscope.models.converters.detect import detect_format
     from vitscope.models.vit import HookedViT
 
     source = str(src) if not isinstance(src, Mapping) else f"{fmt or 'official'} checkpoint"

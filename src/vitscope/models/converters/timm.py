@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from vitscope.models.config import ViTConfig
-from vitscope.models.converters.common import CheckpointError, load_strict
+from vitscope.models.converters.common import CheckpointError, folder_config, load_strict
 from vitscope.models.preprocess import PreprocessConfig
 
 # ----------------------------------------------------------------------------- architecture names
@@ -445,15 +445,8 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_mo
 
 def is_timm_folder(path: str | Path) -> bool:
     """A folder laid out as timm's hub repositories: config.json with ``architecture`` + weights."""
-    p = Path(path)
-    cfg = p / "config.json"
-    if not p.is_dir() or not cfg.is_file():
-        return False
-    try:
-        cj = json.loads(cfg.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(cj, dict) and "architecture" in cj and any((p / f).is_file() for f in _WEIGHT_FILES[:2])
+    cj = folder_config(path)
+    return cj is not None and "architecture" in cj and any((Path(path) / f).is_file() for f in _WEIGHT_FILES[:2])
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
