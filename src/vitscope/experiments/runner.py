@@ -25,7 +25,7 @@ LOCKS = "locks"
 @dataclass
 class Outcome:
     """What happened to a cell in this run: ok, error, skipped (analysis unavailable), done (finished before),
-    busy (another run holds its lock)."""
+    busy (another run holds its lock), queued (left to the SLURM job of an earlier submission, still queued)."""
 
     cell: str
     status: str
@@ -145,3 +145,45 @@ def run_cell(study_dir: str | Path, cell_id: str, device: str | None = None, pla
 def pending(study_dir: str | Path, cells: list[Cell]) -> list[Cell]:
     """Cells without an "ok" results file (never run, killed, failed or skipped)."""
     return [c for c in cells if cell_status(study_dir, c.id) != "ok"]
+
+
+@dataclass
+class CellState:
+    """Where a cell stands: done, failed, skipped, queued / running (a SLURM job), running (a process holds its
+    lock), or to run; ``detail`` says which job, process or error."""
+
+    cell: str
+    state: str
+    detail: str = ""
+
+
+def study_status(study_dir: str | Path, cells: list[Cell]) -> list[CellState]:
+    """The state of every cell, from the results files, the cell locks and, for cells submitted to SLURM
+    (``slurm/jobs.json``), ``squeue``; it changes nothing."""
+    from vitscope.experiments.launchers import ENDED, read_jobs, slurm_states
+    from vitscope.experiments.locks import held_by
+
+    study_dir = Path(study_dir)
+    jobs = read_jobs(study_dir)
+    states = slurm_states([jobs[c.id] for c in cells if c.id in jobs]) if jobs else {}
+    out = []
+    for c in cells:
+        st, job = cell_status(study_dir, c.id), jobs.get(c.id)
+        owner = held_by(study_dir / LOCKS / f"{c.id}.lock")
+        slurm = (states or {}).get(job) if job else None
+        if st == "ok":
+            out.append(CellState(c.id, "done"))
+        elif owner is not None:
+            where = f"job {job}" if slurm and slurm.split()[0] not in ENDED else \
+                f"pid {owner.get('pid')} on {owner.get('host')}"
+            out.append(CellState(c.id, "running", where))
+        elif slurm and slurm.split()[0] not in ENDED:
+            out.append(CellState(c.id, "queued" if slurm == "PENDING" else "running", f"job {job}: {slurm}"))
+        elif st in ("error", "skipped"):
+            out.append(CellState(c.id, "failed" if st == "error" else "skipped"))
+        elif job:
+            out.append(CellState(c.id, "to run", f"job {job}: squeue did not answer" if states is None else
+                                 f"job {job} ended without a result ({slurm or 'no longer queued'})"))
+        else:
+            out.append(CellState(c.id, "to run"))
+    return out
