@@ -90,8 +90,9 @@ def register(app: typer.Typer) -> None:
         typer.echo(summary.line())
         if summary.submitted:
             typer.echo(f"submitted job array {summary.submitted[0].split('_')[0]} ({len(summary.submitted)} tasks); "
-                       f"logs in {study_dir / 'slurm'}; `vitscope results {study_dir}` when they finish, "
-                       f"`vitscope run {study_file}` again reruns failed or killed cells")
+                       f"logs in {study_dir / 'slurm'}; `vitscope run {study_file} --status` shows where each cell "
+                       f"stands, `vitscope results {study_dir}` sums up, `vitscope run {study_file}` again reruns "
+                       f"failed or killed cells")
         failed = summary.counts.get("error", 0)
         if failed:
             raise RuntimeError(f"{failed} cell(s) failed (the others finished); see `vitscope results {study_dir}` "
