@@ -1,8 +1,8 @@
 """Write the timm golden files that tests/parity/test_timm_goldens.py checks vitscope against.
 
 timm needs torchvision, which vitscope does not depend on (on CPU-only machines it often comes only with the
-multi-GB CUDA torch build), so this script runs in a separate virtual environment in the repository (``goldens-venv``, git-ignored; see
-CONTRIBUTING.md), not the project's ``.venv``:
+multi-GB CUDA torch build), so this script runs in a separate virtual environment in the repository
+(``goldens-venv``, git-ignored; see CONTRIBUTING.md), not the project's ``.venv``:
 
     python3 -m venv goldens-venv
     goldens-venv/bin/pip install torch torchvision timm safetensors
