@@ -3,6 +3,8 @@
 # constraints-ci.txt, not in the package), and run.
 PY ?= python3
 VENV ?= .venv
+# test processes (pytest-xdist; a test file runs in one process, so module fixtures are built once)
+TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml constraints-ci.txt
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 demo: $(STAMP)
 	$(BIN)/vitscope demo

@@ -93,8 +93,8 @@ def main() -> None:
     ap.add_argument("--sequential-sample", type=int, default=273, help="probes timed one after another (scaled to 273)")
     ap.add_argument("--skip-attentive", action="store_true")
     ap.add_argument("--skip-seed", action="store_true", help="leave out the transcription of ciernik2025's loop")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (features on the device; the seed's loop keeps "
-                                                    "them in host memory and moves each batch, as the seed does)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (features on the device; ciernik2025's loop keeps "
+                                                    "them in host memory and moves each batch, as its code does)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     L, D, C = 13, 384, 100

@@ -1,9 +1,10 @@
 """Write tests/goldens/timm_optim/lamb.safetensors: timm's own ``Lamb`` run for a few steps, which
 tests/unit/test_lamb.py checks vitscope's LAMB against.
 
-Runs in the timm virtual environment (see scripts/make_timm_goldens.py), never in the project's .venv:
+Runs in the golden-file virtual environment ``goldens-venv`` (see scripts/make_timm_goldens.py), never in the
+project's .venv:
 
-    /tmp/timm-venv/bin/python scripts/make_lamb_golden.py
+    goldens-venv/bin/python scripts/make_lamb_golden.py
 
 Generated with timm 1.0.31, torch 2.15.0, CPU, float64. Two parameter groups (weight decay 0.05 and 0.0, as
 ``param_groups`` makes them), a weight matrix, a bias and a vector with a zero entry; gradients drawn per step,

@@ -1,12 +1,13 @@
 """Write the timm golden files that tests/parity/test_timm_goldens.py checks vitscope against.
 
 timm needs torchvision, which vitscope does not depend on (on CPU-only machines it often comes only with the
-multi-GB CUDA torch build), so this script runs in a separate virtual environment, not the project's ``.venv``:
+multi-GB CUDA torch build), so this script runs in a separate virtual environment in the repository
+(``goldens-venv``, git-ignored; see CONTRIBUTING.md), not the project's ``.venv``:
 
-    python3 -m venv /tmp/timm-venv
-    /tmp/timm-venv/bin/pip install torch torchvision timm safetensors
-    /tmp/timm-venv/bin/python scripts/make_timm_goldens.py            # writes tests/goldens/timm/
-    /tmp/timm-venv/bin/python scripts/make_timm_goldens.py vit_rpn    # only that case (+ missing table rows)
+    python3 -m venv goldens-venv
+    goldens-venv/bin/pip install torch torchvision timm safetensors
+    goldens-venv/bin/python scripts/make_timm_goldens.py            # writes tests/goldens/timm/
+    goldens-venv/bin/python scripts/make_timm_goldens.py vit_rpn    # only that case (+ missing table rows)
 
 Generated with timm 1.0.31, torch 2.15.0 (torchvision 0.29.2, safetensors 0.8.0), CPU, float32; the
 ``vit_rpn`` case (and its table row) with timm 1.0.31, torch 2.14.1 (torchvision 0.29.1).

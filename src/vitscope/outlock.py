@@ -73,6 +73,27 @@ def is_stale(owner: dict | None, stale_after: float) -> bool:
     return time.time() - float(owner.get("since", 0)) > stale_after
 
 
+def held_by(path: str | Path) -> dict | None:
+    """The owner record of a lock that a live process holds now, else None; reads it, never takes it."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return read_owner(path) or {}
+        except OSError:                    # no flock here: the O_EXCL record decides
+            owner = read_owner(path)
+            return None if is_stale(owner, 48 * 3600.0) else owner
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 class FileLock:
     """An exclusive advisory lock on the file ``path``.
 

@@ -4,7 +4,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,13 @@ ENV = {**os.environ, "VITSCOPE_DEBUG": ""}
 SAMPLES = Path(__file__).resolve().parents[2] / "src" / "vitscope" / "assets" / "samples"
 
 
-CWD = tempfile.mkdtemp(prefix="vitscope-cli-")          # relative --out paths land here, not in the checkout
+CWD = None                                              # relative --out paths land here, not in the checkout
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cwd(tmp_path_factory):
+    global CWD
+    CWD = tmp_path_factory.mktemp("cwd")
 
 
 def run(*args, timeout=180):

@@ -1,6 +1,4 @@
 """Launcher options: SLURM time and memory as submitit takes them; a clear error where there is no SLURM."""
-import shutil
-
 import pytest
 
 from vitscope.experiments.launchers import SlurmOptions, parse_mem_gb, parse_time_minutes, submit
@@ -24,7 +22,7 @@ def test_bad_values_are_one_line_errors():
         parse_mem_gb("lots")
 
 
-@pytest.mark.skipif(shutil.which("srun") is not None, reason="a SLURM cluster is reachable here")
-def test_slurm_launcher_without_slurm_says_so(tmp_path):
+def test_slurm_launcher_without_slurm_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))                 # no srun / sbatch, even where SLURM is installed
     with pytest.raises(RuntimeError, match="no SLURM here"):
         submit(tmp_path, ["cell"], "slurm", SlurmOptions())

@@ -2,7 +2,9 @@
 
 ``build_app`` returns the Blocks (queue set up) and its :class:`AppState`. Every file the app reads or serves lies
 in its own temporary folder: Gradio's upload and cache folder is set there (``GRADIO_TEMP_DIR``), the sample
-photographs are copied there at start, results are written there, and no ``allowed_paths`` are given.
+photographs are copied there at start, results are written there, and no ``allowed_paths`` are given. A folder
+the app made itself is removed when the process ends: at exit, on Ctrl-C, on SIGTERM and SIGHUP (a folder given
+with ``tmp_dir`` is the caller's and stays).
 
 API endpoints (for ``gradio_client``): ``/predict``, ``/attention``, ``/rollout``, ``/tokens``, ``/distance``,
 ``/logit_lens``; each takes the model name, the random-weights switch, the uploaded file (or None) and the
@@ -10,10 +12,14 @@ sample name first, then the options of its view.
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -91,6 +97,8 @@ def make_state(models=DEMO_MODELS, tmp_dir: str | Path | None = None, device: st
 
     root = Path(tempfile.mkdtemp(prefix="vitscope-app-") if tmp_dir is None else tmp_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    if tmp_dir is None:                        # the app's own folder goes when the process ends
+        _at_exit(functools.partial(_remove, root))
     (root / "samples").mkdir(exist_ok=True)
     samples = {}
     for name, src in sample_paths().items():
@@ -105,6 +113,36 @@ def make_state(models=DEMO_MODELS, tmp_dir: str | Path | None = None, device: st
         for n in names:
             cache.get(n)
     return state
+
+
+def _remove(root: Path) -> None:
+    for _ in range(3):                         # a handler may still be writing a result into it
+        shutil.rmtree(root, ignore_errors=True)
+        if not root.exists():
+            return
+
+
+def _at_exit(fn) -> None:
+    """Call ``fn`` when the process ends: at exit (also after Ctrl-C) and on SIGTERM / SIGHUP, after which the
+    process still ends by that signal (a handler installed before is called instead; an ignored signal stays
+    ignored)."""
+    atexit.register(fn)
+    if threading.current_thread() is not threading.main_thread():
+        return                                 # signal handlers can only be set from the main thread
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        previous = signal.getsignal(sig)
+        if previous == signal.SIG_IGN:
+            continue
+
+        def on_signal(signum, frame, previous=previous):
+            fn()
+            if callable(previous):
+                previous(signum, frame)
+            else:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+
+        signal.signal(sig, on_signal)
 
 
 # ----------------------------------------------------------------------------- handlers (plain functions)

@@ -39,6 +39,9 @@ def register(app: typer.Typer) -> None:
         wait: bool = typer.Option(False, "--wait/--no-wait",
                                   help="slurm: wait for the jobs and print the summary (default: submit and return)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and whether they are done; run nothing."),
+        status: bool = typer.Option(False, "--status",
+                                    help="Show where each cell stands (done, failed, queued or running as a SLURM "
+                                         "job or in another process, to run); run nothing."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output, only the summary line."),
     ) -> None:
         """Run a study: every cell (analysis x model x dataset) without finished results; resumable, lock-safe."""
@@ -48,6 +51,9 @@ def register(app: typer.Typer) -> None:
 
         study = load_study(study_file)
         study_dir = out or Path(study.out or Path("runs") / study.name)
+        if status:
+            _status(study, study_dir)
+            return
         if dry_run:
             _dry_run(study, study_dir)
             return
@@ -84,8 +90,9 @@ def register(app: typer.Typer) -> None:
         typer.echo(summary.line())
         if summary.submitted:
             typer.echo(f"submitted job array {summary.submitted[0].split('_')[0]} ({len(summary.submitted)} tasks); "
-                       f"logs in {study_dir / 'slurm'}; `vitscope results {study_dir}` when they finish, "
-                       f"`vitscope run {study_file}` again reruns failed or killed cells")
+                       f"logs in {study_dir / 'slurm'}; `vitscope run {study_file} --status` shows where each cell "
+                       f"stands, `vitscope results {study_dir}` sums up, `vitscope run {study_file}` again reruns "
+                       f"failed or killed cells")
         failed = summary.counts.get("error", 0)
         if failed:
             raise RuntimeError(f"{failed} cell(s) failed (the others finished); see `vitscope results {study_dir}` "
@@ -111,6 +118,21 @@ def register(app: typer.Typer) -> None:
         fig_dir = out or Path(study_dir) / "figures"
         written = write_figures(df, fig_dir, fmts)
         typer.echo(f"{text.splitlines()[0]}; {len(written)} figure(s) -> {fig_dir}")
+
+
+def _status(study, study_dir: Path) -> None:
+    from collections import Counter
+
+    from vitscope.experiments.cells import expand
+    from vitscope.experiments.status import study_status
+
+    states = study_status(study_dir, expand(study))
+    for s in states:
+        typer.echo(f"{s.state:>8}  {s.cell}" + (f"  ({s.detail})" if s.detail else ""))
+    n = Counter(s.state for s in states)
+    order = ("done", "running", "queued", "failed", "skipped", "to run")
+    typer.echo(f"study {study.name}: {len(states)} cells: " + ", ".join(f"{n[k]} {k}" for k in order if n[k])
+               + f" -> {study_dir}")
 
 
 def _dry_run(study, study_dir: Path) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import signal
 import sys
+import threading
 
 import typer
 
@@ -89,7 +91,15 @@ def _interrupted(e: KeyboardInterrupt | None) -> None:
     sys.exit(130)
 
 
+def _catch_sigint() -> None:
+    """SIGINT (Ctrl-C) raises KeyboardInterrupt here whatever the parent did: a process started with SIGINT ignored
+    (a background job of a non-interactive shell, `make test &`) would otherwise never stop on it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main() -> None:
+    _catch_sigint()
     try:
         app()
     except KeyboardInterrupt as e:                     # (typer turns Ctrl-C into exit 130; see below)

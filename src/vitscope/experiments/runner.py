@@ -25,7 +25,7 @@ LOCKS = "locks"
 @dataclass
 class Outcome:
     """What happened to a cell in this run: ok, error, skipped (analysis unavailable), done (finished before),
-    busy (another run holds its lock)."""
+    busy (another run holds its lock), queued (left to the SLURM job of an earlier submission, still queued)."""
 
     cell: str
     status: str

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitscope.experiments.config import Study
-from vitscope.experiments.launchers import LAUNCHERS, SlurmOptions, limit_threads, run_local, run_processes, submit
+from vitscope.experiments.launchers import (LAUNCHERS, SlurmOptions, active_jobs, limit_threads, run_local,
+                                            run_processes, submit)
 from vitscope.experiments.runner import Outcome, pending, prepare
 
 
@@ -31,7 +32,8 @@ class RunSummary:
         parts = [f"{c.get('ok', 0)} run"]
         if self.already_done or c.get("done"):
             parts.append(f"{self.already_done + c.get('done', 0)} already done")
-        for key, word in (("busy", "left to another run (locked)"), ("skipped", "skipped"), ("error", "failed")):
+        for key, word in (("busy", "left to another run (locked)"), ("queued", "left to their queued SLURM jobs"),
+                          ("skipped", "skipped"), ("error", "failed")):
             if c.get(key):
                 parts.append(f"{c[key]} {word}")
         if self.submitted:
@@ -68,21 +70,25 @@ def run_study(study: Study, study_dir: str | Path, launcher: str = "local", jobs
     todo = pending(study_dir, cells) if only_pending else cells
     ids = [c.id for c in todo]
     summary = RunSummary(study.name, study_dir, len(cells), len(cells) - len(todo))
+    if launcher == "slurm" and ids:                 # a cell whose earlier job is still queued is not submitted twice
+        queued = active_jobs(study_dir, ids)
+        summary.outcomes = [Outcome(c, "queued", message=f"job {j}") for c, j in queued.items()]
+        ids = [c for c in ids if c not in queued]
     if on_start:
         on_start(len(cells), len(ids))
     if ids:
         if launcher == "local" and jobs == 1:
             limit_threads(threads)
-            summary.outcomes = run_local(study_dir, ids, device, on_done)
+            summary.outcomes += run_local(study_dir, ids, device, on_done)
         elif launcher == "local":
-            summary.outcomes = run_processes(study_dir, ids, jobs, device, on_done, threads)
+            summary.outcomes += run_processes(study_dir, ids, jobs, device, on_done, threads)
         else:
             opts = slurm or SlurmOptions()
             if launcher == "submitit-local":
                 opts.wait = True
             jobs_, outs = submit(study_dir, ids, "local" if launcher == "submitit-local" else "slurm", opts, device,
                                  name=f"vitscope-{study.name}", on_done=on_done)
-            summary.outcomes = outs
+            summary.outcomes += outs
             if not opts.wait:
                 summary.submitted = [j.job_id for j in jobs_]
     summary.seconds = time.perf_counter() - t0
