@@ -521,7 +521,7 @@ def _timm_model(arch_name: str | None, cj: dict | None, wpath: Path | None, seed
     cfg = tconv.config_from_timm(arch_name, cj, state_dict=sd)
     if sd is not None:
         cfg = cfg.replace(**official.official_pos_interp(fmt, cfg.num_registers))
-    pp = tconv.preprocess_from_timm(dict((cj or {}).get("pretrained_cfg") or {}), cfg.img_size)
+    pp = tconv.preprocess_from_timm(dict((cj or {}).get("pretrained_cfg") or {}), cfg.img_size, cfg.patch_size)
     cfg.meta.update(name=name)
     cfg, pp = _with_input_size(cfg, pp, input_size)
     meta: dict[str, Any] = {"name": name, "family": "timm", "source": "random-init", "weights_sha256": None,
