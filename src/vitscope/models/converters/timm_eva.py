@@ -18,7 +18,8 @@ What timm's ``Eva`` arguments become (see ``ViTConfig``):
   width up), ``scale_mlp`` -> ``mlp_norm``, ``scale_attn_inner`` -> ``attn_out_norm``, ``qk_norm``;
 * ``init_values`` -> LayerScale; ``num_reg_tokens`` -> registers after CLS; ``use_abs_pos_emb`` /
   ``no_embed_class`` -> the learned table; ``use_pre_transformer_norm`` -> ``pre_norm`` (no patch bias);
-* ``global_pool`` ("avg" by default, also for DINOv3: pass ``global_pool="token"`` to timm for upstream's CLS);
+* ``global_pool`` ("avg" by default in timm, also for DINOv3; the DINOv3 names alone give upstream's CLS
+  pooling, ``global_pool`` of a timm ``config.json`` wins);
   ``use_fc_norm`` / ``use_post_transformer_norm`` as timm resolves them; "map" -> the attention pool over all
   tokens (``map_tokens="all"``: Eva pools CLS too) with ``attn_pool_num_heads`` / ``attn_pool_mlp_ratio``;
 * ``use_post_norm`` (EVA-02 enormous) -> ``res_post_norm``.
@@ -108,7 +109,7 @@ def eva_args_from_name(arch: str) -> dict[str, Any]:
         kw.update(embed_dim=D, depth=depth, num_heads=H, mlp_ratio=ratio, qkv_bias=bool(m.group(2)),
                   init_values=1e-5, rope_type="dinov3", rope_temperature=100.0, rope_rotate_half=True,
                   use_rot_pos_emb=True, use_abs_pos_emb=False, num_reg_tokens=4, use_fc_norm=False, norm_eps=1e-5,
-                  img_size=256)
+                  img_size=256, global_pool="token")           # upstream's CLS; a config.json's global_pool wins
         if align:
             kw.update(swiglu_mlp=True, swiglu_align_to=align)
     elif kind in ("eva02", "eva02_clip"):
