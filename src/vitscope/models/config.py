@@ -17,6 +17,7 @@ _CHOICES = {
     "rope_indexing": ("ij", "xy"),
     "rope_normalize": ("separate", "min", "max"),
     "global_pool": ("token", "avg", "map", "none"),
+    "pos_interp_mode": ("bicubic", "bilinear"),
     "map_tokens": ("patches", "all"),
     "head": ("linear", "distilled", "clip_proj", "none"),
 }
@@ -69,6 +70,7 @@ class ViTConfig:
     pos_embed_grid: tuple[int, int] | None = None   # grid the stored pos_embed was trained at (default img grid)
     pos_interp_antialias: bool = True     # bicubic resampling kernel: timm antialiases, transformers does not
     pos_interp_offset: float = 0.0        # official DINO / DINOv2 code: scale factor (new + 0.1) / old, not the size
+    pos_interp_mode: str = "bicubic"      # resampling kernel; transformers' SigLIP 2: "bilinear" (antialiased)
     pre_norm: bool = False                # CLIP ln_pre
     res_post_norm: bool = False           # residual post-norm blocks: x + ln1(attn(x)), x + ln2(mlp(x))
     layer_scale_init: float | None = None # LayerScale (DINOv2, BEiT) when set

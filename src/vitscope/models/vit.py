@@ -34,8 +34,8 @@ def sincos_2d(embed_dim: int, grid: tuple[int, int], temperature: float = 10000.
 
 
 def resample_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
-                       antialias: bool = True, offset: float = 0.0) -> torch.Tensor:
-    """Bicubic resampling of patch position embeddings (1, N_old, D) -> (1, N_new, D).
+                       antialias: bool = True, offset: float = 0.0, mode: str = "bicubic") -> torch.Tensor:
+    """Bicubic (or ``mode="bilinear"``) resampling of patch position embeddings (1, N_old, D) -> (1, N_new, D).
 
     ``antialias=True`` is timm's kernel; transformers' ViT / DeiT / CLIP / DINOv2 use ``antialias=False``.
     ``offset > 0`` is the official DINO / DINOv2 code (offset 0.1): ``interpolate`` gets the scale factor
@@ -47,11 +47,11 @@ def resample_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: t
     grid = pos.reshape(1, old_grid[0], old_grid[1], D).permute(0, 3, 1, 2).float()  # 1, D, h, w
     if offset:
         scale = ((new_grid[0] + offset) / old_grid[0], (new_grid[1] + offset) / old_grid[1])
-        grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False, antialias=antialias)
+        grid = F.interpolate(grid, scale_factor=scale, mode=mode, align_corners=False, antialias=antialias)
         if tuple(grid.shape[-2:]) != tuple(new_grid):
             raise ValueError(f"resampling {old_grid} -> {new_grid} with offset {offset} gave {tuple(grid.shape[-2:])}")
     else:
-        grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False, antialias=antialias)
+        grid = F.interpolate(grid, size=new_grid, mode=mode, align_corners=False, antialias=antialias)
     return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D).to(pos.dtype)  # 1, N, D
 
 
@@ -482,7 +482,7 @@ class HookedViT(HookedRootModule):
                 patch = sincos_2d(cfg.embed_dim, grid)[None].to(patch)                  # 1, N, D
             else:
                 patch = resample_pos_embed(patch, cfg.stored_pos_grid, grid, cfg.pos_interp_antialias,
-                                           cfg.pos_interp_offset)                              # 1, N, D
+                                           cfg.pos_interp_offset, cfg.pos_interp_mode)         # 1, N, D
         return (prefix if n_pre else None), patch
 
     def _insert_tokens(self, x: torch.Tensor, block: int, pos_prefix: torch.Tensor | None) -> torch.Tensor:
