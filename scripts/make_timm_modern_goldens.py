@@ -25,6 +25,11 @@ the architecture's own arguments (rotary parameters, reference grids, norms, poo
 attention-pool models, ``attn_pool.attn`` (the probe's softmax attention, B, H, 1, T, recorded from timm's own
 ``softmax`` call).
 
+For the two DINOv3 cases the same weights are also written in the layout of Meta's own DINOv3 releases
+(``dinov3_official.pth``, ``dinov3_swiglu_official.pth``: ``storage_tokens``, ``ls1.gamma``, ``qkv.bias`` with a
+nonzero key third and its ``bias_mask``, ``mlp.w1 / w2 / w3``, ``mask_token``, ``rope_embed.periods`` in bfloat16);
+the script checks that timm's own ``checkpoint_filter_fn`` maps that file back onto the timm model.
+
 ``arch_table.json`` holds, for real timm names of these families, what timm builds (sizes, norms, MLP kind,
 rotary parameters, pooling) read from models on the meta device; the parity test checks vitscope's name
 parser against it.
@@ -156,6 +161,39 @@ def golden_outputs(model: torch.nn.Module, x: torch.Tensor, prefix: str = "") ->
     return out
 
 
+def official_dinov3(model: torch.nn.Module, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """The model's weights in the key layout of Meta's DINOv3 checkpoints (inverse of timm's filter)."""
+    from timm.models.eva import checkpoint_filter_fn
+
+    sd = {k: v.clone() for k, v in model.state_dict().items()
+          if not k.startswith("head.") and not k.endswith("k_bias") and not k.startswith("rope.")}
+    swiglu = {"mlp.fc1_g.": "mlp.w1.", "mlp.fc1_x.": "mlp.w2.", "mlp.fc2.": "mlp.w3."}
+    gated = any("mlp.fc1_g." in k for k in sd)
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k.endswith("attn.q_bias"):
+            v_bias = sd[k.replace("q_bias", "v_bias")]
+            out[k.replace("q_bias", "qkv.bias")] = torch.cat([v, torch.randn(v.shape, generator=gen), v_bias])
+            out[k.replace("q_bias", "qkv.bias_mask")] = torch.cat([torch.ones_like(v), torch.zeros_like(v),
+                                                                   torch.ones_like(v)])
+            continue
+        if k.endswith("attn.v_bias"):
+            continue
+        k = k.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
+        for timm_name, meta_name in swiglu.items() if gated else ():
+            k = k.replace(timm_name, meta_name)
+        out[k] = v
+    D = model.embed_dim
+    out["mask_token"] = torch.zeros(1, D)
+    out["rope_embed.periods"] = model.rope.periods.to(torch.bfloat16)
+    back = checkpoint_filter_fn(dict(out), model)
+    want = {k: v for k, v in model.state_dict().items() if not k.startswith("head.") and not k.endswith("k_bias")
+            and not k.startswith("rope.")}
+    assert set(back) == set(want), sorted(set(back) ^ set(want))
+    assert all(torch.equal(back[k], want[k]) for k in want)
+    return out
+
+
 def make_case(name: str, model_name: str, extra: dict, x: torch.Tensor, x2: torch.Tensor, seed: int) -> None:
     kwargs = dict(TINY, **extra)
     model = timm.create_model(model_name, pretrained=False, **kwargs).eval()
@@ -167,6 +205,8 @@ def make_case(name: str, model_name: str, extra: dict, x: torch.Tensor, x2: torc
     golden = {**golden_outputs(model, x), **golden_outputs(model, x2, prefix="s2.")}
     golden = {k: v.contiguous() for k, v in golden.items()}
     safetensors.torch.save_file(golden, str(folder / "golden.safetensors"))
+    if name.startswith("dinov3"):
+        torch.save(official_dinov3(model, torch.Generator().manual_seed(seed)), OUT / f"{name}_official.pth")
     ent = [(-(golden[f"blocks.{i}.attn"].clamp_min(1e-12).log() * golden[f"blocks.{i}.attn"]).sum(-1)).mean()
            for i in range(len(model.blocks))]
     T = golden["blocks.0.attn"].shape[-1]

@@ -152,3 +152,43 @@ def test_architecture_name_matches_timm(name):
     p = row["patch_size"]
     row["img_size"] = [s // p * p for s in row["img_size"]]    # so400m/14 at 384: timm's conv ignores 6 px
     assert got == row
+
+
+# ----------------------------------------------------------------------------- Meta's DINOv3 file layout
+@pytest.mark.parametrize("name", ["dinov3", "dinov3_swiglu"])
+def test_official_dinov3_layout(name, tmp_path):
+    """The same weights in the layout of Meta's DINOv3 releases (storage_tokens, ls1.gamma, a masked qkv bias with
+    a nonzero key third, mlp.w1/w2/w3, bf16 RoPE periods; checked against timm's own filter by the golden script)
+    load as format "dinov3" and give timm's blocks, attention and CLS output."""
+    from vitscope.models.converters import detect_format
+    from vitscope.models.converters.official import load_official
+
+    path = ROOT / f"{name}_official.pth"
+    raw = torch.load(path, weights_only=True)
+    assert detect_format(raw) == "dinov3"
+    model = load_official(path, num_heads=4)
+    cfg = model.cfg
+    assert (cfg.rope, cfg.rope_layout, cfg.num_registers, cfg.head, cfg.global_pool, cfg.norm_eps) == (
+        "dinov3", "half", 4, "none", "token", 1e-5)
+    g = load_file(str(ROOT / name / "golden.safetensors"))
+    for size in ("", "s2."):
+        with torch.no_grad():
+            out, cache = model.run_with_cache(g[f"{size}input"], names_filter=lambda n: n.endswith(_HOOKS))
+        for i in range(2):
+            torch.testing.assert_close(cache[f"blocks.{i}.hook_resid_post"], g[f"{size}blocks.{i}.out"], atol=ATOL,
+                                       rtol=0)
+            torch.testing.assert_close(cache[f"blocks.{i}.attn.hook_pattern"], g[f"{size}blocks.{i}.attn"],
+                                       atol=ATOL, rtol=0)
+        if name == "dinov3":                                     # token pooling: the normalised CLS
+            torch.testing.assert_close(out, g[f"{size}pooled"], atol=ATOL, rtol=0)
+    # load_model(architecture, weights=official file): the format is detected from the keys
+    vs.save_model(model, tmp_path / "arch")
+    again = vs.load_model(tmp_path / "arch", weights=path)
+    assert again.meta["format"] == "dinov3"
+    with torch.no_grad():
+        torch.testing.assert_close(again(g["input"]), model(g["input"]), atol=0, rtol=0)
+    wrong = dict(raw)
+    wrong["rope_embed.periods"] = raw["rope_embed.periods"] * 3
+    torch.save(wrong, tmp_path / "periods.pth")
+    with pytest.raises(ValueError, match="min/max-period"):
+        load_official(tmp_path / "periods.pth", num_heads=4)
