@@ -592,22 +592,23 @@ class HookedViT(HookedRootModule):
         return self.forward_head(tokens)
 
     # ------------------------------------------------------------------ conveniences
-    def project_to_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Logit lens (vilas2023): head(final_norm(h)) for any residual-stream vector(s) (..., D).
-
-        Models pooled by averaging use ``fc_norm`` in place of the final norm. Models pooled by an attention
-        pool (``global_pool="map"``) go through it: each vector is pooled alone, as a one-token sequence
-        (``AttentionPool.pool_each``), then ``fc_norm`` (if any) and the head.
+    def head_input(self, h: torch.Tensor) -> torch.Tensor:
+        """What the head reads for residual-stream vector(s) ``h`` (..., D): the final norm (``fc_norm`` for models
+        pooled by averaging); for models pooled by an attention pool (``global_pool="map"``): the final norm, the
+        pool applied to each vector alone, as a one-token sequence (``AttentionPool.pool_each``), then ``fc_norm``.
         """
-        if self.cfg.head == "none":
-            raise ValueError("this model has no classification head to project onto")
         if self.attn_pool is not None:
             z = self.ln_final(h) if self.ln_final is not None else h
             z = self.attn_pool.pool_each(z)
-            z = self.fc_norm(z) if self.fc_norm is not None else z
-            return self.head(z)
+            return self.fc_norm(z) if self.fc_norm is not None else z
         norm = self.fc_norm if self.fc_norm is not None else self.ln_final
-        z = norm(h) if norm is not None else h
+        return norm(h) if norm is not None else h
+
+    def project_to_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logit lens (vilas2023): ``head(head_input(h))`` for any residual-stream vector(s) (..., D)."""
+        if self.cfg.head == "none":
+            raise ValueError("this model has no classification head to project onto")
+        z = self.head_input(h)
         logits = self.head(z)
         if self.cfg.head == "distilled":
             logits = (logits + self.head_dist(z)) / 2

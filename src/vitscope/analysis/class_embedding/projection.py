@@ -77,8 +77,9 @@ class ClassProjection:
         averaged), or given embeddings pulled back through their projection."""
         return self.embeddings.stream_weight(self.model)
 
-    def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        return self.embeddings.project(self.model, h).float()
+    def __call__(self, h: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+        """Class logits of residual-stream vectors ``h``; ``pooled=True``: ``h`` is the model's pooled output."""
+        return self.embeddings.project(self.model, h, pooled=pooled).float()
 
 
 def pool_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
@@ -369,7 +370,11 @@ class LogitLens:
 
         fwd = [(f"blocks.{b}.{SITES[s]}", make(s, b)) for s in self.sites for b in range(self.depth)]
         pooled: dict[str, torch.Tensor] = {}
-        if not self.own_head:                     # the prediction of the given embeddings on the pooled vector
+        if not self.own_head and model.attn_pool is not None:     # attention-pooled: the pool's own output
+            def pool(act: torch.Tensor, hook) -> None:
+                pooled["logits"] = self.projection(act, pooled=True)
+            fwd.append(("hook_pooled", pool))
+        elif not self.own_head:                   # the prediction of the given embeddings on the pooled vector
             def pool(act: torch.Tensor, hook) -> None:
                 pooled["logits"] = self.projection(pool_tokens(model, act))
             fwd.append((f"blocks.{self.depth - 1}.hook_resid_post", pool))
