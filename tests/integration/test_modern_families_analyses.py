@@ -134,3 +134,19 @@ def test_logit_lens(models, x, name):
         np.testing.assert_allclose(true, lens[torch.arange(3), :, labels].numpy(), atol=1e-4)
         pooled = cache["hook_pooled"] @ proj.weight.T                                 # the pool's own read-out
         assert (res.predictions == pooled.argmax(-1).numpy()).all()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_app_views(models, name):
+    """The web app's views on each family: attention (per-token query), rollout and relevance, token maps,
+    distance, logit lens and predictions."""
+    from vitscope.app import views
+
+    model = models[name]
+    img = (np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)
+    choices = views.query_choices(model)
+    assert ("cls" in choices) == model.cfg.class_token and "patch" in choices
+    for fn, kw in [(views.attention_view, {"query": choices[0]}), (views.rollout_view, {}),
+                   (views.rollout_view, {"method": "chefer2021-generic"}), (views.tokens_view, {}),
+                   (views.distance_view, {}), (views.logit_lens_view, {}), (views.predictions_view, {})]:
+        assert fn(model, img, **kw) is not None

@@ -111,3 +111,15 @@ def test_modern_fields_are_validated_and_round_trip():
             ViTConfig(**{**BASE, **kw})
     cfg = ViTConfig(**BASE, rope="axial", rope_ref_grid=16, global_pool="map", map_tokens="all", gated_mlp=True)
     assert ViTConfig.from_dict(cfg.to_dict()) == cfg and cfg.rope_ref_grid == (16, 16)
+
+
+def test_rotary_tables_made_under_inference_mode_serve_autograd_later():
+    """The tables are cached; the first forward may run in inference_mode, a later one needs gradients
+    (relevance maps, saliency)."""
+    m = _model(rope="axial", rope_ref_grid=(16, 16))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        m(x)
+    x.requires_grad_(True)
+    m(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

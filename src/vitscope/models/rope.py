@@ -154,6 +154,8 @@ class RotaryEmbedding(nn.Module):
         if key not in self._tables:
             if len(self._tables) >= 16:
                 self._tables.clear()
-            a = self.angles(grid)
-            self._tables[key] = (spread(a.sin(), layout).to(device), spread(a.cos(), layout).to(device))
+            # normal tensors even under inference_mode: a later forward with autograd (relevance maps) reads them
+            with torch.inference_mode(False), torch.no_grad():
+                a = self.angles(grid)
+                self._tables[key] = (spread(a.sin(), layout).to(device), spread(a.cos(), layout).to(device))
         return self._tables[key]
