@@ -26,7 +26,7 @@ from vitscope.features.plan import make_plan
 
 ROOT = Path(__file__).resolve().parents[1] / "goldens" / "timm_modern"
 FAMILIES = ["dinov3", "siglip2", "eva02_tiny"]
-DATA = "synthetic:n=40,size=32,classes=4"
+DATA = "synthetic:n=24,size=32,classes=4"
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,7 @@ def test_extraction_without_cls_names_the_alternative(models):
     make_plan(models["dinov3"], sites="resid_post", tokens=("cls", "mean", "registers"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_cka_knn_and_probes(stores, name):
     store = stores[name]
@@ -99,8 +100,8 @@ def test_cka_knn_and_probes(stores, name):
     assert 0.0 < linear_cka(a, b) <= 1.0 + 1e-6
     assert linear_cka(a, a) == pytest.approx(1.0, abs=1e-6)
     y = np.array(store.labels)
-    res = knn_evaluate(torch.as_tensor(b[:30]), torch.as_tensor(y[:30]), torch.as_tensor(b[30:]),
-                       torch.as_tensor(y[30:]), ks=(3,))
+    res = knn_evaluate(torch.as_tensor(b[:18]), torch.as_tensor(y[:18]), torch.as_tensor(b[18:]),
+                       torch.as_tensor(y[18:]), ks=(3,))
     assert 0.0 <= res[3]["top1"] <= 100.0
     cfg = TrainConfig(epochs=1, min_steps=5, batch_size=16)
     run = probe_store(store, experiments=("ln2.1.ap",), probes=("linear",), reductions=("ap",), cfg=cfg, lrs=(0.01,),
@@ -136,6 +137,7 @@ def test_logit_lens(models, x, name):
         assert (res.predictions == pooled.argmax(-1).numpy()).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_app_views(models, name):
     """The web app's views on each family: attention (per-token query), rollout and relevance, token maps,
