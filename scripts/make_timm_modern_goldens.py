@@ -1,7 +1,8 @@
 """Write the golden files of the modern timm ViT families that tests/parity/test_timm_modern_goldens.py checks.
 
 Families: DINOv3 (RoPE, registers, LayerScale, SwiGLU), SigLIP / SigLIP 2 (attention-pool head, no CLS),
-EVA-02 (RoPE with a reference grid, packed and split SwiGLU, inner MLP norm, attention-output norm),
+EVA-02 (RoPE with a reference grid, packed and split SwiGLU, inner MLP norm, attention-output norm; the enormous
+EVA-CLIP's residual post-norm blocks),
 RoPE-ViT (axial, mixed with learned frequencies, with absolute embeddings), timm's RoPE + registers + GAP ViTs,
 Perception Encoder (RoPE + absolute embedding, pre-norm, attention pool over all tokens), AIMv2 (RMSNorm,
 patch-embedding norm, bias-free SwiGLU) and a qk-norm ViT.
@@ -66,6 +67,7 @@ CASES: dict[str, tuple[str, dict]] = {
     "pe_core": ("vit_pe_core_tiny_patch16_384.fb", dict(num_classes=16)),
     "aimv2": ("aimv2_large_patch14_224.apple_pt", dict(num_classes=0)),
     "vit_qknorm": ("vit_small_patch16_224.augreg_in21k_ft_in1k", dict(num_classes=10, qk_norm=True)),
+    "eva02_post_norm": ("eva02_enormous_patch14_clip_224.laion2b", dict(num_classes=16)),
 }
 
 ARCH_NAMES = [
@@ -80,7 +82,7 @@ ARCH_NAMES = [
     "eva02_tiny_patch14_224.mim_in22k", "eva02_small_patch14_336.mim_in22k_ft_in1k",
     "eva02_base_patch14_224.mim_in22k", "eva02_base_patch14_448.mim_in22k_ft_in22k_in1k",
     "eva02_large_patch14_448.mim_m38m_ft_in22k_in1k", "eva02_base_patch16_clip_224.merged2b",
-    "eva02_large_patch14_clip_336.merged2b",
+    "eva02_large_patch14_clip_336.merged2b", "eva02_enormous_patch14_clip_224.laion2b",
     "vit_small_patch16_rope_224.naver_in1k", "vit_base_patch16_rope_mixed_224.naver_in1k",
     "vit_large_patch16_rope_ape_224.naver_in1k", "vit_base_patch16_rope_mixed_ape_224.naver_in1k",
     "vit_medium_patch16_rope_reg1_gap_256.sbb_in1k", "vit_betwixt_patch16_rope_reg4_gap_256.sbb_in1k",

@@ -1,5 +1,5 @@
-"""vitscope against timm for the modern ViT families: DINOv3, SigLIP / SigLIP 2, EVA-02, RoPE-ViT, the RoPE +
-register ViTs, Perception Encoder, AIMv2 and a qk-norm ViT (tests/goldens/timm_modern, written by
+"""vitscope against timm for the modern ViT families: DINOv3, SigLIP / SigLIP 2, EVA-02 (and EVA-CLIP's
+post-norm enormous), RoPE-ViT, the RoPE + register ViTs, Perception Encoder, AIMv2 and a qk-norm ViT (tests/goldens/timm_modern, written by
 scripts/make_timm_modern_goldens.py with timm 1.0.31).
 
 Each folder (timm's ``save_for_hf`` layout) loads with ``vs.load_model(folder)`` alone and must reproduce timm's
@@ -21,7 +21,7 @@ from vitscope.models.converters.timm import config_from_timm, is_timm_folder
 
 ROOT = Path(__file__).resolve().parents[1] / "goldens" / "timm_modern"
 CASES = ["dinov3", "dinov3_swiglu", "siglip", "siglip2", "eva02_tiny", "eva02_base", "eva02_clip", "rope_axial",
-         "rope_mixed", "rope_mixed_ape", "rope_reg_gap", "pe_core", "aimv2", "vit_qknorm"]
+         "rope_mixed", "rope_mixed_ape", "rope_reg_gap", "pe_core", "aimv2", "vit_qknorm", "eva02_post_norm"]
 ATOL = 1e-4
 _HOOKS = ("hook_resid_post", "hook_pattern", "hook_pooled")
 
@@ -93,6 +93,8 @@ def test_family_configs(models):
     assert (a.norm, a.patch_norm, a.gated_mlp, a.mlp_bias, a.proj_bias, a.qkv_bias, a.class_token, a.norm_eps) == (
         "rmsnorm", True, True, False, False, False, False, 1e-5)
     assert c["vit_qknorm"].qk_norm
+    post = c["eva02_post_norm"]                             # EVA-CLIP enormous: x + norm(attn(x)), no RoPE
+    assert (post.res_post_norm, post.rope, post.qv_bias, post.layer_scale_init) == (True, "none", True, None)
 
 
 @pytest.mark.parametrize("name", ["dinov3", "eva02_tiny", "rope_mixed", "pe_core", "rope_reg_gap"])
