@@ -1,6 +1,6 @@
 """vitscope against timm for the modern ViT families: DINOv3, SigLIP / SigLIP 2, EVA-02 (and EVA-CLIP's
-post-norm enormous), RoPE-ViT, the RoPE + register ViTs, Perception Encoder, AIMv2 and a qk-norm ViT (tests/goldens/timm_modern, written by
-scripts/make_timm_modern_goldens.py with timm 1.0.31).
+post-norm enormous), RoPE-ViT, the RoPE + register ViTs, Perception Encoder, AIMv2 and a qk-norm ViT
+(tests/goldens/timm_modern, written by scripts/make_timm_modern_goldens.py with timm 1.0.31).
 
 Each folder (timm's ``save_for_hf`` layout) loads with ``vs.load_model(folder)`` alone and must reproduce timm's
 logits, pooled output, every block's output, every block's softmax attention and the attention pool's attention

@@ -84,7 +84,8 @@ def test_rotary_hooks_and_the_fast_path(monkeypatch):
     assert cache["blocks.0.mlp.hook_pre"].shape == cache["blocks.0.mlp.hook_pre_linear"].shape == (2, T, 128)
     assert cache["blocks.0.mlp.norm.hook_normalized"].shape == (2, T, 128)
     # the q-norm sits between hook_q and the rotation: prefix tokens equal the normalised queries
-    torch.testing.assert_close(cache["blocks.0.attn.hook_rot_q"][:, :3], cache["blocks.0.attn.q_norm.hook_normalized"][:, :3])
+    torch.testing.assert_close(cache["blocks.0.attn.hook_rot_q"][:, :3],
+                               cache["blocks.0.attn.q_norm.hook_normalized"][:, :3])
     with torch.no_grad():
         torch.testing.assert_close(m.run_with_cache(x)[0], fast, atol=1e-5, rtol=0)
     assert T - N == 3

@@ -2,8 +2,8 @@
 
 Read top to bottom: position embeddings -> norms -> attention -> MLP -> attention pool -> block -> the model.
 Shapes use B = batch, T = tokens at that block, N = patch tokens, H = heads, Dh = head width, D = model width,
-Dm = MLP width. Rotary position embeddings live in ``vitscope.models.rope``. Every activation of the public hook contract passes through a ``HookPoint``
-(see ``vitscope.hooks``); the names are documented in the README.
+Dm = MLP width. Rotary position embeddings live in ``vitscope.models.rope``. Every activation of the public
+hook contract passes through a ``HookPoint`` (see ``vitscope.hooks``); the names are documented in the README.
 """
 from __future__ import annotations
 

@@ -152,7 +152,8 @@ def timm_args_from_name(arch: str) -> dict[str, Any]:
 def _aimv2_args(arch: str) -> dict[str, Any]:
     m = re.match(r"aimv2_([a-z0-9]+)_patch(\d+)_(\d+)$", arch.lower())
     if not m or m.group(1) not in _AIMV2_SIZES:
-        raise ValueError(f"{arch!r}: unknown AIMv2 architecture; vitscope reads aimv2_{{large,huge,1b,3b}}_patch14_<size>")
+        raise ValueError(f"{arch!r}: unknown AIMv2 architecture; vitscope reads "
+                         f"aimv2_{{large,huge,1b,3b}}_patch14_<size>")
     D, depth, heads, ratio = _AIMV2_SIZES[m.group(1)]
     return dict(_family="vit", embed_dim=D, depth=depth, num_heads=heads, mlp_ratio=ratio, patch_size=int(m.group(2)),
                 img_size=int(m.group(3)), class_token=False, fc_norm=False, global_pool="avg", qkv_bias=False,

@@ -160,7 +160,8 @@ def _from_tensors(sd: Mapping[str, torch.Tensor], kw: dict[str, Any]) -> dict[st
 
     w = sd.get("patch_embed.proj.weight")
     if w is None or not _block_ids(sd):
-        raise CheckpointError("checkpoint has no patch_embed.proj.weight or blocks.<i>. keys: not a timm Eva state dict")
+        raise CheckpointError("checkpoint has no patch_embed.proj.weight or blocks.<i>. keys: "
+                              "not a timm Eva state dict")
     out: dict[str, Any] = {"embed_dim": int(w.shape[0]), "patch_size": int(w.shape[-1]), "in_chans": int(w.shape[1]),
                            "depth": _block_ids(sd)[-1] + 1, "patch_bias": "patch_embed.proj.bias" in sd,
                            "class_token": "cls_token" in sd,
@@ -251,7 +252,8 @@ def _config(kw: dict[str, Any], meta: dict[str, Any]) -> ViTConfig:
         ref = kw.get("ref_feat_shape")
         rope = dict(rope=kinds[rtype], rope_theta=float(kw.get("rope_temperature", 10000.0)),
                     rope_layout="half" if kw.get("rope_rotate_half") else "interleaved",
-                    rope_indexing=kw.get("rope_grid_indexing", "ij"), rope_offset=float(kw.get("rope_grid_offset", 0.0)),
+                    rope_indexing=kw.get("rope_grid_indexing", "ij"),
+                    rope_offset=float(kw.get("rope_grid_offset", 0.0)),
                     rope_ref_grid=tuple(ref) if ref is not None and rtype == "cat" else None)
     # MLP width as timm computes it (the tensors give it when present)
     hidden = kw.get("mlp_dim")
@@ -301,7 +303,8 @@ def _config(kw: dict[str, Any], meta: dict[str, Any]) -> ViTConfig:
         pos_embed_prefix=pos_prefix and cls, pos_embed_grid=pos_grid,
         pre_norm=bool(kw.get("use_pre_transformer_norm", False)), res_post_norm=post,
         layer_scale_init=ls, act="silu" if gated else "gelu", norm=kw.get("norm", "layernorm"),
-        patch_norm=bool(kw.get("patch_norm", False)), norm_eps=float(kw.get("norm_eps", 1e-6)), gated_mlp=gated, mlp_norm=bool(kw.get("mlp_norm", kw.get("scale_mlp"))),
+        patch_norm=bool(kw.get("patch_norm", False)), norm_eps=float(kw.get("norm_eps", 1e-6)), gated_mlp=gated,
+        mlp_norm=bool(kw.get("mlp_norm", kw.get("scale_mlp"))),
         attn_out_norm=bool(kw.get("attn_out_norm", kw.get("scale_attn_inner"))), qk_norm=bool(kw.get("qk_norm")),
         proj_bias=bool(kw.get("proj_bias", True)), mlp_bias=bool(kw.get("mlp_bias", True)),
         final_norm=bool(final), global_pool=gp, fc_norm=bool(fc_norm),
