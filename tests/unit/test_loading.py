@@ -380,7 +380,7 @@ def test_unknown_names():
     with pytest.raises(FileNotFoundError):
         vs.load_model("./no/such/folder")
     with pytest.raises(ValueError, match="not supported"):
-        vs.load_model("timm/vit_base_patch16_rope_224.x", pretrained=False)
+        vs.load_model("timm/vit_small_patch16_lingbot.x", pretrained=False)
 
 
 def test_list_models_is_exported():

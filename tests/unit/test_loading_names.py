@@ -30,8 +30,8 @@ def test_plain_timm_name_resolves_as_timm_prefix(offline):
     assert plain.cfg.to_dict() == prefixed.cfg.to_dict()
     assert (plain.cfg.embed_dim, plain.cfg.depth, plain.cfg.num_heads, plain.cfg.num_classes) == (768, 12, 12, 1000)
     assert plain.meta["name"] == prefixed.meta["name"] == f"timm/{name}"
-    with pytest.raises(ValueError, match="rotary"):                           # unsupported: the same clear line
-        vs.load_model("vit_base_patch16_rope_224.x", pretrained=False)
+    with pytest.raises(ValueError, match="grouped-query"):                    # unsupported: the same clear line
+        vs.load_model("vit_large_patch16_sapiens2.x", pretrained=False)
 
 
 @pytest.mark.parametrize("typo", ["demo_vit", "dino-vits61", "clip-b33", "vit-base-patch16-224.augreg",

@@ -335,15 +335,15 @@ def test_old_linear_patch_embedding_is_reshaped():
 
 
 def test_unsupported_architectures_fail_clearly():
-    for name in ("vit_relpos_base_patch16_224", "vit_base_patch16_siglip_224", "vit_giant_patch14_dinov2",
-                 "vit_base_patch16_rope_reg1_gap_256", "vit_so150m_patch16_reg4_map_256"):
+    for name in ("vit_relpos_base_patch16_224", "naflexvit_base_patch16_siglip", "vit_giant_patch14_dinov2",
+                 "vit_large_patch16_sapiens2", "vit_small_patch16_lingbot", "vit_pe_lang_large_patch14_448"):
         with pytest.raises(ValueError, match="not"):
             timm_args_from_name(name)
-    sd = {**timm_backbone(14), "blocks.0.attn.q_norm.weight": torch.ones(8)}
-    with pytest.raises(CheckpointError, match="qk-norm"):
+    sd = {**timm_backbone(14), "blocks.0.attn.gate.weight": torch.ones(8, 8)}
+    with pytest.raises(CheckpointError, match="gated attention"):
         config_from_timm("vit_small_patch16_224", None, state_dict=sd)
-    with pytest.raises(ValueError, match="qk_norm"):
-        config_from_timm("vit_small_patch16_224", {"model_args": {"qk_norm": True}})
+    with pytest.raises(ValueError, match="dynamic_img_pad"):
+        config_from_timm("vit_small_patch16_224", {"model_args": {"dynamic_img_pad": True}})
 
 
 def test_clip_projection_with_a_bias_is_a_linear_head():

@@ -304,6 +304,10 @@ def make_plan(model, sites: str | Sequence[str] = ("resid_post",), layers: str |
                 reduced_shape(lay, r, 1)
             except ValueError as err:
                 where = f"layer {e.layer}" if e.layer is not None else e.site
+                if r in ("cls", "cls+mean") and not model.cfg.class_token:
+                    raise ValueError(f"token reduction {r!r}: this model has no CLS token (it pools with "
+                                     f"global_pool={model.cfg.global_pool!r}); use --tokens mean (the patch mean), or "
+                                     f"the ln_final site's mean for its final features") from None
                 if r in ("cls", "cls+mean", "dist") and model.cfg.class_token and model.cfg.cls_block > 0:
                     start = model.cfg.cls_block
                     raise ValueError(f"token reduction {r!r} at {where}: no CLS token yet, it enters at block "

@@ -34,9 +34,10 @@ ACTS = {
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "quick_gelu": quick_gelu,
+    "silu": F.silu,
 }
 # activation -> (oneDNN post-op, its algorithm); quick_gelu has no oneDNN post-op and runs after the GEMM
-_ONEDNN_ACTS = {None: ("none", ""), "gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh")}
+_ONEDNN_ACTS = {None: ("none", ""), "gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh"), "silu": ("swish", "")}
 
 
 # torch >= 2.3 has torch.compiler.is_compiling; before that only torch._dynamo's (imported on first use)

@@ -377,8 +377,10 @@ def _finish(model: HookedViT, meta: dict[str, Any], device, dtype) -> HookedViT:
     return model
 
 
-# timm ViT / DeiT / BEiT model names (arch or arch.tag): vit_base_patch16_224.augreg2_in21k_ft_in1k, ...
-_TIMM_NAME = re.compile(r"^(vit|deit3?|beit(v2)?)_[a-z0-9]+(_distilled)?_patch\d+(_[a-z0-9]+)*(\.[A-Za-z0-9_]+)?$")
+# timm ViT / DeiT / BEiT / EVA-02 / AIMv2 model names (arch or arch.tag): vit_base_patch16_224.augreg2_in21k_ft_in1k,
+# eva02_base_patch14_224.mim_in22k, aimv2_large_patch14_224.apple_pt, ...
+_TIMM_NAME = re.compile(r"^(vit|deit3?|beit(v2)?|eva02|aimv2)_[a-z0-9]+(_distilled)?(_[a-z0-9]+)*_patch\d+"
+                        r"(_[a-z0-9]+)*(\.[A-Za-z0-9_]+)?$")
 
 
 def _is_url(s: str) -> bool:
@@ -492,7 +494,7 @@ def _timm_model(arch_name: str | None, cj: dict | None, wpath: Path | None, seed
     cfg = tconv.config_from_timm(arch_name, cj, state_dict=sd)
     if sd is not None:
         cfg = cfg.replace(**official.official_pos_interp(fmt, cfg.num_registers))
-    pp = tconv.preprocess_from_timm(dict((cj or {}).get("pretrained_cfg") or {}), cfg.img_size)
+    pp = tconv.preprocess_from_timm(dict((cj or {}).get("pretrained_cfg") or {}), cfg.img_size, cfg.patch_size)
     cfg.meta.update(name=name)
     cfg, pp = _with_input_size(cfg, pp, input_size)
     meta: dict[str, Any] = {"name": name, "family": "timm", "source": "random-init", "weights_sha256": None,
@@ -668,8 +670,8 @@ def _native_model(cfg, pp, d, wpath: Path | None, device, dtype, seed, input_siz
     if wpath is not None:
         if not wpath.exists():
             raise FileNotFoundError(f"{where}: weights file {wpath} is missing")
-        model, sha, _ = _pretrained(cfg, pp, wpath, "vitscope")
-        meta.update(source=str(wpath), weights_path=str(wpath), weights_sha256=sha)
+        model, sha, fmt = _pretrained(cfg, pp, wpath, "vitscope")
+        meta.update(source=str(wpath), weights_path=str(wpath), weights_sha256=sha, format=fmt)
     else:
         model = _build(cfg, pp, seed, device)
     if dtype is None and d.get("dtype"):

@@ -539,3 +539,95 @@ for _size, _D, _depth, _H, _ls, _l in [("base", 768, 12, 12, 0.1, "b"), ("large"
     _timm_entry(f"beit_{_size}_patch16_224.in22k_ft_in22k_in1k", "beit", _pp(224, 0.9),
                 aliases=(f"beit-{_l}16-ft",), notes="BEiT pt22k -> in22k -> in1k fine-tuned (timm hub)",
                 extra=True)
+
+
+# ----------------------------------------------------------------------------- modern families (timm hub)
+# Architectures from the timm converter's parser (converters.timm / converters.timm_eva, checked against what timm
+# builds by tests/parity/test_timm_modern_goldens.py); preprocessing and head sizes are timm's pretrained_cfg.
+def _modern_entry(name: str, family: str, size: str, pp: PreprocessConfig, aliases, num_classes: int = 0,
+                  global_pool: str | None = None, notes: str = "", extra: bool = False) -> ModelEntry:
+    from vitscope.models.converters.timm import config_from_timm, preprocess_from_timm
+
+    pcfg = {"input_size": [3, *pp.input_size], "fixed_input_size": True, "crop_pct": pp.crop_pct,
+            "interpolation": pp.interpolation, "mean": pp.mean, "std": pp.std}
+    cj: dict[str, Any] = {"architecture": name.split(".")[0], "num_classes": num_classes, "pretrained_cfg": pcfg}
+    if global_pool is not None:
+        cj["global_pool"] = global_pool
+    cfg = config_from_timm(name, cj)
+    cfg.meta.pop("source", None)
+    pp = preprocess_from_timm(pcfg, cfg.img_size, cfg.patch_size)      # so400m/14 at 384: 378 px
+    return register(ModelEntry(name=name, family=family, size=size, config=cfg, preprocess=pp,
+                               sources=(_hub(name),), aliases=tuple(aliases), notes=notes, extra=extra))
+
+
+_IMNET = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+_CLIP = dict(mean=CLIP_MEAN, std=CLIP_STD)
+
+# --- DINOv3 (LVD-1689M): RoPE with normalised patch-centre coordinates, 4 registers after CLS, LayerScale; the
+#     CLS token is the pooled output, as upstream and transformers' pooler (timm's own default averages patches)
+for _arch, _size, _alias in [("vit_small_patch16_dinov3", "S/16", "vits16"),
+                             ("vit_small_plus_patch16_dinov3", "S+/16", "vits16plus"),
+                             ("vit_base_patch16_dinov3", "B/16", "vitb16"),
+                             ("vit_large_patch16_dinov3", "L/16", "vitl16"),
+                             ("vit_huge_plus_patch16_dinov3", "H+/16", "vith16plus")]:
+    _modern_entry(f"{_arch}.lvd1689m", "dinov3", _size, _pp(256, 1.0, **_IMNET), (f"dinov3-{_alias}",),
+                  notes="DINOv3 backbone, no head; RoPE (no position table: any input size), "
+                                             "4 registers; pooled = CLS (timm hub copy of Meta's weights, DINOv3 "
+                                             "license)")
+
+# --- SigLIP / SigLIP 2 image towers (WebLI): no CLS, attention-pool (MAP) head; inputs in [-1, 1]
+for _name, _size, _aliases in [
+        ("vit_base_patch16_siglip_224.webli", "B/16", ("siglip-b16-224",)),
+        ("vit_so400m_patch14_siglip_384.webli", "So400m/14-384", ("siglip-so400m14-384",)),
+        ("vit_base_patch16_siglip_224.v2_webli", "B/16", ("siglip2-b16-224",)),
+        ("vit_base_patch16_siglip_256.v2_webli", "B/16-256", ("siglip2-b16-256",)),
+        ("vit_base_patch16_siglip_384.v2_webli", "B/16-384", ("siglip2-b16-384",)),
+        ("vit_large_patch16_siglip_256.v2_webli", "L/16-256", ("siglip2-l16-256",)),
+        ("vit_so400m_patch14_siglip_224.v2_webli", "So400m/14", ("siglip2-so400m14-224",)),
+        ("vit_so400m_patch16_siglip_256.v2_webli", "So400m/16-256", ("siglip2-so400m16-256",))]:
+    _res = int(_name.split("_siglip_")[1].split(".")[0])
+    _modern_entry(_name, "siglip2" if ".v2_" in _name else "siglip", _size, _pp(_res, 0.9), _aliases,
+                  notes="SigLIP image tower: no CLS, attention-pool head (its output is the image embedding); "
+                        "the fixed-resolution checkpoints (timm hub)")
+
+# --- EVA-02: RoPE scaled to a 16 x 16 reference grid, SwiGLU, CLS + absolute position table; MIM-pretrained
+#     backbones (mean of patches + fc_norm) and the EVA-CLIP image towers (CLS, projection head)
+for _size, _l in [("tiny", "t"), ("small", "s"), ("base", "b"), ("large", "l")]:
+    _modern_entry(f"eva02_{_size}_patch14_224.mim_in22k", "eva02", f"{_l.upper()}/14", _pp(224, 0.9, **_CLIP),
+                  (f"eva02-{_l}14",), notes="EVA-02 MIM-pretrained (IN-22k) backbone, no head (timm hub)")
+_modern_entry("eva02_base_patch14_448.mim_in22k_ft_in22k_in1k", "eva02", "B/14-448", _pp(448, 1.0, **_CLIP),
+              ("eva02-b14-448-in1k",), num_classes=1000, notes="EVA-02 fine-tuned IN-22k -> IN-1k at 448 px",
+              extra=True)
+for _name, _size, _alias, _n in [("eva02_base_patch16_clip_224.merged2b", "B/16", "eva02-clip-b16", 512),
+                                 ("eva02_large_patch14_clip_224.merged2b", "L/14", "eva02-clip-l14", 768)]:
+    _modern_entry(_name, "eva02", _size, _pp(224, 0.9, **_CLIP), (_alias,), num_classes=_n,
+                  notes="EVA-CLIP image tower: head = projection to the joint embedding (timm hub)")
+
+# --- Perception Encoder (core): RoPE (offset 1: CLS at the origin) + absolute table, pre-norm, attention pool
+#     over CLS and patches, projection head
+for _name, _size, _alias, _res, _n in [("vit_pe_core_tiny_patch16_384.fb", "T/16-384", "pe-core-t16-384", 384, 512),
+                                       ("vit_pe_core_small_patch16_384.fb", "S/16-384", "pe-core-s16-384", 384, 512),
+                                       ("vit_pe_core_base_patch16_224.fb", "B/16", "pe-core-b16", 224, 1024),
+                                       ("vit_pe_core_large_patch14_336.fb", "L/14-336", "pe-core-l14-336", 336, 1024)]:
+    _modern_entry(_name, "pe", _size, _pp(_res, 1.0), (_alias,), num_classes=_n,
+                  notes="Perception Encoder core image tower; head = projection to the joint embedding (timm hub)")
+
+# --- AIMv2 (autoregressive pretraining): RMSNorm, norm on the patch embeddings, bias-free SwiGLU, no CLS
+for _name, _size, _alias, _res in [("aimv2_large_patch14_224.apple_pt", "L/14", "aimv2-l14-224", 224),
+                                   ("aimv2_huge_patch14_224.apple_pt", "H/14", "aimv2-h14-224", 224),
+                                   ("aimv2_large_patch14_448.apple_pt", "L/14-448", "aimv2-l14-448", 448)]:
+    _modern_entry(_name, "aimv2", _size, _pp(_res, 1.0, **_CLIP), (_alias,),
+                  notes="AIMv2 backbone: no CLS, pooled = mean of patches (timm hub)")
+
+# --- RoPE-ViT (Naver, DeiT-3 recipe on IN-1k): axial or mixed (learned) RoPE, optionally with absolute positions
+for _name, _size, _alias in [("vit_small_patch16_rope_224.naver_in1k", "S/16", "rope-vit-s16"),
+                             ("vit_base_patch16_rope_224.naver_in1k", "B/16", "rope-vit-b16"),
+                             ("vit_small_patch16_rope_mixed_224.naver_in1k", "S/16", "rope-mixed-vit-s16"),
+                             ("vit_base_patch16_rope_mixed_224.naver_in1k", "B/16", "rope-mixed-vit-b16"),
+                             ("vit_base_patch16_rope_ape_224.naver_in1k", "B/16", "rope-ape-vit-b16"),
+                             ("vit_base_patch16_rope_mixed_ape_224.naver_in1k", "B/16", "rope-mixed-ape-vit-b16")]:
+    _modern_entry(_name, "rope-vit", _size, _pp(224, 0.9, **_IMNET), (_alias,), num_classes=1000,
+                  notes="RoPE-ViT (Heo et al. 2024) IN-1k classifier (timm hub)")
+_modern_entry("vit_base_patch16_rope_reg1_gap_256.sbb_in1k", "rope-vit", "B/16-256", _pp(256, 0.95),
+              ("vit-b16-rope-reg1-gap",), num_classes=1000,
+              notes="timm's RoPE ViT: 1 register, no CLS, mean of patches (IN-12k -> IN-1k)", extra=True)

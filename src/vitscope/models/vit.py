@@ -1,9 +1,9 @@
 """HookedViT: one Vision Transformer that covers every family vitscope loads.
 
-Read top to bottom: position embeddings -> attention -> MLP -> block -> the model. Shapes use
-B = batch, T = tokens at that block, N = patch tokens, H = heads, Dh = head width, D = model width,
-Dm = MLP width. Every activation of the public hook contract passes through a ``HookPoint``
-(see ``vitscope.hooks``); the names are documented in the README.
+Read top to bottom: position embeddings -> norms -> attention -> MLP -> attention pool -> block -> the model.
+Shapes use B = batch, T = tokens at that block, N = patch tokens, H = heads, Dh = head width, D = model width,
+Dm = MLP width. Rotary position embeddings live in ``vitscope.models.rope``. Every activation of the public
+hook contract passes through a ``HookPoint`` (see ``vitscope.hooks``); the names are documented in the README.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from vitscope.hooks.hook_points import HookedRootModule, HookPoint
 from vitscope.models.config import ViTConfig
 from vitscope.models.kernels import ACTS, IMPLS, apply_linear, linear
 from vitscope.models.layout import TokenLayout, token_layout
+from vitscope.models.rope import RotaryEmbedding, apply_rope
 
 
 # ----------------------------------------------------------------------------- position embeddings
@@ -33,8 +34,8 @@ def sincos_2d(embed_dim: int, grid: tuple[int, int], temperature: float = 10000.
 
 
 def resample_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
-                       antialias: bool = True, offset: float = 0.0) -> torch.Tensor:
-    """Bicubic resampling of patch position embeddings (1, N_old, D) -> (1, N_new, D).
+                       antialias: bool = True, offset: float = 0.0, mode: str = "bicubic") -> torch.Tensor:
+    """Bicubic (or ``mode="bilinear"``) resampling of patch position embeddings (1, N_old, D) -> (1, N_new, D).
 
     ``antialias=True`` is timm's kernel; transformers' ViT / DeiT / CLIP / DINOv2 use ``antialias=False``.
     ``offset > 0`` is the official DINO / DINOv2 code (offset 0.1): ``interpolate`` gets the scale factor
@@ -46,11 +47,11 @@ def resample_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: t
     grid = pos.reshape(1, old_grid[0], old_grid[1], D).permute(0, 3, 1, 2).float()  # 1, D, h, w
     if offset:
         scale = ((new_grid[0] + offset) / old_grid[0], (new_grid[1] + offset) / old_grid[1])
-        grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False, antialias=antialias)
+        grid = F.interpolate(grid, scale_factor=scale, mode=mode, align_corners=False, antialias=antialias)
         if tuple(grid.shape[-2:]) != tuple(new_grid):
             raise ValueError(f"resampling {old_grid} -> {new_grid} with offset {offset} gave {tuple(grid.shape[-2:])}")
     else:
-        grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False, antialias=antialias)
+        grid = F.interpolate(grid, size=new_grid, mode=mode, align_corners=False, antialias=antialias)
     return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D).to(pos.dtype)  # 1, N, D
 
 
@@ -92,6 +93,28 @@ class HookedLayerNorm(nn.LayerNorm):
         return self.hook_normalized(centred / scale * self.weight + self.bias)
 
 
+class HookedRMSNorm(nn.Module):
+    """RMSNorm (scale only, no centring; AIMv2) whose output is ``<name>.hook_normalized``."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(F, "rms_norm"):                                                      # torch >= 2.4
+            y = F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        else:
+            y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return self.hook_normalized(y)
+
+
+def make_norm(cfg: ViTConfig, dim: int) -> nn.Module:
+    """The model's norm (``cfg.norm``) over the last ``dim`` channels."""
+    return HookedRMSNorm(dim, cfg.norm_eps) if cfg.norm == "rmsnorm" else HookedLayerNorm(dim, cfg.norm_eps)
+
+
 class LayerScale(nn.Module):
     def __init__(self, dim: int, init: float) -> None:
         super().__init__()
@@ -120,7 +143,9 @@ class Attention(nn.Module):
     """Multi-head self-attention with a fast (SDPA) and an explicit (hookable pattern) path.
 
     ``impl``: "auto" uses ``scaled_dot_product_attention`` unless a hook is attached to
-    ``hook_attn_scores`` or ``hook_pattern``; "sdpa" or "explicit" force one path.
+    ``hook_attn_scores`` or ``hook_pattern``; "sdpa" or "explicit" force one path. With a rotary embedding
+    the patch tokens' queries and keys are rotated after ``hook_q`` / ``hook_k`` (and the qk-norm);
+    ``hook_rot_q`` / ``hook_rot_k`` hold what the dot product sees.
     """
 
     def __init__(self, cfg: ViTConfig) -> None:
@@ -131,15 +156,21 @@ class Attention(nn.Module):
         if cfg.qv_bias:
             self.q_bias = nn.Parameter(torch.zeros(D))
             self.v_bias = nn.Parameter(torch.zeros(D))
-        self.proj = nn.Linear(D, D)
+        if cfg.qk_norm:
+            self.q_norm, self.k_norm = make_norm(cfg, self.Dh), make_norm(cfg, self.Dh)
+        self.norm = make_norm(cfg, D) if cfg.attn_out_norm else None
+        self.proj = nn.Linear(D, D, bias=cfg.proj_bias)
         if cfg.rel_pos_bias:
             rows, cols = cfg.grid
             n_rel = (2 * rows - 1) * (2 * cols - 1) + 3
             self.relative_position_bias_table = nn.Parameter(torch.zeros(n_rel, self.H))
             self.register_buffer("relative_position_index", relative_position_index(cfg.grid), persistent=False)
+        self.rope_layout = cfg.rope_layout
         self.impl = "auto"
         self.linear_impl = "auto"
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        if cfg.rope != "none":
+            self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
         self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
         self.hook_result = HookPoint()    # per-head outputs; computed only when a hook is attached
         # per-head copies of the input that q, k, v read (B, T, H, D); computed only when a hook is attached
@@ -155,7 +186,15 @@ class Attention(nn.Module):
         bias = self.relative_position_bias_table[idx.reshape(-1)]                     # T*T, H
         return bias.reshape(T, T, self.H).permute(2, 0, 1)                              # H, T, T
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _rotate(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor, int]) -> torch.Tensor:
+        """Rotate the patch tokens of ``x`` (B, T, H, Dh); ``rope`` = (sin, cos, index of the first patch)."""
+        sin, cos, start = rope
+        stop = start + sin.shape[0]
+        rotated = apply_rope(x[:, start:stop], sin, cos, self.rope_layout)              # B, N, H, Dh
+        return torch.cat([x[:, :start], rotated, x[:, stop:]], dim=1)                   # B, T, H, Dh
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor, int] | None = None
+                ) -> torch.Tensor:
         B, T, D = x.shape
         bias = self.qkv.bias
         if hasattr(self, "q_bias"):
@@ -166,6 +205,10 @@ class Attention(nn.Module):
             qkv = linear(x, self.qkv.weight, bias, impl=self.linear_impl)                # B, T, 3D
             q, k, v = qkv.reshape(B, T, 3, self.H, self.Dh).unbind(2)                   # 3 x B, T, H, Dh
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)                                       # B, T, H, Dh
+        if rope is not None:
+            q, k = self.hook_rot_q(self._rotate(q, rope)), self.hook_rot_k(self._rotate(k, rope))
         rel = self.rel_bias(T)                                                          # H, T, T or None
         explicit = self.impl == "explicit" or (
             self.impl == "auto" and (self.hook_attn_scores.active or self.hook_pattern.active))
@@ -183,8 +226,12 @@ class Attention(nn.Module):
             z = z.transpose(1, 2)                                                       # B, T, H, Dh
         z = self.hook_z(z)
         if self.hook_result.active:
-            return self.head_results(z).sum(dim=2) + self.proj.bias                    # B, T, D
-        return apply_linear(self.proj, z.reshape(B, T, D), impl=self.linear_impl)         # B, T, D
+            out = self.head_results(z).sum(dim=2)                                       # B, T, D
+            return out + self.proj.bias if self.proj.bias is not None else out
+        z = z.reshape(B, T, D)                                                          # B, T, D
+        if self.norm is not None:
+            z = self.norm(z)
+        return apply_linear(self.proj, z, impl=self.linear_impl)                        # B, T, D
 
     def split_qkv(self, x: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """q, k, v (each B, T, H, Dh); the hooked ones of ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` from
@@ -206,28 +253,118 @@ class Attention(nn.Module):
     def head_results(self, z: torch.Tensor) -> torch.Tensor:
         """Each head's output through its slice of ``proj`` (no bias), through ``hook_result`` -> (B, T, H, D).
 
-        ``proj(z) = head_results(z).sum(heads) + proj.bias``.
+        ``proj(z) = head_results(z).sum(heads) + proj.bias``. With ``attn_out_norm`` (EVA-CLIP) the norm of the
+        joined heads comes first and each head's slice of the normalised output is projected.
         """
+        if self.norm is not None:
+            B, T, H, Dh = z.shape
+            z = self.norm(z.reshape(B, T, H * Dh)).reshape(B, T, H, Dh)                 # B, T, H, Dh
         W = self.proj.weight.reshape(-1, self.H, self.Dh)                               # D, H, Dh
         return self.hook_result(torch.einsum("bthd,ehd->bthe", z, W))                   # B, T, H, D
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ViTConfig) -> None:
+    """fc1 -> act -> fc2, or gated (SwiGLU): act(fc1_g(x)) * fc1_x(x) -> fc2; an optional norm before fc2.
+
+    Hooks: ``hook_pre`` (fc1 output, the gate's pre-activation when gated), ``hook_pre_linear`` (gated only:
+    the linear branch), ``hook_post`` (what fc2 reads, before the optional ``norm``).
+    """
+
+    def __init__(self, dim: int, hidden: int, act: str, gated: bool = False, bias: bool = True,
+                 norm: nn.Module | None = None) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(cfg.embed_dim, cfg.hidden_dim)
-        self.fc2 = nn.Linear(cfg.hidden_dim, cfg.embed_dim)
-        self.act_name = cfg.act
+        self.gated = gated
+        if gated:
+            self.fc1_g = nn.Linear(dim, hidden, bias=bias)
+            self.fc1_x = nn.Linear(dim, hidden, bias=bias)
+        else:
+            self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.norm = norm
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        self.act_name = act
         self.linear_impl = "auto"
         self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+        if gated:
+            self.hook_pre_linear = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         impl = self.linear_impl
+        first = self.fc1_g if self.gated else self.fc1
         if self.hook_pre.active:                                                        # GEMM, hook, activation
-            h = ACTS[self.act_name](self.hook_pre(apply_linear(self.fc1, x, impl=impl)))  # B, T, Dm
+            h = ACTS[self.act_name](self.hook_pre(apply_linear(first, x, impl=impl)))  # B, T, Dm
         else:                                                                           # activation fused
-            h = apply_linear(self.fc1, x, act=self.act_name, impl=impl)                 # B, T, Dm
-        return apply_linear(self.fc2, self.hook_post(h), impl=impl)                     # B, T, D
+            h = apply_linear(first, x, act=self.act_name, impl=impl)                    # B, T, Dm
+        if self.gated:
+            h = h * self.hook_pre_linear(apply_linear(self.fc1_x, x, impl=impl))        # B, T, Dm
+        h = self.hook_post(h)
+        if self.norm is not None:
+            h = self.norm(h)                                                            # B, T, Dm
+        return apply_linear(self.fc2, h, impl=impl)                                     # B, T, D
+
+
+def block_mlp(cfg: ViTConfig) -> MLP:
+    return MLP(cfg.embed_dim, cfg.hidden_dim, cfg.act, gated=cfg.gated_mlp, bias=cfg.mlp_bias,
+               norm=make_norm(cfg, cfg.hidden_dim) if cfg.mlp_norm else None)
+
+
+# ----------------------------------------------------------------------------- attention pool (MAP)
+class AttentionPool(nn.Module):
+    """Multi-head attention pooling (SigLIP, Perception Encoder, AIMv2): a learned probe query attends over
+    the tokens; the result goes through ``proj`` and, with ``map_mlp``, a norm + MLP residual.
+
+    ``hook_pattern`` (B, H, 1, T) is the probe's attention (explicit path, only when hooked); ``hook_z``
+    (B, 1, H, Dh) the per-head weighted values; ``hook_attn_out`` (B, D) the projected attention output.
+    """
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        D = cfg.embed_dim
+        self.H = cfg.map_heads or cfg.num_heads
+        self.Dh = D // self.H
+        self.scale = self.Dh ** -0.5
+        self.latent = nn.Parameter(torch.zeros(1, 1, D))
+        self.q = nn.Linear(D, D, bias=cfg.map_qkv_bias) if cfg.map_q_proj else None
+        self.kv = nn.Linear(D, 2 * D, bias=cfg.map_qkv_bias)
+        self.proj = nn.Linear(D, D)
+        if cfg.map_mlp:
+            self.norm = make_norm(cfg, D)
+            self.mlp = MLP(D, cfg.map_hidden_dim, cfg.act)
+        else:
+            self.norm = self.mlp = None
+        self.impl = "auto"
+        self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_out = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, T, D) -> the pooled vector (B, D)."""
+        B, T, D = x.shape
+        probe = self.latent if self.q is None else self.q(self.latent)                  # 1, 1, D
+        q = probe.reshape(1, 1, self.H, self.Dh).expand(B, -1, -1, -1)                  # B, 1, H, Dh
+        k, v = self.kv(x).reshape(B, T, 2, self.H, self.Dh).unbind(2)                   # 2 x B, T, H, Dh
+        explicit = self.impl == "explicit" or (
+            self.impl == "auto" and (self.hook_attn_scores.active or self.hook_pattern.active))
+        if explicit:
+            scores = self.hook_attn_scores(torch.einsum("bqhd,bkhd->bhqk", q * self.scale, k))  # B, H, 1, T
+            pattern = self.hook_pattern(scores.float().softmax(dim=-1).to(v.dtype))    # B, H, 1, T
+            z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)                             # B, 1, H, Dh
+        else:
+            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               scale=self.scale).transpose(1, 2)        # B, 1, H, Dh
+        z = self.hook_z(z)
+        out = self.hook_attn_out(self.proj(z.reshape(B, D)))                            # B, D
+        if self.mlp is not None:
+            out = out + self.mlp(self.norm(out))                                        # B, D
+        return out
+
+    def pool_each(self, h: torch.Tensor) -> torch.Tensor:
+        """Every vector of ``h`` (..., D) pooled alone, as a one-token sequence (the probe's attention is then 1):
+        the attention pool's map of one residual-stream vector, for the logit lens."""
+        D = h.shape[-1]
+        v = self.kv(h)[..., D:]                                                         # ..., D
+        out = self.proj(v)                                                              # ..., D
+        if self.mlp is not None:
+            out = out + self.mlp(self.norm(out))
+        return out
 
 
 class Block(nn.Module):
@@ -239,10 +376,10 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ViTConfig, drop_path: float = 0.0) -> None:
         super().__init__()
-        self.ln1 = HookedLayerNorm(cfg.embed_dim, cfg.norm_eps)
+        self.ln1 = make_norm(cfg, cfg.embed_dim)
         self.attn = Attention(cfg)
-        self.ln2 = HookedLayerNorm(cfg.embed_dim, cfg.norm_eps)
-        self.mlp = MLP(cfg)
+        self.ln2 = make_norm(cfg, cfg.embed_dim)
+        self.mlp = block_mlp(cfg)
         ls = cfg.layer_scale_init
         self.ls1 = LayerScale(cfg.embed_dim, ls) if ls else nn.Identity()
         self.ls2 = LayerScale(cfg.embed_dim, ls) if ls else nn.Identity()
@@ -251,12 +388,14 @@ class Block(nn.Module):
         self.hook_resid_pre, self.hook_attn_out, self.hook_resid_mid = HookPoint(), HookPoint(), HookPoint()
         self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor, int] | None = None
+                ) -> torch.Tensor:
+        """``rope``: (sin, cos, index of the first patch token) of the rotary embedding, or None."""
         x = self.hook_resid_pre(x)                                                      # B, T, D
         if self.post_norm:
-            attn_out = self.ln1(self.attn(x))                                           # B, T, D
+            attn_out = self.ln1(self.attn(x, rope))                                     # B, T, D
         else:
-            attn_out = self.ls1(self.attn(self.ln1(x)))                                 # B, T, D
+            attn_out = self.ls1(self.attn(self.ln1(x), rope))                           # B, T, D
         x = self.hook_resid_mid(x + self.drop_path(self.hook_attn_out(attn_out)))
         if self.post_norm:
             mlp_out = self.ln2(self.mlp(x))                                             # B, T, D
@@ -276,6 +415,8 @@ class HookedViT(HookedRootModule):
         D = cfg.embed_dim
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(cfg.in_chans, D, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias)
+        if cfg.patch_norm:
+            self.patch_embed.norm = make_norm(cfg, D)
         if cfg.class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         if cfg.distill_token:
@@ -290,11 +431,15 @@ class HookedViT(HookedRootModule):
             if cfg.pos_embed_prefix:
                 pe = torch.cat([torch.zeros(1, cfg.num_cls_tokens, D), pe], dim=1)      # 1, P + N, D
             self.register_buffer("pos_embed", pe)
-        self.ln_pre = HookedLayerNorm(D, cfg.norm_eps) if cfg.pre_norm else None
+        self.rope = RotaryEmbedding(cfg) if cfg.rope != "none" else None
+        # index of the first patch token entering each block (fixed by the config, any input size)
+        self._patch_start = [token_layout(cfg, i, (1, 1)).patches.start for i in range(cfg.depth)]
+        self.ln_pre = make_norm(cfg, D) if cfg.pre_norm else None
         dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList([Block(cfg, dpr[i]) for i in range(cfg.depth)])
-        self.ln_final = HookedLayerNorm(D, cfg.norm_eps) if cfg.final_norm else None
-        self.fc_norm = HookedLayerNorm(D, cfg.norm_eps) if cfg.fc_norm else None
+        self.ln_final = make_norm(cfg, D) if cfg.final_norm else None
+        self.attn_pool = AttentionPool(cfg) if cfg.global_pool == "map" else None
+        self.fc_norm = make_norm(cfg, D) if cfg.fc_norm else None
         if cfg.head in ("linear", "distilled"):
             self.head = nn.Linear(D, cfg.num_classes, bias=cfg.head_bias)
         elif cfg.head == "clip_proj":
@@ -329,6 +474,8 @@ class HookedViT(HookedRootModule):
         for blk in self.blocks:
             if hasattr(blk.attn, "relative_position_bias_table"):
                 nn.init.trunc_normal_(blk.attn.relative_position_bias_table, std=0.02)
+        if self.attn_pool is not None:
+            nn.init.trunc_normal_(self.attn_pool.latent, std=self.cfg.embed_dim ** -0.5)
 
     # ------------------------------------------------------------------ layout and attention mode
     def token_layout(self, block: int, grid: tuple[int, int] | None = None) -> TokenLayout:
@@ -341,6 +488,8 @@ class HookedViT(HookedRootModule):
             raise ValueError(f"attention impl must be 'auto', 'sdpa' or 'explicit', got {impl!r}")
         for blk in self.blocks:
             blk.attn.impl = impl
+        if self.attn_pool is not None:
+            self.attn_pool.impl = impl
 
     def set_linear_impl(self, impl: str) -> None:
         """"auto" (default), "torch" or "onednn" for the blocks' linear layers (see ``vitscope.models.kernels``)."""
@@ -348,6 +497,8 @@ class HookedViT(HookedRootModule):
             raise ValueError(f"linear impl must be one of {IMPLS}, got {impl!r}")
         for blk in self.blocks:
             blk.attn.linear_impl = blk.mlp.linear_impl = impl
+        if self.attn_pool is not None and self.attn_pool.mlp is not None:
+            self.attn_pool.mlp.linear_impl = impl
 
     # ------------------------------------------------------------------ embedding and token insertion
     def _pos_embed(self, grid: tuple[int, int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -362,7 +513,7 @@ class HookedViT(HookedRootModule):
                 patch = sincos_2d(cfg.embed_dim, grid)[None].to(patch)                  # 1, N, D
             else:
                 patch = resample_pos_embed(patch, cfg.stored_pos_grid, grid, cfg.pos_interp_antialias,
-                                           cfg.pos_interp_offset)                              # 1, N, D
+                                           cfg.pos_interp_offset, cfg.pos_interp_mode)         # 1, N, D
         return (prefix if n_pre else None), patch
 
     def _insert_tokens(self, x: torch.Tensor, block: int, pos_prefix: torch.Tensor | None) -> torch.Tensor:
@@ -398,6 +549,8 @@ class HookedViT(HookedRootModule):
         grid = (Hi // p, Wi // p)
         x = self.patch_embed.proj(x)                                                    # B, D, rows, cols
         x = self.hook_embed(x.flatten(2).transpose(1, 2))                               # B, N, D
+        if self.cfg.patch_norm:
+            x = self.patch_embed.norm(x)                                                # B, N, D
         pos_prefix, pos_patch = self._pos_embed(grid)
         if pos_patch is not None:
             x = x + self.hook_pos_embed(pos_patch)                                      # B, N, D
@@ -405,9 +558,20 @@ class HookedViT(HookedRootModule):
         return self.hook_full_embed(x), pos_prefix
 
     # ------------------------------------------------------------------ forward
+    def rope_tables(self, grid: tuple[int, int]) -> list[tuple[torch.Tensor, torch.Tensor, int]] | list[None]:
+        """Per block: (sin, cos, index of the first patch token) of the rotary embedding at ``grid``, or None."""
+        if self.rope is None:
+            return [None] * self.cfg.depth
+        sin, cos = self.rope(grid, self.device)                                         # N, Dh or depth, N, H, Dh
+        if self.cfg.rope == "mixed":
+            return [(sin[i], cos[i], self._patch_start[i]) for i in range(self.cfg.depth)]
+        return [(sin, cos, start) for start in self._patch_start]
+
     def forward_features(self, x: torch.Tensor, stop_at: int | None = None) -> torch.Tensor:
         """Images -> tokens after the final norm (B, T, D); with ``stop_at=k``, the stream entering block k."""
-        x, pos_prefix = self.embed(x)
+        p, hw = self.cfg.patch_size, x.shape[-2:]
+        x, pos_prefix = self.embed(x)                                                   # checks the input
+        ropes = self.rope_tables((hw[0] // p, hw[1] // p))
         if self.ln_pre is not None:
             x = self.ln_pre(x)
         for i, blk in enumerate(self.blocks):
@@ -415,7 +579,7 @@ class HookedViT(HookedRootModule):
                 x = self._insert_tokens(x, i, pos_prefix)
             if stop_at is not None and i == stop_at:
                 return x
-            x = blk(x)
+            x = blk(x, ropes[i])
         if stop_at is not None and stop_at == self.cfg.depth:
             return x
         return self.ln_final(x) if self.ln_final is not None else x
@@ -440,10 +604,14 @@ class HookedViT(HookedRootModule):
         cfg = self.cfg
         if cfg.global_pool == "token":
             pooled = tokens[:, 0]
-        elif cfg.global_pool == "avg":
+        elif cfg.global_pool in ("avg", "map"):
             lay = self.token_layout(cfg.depth)
             n_patch = tokens.shape[1] - (lay.n_tokens - lay.n_patches)                  # any input size
-            pooled = tokens[:, lay.patches.start:lay.patches.start + n_patch].mean(dim=1)
+            patches = tokens[:, lay.patches.start:lay.patches.start + n_patch]          # B, N, D
+            if cfg.global_pool == "avg":
+                pooled = patches.mean(dim=1)
+            else:
+                pooled = self.attn_pool(patches if cfg.map_tokens == "patches" else tokens)
         else:
             return tokens
         if self.fc_norm is not None:
@@ -470,15 +638,23 @@ class HookedViT(HookedRootModule):
         return self.forward_head(tokens)
 
     # ------------------------------------------------------------------ conveniences
-    def project_to_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Logit lens (vilas2023): head(final_norm(h)) for any residual-stream vector(s) (..., D).
-
-        Models pooled by averaging use ``fc_norm`` in place of the final norm.
+    def head_input(self, h: torch.Tensor) -> torch.Tensor:
+        """What the head reads for residual-stream vector(s) ``h`` (..., D): the final norm (``fc_norm`` for models
+        pooled by averaging); for models pooled by an attention pool (``global_pool="map"``): the final norm, the
+        pool applied to each vector alone, as a one-token sequence (``AttentionPool.pool_each``), then ``fc_norm``.
         """
+        if self.attn_pool is not None:
+            z = self.ln_final(h) if self.ln_final is not None else h
+            z = self.attn_pool.pool_each(z)
+            return self.fc_norm(z) if self.fc_norm is not None else z
+        norm = self.fc_norm if self.fc_norm is not None else self.ln_final
+        return norm(h) if norm is not None else h
+
+    def project_to_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logit lens (vilas2023): ``head(head_input(h))`` for any residual-stream vector(s) (..., D)."""
         if self.cfg.head == "none":
             raise ValueError("this model has no classification head to project onto")
-        norm = self.fc_norm if self.fc_norm is not None else self.ln_final
-        z = norm(h) if norm is not None else h
+        z = self.head_input(h)
         logits = self.head(z)
         if self.cfg.head == "distilled":
             logits = (logits + self.head_dist(z)) / 2

@@ -129,6 +129,29 @@ def attention_maps_from_model(model, x: torch.Tensor, block: int = -1, query="cl
     return attention_map(pattern, layout, query, heads, fusion, renormalize, cfg=model.cfg)
 
 
+def pool_attention_maps(model, x: torch.Tensor, fusion: str | None = None) -> torch.Tensor:
+    """The attention of an attention-pooled model's probe query (SigLIP, Perception Encoder, AIMv2; its CLS-like
+    read-out) over the patch tokens, as maps: (B, H, rows, cols), or (B, rows, cols) with ``fusion``.
+
+    The pool attends over the final-norm tokens; models whose pool also reads CLS (PE) give the patches' share.
+    """
+    if getattr(model, "attn_pool", None) is None:
+        raise ValueError(f"this model has no attention pool (global_pool={model.cfg.global_pool!r}); use "
+                         "attention_maps_from_model with query='cls' or 'mean'")
+    grid = grid_of(x, model)
+    lay = model.token_layout(model.cfg.depth, grid)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(x, names_filter="attn_pool.hook_pattern")
+    pattern = cache["attn_pool.hook_pattern"][:, :, 0]                               # B, H, T'
+    if model.cfg.map_tokens == "patches":
+        rows = pattern                                                               # B, H, N
+    else:
+        rows = pattern[..., lay.patches]                                             # B, H, N
+    if fusion is not None:
+        rows = fuse_heads(rows, fusion, dim=1)                                       # B, N
+    return rows.reshape(*rows.shape[:-1], *lay.grid)                                 # B, [H,] rows, cols
+
+
 def block_head_maps(model, x: torch.Tensor, blocks: Sequence[int] | None = None, query="cls",
                     renormalize: bool = False) -> tuple[list[int], torch.Tensor]:
     """Maps of ``query`` for several blocks: (blocks, (B, L, H, rows, cols)).

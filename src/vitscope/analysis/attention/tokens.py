@@ -63,8 +63,13 @@ def _entry_error(token: str, layout: TokenLayout, cfg) -> ValueError:
         return ValueError(f"{what} is not in the sequence at block {layout.block}")
     if token in ("cls", "dist"):
         present = cfg.class_token if token == "cls" else cfg.distill_token
+        if not present and token == "cls":
+            pool = (" or the attention pool's own attention (maps.pool_attention_maps)"
+                    if cfg.global_pool == "map" else "")
+            return ValueError(f"this model has no CLS token (it pools with global_pool={cfg.global_pool!r}); use the "
+                              f"query 'mean', the average over the patch queries (CLI: --query mean){pool}")
         if not present:
-            return ValueError(f"this model has no {'CLS' if token == 'cls' else 'distillation'} token")
+            return ValueError("this model has no distillation token")
         entry = cfg.cls_block
     else:
         if not cfg.num_registers:

@@ -8,8 +8,9 @@ CLIP text embeddings of class prompts, which live after the CLIP projection (:me
 
 ``logits = W · unit(proj(norm(h))) + b`` with
 
-- ``norm`` the model's final norm (``fc_norm`` for average-pooled models, else ``ln_final``; skipped with
-  ``apply_norm=False``),
+- ``norm`` the model's final norm (``fc_norm`` for average-pooled models, else ``ln_final``; for attention-pooled
+  models (SigLIP, PE) the final norm, the pool applied to each vector alone and ``fc_norm``:
+  ``HookedViT.head_input``; skipped with ``apply_norm=False``),
 - ``proj`` the CLIP projection (``model.head``, bias-free; with ``after_projection``) or an explicit
   ``projection`` (a (D, E) matrix or a callable),
 - ``unit`` an L2 normalisation of each vector (``l2_normalize``: what a probe trained on L2-normalised features
@@ -38,7 +39,10 @@ FINAL_SITES = ("ln_final", "clip_proj")
 
 
 def model_norm(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The norm the model's head reads through: ``fc_norm`` for average-pooled models, else the final norm."""
+    """The norm the model's head reads through: ``fc_norm`` for average-pooled models, else the final norm; for
+    attention-pooled models the whole way to the head (``HookedViT.head_input``: norm, pool, ``fc_norm``)."""
+    if getattr(model, "attn_pool", None) is not None:
+        return model.head_input
     fc = getattr(model, "fc_norm", None)
     return fc if fc is not None else getattr(model, "ln_final", None)
 
@@ -238,13 +242,14 @@ class ClassEmbeddings:
     def _norm(self, model):
         return model_norm(model) if self.apply_norm else None
 
-    def features(self, model, hidden: torch.Tensor, unit: bool = True) -> torch.Tensor:
-        """What ``weight`` reads: ``unit(proj(norm(hidden)))`` (..., E); ``unit=False`` stops before the L2 step."""
+    def features(self, model, hidden: torch.Tensor, unit: bool = True, pooled: bool = False) -> torch.Tensor:
+        """What ``weight`` reads: ``unit(proj(norm(hidden)))`` (..., E); ``unit=False`` stops before the L2 step.
+        ``pooled``: ``hidden`` is already what the head reads (the model's pooled output), so no norm."""
         if hidden.shape[-1] != model.cfg.embed_dim:
             raise ValueError(f"hidden states must end in the model width {model.cfg.embed_dim}, "
                              f"got shape {tuple(hidden.shape)}")
         z = hidden
-        norm = self._norm(model)
+        norm = None if pooled else self._norm(model)
         if norm is not None:
             z = norm(z)                                                          # ..., D
         proj = self._projection_fn(model)
@@ -257,7 +262,7 @@ class ClassEmbeddings:
             z = torch.nn.functional.normalize(z, dim=-1)
         return z
 
-    def project(self, model, hidden: torch.Tensor, block: int | None = None) -> torch.Tensor:
+    def project(self, model, hidden: torch.Tensor, block: int | None = None, pooled: bool = False) -> torch.Tensor:
         """Residual-stream vectors ``hidden`` (..., D) at ``block`` -> class logits (..., C).
 
         The same class embeddings serve every block; ``block`` (negative counts from the end, ``depth`` is
@@ -266,7 +271,7 @@ class ClassEmbeddings:
         depth = model.cfg.depth
         if block is not None and not -depth <= block <= depth:
             raise ValueError(f"block must be in [-{depth}, {depth}] for a model of depth {depth}, got {block}")
-        z = self.features(model, hidden)
+        z = self.features(model, hidden, pooled=pooled)
         w = self.weight.to(device=z.device, dtype=z.dtype)
         logits = z @ w.T                                                         # ..., C
         if self.bias is not None:
@@ -284,6 +289,9 @@ class ClassEmbeddings:
         """The class vectors of ``target`` (B,) pulled back to the stream width (B, D): through the projection
         when the embeddings live after it, times the final norm's weight when it is applied."""
         target = check_targets(target, self.num_classes)
+        if getattr(model, "attn_pool", None) is not None:
+            raise ValueError("class directions in the residual stream need a linear path from the stream to the head; "
+                             "this model reads its tokens through an attention pool (global_pool='map')")
         w = self.stream_weight(model).to(model.dtype)[target.to(model.device)]  # B, D
         norm = self._norm(model)
         if norm is not None and norm.weight is not None:
@@ -337,8 +345,9 @@ class ClassProjection:
         averaged), or given embeddings pulled back through their projection."""
         return self.embeddings.stream_weight(self.model)
 
-    def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        return self.embeddings.project(self.model, h).float()
+    def __call__(self, h: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+        """Class logits of residual-stream vectors ``h``; ``pooled=True``: ``h`` is the model's pooled output."""
+        return self.embeddings.project(self.model, h, pooled=pooled).float()
 
 
 def check_classes(model, ds, names_given: bool = False, emb=None) -> None:

@@ -326,7 +326,11 @@ class LogitLens:
 
         fwd = [(f"blocks.{b}.{SITES[s]}", make(s, b)) for s in self.sites for b in range(self.depth)]
         pooled: dict[str, torch.Tensor] = {}
-        if not self.own_head:                     # the prediction of the given embeddings on the pooled vector
+        if not self.own_head and model.attn_pool is not None:     # attention-pooled: the pool's own output
+            def pool(act: torch.Tensor, hook) -> None:
+                pooled["logits"] = self.projection(act, pooled=True)
+            fwd.append(("hook_pooled", pool))
+        elif not self.own_head:                   # the prediction of the given embeddings on the pooled vector
             def pool(act: torch.Tensor, hook) -> None:
                 pooled["logits"] = self.projection(pool_tokens(model, act))
             fwd.append((f"blocks.{self.depth - 1}.hook_resid_post", pool))

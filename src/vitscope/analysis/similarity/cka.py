@@ -5,13 +5,9 @@ evaluation entry point, :func:`evaluate`, that the command line, studies and the
 """
 from __future__ import annotations
 
-import warnings
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
 
 import numpy as np
-import torch
 
 from vitscope.analysis.api import OptionError, Options, Result, tidy_table
 

@@ -5,16 +5,11 @@ evaluation entry point, :func:`evaluate`, that the command line, studies and the
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-from scipy import stats
-from scipy.spatial.distance import pdist, squareform
 
 from vitscope.analysis.api import OptionError, Options, Result, tidy_table
-from vitscope.analysis.similarity.cka_core import as_features
 
 from vitscope.analysis.similarity.rsa_core import *  # noqa: F401,F403  (the maths, under its usual path)
 from vitscope.analysis.similarity.rsa_core import COMPARE_METHODS, RDM_METHODS  # noqa: F401

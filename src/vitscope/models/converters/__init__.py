@@ -2,7 +2,8 @@
 
 Formats: ``vitscope`` (HookedViT's own keys), ``timm`` (timm's VisionTransformer), ``timm_beit`` (timm's Beit
 and official BEiT checkpoints), ``dino`` (official DINO backbones and any headless timm-layout backbone),
-``mae`` (official MAE checkpoints), ``mocov3`` (official MoCo-v3 checkpoints), ``hf`` (transformers).
+``dinov3`` (official DINOv3 backbones), ``mae`` (official MAE checkpoints), ``mocov3`` (official MoCo-v3
+checkpoints), ``hf`` (transformers). ``timm`` covers timm's Eva class (DINOv3, EVA-02, RoPE-ViT, PE) too.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def convert_state_dict(sd: Mapping[str, Any], cfg, fmt: str | None = None) -> di
         from vitscope.models.converters.timm import convert_timm_state_dict
 
         return convert_timm_state_dict(sd, cfg)
-    if fmt in ("dino", "dinov2", "mae", "mocov3"):
+    if fmt in ("dino", "dinov2", "dinov3", "mae", "mocov3"):
         from vitscope.models.converters import official
 
         return getattr(official, f"convert_{fmt}")(sd, cfg)

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-FORMATS = ("vitscope", "timm", "timm_beit", "dino", "dinov2", "mae", "mocov3", "hf")
+FORMATS = ("vitscope", "timm", "timm_beit", "dino", "dinov2", "dinov3", "mae", "mocov3", "hf")
 
 _HF_MARKERS = ("vit.embeddings.", "deit.embeddings.", "beit.embeddings.", "dinov2.embeddings.",
                "embeddings.patch_embeddings", "vision_model.", "encoder.layer.", "embeddings.cls_token")
@@ -16,6 +16,12 @@ _TIMM_EXTRAS = ("head.weight", "head_dist.weight", "norm_pre.weight", "reg_token
 
 def _is_tensor_dict(d: Any) -> bool:
     return isinstance(d, Mapping) and bool(d) and any(isinstance(v, torch.Tensor) for v in d.values())
+
+
+def _is_dinov3(keys) -> bool:
+    """Official DINOv3 backbone keys: its storage (register) tokens or its RoPE periods."""
+    names = {str(k).split("backbone.")[-1] for k in keys}
+    return bool({"storage_tokens", "rope_embed.periods"} & names)
 
 
 def _is_dinov2(keys) -> bool:
@@ -36,7 +42,7 @@ def detect_format(sd: Mapping[str, Any]) -> str:
     if not _is_tensor_dict(sd):                             # a wrapper: look inside
         if isinstance(sd.get("teacher"), Mapping) or isinstance(sd.get("student"), Mapping):
             inner = sd.get("teacher") if isinstance(sd.get("teacher"), Mapping) else sd["student"]
-            return "dinov2" if _is_dinov2(inner) else "dino"
+            return "dinov3" if _is_dinov3(inner) else "dinov2" if _is_dinov2(inner) else "dino"
         if isinstance(sd.get("state_dict"), Mapping):
             inner = sd["state_dict"]
             if any(str(k).startswith(("module.base_encoder.", "base_encoder.")) for k in inner):
@@ -57,6 +63,8 @@ def detect_format(sd: Mapping[str, Any]) -> str:
         return "hf"
     if "ln_final.weight" in ks or any(k.startswith("blocks.") and (".ln1." in k or ".ln2." in k) for k in keys):
         return "vitscope"
+    if _is_dinov3(keys):
+        return "dinov3"
     if any(k.startswith(("backbone.", "module.backbone.")) for k in keys):
         return "dinov2" if _is_dinov2(keys) else "dino"
     if any(k.startswith("decoder_") for k in keys):

@@ -3,8 +3,12 @@
 Families: ``vit`` (ViTModel, ViTForImageClassification), ``deit`` (DeiTModel, DeiTForImageClassification,
 DeiTForImageClassificationWithTeacher), ``dinov2`` / ``dinov2_with_registers`` (Dinov2Model,
 Dinov2WithRegistersModel, their Backbone classes), ``clip_vision_model`` / ``clip`` (CLIPVisionModel,
-CLIPVisionModelWithProjection, the vision tower of CLIPModel) and ``vit_mae`` (ViTMAEModel,
-ViTMAEForPreTraining's encoder).
+CLIPVisionModelWithProjection, the vision tower of CLIPModel), ``vit_mae`` (ViTMAEModel,
+ViTMAEForPreTraining's encoder), ``dinov3_vit`` (DINOv3ViTModel: RoPE, registers, LayerScale, gated MLP),
+``siglip_vision_model`` / ``siglip`` (SiglipVisionModel, SiglipModel's vision tower: attention-pool head),
+``siglip2_vision_model`` / ``siglip2`` (Siglip2VisionModel at a fixed resolution: its linear patch embedding
+becomes the equivalent convolution; its position table is resampled bilinearly with antialiasing, as Siglip2
+does) and ``aimv2_vision_model`` / ``aimv2`` (Aimv2VisionModel, Aimv2Model's vision tower and projection).
 
 Three steps, each usable alone:
 
@@ -47,7 +51,12 @@ from vitscope.models.preprocess import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAG
                                         INCEPTION_STD, PreprocessConfig)
 
 # ----------------------------------------------------------------------------- constants
-SUPPORTED_MODEL_TYPES = ("vit", "deit", "dinov2", "dinov2_with_registers", "clip_vision_model", "clip", "vit_mae")
+SUPPORTED_MODEL_TYPES = ("vit", "deit", "dinov2", "dinov2_with_registers", "clip_vision_model", "clip", "vit_mae",
+                         "dinov3_vit", "siglip_vision_model", "siglip", "siglip2_vision_model", "siglip2",
+                         "aimv2_vision_model", "aimv2")
+# full (image + text) models: model_type -> the model_type of their vision_config
+_TOWERS = {"clip": "clip_vision_model", "siglip": "siglip_vision_model", "siglip2": "siglip2_vision_model",
+           "aimv2": "aimv2_vision_model"}
 
 #: Checkpoint keys dropped on purpose, as regular expressions on the key without its base-model prefix
 #: (``vit.``, ``vision_model.`` ...). Everything else must map onto the model.
@@ -59,6 +68,7 @@ DROPPED_KEYS: dict[str, str] = {
     r"^text_model\.": "CLIPModel text tower",
     r"^text_projection\.": "CLIPModel text projection",
     r"^logit_scale$": "CLIPModel contrastive temperature",
+    r"^logit_bias$": "SiglipModel sigmoid-loss bias",
 }
 
 #: Base-model prefixes stripped before mapping, longest first.
@@ -72,6 +82,8 @@ _ACTS = {
     "gelu_new": "gelu_tanh",
     "gelu_pytorch_tanh": "gelu_tanh",
     "gelu_fast": "gelu_tanh",
+    "silu": "silu",
+    "swish": "silu",
 }
 
 # Defaults of the transformers config classes, for config.json files that omit a field.
@@ -92,6 +104,19 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "clip_vision_model": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                               hidden_act="quick_gelu", layer_norm_eps=1e-5, image_size=224, patch_size=32,
                               num_channels=3, projection_dim=512),
+    "dinov3_vit": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+                       hidden_act="gelu", layer_norm_eps=1e-5, rope_theta=100.0, image_size=224, patch_size=16,
+                       num_channels=3, query_bias=True, key_bias=False, value_bias=True, proj_bias=True, mlp_bias=True,
+                       layerscale_value=1.0, use_gated_mlp=False, num_register_tokens=0),
+    "siglip_vision_model": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                                hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, image_size=224, patch_size=16,
+                                num_channels=3, vision_use_head=True),
+    "siglip2_vision_model": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                 intermediate_size=3072, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
+                                 num_patches=256, patch_size=16, num_channels=3, vision_use_head=True),
+    "aimv2_vision_model": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=8, intermediate_size=2816,
+                               hidden_act="silu", rms_norm_eps=1e-5, image_size=224, patch_size=14, num_channels=3,
+                               qkv_bias=False, mlp_bias=False, use_head=True, is_native=False, projection_dim=512),
 }
 
 # Architectures (config.json "architectures") that carry a head, used when no state-dict keys are given.
@@ -123,12 +148,18 @@ def _vision_fields(hf_config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
                          f"supported model types: {SUPPORTED_MODEL_TYPES}")
     if mt not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"HF model_type={mt!r} is not supported; supported: {SUPPORTED_MODEL_TYPES}")
-    if mt == "clip":
+    if mt in _TOWERS:
         vision = dict(hf_config.get("vision_config") or {})
-        # the top-level projection_dim is the real one; vision_config may carry CLIPVisionConfig's default
+        # the top-level projection_dim is the real one; vision_config may carry the vision config's default
         vision["projection_dim"] = hf_config.get("projection_dim", vision.get("projection_dim", 512))
-        return "clip", {**_DEFAULTS["clip_vision_model"], **vision}
-    return mt, {**_DEFAULTS[mt], **dict(hf_config)}
+        c = {**_DEFAULTS[_TOWERS[mt]], **vision}
+    else:
+        c = {**_DEFAULTS[mt], **dict(hf_config)}
+    if "num_patches" in c and "image_size" not in c:                # Siglip2: a square table of num_patches
+        c["image_size"] = round(int(c["num_patches"]) ** 0.5) * int(c["patch_size"])
+    if "rms_norm_eps" in c:                                          # AIMv2
+        c["layer_norm_eps"] = c["rms_norm_eps"]
+    return mt, c
 
 
 def _decide_head(hf_config: Mapping[str, Any], keys: Iterable[str] | None) -> str:
@@ -203,8 +234,13 @@ def config_from_hf(hf_config: Mapping[str, Any], keys: Iterable[str] | None = No
             # HF adds position embeddings to [CLS] + patches, then inserts registers after CLS: timm's
             # no_embed_class layout with the CLS position folded into cls_token.
             kw.update(num_registers=n_reg, register_location="prefix", pos_embed_prefix=False)
-    else:  # clip / clip_vision_model
+    elif mt in ("clip", "clip_vision_model"):
         kw.update(mlp_dim=int(c["intermediate_size"]), qkv_bias=True, patch_bias=False, pre_norm=True)
+    else:
+        kw.update(_modern_kwargs(mt, c))
+        if head == "linear":
+            raise ValueError(f"a classifier on a {mt!r} model is not supported (transformers' *ForImageClassification "
+                             f"of these families pools differently); load the backbone")
     if head == "none":
         kw.update(head="none", num_classes=0)
     elif head == "clip_proj":
@@ -217,6 +253,32 @@ def config_from_hf(hf_config: Mapping[str, Any], keys: Iterable[str] | None = No
     else:
         kw.update(head="linear", num_classes=_num_labels(hf_config))
     return ViTConfig(**kw)
+
+
+def _modern_kwargs(mt: str, c: Mapping[str, Any]) -> dict[str, Any]:
+    """ViTConfig fields of the DINOv3, SigLIP / SigLIP 2 and AIMv2 vision towers."""
+    kw: dict[str, Any] = {"mlp_dim": int(c["intermediate_size"])}
+    if mt == "dinov3_vit":
+        q, k, v = bool(c["query_bias"]), bool(c["key_bias"]), bool(c["value_bias"])
+        kw.update(qkv_bias=k, qv_bias=(q or v) and not k, proj_bias=bool(c["proj_bias"]), mlp_bias=bool(c["mlp_bias"]),
+                  layer_scale_init=float(c["layerscale_value"]), num_registers=int(c["num_register_tokens"] or 0),
+                  pos_embed="none", pos_embed_grid=None, rope="dinov3", rope_theta=float(c["rope_theta"]),
+                  rope_layout="half", gated_mlp=bool(c["use_gated_mlp"]), global_pool="token")
+    elif mt in ("siglip", "siglip_vision_model", "siglip2", "siglip2_vision_model"):
+        kw.update(class_token=False, pos_embed_prefix=False, map_mlp_dim=int(c["intermediate_size"]),
+                  global_pool="map" if c.get("vision_use_head", True) else "none")
+        if mt.startswith("siglip2"):
+            kw.update(pos_interp_mode="bilinear", pos_interp_antialias=True)
+    else:  # aimv2
+        if c.get("is_native"):
+            raise ValueError("HF config field is_native=True (AIMv2's native-resolution sin-cos positions) is not "
+                             "supported; the fixed-resolution AIMv2 checkpoints load")
+        bias = bool(c["qkv_bias"])
+        kw.update(class_token=False, pos_embed_prefix=False, norm="rmsnorm", patch_norm=True, gated_mlp=True,
+                  qkv_bias=bias, proj_bias=bias, mlp_bias=bool(c["mlp_bias"]),
+                  global_pool="map" if c.get("use_head", True) else "none",
+                  map_q_proj=False, map_mlp=False, map_qkv_bias=bias)
+    return kw
 
 
 # ----------------------------------------------------------------------------- state dict
@@ -238,13 +300,16 @@ _BLOCK_MAP = {
     "output.dense": "mlp.fc2", "mlp.fc2": "mlp.fc2",
     "layernorm_before": "ln1", "norm1": "ln1", "layer_norm1": "ln1",
     "layernorm_after": "ln2", "norm2": "ln2", "layer_norm2": "ln2",
+    "rms_norm1": "ln1", "rms_norm2": "ln2", "attention.out_proj": "attn.proj",
+    "mlp.gate_proj": "mlp.fc1_g", "mlp.down_proj": "mlp.fc2",
+    "ffn.gate_proj": "mlp.fc1_g", "ffn.up_proj": "mlp.fc1_x", "ffn.down_proj": "mlp.fc2",
 }
 _QKV = {
     "attention.attention.query": "q", "attention.q_proj": "q", "self_attn.q_proj": "q",
     "attention.attention.key": "k", "attention.k_proj": "k", "self_attn.k_proj": "k",
     "attention.attention.value": "v", "attention.v_proj": "v", "self_attn.v_proj": "v",
 }
-_BLOCK_RE = re.compile(r"^(?:encoder\.layers?|layers)\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
+_BLOCK_RE = re.compile(r"^(?:encoder\.layers?|layers|layer|model\.layer)\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
 _TOP_MAP = {
     "embeddings.cls_token": "cls_token",
     "embeddings.distillation_token": "dist_token",
@@ -259,6 +324,20 @@ _TOP_MAP = {
     "cls_classifier.weight": "head.weight", "cls_classifier.bias": "head.bias",
     "distillation_classifier.weight": "head_dist.weight", "distillation_classifier.bias": "head_dist.bias",
     "visual_projection.weight": "head.weight",
+    "embeddings.patch_embeddings.weight": "patch_embed.proj.weight",          # DINOv3
+    "embeddings.patch_embeddings.bias": "patch_embed.proj.bias",
+    "embeddings.patch_embedding.bias": "patch_embed.proj.bias",              # SigLIP
+    "embeddings.patch_embed.weight": "patch_embed.proj.weight",              # AIMv2
+    "embeddings.patch_embed.bias": "patch_embed.proj.bias",
+    "embeddings.rms_norm.weight": "patch_embed.norm.weight",
+    "norm.weight": "ln_final.weight", "norm.bias": "ln_final.bias",
+    "rms_norm.weight": "ln_final.weight",
+    "head.probe": "attn_pool.latent", "head.cls_token": "attn_pool.latent",
+    "head.attention.out_proj.weight": "attn_pool.proj.weight", "head.attention.out_proj.bias": "attn_pool.proj.bias",
+    "head.output_proj.weight": "attn_pool.proj.weight", "head.output_proj.bias": "attn_pool.proj.bias",
+    "head.layernorm.weight": "attn_pool.norm.weight", "head.layernorm.bias": "attn_pool.norm.bias",
+    "head.mlp.fc1.weight": "attn_pool.mlp.fc1.weight", "head.mlp.fc1.bias": "attn_pool.mlp.fc1.bias",
+    "head.mlp.fc2.weight": "attn_pool.mlp.fc2.weight", "head.mlp.fc2.bias": "attn_pool.mlp.fc2.bias",
 }
 
 
@@ -268,6 +347,7 @@ def _convert(sd: Mapping[str, torch.Tensor], cfg: ViTConfig, model_type: str
     out: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
     qkv: dict[tuple[int, str], dict[str, tuple[str, torch.Tensor]]] = {}
+    kv: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
     pos: tuple[str, torch.Tensor] | None = None
     cls: tuple[str, torch.Tensor] | None = None
 
@@ -287,6 +367,8 @@ def _convert(sd: Mapping[str, torch.Tensor], cfg: ViTConfig, model_type: str
                 put(f"blocks.{i}.ls{mod[-1]}.gamma", value, key)
             elif mod in _QKV and param in ("weight", "bias"):
                 qkv.setdefault((i, param), {})[_QKV[mod]] = (key, value)
+            elif mod == "mlp.up_proj" and param in ("weight", "bias"):                  # DINOv3
+                put(f"blocks.{i}.mlp.{'fc1_x' if cfg.gated_mlp else 'fc1'}.{param}", value, key)
             elif mod in _BLOCK_MAP and param in ("weight", "bias"):
                 put(f"blocks.{i}.{_BLOCK_MAP[mod]}.{param}", value, key)
             else:
@@ -298,12 +380,32 @@ def _convert(sd: Mapping[str, torch.Tensor], cfg: ViTConfig, model_type: str
             cls = (key, value)
         elif k == "embeddings.class_embedding":
             cls = (key, value.reshape(1, 1, -1))                          # CLIP: (D,) -> (1, 1, D)
+        elif k == "embeddings.patch_embedding.weight" and value.ndim == 2:
+            # Siglip2's linear patch embedding reads patches flattened as (row, column, channel)
+            p, C = cfg.patch_size, cfg.in_chans
+            put("patch_embed.proj.weight", value.reshape(-1, p, p, C).permute(0, 3, 1, 2).contiguous(), key)
+        elif k.startswith("head.attention.in_proj_"):                    # SigLIP: nn.MultiheadAttention
+            param = "weight" if k.endswith("weight") else "bias"
+            D = value.shape[0] // 3
+            put(f"attn_pool.q.{param}", value[:D], f"{key}[:{D}]")
+            put(f"attn_pool.kv.{param}", value[D:], f"{key}[{D}:]")
+        elif re.match(r"^head\.[kv]_proj\.(weight|bias)$", k):           # AIMv2: keys and values, no query
+            kv.setdefault(k.rsplit(".", 1)[1], {})[k[5]] = (key, value)
         elif k in _TOP_MAP:
             put(_TOP_MAP[k], value, key)
         else:
             put(key, value, key)
 
     for (i, param), parts in sorted(qkv.items()):
+        if param == "bias" and set(parts) != {"q", "k", "v"} and "q" in parts and (cfg.qv_bias or cfg.qkv_bias):
+            # DINOv3: biases on q and v only (or a missing one): q_bias / v_bias, or zeros in the fused bias
+            zeros = parts["q"][1].new_zeros(parts["q"][1].shape)
+            if cfg.qv_bias and "k" not in parts:
+                put(f"blocks.{i}.attn.q_bias", parts["q"][1], parts["q"][0])
+                put(f"blocks.{i}.attn.v_bias", parts["v"][1] if "v" in parts else zeros,
+                    parts["v"][0] if "v" in parts else "zeros")
+                continue
+            parts = {n: parts.get(n, ("zeros", zeros)) for n in "qkv"}
         if set(parts) != {"q", "k", "v"}:
             for src, v in parts.values():                    # incomplete: report what is there as unexpected
                 put(src, v, src)
@@ -314,6 +416,14 @@ def _convert(sd: Mapping[str, torch.Tensor], cfg: ViTConfig, model_type: str
                 i, {parts[n][0]: s for n, s in shapes.items()}))
         put(f"blocks.{i}.attn.qkv.{param}", fuse_qkv(parts["q"][1], parts["k"][1], parts["v"][1]),
             " + ".join(parts[n][0] for n in "qkv"))
+
+    for param, parts in kv.items():
+        if set(parts) != {"k", "v"}:
+            for src, v in parts.values():
+                put(src, v, src)
+            continue
+        put(f"attn_pool.kv.{param}", torch.cat([parts["k"][1], parts["v"][1]], dim=0),
+            f"{parts['k'][0]} + {parts['v'][0]}")
 
     if cls is not None and pos is not None and not cfg.pos_embed_prefix and cfg.num_cls_tokens:
         # DINOv2 with registers: fold the CLS position into cls_token (timm's no_embed_class layout)
@@ -439,6 +549,13 @@ _FAMILY_PRE = {
     "dinov2_with_registers": (IMAGENET_MEAN, IMAGENET_STD, "bicubic", 0.875),
     "clip_vision_model": (CLIP_MEAN, CLIP_STD, "bicubic", 1.0),
     "clip": (CLIP_MEAN, CLIP_STD, "bicubic", 1.0),
+    "dinov3_vit": (IMAGENET_MEAN, IMAGENET_STD, "bilinear", 1.0),
+    "siglip_vision_model": (INCEPTION_MEAN, INCEPTION_STD, "bicubic", 1.0),
+    "siglip": (INCEPTION_MEAN, INCEPTION_STD, "bicubic", 1.0),
+    "siglip2_vision_model": (INCEPTION_MEAN, INCEPTION_STD, "bilinear", 1.0),
+    "siglip2": (INCEPTION_MEAN, INCEPTION_STD, "bilinear", 1.0),
+    "aimv2_vision_model": (CLIP_MEAN, CLIP_STD, "bicubic", 1.0),
+    "aimv2": (CLIP_MEAN, CLIP_STD, "bicubic", 1.0),
 }
 
 

@@ -1,4 +1,4 @@
-"""Official self-supervised checkpoints -> HookedViT: DINO, DINOv2, MAE, MoCo-v3.
+"""Official self-supervised checkpoints -> HookedViT: DINO, DINOv2, DINOv3, MAE, MoCo-v3.
 
 All four trained timm-style ViTs, so their backbone keys are timm's; what differs is the wrapping and what
 else the file holds:
@@ -15,6 +15,13 @@ else the file holds:
   (new + 0.1) / 37 and no antialiasing (plain models) or to the size with antialiasing (register models);
   the configs made here do the same (``pos_interp_offset``, ``pos_interp_antialias``). So does official DINO.
   Giant (SwiGLU MLP) is refused.
+* DINOv3 (``dinov3_vits16_pretrain_lvd1689m-*.pth`` ..., what ``torch.hub.load("facebookresearch/dinov3", ...)``
+  reads): a flat backbone; ``storage_tokens`` are the 4 registers after CLS, ``ls1.gamma`` / ``ls2.gamma`` the
+  LayerScale, ``qkv.bias`` comes with ``qkv.bias_mask`` (the key's third masked to zero: the mask is applied and the
+  biases kept as ``q_bias`` / ``v_bias``), the SwiGLU MLP of S+ / H+ / 7B is ``mlp.w1`` (gate), ``mlp.w2``,
+  ``mlp.w3``; ``mask_token``, ``rope_embed.periods`` (recomputed in float32 from the base, as timm and transformers
+  do) and the training-only ``local_cls_norm`` / ``projectors.*`` are dropped. Checkpoints with a separate CLS norm
+  (``cls_norm``) or RoPE periods that no base explains (min / max periods) are refused.
 * MAE (``mae_pretrain_vit_base.pth`` ...): ``{"model": {...}}``; the decoder (``decoder_*``) and
   ``mask_token`` are dropped; ``pos_embed`` is MAE's fixed 2-D sin-cos table with a zero CLS entry, identical
   to vitscope's ``sincos_2d``, so the config uses ``pos_embed="sincos"``. Fine-tuned MAE checkpoints
@@ -48,12 +55,13 @@ from vitscope.models.preprocess import PreprocessConfig
 # width -> heads of the architectures each project released
 _HEADS = {
     "dino": {192: 3, 384: 6, 768: 12},
+    "dinov3": {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 20, 4096: 32},
     "dinov2": {384: 6, 768: 12, 1024: 16, 1536: 24},
     "mae": {768: 12, 1024: 16, 1280: 16},
     "mocov3": {384: 12, 768: 12, 1024: 16, 1280: 16},
 }
 # evaluation transforms of each project: resize 256 -> centre crop 224
-_INTERP = {"dino": "bicubic", "dinov2": "bicubic", "mae": "bicubic", "mocov3": "bilinear"}
+_INTERP = {"dino": "bicubic", "dinov2": "bicubic", "dinov3": "bicubic", "mae": "bicubic", "mocov3": "bilinear"}
 
 
 def _tensors(d: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -98,6 +106,51 @@ def dinov2_backbone(raw: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
+def dinov3_backbone(raw: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The backbone of an official DINOv3 checkpoint with timm's key names (see the module docstring)."""
+    if isinstance(raw.get("teacher"), Mapping):
+        raw = raw["teacher"]
+    sd = _strip(_tensors(unwrap_state_dict(raw)), ("module.backbone.", "backbone.", "module."))
+    if "cls_norm.weight" in sd:
+        raise CheckpointError("this DINOv3 checkpoint normalises CLS and registers with a separate norm "
+                              "(untie_cls_and_patch_norms), which HookedViT does not implement")
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k in ("mask_token", "rope_embed.periods") or k.endswith(".bias_mask") or \
+                k.startswith(("local_cls_norm.", "projectors.", "head.", "dino_head.", "ibot_head.")):
+            continue
+        if k.endswith("attn.qkv.bias"):
+            mask = sd.get(k + "_mask")
+            q, kb, vb = (v * mask.to(v.dtype) if mask is not None else v).chunk(3)
+            if kb.any():
+                out[k] = v if mask is None else v * mask.to(v.dtype)            # a real key bias: one qkv bias
+            else:
+                out[k.replace("qkv.bias", "q_bias")], out[k.replace("qkv.bias", "v_bias")] = q, vb
+            continue
+        k = k.replace("storage_tokens", "reg_token")
+        k = re.sub(r"\.mlp\.w1\.", ".mlp.fc1_g.", k)
+        k = re.sub(r"\.mlp\.w2\.", ".mlp.fc1_x.", k)
+        k = re.sub(r"\.mlp\.w3\.", ".mlp.fc2.", k)
+        out[k] = v
+    return out
+
+
+def check_dinov3_periods(raw: Mapping[str, Any], cfg: ViTConfig) -> None:
+    """Refuse an official DINOv3 file whose stored RoPE periods are not ``cfg.rope_theta ** (f / F)`` (to the
+    bfloat16 the release stores them in)."""
+    from vitscope.models.rope import dinov3_periods
+
+    inner = raw["teacher"] if isinstance(raw.get("teacher"), Mapping) else raw
+    sd = _strip(_tensors(unwrap_state_dict(inner)), ("module.backbone.", "backbone.", "module."))
+    stored = sd.get("rope_embed.periods")
+    if stored is None:
+        return
+    want = dinov3_periods(cfg.head_dim, cfg.rope_theta)
+    if stored.shape != want.shape or not torch.allclose(stored.float(), want, rtol=1e-2, atol=0):
+        raise CheckpointError(f"rope_embed.periods {stored.float()[:4].tolist()}... are not base {cfg.rope_theta} "
+                              f"periods ({want[:4].tolist()}...); min/max-period RoPE is not supported")
+
+
 def mae_encoder(raw: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The encoder of an official MAE checkpoint, timm keys (decoder and mask token dropped)."""
     sd = _strip(_tensors(unwrap_state_dict(raw)), ("module.",))
@@ -116,7 +169,8 @@ def mocov3_encoder(raw: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if not k.startswith("head.")}
 
 
-_EXTRACT = {"dino": dino_backbone, "dinov2": dinov2_backbone, "mae": mae_encoder, "mocov3": mocov3_encoder}
+_EXTRACT = {"dino": dino_backbone, "dinov2": dinov2_backbone, "dinov3": dinov3_backbone, "mae": mae_encoder,
+            "mocov3": mocov3_encoder}
 
 
 # ----------------------------------------------------------------------------- converters
@@ -128,6 +182,13 @@ def convert_dino(raw: Mapping[str, Any], cfg: ViTConfig) -> dict[str, torch.Tens
 def convert_dinov2(raw: Mapping[str, Any], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """Official DINOv2 checkpoint (hub ``*_pretrain.pth``) -> vitscope state dict for ``cfg``."""
     return convert_timm_state_dict(dinov2_backbone(raw), cfg)
+
+
+def convert_dinov3(raw: Mapping[str, Any], cfg: ViTConfig) -> dict[str, torch.Tensor]:
+    """Official DINOv3 checkpoint -> vitscope state dict for ``cfg``."""
+    if cfg.rope == "dinov3":
+        check_dinov3_periods(raw, cfg)
+    return convert_timm_state_dict(dinov3_backbone(raw), cfg)
 
 
 def convert_mae(raw: Mapping[str, Any], cfg: ViTConfig) -> dict[str, torch.Tensor]:
@@ -143,7 +204,8 @@ def convert_mocov3(raw: Mapping[str, Any], cfg: ViTConfig) -> dict[str, torch.Te
 # ----------------------------------------------------------------------------- config and loading
 def config_from_official(fmt: str, raw: Mapping[str, Any], *, img_size: int | None = None,
                          num_heads: int | None = None) -> ViTConfig:
-    """The ViTConfig of an official ``fmt`` ("dino", "dinov2", "mae", "mocov3") checkpoint, from its tensor shapes.
+    """The ViTConfig of an official ``fmt`` ("dino", "dinov2", "dinov3", "mae", "mocov3") checkpoint, from its
+    tensor shapes.
 
     Heads are not visible in the tensors: they come from each project's released architectures (by width),
     or ``num_heads``. ``img_size`` defaults to the stored position grid times the patch size.
@@ -173,7 +235,14 @@ def config_from_official(fmt: str, raw: Mapping[str, Any], *, img_size: int | No
         a["global_pool"] = "avg"
     if fmt == "dinov2" and a.get("reg_tokens"):
         a["no_embed_class"] = True                # CLS's position was folded into cls_token
+    if fmt == "dinov3":
+        a.update(norm_eps=1e-5, global_pool="token", num_classes=0)
+        if a.get("gated_mlp"):
+            a["act_layer"] = "silu"
     cfg = _vitcfg_from_args(a, "vit", meta)
+    if fmt == "dinov3":
+        cfg = cfg.replace(rope="dinov3", rope_theta=100.0, rope_layout="half")
+        check_dinov3_periods(raw, cfg)
     cfg = cfg.replace(**official_pos_interp(fmt, cfg.num_registers))
     if fmt == "mae" and cfg.pos_embed == "learned":
         cfg = cfg.replace(pos_embed="sincos")
@@ -223,7 +292,8 @@ def load_official(src: str | Path | Mapping[str, Any], fmt: str | None = None, c
     raw = read_checkpoint(src) if not isinstance(src, Mapping) else src
     fmt = fmt or detect_format(raw)
     if fmt not in _EXTRACT:
-        raise ValueError(f"{source} reads as a {fmt!r} checkpoint, not an official DINO / DINOv2 / MAE / MoCo-v3 one")
+        raise ValueError(f"{source} reads as a {fmt!r} checkpoint, not an official DINO / DINOv2 / DINOv3 / MAE / "
+                         f"MoCo-v3 one")
     cfg = cfg or config_from_official(fmt, raw, **cfg_kw)
     model = HookedViT(cfg, preprocess_cfg=preprocess_for_official(fmt, cfg))
     load_strict(model, globals()[f"convert_{fmt}"](raw, cfg), source=source)

@@ -2,8 +2,10 @@
 
 Covers timm's ``VisionTransformer`` families (ViT / AugReg, DeiT and DeiT-distilled, DINO, MAE, DINOv2 with
 and without registers, DeiT-3, CLIP image towers, global-average-pooled ViTs, the residual post-norm
-``*_rpn_*`` ViT) and timm's ``Beit``. Post-norm blocks have the keys of pre-norm ones: only the name (``rpn``)
-or ``model_args`` (``res_post_norm``) tell them apart.
+``*_rpn_*`` ViT, SigLIP / SigLIP 2 with their attention-pool head, AIMv2, qk-norm ViTs) and timm's ``Beit``;
+timm's ``Eva`` class (DINOv3, EVA-02, RoPE-ViT, Perception Encoder, the ``*_rope_reg*_gap_*`` ViTs) is read by
+:mod:`vitscope.models.converters.timm_eva` through the same entry points. Post-norm blocks have the keys of
+pre-norm ones: only the name (``rpn``) or ``model_args`` (``res_post_norm``) tell them apart.
 
 Three sources describe a timm model, in increasing authority:
 
@@ -14,7 +16,10 @@ Three sources describe a timm model, in increasing authority:
    a checkpoint wins over a name.
 
 Key renames (timm -> vitscope): ``norm1 -> ln1``, ``norm2 -> ln2``, ``norm -> ln_final``, ``norm_pre -> ln_pre``,
-BEiT ``gamma_1/gamma_2 -> ls1.gamma/ls2.gamma``; everything else keeps its timm name.
+BEiT / EVA ``gamma_1/gamma_2 -> ls1.gamma/ls2.gamma``; EVA's separate ``q_proj / k_proj / v_proj`` are joined into
+``qkv`` (with ``q_bias`` / ``v_bias``) and the packed gated MLP's ``fc1`` is split into ``fc1_g`` (gate, first
+half) and ``fc1_x``; everything else keeps its timm name (``attn_pool.*``, ``rope.freqs``, ``mlp.norm``,
+``attn.norm``, ``attn.q_norm`` ...).
 """
 from __future__ import annotations
 
@@ -28,7 +33,11 @@ from typing import Any
 import torch
 
 from vitscope.models.config import ViTConfig
-from vitscope.models.converters.common import CheckpointError, folder_config, load_strict
+from vitscope.models.converters.common import CheckpointError, folder_config, fuse_qkv, load_strict
+from vitscope.models.converters.timm_keys import block_ids as _block_ids
+from vitscope.models.converters.timm_keys import block_kinds_from_tensors as _block_kinds_from_tensors
+from vitscope.models.converters.timm_keys import check_supported_keys as _check_supported_keys
+from vitscope.models.converters.timm_keys import patch_multiple  # noqa: F401  (used by timm_eva through here)
 from vitscope.models.preprocess import PreprocessConfig
 
 # ----------------------------------------------------------------------------- architecture names
@@ -44,17 +53,25 @@ TIMM_SIZES: dict[str, tuple[int, int, int, float]] = {
     "giant": (1408, 40, 16, 48 / 11),
     "gigantic": (1664, 48, 16, 64 / 13),
 }
+# width, depth, heads, mlp_ratio of size words the converter reads besides TIMM_SIZES
+_MORE_SIZES: dict[str, tuple[int, int, int, float]] = {
+    "so400m": (1152, 27, 16, 3.7362),
+    "giantopt": (1536, 40, 16, 4.0),
+}
+# AIMv2 (timm's aimv2_*): SwiGLU (no biases), RMSNorm, a norm on the patch embeddings, no CLS, mean of patches
+_AIMV2_SIZES: dict[str, tuple[int, int, int, float]] = {"large": (1024, 24, 8, 2.75), "huge": (1536, 24, 12, 2.6667),
+                                                        "1b": (2048, 24, 16, 2.75), "3b": (3072, 24, 24, 2.6667)}
+# SigLIP architectures that timm builds with the tanh approximation of GELU (the others run exact GELU)
+_SIGLIP_GELU_TANH = re.compile(r"^vit_(base_patch32|so400m_patch16|giantopt_patch16)_siglip|"
+                               r"^vit_large_patch16_siglip(_gap)?_512")
 # name fragments of timm architectures whose blocks HookedViT does not implement
 _UNSUPPORTED = {
     "relpos": "timm's relpos ViTs (per-block relative position MLP)",
-    "rope": "rotary position embeddings",
     "beit3": "BEiT-3 (multiway transformer)",
-    "dinov3": "DINOv3 (RoPE, SwiGLU)",
-    "sapiens": "Sapiens",
-    "_pe_": "Perception Encoder",
+    "sapiens": "Sapiens (grouped-query attention, attention-only LayerScale)",
     "radio": "RADIO",
     "tips": "TIPS",
-    "_map_": "attention-pool (MAP) heads",
+    "naflexvit": "NaFlex ViTs (variable-resolution patch sequences)",
 }
 # architectures whose arguments differ from what their size word says
 _NAME_EXCEPTIONS: dict[str, dict[str, Any]] = {
@@ -62,10 +79,7 @@ _NAME_EXCEPTIONS: dict[str, dict[str, Any]] = {
     "vit_base_patch16_gap": {"num_heads": 16},
 }
 # timm keyword arguments that change the computation in a way HookedViT does not implement
-_UNSUPPORTED_ARGS = {
-    "qk_norm": True, "scale_attn_norm": True, "scale_mlp_norm": True, "scale_mlp": True,
-    "swiglu_mlp": True, "proj_bias": False, "pool_include_prefix": True,
-}
+_UNSUPPORTED_ARGS = {"dynamic_img_pad": True}
 
 
 def split_name(name: str) -> tuple[str, str | None]:
@@ -80,17 +94,25 @@ def timm_args_from_name(arch: str) -> dict[str, Any]:
 
     Unknown size words give no width/depth/heads (they come from the tensors); unsupported families raise.
     """
+    from vitscope.models.converters import timm_eva
+
     arch, _ = split_name(arch)
     a = arch.lower()
     for frag, what in _UNSUPPORTED.items():
         if frag in f"_{a}_":
             raise ValueError(f"{arch!r}: {what} is not supported by HookedViT")
+    if timm_eva.is_eva_arch(a):
+        return {"_family": "eva", **timm_eva.eva_args_from_name(arch)}
     if "dinov2" in a and "giant" in a:
-        raise ValueError(f"{arch!r}: DINOv2 giant uses a SwiGLU MLP, which HookedViT does not implement")
+        raise ValueError(f"{arch!r}: DINOv2 giant uses a SwiGLU MLP with timm's packed weights (mlp.w12), "
+                         "which vitscope does not read; the other DINOv2 sizes load")
+    if a.startswith("aimv2_"):
+        return _aimv2_args(arch)
     args: dict[str, Any] = {"_family": "beit" if a.startswith("beit") else "vit"}
-    m = re.match(r"(?:vit|deit3?|beitv?2?|beit)_([a-z]+)_", a)
-    if m and m.group(1) in TIMM_SIZES:
-        D, depth, heads, ratio = TIMM_SIZES[m.group(1)]
+    m = re.match(r"(?:vit|deit3?|beitv?2?|beit)_([a-z0-9]+)_", a)
+    sizes = {**TIMM_SIZES, **_MORE_SIZES}
+    if m and m.group(1) in sizes:
+        D, depth, heads, ratio = sizes[m.group(1)]
         args.update(embed_dim=D, depth=depth, num_heads=heads, mlp_ratio=ratio)
     m = re.search(r"patch(\d+)", a)
     if m:
@@ -106,10 +128,10 @@ def timm_args_from_name(arch: str) -> dict[str, Any]:
         args.update(pre_norm=True, norm_eps=1e-5)
     if "quickgelu" in a:
         args["act_layer"] = "quick_gelu"
-    if "siglip" in a and "gap" not in a:
-        raise ValueError(f"{arch!r}: SigLIP's attention-pool (MAP) head is not supported; use a *_siglip_gap_* model")
     if "siglip" in a:
-        args.update(class_token=False, global_pool="avg", fc_norm=False)
+        args.update(class_token=False, global_pool="avg" if "_gap" in a else "map", fc_norm=False)
+        if _SIGLIP_GELU_TANH.match(a):
+            args["act_layer"] = "gelu_tanh"
     if "dinov2" in a:
         args.update(init_values=1e-5)
         args.setdefault("img_size", 518)
@@ -131,6 +153,17 @@ def timm_args_from_name(arch: str) -> dict[str, Any]:
     return args
 
 
+def _aimv2_args(arch: str) -> dict[str, Any]:
+    m = re.match(r"aimv2_([a-z0-9]+)_patch(\d+)_(\d+)$", arch.lower())
+    if not m or m.group(1) not in _AIMV2_SIZES:
+        raise ValueError(f"{arch!r}: unknown AIMv2 architecture; vitscope reads "
+                         f"aimv2_{{large,huge,1b,3b}}_patch14_<size>")
+    D, depth, heads, ratio = _AIMV2_SIZES[m.group(1)]
+    return dict(_family="vit", embed_dim=D, depth=depth, num_heads=heads, mlp_ratio=ratio, patch_size=int(m.group(2)),
+                img_size=int(m.group(3)), class_token=False, fc_norm=False, global_pool="avg", qkv_bias=False,
+                proj_bias=False, act_layer="silu", norm="rmsnorm", norm_eps=1e-5, patch_norm=True, gated_mlp=True)
+
+
 # ----------------------------------------------------------------------------- state-dict helpers
 def unwrap_state_dict(sd: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Peel the usual wrappers (``model``, ``state_dict``, ``module``) off a checkpoint, as timm does."""
@@ -139,10 +172,6 @@ def unwrap_state_dict(sd: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
             sd = inner
     return dict(sd)
-
-
-def _block_ids(sd: Mapping[str, torch.Tensor]) -> list[int]:
-    return sorted({int(m.group(1)) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m})
 
 
 def _square(n: int) -> int | None:
@@ -175,6 +204,11 @@ def config_from_timm(arch_name: str | None, timm_config_json: dict | None = None
     tag = tag or pcfg.get("tag")
     a = timm_args_from_name(arch)
     family = a.pop("_family")
+    if family == "eva":
+        from vitscope.models.converters import timm_eva
+
+        sd = unwrap_state_dict(state_dict) if state_dict is not None else None
+        return timm_eva.config_from_timm_eva(arch, tag, cj, sd)
     name_dims = {k: a[k] for k in ("embed_dim", "num_heads") if k in a}
     if "num_classes" in cj:
         a["num_classes"] = cj["num_classes"]
@@ -187,8 +221,10 @@ def config_from_timm(arch_name: str | None, timm_config_json: dict | None = None
         a["img_size"] = tuple(input_size[-2:])
     margs = dict(cj.get("model_args") or {})
     bad = {k: v for k, v in margs.items() if k in _UNSUPPORTED_ARGS and v == _UNSUPPORTED_ARGS[k]}
-    if margs.get("global_pool") not in (None, "", "token", "avg"):
+    if margs.get("global_pool") not in (None, "", "token", "avg", "map"):
         bad["global_pool"] = margs["global_pool"]
+    if margs.get("pool_include_prefix") and margs.get("global_pool", a.get("global_pool")) != "map":
+        bad["pool_include_prefix"] = True
     if bad:
         raise ValueError(f"{arch}: model_args {bad} select features HookedViT does not implement")
     a.update(margs)
@@ -222,18 +258,6 @@ def config_from_timm(arch_name: str | None, timm_config_json: dict | None = None
     return _vitcfg_from_args(a, family, meta)
 
 
-def _check_supported_keys(sd: Mapping[str, torch.Tensor], arch: str) -> None:
-    markers = {"attn_pool.": "attention-pool (MAP) head", ".q_norm.": "qk-norm", ".k_norm.": "qk-norm",
-               "attn.norm.": "attention-output norm", "mlp.norm.": "MLP norm", "fc1_g.": "SwiGLU MLP",
-               "mlp.w12.": "SwiGLU MLP", "rope.": "rotary position embedding",
-               "patch_embed.norm.": "patch-embedding norm", ".rel_pos.": "relative position MLP",
-               "attn.gate.": "gated attention"}
-    for k in sd:
-        for m, what in markers.items():
-            if m in k:
-                raise CheckpointError(f"{arch}: key {k!r} belongs to a {what}, which HookedViT does not implement")
-
-
 def _args_from_tensors(sd: Mapping[str, torch.Tensor], a: dict[str, Any], family: str) -> dict[str, Any]:
     """timm keyword arguments read from tensor shapes; they override the name and config."""
     out: dict[str, Any] = {}
@@ -252,6 +276,7 @@ def _args_from_tensors(sd: Mapping[str, torch.Tensor], a: dict[str, Any], family
     fc1 = sd.get("blocks.0.mlp.fc1.weight")
     if fc1 is not None:
         out["mlp_dim"] = int(fc1.shape[0])
+    out.update(_block_kinds_from_tensors(sd))
     out["qv_bias"] = "blocks.0.attn.q_bias" in sd
     out["qkv_bias"] = "blocks.0.attn.qkv.bias" in sd
     out["class_token"] = "cls_token" in sd
@@ -289,6 +314,7 @@ def _vitcfg_from_args(a: dict[str, Any], family: str, meta: dict[str, Any]) -> V
     p = int(a.get("patch_size", 16))
     img = a.get("img_size", 224)
     img = (int(img), int(img)) if isinstance(img, (int, float)) else tuple(int(x) for x in img)
+    img = patch_multiple(img, p, meta)
     class_token = bool(a.get("class_token", True))
     distilled = bool(a.get("distilled", False))
     reg = int(a.get("reg_tokens", 0))
@@ -298,8 +324,8 @@ def _vitcfg_from_args(a: dict[str, Any], family: str, meta: dict[str, Any]) -> V
     # pooling and norms (timm: fc_norm=None means "on when pooling by average")
     gp = a.get("global_pool", "avg" if beit else "token")
     gp = {"": "none", None: "none"}.get(gp, gp)
-    if gp not in ("token", "avg", "none"):
-        raise ValueError(f"timm global_pool={gp!r} is not supported (token, avg or none)")
+    if gp not in ("token", "avg", "map", "none"):
+        raise ValueError(f"timm global_pool={gp!r} is not supported (token, avg, map or none)")
     if "final_norm_key" in a:
         final_norm, fc_norm = a["final_norm_key"], a["fc_norm_key"]
     else:
@@ -358,9 +384,9 @@ def _vitcfg_from_args(a: dict[str, Any], family: str, meta: dict[str, Any]) -> V
         pos_prefix = False
 
     act = {"quick_gelu": "quick_gelu", "quickgelu": "quick_gelu", "gelu_tanh": "gelu_tanh",
-           "gelu": "gelu", None: "gelu"}.get(a.get("act_layer"))
+           "gelu": "gelu", "silu": "silu", "swish": "silu", None: "gelu"}.get(a.get("act_layer"))
     if act is None:
-        raise ValueError(f"activation {a.get('act_layer')!r} is not supported (gelu, gelu_tanh, quick_gelu)")
+        raise ValueError(f"activation {a.get('act_layer')!r} is not supported (gelu, gelu_tanh, quick_gelu, silu)")
     qv_bias = bool(a.get("qv_bias", beit and a.get("qkv_bias", True)))
     qkv_bias = bool(a.get("qkv_bias", True)) and not qv_bias
     mlp_dim = a.get("mlp_dim") or int(D * float(a.get("mlp_ratio", 4.0)))
@@ -377,8 +403,24 @@ def _vitcfg_from_args(a: dict[str, Any], family: str, meta: dict[str, Any]) -> V
                                                         a.get("use_shared_rel_pos_bias")))),
         act=act, norm_eps=float(a.get("norm_eps", 1e-6)), final_norm=bool(final_norm), global_pool=gp,
         fc_norm=bool(fc_norm), head=head, num_classes=max(num_classes, 0),
-        head_bias=bool(a.get("head_bias", True)), meta=meta,
+        head_bias=bool(a.get("head_bias", True)), meta=meta, **_modern_fields(a),
     )
+
+
+def _modern_fields(a: dict[str, Any]) -> dict[str, Any]:
+    """ViTConfig fields of timm's newer ViT switches (gated MLP, norms, biases, attention pool)."""
+    out = {k: a[k] for k in ("gated_mlp", "norm", "patch_norm", "proj_bias", "mlp_bias", "mlp_norm",
+                             "attn_out_norm", "qk_norm", "map_mlp", "map_q_proj", "map_qkv_bias", "map_mlp_dim",
+                             "map_heads") if a.get(k) is not None}
+    if "proj_bias" in a and "mlp_bias" not in a:
+        out["mlp_bias"] = bool(a["proj_bias"])              # timm's Block: the MLP biases follow proj_bias
+    if a.get("scale_attn_norm"):
+        out["attn_out_norm"] = True
+    if a.get("scale_mlp_norm"):
+        out["mlp_norm"] = True
+    if a.get("pool_include_prefix"):
+        out["map_tokens"] = "all"
+    return out
 
 
 # ----------------------------------------------------------------------------- state dict
@@ -400,12 +442,45 @@ def rename_timm_key(k: str) -> str:
     return k
 
 
+def join_qkv(sd: dict[str, torch.Tensor], prefix: str, cfg: ViTConfig) -> None:
+    """In place: ``<prefix>q_proj / k_proj / v_proj`` -> ``<prefix>qkv`` (weights stacked q, k, v) with biases
+    as ``cfg`` has them (``qv_bias``: ``q_bias`` / ``v_bias``, the key's bias must be absent or zero;
+    ``qkv_bias``: one ``qkv.bias``, a missing key bias filled with zeros)."""
+    names = [f"{prefix}{n}_proj.weight" for n in "qkv"]
+    if not all(n in sd for n in names):
+        return
+    sd[f"{prefix}qkv.weight"] = fuse_qkv(*(sd.pop(n) for n in names))
+    bias = {n: sd.pop(f"{prefix}{n}_proj.bias", None) for n in "qkv"}
+    if all(b is None for b in bias.values()):
+        return
+    zeros = next(b for b in bias.values() if b is not None).new_zeros(cfg.embed_dim)
+    if cfg.qv_bias:
+        if bias["k"] is not None and bias["k"].any():
+            raise CheckpointError(f"{prefix}k_proj.bias is not zero, so q/v-only biases cannot hold it; "
+                                  f"build the config with qkv_bias=True, qv_bias=False")
+        sd[f"{prefix}q_bias"] = bias["q"] if bias["q"] is not None else zeros
+        sd[f"{prefix}v_bias"] = bias["v"] if bias["v"] is not None else zeros
+    else:
+        sd[f"{prefix}qkv.bias"] = fuse_qkv(*(b if b is not None else zeros for b in bias.values()))
+
+
+def split_packed_glu(sd: dict[str, torch.Tensor], prefix: str) -> None:
+    """In place: a packed gated MLP's ``<prefix>fc1`` (gate rows first, as timm's ``GluMlp(gate_last=False)``)
+    -> ``<prefix>fc1_g`` and ``<prefix>fc1_x``."""
+    for param in ("weight", "bias"):
+        key = f"{prefix}fc1.{param}"
+        if key in sd:
+            sd[f"{prefix}fc1_g.{param}"], sd[f"{prefix}fc1_x.{param}"] = sd.pop(key).chunk(2, dim=0)
+
+
 def convert_timm_state_dict(sd: Mapping[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
-    """timm (VisionTransformer or Beit) state dict -> vitscope state dict for ``cfg``; load it with ``load_strict``.
+    """timm (VisionTransformer, Beit or Eva) state dict -> vitscope state dict for ``cfg``; load it with
+    ``load_strict``.
 
     Besides the renames: BEiT's shared relative position bias is added to every block's table (the same sum
     the shared bias makes at run time); position-embedding entries of registers are folded into ``reg_token``
-    (they are constant per register); CLIP's zero projection bias is dropped for ``head='clip_proj'``.
+    (they are constant per register); CLIP's zero projection bias is dropped for ``head='clip_proj'``; EVA's
+    separate q / k / v projections are joined and a packed gated MLP is split (see the module docstring).
     """
     sd = unwrap_state_dict(sd)
     out: dict[str, torch.Tensor] = {}
@@ -416,6 +491,10 @@ def convert_timm_state_dict(sd: Mapping[str, torch.Tensor], cfg: ViTConfig) -> d
         if k == "patch_embed.proj.weight" and v.ndim == 2:        # old linear patchify -> conv
             v = v.reshape(v.shape[0], cfg.in_chans, cfg.patch_size, cfg.patch_size)
         out[rename_timm_key(k)] = v
+    for i in range(cfg.depth):
+        join_qkv(out, f"blocks.{i}.attn.", cfg)
+        if cfg.gated_mlp:
+            split_packed_glu(out, f"blocks.{i}.mlp.")
     if shared is not None:
         for i in range(cfg.depth):
             key = f"blocks.{i}.attn.relative_position_bias_table"
@@ -459,12 +538,22 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def preprocess_from_timm(pcfg: Mapping[str, Any], img_size: tuple[int, int]) -> PreprocessConfig:
-    """timm ``pretrained_cfg`` (input_size, crop_pct, interpolation, mean, std) -> PreprocessConfig."""
+def preprocess_from_timm(pcfg: Mapping[str, Any], img_size: tuple[int, int],
+                         patch_size: int | None = None) -> PreprocessConfig:
+    """timm ``pretrained_cfg`` (input_size, crop_pct, interpolation, mean, std) -> PreprocessConfig.
+
+    With ``patch_size``, an input size that is not a multiple of it is rounded down and ``crop_pct`` scaled so that
+    the image is resized as timm resizes it (see :func:`patch_multiple`).
+    """
     kw: dict[str, Any] = {"input_size": tuple(pcfg.get("input_size", (3, *img_size)))[-2:]}
     for k in ("crop_pct", "interpolation", "mean", "std"):
         if pcfg.get(k) is not None:
             kw[k] = pcfg[k]
+    if patch_size:
+        fit = patch_multiple(kw["input_size"], patch_size, {})
+        if fit != tuple(kw["input_size"]):
+            kw["crop_pct"] = float(kw.get("crop_pct", 0.875)) * max(fit) / max(kw["input_size"])
+            kw["input_size"] = fit
     if kw.get("interpolation") not in (None, "bicubic", "bilinear", "nearest", "lanczos", "box"):
         kw["interpolation"] = "bicubic"
     return PreprocessConfig(**kw)
@@ -480,7 +569,7 @@ def load_timm_state_dict(sd: Mapping[str, torch.Tensor], arch_name: str | None =
     pcfg = dict((config_json or {}).get("pretrained_cfg") or {})
     if pcfg.get("crop_mode") not in (None, "center"):
         cfg.meta["crop_mode"] = pcfg["crop_mode"]      # vitscope's preprocessing always crops the centre
-    model = HookedViT(cfg, preprocess_cfg=preprocess_from_timm(pcfg, cfg.img_size))
+    model = HookedViT(cfg, preprocess_cfg=preprocess_from_timm(pcfg, cfg.img_size, cfg.patch_size))
     load_strict(model, convert_timm_state_dict(sd, cfg), source=source)
     return model.eval()
 
