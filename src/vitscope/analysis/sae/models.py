@@ -295,6 +295,13 @@ class SAE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.reconstruct(x)
 
+    def hooks(self, model, block: int | None = None, tokens: str | None = None, keep_error: bool = False):
+        """Context manager splicing this SAE into ``model`` at ``blocks.{block}.hook_resid_post`` with hook points
+        ``blocks.{block}.sae.hook_latents`` / ``hook_recons`` (see :mod:`vitscope.analysis.sae.hooks`)."""
+        from vitscope.analysis.sae.hooks import spliced
+
+        return spliced(model, self, block, tokens, keep_error)
+
     # ------------------------------------------------------------------ training loss
     def loss(self, x: torch.Tensor, dead: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training losses on normalised inputs (G, B, d): ``{"loss": (G,), "mse": (G,), "sparsity": (G,),
