@@ -38,10 +38,10 @@ class TrainOptions(Options):
     blocks: str = "-2"                    # '8', '4,8', '-2' (negatives from the end)
     tokens: str = "patches"
     arch: str = "topk"
-    widths: tuple = (512,)
-    ks: tuple = (32,)                     # TopK / BatchTopK / Matryoshka: latents per token
-    l1s: tuple = (1.0,)                   # ReLU: L1 coefficient; JumpReLU: L0 coefficient
-    lrs: tuple = (4e-4,)
+    width: tuple = (512,)                 # latents; several: a grid
+    k: tuple = (32,)                      # TopK / BatchTopK / Matryoshka: latents per token
+    l1: tuple = (1.0,)                    # ReLU: L1 coefficient; JumpReLU: L0 coefficient
+    lr: tuple = (4e-4,)
     steps: int = 2000
     batch_size: int = 1024
     chunk_images: int = 256               # images per chunk read from the store (memory bound)
@@ -66,9 +66,9 @@ class TrainOptions(Options):
     def validate(self) -> None:
         self.check_choice("arch", ARCHS)
         self.check_choice("tokens", ("patches", "cls", "mean", "all"))
-        self.check_ints("widths")
-        self.check_ints("ks")
-        for name in ("l1s", "lrs"):
+        self.check_ints("width")
+        self.check_ints("k")
+        for name in ("l1", "lr"):
             v = getattr(self, name)
             if isinstance(v, (int, float)):
                 v = (v,)
@@ -81,12 +81,12 @@ class TrainOptions(Options):
             if not v or any(p < 0 or math.isnan(p) for p in v):
                 raise _err(name, f"`{name}` takes non-negative numbers, got {getattr(self, name)!r}")
             setattr(self, name, v)
-        if any(x <= 0 for x in self.lrs):
-            raise _err("lrs", f"`lrs` must be positive, got {self.lrs}")
+        if any(x <= 0 for x in self.lr):
+            raise _err("lr", f"`lr` must be positive, got {self.lr}")
         if self.arch in USES_K:
-            bad = [(k, w) for k in self.ks for w in self.widths if k > w]
+            bad = [(k, w) for k in self.k for w in self.width if k > w]
             if bad:
-                raise _err("ks", f"`k` must not exceed the width: k={bad[0][0]} > width={bad[0][1]}; lower --k or "
+                raise _err("k", f"`k` must not exceed the width: k={bad[0][0]} > width={bad[0][1]}; lower --k or "
                                  f"raise --width")
         self.check_int("steps")
         self.check_int("batch_size")
@@ -111,8 +111,8 @@ class TrainOptions(Options):
     @property
     def grid(self) -> list[dict]:
         """The configurations: width x (k or L1 coefficient) x learning rate (blocks are added by the trainer)."""
-        sparsity = [("k", k) for k in self.ks] if self.arch in USES_K else [("l1", v) for v in self.l1s]
-        return [{"width": w, key: v, "lr": lr} for w in self.widths for key, v in sparsity for lr in self.lrs]
+        sparsity = [("k", k) for k in self.k] if self.arch in USES_K else [("l1", v) for v in self.l1]
+        return [{"width": w, key: v, "lr": lr} for w in self.width for key, v in sparsity for lr in self.lr]
 
 
 def _err(name, msg):
@@ -230,7 +230,9 @@ class Trainer:
         self.stream = StoreStream(self.store, opts.site, self.blocks, opts.tokens, opts.batch_size,
                                   opts.chunk_images, seed=opts.seed, limit=opts.limit)
         self.out = Path(out) if out is not None else None
-        self.provenance = provenance or {}
+        model = getattr(self.store, "model", {}) or {}
+        self.provenance = {"model": model.get("name"), "store": str(getattr(self.store, "path", "")),
+                           **(provenance or {})}
         torch.manual_seed(opts.seed)
         self.stacks = [_Stack(*s) for s in build_stacks(opts, self.blocks, self.stream.d)]
         self.step = 0
