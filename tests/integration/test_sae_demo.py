@@ -12,7 +12,7 @@ def test_demo_sae_reconstructs_and_finds_factors(tmp_path):
     model = vs.load_model("demo-vit")
     extract_features(model, "builtin:demo?n=2048,split=train", tmp_path / "store", layers="3",
                      sites=("resid_post",), tokens=("patches",), progress=False)
-    opts = TrainOptions(blocks="3", arch="topk", width=(512,), k=(16,), lr=(1e-3,), steps=1500, batch_size=1024,
+    opts = TrainOptions(blocks="3", arch="topk", width=(512,), k=(16,), lr=(1e-3,), steps=600, batch_size=1024,
                         chunk_images=512, warmup=50, dead_after=100_000)
     saes = train_saes(tmp_path / "store", opts, out=tmp_path / "saes")
     res = evaluate(saes, "builtin:demo?n=512,split=test", SAEOptions(limit=512, splice=False), model=model)
