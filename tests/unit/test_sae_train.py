@@ -26,7 +26,7 @@ def _best_cos(sae, D):
 @pytest.mark.slow
 def test_planted_dictionary_is_recovered(store):
     path, D = store
-    opts = TrainOptions(block="2", arch="topk", width=(64,), k=(2,), lr=(3e-3,), steps=600, batch_size=128,
+    opts = TrainOptions(blocks="2", arch="topk", width=(64,), k=(2,), lr=(3e-3,), steps=600, batch_size=128,
                         chunk_images=50, warmup=30, dead_after=5_000, log_every=100, checkpoint_every=10_000)
     sae = next(iter(train_saes(path, opts).values()))
     cos = _best_cos(sae, D)
@@ -34,13 +34,13 @@ def test_planted_dictionary_is_recovered(store):
 
 
 def _opts(**kw):
-    base = dict(block="2,3", arch="topk", width=(32, 48), k=(2, 4), lr=(1e-3,), steps=24, batch_size=64,
+    base = dict(blocks="2,3", arch="topk", width=(32, 48), k=(2, 4), lr=(1e-3,), steps=24, batch_size=64,
                 chunk_images=20, warmup=5, dead_after=300, log_every=4, checkpoint_every=10, init_rows=256)
     base.update(kw)
     return TrainOptions(**base)
 
 
-@pytest.mark.parametrize("arch", ["topk", *(pytest.param(a, mark=pytest.mark.slow)
+@pytest.mark.parametrize("arch", ["topk", *(pytest.param(a, marks=pytest.mark.slow)
                                              for a in ("relu", "jumprelu", "batchtopk", "matryoshka"))])
 def test_resume_is_bit_identical(store, tmp_path, arch):
     path, _ = store
@@ -68,7 +68,7 @@ def test_grid_equals_members_trained_alone(store):
     for w in (32, 48):
         for k in (2, 4):
             for b in (2, 3):
-                alone = Trainer(path, _opts(width=(w,), k=(k,), block=str(b))).run()
+                alone = Trainer(path, _opts(width=(w,), k=(k,), blocks=str(b))).run()
                 (name, sae), = alone.items()
                 for key, v in sae.state_dict().items():
                     torch.testing.assert_close(grid[name].state_dict()[key], v, rtol=1e-5, atol=1e-6)
@@ -76,9 +76,9 @@ def test_grid_equals_members_trained_alone(store):
 
 def test_same_seed_same_sae_other_seed_other(store):
     path, _ = store
-    a = Trainer(path, _opts(width=(32,), k=(2,), block="2")).run()
-    b = Trainer(path, _opts(width=(32,), k=(2,), block="2")).run()
-    c = Trainer(path, _opts(width=(32,), k=(2,), block="2", seed=1)).run()
+    a = Trainer(path, _opts(width=(32,), k=(2,), blocks="2")).run()
+    b = Trainer(path, _opts(width=(32,), k=(2,), blocks="2")).run()
+    c = Trainer(path, _opts(width=(32,), k=(2,), blocks="2", seed=1)).run()
     (sa,), (sb,), (sc,) = a.values(), b.values(), c.values()
     assert torch.equal(sa.W_dec, sb.W_dec) and not torch.equal(sa.W_dec, sc.W_dec)
 
@@ -109,7 +109,7 @@ def test_lr_schedule():
 
 
 @pytest.mark.parametrize("kw, msg", [
-    (dict(site="ln2"), "holds sites"), (dict(block="1"), "holds blocks"), (dict(tokens="cls"), "token reductions"),
+    (dict(site="ln2"), "holds sites"), (dict(blocks="1"), "holds blocks"), (dict(tokens="cls"), "token reductions"),
 ])
 def test_store_without_what_is_asked(store, kw, msg, tmp_path):
     with pytest.raises(ValueError, match=msg) as e:
