@@ -1,0 +1,172 @@
+"""The feature browser: a static HTML page of an SAE's latents (``vitscope sae browse SAE_DIR -o page/``).
+
+Per latent: the top-activating images with the latent's activation over patches drawn on top, the histogram of its
+non-zero activations, its logit effect (the atom read through the final norm and the head: the logit-lens path of
+``model.project_to_logits``, vilas2023), and the nearest latents by decoder cosine. The page is self-contained
+(images as files beside it, no server, no network); a search box jumps to a latent id.
+"""
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitscope.analysis.api import Options
+
+
+@dataclass
+class BrowseOptions(Options):
+    limit: int | None = 256               # images searched
+    latents: int = 64                     # latents shown (most often active first)
+    top: int = 8                          # top images per latent
+    neighbours: int = 5
+    logits: int = 5
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        self.check_int("limit", optional=True)
+        self.check_int("latents")
+        self.check_int("top")
+        self.check_int("neighbours")
+        self.check_int("logits")
+        self.check_int("batch_size")
+
+
+def _display(images: torch.Tensor, cfg) -> np.ndarray:
+    """Preprocessed images back to uint8 (N, H, W, 3) for display."""
+    mean = torch.tensor(getattr(cfg, "mean", (0.0,) * 3)).view(1, 3, 1, 1)
+    std = torch.tensor(getattr(cfg, "std", (1.0,) * 3)).view(1, 3, 1, 1)
+    x = (images * std + mean).clamp(0, 1)
+    return (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, vmax: float, scale: int = 2) -> np.ndarray:
+    """An image (H, W, 3) blended with a heat map over its patches (g, g), nearest-upsampled, inferno colours."""
+    from matplotlib import colormaps
+
+    h, w = image.shape[:2]
+    g0, g1 = heat.shape
+    up = np.kron(heat / max(vmax, 1e-12), np.ones((h // g0, w // g1)))
+    col = (colormaps["inferno"](np.clip(up, 0, 1))[..., :3] * 255).astype(np.float32)
+    alpha = 0.6 * np.clip(up, 0, 1)[..., None] + 0.15
+    out = (image.astype(np.float32) * (1 - alpha) + col * alpha).clip(0, 255).astype(np.uint8)
+    return np.kron(out, np.ones((scale, scale, 1), dtype=np.uint8)) if scale > 1 else out
+
+
+def _hist_svg(values: np.ndarray, bins: int = 24, w: int = 220, h: int = 60) -> str:
+    if len(values) == 0:
+        return "<svg width='220' height='60'></svg>"
+    counts, edges = np.histogram(values, bins=bins)
+    top = max(int(counts.max()), 1)
+    bw = w / bins
+    bars = "".join(f"<rect x='{i * bw:.1f}' y='{h - c / top * h:.1f}' width='{bw - 1:.1f}' "
+                   f"height='{c / top * h:.1f}' fill='#c0504d'/>" for i, c in enumerate(counts))
+    return (f"<svg width='{w}' height='{h + 14}' role='img' aria-label='activation histogram'>{bars}"
+            f"<text x='0' y='{h + 12}' font-size='10'>{edges[0]:.2g}</text>"
+            f"<text x='{w - 30}' y='{h + 12}' font-size='10'>{edges[-1]:.2g}</text></svg>")
+
+
+@torch.no_grad()
+def latent_summary(sae, model, images: torch.Tensor, opts: BrowseOptions) -> dict:
+    """Everything the page shows, as arrays: patch latents (N, g, g, w) of the chosen latents, their top images,
+    histograms, logit effects and neighbours."""
+    from vitscope.analysis.sae.evaluation import block_patch_acts
+
+    block = int(sae.cfg.block[0])
+    x = block_patch_acts(model, images, block, "patches", opts.batch_size)
+    n = len(images)
+    g = int(round((x.shape[0] // n) ** 0.5))
+    z = torch.cat([sae.encode(c) for c in x.split(4096)]).view(n, g, g, -1)
+    density = (z > 0).float().mean((0, 1, 2))
+    order = torch.argsort(density, descending=True, stable=True)
+    chosen = [int(i) for i in order[: opts.latents] if density[i] > 0]
+    W = sae.W_dec[0] / sae.W_dec[0].norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    cos = W @ W.T
+    cos.fill_diagonal_(-2)
+    classes = list((getattr(model, "meta", None) or {}).get("classes") or model.cfg.meta.get("classes") or [])
+    effect = None
+    if model.cfg.head != "none":
+        effect = model.project_to_logits(sae.W_dec[0].to(next(model.parameters()).device)).float().cpu()
+    out = {"block": block, "grid": g, "density": density.numpy(), "latents": []}
+    for lat in chosen:
+        za = z[..., lat]
+        peak = za.flatten(1).max(1).values
+        top = torch.argsort(peak, descending=True, stable=True)[: opts.top]
+        top = [int(i) for i in top if peak[i] > 0]
+        nb = torch.topk(cos[lat], min(opts.neighbours, cos.shape[0] - 1))
+        item = {"id": lat, "density": float(density[lat]), "top": top, "peak": [float(peak[i]) for i in top],
+                "heat": [za[i].numpy() for i in top], "values": za[za > 0].numpy(),
+                "neighbours": [(int(i), float(c)) for c, i in zip(nb.values, nb.indices)]}
+        if effect is not None:
+            e = effect[lat]
+            e = e - e.mean()
+            name = (lambda c: classes[c] if c < len(classes) else str(c))
+            up = torch.topk(e, min(opts.logits, len(e)))
+            down = torch.topk(-e, min(opts.logits, len(e)))
+            item["logits_up"] = [(name(int(i)), float(v)) for v, i in zip(up.values, up.indices)]
+            item["logits_down"] = [(name(int(i)), float(-v)) for v, i in zip(down.values, down.indices)]
+        out["latents"].append(item)
+    return out
+
+
+def write_browser(sae, model, data, out: str | Path, options: BrowseOptions | None = None,
+                  title: str = "SAE") -> Path:
+    """Write ``out/index.html`` (and ``out/img/*.png``) for ``sae`` on the images of ``data``; returns the page."""
+    from PIL import Image
+
+    from vitscope.analysis.sae.evaluation import _images
+    from vitscope.analysis.sae.hooks import check_width
+    from vitscope.features.access import preprocess_config
+
+    opts = options or BrowseOptions()
+    check_width(sae, model)
+    model.eval()
+    images, _, _, _ = _images(model, data, opts.limit)
+    info = latent_summary(sae, model, images, opts)
+    shown = _display(images, preprocess_config(model))
+    out = Path(out)
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    cards = []
+    for it in info["latents"]:
+        lat = it["id"]
+        vmax = max(it["peak"]) if it["peak"] else 1.0
+        figs = []
+        for rank, (i, heat) in enumerate(zip(it["top"], it["heat"])):
+            name = f"img/l{lat}_{rank}.png"
+            Image.fromarray(overlay(shown[i], heat, vmax)).save(out / name)
+            figs.append(f"<figure><img src='{name}' alt='latent {lat} image {i}' width='96' height='96'>"
+                        f"<figcaption>#{i} {it['peak'][rank]:.2f}</figcaption></figure>")
+        nbs = " ".join(f"<a href='#latent-{j}'>{j}</a> ({c:.2f})" for j, c in it["neighbours"])
+        logit = ""
+        if "logits_up" in it:
+            up = ", ".join(f"{html.escape(c)} {v:+.2f}" for c, v in it["logits_up"])
+            down = ", ".join(f"{html.escape(c)} {v:+.2f}" for c, v in it["logits_down"])
+            logit = f"<p class='logit'>logit effect: up {up}; down {down}</p>"
+        cards.append(
+            f"<section class='latent' id='latent-{lat}' data-id='{lat}'><h2>latent {lat}</h2>"
+            f"<p>active on {100 * it['density']:.2f}% of patches; nearest by decoder cosine: {nbs}</p>"
+            f"<div class='tops'>{''.join(figs)}</div>{_hist_svg(it['values'])}{logit}</section>")
+    meta = {k: sae.cfg.meta.get(k) for k in ("name", "model", "store") if sae.cfg.meta.get(k)}
+    head = (f"<h1>{html.escape(title)}</h1><p>{html.escape(sae.arch)} SAE, {sae.cfg.width} latents on "
+            f"block {info['block']} ({html.escape(sae.cfg.tokens)} tokens) of {len(images)} images; "
+            f"{len(info['latents'])} latents shown, the most often active first. "
+            f"{html.escape(json.dumps(meta))}</p>"
+            "<p><label>latent id <input id='q' type='number' min='0'></label> "
+            "<button id='go'>show</button> <span id='msg'></span></p>")
+    script = ("<script>document.getElementById('go').onclick=function(){var v=document.getElementById('q').value;"
+              "var e=document.getElementById('latent-'+v);var m=document.getElementById('msg');"
+              "if(e){e.scrollIntoView();m.textContent='';}else{m.textContent='latent '+v+' is not on this page';}};"
+              "</script>")
+    style = ("<style>body{font-family:sans-serif;margin:1em}.latent{border-top:1px solid #ccc;padding:.4em 0}"
+             ".tops{display:flex;flex-wrap:wrap;gap:4px}figure{margin:0;font-size:10px;text-align:center}"
+             "h2{font-size:1em;margin:.2em 0}</style>")
+    page = out / "index.html"
+    tmp = out / "index.html.tmp"
+    tmp.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{style}"
+                   f"</head><body>{head}{''.join(cards)}{script}</body></html>", encoding="utf-8")
+    tmp.replace(page)
+    return page

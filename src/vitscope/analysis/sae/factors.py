@@ -1,0 +1,169 @@
+"""SAE latents against the synthetic benchmark's generating factors: did the SAE find monosemantic features?
+
+Every patch token of an image of the synthetic benchmark gets ground truth from the generator (``sample(i)``):
+
+* ``object``     the patch is at least half covered by the object
+* ``shape=<c>``  an object patch of a shape of class c
+* ``part=<p>``   an object patch whose pixels are mostly of part p (right, top, left, bottom)
+* ``colour=<r|g|b>`` an object patch whose object's mean colour is mostly red, green or blue
+* ``texture=<k>`` a background patch (no object pixel) on a background of kind k (gradient, stripes, noise,
+  checker)
+* ``position=<q>`` an object patch of an object centred in image quadrant q (top-left, ...)
+
+Each concept is a binary label over patches. For a basis of units (the SAE's latents, the raw neurons of the
+stream, or as many random unit directions as the SAE has latents) we report the **best unit's AUROC** and the
+**number of units needed to reach AUROC 0.9** with a logistic-regression probe on the units ranked best on a train
+half, measured on the other half (1, 2, 4, ... 64; NaN when 64 do not reach it). SAE latents are non-negative, so
+their AUROC is taken as is (a latent detects a concept by firing); raw neurons and random directions have no sign,
+so each gets max(AUROC, 1 - AUROC), the benefit of the doubt.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+FACTORS = ("shape", "colour", "texture", "object", "part", "position")
+PART_NAMES = ("right", "top", "left", "bottom")
+QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
+SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def background_kind(cfg, split: str, i: int) -> str:
+    """The background pattern of synthetic image ``i``: the generator's first two draws replayed
+    (``render.background`` draws the base colour, then the kind)."""
+    from vitscope.data.synthetic.config import SPLITS
+    from vitscope.data.synthetic.render import BACKGROUNDS
+
+    rng = cfg.rng(SPLITS[split], i)
+    rng.uniform(0.2, 0.8, size=3)
+    return BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+
+
+def _pool(a: np.ndarray, g: int) -> np.ndarray:
+    """(S, S[, c]) -> (g, g[, c]) block means (S resampled to a multiple of g by nearest neighbour first)."""
+    s = a.shape[0]
+    if s % g:
+        idx = (np.arange(g * (s // g + 1)) * s // (g * (s // g + 1)))
+        a = a[idx][:, idx]
+        s = a.shape[0]
+    f = s // g
+    return a.reshape(g, f, g, f, *a.shape[2:]).mean((1, 3))
+
+
+def patch_concepts(source, indices: Sequence[int], grid: int) -> dict[str, tuple[str, np.ndarray]]:
+    """``{concept: (factor, bool (len(indices) * grid * grid,))}`` for the patches of synthetic images, row-major
+    over each image's ``grid`` x ``grid`` patches (the store's ``patches`` order)."""
+    from vitscope.data.synthetic.render import BACKGROUNDS
+
+    cols = {}
+    n = len(indices) * grid * grid
+    lab = {f"shape={c}": ("shape", np.zeros(n, bool)) for c in source.classes}
+    lab.update({f"part={p}": ("part", np.zeros(n, bool)) for p in PART_NAMES})
+    lab.update({f"colour={c}": ("colour", np.zeros(n, bool)) for c in ("red", "green", "blue")})
+    lab.update({f"texture={k}": ("texture", np.zeros(n, bool)) for k in BACKGROUNDS})
+    lab.update({f"position={q}": ("position", np.zeros(n, bool)) for q in QUADRANTS})
+    lab["object"] = ("object", np.zeros(n, bool))
+    for j, i in enumerate(indices):
+        s = source.sample(int(i))
+        sl = slice(j * grid * grid, (j + 1) * grid * grid)
+        cover = _pool(s.mask.astype(float), grid).ravel()
+        obj = cover >= 0.5
+        bg = cover == 0
+        lab["object"][1][sl] = obj
+        lab[f"shape={source.classes[s.label]}"][1][sl] = obj
+        parts = np.stack([_pool((s.parts == p).astype(float), grid).ravel() for p in range(4)], 1)
+        best = parts.argmax(1)
+        for p, name in enumerate(PART_NAMES):
+            lab[f"part={name}"][1][sl] = obj & (best == p)
+        colour = s.image[s.mask].astype(float).mean(0) if s.mask.any() else np.zeros(3)
+        lab[f"colour={('red', 'green', 'blue')[int(colour.argmax())]}"][1][sl] = obj
+        lab[f"texture={background_kind(source.cfg, source.split, int(i))}"][1][sl] = bg
+        size = s.mask.shape[0]
+        q = 2 * int(s.pose.cy >= size / 2) + int(s.pose.cx >= size / 2)
+        lab[f"position={QUADRANTS[q]}"][1][sl] = obj
+    for k, (f, v) in lab.items():
+        if 0 < v.sum() < n:
+            cols[k] = (f, v)
+    return cols
+
+
+def auroc(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """AUROC of every column of ``scores`` (N, U) for binary labels ``y`` (N,): the Mann-Whitney statistic with
+    average ranks for ties."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y, bool)
+    npos, nneg = int(y.sum()), int((~y).sum())
+    if npos == 0 or nneg == 0:
+        raise ValueError("AUROC needs positive and negative samples")
+    r = rankdata(scores, axis=0)
+    return (r[y].sum(0) - npos * (npos + 1) / 2) / (npos * nneg)
+
+
+def units_needed(scores: np.ndarray, y: np.ndarray, order: np.ndarray, seed: int = 0, target: float = 0.9,
+                 sizes: Sequence[int] = SIZES, max_rows: int = 8000) -> float:
+    """The fewest of the best-ranked units (``order``) whose logistic-regression probe reaches ``target`` AUROC on
+    held-out patches (a seeded half / half split, at most ``max_rows`` each); NaN when none does."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(y))
+    half = len(y) // 2
+    tr, te = perm[:half][:max_rows], perm[half:][:max_rows]
+    if y[tr].all() or not y[tr].any() or y[te].all() or not y[te].any():
+        return float("nan")
+    for n in sizes:
+        if n > scores.shape[1]:
+            break
+        cols = order[:n]
+        xtr, xte = scores[tr][:, cols], scores[te][:, cols]
+        mu, sd = xtr.mean(0), xtr.std(0) + 1e-8
+        clf = LogisticRegression(max_iter=300, C=1.0).fit((xtr - mu) / sd, y[tr])
+        if roc_auc_score(y[te], clf.decision_function((xte - mu) / sd)) >= target:
+            return float(n)
+    return float("nan")
+
+
+def factor_scores(bases: dict[str, tuple[np.ndarray, bool]], concepts: dict[str, tuple[str, np.ndarray]],
+                  seed: int = 0, sizes: Sequence[int] = SIZES) -> list[dict]:
+    """Rows ``{basis, factor, concept, best_auroc, best_unit, units_to_0.9, positives}`` for every basis
+    ``{name: (scores (N, U), signed)}`` and concept; ``signed`` False takes max(AUROC, 1 - AUROC)."""
+    rows = []
+    for basis, (scores, signed) in bases.items():
+        scores = np.asarray(scores, dtype=np.float32)
+        for concept, (factor, y) in concepts.items():
+            a = auroc(scores, y)
+            if not signed:
+                a = np.maximum(a, 1 - a)
+            a = np.nan_to_num(a, nan=0.5)
+            order = np.argsort(-a, kind="stable")
+            rows.append({"basis": basis, "factor": factor, "concept": concept, "best_auroc": float(a[order[0]]),
+                         "best_unit": int(order[0]), "positives": int(y.sum()),
+                         "units_to_0.9": units_needed(scores, y, order, seed, sizes=sizes)})
+    return rows
+
+
+@torch.no_grad()
+def factor_bases(model, sae, images: torch.Tensor, block: int, seed: int = 0, batch_size: int = 64
+                 ) -> dict[str, tuple[np.ndarray, bool]]:
+    """The patch activations of ``images`` at ``blocks.{block}.hook_resid_post`` in three bases: the SAE's latents,
+    the raw neurons, and random unit directions (as many as the SAE has latents)."""
+    from vitscope.analysis.sae.hooks import check_width
+
+    check_width(sae, model)
+    hook = f"blocks.{block}.hook_resid_post"
+    lay = model.token_layout(block)
+    acts = []
+    dev = next(model.parameters()).device
+    for s in range(0, len(images), batch_size):
+        _, cache = model.run_with_cache(images[s:s + batch_size].to(dev), names_filter=hook)
+        acts.append(cache[hook][:, lay.patches].reshape(-1, model.cfg.embed_dim).float().cpu())
+    x = torch.cat(acts)
+    gen = torch.Generator().manual_seed(seed)
+    r = torch.randn(x.shape[1], sae.cfg.width, generator=gen)
+    r /= r.norm(dim=0, keepdim=True)
+    return {"sae": (sae.encode(x).numpy(), True), "neurons": (x.numpy(), False),
+            "random": ((x @ r).numpy(), False)}

@@ -1,0 +1,109 @@
+"""The SAE spliced into the model: ``blocks.{i}.hook_resid_post`` replaced by the reconstruction, with hook points
+``blocks.{i}.sae.hook_latents`` (B, T_sel, w) and ``blocks.{i}.sae.hook_recons`` (B, T_sel, d) for interventions.
+
+>>> with sae.hooks(model, 3) as m:                              # or vitscope.analysis.sae.hooks.spliced(...)
+...     def amplify(z, hook):
+...         z[..., 17] *= 5
+...         return z
+...     logits = m.run_with_hooks(x, fwd_hooks=[("blocks.3.sae.hook_latents", amplify)])
+
+Only the tokens the SAE was trained on are replaced (``patches``: the patch tokens, ``cls``: the CLS token,
+``all``: every token; an SAE on patch means is applied to each patch token). ``keep_error=True`` adds the SAE's
+reconstruction error back, so that only an intervention on the latents changes the stream.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from vitscope.hooks.hook_points import HookPoint
+
+
+def token_index(model, block: int, tokens: str, n_tokens: int) -> torch.Tensor | slice:
+    """The positions of ``tokens`` in the stream leaving ``block`` (``n_tokens`` tokens)."""
+    lay = model.token_layout(block)
+    if lay.n_tokens != n_tokens:                       # another input size: a square grid of patches
+        prefix = lay.n_tokens - len(range(lay.n_tokens)[lay.patches])
+        side = int(round((n_tokens - prefix) ** 0.5))
+        lay = model.token_layout(block, (side, side))
+    if tokens in ("patches", "mean"):
+        return lay.patches
+    if tokens == "cls":
+        return slice(lay.index_of("cls"), lay.index_of("cls") + 1)
+    if tokens == "all":
+        return slice(None)
+    raise ValueError(f"tokens must be patches, cls, mean or all, got {tokens!r}")
+
+
+class SAESplice(nn.Module):
+    """Encode -> ``hook_latents`` -> decode -> ``hook_recons`` (raw activation units)."""
+
+    def __init__(self, sae, keep_error: bool = False) -> None:
+        super().__init__()
+        self.sae = sae
+        self.keep_error = keep_error
+        self.hook_latents = HookPoint()
+        self.hook_recons = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1]).float()
+        z = self.sae.encode(flat)
+        z = self.hook_latents(z.reshape(*shape[:-1], -1))
+        r = self.sae.decode(z.reshape(flat.shape[0], -1))
+        if self.keep_error:
+            with torch.no_grad():
+                err = flat - self.sae.reconstruct(flat)
+            r = r + err
+        return self.hook_recons(r.reshape(shape).to(x.dtype))
+
+
+def check_width(sae, model) -> None:
+    d = model.cfg.embed_dim
+    if sae.cfg.d_in != d:
+        raise ValueError(f"the SAE reads {sae.cfg.d_in}-dim activations but {model_name(model)} has width {d}; "
+                         f"use an SAE trained on this model")
+
+
+def model_name(model) -> str:
+    return str((getattr(model, "meta", None) or {}).get("name") or "the model")
+
+
+def replace_hook(model, block: int, tokens: str, fn):
+    """A hook for ``blocks.{block}.hook_resid_post`` that replaces the ``tokens`` positions by ``fn(selected)``."""
+
+    def hook(t: torch.Tensor, hp):
+        idx = token_index(model, block, tokens, t.shape[1])
+        out = t.clone()
+        out[:, idx] = fn(t[:, idx])
+        return out
+
+    return hook
+
+
+@contextlib.contextmanager
+def spliced(model, sae, block: int | None = None, tokens: str | None = None,
+            keep_error: bool = False) -> Iterator:
+    """Context manager: ``model`` runs with the SAE replacing ``blocks.{block}.hook_resid_post`` at its tokens;
+    the hook points ``blocks.{block}.sae.hook_latents`` / ``hook_recons`` exist inside the ``with``."""
+    check_width(sae, model)
+    block = int(sae.cfg.block[0] if block is None else block)
+    block = block + model.cfg.depth if block < 0 else block
+    if not 0 <= block < model.cfg.depth:
+        raise ValueError(f"block {block} does not exist in a model of depth {model.cfg.depth}")
+    tokens = tokens or sae.cfg.tokens
+    splice = SAESplice(sae, keep_error).to(next(model.parameters()).device)
+    blk = model.blocks[block]
+    if hasattr(blk, "sae"):
+        raise ValueError(f"block {block} already has an SAE spliced in")
+    blk.add_module("sae", splice)
+    model.setup_hooks()
+    try:
+        with model.hooks([(f"blocks.{block}.hook_resid_post", replace_hook(model, block, tokens, splice))]):
+            yield model
+    finally:
+        del blk.sae
+        model.setup_hooks()

@@ -1,0 +1,183 @@
+"""SAEs on disk: vitscope's format (safetensors + JSON), and loaders for saev's and SAELens' checkpoints.
+
+vitscope's format, one folder per SAE::
+
+    DIR/config.json        {"format": "vitscope.sae", "format_version": 1, "config": SAEConfig fields}
+    DIR/sae.safetensors    W_enc (d, w), b_enc (w), W_dec (w, d), b_dec (d), scale (), threshold (),
+                           log_threshold (w) for JumpReLU
+
+Other formats (read only; never unpickled: safetensors, or ``torch.load(weights_only=True)``):
+
+* **SAELens** (a folder with ``cfg.json`` and ``sae_weights.safetensors``): ``architecture`` ``standard`` (ReLU),
+  ``topk`` (``activation_fn_kwargs.k``) and ``jumprelu`` (``threshold`` per latent) map; ``apply_b_dec_to_input``
+  false is folded into ``b_enc``. SAELens folds its activation normalisation into the weights when it saves, so the
+  scale is 1. ``gated`` and other architectures are refused.
+* **saev** (a ``.pt`` file: one JSON header line, then ``torch.save(state_dict)``; schema 1 and 2 and the older
+  header of bare config fields): ReLU, TopK and BatchTopK map (saev encodes ``x W_enc + b_enc`` without subtracting
+  ``b_dec``: folded into ``b_enc``; its BatchTopK SAEs are run per token with their ``top_k`` at inference, as saev
+  runs them). saev normalises activations in its data loader, outside the checkpoint: pass ``scale`` if you trained
+  with it. saev's TopK keeps the k largest pre-activations even when negative; vitscope applies ReLU first, the same
+  whenever k latents are positive.
+"""
+from __future__ import annotations
+
+import io as _io
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from vitscope.analysis.sae.models import SAE, SAEConfig
+
+FORMAT = "vitscope.sae"
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+WEIGHTS = "sae.safetensors"
+
+
+def save_sae(sae: SAE, path: str | Path) -> Path:
+    """Write a one-member SAE to folder ``path`` (atomically: a finished folder is never half-written)."""
+    from safetensors.torch import save_file
+
+    if sae.n != 1:
+        raise ValueError(f"save one SAE at a time (this stack holds {sae.n}); use sae.member(i)")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    t = {"W_enc": sae.W_enc[0], "b_enc": sae.b_enc[0], "W_dec": sae.W_dec[0], "b_dec": sae.b_dec[0],
+         "scale": sae.scale[0], "threshold": sae.threshold[0]}
+    if sae.arch == "jumprelu":
+        t["log_threshold"] = sae.log_threshold[0]
+    t = {k: v.detach().float().contiguous().clone() for k, v in t.items()}
+    save_file(t, str(path / (WEIGHTS + ".tmp")))
+    cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": _jsonable(sae.cfg.to_dict())}
+    (path / (CONFIG + ".tmp")).write_text(json.dumps(cfg, indent=1, sort_keys=True))
+    (path / (WEIGHTS + ".tmp")).replace(path / WEIGHTS)
+    (path / (CONFIG + ".tmp")).replace(path / CONFIG)
+    return path
+
+
+def _jsonable(d):
+    return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, (tuple, set)) else str(o)))
+
+
+def _from_tensors(cfg: SAEConfig, W_enc, b_enc, W_dec, b_dec, scale=1.0, threshold=0.0,
+                  log_threshold=None) -> SAE:
+    sae = SAE(cfg)
+    d, w = cfg.d_in, cfg.width
+    shapes = {"W_enc": (tuple(W_enc.shape), (d, w)), "W_dec": (tuple(W_dec.shape), (w, d)),
+              "b_enc": (tuple(b_enc.shape), (w,)), "b_dec": (tuple(b_dec.shape), (d,))}
+    for k, (got, want) in shapes.items():
+        if got != want:
+            raise ValueError(f"{k} has shape {got}, the config says {want}")
+    with torch.no_grad():
+        sae.W_enc[0] = W_enc.float()
+        sae.b_enc[0] = b_enc.float()
+        sae.W_dec[0] = W_dec.float()
+        sae.b_dec[0] = b_dec.float()
+        sae.scale[0] = float(scale)
+        sae.threshold[0] = float(threshold)
+        if log_threshold is not None:
+            sae.log_threshold[0] = log_threshold.float()
+    return sae
+
+
+def load_sae(path: str | Path) -> SAE:
+    """Load an SAE: a vitscope folder, a SAELens folder, or a saev ``.pt`` file (module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no SAE at {path}; give a folder written by `vitscope sae train`, a SAELens folder "
+                                f"(cfg.json + sae_weights.safetensors) or a saev .pt file")
+    if path.is_file():
+        if path.name == CONFIG or path.name == WEIGHTS:
+            return load_sae(path.parent)
+        return load_saev(path)
+    if (path / CONFIG).exists() and (path / WEIGHTS).exists():
+        return _load_vitscope(path)
+    if (path / "cfg.json").exists() and (path / "sae_weights.safetensors").exists():
+        return load_saelens(path)
+    pts = sorted(path.glob("*.pt"))
+    if len(pts) == 1:
+        return load_saev(pts[0])
+    raise ValueError(f"{path} holds no SAE: expected {CONFIG} + {WEIGHTS} (vitscope), cfg.json + "
+                     f"sae_weights.safetensors (SAELens) or one saev .pt file")
+
+
+def _load_vitscope(path: Path) -> SAE:
+    from safetensors.torch import load_file
+
+    meta = json.loads((path / CONFIG).read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path / CONFIG} is not a vitscope SAE config (format={meta.get('format')!r})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(f"{path} was written by a newer vitscope (SAE format {meta['format_version']}); upgrade")
+    cfg = SAEConfig(**meta["config"])
+    t = load_file(str(path / WEIGHTS))
+    return _from_tensors(cfg, t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"], t["scale"], t["threshold"],
+                         t.get("log_threshold"))
+
+
+def load_saelens(path: str | Path) -> SAE:
+    """A SAELens SAE folder (``cfg.json`` + ``sae_weights.safetensors``)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    c = json.loads((path / "cfg.json").read_text())
+    t = load_file(str(path / "sae_weights.safetensors"))
+    arch = c.get("architecture", "standard")
+    act = c.get("activation_fn_str") or c.get("activation_fn") or "relu"
+    kwargs = c.get("activation_fn_kwargs") or {}
+    if arch == "standard" and act == "topk":
+        arch = "topk"
+    mapping = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+    if arch not in mapping:
+        raise ValueError(f"SAELens architecture {arch!r} has no vitscope counterpart (supported: "
+                         f"{', '.join(mapping)})")
+    W_enc, b_enc, W_dec, b_dec = t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"]
+    d_in, width = int(c.get("d_in", W_enc.shape[0])), int(c.get("d_sae", W_enc.shape[1]))
+    if not c.get("apply_b_dec_to_input", True):
+        b_enc = b_enc + b_dec @ W_enc            # x W + b = (x - b_dec) W + (b + b_dec W)
+    k = int(kwargs.get("k", c.get("k", 1))) if mapping[arch] == "topk" else 1
+    layer = c.get("hook_layer")
+    if layer is None:
+        import re
+
+        m = re.search(r"blocks\.(\d+)\.", str(c.get("hook_name", "")))
+        layer = int(m.group(1)) if m else 0
+    cfg = SAEConfig(d_in=d_in, width=width, arch=mapping[arch], k=(k,), block=(int(layer),),
+                    meta={"source": "saelens", "hook_name": c.get("hook_name"), "model_name": c.get("model_name")})
+    logt = None
+    if mapping[arch] == "jumprelu":
+        logt = t["threshold"].float().clamp_min(1e-12).log()
+    return _from_tensors(cfg, W_enc, b_enc, W_dec, b_dec, log_threshold=logt)
+
+
+def load_saev(path: str | Path, scale: float = 1.0) -> SAE:
+    """A saev checkpoint (``.pt``: a JSON header line, then a state dict, loaded with ``weights_only=True``)."""
+    path = Path(path)
+    with open(path, "rb") as fd:
+        first = fd.readline()
+        rest = fd.read()
+    try:
+        header = json.loads(first)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path} is not a saev checkpoint (its first line is not a JSON header)") from None
+    cfg_d = header.get("cfg", header) if "schema" in header else header
+    act = cfg_d.get("activation") or {}
+    cls = act.get("cls") if isinstance(act, dict) else None
+    if header.get("schema") == 1 and header.get("cls") in ("Relu", "TopK", "BatchTopK"):
+        cls = header["cls"]
+        act = {"params": {"top_k": cfg_d.get("top_k", 32)}}
+    cls = cls or "Relu"
+    arch = {"Relu": "relu", "TopK": "topk", "BatchTopK": "topk"}.get(cls)
+    if arch is None:
+        raise ValueError(f"saev activation {cls!r} has no vitscope counterpart (supported: Relu, TopK, BatchTopK)")
+    sd = torch.load(_io.BytesIO(rest), weights_only=True, map_location="cpu")
+    W_enc, b_enc, W_dec, b_dec = sd["W_enc"], sd["b_enc"], sd["W_dec"], sd["b_dec"]
+    b_enc = b_enc + b_dec @ W_enc                # saev does not subtract b_dec before the encoder
+    k = int((act.get("params") or {}).get("top_k", 32)) if arch == "topk" else 1
+    cfg = SAEConfig(d_in=int(W_enc.shape[0]), width=int(W_enc.shape[1]), arch=arch, k=(k,),
+                    meta={"source": "saev", "saev_activation": cls, "saev_schema": header.get("schema")})
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive number, got {scale}")
+    return _from_tensors(cfg, W_enc, b_enc, W_dec, b_dec, scale=scale)

@@ -1,0 +1,83 @@
+"""Figures of SAE evaluations: latent density, sparsity against reconstruction, features against known factors,
+and a latent's patch heat map."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def plot_density(density: dict[str, np.ndarray], bins: int = 30):
+    """Histogram of log10 latent firing frequency, one line per SAE (dead latents counted in the title)."""
+    import matplotlib.pyplot as plt
+
+    from vitscope.analysis.sae.metrics import density_histogram
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    dead = []
+    for name, d in density.items():
+        counts, edges = density_histogram(np.asarray(d), bins)
+        ax.stairs(counts, edges, label=name)
+        dead.append(int((np.asarray(d) == 0).sum()))
+    ax.set_xlabel("log10 firing frequency")
+    ax.set_ylabel("latents")
+    ax.set_title(f"latent density (dead: {', '.join(map(str, dead))})")
+    if len(density) <= 8:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sparsity_fidelity(table):
+    """FVU against L0, one point per SAE (the sparsity / reconstruction trade-off)."""
+    import matplotlib.pyplot as plt
+
+    w = table.pivot_table(index="sae", columns="metric", values="value", aggfunc="first")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.scatter(w["l0"], w["fvu"])
+    for name, r in w.iterrows():
+        ax.annotate(str(name), (r["l0"], r["fvu"]), fontsize=6)
+    ax.set_xlabel("L0 (active latents per token)")
+    ax.set_ylabel("FVU")
+    ax.set_xscale("log")
+    ax.set_title("sparsity vs reconstruction")
+    fig.tight_layout()
+    return fig
+
+
+def plot_factors(rows):
+    """Per generating factor: the best unit's AUROC (best concept of the factor) for each basis."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
+    g = df.groupby(["factor", "basis"])["best_auroc"].mean().unstack("basis")
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    bases = list(g.columns)
+    x = np.arange(len(g))
+    width = 0.8 / max(1, len(bases))
+    for j, b in enumerate(bases):
+        ax.bar(x + j * width - 0.4 + width / 2, g[b].values, width, label=b)
+    ax.axhline(0.9, color="k", lw=0.8, ls="--")
+    ax.set_xticks(x, g.index, rotation=20)
+    ax.set_ylim(0.5, 1.0)
+    ax.set_ylabel("best unit AUROC (mean over the factor's values)")
+    ax.set_title("features against the generating factors")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_latent_patches(image: np.ndarray, heat: np.ndarray, ax=None, title: str | None = None):
+    """An image (H, W, 3) with a latent's activation over its patches (g, g) drawn on top."""
+    import matplotlib.pyplot as plt
+
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(2, 2))
+    ax.imshow(image)
+    h, w = image.shape[:2]
+    ax.imshow(heat, cmap="inferno", alpha=0.55, extent=(0, w, h, 0), interpolation="nearest",
+              vmin=0, vmax=max(float(heat.max()), 1e-9))
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=7)
+    return fig or ax.figure

@@ -1,0 +1,120 @@
+"""`vitscope sae train | eval | browse` on a tiny model and store: the CLI and the Python API give the same table,
+bad input is one line with nothing written, and the browser page renders (in Chromium when it is installed)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from frontends import assert_same_values, run_cli, values
+
+DATA = "synthetic:size=32,classes=4,n=40,split=test"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from vitscope import HookedViT, PreprocessConfig, ViTConfig
+    from vitscope.features import extract_features
+    from vitscope.models.loading import save_model
+
+    root = tmp_path_factory.mktemp("sae-cli")
+    torch.manual_seed(0)
+    m = HookedViT(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, num_classes=4,
+                            meta={"classes": ["circle", "square", "triangle", "cross"]}),
+                  PreprocessConfig(input_size=32, crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3))
+    save_model(m, root / "model")
+    extract_features(m, DATA, root / "store", layers=(1, 2), sites=("resid_post",), tokens=("patches", "cls"),
+                     progress=False)
+    return root
+
+
+def _train(root, out, *extra):
+    return run_cli("sae", "train", "--store", root / "store", "-o", out, "--block", "1", "--width", "64",
+                   "--k", "4", "--steps", "30", "--batch-size", "64", "--chunk-images", "10", "--warmup", "5",
+                   "-q", *extra)
+
+
+def test_train_eval_browse(setup, tmp_path):
+    root = setup
+    r = _train(root, tmp_path / "saes", "--width", "32,64", "--block", "1,2")
+    assert "trained 4 SAE(s) in one pass" in r.output
+    sae_dir = tmp_path / "saes" / "topk-b1-w64-k4-lr0.0004"
+    assert (sae_dir / "sae.safetensors").exists() and (sae_dir / "config.json").exists()
+    assert (tmp_path / "saes" / "training_log.csv").exists()
+
+    run_cli("sae", "eval", sae_dir, "-m", root / "model", "-d", DATA, "--limit", "24", "-o", tmp_path / "ev", "-q")
+    import pandas as pd
+
+    cli = pd.read_csv(tmp_path / "ev" / "sae.csv")
+    assert {"l0", "fvu", "cosine", "dead_fraction", "sae_top1_agreement", "zero_kl", "mean_kl",
+            "factor_best_auroc"} <= set(cli["metric"])
+    assert (tmp_path / "ev" / "sae_factors.png").exists() and (tmp_path / "ev" / "sae_density.png").exists()
+    assert cli.loc[cli.metric == "l0", "value"].iloc[0] <= 4
+
+    from vitscope.analysis.sae import SAEOptions, evaluate
+    from vitscope.runtime import load_model
+
+    api = evaluate([sae_dir], DATA, SAEOptions(limit=24), model=load_model(str(root / "model")))
+    keys = ("block", "metric", "basis", "concept")
+    assert_same_values(values(api.table, keys), values(cli, keys))
+
+    r = run_cli("sae", "browse", sae_dir, "-m", root / "model", "-d", DATA, "--limit", "24", "--latents", "6",
+                "-o", tmp_path / "page", "-q")
+    page = tmp_path / "page" / "index.html"
+    text = page.read_text()
+    assert text.count("class='latent'") >= 1 and "<img " in text and "logit effect" in text
+    for src in __import__("re").findall(r"src='([^']+)'", text):
+        assert (tmp_path / "page" / src).exists()
+
+
+def test_browser_page_in_chromium(setup, tmp_path):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_report_browser import check_page, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
+    _train(setup, tmp_path / "s")
+    run_cli("sae", "browse", tmp_path / "s" / "topk-b1-w64-k4-lr0.0004", "-m", setup / "model", "-d", DATA,
+            "--limit", "24", "--latents", "4", "-o", tmp_path / "page", "-q")
+    res = check_page(tmp_path / "page" / "index.html")
+    assert res["images"] >= 4 and res["broken"] == [] and res["errors"] == [] and res["external"] == 0
+
+
+def test_resume_continues_in_the_cli(setup, tmp_path):
+    _train(setup, tmp_path / "a")
+    r = _train(setup, tmp_path / "a")          # a finished run resumes at its end: nothing retrained
+    assert "trained 1 SAE(s)" in r.output
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "vitscope", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def _one_line(r, needle):
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra, needle", [
+    (("--site", "ln2"), "holds sites"), (("--block", "0"), "holds blocks"), (("--tokens", "all"), "reductions"),
+    (("--width", "0"), "--width"), (("--k", "99", "--width", "64"), "--k"),
+])
+def test_bad_train_input(setup, tmp_path, extra, needle):
+    out = tmp_path / "o"
+    r = _run("sae", "train", "--store", setup / "store", "-o", out, "--width", "64", "--steps", "3", *extra)
+    _one_line(r, needle)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_sae_of_another_width(setup, tmp_path):
+    from vitscope.analysis.sae import SAE, SAEConfig, save_sae
+
+    save_sae(SAE(SAEConfig(d_in=48, width=8, arch="topk", k=(2,), block=(1,))), tmp_path / "s48")
+    out = tmp_path / "ev"
+    _one_line(_run("sae", "eval", tmp_path / "s48", "-m", setup / "model", "-d", DATA, "-o", out), "width 32")
+    assert not out.exists()

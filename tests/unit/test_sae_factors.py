@@ -1,0 +1,70 @@
+"""Ground truth of the synthetic benchmark per patch, and AUROC against scikit-learn."""
+import numpy as np
+import pytest
+
+from vitscope.analysis.sae.factors import auroc, background_kind, factor_scores, patch_concepts
+
+
+def test_auroc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.random(300) < 0.3
+    s = np.round(rng.normal(size=(300, 5)) + y[:, None] * np.arange(5), 1)
+    s[:, 0] = np.where(rng.random(300) < 0.7, 0, s[:, 0])          # many ties at zero, as latents have
+    got = auroc(s, y)
+    np.testing.assert_allclose(got, [roc_auc_score(y, s[:, j]) for j in range(5)], rtol=1e-12)
+
+
+class _Recorder:
+    """A numpy Generator that records what ``integers`` returned (to read the generator's own draw)."""
+
+    def __init__(self, rng):
+        self.rng, self.ints = rng, []
+
+    def integers(self, *a, **k):
+        v = self.rng.integers(*a, **k)
+        self.ints.append(int(v))
+        return v
+
+    def __getattr__(self, name):
+        return getattr(self.rng, name)
+
+
+def test_background_kind_is_the_generators_draw():
+    from vitscope.data.synthetic import SynthConfig
+    from vitscope.data.synthetic.config import SPLITS
+    from vitscope.data.synthetic.render import BACKGROUNDS, background
+
+    cfg = SynthConfig(size=32)
+    for i in range(12):
+        rec = _Recorder(cfg.rng(SPLITS["test"], i))
+        background(rec, cfg.size, cfg.texture)
+        assert background_kind(cfg, "test", i) == BACKGROUNDS[rec.ints[0]]
+
+
+def test_patch_concepts_from_the_masks():
+    from vitscope.data.synthetic import SynthConfig, SyntheticSource
+
+    src = SyntheticSource(SynthConfig(size=32, difficulty="easy"), 6, "test")
+    c = patch_concepts(src, range(6), grid=4)
+    obj = c["object"][1].reshape(6, 16)
+    for j in range(6):
+        m = src.sample(j).mask
+        cover = m.reshape(4, 8, 4, 8).mean((1, 3)).ravel()
+        assert (obj[j] == (cover >= 0.5)).all()
+        name = f"shape={src.classes[src.sample(j).label]}"
+        assert (c[name][1].reshape(6, 16)[j] == obj[j]).all()
+    # each object patch has exactly one part, one colour and one position
+    for f in ("part", "colour", "position"):
+        tot = sum(v for k, (ff, v) in c.items() if ff == f)
+        assert (tot == c["object"][1]).all()
+
+
+def test_factor_scores_find_a_planted_unit():
+    rng = np.random.default_rng(0)
+    y = rng.random(2000) < 0.2
+    s = rng.normal(size=(2000, 10))
+    s[:, 4] += 3 * y
+    rows = factor_scores({"b": (s, False)}, {"c": ("f", y)}, sizes=(1, 2))
+    assert rows[0]["best_unit"] == 4 and rows[0]["best_auroc"] > 0.95 and rows[0]["units_to_0.9"] == 1

@@ -1,0 +1,96 @@
+"""SAE formats: vitscope's round trip, and SAELens' / saev's layouts written by the test and read back, each
+checked against the encoder those libraries define (written out here)."""
+import io
+import json
+
+import pytest
+import torch
+
+from vitscope.analysis.sae import SAE, SAEConfig, load_sae, save_sae
+
+
+def _weights(d=6, w=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"W_enc": torch.randn(d, w, generator=g), "b_enc": torch.randn(w, generator=g),
+            "W_dec": torch.randn(w, d, generator=g), "b_dec": torch.randn(d, generator=g)}
+
+
+def test_round_trip(tmp_path):
+    s = SAE(SAEConfig(d_in=6, width=10, arch="jumprelu", block=(2,)))
+    with torch.no_grad():
+        for p in s.parameters():
+            p.copy_(torch.randn_like(p))
+        s.scale.fill_(1.7)
+    save_sae(s, tmp_path / "s")
+    back = load_sae(tmp_path / "s")
+    x = torch.randn(4, 6)
+    assert torch.equal(back.reconstruct(x), s.reconstruct(x)) and back.cfg.block == (2,)
+
+
+@pytest.mark.parametrize("arch, apply_b_dec", [("standard", True), ("standard", False), ("topk", True),
+                                               ("jumprelu", True)])
+def test_saelens_folder(tmp_path, arch, apply_b_dec):
+    from safetensors.torch import save_file
+
+    t = _weights()
+    if arch == "jumprelu":
+        t["threshold"] = torch.rand(10) * 0.5
+    save_file(t, str(tmp_path / "sae_weights.safetensors"))
+    cfg = {"d_in": 6, "d_sae": 10, "architecture": arch, "apply_b_dec_to_input": apply_b_dec,
+           "hook_name": "blocks.4.hook_resid_post", "activation_fn_kwargs": {"k": 3} if arch == "topk" else {}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    sae = load_sae(tmp_path)
+    x = torch.randn(5, 6)
+    pre = (x - t["b_dec"] * apply_b_dec) @ t["W_enc"] + t["b_enc"]       # SAELens' encode
+    if arch == "standard":
+        z = pre.relu()
+    elif arch == "topk":
+        v, i = pre.topk(3, dim=-1)
+        z = torch.zeros_like(pre).scatter(-1, i, v.relu())
+    else:
+        z = pre * (pre > t["threshold"])
+    torch.testing.assert_close(sae.encode(x), z, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae.reconstruct(x), z @ t["W_dec"] + t["b_dec"], rtol=1e-5, atol=1e-5)
+    assert sae.cfg.block == (4,)
+
+
+def _saev_file(path, header, sd):
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    path.write_bytes((json.dumps(header) + "\n").encode() + buf.getvalue())
+
+
+@pytest.mark.parametrize("header", [
+    {"schema": 2, "cfg": {"d_vit": 6, "exp_factor": 2, "activation": {"cls": "TopK", "params": {"top_k": 3}}}},
+    {"schema": 1, "cls": "Relu", "cfg": {"d_vit": 6, "exp_factor": 2}},
+    {"d_vit": 6, "exp_factor": 2, "l1_coeff": 0.1},                                  # the pre-schema header
+])
+def test_saev_checkpoint(tmp_path, header):
+    t = _weights(w=12)
+    p = tmp_path / "sae.pt"
+    _saev_file(p, header, t)
+    sae = load_sae(p)
+    x = torch.randn(5, 6)
+    pre = x @ t["W_enc"] + t["b_enc"]                                                # saev's encode
+    if "schema" in header and header["schema"] == 2:
+        v, i = pre.topk(3, dim=-1)
+        z = torch.zeros_like(pre).scatter(-1, i, v.relu())
+    else:
+        z = pre.relu()
+    torch.testing.assert_close(sae.encode(x), z, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae.reconstruct(x), z @ t["W_dec"] + t["b_dec"], rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_layouts_are_one_line(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"\x80\x02not json")
+    with pytest.raises(ValueError, match="not a saev checkpoint"):
+        load_sae(tmp_path / "x.pt")
+    with pytest.raises(FileNotFoundError):
+        load_sae(tmp_path / "missing")
+    (tmp_path / "gated").mkdir()
+    (tmp_path / "gated" / "cfg.json").write_text(json.dumps({"architecture": "gated", "d_in": 6, "d_sae": 10}))
+    from safetensors.torch import save_file
+
+    save_file(_weights(), str(tmp_path / "gated" / "sae_weights.safetensors"))
+    with pytest.raises(ValueError, match="gated"):
+        load_sae(tmp_path / "gated")

@@ -1,0 +1,124 @@
+"""Training SAEs from a feature store: planted dictionary recovered, resume bit-identical, the grid equal to its
+members trained alone, memory bounded by the chunk, bad stores one line."""
+import numpy as np
+import pytest
+import torch
+
+from sae_fixtures import planted, write_store
+from vitscope.analysis.sae.io import load_sae
+from vitscope.analysis.sae.train import TrainOptions, Trainer, lr_at, train_saes
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    x, D = planted(n_images=150, tokens=8, d=16, atoms=32, active=2)
+    p = write_store(tmp_path_factory.mktemp("planted") / "store", {("resid_post", 2, "patches"): x,
+                                                                    ("resid_post", 3, "patches"): x[::-1] * 2})
+    return p, D
+
+
+def _best_cos(sae, D):
+    W = sae.W_dec[0].detach().numpy()
+    W = W / np.linalg.norm(W, axis=1, keepdims=True)
+    return (np.abs(D @ W.T)).max(1)
+
+
+@pytest.mark.slow
+def test_planted_dictionary_is_recovered(store):
+    path, D = store
+    opts = TrainOptions(blocks="2", arch="topk", width=(64,), k=(2,), lr=(3e-3,), steps=600, batch_size=128,
+                        chunk_images=50, warmup=30, dead_after=5_000, log_every=100, checkpoint_every=10_000)
+    sae = next(iter(train_saes(path, opts).values()))
+    cos = _best_cos(sae, D)
+    assert cos.mean() >= 0.9, cos.mean()
+
+
+def _opts(**kw):
+    base = dict(blocks="2,3", arch="topk", width=(32, 48), k=(2, 4), lr=(1e-3,), steps=24, batch_size=64,
+                chunk_images=20, warmup=5, dead_after=300, log_every=4, checkpoint_every=10, init_rows=256)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+@pytest.mark.parametrize("arch", ["topk", *(pytest.param(a, marks=pytest.mark.slow)
+                                             for a in ("relu", "jumprelu", "batchtopk", "matryoshka"))])
+def test_resume_is_bit_identical(store, tmp_path, arch):
+    path, _ = store
+    opts = _opts(arch=arch, resample_every=6, l1=(0.01,))
+    straight = Trainer(path, opts).run()
+    tr = Trainer(path, opts, out=tmp_path / "run")
+    tr.run(steps=13)                      # checkpoint written at step 10, then 3 more steps lost
+    resumed = Trainer(path, opts, out=tmp_path / "run")
+    assert resumed.try_resume() and resumed.step == 10
+    got = resumed.run()
+    assert set(got) == set(straight)
+    for name in straight:
+        for k, v in straight[name].state_dict().items():
+            assert torch.equal(v, got[name].state_dict()[k]), (name, k)
+    # and the saved SAEs load back equal
+    for name, sae in got.items():
+        back = load_sae(tmp_path / "run" / name)
+        x = torch.randn(5, 16)
+        torch.testing.assert_close(back.reconstruct(x), sae.reconstruct(x), rtol=0, atol=0)
+
+
+def test_grid_equals_members_trained_alone(store):
+    path, _ = store
+    grid = Trainer(path, _opts()).run()
+    for w in (32, 48):
+        for k in (2, 4):
+            for b in (2, 3):
+                alone = Trainer(path, _opts(width=(w,), k=(k,), blocks=str(b))).run()
+                (name, sae), = alone.items()
+                for key, v in sae.state_dict().items():
+                    torch.testing.assert_close(grid[name].state_dict()[key], v, rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_same_sae_other_seed_other(store):
+    path, _ = store
+    a = Trainer(path, _opts(width=(32,), k=(2,), blocks="2")).run()
+    b = Trainer(path, _opts(width=(32,), k=(2,), blocks="2")).run()
+    c = Trainer(path, _opts(width=(32,), k=(2,), blocks="2", seed=1)).run()
+    (sa,), (sb,), (sc,) = a.values(), b.values(), c.values()
+    assert torch.equal(sa.W_dec, sb.W_dec) and not torch.equal(sa.W_dec, sc.W_dec)
+
+
+def test_stream_reads_one_chunk_at_a_time(store):
+    from vitscope.analysis.sae.data import StoreStream
+    from vitscope.features import open_store
+
+    s = open_store(store[0])
+    st = StoreStream(s, "resid_post", [2], "patches", batch_size=32, chunk_images=10, seed=0)
+    reads = []
+    orig = st.read_chunk
+    st.read_chunk = lambda imgs: reads.append(len(imgs)) or orig(imgs)
+    seen = [step for step, _ in st(0, st.steps_per_epoch)]
+    assert seen == list(range(st.steps_per_epoch)) and max(reads) == 10 and len(reads) == 15
+    # every token of an epoch at most once
+    rows = torch.cat([b[2] for _, b in st(0, st.steps_per_epoch)])
+    assert len(torch.unique(rows, dim=0)) == len(rows)
+    # starting at step s gives the same batches as the tail of a full run
+    full = [b[2] for _, b in st(0, 40)]
+    tail = [b[2] for _, b in st(25, 15)]
+    for a, b in zip(full[25:], tail):
+        assert torch.equal(a, b)
+
+
+def test_lr_schedule():
+    assert [round(lr_at(s, 100, 10, 0.2), 3) for s in (0, 4, 9, 50, 80, 90, 99)] == [0.1, 0.5, 1, 1, 1, 0.5, 0.05]
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(site="ln2"), "holds sites"), (dict(blocks="1"), "holds blocks"), (dict(tokens="cls"), "token reductions"),
+])
+def test_store_without_what_is_asked(store, kw, msg, tmp_path):
+    with pytest.raises(ValueError, match=msg) as e:
+        train_saes(store[0], _opts(**kw), out=tmp_path / "o")
+    assert "\n" not in str(e.value) and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kw, msg", [(dict(width=(0,)), "positive"), (dict(k=(64,), width=(32,)), "exceed"),
+                                     (dict(arch="nope"), "arch")])
+def test_bad_options(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        _opts(**kw)
