@@ -163,7 +163,8 @@ RUNTIME_FIELDS = ("device", "progress", "batch_size", "num_workers", "threads")
 class Result:
     """What ``evaluate`` returns. ``table``: tidy rows (pandas DataFrame, :data:`COLUMNS` first, then any extra
     columns of the analysis); ``summary``: one line; ``arrays``: the arrays behind the figures;
-    ``draw``: ``draw(result) -> {name: Figure or (Figure, rows it shows)}``, called by :meth:`figures`."""
+    ``draw``: ``draw(result) -> {name: Figure or (Figure, rows it shows) or (Figure, rows, {"arrays": ..., "meta":
+    ...})}`` (the arrays and metadata saved beside the figure), called by :meth:`figures`."""
 
     analysis: str
     table: Any
@@ -194,8 +195,8 @@ class Result:
         written = save_tidy(self.table, out / (stem or self.analysis)) if table else []
         if figures:
             for name, fig in self._drawn().items():
-                fig, shown = fig if isinstance(fig, tuple) else (fig, None)
-                written += save_figure(fig, out / name, formats)
+                fig, shown, files = (tuple(fig) + (None, None))[:3] if isinstance(fig, tuple) else (fig, None, None)
+                written += save_figure(fig, out / name, formats, **(files or {}))
                 if shown is not None:
                     written.append(out / f"{name}.csv")
                     shown.to_csv(written[-1], index=False)

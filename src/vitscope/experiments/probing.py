@@ -132,76 +132,37 @@ def probe(ctx, opts: dict) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- logit lens
-def _validate_lens(o: dict) -> None:
-    from vitscope.analysis.class_embedding.projection import SITES
+def _lens_options():
+    from vitscope.analysis.class_embedding.projection import LogitLensOptions
 
-    bad = [s for s in o["sites"] if s not in SITES]
-    if bad or not o["sites"]:
-        raise ValueError(f"'sites' takes {', '.join(SITES)}, got {o['sites']!r}")
-    _optional_int(o, "topk", 0)
-    _optional_int(o, "per_class")
-    _positive_ints([o["batch_size"]], "batch_size")
+    return LogitLensOptions
 
 
-@register("logit_lens", defaults={"sites": ["resid"], "topk": 5, "prescale": False, "random_baseline": False,
-                                  "per_class": None, "batch_size": 64, "seed": 0},
-          needs=("labels",), validate=_validate_lens,
+RATES = ("token_rate", "image_rate", "accuracy")
+
+
+@register("logit_lens", options=_lens_options(), needs=("labels",),
+          fields=("sites", "topk", "prescale", "random_baseline", "per_class", "batch_size", "seed"),
           description="logit lens: identifiability of CLS and patch tokens per block (vilas2023)")
 def logit_lens(ctx, opts: dict) -> list[dict]:
-    import torch
+    from vitscope.analysis.class_embedding.projection import LogitLensOptions, evaluate
 
-    from vitscope.analysis import class_embedding as ce
-    from vitscope.cli.class_embedding import _check_classes
-    from vitscope.experiments.context import load_study_model
-    from vitscope.viz import class_embedding as V
-    from vitscope.viz.save import save_figure
-
-    model, label = ctx.model(0), ctx.label(0)
-    ds = ctx.dataset()
-    if opts["per_class"] is not None:
-        counts: dict[int, int] = {}
-        keep = []
-        for i, y in enumerate(np.asarray(ds.labels).tolist()):
-            counts[y] = counts.get(y, 0) + 1
-            if counts[y] <= opts["per_class"]:
-                keep.append(i)
-        ds = ds.subset(keep)
-    if not len(ds.classes) or (np.asarray(ds.labels) < 0).any():
-        raise ValueError(f"dataset {ctx.cell.dataset.name!r} has no class labels; the logit lens needs labelled "
-                         "images of the classes the model's head predicts")
-    _check_classes(model, ds)
-    models = [model]
-    if opts["random_baseline"] and not ctx.cell.models[0].random:
-        from dataclasses import replace
-
-        models.append(load_study_model(replace(ctx.cell.models[0], random=True, weights=None,
-                                               seed=opts["seed"]), ctx.device))
-    sites = tuple(dict.fromkeys(opts["sites"]))
-    lenses = [ce.LogitLens(m, sites=sites, topk=opts["topk"], prescale=opts["prescale"],
-                           record=(ctx.out / f"records{'' if i == 0 else '_random'}") if len(models) > 1 else False)
-              for i, m in enumerate(models)]
-    with torch.inference_mode():
-        for x, y, idx in ds.batches(opts["batch_size"]):
-            for lens in lenses:
-                lens.update(x, y, indices=idx)
-    res = lenses[0].result()
-    rres = lenses[1].result() if len(lenses) > 1 else None
-    site = "resid" if "resid" in sites else sites[0]
-    evo = ce.evolution_rows(res, rres, site=site, model=label)
-    save_figure(V.plot_identifiability_evolution(evo, res.num_classes, title=f"{label}: class identifiability"),
-                ctx.out / "identifiability_evolution", meta=ctx.meta())
-    rows = [{"block": r["block"], "task": r["token"], "metric": "identifiability", "value": r["value"]} for r in evo]
-    for r in evo:
-        if "random" in r:
-            rows.append({"block": r["block"], "task": r["token"], "metric": "identifiability_random",
-                         "value": r["random"]})
-            rows.append({"block": r["block"], "task": r["token"], "metric": "identifiability_p_value",
-                         "value": r["p_value"]})
-    C = res.num_classes
-    rows.append({"metric": "identifiability_chance", "value": (C + 1) / (2 * C)})
-    for r in ce.rate_rows(res, label, site=site):
-        rows.append({"task": r["token"], "metric": r["metric"], "value": float(r["value"])})
-    return rows
+    label = ctx.label(0)
+    o = LogitLensOptions.from_mapping(opts, random_baseline=opts["random_baseline"] and not ctx.cell.models[0].random,
+                                      mask_rule=None, device=ctx.device)
+    result = evaluate({label: ctx.model(0)}, ctx.dataset(), o)
+    result.save(ctx.out, table=False)
+    t = result.table[result.table["model"] == label]
+    site, last = result.meta["site"][label], int(t["block"].max())
+    evo = t[(t["metric"] == "identifiability") & (t["site"] == site)]
+    rows = [{"block": int(r.block), "task": r.token, "metric": "identifiability", "value": float(r.value)}
+            for r in evo.itertuples()]
+    for r in evo[evo["random"].notna()].itertuples() if "random" in evo else ():
+        rows += [{"block": int(r.block), "task": r.token, "metric": "identifiability_random", "value": r.random},
+                 {"block": int(r.block), "task": r.token, "metric": "identifiability_p_value", "value": r.p_value}]
+    rows.append({"metric": "identifiability_chance", "value": float(evo["chance"].iloc[0])})
+    rates = t[t["metric"].isin(RATES) & (t["block"] == last) & t["site"].isin((site, "logits", "class_embeddings"))]
+    return rows + [{"task": r.token, "metric": r.metric, "value": float(r.value)} for r in rates.itertuples()]
 
 
 # ----------------------------------------------------------------------------- removal curves

@@ -98,14 +98,18 @@ class Analysis:
 
 
 ANALYSES: dict[str, Analysis] = {}
+ALIASES: dict[str, str] = {}            # an older name of an analysis -> its name
 
 
-def analysis(name: str, title: str, needs: Iterable[str] = (), order: int = 100) -> Callable:
-    """Decorator: register ``fn(ctx) -> Section`` as a report analysis (one entry per analysis)."""
+def analysis(name: str, title: str, needs: Iterable[str] = (), order: int = 100,
+             aliases: Iterable[str] = ()) -> Callable:
+    """Decorator: register ``fn(ctx) -> Section`` as a report analysis (one entry per analysis); ``aliases``: other
+    names ``--analyses`` accepts for it."""
     def deco(fn: Callable[[Any], Section]) -> Callable[[Any], Section]:
         if name in ANALYSES and ANALYSES[name].fn is not fn:
             raise ValueError(f"a report analysis named {name!r} is already registered")
         ANALYSES[name] = Analysis(name, title, fn, tuple(needs), order, (fn.__doc__ or "").strip())
+        ALIASES.update({a: name for a in aliases})
         return fn
     return deco
 
@@ -119,10 +123,11 @@ def available(names: Sequence[str] | None = None) -> list[Analysis]:
     load_builtin_analyses()
     if names is None:
         return sorted(ANALYSES.values(), key=lambda a: (a.order, a.name))
+    names = [ALIASES.get(n, n) for n in names]
     unknown = [n for n in names if n not in ANALYSES]
     if unknown:
         raise ValueError(f"unknown report analysis {unknown}; available: {sorted(ANALYSES)}")
-    return [ANALYSES[n] for n in names]
+    return [ANALYSES[n] for n in dict.fromkeys(names)]
 
 
 def run_analyses(ctx, names: Sequence[str] | None = None, progress: bool = True) -> list[Section]:
