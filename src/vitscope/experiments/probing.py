@@ -12,7 +12,7 @@ options. Rows:
 * ``logit_lens``: ``identifiability`` per block (``task`` = the token kind, ``cls`` / ``patches``), its chance level
   ``identifiability_chance`` ((C + 1) / 2C), ``token_rate`` and ``image_rate`` at the last block, ``accuracy``;
 * ``removal``: ``auc_seed`` and ``auc_trapezoid`` per curve (``task`` = ``<order> <direction>``); the curves
-  themselves are in the cell folder (``removal.*``, ``removal_curves.csv``).
+  themselves are in the cell folder (``removal_<model>.*``, ``removal_curves.csv``).
 """
 from __future__ import annotations
 
@@ -166,48 +166,22 @@ def logit_lens(ctx, opts: dict) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- removal curves
-def _validate_removal(o: dict) -> None:
-    from vitscope.analysis.class_embedding.removal import resolve_orders
+def _removal_options():
+    from vitscope.analysis.class_embedding.removal import RemovalOptions
 
-    resolve_orders(o["orders"])
-    if "random" in o["orders"]:
-        _positive_ints([o["n_random"]], "n_random")
-    for k in ("step", "batch_size"):
-        _positive_ints([o[k]], k)
+    return RemovalOptions
 
 
-@register("removal", defaults={"orders": ["grads", "chefer", "random"], "n_random": 10, "seed": 0, "step": 1,
-                               "batch_size": 64},
-          needs=("labels",), validate=_validate_removal,
+@register("removal", options=_removal_options(), fields=("orders", "n_random", "seed", "step", "batch_size"),
+          needs=("labels",),
           description="token-removal curves and their AUCs (vilas2023); the probe order fits on the train split")
 def removal(ctx, opts: dict) -> list[dict]:
-    from vitscope.analysis.class_embedding.removal import removal_curves, resolve_orders
-    from vitscope.analysis.probes.ridge import fit_token_probes
-    from vitscope.viz.removal import save_removal_curves
+    from vitscope.analysis.class_embedding.removal import RemovalOptions, evaluate
 
-    model, label = ctx.model(0), ctx.label(0)
-    orders = resolve_orders(opts["orders"])
-    if model.cfg.head == "none":
-        raise ValueError(f"{label} has no classification head: removal curves measure class accuracy")
-    if not model.cfg.class_token and {"grads", "chefer"} & set(orders):
-        raise ValueError(f"{label} has no CLS token, which the grads and chefer orders read; use orders: "
-                         "[probe, random]")
-    ds = ctx.dataset()
-    labels = np.asarray(ds.labels)
-    if labels.size and ((labels < 0).any() or labels.max() >= model.cfg.num_classes):
-        raise ValueError(f"removal curves need labels of {label}'s {model.cfg.num_classes} head classes")
-    bs = opts["batch_size"]
-    probes = None
-    if "probe" in orders:
-        tr = ctx.dataset("train")                  # vilas2023 fits the probes on another split
-        probes = fit_token_probes(model, tr.batches(bs), model.cfg.num_classes, sites=("resid_post",),
-                                  total=(len(tr) + bs - 1) // bs)
-    res = removal_curves(model, ds.batches(bs), orders=orders, probes=probes, n_random=opts["n_random"],
-                         seed=opts["seed"], step=opts["step"], total=(len(ds) + bs - 1) // bs)
-    save_removal_curves(res, ctx.out / "removal", title=f"{label}: token removal ({res.n_images} images)",
-                        meta=ctx.meta())
-    import pandas as pd
-
-    pd.DataFrame(res.curve_rows(label)).to_csv(ctx.out / "removal_curves.csv", index=False)
-    return [{"task": f"{r['order']} {r['direction']}", "metric": r["metric"], "value": float(r["value"])}
-            for r in res.auc_rows(label)]
+    label = ctx.label(0)
+    result = evaluate({label: ctx.model(0)}, ctx.dataset(), RemovalOptions.from_mapping(opts),
+                      probe_data=ctx.dataset("train") if "probe" in opts["orders"] else None)  # another split
+    result.save(ctx.out, table=False)
+    t = result.table
+    t[t["metric"] == "accuracy"].to_csv(ctx.out / "removal_curves.csv", index=False)
+    return [{"task": r.task, "metric": r.metric, "value": float(r.value)} for r in t[t["metric"] != "accuracy"].itertuples()]

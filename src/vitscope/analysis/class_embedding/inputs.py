@@ -120,6 +120,31 @@ def labelled_dataset(data, model=None, opts: ClassSpaceOptions | None = None):
     return per_class_subset(ds, opts.per_class)
 
 
+def labelled_images(data, option: str = "--data", what: str = "the analysis", limit: int | None = None):
+    """``(images, labels)``: a dataset spec or an opened dataset (every image labelled; the first ``limit``), or
+    in-memory ``[(images, labels), ...]`` batches as they are; ``labels`` (N,) of the images read (None when
+    unknown)."""
+    from vitscope.data.datasets import ImageDataset
+    from vitscope.features.access import open_dataset_any
+
+    if data is None:
+        raise ValueError(f"{what} need labelled images: pass {option} SPEC ({LABELS_HELP})")
+    ds = open_dataset_any(data)
+    if not isinstance(ds, ImageDataset):
+        if isinstance(ds, (list, tuple)):
+            return ds, np.concatenate([np.asarray(b[1]) for b in ds]) if len(ds) else np.zeros(0, np.int64)
+        return ds, None
+    if limit is not None and limit < len(ds):
+        ds = ds.subset(range(limit))
+    if len(ds) == 0:
+        raise ValueError(f"{option} {str(data)!r} has no images")
+    labels = np.asarray(ds.labels)
+    if labels.size and (labels < 0).any():
+        raise ValueError(f"{what} needs class labels, and {option} {str(data)!r} has images without one; use "
+                         f"{LABELS_HELP}")
+    return ds, labels
+
+
 def head_classes(model, class_index: str | None) -> list[str]:
     """The head's classes: ``class_index`` (one wnid per line, line k = class k) or the model's class names."""
     if class_index is not None:
@@ -230,10 +255,9 @@ def labelled_batches(models: list, ds, opts: ClassSpaceOptions, mask_rule: str |
         yield list(images), labels, idx, masks
 
 
-def n_images(ds, limit: int | None) -> int | None:
-    """How many images a pass over ``ds`` reads (None when unknown)."""
-    try:
-        n = len(ds)
-    except TypeError:
-        return None
-    return min(n, limit) if limit is not None else n
+def model_batches(model, ds, batch_size: int):
+    """``(images, labels)`` batches of ``ds`` (a dataset: decoded with the model's preprocessing; or in-memory
+    batches as they are)."""
+    from vitscope.features.access import image_batches
+
+    return ((images[0], labels) for images, labels, _ in image_batches([model], ds, batch_size, min_size=1))
