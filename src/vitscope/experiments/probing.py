@@ -16,43 +16,16 @@ options. Rows:
 """
 from __future__ import annotations
 
-import numpy as np
-
-from vitscope.experiments.analyses import register
-from vitscope.experiments.downstream import _optional_int, _positive_ints
+from vitscope.experiments.analyses import register, study_rows
 
 PROBE_REDUCTIONS = {"cls": "cls", "ap": "mean", "mean": "mean", "ap_all": "all"}
 
 
 # ----------------------------------------------------------------------------- probes
-def _validate_probe(o: dict) -> None:
-    from vitscope.analysis.probes.experiment import PROBES
-    from vitscope.analysis.probes.inputs import LAYER_SETS
+def _probe_options():
+    from vitscope.analysis.probes.experiment import ProbeOptions
 
-    for key, known in (("probes", PROBES), ("reductions", tuple(PROBE_REDUCTIONS))):
-        bad = [x for x in o[key] if x not in known]
-        if bad or not o[key]:
-            raise ValueError(f"'{key}' takes {', '.join(known)}, got {o[key]!r}")
-    if not o["experiments"] and not o["per_layer"]:
-        raise ValueError("nothing to probe: give 'experiments' (layer sets) or per_layer: true")
-    for e in o["experiments"]:
-        if not isinstance(e, str) or (e not in LAYER_SETS and "." not in e):
-            raise ValueError(f"'experiments' are layer sets ({', '.join(LAYER_SETS)}) or input lists such as "
-                             f"'ln2.3.cls,ln_final.ap', got {e!r}")
-    if o["site"] not in ("ln2", "resid_post", "resid_mid", "resid_pre", "ln1", "attn_out", "mlp_out"):
-        raise ValueError(f"'site' is a block site such as ln2 (ciernik2025) or resid_post, got {o['site']!r}")
-    if o["token_norm"] not in ("token", "over_tokens"):
-        raise ValueError(f"'token_norm' is token or over_tokens, got {o['token_norm']!r}")
-    for key in ("lrs", "wds", "attn_drops"):
-        v = o[key]
-        if v is not None and (not isinstance(v, list) or not v or
-                              not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-            raise ValueError(f"'{key}' is a list of numbers, got {v!r}")
-    for key in ("epochs", "min_steps", "batch_size"):
-        _positive_ints([o[key]], key)
-    _optional_int(o, "heads")
-    if not 0 < o["test_fraction"] < 1:
-        raise ValueError(f"'test_fraction' must be between 0 and 1, got {o['test_fraction']!r}")
+    return ProbeOptions
 
 
 def _probe_tokens(o: dict) -> list[str]:
@@ -62,22 +35,15 @@ def _probe_tokens(o: dict) -> list[str]:
     return sorted(reds)
 
 
-@register("probe", defaults={"experiments": ["last", "all"], "probes": ["linear", "attentive"],
-                             "reductions": ["cls", "ap"], "per_layer": False, "site": "ln2", "heads": None,
-                             "attn_drops": [0.0, 0.1, 0.3], "lrs": None, "wds": None, "epochs": 40,
-                             "min_steps": 1000, "batch_size": 2048, "token_norm": "token", "normalize": True,
-                             "clean_val": False, "seed": 0, "test_fraction": 0.25},
-          needs=("labels",), validate=_validate_probe,
+@register("probe", options=_probe_options(), needs=("labels",),
+          fields=("experiments", "probes", "reductions", "per_layer", "site", "heads", "attn_drops", "lrs", "wds",
+                  "epochs", "min_steps", "batch_size", "token_norm", "normalize", "clean_val", "seed",
+                  "test_fraction"),
           description="linear / attentive probes on layer sets and per layer; gains over the last-layer CLS probe "
                       "(ciernik2025)")
 def probe(ctx, opts: dict) -> list[dict]:
-    import pandas as pd
-
-    from vitscope.analysis.probes.experiment import probe_store
+    from vitscope.analysis.probes.experiment import ProbeOptions, evaluate
     from vitscope.analysis.probes.inputs import CLS_REDUCTIONS
-    from vitscope.analysis.probes.stats import gains
-    from vitscope.analysis.probes.train import TrainConfig
-    from vitscope.viz.per_block import save_metric_per_block
 
     model = ctx.model(0)
     final = "clip_proj" if model.cfg.head == "clip_proj" else "ln_final"
@@ -99,36 +65,16 @@ def probe(ctx, opts: dict) -> list[dict]:
         train, test = stores("train"), stores("test")
     else:                                          # a stratified share of the one split is held out
         train, test = stores("test"), None
-    cfg = TrainConfig(epochs=opts["epochs"], min_steps=opts["min_steps"], batch_size=opts["batch_size"],
-                      seed=opts["seed"])
-    floats = (lambda v: None if v is None else tuple(float(x) for x in v))
-    run = probe_store(train, test, experiments=tuple(opts["experiments"]), probes=tuple(opts["probes"]),
-                      reductions=tuple(opts["reductions"]), site=opts["site"], per_layer=opts["per_layer"], cfg=cfg,
-                      test_fraction=opts["test_fraction"], heads=opts["heads"], attn_drops=floats(opts["attn_drops"]),
-                      lrs=floats(opts["lrs"]), wds=floats(opts["wds"]), normalize=opts["normalize"],
-                      token_norm=opts["token_norm"], jitter_val=not opts["clean_val"], device=ctx.device or "cpu",
-                      model=ctx.label(0), dataset=ctx.cell.dataset.name)
-    table = pd.DataFrame(run.rows)
-    table.to_csv(ctx.out / "probe_results.csv", index=False)
-    rows: list[dict] = []
-    for (p, exp), (fit, _) in run.fits.items():
-        if exp.startswith("layer_"):
-            continue
-        for m in ("balanced_top1", "top1"):
-            rows.append({"task": f"{p}:{exp}", "metric": f"test_{m}", "value": float(fit.test_metrics[m])})
-    if ("linear", "last_cls") in run.fits:
-        g = gains(table[~table["experiment"].str.startswith("layer_")])
-        g.to_csv(ctx.out / "gains.csv", index=False)
-        rows += [{"task": r.run, "metric": "gain", "value": 100.0 * float(r.gain)}
-                 for r in g.itertuples() if r.run != "linear:last_cls"]
-    if run.per_layer:
-        for r in run.per_layer:
-            red = r["model"].rsplit(" ", 1)[-1]
-            rows.append({"block": int(r["block"]), "task": f"per-layer {red}",
-                         "metric": r["metric"].replace(" ", "_"), "value": float(r["value"])})
-        save_metric_per_block(run.per_layer, ctx.out / "accuracy_per_layer", metric="test balanced_top1",
-                              title=f"{ctx.label(0)}: linear probe per layer", ylabel="test balanced top-1")
-    return rows
+    result = evaluate(train, test, ProbeOptions.from_mapping(opts, device=ctx.device or "cpu",
+                                                             model_name=ctx.label(0),
+                                                             dataset_name=ctx.cell.dataset.name))
+    import pandas as pd
+
+    pd.DataFrame(result.meta["run"].rows).to_csv(ctx.out / "probe_results.csv", index=False)
+    if result.meta["gains"] is not None:
+        result.meta["gains"].to_csv(ctx.out / "gains.csv", index=False)
+    result.save(ctx.out, table=False)
+    return study_rows(result, keep=("task",))
 
 
 # ----------------------------------------------------------------------------- logit lens

@@ -222,3 +222,21 @@ def steps_of(n: int, cfg: TrainConfig, val_fraction: float = 0.2) -> tuple[int, 
     nb, ep = schedule(n_tr, bs_tr, cfg.epochs, cfg.min_steps)
     nb2, ep2 = schedule(n, bs_full, cfg.epochs, cfg.min_steps)
     return nb * ep, nb2 * ep2
+
+
+def linear_steps(n: int, cfg: TrainConfig, widths: int = 1, val_fraction: float = 0.2) -> int:
+    """Optimiser steps (progress ticks) of :func:`tune_linear` on ``n`` samples whose inputs have ``widths``
+    distinct widths (each width trains as one batched grid, then once more with the chosen configurations)."""
+    grid_steps, final = steps_of(n, cfg, val_fraction)
+    return widths * (grid_steps + final)
+
+
+def attentive_steps(n: int, cfg: TrainConfig, n_configs: int, heads: int, dim: int, drops: int,
+                    memory_budget: float = 2e9, val_fraction: float = 0.2) -> int:
+    """Optimiser steps (progress ticks) of :func:`tune_attentive`: per attention dropout the grid in chunks that fit
+    ``memory_budget``, then the final training."""
+    grid_steps, final = steps_of(n, cfg, val_fraction)
+    n_tr = n - int(np.ceil(n * val_fraction))
+    bs_tr = split_batch_size(adjust_batch_size(cfg.batch_size, n), n_tr)
+    chunk = _config_chunk(n_configs, bs_tr, heads, dim, memory_budget)
+    return drops * -(-n_configs // chunk) * grid_steps + final
