@@ -565,12 +565,12 @@ def evaluate(models, data=None, options: LogitLensOptions | None = None, *, rand
         I.check_classes(model, ds, emb, names_given=opts.class_index is not None)
         C = emb.num_classes if emb is not None else model.cfg.num_classes
         if opts.topk > C:
-            raise OptionError("topk", f"`topk` must be at most the number of classes ({C}), got {opts.topk}")
+            notes.append(f"topk {opts.topk} is more than the {C} classes of {label}; its {C} classes are recorded")
         models_ = [model]
         if opts.random_baseline:
             models_.append((random_models or {}).get(label) or random_twin(model, opts.seed))
         rule = opts.mask_rule if opts.mask_rule is not None and I.has_class_masks(ds) else None
-        if opts.mask_rule is not None and rule is None and "the images have no object masks" not in " ".join(notes):
+        if opts.mask_rule is not None and rule is None and not any("object masks" in n for n in notes):
             notes.append("the images have no object masks; the class- vs context-labelled test is left out")
         keep = opts.record_dir is not None or len(models_) > 1 or rule is not None
 
