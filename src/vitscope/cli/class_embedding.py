@@ -90,7 +90,7 @@ def logit_lens_cmd(
     class_embeddings: Optional[Path] = typer.Option(None, "--class-embeddings", help=EMB_HELP),
     class_names: Optional[Path] = typer.Option(None, "--class-names", help=NAMES_HELP),
     head: Optional[Path] = typer.Option(None, "--head", help=HEAD_HELP),
-    baseline: bool = typer.Option(True, "--random-baseline/--no-random-baseline",
+    baseline: bool = typer.Option(True, "--random-baseline/--no-random-baseline", "--with-random/--without-random",
                                   help="Compare with the same architecture at random weights (seeded by --seed)."),
     out: Path = typer.Option(Path("runs/logit-lens"), "--out", "-o", help=OUT_HELP),
     sites: str = typer.Option("resid,attn,mlp", "--sites",

@@ -83,7 +83,7 @@ def probe_cmd(
 def probe_e2e_cmd(
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     data: str = typer.Option(..., "--data", "-d", help="Training images. " + DATA_HELP),
-    test_data: Optional[str] = typer.Option(None, "--test-data", help="Test images (same classes); without it "
+    test_data: Optional[str] = typer.Option(None, "--test-data", "--test", help="Test images (same classes); without it "
                                             "only training runs."),
     recipe: str = typer.Option("attentive-frozen", "--recipe", help="attentive-frozen (attentive probe on a "
                                "frozen backbone) or finetune (linear head, backbone trained)."),

@@ -86,7 +86,7 @@ def removal_cmd(
 def probe_tokens_cmd(
     model_names: List[str] = typer.Option(..., "--model", "-m", help=MODEL_HELP + " Repeat for several."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Labelled test images. " + DATA_HELP),
-    train_data: Optional[str] = typer.Option(None, "--train-data",
+    train_data: Optional[str] = typer.Option(None, "--train-data", "--train",
                                              help="Labelled images the probes are fitted on (vilas2023: another "
                                                   "split than --data)."),
     random: bool = typer.Option(False, "--random", help=RANDOM_HELP),

@@ -1,8 +1,8 @@
 """Study adapters of the probes (ciernik2025, from the cell's feature stores) and of the class-embedding analyses of
 vilas2023 (logit-lens identifiability, token-removal curves; streamed from the dataset).
 
-Each calls the library functions its command calls (`vitscope probe`, `logit-lens`, `removal`) with the same
-options. Rows:
+Each calls the ``evaluate`` its command calls (`vitscope probe`, `logit-lens`, `removal`: the options dataclass gives
+the study's defaults and checks them) and only turns the result into study rows. Rows:
 
 * ``probe``: per probe run (``task`` = ``probe:experiment``, e.g. ``attentive:all``) the test metrics
   (``test_balanced_top1``, ``test_top1``, in [0, 1]) and ``gain``, test balanced top-1 minus the last-layer CLS
