@@ -55,6 +55,21 @@ def load_model(name: str, random: bool = False, seed: int | None = DEFAULT_SEED,
     return m
 
 
+def random_twin(model, seed: int = DEFAULT_SEED):
+    """The random-weight twin of a loaded model: its architecture with weights drawn from ``seed`` (what
+    ``load_model(name, random=True, seed=seed)`` builds), on the model's device and dtype, in eval mode."""
+    import torch
+
+    from vitscope.models.vit import HookedViT
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        twin = HookedViT(model.cfg, model.preprocess_cfg)
+    twin.meta = {**(getattr(model, "meta", None) or {}), "source": "random-init", "weights_sha256": None}
+    twin.meta.pop("weights_path", None)
+    return twin.to(model.device, model.dtype).eval()
+
+
 def model_label(model, name: str, random: bool = False) -> str:
     """The label a model's rows carry: its registry / folder name, `` (random)`` for a random twin."""
     label = str((getattr(model, "meta", None) or {}).get("name") or Path(str(name)).name or name)

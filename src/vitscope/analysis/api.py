@@ -174,7 +174,7 @@ class Drawn:
 class Result:
     """What ``evaluate`` returns. ``table``: tidy rows (pandas DataFrame, :data:`COLUMNS` first, then any extra
     columns of the analysis); ``summary``: one line; ``arrays``: the arrays behind the figures;
-    ``draw``: ``draw(result) -> {name: Figure, (Figure, rows it shows) or Drawn}``, called by :meth:`figures`;
+    ``draw``: ``draw(result) -> {name: Figure, (Figure, rows it shows), (Figure, rows, {"arrays": ..., "meta": ...}) or Drawn}``, called by :meth:`figures`;
     it may also return an iterator of ``(name, figure)`` pairs, which :meth:`save` draws and writes one at a
     time (analyses with a figure per image)."""
 
@@ -229,7 +229,8 @@ def _unpack(drawn) -> tuple:
     if isinstance(drawn, Drawn):
         return drawn.figure, drawn.rows, drawn.arrays, drawn.meta
     if isinstance(drawn, tuple):
-        return drawn[0], drawn[1], None, None
+        files = (drawn[2] if len(drawn) > 2 else None) or {}
+        return drawn[0], drawn[1], files.get("arrays"), files.get("meta")
     return drawn, None, None, None
 
 

@@ -50,11 +50,9 @@ def plot_removal_curves(curves, title: str | None = None):
     return fig
 
 
-def save_removal_curves(curves, stem: str | Path, formats: Sequence[str] = ("png",), title: str | None = None,
-                        meta: Mapping | None = None) -> list[Path]:
-    """Save the curves figure with the curves (.npy per order) and both AUCs (.json) beside it."""
-    from vitscope.viz.save import save_figure
-
+def removal_figure_files(curves, meta: Mapping | None = None) -> tuple[dict, dict]:
+    """What is saved beside a removal-curves figure: the curves (one array per order, ``removed``, each random
+    order) and the metadata with both AUCs of every curve."""
     arrays = {"removed": curves.removed}
     for (o, d), acc in curves.curves().items():
         arrays[f"{o}_{d}"] = acc
@@ -63,6 +61,15 @@ def save_removal_curves(curves, stem: str | Path, formats: Sequence[str] = ("png
     aucs = {f"{o}/{d}/{m}": v for (o, d, m), v in curves.aucs().items()}
     info = {**dict(meta or {}), "n_images": curves.n_images, "n_patches": curves.n_patches,
             "random_seeds": curves.seeds, "aucs": aucs}
+    return arrays, info
+
+
+def save_removal_curves(curves, stem: str | Path, formats: Sequence[str] = ("png",), title: str | None = None,
+                        meta: Mapping | None = None) -> list[Path]:
+    """Save the curves figure with the curves (.npy per order) and both AUCs (.json) beside it."""
+    from vitscope.viz.save import save_figure
+
+    arrays, info = removal_figure_files(curves, meta)
     return save_figure(plot_removal_curves(curves, title), stem, formats, arrays=arrays, meta=info)
 
 

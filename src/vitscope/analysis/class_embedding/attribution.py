@@ -14,8 +14,12 @@ projection biases, MLP outputs) this gives the lens logit minus ``beta · w_y + 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from vitscope.analysis.api import Result, tidy_table
+from vitscope.analysis.class_embedding.inputs import ClassSpaceOptions
 from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings, check_targets, resolve_class_embeddings
 
 
@@ -150,3 +154,55 @@ def _grid_of(model, n_tokens: int) -> tuple[int, int]:
     if side * side != n_patch:
         raise ValueError(f"cannot tell the patch grid of {n_tokens} output tokens; pass square inputs")
     return (side, side)
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+@dataclass
+class AttributionOptions(ClassSpaceOptions):
+    """Options of :func:`evaluate` (``vitscope attribution``)."""
+
+    batch_size: int = 32
+    blocks: str | None = None              # None (all), "0,3,-1" or "2:4"
+
+    def validate(self) -> None:
+        super().validate()
+        if isinstance(self.blocks, (list, tuple)):
+            self.blocks = ",".join(str(int(b)) for b in self.blocks)
+        self.check_blocks("blocks")
+
+
+def evaluate(models, data=None, options: AttributionOptions | None = None, **overrides) -> Result:
+    """Per-head direct logit attribution: each attention head's direct share of the true-class logit per block and
+    token group (CLS, patches, registers), averaged over the images. Rows: ``model, block, head, tokens, metric
+    (direct_logit_attribution), value, n_images``; ``figures()`` draws a block x head map per model."""
+    from vitscope.analysis.class_embedding import inputs as I
+    from vitscope.features.access import resolve_blocks
+
+    opts = I.options_of(AttributionOptions, options, overrides)
+    rows, summary, ds = [], [], None
+    for label, model in I.as_models(models).items():
+        emb = I.class_embeddings(model, label, opts)
+        ds = I.labelled_dataset(data, model, opts)
+        I.check_classes(model, ds, emb)
+        blk = None if opts.blocks is None else resolve_blocks(model, opts.blocks, "mean")
+        acc = AttributionMeans(model, blk)
+        for images, labels, _, _ in I.labelled_batches([model], ds, opts):
+            acc.update(head_logit_attribution(model, images[0], labels, embeddings=emb, blocks=blk))
+        mine = [dict(model=r["model"], block=r["block"], task="attribution", metric=r["metric"], value=r["value"],
+                     head=r["head"], tokens=r["tokens"], n_images=acc.n_images) for r in acc.rows(label)]
+        rows += mine
+        group = "cls" if any(r["tokens"] == "cls" for r in mine) else "patches"
+        top = max((r for r in mine if r["tokens"] == group and r["value"] == r["value"]), key=lambda r: r["value"])
+        summary.append(f"{label}: largest direct share block {top['block']} head {top['head']} "
+                       f"({top['value']:.3f} at {top['tokens']}) over {acc.n_images} images")
+    table = tidy_table(rows, "attribution", opts, dataset=getattr(ds, "description", None))
+    return Result("attribution", table, "; ".join(summary), opts, meta={"dataset": ds}, draw=_draw)
+
+
+def _draw(result: Result) -> dict:
+    from vitscope.runtime import slug
+    from vitscope.viz.logit_attribution import plot_head_attribution
+
+    return {f"{slug(label)}/head_attribution": (
+        plot_head_attribution(part, tokens="all", title=f"{label}: direct true-class logit per head"), part)
+        for label, part in result.table.groupby("model", sort=False)}

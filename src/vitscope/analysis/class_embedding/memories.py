@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vitscope.analysis.class_embedding.metrics import wilcoxon_greater
+from vitscope.analysis.api import Result, tidy_table
 from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings
+from vitscope.analysis.class_embedding.inputs import ClassSpaceOptions
+from vitscope.analysis.class_embedding.metrics import wilcoxon_greater
 from vitscope.analysis.class_embedding.projection import ClassProjection, resolve_projection
 
 KINDS = ("attn", "mlp")
@@ -239,3 +241,60 @@ def memory_agreement(model, batches: Iterable, projection: ClassProjection | Cla
     for batch in it:
         acc.update(batch[0], batch[1])
     return acc.result()
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+@dataclass
+class MemoriesOptions(ClassSpaceOptions):
+    """Options of :func:`evaluate` (``vitscope memories``)."""
+
+    k: int = 5                             # memories per class and key coefficients per token (vilas2023: 5)
+    permutations: int = 300                # of the correct- vs wrongly-classified test
+    seed: int = 0                          # the random-class baseline, the permutations, the random-weight twin
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_int("k")
+        self.check_int("permutations")
+        self.check_int("seed", minimum=0)
+
+
+def evaluate(models, data=None, options: MemoriesOptions | None = None, *, random_models=None,
+             **overrides) -> Result:
+    """Memories (vilas2023): class-value agreement per block against the random-weight twin, key-value agreement
+    against a random class, compositionality, and the agreement of correctly minus wrongly classified images.
+
+    ``models``: a model, a list or ``{label: model}``; ``data``: labelled images (a dataset spec, an opened
+    dataset or in-memory ``[(images, labels), ...]``); ``random_models``: ``{label: twin}`` (default: drawn from
+    ``options.seed``). Rows: ``model, block, metric, value`` with ``kind`` (attn / mlp), ``tokens``, ``random``,
+    ``p_value``; ``figures()`` draws one memories figure per model."""
+    from vitscope.analysis.class_embedding import inputs as I
+    from vitscope.runtime import random_twin
+
+    opts = I.options_of(MemoriesOptions, options, overrides)
+    rows, summary, ds = [], [], None
+    for label, model in I.as_models(models).items():
+        emb = I.class_embeddings(model, label, opts)
+        ds = I.labelled_dataset(data, model, opts)
+        I.check_classes(model, ds, emb, names_given=opts.class_index is not None)
+        twin = (random_models or {}).get(label) or random_twin(model, opts.seed)
+        mine = class_value_rows(model, twin, emb, emb, model_name=label)
+        acc = MemoryAgreement(model, emb, k=opts.k, seed=opts.seed)
+        for images, labels, _, _ in I.labelled_batches([model], ds, opts):
+            acc.update(images[0], labels)
+        mine += acc.result().rows(label, opts.permutations, opts.seed)
+        rows += mine
+        last = [r for r in mine if r["metric"] == "class_value_agreement" and r["block"] == model.cfg.depth - 1]
+        summary.append(f"{label}: last-block class-value agreement " + ", ".join(
+            f"{r['kind']} {r['value']:.2f} (random {r.get('random', float('nan')):.2f})" for r in last))
+    table = tidy_table(rows, "memories", opts, dataset=getattr(ds, "description", None))
+    return Result("memories", table, "; ".join(summary), opts, meta={"dataset": ds}, draw=_draw)
+
+
+def _draw(result: Result) -> dict:
+    from vitscope.runtime import slug
+    from vitscope.viz.class_embedding import plot_memories
+
+    t = result.table
+    return {f"{slug(label)}/memories": (plot_memories(part, title=f"{label}: memories"), part)
+            for label, part in t.groupby("model", sort=False)}

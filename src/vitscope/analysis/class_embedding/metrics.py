@@ -202,18 +202,38 @@ def class_token_masks(dataset, indices: Sequence[int], grid: tuple[int, int], pr
     return np.stack(out) if out else np.zeros((0, grid[0] * grid[1]), bool)
 
 
-def _class_mask(source, i: int) -> np.ndarray:
+def _base(source, i: int):
     while hasattr(source, "base") and hasattr(source, "indices"):                  # a subset
         i, source = source.indices[i], source.base
-    if hasattr(source, "sample"):                                                 # synthetic shapes
+    return source, i
+
+
+def mask_kind(dataset) -> str | None:
+    """Where ``dataset``'s class masks come from: "synthetic", "imagenet_s", "objects" (COCO, PartImageNet), or
+    None when it has none."""
+    source, _ = _base(getattr(dataset, "source", dataset), 0)
+    if hasattr(source, "sample"):
+        return "synthetic"
+    task = getattr(source, "task", None)
+    if task is not None and hasattr(task, "categories") and hasattr(task, "class_id"):
+        return "imagenet_s"
+    if task is not None and hasattr(task, "masks"):
+        return "objects"
+    return None
+
+
+def _class_mask(source, i: int) -> np.ndarray:
+    kind = mask_kind(source)
+    source, i = _base(source, i)
+    if kind == "synthetic":                                                       # synthetic shapes
         return np.asarray(source.sample(i).mask, bool)
     task = getattr(source, "task", None)
-    if task is not None and hasattr(task, "categories") and hasattr(task, "class_id"):   # ImageNet-S
+    if kind == "imagenet_s":                                                      # ImageNet-S
         s = task[i]
         if not task.categories:
             raise ValueError("ImageNet-S class masks need the categories file (ImageNetS_categories_im*.txt)")
         return s.mask() == task.class_id(s.wnid)
-    if task is not None and hasattr(task, "masks"):                               # COCO, PartImageNet
+    if kind == "objects":                                                         # COCO, PartImageNet
         masks, _ = task.masks(i, "object")
         if not masks:
             return np.zeros((1, 1), bool)

@@ -12,12 +12,15 @@ perturbed numbers do.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from vitscope.analysis.class_embedding.metrics import class_rank
+from vitscope.analysis.api import OptionError, Result, tidy_table
 from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings
+from vitscope.analysis.class_embedding.inputs import MASK_RULES, ClassSpaceOptions
+from vitscope.analysis.class_embedding.metrics import class_rank
 from vitscope.analysis.class_embedding.projection import ClassProjection, resolve_projection
 
 ATTENTION_KINDS = ("none", "self_only", "no_cls")
@@ -181,3 +184,74 @@ def token_drop_rows(model, batches: Iterable, projection: ClassProjection | Clas
                          tokens=tokens, baseline=bs / bn if bn else float("nan"),
                          baseline_tokens="class" if kind == "no_context" else "context", n_images=n))
     return rows
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+@dataclass
+class PerturbationOptions(ClassSpaceOptions):
+    """Options of :func:`evaluate` (``vitscope perturb``, the report's ``perturbation`` section)."""
+
+    attention: tuple[str, ...] = ("self_only", "no_cls")   # attention perturbations in every block of `blocks`
+    token_drop: bool = True                # also drop context or object tokens (needs object masks)
+    tokens: str = "patches"                # tokens counted: patches, or all (CLS included, vilas2023)
+    blocks: str | None = None              # perturbed blocks: None (all), "0,3,-1" or "2:4"
+    mask_rule: str = "majority"            # object masks to the token grid
+
+    def validate(self) -> None:
+        super().validate()
+        v = self.attention
+        items = [s.strip() for s in v.split(",")] if isinstance(v, str) else list(v or ())
+        items = [s for s in items if s and s != "none"]
+        bad = [s for s in items if s not in ATTENTION_KINDS]
+        if bad:
+            raise OptionError("attention", f"`attention` takes {', '.join(ATTENTION_KINDS[1:])}, got {v!r}")
+        self.attention = tuple(dict.fromkeys(items))
+        self.check_choice("tokens", TOKEN_SETS)
+        self.check_choice("mask_rule", MASK_RULES)
+        if isinstance(self.blocks, (list, tuple)):
+            self.blocks = ",".join(str(int(b)) for b in self.blocks)
+        self.check_blocks("blocks")
+
+
+def evaluate(models, data=None, options: PerturbationOptions | None = None, **overrides) -> Result:
+    """vilas2023's perturbation tables: identifiable tokens at the last block unperturbed, with ``self_only`` /
+    ``no_cls`` attention in the chosen blocks, and with the context or the object tokens dropped (when the images
+    have object masks). Rows: ``model, block, metric (identifiable_rate, accuracy), value`` with ``perturbation``,
+    ``tokens``, ``baseline``, ``n_images``; ``figures()`` draws the bars per model."""
+    from vitscope.analysis.class_embedding import inputs as I
+    from vitscope.features.access import resolve_blocks
+
+    opts = I.options_of(PerturbationOptions, options, overrides)
+    kinds = ["none", *opts.attention]
+    rows, summary, notes, ds = [], [], [], None
+    for label, model in I.as_models(models).items():
+        emb = I.class_embeddings(model, label, opts)
+        ds = I.labelled_dataset(data, model, opts)
+        I.check_classes(model, ds, emb, names_given=opts.class_index is not None)
+        blk = None if opts.blocks is None else resolve_blocks(model, opts.blocks, "mean")
+        rule = opts.mask_rule if opts.token_drop and I.has_class_masks(ds) else None
+        if opts.token_drop and rule is None and not notes:
+            notes.append("the dataset has no object masks; token dropping is left out")
+        mine = attention_perturbation_rows(
+            model, ((b[0][0], b[1]) for b in I.labelled_batches([model], ds, opts)), kinds, projection=emb,
+            blocks=blk, tokens=opts.tokens, model_name=label)
+        if rule is not None:
+            mine += token_drop_rows(
+                model, ((b[0][0], b[1], b[3]) for b in I.labelled_batches([model], ds, opts, rule)),
+                projection=emb, tokens=opts.tokens, model_name=label)
+        rows += mine
+        rate = {r["perturbation"]: r["value"] for r in mine if r["metric"] == "identifiable_rate"}
+        summary.append(f"{label}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in rate.items()))
+    table = tidy_table(rows, "perturbation", opts, dataset=getattr(ds, "description", None))
+    return Result("perturbation", table, "identifiable tokens at the last block: " + "; ".join(summary), opts,
+                  meta={"dataset": ds, "notes": notes}, draw=_draw)
+
+
+def _draw(result: Result) -> dict:
+    from vitscope.runtime import slug
+    from vitscope.viz.class_embedding import plot_perturbation
+
+    tokens = result.options.tokens
+    return {f"{slug(label)}/perturbation": (plot_perturbation(part, title=f"{label}: identifiable tokens ({tokens})"),
+                                            part)
+            for label, part in result.table.groupby("model", sort=False)}

@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings, ClassProjection
+from vitscope.analysis.api import OptionError, Result, tidy_table
+from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings, ClassProjection  # noqa: F401
+from vitscope.analysis.class_embedding.inputs import MASK_RULES, ClassSpaceOptions
 from vitscope.analysis.class_embedding.metrics import class_rank
 
 SITES = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
@@ -448,3 +450,154 @@ def logit_lens(model, batches, projection: ClassProjection | None = None, sites:
         masks = batch[3] if len(batch) > 3 else None
         lens.update(images, labels, masks=masks, indices=idx, hooks=hooks)
     return lens.result()
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+
+ANALYSIS = "logit_lens"
+ALIASES = ("logit-lens", "identifiability", "projection")     # the names it had in the report, the library, the CLI
+
+
+@dataclass
+class LogitLensOptions(ClassSpaceOptions):
+    """Options of :func:`evaluate` (``vitscope logit-lens``, the study analysis ``logit_lens``, the report's
+    ``logit_lens`` section). The defaults are the study's (block outputs only, no random twin); ``vitscope
+    logit-lens`` asks for every site and the random-weight twin."""
+
+    sites: tuple[str, ...] = ("resid",)    # resid (block output), attn, mlp (branch outputs)
+    topk: int = 5                          # top classes recorded per token
+    prescale: bool = False                 # branches before LayerScale (vilas2023 reads attn.proj / mlp.fc2)
+    random_baseline: bool = False          # compare with the random-weight twin (seeded by `seed`)
+    seed: int = 0                          # the twin's weights and the permutations
+    mask_rule: str | None = "majority"     # object masks to the token grid; None: no class- vs context test
+    permutations: int = 300                # of the class- vs context-labelled test
+    record_dir: str | None = None          # per-image records appended under <record_dir>/<model>/records
+
+    def validate(self) -> None:
+        super().validate()
+        v = self.sites
+        items = [s.strip() for s in v.split(",")] if isinstance(v, str) else list(v or ())
+        items = [s for s in items if s]
+        bad = [s for s in items if s not in SITES]
+        if bad or not items:
+            raise OptionError("sites", f"`sites` takes {', '.join(SITES)}, got {v!r}")
+        self.sites = tuple(dict.fromkeys(items))
+        self.check_int("topk")
+        if self.mask_rule is not None:
+            self.check_choice("mask_rule", MASK_RULES)
+        self.check_int("permutations")
+        self.check_int("seed", minimum=0)
+
+    def as_json(self, exclude=()) -> str:
+        return super().as_json(tuple(exclude) + ("record_dir",))
+
+
+def evaluate(models, data=None, options: LogitLensOptions | None = None, *, random_models=None,
+             **overrides) -> Result:
+    """The logit lens (vilas2023): every block output (and branch, ``sites``) at every token projected on the class
+    embeddings; identifiability per block (against the random-weight twin, one-sided Wilcoxon), the rates at the
+    last block, change rates, residual match and class- vs context-labelled tokens (when the images have masks).
+
+    Args:
+        models: a model, a list, or ``{label: model}``.
+        data: labelled images: a dataset spec, an opened dataset, or in-memory ``[(images, labels), ...]``
+            (``options.imagenet_s`` instead reads ImageNet-S labelled by the head's classes).
+        options: :class:`LogitLensOptions` (keyword overrides on top).
+        random_models: ``{label: random twin}`` when the caller holds them (default: drawn from ``options.seed``).
+
+    Returns a :class:`~vitscope.analysis.api.Result`: tidy rows ``model, block, metric, value`` with ``task``
+    (``logit_lens``), ``site``, ``token`` and, on the identifiability rows of the main site, ``random``,
+    ``p_value``, ``significant`` and ``chance`` ((C + 1) / 2C); ``figures()`` draws the evolution, change rates,
+    residual match and class- vs context figures per model; ``meta["lens"]`` holds each model's
+    :class:`LensResult`.
+    """
+    from vitscope.analysis.class_embedding import inputs as I
+    from vitscope.analysis.class_embedding.metrics import class_context_rows, evolution_rows, rate_rows
+    from vitscope.runtime import random_twin, slug
+
+    opts = I.options_of(LogitLensOptions, options, overrides)
+    items = I.as_models(models)
+    rows: list[dict] = []
+    summary, notes, lenses_out, sites_shown = [], [], {}, {}
+    ds = None
+    for label, model in items.items():
+        emb = I.class_embeddings(model, label, opts)
+        ds = I.labelled_dataset(data, model, opts)
+        I.check_classes(model, ds, emb, names_given=opts.class_index is not None)
+        C = emb.num_classes if emb is not None else model.cfg.num_classes
+        if opts.topk > C:
+            notes.append(f"topk {opts.topk} is more than the {C} classes of {label}; its {C} classes are recorded")
+        models_ = [model]
+        if opts.random_baseline:
+            models_.append((random_models or {}).get(label) or random_twin(model, opts.seed))
+        rule = opts.mask_rule if opts.mask_rule is not None and I.has_class_masks(ds) else None
+        if opts.mask_rule is not None and rule is None and not any("object masks" in n for n in notes):
+            notes.append("the images have no object masks; the class- vs context-labelled test is left out")
+        keep = opts.record_dir is not None or len(models_) > 1 or rule is not None
+
+        def record(i: int):
+            if opts.record_dir is None:
+                return keep
+            return Path(opts.record_dir) / slug(label) / ("records" if i == 0 else "records_random")
+
+        lenses = [LogitLens(m, emb, sites=opts.sites, topk=opts.topk, prescale=opts.prescale, record=record(i))
+                  for i, m in enumerate(models_)]
+        for images, labels, idx, masks in I.labelled_batches(models_, ds, opts, rule):
+            for lens, x in zip(lenses, images):
+                lens.update(x, labels, masks=masks, indices=idx)
+        res = lenses[0].result()
+        rres = lenses[1].result() if len(lenses) > 1 else None
+        site = "resid" if "resid" in opts.sites else opts.sites[0]
+        last = res.depth - 1
+        evo = evolution_rows(res, rres, site=site, model=label)
+        for r in evo:
+            r["chance"] = (res.num_classes + 1) / (2 * res.num_classes)
+        rows += evo + rate_rows(res, label, site=site) + [
+            r for r in res.rows(label) if not (r["site"] == site and (r["metric"] == "identifiability" or (
+                r["metric"] == "image_rate" and r["block"] == last)))]
+        if rres is not None:
+            rows += rate_rows(rres, label + " (random)", site=site)
+        if rule is not None:
+            rows += class_context_rows(res, "score", site, opts.permutations, opts.seed, label)
+            if "attn" in opts.sites and "resid" in opts.sites:
+                rows += class_context_rows(res, "attn_change", "resid", opts.permutations, opts.seed, label)
+        lenses_out[label] = (res, rres)
+        sites_shown[label] = site
+        random_note = f" (random weights: {100 * rres.token_rate():.1f}%)" if rres is not None else ""
+        summary.append(f"{label}: {100 * res.token_rate():.1f}% identifiable patch tokens at the last block"
+                       f"{random_note}, image rate {100 * res.image_rate():.1f}%, accuracy "
+                       f"{'' if emb is None else 'of the class embeddings '}{100 * res.accuracy:.1f}% over "
+                       f"{res.n_images} images")
+    table = tidy_table(rows, ANALYSIS, opts, dataset=getattr(ds, "description", None))
+    return Result(ANALYSIS, table, "; ".join(summary), opts,
+                  meta={"lens": lenses_out, "site": sites_shown, "notes": notes, "dataset": ds}, draw=_draw)
+
+
+def _draw(result: Result) -> dict:
+    """Per model: identifiability over blocks (dashed: random weights), change rates, residual match and class- vs
+    context-labelled tokens, each with the rows it shows."""
+    from vitscope.runtime import slug
+    from vitscope.viz import class_embedding as V
+
+    t = result.table
+    figs = {}
+    for label, (res, _) in result.meta["lens"].items():
+        mine = t[t["model"] == label]
+        sub = slug(label)
+        evo = mine[(mine["metric"] == "identifiability") & (mine["site"] == result.meta["site"][label])]
+        figs[f"{sub}/identifiability_evolution"] = (V.plot_identifiability_evolution(
+            evo, res.num_classes, title=f"{label}: class identifiability"), evo)
+        if "resid" in res.sites:
+            change = mine[mine["metric"].isin(("block_change", "attn_change", "mlp_change"))]
+            figs[f"{sub}/change_rates"] = (V.plot_change_rates(change,
+                                                               title=f"{label}: change rates"), change)
+            match = mine[mine["metric"].str.startswith(("match_", "composition"))]
+            if len(match):
+                figs[f"{sub}/residual_match"] = (V.plot_residual_match(match,
+                                                                       title=f"{label}: residual match"), match)
+        ctx = mine[mine["metric"].str.startswith("class_minus_context")]
+        if len(ctx):
+            figs[f"{sub}/class_context"] = (V.plot_class_context(ctx,
+                                                                 title=f"{label}: class- vs context-labelled tokens"),
+                                            ctx)
+    return figs

@@ -34,7 +34,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitscope.analysis.api import Options, OptionError, Result, tidy_table
 from vitscope.analysis.probes.attentive import AttentiveProbe, default_heads, pad_stack
 from vitscope.analysis.probes.inputs import ProbeInput, parse_inputs
 from vitscope.analysis.probes.train import (build_seeded, class_weights, jitter, make_optimizer, schedule, seeded,
@@ -613,3 +614,84 @@ def _save_final(out, trained, frozen, model, net, cfg, inputs, classes, name, su
         save_model(model, out / "backbone", extra={"trained_by": "vitscope probe-e2e finetune",
                                                    "config": cfg.to_dict()})
         save_linear_head(out / "head", net.head.weight, net.head.bias, meta)
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+@dataclass
+class E2EOptions(Options):
+    """Options of :func:`evaluate` (``vitscope probe-e2e``): an :class:`E2EConfig` and where / how the run goes.
+    ``None`` fields take the recipe's defaults (:func:`recipe_defaults`)."""
+
+    recipe: str = "attentive-frozen"       # attentive-frozen, or finetune
+    layer_set: str | None = None           # default: tokens (attentive-frozen), the last layer's CLS (finetune)
+    lr: float | None = None                # the probe's / head's
+    weight_decay: float | None = None
+    backbone_lr_scale: float = 1e-3        # finetune: backbone lr = lr x this
+    backbone_weight_decay: float = 1e-6    # finetune
+    epochs: int | None = None
+    steps: int | None = None               # exact number of steps (overrides epochs and min_steps)
+    min_steps: int = 1000
+    batch_size: int = 256                  # global, split over the processes
+    heads: int | None = None
+    attn_drop: float | None = None
+    seed: int = 0
+    save_every: int = 200                  # checkpoint every N steps (and at the end)
+    out: str = "runs/probe-e2e"            # checkpoints, the trained probe / backbone, results
+    resume: bool = False                   # continue the run in `out` from its last checkpoint
+    num_workers: int = 0
+    device: str = "auto"
+    model_name: str | None = None
+    dataset_name: str | None = None
+    progress: bool = False
+
+    def validate(self) -> None:
+        if self.recipe not in RECIPES:
+            raise OptionError("recipe", f"unknown end-to-end recipe {self.recipe!r}; choose among {', '.join(RECIPES)}")
+        for name in ("epochs", "steps", "heads"):
+            self.check_int(name, optional=True)
+        for name in ("min_steps", "batch_size", "save_every"):
+            self.check_int(name)
+        self.check_int("num_workers", minimum=0)
+        self.check_int("seed", minimum=0)
+        self.check_number("lr", low=0, low_open=True, optional=True)
+        self.check_number("weight_decay", low=0, optional=True)
+        self.check_number("backbone_lr_scale", low=0, low_open=True)
+        self.check_number("backbone_weight_decay", low=0)
+        self.check_number("attn_drop", 0, 1, high_open=True, optional=True)
+
+    def config(self) -> E2EConfig:
+        keys = {f.name for f in fields(E2EConfig)}
+        return E2EConfig(**{k: v for k, v in self.to_dict().items() if k in keys})
+
+    def as_json(self, exclude=()) -> str:
+        return super().as_json(tuple(exclude) + ("out", "resume", "num_workers", "model_name", "dataset_name"))
+
+
+def evaluate(model, data=None, options: E2EOptions | None = None, *, test_data=None, **overrides) -> Result:
+    """An end-to-end recipe of ciernik2025 (the attentive probe on a frozen backbone, or fine-tuning with a linear
+    head) trained on ``data`` and scored on ``test_data``; checkpoints and the trained probe / backbone go to
+    ``options.out`` (resumable). ``model``: a HookedViT (or ``{label: model}`` with one entry).
+
+    The table has ``test_balanced_top1``, ``test_top1``, ... (``task`` = ``<recipe>:<layer set>``) when there is
+    test data; ``meta["summary"]`` is what :func:`train_e2e` returned."""
+    from vitscope.analysis.class_embedding.inputs import as_models, options_of
+
+    opts = options_of(E2EOptions, options, overrides)
+    if data is None:
+        raise ValueError("end-to-end probes need labelled training images: pass --data SPEC")
+    (label, m), *more = as_models(model).items()
+    if more:
+        raise ValueError("an end-to-end probe trains on one model at a time")
+    name = opts.model_name or label
+    s = train_e2e(m, data, test_data, opts.config(), out=opts.out, resume=opts.resume, device=opts.device,
+                  num_workers=opts.num_workers, progress=opts.progress, model_name=name,
+                  dataset=opts.dataset_name or (test_data if isinstance(test_data, str) else None))
+    experiment = opts.layer_set or ("tokens" if opts.recipe == "attentive-frozen" else "last_cls")
+    rows = [{"model": name, "task": f"{opts.recipe}:{experiment}", "metric": f"test_{k}", "value": float(v)}
+            for k, v in (s.get("test_metrics") or {}).items()]
+    tm = s.get("test_metrics")
+    acc = f"test balanced top-1 {100 * tm['balanced_top1']:.1f}%, " if tm else ""
+    summary = (f"probe-e2e {opts.recipe} on {name}: {s.get('steps')}/{s.get('total_steps')} steps, {acc}last loss "
+               f"{s.get('loss', float('nan')):.3f} ({s.get('wall_time_s', 0):.0f} s, {s.get('world_size', 1)} "
+               f"process(es))")
+    return Result("probe_e2e", tidy_table(rows, "probe_e2e", opts), summary, opts, meta={"summary": s})

@@ -230,10 +230,13 @@ def _read(store, site: str, layer: int | None, reduction: str, rows) -> np.ndarr
         return np.asarray(store.get(site, layer, src)[rows, 0 if reduction == "cls" else 1], dtype=np.float32)
     if src == "all":
         return np.asarray(store.get(site, layer, src)[rows, 1:], dtype=np.float32).mean(axis=1)
-    have = set(store.reductions)
+    raise _no_reduction(store, reduction)
+
+
+def _no_reduction(store, reduction: str) -> ValueError:
     need = {"ap_all": "all", "mean": "mean (or cls+mean)", "cls": "cls (or cls+mean)"}.get(reduction, reduction)
-    raise ValueError(f"the store {store.path} has no reduction {reduction!r} (it holds {sorted(have)}); extract "
-                     f"with --tokens {need.split(' ')[0]}")
+    return ValueError(f"the store {store.path} has no reduction {reduction!r} (it holds {sorted(store.reductions)}); "
+                      f"extract with --tokens {need.split(' ')[0]}")
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -242,8 +245,9 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return (x / np.maximum(n, 1e-12)).astype(np.float32)
 
 
-def load_input(store, inp: ProbeInput, rows=None, normalize: bool = True, token_norm: str = "token") -> np.ndarray:
-    """One input as float32 (N, D) or (N, T, D), L2-normalised as the module docstring says."""
+def check_input(store, inp: ProbeInput):
+    """The store (of a group: the member) that holds ``inp``; one clear line when its site, layer or reduction is
+    missing. What :func:`load_input` checks, without reading: every input of a run is checked before training."""
     if isinstance(store, StoreGroup):
         store = store.member(inp)
     if inp.site not in store.sites:
@@ -255,6 +259,20 @@ def load_input(store, inp: ProbeInput, rows=None, normalize: bool = True, token_
                 f"(--store CLS_STORE --store AP_STORE)" if late and inp.reduction not in CLS_REDUCTIONS else "")
         raise ValueError(f"the store {store.path} has no layer {inp.layer} (it holds {store.layers}); extract it with "
                          f"--layers {inp.layer} or choose another layer set{hint}")
+    if _stored_as(store, inp.reduction) is None:
+        raise _no_reduction(store, inp.reduction)
+    return store
+
+
+def input_width(store, inp: ProbeInput) -> int:
+    """The feature width of ``inp`` (the last axis of what the store holds), read from the array's shape only."""
+    store = check_input(store, inp)
+    return int(store.get(inp.site, inp.layer, _stored_as(store, inp.reduction)).shape[-1])
+
+
+def load_input(store, inp: ProbeInput, rows=None, normalize: bool = True, token_norm: str = "token") -> np.ndarray:
+    """One input as float32 (N, D) or (N, T, D), L2-normalised as the module docstring says."""
+    store = check_input(store, inp)
     rows = np.flatnonzero(store.valid) if rows is None else rows
     x = _read(store, inp.site, inp.layer, inp.reduction, rows)
     if not np.isfinite(x).all():

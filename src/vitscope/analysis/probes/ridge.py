@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from vitscope.analysis.api import Options, OptionError, Result, tidy_table
 from vitscope.analysis.attention.tokens import grid_of, token_names
 
 # probe sites: the block output and the two branches as they are added to the stream (vilas2023's hs, attn, mlp)
@@ -310,3 +311,106 @@ def probe_rank_sum(model, probes: TokenProbes, x: torch.Tensor, labels: torch.Te
         raise ValueError(f"the probes have no site {site!r}; fit them with sites including it")
     res = evaluate_token_probes(model, sub, [(x, labels)])
     return torch.from_numpy(res.rank_sum(site))
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+
+
+@dataclass
+class TokenProbeOptions(Options):
+    """Options of :func:`evaluate` (``vitscope probe-tokens``)."""
+
+    sites: tuple[str, ...] = ("resid_post", "attn_out", "mlp_out")   # vilas2023's hs, attn, mlp
+    alpha: float = 1.0                     # ridge penalty (vilas2023: 1.0)
+    num_classes: int | None = None         # default: the training set's
+    batch_size: int = 64
+    limit: int | None = None               # at most this many test images
+    train_limit: int | None = None         # at most this many training images
+    progress: bool = False
+
+    def validate(self) -> None:
+        from vitscope.analysis.class_embedding.inputs import check_limit
+
+        try:
+            self.sites = tuple(resolve_sites(self.sites))
+        except ValueError as e:
+            raise OptionError("sites", f"`sites`: {e}") from None
+        self.check_number("alpha", low=0, low_open=True)
+        self.check_int("num_classes", minimum=2, optional=True)
+        self.check_int("batch_size")
+        check_limit(self)
+        check_limit(self, "train_limit")
+
+
+def evaluate(models, data=None, options: TokenProbeOptions | None = None, *, train_data=None,
+             **overrides) -> Result:
+    """Per-token ridge probes (vilas2023): one probe per site, block and token position fitted on ``train_data``,
+    scored on ``data``: accuracy and true-class rank per token, and the rank sum over blocks that orders the patches
+    of the removal curves.
+
+    ``models``: a model, a list or ``{label: model}``; ``data`` / ``train_data``: labelled images (a dataset spec,
+    an opened dataset or ``[(images, labels)]``). Rows ``model, block, metric (accuracy, mean_rank, score), value``
+    with ``site``, ``position``, ``token``, ``alpha``, ``n_train``, ``n_test`` (accuracy as a fraction);
+    ``arrays``: the accuracy per block and token (``probe_tokens_<model>_<site>``) and the rank sums
+    (``rank_sum_<model>``); ``figures()`` draws the accuracy per site."""
+    from vitscope.analysis.class_embedding.inputs import as_models, labelled_images, model_batches, options_of
+    from vitscope.runtime import slug
+
+    opts = options_of(TokenProbeOptions, options, overrides)
+    rows, arrays, fits, summary = [], {}, {}, []
+    te = None
+    for label, model in as_models(models).items():
+        tr, ytr = labelled_images(train_data, "--train-data", "per-token probes", opts.train_limit)
+        te, yte = labelled_images(data, "--data", "per-token probes", opts.limit)
+        C = opts.num_classes or max(len(getattr(tr, "classes", []) or []),
+                                    int(ytr.max()) + 1 if ytr is not None and len(ytr) else 0)
+        if yte is not None and len(yte) and yte.max() >= C:
+            raise ValueError(f"--data has labels up to {int(yte.max())} but the probes have {C} classes (from "
+                             "--train-data); use splits of the same dataset")
+        n_batches = (lambda y: None if y is None else -(-len(y) // opts.batch_size))
+        probes = fit_token_probes(model, model_batches(model, tr, opts.batch_size), C, sites=opts.sites, alpha=opts.alpha,
+                                  progress=opts.progress, total=n_batches(ytr))
+        res = evaluate_token_probes(model, probes, model_batches(model, te, opts.batch_size), progress=opts.progress,
+                                    total=n_batches(yte))
+        n_test = int(next(iter(res.ranks.values())).shape[0])
+        rows += [{**r, "alpha": opts.alpha, "n_train": probes.n_train, "n_test": n_test} for r in res.rows(label)]
+        all_names = token_names(model.token_layout(model.cfg.depth))
+        for site in opts.sites:
+            acc = np.full((len(probes.blocks), len(all_names)), np.nan)
+            for i, b in enumerate(probes.blocks):
+                a = res.accuracy(site, b)
+                for p, n in enumerate(token_names(res.layouts[b])):
+                    acc[i, all_names.index(n)] = a[p]
+            arrays[f"probe_tokens_{slug(label)}_{site}"] = acc
+        if "resid_post" in opts.sites:
+            arrays[f"rank_sum_{slug(label)}"] = res.rank_sum("resid_post")
+        fits[label] = (probes, all_names)
+        last, s0 = probes.blocks[-1], opts.sites[0]
+        lay = res.layouts[last]
+        patch_acc = float(res.accuracy(s0, last)[lay.patches].mean())
+        cls = f", CLS {100 * res.accuracy(s0, last)[lay.cls]:.1f}%" if lay.cls is not None else ""
+        summary.append(f"{label} block {last} {s0}: patch tokens {100 * patch_acc:.1f}%{cls}")
+    table = tidy_table(rows, "probe_tokens", opts, dataset=getattr(te, "description", None))
+    return Result("probe_tokens", table, "per-token ridge probes (mean test accuracy): " + "; ".join(summary), opts,
+                  arrays=arrays, meta={"probes": fits}, draw=_draw)
+
+
+def _draw(result: Result) -> dict:
+    """Test accuracy per block and token position, one figure per model and site, with the matrix beside it."""
+    from vitscope.runtime import slug
+    from vitscope.viz.removal import plot_token_probe_accuracy
+
+    figs = {}
+    t = result.table
+    for label, (probes, names) in result.meta["probes"].items():
+        for site in result.options.sites:
+            name = f"probe_tokens_{slug(label)}_{site}"
+            acc = result.arrays[name]
+            shown = t[(t["model"] == label) & (t["site"] == site) & (t["metric"] == "accuracy")]
+            fig = plot_token_probe_accuracy(acc, names, blocks=probes.blocks,
+                                            title=f"{label}: per-token ridge probes, {site} (test accuracy)")
+            figs[name] = (fig, shown, {"arrays": {"accuracy": acc},
+                                       "meta": {"model": label, "site": site, "alpha": probes.alpha,
+                                                "num_classes": probes.num_classes, "n_train": probes.n_train,
+                                                "tokens": names}})
+    return figs

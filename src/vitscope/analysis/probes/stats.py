@@ -27,8 +27,13 @@ Both tests take ``rule``:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from vitscope.analysis.api import Options, OptionError, Result, tidy_table
 
 COLUMNS = ["model", "dataset", "experiment", "probe", "layer_set", "split", "metric", "value"]
 BASELINE = ("linear", "last_cls")
@@ -190,3 +195,88 @@ def per_dataset_tests(gain_table, alpha: float = 0.05, runs: Sequence[str] | Non
                          "mean_best": float(means[best]), "mean_other": float(means[other]), "p": p,
                          "significant": bool(p < alpha) if p == p else False})
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- the evaluation entry point
+@dataclass
+class ProbeStatsOptions(Options):
+    """Options of :func:`evaluate` (``vitscope probe-stats``)."""
+
+    pairs: Any = None                      # run pairs a>b to test ("a>b,c>d" or [(a, b)]); default: Figure 2's
+    baseline: str = "linear:last_cls"      # the run gains are measured against
+    alpha: float = 0.05                    # significance level
+
+    def validate(self) -> None:
+        if not isinstance(self.baseline, str) or ":" not in self.baseline:
+            raise OptionError("baseline", f"`baseline` is probe:experiment (e.g. linear:last_cls), got "
+                                          f"{self.baseline!r}")
+        self.check_number("alpha", 0, 1, low_open=True, high_open=True)
+        if isinstance(self.pairs, str):
+            pairs = []
+            for item in (s for s in self.pairs.split(",") if s.strip()):
+                if ">" not in item:
+                    raise OptionError("pairs", f"`pairs` items are a>b, got {item!r}")
+                a, b = (s.strip() for s in item.split(">", 1))
+                pairs.append((a, b))
+            self.pairs = tuple(pairs)
+        elif self.pairs is not None:
+            self.pairs = tuple(tuple(p) for p in self.pairs)
+
+
+def read_results(paths) -> Any:
+    """``vitscope probe`` results as one table: results.csv / .parquet files, or output folders holding one."""
+    import pandas as pd
+
+    frames = []
+    for p in [paths] if isinstance(paths, (str, Path)) else paths:
+        p = Path(p)
+        if p.is_dir():
+            found = [p / n for n in ("results.parquet", "results.csv") if (p / n).is_file()]
+            if not found:
+                raise FileNotFoundError(f"{p} is a folder without results.csv or results.parquet; pass `vitscope "
+                                        "probe` output folders or their results files")
+            p = found[0]
+        elif not p.exists():
+            raise FileNotFoundError(f"results file not found: {p}")
+        try:
+            frames.append(pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p))
+        except Exception as e:  # a corrupt or foreign file: one line naming it
+            raise ValueError(f"cannot read the results table {p} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                             "pass a results.csv / .parquet written by `vitscope probe`") from None
+    if not frames:
+        raise ValueError("no results tables given")
+    return pd.concat(frames, ignore_index=True)
+
+
+def evaluate(results, data=None, options: ProbeStatsOptions | None = None, **overrides) -> Result:
+    """ciernik2025's statistics over probe runs: the gain of every run over the baseline (per model and dataset),
+    one-sided paired Wilcoxon tests over datasets (Benjamini-Hochberg) and per-dataset tests over models.
+
+    ``results``: a results table (DataFrame), or results files / ``vitscope probe`` output folders. Rows: ``model,
+    dataset, task (the run), metric (gain), value`` (in [0, 1] units, as :func:`gains`); ``meta`` holds the gain
+    table and the tests; ``figures()`` draws the gains."""
+    import pandas as pd
+
+    opts = options if options is not None else ProbeStatsOptions()
+    opts = opts.replace(**overrides) if overrides else opts
+    table = results if isinstance(results, pd.DataFrame) else read_results(results)
+    g = gains(table, baseline=tuple(opts.baseline.split(":", 1)))
+    runs = sorted(set(g["run"]))
+    pairs = opts.pairs if opts.pairs is not None else [(a, b) for a, b in FIGURE2_PAIRS if a in runs and b in runs]
+    tests = wilcoxon_over_datasets(g, pairs, alpha=opts.alpha) if pairs and g["dataset"].nunique() > 1 else None
+    per = per_dataset_tests(g, alpha=opts.alpha) if g["model"].nunique() > 1 else None
+    rows = [{"model": r.model, "dataset": r.dataset, "task": r.run, "metric": "gain", "value": r.gain}
+            for r in g.itertuples()]
+    shown = [r for r in runs if r != opts.baseline]
+    summary = (f"{len(table)} rows, {g['model'].nunique()} model(s) x {g['dataset'].nunique()} dataset(s), "
+               f"{len(shown)} runs, {0 if tests is None else len(tests)} Wilcoxon tests")
+    return Result("probe_stats", tidy_table(rows, "probe_stats", opts), summary, opts,
+                  meta={"gains": g, "wilcoxon_over_datasets": tests, "per_dataset_tests": per, "runs": shown},
+                  draw=_draw)
+
+
+def _draw(result: Result) -> dict:
+    from vitscope.viz.probes import plot_gains
+
+    g = result.meta["gains"]
+    return {"gains": (plot_gains(g, result.meta["runs"], title="gain over the last-layer CLS linear probe"), g)}

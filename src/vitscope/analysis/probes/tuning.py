@@ -211,3 +211,33 @@ def tune_attentive(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_t
                     test_metrics=probe_metrics(test_logits, _t(y_test, device)),
                     test_logits=test_logits.cpu().numpy(), test_targets=np.asarray(y_test), head=probe.cpu(),
                     attention=attn.numpy(), info={**info, "num_heads": num_heads, "tokens": int(x.shape[1])})
+
+
+def steps_of(n: int, cfg: ProbeTrainConfig, val_fraction: float = 0.2) -> tuple[int, int]:
+    """(steps of one grid training on the training part, steps of the final training) for a progress bar."""
+    from vitscope.analysis.probes.train import schedule
+
+    bs_full = adjust_batch_size(cfg.batch_size, n)
+    n_tr = n - int(np.ceil(n * val_fraction))
+    bs_tr = split_batch_size(bs_full, n_tr)
+    nb, ep = schedule(n_tr, bs_tr, cfg.epochs, cfg.min_steps)
+    nb2, ep2 = schedule(n, bs_full, cfg.epochs, cfg.min_steps)
+    return nb * ep, nb2 * ep2
+
+
+def linear_steps(n: int, cfg: ProbeTrainConfig, widths: int = 1, val_fraction: float = 0.2) -> int:
+    """Optimiser steps (progress ticks) of :func:`tune_linear` on ``n`` samples whose inputs have ``widths``
+    distinct widths (each width trains as one batched grid, then once more with the chosen configurations)."""
+    grid_steps, final = steps_of(n, cfg, val_fraction)
+    return widths * (grid_steps + final)
+
+
+def attentive_steps(n: int, cfg: ProbeTrainConfig, n_configs: int, heads: int, dim: int, drops: int,
+                    memory_budget: float = 2e9, val_fraction: float = 0.2) -> int:
+    """Optimiser steps (progress ticks) of :func:`tune_attentive`: per attention dropout the grid in chunks that fit
+    ``memory_budget``, then the final training."""
+    grid_steps, final = steps_of(n, cfg, val_fraction)
+    n_tr = n - int(np.ceil(n * val_fraction))
+    bs_tr = split_batch_size(adjust_batch_size(cfg.batch_size, n), n_tr)
+    chunk = _config_chunk(n_configs, bs_tr, heads, dim, memory_budget)
+    return drops * -(-n_configs // chunk) * grid_steps + final

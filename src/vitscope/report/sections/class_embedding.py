@@ -16,22 +16,26 @@ def _batches(ctx, images, labels, size: int):
     return [(images[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
 
 
-@analysis("identifiability", "Class identifiability over blocks (logit lens)", needs=("labels", "classifier"),
-          order=70)
-def identifiability_section(ctx) -> Section:
+@analysis("logit_lens", "Class identifiability over blocks (logit lens)", needs=("labels", "classifier"),
+          order=70, aliases=("identifiability",))
+def logit_lens_section(ctx) -> Section:
     """Every block output projected on the classifier (final norm + head, vilas2023's logit lens): the mean
     identifiability score 1 - rank / C of the true class for the CLS and the patch tokens, against the random-weight
     twin (stars: one-sided Wilcoxon p < 0.05), and the share of identifiable (rank-0) patch tokens."""
-    from vitscope.analysis import class_embedding as ce
+    from vitscope.analysis.class_embedding.projection import evaluate
     from vitscope.viz.class_embedding import plot_identifiability_evolution
 
     n = min(LENS_IMAGES, len(ctx.eval_labels))
-    batches = _batches(ctx, ctx.eval_images[:n], ctx.eval_labels[:n], ctx.batch_size)
-    res = ce.logit_lens(ctx.model, batches, sites=("resid",), topk=1, record=True)
-    rres = ce.logit_lens(ctx.random_model, batches, sites=("resid",), topk=1, record=True)
-    rows = ce.evolution_rows(res, rres, model=ctx.name)
+    result = evaluate({ctx.name: ctx.model}, _batches(ctx, ctx.eval_images[:n], ctx.eval_labels[:n], ctx.batch_size),
+                      sites=("resid",), topk=1, random_baseline=True, mask_rule=None,
+                      random_models={ctx.name: ctx.random_model})
+    res, rres = result.meta["lens"][ctx.name]
+    t = result.table
+    evo = t[(t["metric"] == "identifiability") & (t["site"] == "resid")]
+    rows = evo[["model", "block", "task", "metric", "value", "token", "site", "random", "p_value",
+                "significant"]].to_dict("records")
     sec = Section()
-    fig = plot_identifiability_evolution(rows, res.num_classes, title=f"{ctx.name}: {res.n_images} images")
+    fig = plot_identifiability_evolution(evo, res.num_classes, title=f"{ctx.name}: {res.n_images} images")
     sec.figure(ctx, fig, "evolution", "Identifiability of the true class per block; dashed: random weights.",
                meta={"rows": rows})
     sec.add_text(f"Last block: {100 * res.token_rate():.1f}% of patch tokens identify the true class "

@@ -16,28 +16,26 @@ def removal_section(ctx) -> Section:
     and random orders; with the seed's AUC and the trapezoid AUC."""
     import torch
 
-    from vitscope.analysis.class_embedding.removal import removal_curves
-    from vitscope.analysis.probes.ridge import fit_token_probes
+    from vitscope.analysis.class_embedding.removal import default_orders, evaluate
     from vitscope.viz.removal import plot_removal_curves
 
-    model = ctx.model
     x, y = ctx.eval_images, torch.as_tensor(ctx.eval_labels).long()
     n = min(N_CURVE, len(x) // 2) if len(x) >= 4 else len(x)
-    orders = ["grads", "chefer", "random"]
-    probes = None
-    if len(x) - n >= 16:
+    probe_data = None
+    if len(x) - n >= 16:                                     # other images fit the probes of the probe order
         xs, ys = x[n:n + N_PROBE], y[n:n + N_PROBE]
-        probes = fit_token_probes(model, zip(xs.split(ctx.batch_size), ys.split(ctx.batch_size)),
-                                  model.cfg.num_classes)
-        orders.insert(2, "probe")
-    res = removal_curves(model, [(x[:n], y[:n])], orders=orders, probes=probes, n_random=N_RANDOM, step=STEP)
+        probe_data = list(zip(xs.split(ctx.batch_size), ys.split(ctx.batch_size)))
+    result = evaluate({ctx.name: ctx.model}, [(x[:n], y[:n])], orders=default_orders(probe_data is not None),
+                      n_random=N_RANDOM, step=STEP, probe_data=probe_data)
+    res = result.meta["curves"][ctx.name]
+    n_probe = 0 if probe_data is None else sum(len(b[1]) for b in probe_data)
     sec = Section()
     sec.add_text(
         f"Patch tokens are removed right after the position embedding, in the order of an importance, and the "
         f"accuracy on {res.n_images} images is recorded after every {STEP}th token (of {res.n_patches}). Negative: "
         f"least important first, so a good importance keeps the accuracy up; positive: most important first, so a "
         f"good importance makes it fall. Orders: vilas2023's gradients of a class-embedding loss at CLS, Chefer "
-        f"relevance, the per-token ridge probes' rank sum (fitted on {0 if probes is None else probes.n_train} "
+        f"relevance, the per-token ridge probes' rank sum (fitted on {n_probe} "
         f"other images), and {N_RANDOM} random orders. vilas2023 reports on ViT-B/32 (seed AUC): negative 0.836 "
         f"(gradients), 0.845 (Chefer), 0.739 (linear probe), 0.716 (random); positive 0.413, 0.393, 0.683.")
     sec.figure(ctx, plot_removal_curves(res, title=f"{ctx.title}: token removal"), "curves",
