@@ -14,11 +14,11 @@ import yaml
 from test_cli_experiments import ENV, PLUGIN, cli, start, table
 
 STATE = re.compile(r"^ *(done|running|queued|failed|skipped|to run)  (\S+)", re.M)
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "seed002_study.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "walmer2023_study.yaml"
 
 
 def small_example(path: Path) -> Path:
-    """examples/seed002_study.yaml with one model, 24 test and 48 train images, 4 SPair pairs, four of its
+    """examples/walmer2023_study.yaml with one model, 24 test and 48 train images, 4 SPair pairs, four of its
     analyses, and the test plugin's feature_mean (which can be held mid-cell)."""
     cfg = yaml.safe_load(EXAMPLE.read_text())
     cfg.pop("out")

@@ -29,6 +29,14 @@ VOID = 255
 
 
 # ----------------------------------------------------------------------------- label propagation
+def neighbourhood_mask(h: int, w: int, radius: int, device=None) -> torch.Tensor:
+    """(h*w, h*w) bool: token i may take labels from token j iff |row_i - row_j| <= radius and
+    |col_i - col_j| <= radius (row-major token order)."""
+    r = torch.arange(h, device=device).repeat_interleave(w)
+    c = torch.arange(w, device=device).repeat(h)
+    return ((r[:, None] - r[None, :]).abs() <= radius) & ((c[:, None] - c[None, :]).abs() <= radius)
+
+
 def one_hot_labels(labels, num_classes: int | None = None) -> torch.Tensor:
     """(h, w) integer ids -> (C, h, w) float32 one-hot with C = max id + 1 (or ``num_classes``)."""
     lab = (labels.detach().cpu() if isinstance(labels, torch.Tensor) else torch.tensor(np.asarray(labels))).long()

@@ -184,6 +184,8 @@ def attention_view(model, image, block: int = -1, head: str | int = "mean", quer
     meta = {"model": _model_name(model), "view": "attention", "block": b, "head": head,
             "query": _query_label(q), "alpha": alpha, "cmap": cmap}
     fusion = head if isinstance(head, str) and head in FUSIONS else "mean"
+    if q == "patch":                                                   # the patch query before a patch is chosen
+        return View("attention", None, note="click a patch of the image to use it as the query", meta=meta)
     try:
         result = evaluate({meta["model"]: model}, x, AttentionMapOptions(block=b, query=q, fusion=fusion, limit=None))
     except OptionError:
