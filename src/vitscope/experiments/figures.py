@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import re
+
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,24 @@ def _chance(ok, analysis: str, dataset: str) -> float:
     return float(c["value"].iloc[0]) if len(c) and c["value"].nunique() == 1 else 0.5
 
 
+_HIGHER = re.compile(r"^(top\d|acc|accuracy|mAP|mP@|pck|[JF]&?F?-(Mean|Recall)|J&F-Mean|nmi|ari|purity|saliency_iou|"
+                     r"identifiability$|knn|auroc|pointing|r2|fve|agreement)", re.I)
+_LOWER = re.compile(r"(-Decay$|^fvu|^kl$|^error|_drop$)", re.I)
+
+
+def metric_direction(metric: str) -> str | None:
+    """"higher" or "lower" for metrics where a better block has a higher (accuracy, mAP, PCK, J&F, NMI ...) or
+    lower (decay, FVU, KL) value; None where "best" means nothing (attention distance, CKA, norm ratios, gains)."""
+    if _LOWER.search(str(metric)):
+        return "lower"
+    if _HIGHER.search(str(metric)):
+        return "higher"
+    return None
+
+
 def summary_text(df, max_errors: int = 10) -> str:
-    """A few lines: cells by status, models, datasets, analyses, and per metric the best block of each model."""
+    """A few lines: cells by status, models, datasets, analyses, and, for metrics where higher (or lower) is better,
+    the best block of each model (:func:`metric_direction`; other metrics have no best block)."""
     lines = []
     cells = df.drop_duplicates("cell")
     st = cells["status"].value_counts().to_dict()
@@ -50,12 +68,16 @@ def summary_text(df, max_errors: int = 10) -> str:
         lines.append(f"  {word}: {', '.join(dict.fromkeys(ok[col].dropna())) or '-'}")
     pb = per_block_rows(ok)
     if not pb.empty:
-        lines.append("  best block per model (value at that block):")
+        lines.append("  best block per model (value at that block), for metrics where higher or lower is better:")
         for (ana, metric, ds), g in pb.dropna(subset=["value"]).groupby(["analysis", "metric", "dataset"],
                                                                        sort=False):
-            best = g.loc[g.groupby("model", sort=False)["value"].idxmax()]
+            way = metric_direction(metric)
+            if way is None:
+                continue
+            pick = g.groupby("model", sort=False)["value"]
+            best = g.loc[pick.idxmax() if way == "higher" else pick.idxmin()]
             items = [f"{r.model} {r.value:.3g} @{int(r.block)}" for r in best.itertuples()]
-            lines.append(f"    {ana}/{metric} [{ds}]: " + "; ".join(items))
+            lines.append(f"    {ana}/{metric} ({way} is better) [{ds}]: " + "; ".join(items))
     bad = df[df["status"] != "ok"].drop_duplicates("cell")
     for r in bad.head(max_errors).itertuples():
         lines.append(f"  {r.status}: {r.cell}: {r.error}")
