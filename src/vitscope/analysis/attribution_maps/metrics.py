@@ -4,7 +4,8 @@ Faithfulness (the model on perturbed inputs; the score is the softmax probabilit
 
 - **deletion / insertion** (Petsiuk et al. 2018, on tokens): the patches are ranked by the map on the token grid
   (most relevant first, ties: lower index first); deletion removes the k most relevant patch tokens, insertion
-  keeps only the k most relevant, k = 0 .. N in steps of ``step``. Tokens are removed right after the position
+  keeps only the k most relevant; deletion at k = 0, step, 2 step, ..., N - 1, N removed, insertion at N minus
+  those kept (the same cuts of the same order). Tokens are removed right after the position
   embedding (``vitscope.hooks.drop_patches``), as the removal curves of
   :mod:`~vitscope.analysis.class_embedding.removal` do: deletion is their ``positive`` direction, insertion with
   k kept their ``negative`` direction with N - k removed. AUC: the trapezoid over the fraction k / N in [0, 1]
@@ -56,7 +57,8 @@ def token_removal(model, x: torch.Tensor, targets: torch.Tensor, grid_maps: torc
     imp = grid_maps.reshape(B, -1).float()
     N = imp.shape[1]
     order = torch.sort(imp, dim=-1, descending=True, stable=True).indices.to(x.device)
-    ks = np.unique(np.r_[removal_steps(N, step), N]).astype(np.int64)
+    steps = np.unique(np.r_[removal_steps(N, step), N]).astype(np.int64)             # removed: 0, step, .., N-1, N
+    ks = steps if mode == "deletion" else np.sort(N - steps)                         # kept: the same cuts
     labels = targets if labels is None else labels
     probs, correct = [], []
     with torch.inference_mode():

@@ -6,7 +6,8 @@ normal 0.02, zero biases, unit LayerNorms), one stage more at a time: ``head`` (
 maps of the same images for the same classes (those of the trained model) are compared with the trained model's
 maps by Spearman's rank correlation, per image. ``trained`` compares the trained model's maps with a second run of
 the same method (seed + 1: a new draw for SmoothGrad / VarGrad; identical for deterministic methods). A method
-that passes the check loses its correlation as the model is randomised.
+that passes the check loses its correlation as the model is randomised. A map that is constant (e.g. a CAM whose
+ReLU removed everything) has no ranking: its correlation counts as 0.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def cascading_randomization(model, x: torch.Tensor, targets: torch.Tensor, metho
     ref = explain(model, x, targets, method, options=opts)
     again = explain(model, x, targets, method, options=opts.replace(seed=opts.seed + 1))
     rows = [{"stage": "trained", "depth": 0, "image": i, "spearman": float(v)}
-            for i, v in enumerate(spearman(ref.maps, again.maps, absolute))]
+            for i, v in enumerate(np.nan_to_num(spearman(ref.maps, again.maps, absolute)))]
     twin = _random_twin(model, seed)
     work = copy.deepcopy(model)
     names = dict(work.named_modules())
@@ -59,7 +60,7 @@ def cascading_randomization(model, x: torch.Tensor, targets: torch.Tensor, metho
                 names[n].load_state_dict(rnames[n].state_dict())
         r = explain(work, x, targets, method, options=opts)
         rows += [{"stage": stage, "depth": d, "image": i, "spearman": float(v)}
-                 for i, v in enumerate(spearman(ref.maps, r.maps, absolute))]
+                 for i, v in enumerate(np.nan_to_num(spearman(ref.maps, r.maps, absolute)))]
     return rows
 
 
