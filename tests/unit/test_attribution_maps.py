@@ -197,7 +197,10 @@ def test_integrated_gradients_complete_on_the_demo_model():
 
     m = vs.load_model("demo-vit")
     (x,), y, _ = next(iter(image_batches([m], open_dataset_any("builtin:demo?n=16"), 4, 4)))
-    e = explain(m, x, y, "integrated-gradients", steps=64)
+    e = explain(m, x, y, "integrated-gradients", steps=64, internal_batch_size=128)
+    assert e.extra["completeness"].median() < 0.01, e.extra["completeness"]
+    # the demo model's score has sharp steps along the path of some images: more steps close the gap
+    e = explain(m, x, y, "integrated-gradients", steps=512, internal_batch_size=256)
     assert (e.extra["completeness"] < 0.01).all(), e.extra["completeness"]
 
 
