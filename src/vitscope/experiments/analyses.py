@@ -247,3 +247,4 @@ def cluster(ctx, opts: dict) -> list[dict]:
 # k-NN, retrieval, DAVIS, keypoints (downstream.py); probes, logit lens, removal curves (probing.py)
 from vitscope.experiments import downstream as _downstream  # noqa: E402,F401  (registers)
 from vitscope.experiments import probing as _probing  # noqa: E402,F401  (registers)
+from vitscope.experiments import attribution as _attribution  # noqa: E402,F401  (registers)
