@@ -61,21 +61,25 @@ def input_gradients(model, x: torch.Tensor, targets: torch.Tensor, batch_size: i
     return torch.cat(out)
 
 
-def _targets(model, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+def _targets(model, x: torch.Tensor, target, need_logits: bool = True):
+    """(targets (B,), logits or None): the model runs only when the logits are needed or the target is None."""
     _check_head(model)
-    with torch.inference_mode():
-        logits = model(x)
-    return class_targets(logits, target).clone(), logits.clone()
+    if target is None or need_logits:
+        with torch.inference_mode():
+            logits = model(x)
+        return class_targets(logits, target).clone(), logits.clone()
+    shape = torch.empty(x.shape[0], model.cfg.num_classes, device=x.device)
+    return class_targets(shape, target), None
 
 
 def saliency(model, x: torch.Tensor, target=None) -> PixelAttribution:
-    t, _ = _targets(model, x, target)
+    t, _ = _targets(model, x, target, need_logits=False)
     a = input_gradients(model, x, t).abs()
     return PixelAttribution(a, a.amax(1), t)
 
 
 def input_x_gradient(model, x: torch.Tensor, target=None) -> PixelAttribution:
-    t, _ = _targets(model, x, target)
+    t, _ = _targets(model, x, target, need_logits=False)
     a = x.detach() * input_gradients(model, x, t)
     return PixelAttribution(a, a.sum(1), t)
 
@@ -167,7 +171,7 @@ def noise_tunnel(model, x: torch.Tensor, target=None, kind: str = "smoothgrad", 
         raise ValueError(f"noise kind must be one of {', '.join(NOISE_KINDS)}, got {kind!r}")
     if samples < 1:
         raise ValueError(f"samples must be a positive integer, got {samples}")
-    t, _ = _targets(model, x, target)
+    t, _ = _targets(model, x, target, need_logits=False)
     x = x.detach()
     B = x.shape[0]
     std = torch.tensor(float(stdev), device=x.device).repeat((B * samples,) + tuple(x.shape[1:]))
