@@ -47,18 +47,21 @@ def _check_head(model) -> None:
         raise ValueError("this model has no classification head: input attributions need class logits")
 
 
-def input_gradients(model, x: torch.Tensor, targets: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """``∂ logit_target / ∂x`` for every row of ``x`` (targets (len(x),)), in batches of ``batch_size``."""
-    out = []
+def input_gradients(model, x: torch.Tensor, targets: torch.Tensor, batch_size: int | None = None,
+                    scores: bool = False):
+    """``∂ logit_target / ∂x`` for every row of ``x`` (targets (len(x),)), in batches of ``batch_size``; with
+    ``scores=True`` also the target logits (len(x),) of the same forward passes."""
+    out, val = [], []
     n = x.shape[0]
     bs = n if not batch_size else int(batch_size)
     with torch.enable_grad():
         for s in range(0, n, bs):
             xi = x[s:s + bs].detach().clone().requires_grad_(True)
             logits = model(xi)
-            score = logits.gather(1, targets[s:s + bs, None].to(logits.device)).sum()
-            out.append(torch.autograd.grad(score, xi)[0].detach())
-    return torch.cat(out)
+            score = logits.gather(1, targets[s:s + bs, None].to(logits.device))[:, 0]
+            out.append(torch.autograd.grad(score.sum(), xi)[0].detach())
+            val.append(score.detach())
+    return (torch.cat(out), torch.cat(val)) if scores else torch.cat(out)
 
 
 def _targets(model, x: torch.Tensor, target, need_logits: bool = True):
@@ -142,21 +145,20 @@ def integrated_gradients(model, x: torch.Tensor, target=None, baseline="zeros", 
                          rule: str = "gausslegendre", internal_batch_size: int | None = None,
                          preprocess_cfg=None, seed: int = 0) -> PixelAttribution:
     """Integrated Gradients of ``x`` (B, C, H, W) with every step batched (see the module doc)."""
-    t, logits = _targets(model, x, target)
+    t, _ = _targets(model, x, target, need_logits=False)
     x = x.detach()
     base = make_baseline(x, baseline, preprocess_cfg or getattr(model, "preprocess_cfg", None), seed)
     sizes, alphas = quadrature(rule, int(steps))
-    B = x.shape[0]
+    B, S = x.shape[0], len(alphas)
     diff = x - base
-    path = torch.cat([base + a * diff for a in alphas], dim=0)                           # steps * B, C, H, W
-    g = input_gradients(model, path, t.repeat(len(alphas)), internal_batch_size)
+    # the path, then x and the baseline themselves: their scores (for the completeness error) come from the same
+    # passes; their gradients are not used
+    path = torch.cat([base + a * diff for a in alphas] + [x, base], dim=0)              # (S + 2) B, C, H, W
+    g, score = input_gradients(model, path, t.repeat(S + 2), internal_batch_size, scores=True)
     w = torch.tensor(sizes, dtype=torch.float32, device=g.device).view(-1, 1)
-    total = (g.reshape(len(alphas), -1) * w).sum(0).reshape(x.shape)
+    total = (g[:S * B].reshape(S, -1) * w).sum(0).reshape(x.shape)
     attr = total * diff
-    with torch.inference_mode():
-        f_base = model(base).gather(1, t[:, None].to(x.device))[:, 0]
-    f_x = logits.gather(1, t[:, None].to(logits.device))[:, 0]
-    gap = (f_x - f_base).float()
+    gap = (score[S * B:(S + 1) * B] - score[(S + 1) * B:]).float()
     err = (attr.flatten(1).sum(1).float() - gap).abs() / gap.abs().clamp(min=1e-12)
     return PixelAttribution(attr, attr.sum(1), t, err.cpu())
 
