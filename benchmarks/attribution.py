@@ -9,7 +9,7 @@ Both run on the bundled demo model (64 px, patch 8, width 64, 6 blocks) over the
 Integrated Gradients: Captum's ``IntegratedGradients.attribute`` with its defaults (Gauss-Legendre, every step in
 one batch) and vitscope's ``integrated_gradients`` (the same rule, the same batching choice); SmoothGrad: Captum's
 ``NoiseTunnel(Saliency)`` (all copies in one batch) and vitscope's ``noise_tunnel``, with the same seed so the noise
-and the numbers are the same. Rounds are interleaved; min / median / max seconds per call and the ratio of the
+and the numbers are the same. Rounds are interleaved (which side runs first alternates); min / median / max seconds per call and the ratio of the
 medians (Captum / vitscope: > 1 means vitscope is faster) are printed, with the largest difference of the
 attributions.
 """
@@ -62,13 +62,11 @@ def main() -> None:
         tr, to = [], []
         ra, oa = ref(), ours()                                         # warm-up, and the numbers compared
         diff = float((ra - oa).abs().max())
-        for _ in range(a.rounds):
-            t = time.perf_counter()
-            ref()
-            tr.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            ours()
-            to.append(time.perf_counter() - t)
+        for r in range(a.rounds):                                      # interleaved, the order alternating
+            for fn, times in ((ref, tr), (ours, to)) if r % 2 == 0 else ((ours, to), (ref, tr)):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
         fmt = lambda v: f"{min(v):.2f}/{statistics.median(v):.2f}/{max(v):.2f}"  # noqa: E731
         print(f"{name:22s} {fmt(tr):>26s} {fmt(to):>26s} {statistics.median(tr) / statistics.median(to):6.2f}x "
               f"{diff:11.2e}")
