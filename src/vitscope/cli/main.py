@@ -25,7 +25,7 @@ app = typer.Typer(
 # command-group modules, in the order their commands appear in --help
 COMMAND_MODULES = (
     "models", "data", "extract", "attention", "similarity", "knn", "retrieval", "davis", "keypoints", "probes",
-    "class_embedding", "removal", "patching", "sae", "train", "experiments", "app", "demo",
+    "class_embedding", "removal", "explain", "patching", "sae", "train", "experiments", "app", "demo",
 )
 
 

@@ -135,3 +135,4 @@ def cluster(ctx, opts: dict) -> list[dict]:
 from vitscope.experiments import downstream as _downstream  # noqa: E402,F401  (registers)
 from vitscope.experiments import probing as _probing  # noqa: E402,F401  (registers)
 from vitscope.experiments import patching as _patching  # noqa: E402,F401  (registers)
+from vitscope.experiments import attribution as _attribution  # noqa: E402,F401  (registers)
