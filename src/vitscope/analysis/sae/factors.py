@@ -94,12 +94,17 @@ def auroc(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
     average ranks for ties."""
     from scipy.stats import rankdata
 
+    return auroc_from_ranks(rankdata(scores, axis=0), y)
+
+
+def auroc_from_ranks(ranks: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """:func:`auroc` from the columns' average ranks (``scipy.stats.rankdata(scores, axis=0)``), which do not depend
+    on the labels: rank once, score every concept."""
     y = np.asarray(y, bool)
     npos, nneg = int(y.sum()), int((~y).sum())
     if npos == 0 or nneg == 0:
         raise ValueError("AUROC needs positive and negative samples")
-    r = rankdata(scores, axis=0)
-    return (r[y].sum(0) - npos * (npos + 1) / 2) / (npos * nneg)
+    return (ranks[y].sum(0) - npos * (npos + 1) / 2) / (npos * nneg)
 
 
 def units_needed(scores: np.ndarray, y: np.ndarray, order: np.ndarray, seed: int = 0, target: float = 0.9,
@@ -133,9 +138,12 @@ def factor_scores(bases: dict[str, tuple[np.ndarray, bool]], concepts: dict[str,
     ``{name: (scores (N, U), signed)}`` and concept; ``signed`` False takes max(AUROC, 1 - AUROC)."""
     rows = []
     for basis, (scores, signed) in bases.items():
+        from scipy.stats import rankdata
+
         scores = np.asarray(scores, dtype=np.float32)
+        ranks = rankdata(scores, axis=0)
         for concept, (factor, y) in concepts.items():
-            a = auroc(scores, y)
+            a = auroc_from_ranks(ranks, y)
             if not signed:
                 a = np.maximum(a, 1 - a)
             a = np.nan_to_num(a, nan=0.5)
