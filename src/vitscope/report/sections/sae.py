@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from vitscope.report.registry import Section, analysis
 
-N_TRAIN = 256          # images whose patch tokens train the SAE (after the evaluation images when there are enough)
-N_EVAL = 128           # images it is measured on (the first of the dataset)
-TRAIN = dict(arch="topk", width=(256,), k=(8,), lr=(1e-3,), steps=200, batch_size=512, chunk_images=64, warmup=20,
+N_TRAIN = 128          # images whose patch tokens train the SAE (after the evaluation images when there are enough)
+N_EVAL = 64            # images it is measured on (the first of the dataset)
+TRAIN = dict(arch="topk", width=(128,), k=(8,), lr=(2e-3,), steps=150, batch_size=256, chunk_images=64, warmup=15,
              init_rows=2048)
 
 
 @analysis("sae", "Sparse autoencoder on a middle block", needs=("images",), order=78)
 def sae_section(ctx) -> Section:
-    """A TopK SAE (256 latents, k = 8, 200 steps) trained on the patch tokens of the middle block's residual stream
+    """A TopK SAE (128 latents, k = 8, 150 steps) trained on the patch tokens of the middle block's residual stream
     of images of the report's dataset, then measured on other images: L0, FVU, the model with the SAE spliced in,
     and the best latent per generating factor against the best raw neuron. Bundled demo models only (seconds
     there); for other models train SAEs with `vitscope sae train` (docs/sae.md)."""
