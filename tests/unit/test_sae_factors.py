@@ -68,3 +68,16 @@ def test_factor_scores_find_a_planted_unit():
     s[:, 4] += 3 * y
     rows = factor_scores({"b": (s, False)}, {"c": ("f", y)}, sizes=(1, 2))
     assert rows[0]["best_unit"] == 4 and rows[0]["best_auroc"] > 0.95 and rows[0]["units_to_0.9"] == 1
+
+
+def test_units_needed_counts_the_units_a_linear_probe_needs():
+    from vitscope.analysis.sae.factors import units_needed
+
+    rng = np.random.default_rng(1)
+    n = 4000
+    y = rng.random(n) < 0.5
+    s = rng.normal(size=(n, 6))
+    s[:, 2] += 1.5 * y                   # each alone: AUROC Phi(1.5 / sqrt 2) = 0.86; both: Phi(1.5) = 0.93
+    s[:, 5] += 1.5 * y
+    assert units_needed(s, y, np.array([2, 5, 0, 1, 3, 4]), sizes=(1, 2, 4)) == 2
+    assert np.isnan(units_needed(s, y, np.array([0, 1, 3, 4, 2, 5]), sizes=(1, 2, 4)))

@@ -131,8 +131,9 @@ def cluster(ctx, opts: dict) -> list[dict]:
 
 # ----------------------------------------------------------------------------- the other evaluations
 # k-NN, retrieval, DAVIS, keypoints (downstream.py); probes, logit lens, removal curves (probing.py); patching,
-# ablations, composition scores (patching.py)
+# ablations, composition scores (patching.py); sparse autoencoders (sae.py)
 from vitscope.experiments import downstream as _downstream  # noqa: E402,F401  (registers)
 from vitscope.experiments import probing as _probing  # noqa: E402,F401  (registers)
 from vitscope.experiments import patching as _patching  # noqa: E402,F401  (registers)
 from vitscope.experiments import attribution as _attribution  # noqa: E402,F401  (registers)
+from vitscope.experiments import sae as _sae  # noqa: E402,F401  (registers)

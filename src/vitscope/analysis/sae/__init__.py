@@ -7,6 +7,6 @@ from vitscope.analysis.sae.train import TrainOptions, Trainer, train_saes
 
 __all__ = ["ARCHS", "SAE", "SAEConfig", "TrainOptions", "Trainer", "load_sae", "load_saelens", "load_saev",
            "save_sae", "train_saes"]
-from vitscope.analysis.sae.evaluation import SAEOptions, evaluate  # noqa: E402
+from vitscope.analysis.sae.evaluation import SAEOptions, SAEStudyOptions, evaluate  # noqa: E402
 
-__all__ += ["SAEOptions", "evaluate"]
+__all__ += ["SAEOptions", "SAEStudyOptions", "evaluate"]

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from vitscope.analysis.api import Options, Result, tidy_table
+from vitscope.analysis.sae.train import TrainOptions
 
 SPLICE_METRICS = ("top1_agreement", "kl", "accuracy", "knn_top1")
 
@@ -32,6 +33,29 @@ class SAEOptions(Options):
         self.check_number("dense", 0, 1, low_open=True)
         self.check_int("knn_k")
         self.check_int("batch_size")
+
+
+@dataclass
+class SAEStudyOptions(TrainOptions):
+    """A study's ``sae`` analysis: the grid of :class:`~.train.TrainOptions` trained on the cell's feature store,
+    then measured by :func:`evaluate` on ``eval_limit`` images of the cell's dataset."""
+
+    eval_limit: int | None = 256
+    factors: bool = True
+    splice: bool = True
+    device: str | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_int("eval_limit", optional=True)
+
+    def train_options(self) -> TrainOptions:
+        names = TrainOptions.field_names()
+        return TrainOptions(**{k: v for k, v in self.to_dict().items() if k in names})
+
+    def eval_options(self) -> SAEOptions:
+        return SAEOptions(limit=self.eval_limit, factors=self.factors, splice=self.splice, seed=self.seed,
+                          device=self.device, progress=self.progress)
 
 
 def _as_saes(saes) -> dict[str, object]:

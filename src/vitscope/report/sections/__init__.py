@@ -9,7 +9,7 @@ import importlib.util
 # section modules, imported in this order; a module that is not there (yet) is skipped
 SECTION_MODULES = (
     "card", "attention", "tokens", "similarity", "knn", "retrieval", "video_segmentation", "correspondence",
-    "probes", "class_embedding", "removal", "attribution_maps", "patching",
+    "probes", "class_embedding", "removal", "attribution_maps", "patching", "sae",
 )
 
 for _name in SECTION_MODULES:
