@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
@@ -204,6 +205,33 @@ INPUTS = {
         "plot_removal_curves": lambda f: f(_removal_curves(), title="demo-vit: token removal"),
         "plot_token_probe_accuracy": lambda f: f(rng.random((6, 20)), ["cls", "reg0"] + [f"patch{i}" for i in range(18)],
                                                  title="per-token probe accuracy", blocks=list(range(6))),
+    },
+    "attribution_maps": {
+        "plot_ranking": lambda f: f(pd.DataFrame(
+            [{"method": m, "metric": k, "value": float(rng.random()), "rank": float(r)}
+             for r, m in enumerate(("gradcam", "rollout", "saliency", "random"), 1)
+             for k in ("deletion_auc", "insertion_auc", "road_combined", "pointing_game")]),
+            title="demo-vit, 16 images of builtin:demo"),
+        "plot_examples": lambda f: f({"images": rng.random((2, 3, 32, 32)), "masks": rng.random((2, 32, 32)) > 0.5,
+                                      "maps": {m: rng.random((2, 32, 32)) for m in ("gradcam", "rollout", "saliency")},
+                                      "mean": None, "std": None}, title="demo-vit: maps of 2 images"),
+        "plot_method_map": lambda f: f(rng.random((3, 32, 32)), rng.random((32, 32)), mask=rng.random((32, 32)) > 0.5,
+                                       title="gradcam, block 4, class 3"),
+        "plot_curves": lambda f: f({(m, c): (np.linspace(0, 1, 5), rng.random((5, 3)))
+                                    for m in ("gradcam", "saliency") for c in ("deletion", "insertion")},
+                                   title="demo-vit, 3 images"),
+        "plot_sanity": lambda f: f(pd.DataFrame([{"method": m, "depth": d, "stage": s, "value": float(rng.random())}
+                                                 for m in ("saliency", "gradcam")
+                                                 for d, s in enumerate(("head", "block 5", "block 4", "all"))]),
+                                   title="demo-vit: cascading randomisation, 4 images"),
+    },
+    "sae": {
+        "plot_density": lambda f: f({"topk-512-k16": rng.random(64) * (rng.random(64) > 0.1)}),
+        "plot_factors": lambda f: f([{"factor": fa, "basis": b, "best_auroc": 0.5 + 0.5 * float(rng.random())}
+                                     for fa in ("shape", "colour", "part") for b in ("sae", "neurons", "random")]),
+        "plot_latent_patches": lambda f: f(rng.random((32, 32, 3)), rng.random((4, 4)), title="latent 7"),
+        "plot_sparsity_fidelity": lambda f: f(pd.DataFrame(
+            [{"sae": n, "metric": m, "value": float(rng.random())} for n in ("a", "b") for m in ("l0", "fvu")])),
     },
 }
 

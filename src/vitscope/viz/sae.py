@@ -34,7 +34,8 @@ def plot_sparsity_fidelity(table):
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.scatter(w["l0"], w["fvu"])
     for name, r in w.iterrows():
-        ax.annotate(str(name), (r["l0"], r["fvu"]), fontsize=6)
+        ax.annotate(str(name), (r["l0"], r["fvu"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.margins(x=0.25, y=0.2)                          # room for the labels beside the outermost points
     ax.set_xlabel("L0 (active latents per token)")
     ax.set_ylabel("FVU")
     ax.set_xscale("log")
@@ -59,8 +60,8 @@ def plot_factors(rows):
     ax.axhline(0.9, color="k", lw=0.8, ls="--")
     ax.set_xticks(x, g.index, rotation=20)
     ax.set_ylim(0.5, 1.0)
-    ax.set_ylabel("best unit AUROC (mean over the factor's values)")
-    ax.set_title("features against the generating factors")
+    ax.set_ylabel("best-unit AUROC")
+    ax.set_title("best unit per generating factor (AUROC, mean over its values)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
