@@ -89,6 +89,19 @@ def test_every_endpoint_answers_with_the_views_numbers(server, client):
     assert fig is not None
 
 
+def test_explain_endpoint_answers_with_the_views_numbers(server, client):
+    url, state = server
+    model = state.models.get("demo-vit").model
+    img = state.image(None, "coffee")
+    fig, note, files = client.predict(*ATT, None, "coffee", "gradcam", "3: cross", 2, 0.55, "inferno",
+                                      api_name="/explain")
+    assert "3: cross" in note and "block 2" in note and fig is not None
+    np.testing.assert_allclose(np.load(next(f for f in files if f.endswith(".map.npy"))),
+                               V.explain_view(model, img, "gradcam", target=3, block=2).arrays["map"], atol=1e-5)
+    with pytest.raises(Exception, match="method must be one of"):
+        client.predict(*ATT, None, "coffee", "gradcan", "predicted class", -1, 0.55, "inferno", api_name="/explain")
+
+
 def test_an_unknown_model_is_a_message(client):
     with pytest.raises(Exception, match="could not load model 'no-such-model'"):
         attention(client, model=("no-such-model", False))

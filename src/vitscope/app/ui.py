@@ -6,8 +6,8 @@ photographs are copied there at start, results are written there, and no ``allow
 the app made itself is removed when the process ends: at exit, on Ctrl-C, on SIGTERM and SIGHUP (a folder given
 with ``tmp_dir`` is the caller's and stays).
 
-API endpoints (for ``gradio_client``): ``/predict``, ``/attention``, ``/rollout``, ``/tokens``, ``/distance``,
-``/logit_lens``; each takes the model name, the random-weights switch, the uploaded file (or None) and the
+API endpoints (for ``gradio_client``): ``/predict``, ``/attention``, ``/rollout``, ``/explain``, ``/tokens``,
+``/distance``, ``/logit_lens``, ``/patching``; each takes the model name, the random-weights switch, the uploaded file (or None) and the
 sample name first, then the options of its view.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from vitscope.analysis.attribution_maps import FAMILIES, METHODS as EXPLAIN_METHODS
 from vitscope.app import views as V
 from vitscope.app.models import DEMO_MODELS, ModelCache, class_label
 from vitscope.app.uploads import MAX_BYTES, MAX_PIXELS, ImageCache, UploadError
@@ -232,6 +233,15 @@ def handlers(state: AppState) -> dict:
                                  alpha=float(alpha), cmap=cmap)
         return pics.get("figure"), note, files
 
+    def explain(model_name, random, upload, sample, method, target, block, alpha, cmap):
+        try:
+            t = _target(target)
+        except ValueError as e:
+            raise _err(e) from None
+        view, files, note, pics = _run(state, model_name, random, upload, sample, V.explain_view, method=method,
+                                       target=t, block=int(block), alpha=float(alpha), cmap=cmap)
+        return pics.get("figure"), note, files
+
     def tokens(model_name, random, upload, sample, block, cmap):
         view, files, note, pics = _run(state, model_name, random, upload, sample, V.tokens_view, block=int(block),
                                  cmap=cmap)
@@ -255,7 +265,7 @@ def handlers(state: AppState) -> dict:
                                        corrupt=corrupt, site=site)
         return pics.get("figure"), pics.get("effects"), note, files
 
-    return {"predict": predict, "attention": attention, "rollout": rollout, "tokens": tokens,
+    return {"predict": predict, "attention": attention, "rollout": rollout, "explain": explain, "tokens": tokens,
             "distance": distance, "logit_lens": logit_lens, "patching": patching}
 
 
@@ -276,7 +286,8 @@ def model_controls(state: AppState, model_name, random):
             + (f", {m.cfg.num_registers} registers enter before block {m.cfg.register_block}"
                if m.cfg.num_registers else ""))
     return (gr.update(**blk), gr.update(choices=heads, value="mean"), gr.update(choices=queries, value=queries[0]),
-            gr.update(**blk), gr.update(**blk), gr.update(choices=classes, value=PREDICTED), info)
+            gr.update(**blk), gr.update(**blk), gr.update(choices=classes, value=PREDICTED), gr.update(**blk),
+            gr.update(choices=classes, value=PREDICTED), info)
 
 
 def click_patch(state: AppState, model_name, random, index):
@@ -347,6 +358,17 @@ def build_blocks(state: AppState):
                     r_fig = gr.Image(label="rollout / relevance", type="filepath", interactive=False)
                     r_note = gr.Markdown()
                     r_files = gr.File(label="download (PNG, .npy, .csv)", file_count="multiple")
+                with gr.Tab("Attribution maps"):
+                    with gr.Row():
+                        e_method = gr.Dropdown([(f"{m} ({FAMILIES[m]})", m) for m in EXPLAIN_METHODS],
+                                               value="gradcam", label="method", allow_custom_value=True)
+                        e_target = gr.Dropdown([PREDICTED], value=PREDICTED, label="class explained",
+                                               allow_custom_value=True)
+                        e_block = gr.Slider(0, depth0 - 1, value=depth0 - 1, step=1,
+                                            label="block (CAMs; last block of the attention methods)")
+                    e_fig = gr.Image(label="attribution map", type="filepath", interactive=False)
+                    e_note = gr.Markdown()
+                    e_files = gr.File(label="download (PNG, .npy, .csv)", file_count="multiple")
                 with gr.Tab("CLS & registers"):
                     t_block = gr.Slider(0, depth0 - 1, value=depth0 - 1, step=1, label="block")
                     t_fig = gr.Image(label="CLS and register attention over the patches", type="filepath",
@@ -384,6 +406,7 @@ def build_blocks(state: AppState):
             "predict": (src, [top5, top5_note, top5_files]),
             "attention": (src + [a_block, a_head, a_query, a_patch, a_alpha, a_cmap], [a_fig, a_heads, a_note, a_files]),
             "rollout": (src + [r_method, r_target, r_fusion, r_discard, a_alpha, a_cmap], [r_fig, r_note, r_files]),
+            "explain": (src + [e_method, e_target, e_block, a_alpha, a_cmap], [e_fig, e_note, e_files]),
             "tokens": (src + [t_block, a_cmap], [t_fig, t_note, t_files]),
             "distance": (src + [d_variant], [d_fig, d_note, d_files]),
             "logit_lens": (src + [l_block, a_alpha], [l_fig, l_note, l_files]),
@@ -394,13 +417,13 @@ def build_blocks(state: AppState):
         api_block = gr.Number(-1, precision=0, visible=False, label="block")
         api_btn = gr.Button(visible=False)
         for name, (ins, outs) in ev.items():
-            ins = [api_block if c in (a_block, t_block, l_block) else c for c in ins]
+            ins = [api_block if c in (a_block, t_block, l_block, e_block) else c for c in ins]
             api_btn.click(h[name], ins, outs, api_name=name, show_progress="hidden")
         # the page: what changes triggers which view
         private = dict(api_visibility="private")
-        controls = (a_block, a_head, a_query, t_block, l_block, r_target, info)
-        everything = [(h[n], *ev[n]) for n in ("predict", "attention", "rollout", "tokens", "distance", "logit_lens",
-                                                "patching")]
+        controls = (a_block, a_head, a_query, t_block, l_block, r_target, e_block, e_target, info)
+        everything = [(h[n], *ev[n]) for n in ("predict", "attention", "rollout", "explain", "tokens", "distance",
+                                                "logit_lens", "patching")]
 
         def chain(event):
             for fn, ins, outs in everything:
@@ -416,6 +439,8 @@ def build_blocks(state: AppState):
               h["attention"], *ev["attention"], **private)
         gr.on([r_method.change, r_target.change, r_fusion.change, r_discard.release, a_alpha.release, a_cmap.change],
               h["rollout"], *ev["rollout"], **private)
+        gr.on([e_method.change, e_target.change, e_block.release, a_alpha.release, a_cmap.change],
+              h["explain"], *ev["explain"], **private)
         gr.on([t_block.release, a_cmap.change], h["tokens"], *ev["tokens"], **private)
         d_variant.change(h["distance"], *ev["distance"], **private)
         gr.on([l_block.release, a_alpha.release], h["logit_lens"], *ev["logit_lens"], **private)

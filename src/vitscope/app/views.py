@@ -254,6 +254,44 @@ def rollout_view(model, image, method: str = "rollout", target: int | None = Non
     return View(method, fig, {"map": m, "matrix": result.arrays["matrix"][0]}, table, note, meta)
 
 
+def explain_view(model, image, method: str = "gradcam", target: int | None = None, block: int = -1,
+                 alpha: float = 0.55, cmap: str = "inferno", size: int = DISPLAY) -> View:
+    """The attribution map of any method of ``vitscope.analysis.attribution_maps.METHODS`` (CAMs, input
+    gradients, occlusion, the attention methods) for ``target`` (None: the predicted class), over the image.
+
+    ``block``: the block a CAM reads (and the last block the attention methods roll out). The figure shows the map
+    on the image grid; the table holds it on the token grid (the mean over each patch for the pixel methods).
+    Numbers: ``vitscope.analysis.attribution_maps.explain``.
+    """
+    from vitscope.analysis.attribution_maps import FAMILIES, explain
+    from vitscope.analysis.attribution_maps import resolve_method as resolve_attribution
+
+    method = resolve_attribution(method)
+    b = normalize_block(int(block), model.cfg.depth)
+    x, base = model_input(model, image)
+    meta = {"model": _model_name(model), "view": "explain", "method": method, "family": FAMILIES[method],
+            "block": b}
+    if model.cfg.head == "none":
+        return View("explain", None, note="this model has no classification head: an attribution map explains a "
+                                          "class score (use the rollout tab)", meta=meta)
+    try:
+        e = explain(model, x, target, method, block=b)
+    except OptionError:
+        raise
+    except ValueError as err:                        # CLS not there yet; a model chefer2021-lrp does not support
+        return View("explain", None, note=str(err), meta=meta)
+    t = int(e.targets[0])
+    meta["target"] = t
+    m, grid = e.maps[0].float().cpu().numpy(), e.grid[0].float().cpu().numpy()
+    fig = _map_overlay(base, m, cmap, alpha, size)
+    table = _tidy_map(grid, model=meta["model"], method=method, family=meta["family"], block=b, target=t)
+    at = f" at block {b}" if meta["family"] == "cam" else (f" over blocks 0..{b}" if meta["family"] == "attention"
+                                                           else "")
+    note = (f"{method} ({meta['family']}){at} for {class_label(model, t)}"
+            f"{', the predicted class' if target is None else ''}; map range [{m.min():.3g}, {m.max():.3g}]")
+    return View("explain", fig, {"map": m, "grid": grid}, table, note, meta)
+
+
 def tokens_view(model, image, block: int = -1, cmap: str = "inferno", size: int = DISPLAY) -> View:
     """CLS and register attention over the patches at ``block`` (cls-register): one row per token, mean then heads.
 
