@@ -50,7 +50,8 @@ def _per_block_table():
 def _matches():
     kp = rng.random((5, 2)) * 40
     return [{"src_image": IMG, "trg_image": IMG, "src_kps": kp, "trg_kps": kp + 2, "pred": kp + 3,
-             "threshold": 40.0, "pair": f"pair-{k}"} for k in range(2)]
+             "threshold": 40.0,
+             "pair": f"{k:06d}-2008_000585-2008_004704:aeroplane"} for k in range(2)]
 
 
 def _ce_rows():

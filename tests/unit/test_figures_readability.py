@@ -61,3 +61,36 @@ def test_gains_twelve_bars_twelve_colours_and_legend_outside(figure):
     W, H = fig.canvas.get_width_height()
     assert lbox.x0 >= 0 and lbox.x1 <= W + 0.5, "the legend is cut by the figure's edge"
     plt.close(fig)
+
+
+def all_titles(fig):
+    """Every title drawn: the figure's, each subfigure's and each axes' (centre, left and right)."""
+    out = [t for t in [fig._suptitle, *(sf._suptitle for sf in fig.subfigs)] if t is not None]
+    for ax in fig.get_axes():
+        out += [t for t in (ax.title, ax._left_title, ax._right_title) if t.get_text()]
+    return out
+
+
+def test_keypoint_titles_with_real_spair_names_do_not_collide():
+    from vitscope.viz.downstream_dense import plot_keypoint_matches
+
+    img = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    kp = rng.random((6, 2)) * 40
+    matches = [{"src_image": img, "trg_image": img, "src_kps": kp, "trg_kps": kp + 1, "pred": kp + 9,
+                "threshold": 40.0, "pair": f"{k:06d}-2008_000585-2010_004704:pottedplant"} for k in range(3)]
+    fig = plot_keypoint_matches(matches, title="demo-vit-reg4 (random), block 11")
+    fig.set_dpi(100)
+    titles = all_titles(fig)
+    assert len(titles) == 1 + 3 + 6
+    assert all(any(m["pair"] in t.get_text() for t in titles) for m in matches)      # every pair is named
+    boxes = extents(fig, *titles)
+    W, H = fig.canvas.get_width_height()
+    for t, bb in zip(titles, boxes):
+        assert bb.x0 >= -0.5 and bb.x1 <= W + 0.5 and bb.y0 >= -0.5 and bb.y1 <= H + 0.5, t.get_text()
+    clash = [(a.get_text(), b.get_text()) for i, (a, ba) in enumerate(zip(titles, boxes))
+             for b, bb in list(zip(titles, boxes))[i + 1:] if overlap(ba, bb)]
+    assert not clash
+    for ax in fig.get_axes():                                   # and no title lies on a picture
+        pic = extents(fig, ax)[0]
+        assert not [t.get_text() for t, bb in zip(titles, boxes) if overlap(bb, pic)]
+    plt.close(fig)

@@ -50,15 +50,21 @@ def plot_keypoint_matches(matches: Sequence[dict], n_show: int = 4, title: str |
     predictions (crosses: green when within alpha = 0.1 of the target box's longer side, red otherwise), with a
     line from each ground truth to its prediction. ``matches``: the ``evaluate_spair(..., keep_matches=n)``
     entries."""
+    import textwrap
+
     import matplotlib.pyplot as plt
 
     show = list(matches)[:n_show]
     if not show:
         raise ValueError("no keypoint matches to draw")
-    fig, axes = plt.subplots(len(show), 2, figsize=(4.4, 2.2 * len(show)), squeeze=False, layout="constrained")
+    # one row per pair, headed by the pair's name across both panels (SPair names are long: they would run into
+    # the neighbouring panel's title if they were part of it)
+    fig = plt.figure(figsize=(4.4, 2.35 * len(show)), layout="constrained")
+    rows = fig.subfigures(len(show), 1, squeeze=False)[:, 0]
     cmap = plt.get_cmap("tab10")
-    for r, m in enumerate(show):
-        a, b = axes[r]
+    for row, m in zip(rows, show):
+        a, b = row.subplots(1, 2)
+        row.suptitle(textwrap.fill(str(m["pair"]), 60), fontsize=7)
         a.imshow(m["src_image"])
         b.imshow(m["trg_image"])
         ok = np.linalg.norm(np.asarray(m["pred"], float) - m["trg_kps"], axis=1) < 0.1 * m["threshold"]
@@ -68,7 +74,7 @@ def plot_keypoint_matches(matches: Sequence[dict], n_show: int = 4, title: str |
             b.plot(tx, ty, "o", ms=5, mfc="none", mec=c, mew=1.2)
             b.plot(px, py, "x", ms=6, color="lime" if ok[k] else "red", mew=1.5)
             b.plot([tx, px], [ty, py], "-", color=c, lw=0.8, alpha=0.8)
-        a.set_title(f"source ({m['pair']})", fontsize=7)
+        a.set_title("source", fontsize=7)
         b.set_title(f"target: {int(ok.sum())}/{len(ok)} within 0.1 L", fontsize=7)
         for ax in (a, b):
             ax.set_xticks([])
