@@ -94,3 +94,33 @@ def test_keypoint_titles_with_real_spair_names_do_not_collide():
         pic = extents(fig, ax)[0]
         assert not [t.get_text() for t, bb in zip(titles, boxes) if overlap(bb, pic)]
     plt.close(fig)
+
+
+def test_propagation_overlays_draw_each_objects_boundary():
+    from matplotlib.contour import ContourSet
+
+    from vitscope.data.tasks.davis import davis_palette
+    from vitscope.viz.downstream_dense import plot_propagation
+
+    T, H, W = 3, 24, 40                                          # non-square, as DAVIS frames are
+    frames = rng.integers(0, 255, (T, H, W, 3), dtype=np.uint8)
+    ids = np.zeros((T, H, W), np.uint8)
+    ids[:, 4:10, 6:16] = 1                                       # object 1: rows 4-9, columns 6-15
+    ids[:, 12:20, 25:33] = 2                                     # object 2: rows 12-19, columns 25-32
+    ids[2, 12:20, 25:33] = 0                                     # object 2 is gone in the last frame
+    fig = plot_propagation(frames, ids, ids, n_show=3)
+    axes = [ax for ax in fig.get_axes() if ax.images]
+    assert len(axes) == 6
+    pal = np.asarray(davis_palette(), dtype=float).reshape(256, 3) / 255
+    for ax, t in zip(axes, [0, 1, 2, 0, 1, 2]):
+        sets = [c for c in ax.collections if isinstance(c, ContourSet)]
+        assert len(sets) == (2 if t < 2 else 1)
+        # the 0.5 level of a box mask runs half a pixel outside its first and last rows and columns
+        v = np.concatenate([p.vertices for p in sets[0].get_paths()])
+        assert v[:, 0].min() == pytest.approx(5.5) and v[:, 0].max() == pytest.approx(15.5)
+        assert v[:, 1].min() == pytest.approx(3.5) and v[:, 1].max() == pytest.approx(9.5)
+        np.testing.assert_allclose(sets[0].get_edgecolor()[0][:3], pal[1])
+        assert ax.get_xlim() == (-0.5, W - 0.5) and ax.get_ylim() == (H - 0.5, -0.5)   # the picture's extent
+    fig = plot_propagation(frames, ids, contours=False)
+    assert not [c for ax in fig.get_axes() for c in ax.collections if isinstance(c, ContourSet)]
+    plt.close("all")

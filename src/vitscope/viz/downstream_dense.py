@@ -15,9 +15,10 @@ def _colour(ids: np.ndarray) -> np.ndarray:
 
 
 def plot_propagation(frames: np.ndarray, pred_ids: np.ndarray, gt_ids: np.ndarray | None = None, n_show: int = 6,
-                     alpha: float = 0.55, title: str | None = None):
+                     alpha: float = 0.55, title: str | None = None, contours: bool = True):
     """Frames (T, H, W, 3) uint8 with the propagated object ids (T, H, W) over them, ``n_show`` frames spread
-    over the clip; a second row with the ground truth when given. Frame 0 shows the given first mask."""
+    over the clip; a second row with the ground truth when given. Frame 0 shows the given first mask. With
+    ``contours`` each object's boundary is drawn in its colour (a contour of its mask at 0.5)."""
     import matplotlib.pyplot as plt
 
     T = len(frames)
@@ -33,6 +34,8 @@ def plot_propagation(frames: np.ndarray, pred_ids: np.ndarray, gt_ids: np.ndarra
             over = img.copy()
             over[m] = (1 - alpha) * img[m] + alpha * _colour(ids[t])[m]
             ax.imshow(over.astype(np.uint8))
+            if contours:
+                _draw_contours(ax, np.asarray(ids[t]))
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -43,6 +46,17 @@ def plot_propagation(frames: np.ndarray, pred_ids: np.ndarray, gt_ids: np.ndarra
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def _draw_contours(ax, ids: np.ndarray) -> None:
+    """The boundary of each object id > 0 of ``ids`` (H, W), in the object's palette colour, on ``ax``."""
+    xlim, ylim = ax.get_xlim(), ax.get_ylim()
+    for k in np.unique(ids):
+        if k > 0:
+            ax.contour((ids == k).astype(np.float32), levels=[0.5], colors=[_colour(np.array([k]))[0] / 255.0],
+                       linewidths=1.0)
+    ax.set_xlim(xlim)                                   # keep the picture's extent (contour autoscales)
+    ax.set_ylim(ylim)
 
 
 def plot_keypoint_matches(matches: Sequence[dict], n_show: int = 4, title: str | None = None):
