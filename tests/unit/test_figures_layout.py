@@ -143,7 +143,8 @@ INPUTS = {
                                            title="k-means (k = 50), cls tokens"),
     },
     "per_block": {
-        "plot_metric_per_block": lambda f: f(_per_block_table(), metric="accuracy", title="k-NN accuracy per block"),
+        "plot_metric_per_block": lambda f: f(_per_block_table(), metric="accuracy", title="k-NN accuracy per block",
+                                             ylabel="top-1 accuracy (%)", chance=2.0),
     },
     "probes": {
         "plot_attention_heads": lambda f: f(rng.random((5, 4, 13)), [f"block {i}" for i in range(13)],

@@ -124,3 +124,56 @@ def test_propagation_overlays_draw_each_objects_boundary():
     fig = plot_propagation(frames, ids, contours=False)
     assert not [c for ax in fig.get_axes() for c in ax.collections if isinstance(c, ContourSet)]
     plt.close("all")
+
+
+def per_block_rows(values, models=("demo-vit", "demo-vit (random)")):
+    return [{"model": m, "block": b, "metric": "top1_k20", "value": float(v) - 40 * j}
+            for j, m in enumerate(models) for b, v in enumerate(values)]
+
+
+def chance_lines(ax):
+    return [ln for ln in ax.get_lines() if ln.get_label().startswith("chance")]
+
+
+def test_per_block_chance_line_and_percent_range():
+    from vitscope.viz.per_block import plot_metric_per_block
+
+    rows = per_block_rows([92.3, 93.2, 92.8])
+    fig = plot_metric_per_block(rows, metric="top1_k20", ylabel="top-1 accuracy (%)", chance=10.0)
+    ax = fig.axes[0]
+    assert ax.get_ylim() == (0.0, 100.0)                      # a percentage spans 0-100, not 92.3-93.2
+    (line,) = chance_lines(ax)
+    assert line.get_linestyle() == "--" and set(line.get_ydata()) == {10.0}
+    assert "chance (10)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+
+
+def test_per_block_ranges_on_request_and_without_percent():
+    from vitscope.viz.per_block import plot_metric_per_block
+
+    rows = per_block_rows([92.3, 93.2, 92.8])
+    fig = plot_metric_per_block(rows, ylabel="top-1 accuracy (%)", ylim="auto")
+    lo, hi = fig.axes[0].get_ylim()
+    assert 40 < lo < 52.3 and 93.2 < hi < 100 and not chance_lines(fig.axes[0])
+    assert plot_metric_per_block(rows, ylabel="top-1 (%)", ylim=(50, 95)).axes[0].get_ylim() == (50, 95)
+    # a score that is not a percentage keeps matplotlib's range around its values
+    fig = plot_metric_per_block(per_block_rows([0.3, 0.5, 0.4], models=("a",)), ylabel="NMI")
+    lo, hi = fig.axes[0].get_ylim()
+    assert 0.25 < lo < 0.3 and 0.5 < hi < 0.55
+    # values beyond 0-100 (a gain in points can be negative) widen the range instead of being cut
+    lo, hi = plot_metric_per_block(per_block_rows([-5.0, 3.0], models=("a",)), ylabel="gain (%)").axes[0].get_ylim()
+    assert lo == -5.0 and hi == 100.0
+    for bad in ("tight", (5, 5), (1, 2, 3)):
+        with pytest.raises(ValueError, match="ylim"):
+            plot_metric_per_block(rows, ylabel="top-1 (%)", ylim=bad)
+    plt.close("all")
+
+
+def test_identifiability_figure_draws_its_chance_level():
+    from vitscope.viz.experiments import plot_identifiability
+
+    fig = plot_identifiability([{"model": "m", "block": b, "value": v} for b, v in enumerate([0.6, 0.8])])
+    (line,) = chance_lines(fig.axes[0])
+    assert set(line.get_ydata()) == {0.5}
+    assert not chance_lines(plot_identifiability([{"model": "m", "block": 0, "value": 0.7}], chance=None).axes[0])
+    plt.close("all")

@@ -61,9 +61,4 @@ def plot_identifiability(table, title: str | None = None, chance: float | None =
     """Identifiability score per block, one line per model (random twins dashed), with the chance level."""
     from vitscope.viz.per_block import plot_metric_per_block
 
-    fig = plot_metric_per_block(table, title=title, ylabel="class identifiability score")
-    if chance is not None:
-        ax = fig.axes[0]
-        ax.axhline(chance, color="grey", lw=0.8, ls=":", label="chance")
-        ax.legend(fontsize=7, frameon=False)
-    return fig
+    return plot_metric_per_block(table, title=title, ylabel="class identifiability score", chance=chance)
