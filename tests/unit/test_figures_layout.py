@@ -50,7 +50,8 @@ def _per_block_table():
 def _matches():
     kp = rng.random((5, 2)) * 40
     return [{"src_image": IMG, "trg_image": IMG, "src_kps": kp, "trg_kps": kp + 2, "pred": kp + 3,
-             "threshold": 40.0, "pair": f"pair-{k}"} for k in range(2)]
+             "threshold": 40.0,
+             "pair": f"{k:06d}-2008_000585-2008_004704:aeroplane"} for k in range(2)]
 
 
 def _ce_rows():
@@ -142,7 +143,8 @@ INPUTS = {
                                            title="k-means (k = 50), cls tokens"),
     },
     "per_block": {
-        "plot_metric_per_block": lambda f: f(_per_block_table(), metric="accuracy", title="k-NN accuracy per block"),
+        "plot_metric_per_block": lambda f: f(_per_block_table(), metric="accuracy", title="k-NN accuracy per block",
+                                             ylabel="top-1 accuracy (%)", chance=2.0),
     },
     "probes": {
         "plot_attention_heads": lambda f: f(rng.random((5, 4, 13)), [f"block {i}" for i in range(13)],

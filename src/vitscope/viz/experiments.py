@@ -18,6 +18,8 @@ def plot_probe_gains(table, title: str | None = None, ylabel: str = "gain over t
     import matplotlib.pyplot as plt
     import pandas as pd
 
+    from vitscope.viz.style import bar_hatch, distinct_colours, legend_outside
+
     df = table if isinstance(table, pd.DataFrame) else pd.DataFrame(list(table))
     missing = {"model", "task", "value"} - set(df.columns)
     if missing:
@@ -28,6 +30,7 @@ def plot_probe_gains(table, title: str | None = None, ylabel: str = "gain over t
     models = list(dict.fromkeys(df["model"]))
     tasks = list(dict.fromkeys(df["task"]))
     width = 0.8 / len(tasks)
+    colours = distinct_colours(len(tasks))
     fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(models) * max(1, len(tasks)) ** 0.5 + 2), 3.4),
                            layout="constrained")
     for k, t in enumerate(tasks):
@@ -41,13 +44,14 @@ def plot_probe_gains(table, title: str | None = None, ylabel: str = "gain over t
             means.append(float(np.mean(v)))
             if v.size > 1:
                 ax.scatter(np.full(v.size, x), v, s=8, color="black", zorder=3)
-        ax.bar(xs, means, width=width * 0.95, label=t, color=f"C{k % 10}")
+        ax.bar(xs, means, width=width * 0.95, label=t, color=colours[k], hatch=bar_hatch(k), edgecolor="white",
+               linewidth=0.3)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(models)))
     ax.set_xticklabels(models, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, frameon=False)
+    legend_outside(ax, title="experiment")
     if title:
         ax.set_title(title)
     return fig
@@ -57,9 +61,4 @@ def plot_identifiability(table, title: str | None = None, chance: float | None =
     """Identifiability score per block, one line per model (random twins dashed), with the chance level."""
     from vitscope.viz.per_block import plot_metric_per_block
 
-    fig = plot_metric_per_block(table, title=title, ylabel="class identifiability score")
-    if chance is not None:
-        ax = fig.axes[0]
-        ax.axhline(chance, color="grey", lw=0.8, ls=":", label="chance")
-        ax.legend(fontsize=7, frameon=False)
-    return fig
+    return plot_metric_per_block(table, title=title, ylabel="class identifiability score", chance=chance)

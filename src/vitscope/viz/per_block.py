@@ -21,13 +21,19 @@ def _base(model: str) -> str:
 
 def plot_metric_per_block(table, metric: str | None = None, title: str | None = None, ylabel: str | None = None,
                           models: Sequence[str] | None = None, ax=None, data: str | None = None,
-                          n_images: int | None = None, tokens: str | None = None):
+                          n_images: int | None = None, tokens: str | None = None, chance: float | None = None,
+                          ylim: tuple[float, float] | str | None = None):
     """Draw ``value`` against ``block`` for each model of a tidy table; returns the Figure.
 
     ``table``: a pandas DataFrame (or a list of dicts) with columns ``model``, ``block``, ``value`` and, when
     several metrics are present, ``metric`` (choose one with ``metric=``). Models whose name ends in
     ``" (random)"`` are drawn dashed in the colour of the model they are the random twin of. Blocks are the model's
     own block indices (a model whose CLS enters late simply starts later on the x axis).
+
+    ``chance``: the chance level, drawn as a dashed grey line labelled "chance". ``ylim``: the y range; by default
+    a metric in percent (its axis label says "%") spans 0 to 100 (widened if a value lies outside), so 92.3 against
+    93.2 does not look like a large gap, and any other metric is scaled to its values; ``"auto"`` always scales to
+    the values, a pair ``(low, high)`` fixes the range.
     """
     import matplotlib.pyplot as plt
     import pandas as pd
@@ -67,14 +73,42 @@ def plot_metric_per_block(table, metric: str | None = None, title: str | None = 
                 ls="--" if rand else "-", color=colours[base], alpha=0.75 if rand else 1.0, label=name)
     blocks = np.sort(df["block"].unique())
     ax.set_xticks(blocks if len(blocks) <= 16 else blocks[:: int(np.ceil(len(blocks) / 16))])
+    if chance is not None:
+        ax.axhline(float(chance), color="grey", lw=0.9, ls="--", zorder=1, label=f"chance ({float(chance):g})")
     ax.set_xlabel("block")
-    ax.set_ylabel(ylabel or (metric if metric is not None else str(df["metric"].iloc[0]) if "metric" in df else "value"))
+    label = ylabel or (metric if metric is not None else str(df["metric"].iloc[0]) if "metric" in df else "value")
+    ax.set_ylabel(label)
+    _set_ylim(ax, ylim, "%" in label, df["value"].to_numpy(dtype=float), chance)
     if title:
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, frameon=False)
     return fig
+
+
+def _set_ylim(ax, ylim, percent: bool, values: np.ndarray, chance: float | None) -> None:
+    """``ylim`` as :func:`plot_metric_per_block` documents it."""
+    if isinstance(ylim, str):
+        if ylim != "auto":
+            raise ValueError(f"ylim must be 'auto', None or a pair (low, high), got {ylim!r}")
+        return
+    if ylim is None:
+        if not percent:
+            return
+        shown = values[np.isfinite(values)]
+        if chance is not None:
+            shown = np.append(shown, float(chance))
+        lo = min(0.0, float(shown.min())) if shown.size else 0.0
+        hi = max(100.0, float(shown.max())) if shown.size else 100.0
+    else:
+        try:
+            lo, hi = (float(v) for v in ylim)
+        except (TypeError, ValueError):
+            raise ValueError(f"ylim must be 'auto', None or a pair (low, high), got {ylim!r}") from None
+        if not lo < hi:
+            raise ValueError(f"ylim must be a pair (low, high) with low < high, got {ylim!r}")
+    ax.set_ylim(lo, hi)
 
 
 def save_metric_per_block(table, stem: str | Path, metric: str | None = None, formats: Sequence[str] = ("png",),

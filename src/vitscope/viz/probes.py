@@ -38,12 +38,15 @@ def plot_gains(gain_table, runs: Sequence[str] | None = None, title: str | None 
     import matplotlib.pyplot as plt
     import pandas as pd
 
+    from vitscope.viz.style import bar_hatch, distinct_colours, legend_outside
+
     g = gain_table if isinstance(gain_table, pd.DataFrame) else pd.DataFrame(list(gain_table))
     runs = list(runs) if runs is not None else sorted(set(g["run"]))
     models = sorted(set(g["model"]))
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(models) * max(1, len(runs)) * 0.45 + 2), 3.4),
                            layout="constrained")
     width = 0.8 / max(1, len(runs))
+    colours = distinct_colours(len(runs))
     for j, run in enumerate(runs):
         xs, means = [], []
         for i, m in enumerate(models):
@@ -54,12 +57,13 @@ def plot_gains(gain_table, runs: Sequence[str] | None = None, title: str | None 
             xs.append(x)
             means.append(vals.mean())
             ax.scatter(np.full(len(vals), x), vals, s=6, color="k", alpha=0.4, zorder=3)
-        ax.bar(xs, means, width=width * 0.95, label=run, color=f"C{j}")
+        ax.bar(xs, means, width=width * 0.95, label=run, color=colours[j], hatch=bar_hatch(j), edgecolor="white",
+               linewidth=0.3)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(models)))
     ax.set_xticklabels(models, rotation=20, fontsize=8)
     ax.set_ylabel("gain vs last-layer CLS linear (points)")
-    ax.legend(fontsize=7, frameon=False)
+    legend_outside(ax, title="run")
     ax.grid(axis="y", alpha=0.3)
     if title:
         ax.set_title(title)

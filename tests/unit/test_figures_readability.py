@@ -1,0 +1,179 @@
+"""Figures stay readable where the defaults of matplotlib fail: bar colours that do not repeat past ten series,
+legends outside the bars, titles that do not collide, object contours on DAVIS overlays, chance lines and honest
+ranges on per-block accuracy figures."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.colors import to_rgba  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from vitscope.viz.experiments import plot_probe_gains  # noqa: E402
+from vitscope.viz.probes import plot_gains  # noqa: E402
+from vitscope.viz.style import distinct_colours  # noqa: E402
+
+rng = np.random.default_rng(0)
+
+
+def bars(ax):
+    return [p for p in ax.patches if isinstance(p, Rectangle) and p.get_width() > 0]
+
+
+def extents(fig, *artists):
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    return [a.get_window_extent(r) for a in artists]
+
+
+def overlap(a, b):
+    return min(a.x1, b.x1) - max(a.x0, b.x0) > 0.5 and min(a.y1, b.y1) - max(a.y0, b.y0) > 0.5
+
+
+@pytest.mark.parametrize("n", [1, 10, 12, 20, 25])
+def test_distinct_colours_never_repeat(n):
+    cols = distinct_colours(n)
+    assert len(cols) == n and len({tuple(np.round(c, 4)) for c in cols}) == n
+    if n <= 10:                                     # the first ten are matplotlib's default cycle
+        assert [c[:3] for c in cols] == [to_rgba(f"C{k}")[:3] for k in range(n)]
+
+
+GAINS = {
+    "probes": lambda n: plot_gains([{"model": m, "run": f"run-{r:02d}", "gain": float(rng.normal()) * 0.02}
+                                    for m in ("demo-vit", "demo-vit-reg4") for r in range(n)]),
+    "experiments": lambda n: plot_probe_gains([{"model": m, "task": f"experiment {t:02d}", "dataset": "a",
+                                                "value": float(rng.normal())}
+                                               for m in ("demo-vit", "demo-vit-reg4") for t in range(n)]),
+}
+
+
+@pytest.mark.parametrize("figure", sorted(GAINS))
+def test_gains_twelve_bars_twelve_colours_and_legend_outside(figure):
+    fig = GAINS[figure](12)
+    ax = fig.axes[0]
+    colours = {tuple(np.round(p.get_facecolor(), 4)) for p in bars(ax)}
+    assert len(bars(ax)) == 24 and len(colours) == 12
+    leg = ax.get_legend()
+    assert len(leg.get_texts()) == 12
+    box, lbox = extents(fig, ax, leg)
+    assert not overlap(box, lbox), "the legend lies on the axes"
+    W, H = fig.canvas.get_width_height()
+    assert lbox.x0 >= 0 and lbox.x1 <= W + 0.5, "the legend is cut by the figure's edge"
+    plt.close(fig)
+
+
+def all_titles(fig):
+    """Every title drawn: the figure's, each subfigure's and each axes' (centre, left and right)."""
+    out = [t for t in [fig._suptitle, *(sf._suptitle for sf in fig.subfigs)] if t is not None]
+    for ax in fig.get_axes():
+        out += [t for t in (ax.title, ax._left_title, ax._right_title) if t.get_text()]
+    return out
+
+
+def test_keypoint_titles_with_real_spair_names_do_not_collide():
+    from vitscope.viz.downstream_dense import plot_keypoint_matches
+
+    img = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    kp = rng.random((6, 2)) * 40
+    matches = [{"src_image": img, "trg_image": img, "src_kps": kp, "trg_kps": kp + 1, "pred": kp + 9,
+                "threshold": 40.0, "pair": f"{k:06d}-2008_000585-2010_004704:pottedplant"} for k in range(3)]
+    fig = plot_keypoint_matches(matches, title="demo-vit-reg4 (random), block 11")
+    fig.set_dpi(100)
+    titles = all_titles(fig)
+    assert len(titles) == 1 + 3 + 6
+    assert all(any(m["pair"] in t.get_text() for t in titles) for m in matches)      # every pair is named
+    boxes = extents(fig, *titles)
+    W, H = fig.canvas.get_width_height()
+    for t, bb in zip(titles, boxes):
+        assert bb.x0 >= -0.5 and bb.x1 <= W + 0.5 and bb.y0 >= -0.5 and bb.y1 <= H + 0.5, t.get_text()
+    clash = [(a.get_text(), b.get_text()) for i, (a, ba) in enumerate(zip(titles, boxes))
+             for b, bb in list(zip(titles, boxes))[i + 1:] if overlap(ba, bb)]
+    assert not clash
+    for ax in fig.get_axes():                                   # and no title lies on a picture
+        pic = extents(fig, ax)[0]
+        assert not [t.get_text() for t, bb in zip(titles, boxes) if overlap(bb, pic)]
+    plt.close(fig)
+
+
+def test_propagation_overlays_draw_each_objects_boundary():
+    from matplotlib.contour import ContourSet
+
+    from vitscope.data.tasks.davis import davis_palette
+    from vitscope.viz.downstream_dense import plot_propagation
+
+    T, H, W = 3, 24, 40                                          # non-square, as DAVIS frames are
+    frames = rng.integers(0, 255, (T, H, W, 3), dtype=np.uint8)
+    ids = np.zeros((T, H, W), np.uint8)
+    ids[:, 4:10, 6:16] = 1                                       # object 1: rows 4-9, columns 6-15
+    ids[:, 12:20, 25:33] = 2                                     # object 2: rows 12-19, columns 25-32
+    ids[2, 12:20, 25:33] = 0                                     # object 2 is gone in the last frame
+    fig = plot_propagation(frames, ids, ids, n_show=3)
+    axes = [ax for ax in fig.get_axes() if ax.images]
+    assert len(axes) == 6
+    pal = np.asarray(davis_palette(), dtype=float).reshape(256, 3) / 255
+    for ax, t in zip(axes, [0, 1, 2, 0, 1, 2]):
+        sets = [c for c in ax.collections if isinstance(c, ContourSet)]
+        assert len(sets) == (2 if t < 2 else 1)
+        # the 0.5 level of a box mask runs half a pixel outside its first and last rows and columns
+        v = np.concatenate([p.vertices for p in sets[0].get_paths()])
+        assert v[:, 0].min() == pytest.approx(5.5) and v[:, 0].max() == pytest.approx(15.5)
+        assert v[:, 1].min() == pytest.approx(3.5) and v[:, 1].max() == pytest.approx(9.5)
+        np.testing.assert_allclose(sets[0].get_edgecolor()[0][:3], pal[1])
+        assert ax.get_xlim() == (-0.5, W - 0.5) and ax.get_ylim() == (H - 0.5, -0.5)   # the picture's extent
+    fig = plot_propagation(frames, ids, contours=False)
+    assert not [c for ax in fig.get_axes() for c in ax.collections if isinstance(c, ContourSet)]
+    plt.close("all")
+
+
+def per_block_rows(values, models=("demo-vit", "demo-vit (random)")):
+    return [{"model": m, "block": b, "metric": "top1_k20", "value": float(v) - 40 * j}
+            for j, m in enumerate(models) for b, v in enumerate(values)]
+
+
+def chance_lines(ax):
+    return [ln for ln in ax.get_lines() if ln.get_label().startswith("chance")]
+
+
+def test_per_block_chance_line_and_percent_range():
+    from vitscope.viz.per_block import plot_metric_per_block
+
+    rows = per_block_rows([92.3, 93.2, 92.8])
+    fig = plot_metric_per_block(rows, metric="top1_k20", ylabel="top-1 accuracy (%)", chance=10.0)
+    ax = fig.axes[0]
+    assert ax.get_ylim() == (0.0, 100.0)                      # a percentage spans 0-100, not 92.3-93.2
+    (line,) = chance_lines(ax)
+    assert line.get_linestyle() == "--" and set(line.get_ydata()) == {10.0}
+    assert "chance (10)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+
+
+def test_per_block_ranges_on_request_and_without_percent():
+    from vitscope.viz.per_block import plot_metric_per_block
+
+    rows = per_block_rows([92.3, 93.2, 92.8])
+    fig = plot_metric_per_block(rows, ylabel="top-1 accuracy (%)", ylim="auto")
+    lo, hi = fig.axes[0].get_ylim()
+    assert 40 < lo < 52.3 and 93.2 < hi < 100 and not chance_lines(fig.axes[0])
+    assert plot_metric_per_block(rows, ylabel="top-1 (%)", ylim=(50, 95)).axes[0].get_ylim() == (50, 95)
+    # a score that is not a percentage keeps matplotlib's range around its values
+    fig = plot_metric_per_block(per_block_rows([0.3, 0.5, 0.4], models=("a",)), ylabel="NMI")
+    lo, hi = fig.axes[0].get_ylim()
+    assert 0.25 < lo < 0.3 and 0.5 < hi < 0.55
+    # values beyond 0-100 (a gain in points can be negative) widen the range instead of being cut
+    lo, hi = plot_metric_per_block(per_block_rows([-5.0, 3.0], models=("a",)), ylabel="gain (%)").axes[0].get_ylim()
+    assert lo == -5.0 and hi == 100.0
+    for bad in ("tight", (5, 5), (1, 2, 3)):
+        with pytest.raises(ValueError, match="ylim"):
+            plot_metric_per_block(rows, ylabel="top-1 (%)", ylim=bad)
+    plt.close("all")
+
+
+def test_identifiability_figure_draws_its_chance_level():
+    from vitscope.viz.experiments import plot_identifiability
+
+    fig = plot_identifiability([{"model": "m", "block": b, "value": v} for b, v in enumerate([0.6, 0.8])])
+    (line,) = chance_lines(fig.axes[0])
+    assert set(line.get_ydata()) == {0.5}
+    assert not chance_lines(plot_identifiability([{"model": "m", "block": 0, "value": 0.7}], chance=None).axes[0])
+    plt.close("all")
