@@ -269,6 +269,25 @@ def handlers(state: AppState) -> dict:
             "distance": distance, "logit_lens": logit_lens, "patching": patching}
 
 
+def check_image(state: AppState, upload, sample, n_outputs: int):
+    """The one check of a new image (or model) before every view runs: ``(*outputs, message)``.
+
+    A good image leaves every view's outputs as they are (each view then draws its own) and the message empty. A
+    bad one clears all ``n_outputs`` (no figure, note or file of the last good image stays beside it) and gives
+    the one message, shown under the upload; :func:`stop_on` then keeps every view from running."""
+    try:
+        state.image(upload, sample)
+    except Exception as e:  # noqa: BLE001 - every failure becomes the one message
+        return (*[None] * n_outputs, f"**This image cannot be used:** {_err(e).message}")
+    return (*[gr.skip()] * n_outputs, "")
+
+
+def stop_on(message: str) -> None:
+    """Stop the views after a failed :func:`check_image`, silently: its message is already in the page."""
+    if message:
+        raise gr.Error(message, visible=False, print_exception=False)
+
+
 def model_controls(state: AppState, model_name, random):
     """Choices that depend on the model: blocks, heads, queries, classes (updates for the page's controls)."""
     try:
@@ -326,6 +345,7 @@ def build_blocks(state: AppState):
                                  type="filepath", elem_id="vs-upload")
                 sample = gr.Dropdown(sample_names, value="cat" if "cat" in sample_names else sample_names[0],
                                      label="...or a sample photograph (used when nothing is uploaded)")
+                image_note = gr.Markdown(elem_id="vs-image-note")
                 top5 = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="vs-top5")
                 top5_note = gr.Markdown()
                 top5_files = gr.File(label="predictions (.csv, .npy)", file_count="multiple")
@@ -425,9 +445,17 @@ def build_blocks(state: AppState):
         everything = [(h[n], *ev[n]) for n in ("predict", "attention", "rollout", "explain", "tokens", "distance",
                                                 "logit_lens", "patching")]
 
+        # a new image or model is checked once: a bad one clears every view and gives one message, no view runs
+        views_out = [c for _, _, outs in everything for c in outs]
+
+        def check(up, smp):
+            return check_image(state, up, smp, len(views_out))
+
         def chain(event):
-            for fn, ins, outs in everything:
-                event = event.then(fn, ins, outs, **private)
+            event = event.then(check, [upload, sample], views_out + [image_note], **private)
+            event = event.then(stop_on, [image_note], None, **private)
+            for k, (fn, ins, outs) in enumerate(everything):
+                event = (event.success if k == 0 else event.then)(fn, ins, outs, **private)
             return event
 
         chain(model.change(lambda n, r: model_controls(state, n, r), [model, random], list(controls), **private))
