@@ -411,14 +411,14 @@ def _timm_entry(name: str, family: str, pp: PreprocessConfig, aliases=(), source
 
 
 # vilas2023's own model names (its load_vit), as aliases of the entries they load
-_SEED001_ALIASES = {"vit-b32": ("vit_b_32",), "vit-b16": ("vit_b_16",), "vit-l16": ("vit_large_16",)}
+_VILAS2023_ALIASES = {"vit-b32": ("vit_b_32",), "vit-b16": ("vit_b_16",), "vit-l16": ("vit_large_16",)}
 
 # --- supervised ViT, "How to train your ViT" (AugReg): in21k pretrain, in1k fine-tune; inputs in [-1, 1]
 for _arch, _alias in [("vit_small_patch32", "vit-s32"), ("vit_small_patch16", "vit-s16"),
                       ("vit_base_patch32", "vit-b32"), ("vit_base_patch16", "vit-b16"),
                       ("vit_base_patch8", "vit-b8"), ("vit_large_patch16", "vit-l16")]:
     _timm_entry(f"{_arch}_224.augreg_in21k_ft_in1k", "vit", _pp(224, 0.9),
-                aliases=(_alias,) + _SEED001_ALIASES.get(_alias, ()), notes="AugReg in21k -> in1k (timm hub)")
+                aliases=(_alias,) + _VILAS2023_ALIASES.get(_alias, ()), notes="AugReg in21k -> in1k (timm hub)")
     if _arch != "vit_base_patch8":       # no B/8 at 384 exists
         _timm_entry(f"{_arch}_384.augreg_in21k_ft_in1k", "vit", _pp(384, 1.0), aliases=(f"{_alias}-384",),
                     notes="AugReg in21k -> in1k at 384 px (timm hub)")

@@ -38,7 +38,6 @@ from vitscope.features.access import preprocess_config  # noqa: F401  (old impor
 
 DEFAULT_SITE = "hook_resid_post"
 WALMER2023_SITES = ("ln1.hook_normalized", "ln2.hook_normalized")
-SEED002_SITES = WALMER2023_SITES                       # the old name
 RESIDUAL_HOOKS = {"attn": ("hook_resid_pre", "hook_attn_out"), "mlp": ("hook_resid_mid", "hook_mlp_out")}
 MLP_SKIPS = ("resid_mid", "resid_pre")
 
@@ -579,7 +578,7 @@ def stream_layer_rsa(model, data, hooks: Sequence[str] | None = None, token_mode
 
 __all__ = [
     "LazyRows", "MLP_SKIPS", "PRESETS", "PRESET_ALIASES", "PanelResult", "RESIDUAL_HOOKS", "ResidualResult",
-    "SEED002_SITES", "SITE_HOOKS", "SimilarityResult", "TOKEN_MODES", "WALMER2023_SITES", "block_hooks",
+    "SITE_HOOKS", "SimilarityResult", "TOKEN_MODES", "WALMER2023_SITES", "block_hooks",
     "collect_features", "cross_model_cka", "data_label", "hook_block", "image_batches", "layer_cka",
     "layer_rsa", "layout_for", "model_features", "norm_ratios", "preset_options", "reduce_tokens",
     "residual_cka", "residual_hooks", "short_name", "similarity_inputs", "site_hooks", "store_cross_model_cka",
