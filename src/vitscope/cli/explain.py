@@ -54,7 +54,9 @@ def explain_cmd(
     import torch
 
     from vitscope.analysis.attribution_maps import ExplainOptions, explain, resolve_method
-    from vitscope.cli.common import check_limit, load_model, open_images, parse_formats, save_tidy, slug
+    from vitscope.cli.common import (check_limit, finish_skips, load_model, open_images, parse_formats, save_tidy,
+                                     slug)
+    from vitscope.features.access import require_images
     from vitscope.viz.attribution_maps import plot_method_map
     from vitscope.viz.save import save_figure
 
@@ -89,6 +91,8 @@ def explain_cmd(
             if "completeness" in e.extra:
                 row["completeness_error"] = float(e.extra["completeness"][j])
             rows.append(row)
+    finish_skips(ds, out)                     # skipped.csv and the one-line summary of unreadable files
+    require_images(len(rows), ds)             # not one readable image: one line, exit 1
     save_tidy(rows, out / "explain")
     if not quiet:
         typer.echo(f"{method}: {len(rows)} map(s) -> {out}")
