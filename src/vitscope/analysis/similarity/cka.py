@@ -49,7 +49,7 @@ class CKAOptions(Options):
     progress: bool = False
 
     def validate(self) -> None:
-        from vitscope.analysis.similarity.compare import MLP_SKIPS, site_hooks
+        from vitscope.analysis.similarity.compare import MLP_SKIPS, check_sites_option
         from vitscope.features.access import TOKEN_MODES
 
         self.check_choice("comparison", COMPARISONS, aliases={"last-layer": "last_layer"})
@@ -60,11 +60,7 @@ class CKAOptions(Options):
         self.check_number("rbf_threshold", low=0, low_open=True)
         self.check_choice("bandwidth", BANDWIDTHS)
         self.check_choice("mlp_skip", MLP_SKIPS)
-        self.sites = tuple(self.sites.split(",")) if isinstance(self.sites, str) else tuple(self.sites)
-        try:
-            site_hooks(self.sites)
-        except ValueError as e:
-            raise OptionError("sites", str(e)) from None
+        check_sites_option(self)
         self.check_int("clusters", optional=True)
         self.check_int("batch_size")
         self.check_int("limit", optional=True)

@@ -220,6 +220,19 @@ SITE_HOOKS = {
 }
 
 
+def check_sites_option(options, name: str = "sites") -> None:
+    """An options dataclass's ``sites`` field as a tuple of known sites (a comma-separated string is split);
+    an unknown site is an OptionError naming the field."""
+    from vitscope.analysis.api import OptionError
+
+    v = getattr(options, name)
+    setattr(options, name, tuple(v.split(",")) if isinstance(v, str) else tuple(v))
+    try:
+        site_hooks(getattr(options, name))
+    except ValueError as e:
+        raise OptionError(name, str(e)) from None
+
+
 def site_hooks(sites: str | Sequence[str]) -> list[str]:
     """Block sites by their short names (``"resid_post,ln1"`` or a list; hook suffixes are accepted too) -> hook
     suffixes (``hook_resid_post``, ``ln1.hook_normalized``)."""

@@ -32,17 +32,13 @@ class RSAOptions(Options):
     progress: bool = False
 
     def validate(self) -> None:
-        from vitscope.analysis.similarity.compare import site_hooks
+        from vitscope.analysis.similarity.compare import check_sites_option
         from vitscope.features.access import TOKEN_MODES
 
         self.check_choice("rdm", RDM_METHODS)
         self.check_choice("compare", COMPARE_METHODS)
         self.check_choice("tokens", TOKEN_MODES)
-        self.sites = tuple(self.sites.split(",")) if isinstance(self.sites, str) else tuple(self.sites)
-        try:
-            site_hooks(self.sites)
-        except ValueError as e:
-            raise OptionError("sites", str(e)) from None
+        check_sites_option(self)
         self.check_int("clusters", optional=True)
         self.check_int("batch_size")
         self.check_int("limit", optional=True)
