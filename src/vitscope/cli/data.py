@@ -12,11 +12,17 @@ def register(app: typer.Typer) -> None:
     def synth_cmd(
         out_dir: Path = typer.Argument(..., help="Folder to write the benchmark into (created; must be empty "
                                                  "unless --force)."),
-        size: int = typer.Option(64, "--size", help="Image side in pixels (scenes and videos are twice this)."),
-        classes: int = typer.Option(8, "--classes", help="Number of shape classes (2 to 10)."),
-        seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes the same bytes."),
-        difficulty: str = typer.Option("medium", "--difficulty", help="easy, medium or hard (noise, clutter, "
-                                                                      "texture, scale range, contrast)."),
+        like: Optional[str] = typer.Option(None, "--like", help="Take every generator setting from a dataset "
+                                           "spec: builtin:demo (what the bundled demo models were trained on) or "
+                                           "synthetic:KEY=VALUE,...; the flags below override it where given."),
+        size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (scenes and videos are "
+                                                                "twice this). [default: 64]"),
+        classes: Optional[int] = typer.Option(None, "--classes", help="Number of shape classes (2 to 10). "
+                                                                      "[default: 8]"),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed writes the same bytes. "
+                                                                "[default: 0]"),
+        difficulty: Optional[str] = typer.Option(None, "--difficulty", help="easy, medium or hard (noise, clutter, "
+                                                 "texture, scale range, contrast). [default: medium]"),
         noise: Optional[float] = typer.Option(None, "--noise", help="Override: pixel noise std (0-1 scale)."),
         clutter: Optional[int] = typer.Option(None, "--clutter", help="Override: distractor strokes per image."),
         train_per_class: int = typer.Option(50, "--train-per-class", help="ImageFolder training images per class."),
@@ -36,12 +42,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write the synthetic benchmark to OUT_DIR in the public dataset formats (see synth.json there)."""
         from vitscope.data.synthetic import SynthConfig, write
+        from vitscope.data.spec import synthetic_config
 
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"{out_dir} exists and is not a folder")
         if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
             raise ValueError(f"{out_dir} is not empty; choose another folder or pass --force")
-        cfg = SynthConfig(size=size, n_classes=classes, seed=seed, difficulty=difficulty, noise=noise, clutter=clutter)
+        given = {k: v for k, v in dict(size=size, n_classes=classes, seed=seed, difficulty=difficulty, noise=noise,
+                                       clutter=clutter).items() if v is not None}
+        cfg = synthetic_config(like).with_options(**given) if like else SynthConfig(**given)
         manifest = write(out_dir, cfg, formats=[f.strip() for f in formats.split(",") if f.strip()],
                          train_per_class=train_per_class, val_per_class=val_per_class, scenes=scenes,
                          part_images=part_images, semantic_images=semantic_images, videos=videos, frames=frames,

@@ -73,6 +73,15 @@ def _take(options: dict[str, Any], allowed: dict[str, Callable[[Any], Any]], wha
     return {k: (allowed[k](v) if isinstance(v, str) else v) for k, v in options.items()}
 
 
+def synthetic_config(spec: str):
+    """The generator settings (:class:`~vitscope.data.synthetic.config.SynthConfig`) behind a ``synthetic:`` or
+    ``builtin:demo`` spec, e.g. to write the demo models' data to disk with ``vitscope synth --like builtin:demo``."""
+    kind, target, _ = parse_spec(spec)
+    if kind not in ("synthetic", "builtin") or (kind == "builtin" and target != "demo"):
+        raise ValueError(f"{spec!r} is not a synthetic data spec; give builtin:demo or synthetic:KEY=VALUE,...")
+    return open_source(spec).cfg
+
+
 def open_source(spec: str | Path, **options):
     """The source behind a spec (what :class:`ImageDataset` wraps); see :func:`open_dataset`."""
     kind, target, opts = parse_spec(spec)
