@@ -10,7 +10,7 @@
    data and shapes.
 4. Peak resident memory of training on a store 4x larger (separate processes; the stream holds one chunk).
 
-    PYTHONPATH=src python benchmarks/sae.py [--rows 20000] [--steps 60] [--rounds 3]
+    PYTHONPATH=src python benchmarks/sae.py [--images 400] [--steps 40] [--rounds 3] [--d 64 --widths 256,512]
 """
 from __future__ import annotations
 
@@ -134,20 +134,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--d", type=int, default=64, help="input width (64: demo-vit; 384: ViT-S; 768: ViT-B)")
+    ap.add_argument("--widths", default="256,512", help="the grid's two SAE widths")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     tmp = Path(tempfile.mkdtemp(prefix="sae-bench-"))
-    store = make_store(tmp / "store", a.images)
-    big = make_store(tmp / "store4", 4 * a.images, seed=1)
-    grid = opts(steps=a.steps)
+    d = a.d
+    widths = tuple(int(w) for w in a.widths.split(","))
+    store = make_store(tmp / "store", a.images, d=d)
+    big = make_store(tmp / "store4", 4 * a.images, d=d, seed=1)
+    grid = opts(steps=a.steps, width=widths)
     members = [opts(steps=a.steps, width=(w,), k=(k,)) for w in grid.width for k in grid.k]
-    bs, d = grid.batch_size, 64
+    bs = grid.batch_size
 
     res = interleave({
         "grid of 8, one pass": lambda: time_train(store, grid),
         "8 one after another": lambda: sum(time_train(store, o) for o in members),
-        "GEMMs of the grid": lambda: gemm_seconds([(4, 256), (4, 512)], a.steps, bs, d),
+        "GEMMs of the grid": lambda: gemm_seconds([(len(grid.k), w) for w in widths], a.steps, bs, d),
         "vitscope ReLU SAE (w=512)": lambda: time_train(store, opts(steps=a.steps, arch="relu", width=(512,),
                                                                     l1=(1e-3,))),
         "saev loop (w=512)": lambda: saev_loop(store, a.steps, bs, 512),
