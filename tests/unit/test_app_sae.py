@@ -196,3 +196,16 @@ def test_browser_page_names_the_store_by_its_folder_only(model, tmp_path):
     assert str(store) not in text and str(tmp_path) not in text and "machine" not in text
     assert "store demo-train" in text and "model tiny" in text and f"block {BLOCK}" in text
     assert "patches tokens" in text
+
+
+def test_app_command_refuses_a_path_without_an_sae(tmp_path):
+    from typer.testing import CliRunner
+
+    from vitscope.cli.main import app
+
+    (tmp_path / "empty").mkdir()
+    for bad, says in ((tmp_path / "missing", "no SAE at"), (tmp_path / "empty", "holds no SAE")):
+        r = CliRunner().invoke(app, ["app", "--sae", str(bad), "--tmp-dir", str(tmp_path / "app"), "-q"])
+        # the error `vitscope.cli.main.main` prints as one line with exit 1
+        assert isinstance(r.exception, (FileNotFoundError, ValueError)), r.output
+        assert says in str(r.exception) and "\n" not in str(r.exception) and not (tmp_path / "app").exists()

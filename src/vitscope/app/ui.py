@@ -99,6 +99,7 @@ def make_state(models=DEMO_MODELS, tmp_dir: str | Path | None = None, device: st
     ``saes``: SAE folders / files or folders of SAEs (or ``{name: SAE}``) for the "SAE features" tab."""
     from vitscope.data.samples import sample_paths
 
+    saes = dict(saes) if isinstance(saes, dict) else SV.load_saes(saes)        # a bad path: nothing made yet
     root = Path(tempfile.mkdtemp(prefix="vitscope-app-") if tmp_dir is None else tmp_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     if tmp_dir is None:                        # the app's own folder goes when the process ends
@@ -113,8 +114,7 @@ def make_state(models=DEMO_MODELS, tmp_dir: str | Path | None = None, device: st
     names = list(dict.fromkeys(str(m) for m in (models or DEMO_MODELS)))
     cache = ModelCache(max(cache_size, len(names)), device)
     state = AppState(root, cache, names, samples, max_bytes, max_pixels)
-    state.saes = {n: sae.to(cache.device).eval()
-                  for n, sae in (dict(saes) if isinstance(saes, dict) else SV.load_saes(saes)).items()}
+    state.saes = {n: sae.to(cache.device).eval() for n, sae in saes.items()}
     if preload:
         for n in names:
             cache.get(n)
