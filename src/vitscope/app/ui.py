@@ -7,8 +7,8 @@ the app made itself is removed when the process ends: at exit, on Ctrl-C, on SIG
 with ``tmp_dir`` is the caller's and stays).
 
 API endpoints (for ``gradio_client``): ``/predict``, ``/attention``, ``/rollout``, ``/explain``, ``/tokens``,
-``/distance``, ``/logit_lens``, ``/patching``; each takes the model name, the random-weights switch, the uploaded file (or None) and the
-sample name first, then the options of its view.
+``/distance``, ``/logit_lens``, ``/patching``, ``/sae`` (when SAEs are given); each takes the model name, the
+random-weights switch, the uploaded file (or None) and the sample name first, then the options of its view.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from pathlib import Path
 import gradio as gr
 
 from vitscope.analysis.attribution_maps import FAMILIES, METHODS as EXPLAIN_METHODS
+from vitscope.app import sae_view as SV
 from vitscope.app import views as V
 from vitscope.app.models import DEMO_MODELS, ModelCache, class_label
 from vitscope.app.uploads import MAX_BYTES, MAX_PIXELS, ImageCache, UploadError
@@ -50,6 +51,7 @@ class AppState:
     max_bytes: int = MAX_BYTES
     max_pixels: int = MAX_PIXELS
     images: ImageCache = field(default_factory=ImageCache)
+    saes: dict = field(default_factory=dict)                     # {name: SAE} for the "SAE features" tab
     result_age_s: float = 3600.0
     _last_prune: float = 0.0
 
@@ -92,10 +94,12 @@ class AppState:
 
 def make_state(models=DEMO_MODELS, tmp_dir: str | Path | None = None, device: str | None = None,
                cache_size: int = 3, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
-               preload: bool = True) -> AppState:
-    """The app's temporary folder (made fresh unless given), its model cache and the sample photographs."""
+               preload: bool = True, saes=None) -> AppState:
+    """The app's temporary folder (made fresh unless given), its model cache and the sample photographs.
+    ``saes``: SAE folders / files or folders of SAEs (or ``{name: SAE}``) for the "SAE features" tab."""
     from vitscope.data.samples import sample_paths
 
+    saes = dict(saes) if isinstance(saes, dict) else SV.load_saes(saes)        # a bad path: nothing made yet
     root = Path(tempfile.mkdtemp(prefix="vitscope-app-") if tmp_dir is None else tmp_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     if tmp_dir is None:                        # the app's own folder goes when the process ends
@@ -110,6 +114,7 @@ def make_state(models=DEMO_MODELS, tmp_dir: str | Path | None = None, device: st
     names = list(dict.fromkeys(str(m) for m in (models or DEMO_MODELS)))
     cache = ModelCache(max(cache_size, len(names)), device)
     state = AppState(root, cache, names, samples, max_bytes, max_pixels)
+    state.saes = {n: sae.to(cache.device).eval() for n, sae in saes.items()}
     if preload:
         for n in names:
             cache.get(n)
@@ -197,13 +202,36 @@ def _target(target):
         raise ValueError(f"the class must be '{PREDICTED}' or a class number, got {target!r}") from None
 
 
+def _patch(patch) -> tuple[int, int] | None:
+    """``"row,col"`` (a clicked patch) -> (row, col); empty -> None."""
+    if not patch or "," not in str(patch):
+        return None
+    try:
+        r, c = str(patch).split(",", 1)
+        return int(r), int(c)
+    except ValueError:
+        raise ValueError(f"the patch is 'row,col', got {patch!r}") from None
+
+
+def _latent(latent) -> int | None:
+    if latent is None or str(latent).strip() == "":
+        return None
+    try:
+        v = float(latent)
+    except ValueError:
+        raise ValueError(f"the latent is a number (a latent id), got {latent!r}") from None
+    if v != int(v):
+        raise ValueError(f"the latent is a whole number (a latent id), got {latent!r}")
+    return int(v)
+
+
 def _query(query: str, patch: str):
     q = str(query or "cls").strip()
     if q == PATCH:
-        if not patch or "," not in str(patch):
+        p = _patch(patch)
+        if p is None:
             raise UploadError("click a patch on the attention figure (or type row,col) to use a patch query")
-        r, c = str(patch).split(",", 1)
-        return int(r), int(c)
+        return p
     return q
 
 
@@ -258,15 +286,28 @@ def handlers(state: AppState) -> dict:
 
     def patching(model_name, random, upload, sample, patch, corrupt, site):
         try:
-            p = tuple(int(v) for v in str(patch).split(",", 1)) if patch and "," in str(patch) else None
-        except ValueError:
-            raise _err(ValueError(f"the patch is 'row,col', got {patch!r}")) from None
+            p = _patch(patch)
+        except ValueError as e:
+            raise _err(e) from None
         view, files, note, pics = _run(state, model_name, random, upload, sample, V.patching_view, patch=p,
                                        corrupt=corrupt, site=site)
         return pics.get("figure"), pics.get("effects"), note, files
 
+    def sae(model_name, random, upload, sample, sae_name, latent, patch):
+        if not state.saes:
+            return None, None, SV.NO_SAE, None
+        try:
+            p, lat = _patch(patch), _latent(latent)
+            if sae_name not in state.saes:
+                raise ValueError(f"no SAE {sae_name!r}; choose one of {', '.join(state.saes)}")
+        except ValueError as e:
+            raise _err(e) from None
+        view, files, note, pics = _run(state, model_name, random, upload, sample, SV.sae_view,
+                                       sae=state.saes[sae_name], name=sae_name, latent=lat, patch=p)
+        return pics.get("figure"), SV.listing(view), note, files
+
     return {"predict": predict, "attention": attention, "rollout": rollout, "explain": explain, "tokens": tokens,
-            "distance": distance, "logit_lens": logit_lens, "patching": patching}
+            "distance": distance, "logit_lens": logit_lens, "patching": patching, "sae": sae}
 
 
 def check_image(state: AppState, upload, sample, n_outputs: int):
@@ -307,6 +348,15 @@ def model_controls(state: AppState, model_name, random):
     return (gr.update(**blk), gr.update(choices=heads, value="mean"), gr.update(choices=queries, value=queries[0]),
             gr.update(**blk), gr.update(**blk), gr.update(choices=classes, value=PREDICTED), gr.update(**blk),
             gr.update(choices=classes, value=PREDICTED), info)
+
+
+def pick_latent(table, index) -> int:
+    """A row clicked in the table of latents (``index``: (row, col) of the cell) -> its latent id."""
+    import pandas as pd
+
+    row = int(index[0] if isinstance(index, (list, tuple)) else index)
+    t = table if isinstance(table, pd.DataFrame) else pd.DataFrame(table["data"], columns=table["headers"])
+    return int(float(t.iloc[row, 0]))
 
 
 def click_patch(state: AppState, model_name, random, index):
@@ -420,6 +470,24 @@ def build_blocks(state: AppState):
                                        show_label=False)
                     p_note = gr.Markdown()
                     p_files = gr.File(label="download (PNG, .npy, .csv)", file_count="multiple")
+                with gr.Tab("SAE features"):
+                    have = bool(state.saes)
+                    gr.Markdown(SV.NO_SAE, visible=not have, elem_id="vs-sae-none")
+                    with gr.Row(visible=have):
+                        s_sae = gr.Dropdown([SV.sae_choice(n, v) for n, v in state.saes.items()],
+                                            value=next(iter(state.saes), None), label="sparse autoencoder")
+                        s_latent = gr.Number(None, precision=0, minimum=0,
+                                             label="latent id (empty: the strongest at the patch or on the image)")
+                        s_patch = gr.Textbox("", label="clicked patch (row,col; empty: the whole image)",
+                                             max_lines=1)
+                    s_fig = gr.Image(label="the latent over the patches (click a patch to list the latents active "
+                                           "there)", type="filepath", interactive=False, elem_id="vs-sae",
+                                     visible=have)
+                    s_table = gr.Dataframe(headers=list(SV.LISTING), interactive=False, visible=have,
+                                           label="latents active (click a row to show that latent)",
+                                           elem_id="vs-sae-latents")
+                    s_note = gr.Markdown(elem_id="vs-sae-note", visible=have)
+                    s_files = gr.File(label="download (PNG, .npy, .csv)", file_count="multiple", visible=have)
 
         src = [model, random, upload, sample]
         ev = {
@@ -432,6 +500,8 @@ def build_blocks(state: AppState):
             "logit_lens": (src + [l_block, a_alpha], [l_fig, l_note, l_files]),
             "patching": (src + [p_patch, p_corrupt, p_site], [p_fig, p_chart, p_note, p_files]),
         }
+        if state.saes:                         # the SAE tab's view (and its endpoint) exist when SAEs were given
+            ev["sae"] = (src + [s_sae, s_latent, s_patch], [s_fig, s_table, s_note, s_files])
         # the public API: one endpoint per view on a hidden button; blocks are plain numbers there (any model's
         # depth, negative counts from the end), the page's sliders follow the model chosen in the page
         api_block = gr.Number(-1, precision=0, visible=False, label="block")
@@ -442,8 +512,7 @@ def build_blocks(state: AppState):
         # the page: what changes triggers which view
         private = dict(api_visibility="private")
         controls = (a_block, a_head, a_query, t_block, l_block, r_target, e_block, e_target, info)
-        everything = [(h[n], *ev[n]) for n in ("predict", "attention", "rollout", "explain", "tokens", "distance",
-                                                "logit_lens", "patching")]
+        everything = [(h[n], *ev[n]) for n in ev]
 
         # a new image or model is checked once: a bad one clears every view and gives one message, no view runs
         views_out = [c for _, _, outs in everything for c in outs]
@@ -485,14 +554,28 @@ def build_blocks(state: AppState):
 
         p_fig.select(on_patch_click, [model, random], [p_patch], **private).then(
             h["patching"], *ev["patching"], **private)
+        if state.saes:
+            # the SAE tab: another SAE starts from its strongest latent; a clicked patch lists the latents active
+            # there; a clicked row of that list shows the latent
+            s_sae.change(lambda: None, None, [s_latent], **private).then(h["sae"], *ev["sae"], **private)
+            gr.on([s_latent.submit, s_patch.submit], h["sae"], *ev["sae"], **private)
+            s_fig.select(on_patch_click, [model, random], [s_patch], **private).then(h["sae"], *ev["sae"],
+                                                                                      **private)
+
+            def on_pick(table, evt: gr.SelectData):
+                return pick_latent(table, evt.index)
+
+            s_table.select(on_pick, [s_table], [s_latent], **private).then(h["sae"], *ev["sae"], **private)
         chain(demo.load(lambda n, r: model_controls(state, n, r), [model, random], list(controls), **private))
     return demo
 
 
 def build_app(models=DEMO_MODELS, tmp_dir: str | Path | None = None, device: str | None = None,
-              concurrency: int = 4, cache_size: int = 3, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS):
-    """The Blocks with its queue, and the AppState. Gradio's own folders are set inside the app's folder."""
-    state = make_state(models, tmp_dir, device, cache_size, max_bytes, max_pixels)
+              concurrency: int = 4, cache_size: int = 3, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
+              saes=None):
+    """The Blocks with its queue, and the AppState. Gradio's own folders are set inside the app's folder.
+    ``saes``: SAE folders / files or folders of SAEs for the "SAE features" tab (``make_state``)."""
+    state = make_state(models, tmp_dir, device, cache_size, max_bytes, max_pixels, saes=saes)
     # Gradio's upload and cache folder is the app's folder: uploads, samples and results all live there
     os.environ["GRADIO_TEMP_DIR"] = str(state.root)
     os.environ["GRADIO_EXAMPLES_CACHE"] = str(state.root / "examples")

@@ -26,10 +26,14 @@ def register(app: typer.Typer) -> None:
         tmp_dir: Optional[Path] = typer.Option(None, "--tmp-dir",
                                                help="The app's folder for uploads and results (default: a new "
                                                     "temporary folder). Nothing outside it is served."),
+        saes: Optional[List[Path]] = typer.Option(
+            None, "--sae",
+            help="Sparse autoencoder(s) for the 'SAE features' tab (repeatable): an SAE folder written by `vitscope "
+                 "sae train`, a folder of them (its output folder), a SAELens folder or a saev .pt file."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Less output."),
     ) -> None:
         """Start the web app: attention per head and block, rollout and relevance, CLS / register maps, attention
-        distance, logit lens and top-5 predictions on your own images."""
+        distance, logit lens, patching, SAE features (with --sae) and top-5 predictions on your own images."""
         try:
             import gradio  # noqa: F401
         except ImportError:
@@ -37,8 +41,9 @@ def register(app: typer.Typer) -> None:
         from vitscope.app.ui import build_app, launch
 
         demo, state = build_app(models or None, tmp_dir, device, concurrency, cache_size,
-                                int(max_mb * 2**20), int(max_megapixels * 1e6))
+                                int(max_mb * 2**20), int(max_megapixels * 1e6), saes=saes)
         if not quiet:
-            typer.echo(f"vitscope app: {', '.join(state.model_names)} on {state.models.device}; "
-                       f"files in {state.root}; http://{host}:{port}")
+            typer.echo(f"vitscope app: {', '.join(state.model_names)} on {state.models.device}"
+                       + (f"; SAEs {', '.join(state.saes)}" if state.saes else "")
+                       + f"; files in {state.root}; http://{host}:{port}")
         launch(demo, state, host, port, block=True, quiet=quiet)

@@ -8,9 +8,8 @@ non-zero activations, its logit effect (the atom read through the final norm and
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 import torch
@@ -71,46 +70,91 @@ def _hist_svg(values: np.ndarray, bins: int = 24, w: int = 220, h: int = 60) -> 
 
 
 @torch.no_grad()
-def latent_summary(sae, model, images: torch.Tensor, opts: BrowseOptions) -> dict:
-    """Everything the page shows, as arrays: patch latents (N, g, g, w) of the chosen latents, their top images,
-    histograms, logit effects and neighbours."""
+def patch_latents(sae, model, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The SAE's latents of every patch token of ``blocks.{block}.hook_resid_post``: (N, rows, cols, w), through
+    its ``encode`` (with its saved normalisation). ``images``: a preprocessed batch (N, 3, H, W)."""
     from vitscope.analysis.sae.evaluation import block_patch_acts
 
     block = int(sae.cfg.block[0])
-    x = block_patch_acts(model, images, block, "patches", opts.batch_size)
-    n = len(images)
-    g = int(round((x.shape[0] // n) ** 0.5))
-    z = torch.cat([sae.encode(c) for c in x.split(4096)]).view(n, g, g, -1)
+    x = block_patch_acts(model, images, block, "patches", batch_size)
+    n, p = len(images), model.cfg.patch_size
+    rows, cols = images.shape[-2] // p, images.shape[-1] // p
+    if x.shape[0] != n * rows * cols:
+        raise ValueError(f"block {block} has {x.shape[0] // n} patch tokens per image, expected a {rows} x {cols} "
+                         f"grid for {tuple(images.shape[-2:])} pixels with patch {p}")
+    x = x.to(sae.W_enc.device)
+    return torch.cat([sae.encode(c) for c in x.split(4096)]).cpu().view(n, rows, cols, -1)
+
+
+@torch.no_grad()
+def nearest_latents(sae, latents, n: int) -> list[list[tuple[int, float]]]:
+    """For each of ``latents``: the ``n`` other latents whose decoder atoms have the largest cosine with its atom,
+    as (latent, cosine), largest first."""
+    W = sae.W_dec[0]
+    W = W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    idx = torch.as_tensor(list(latents), dtype=torch.long, device=W.device)
+    cos = W[idx] @ W.T                                                              # len(latents), w
+    cos[torch.arange(len(idx), device=W.device), idx] = -2
+    nb = torch.topk(cos, min(n, W.shape[0] - 1), dim=-1)
+    return [[(int(i), float(c)) for c, i in zip(vals, ids)] for vals, ids in zip(nb.values.cpu(), nb.indices.cpu())]
+
+
+@torch.no_grad()
+def logit_effects(sae, model, latents) -> torch.Tensor | None:
+    """Each latent's atom read through the final norm and the head (``model.project_to_logits``, the logit-lens
+    path), centred over the classes: (len(latents), C); None for a model without a head."""
+    if model.cfg.head == "none":
+        return None
+    p = next(model.parameters())
+    atoms = sae.W_dec[0][torch.as_tensor(list(latents), dtype=torch.long, device=sae.W_dec.device)]
+    e = model.project_to_logits(atoms.to(p.device, p.dtype)).float().cpu()
+    return e - e.mean(-1, keepdim=True)
+
+
+def top_logits(effect: torch.Tensor, n: int, name=str) -> tuple[list, list]:
+    """The ``n`` classes a latent's logit effect (C,) raises most and lowers most, as (name(class), effect)."""
+    k = min(n, len(effect))
+    up, down = torch.topk(effect, k), torch.topk(-effect, k)
+    return ([(name(int(i)), float(v)) for v, i in zip(up.values, up.indices)],
+            [(name(int(i)), float(-v)) for v, i in zip(down.values, down.indices)])
+
+
+@torch.no_grad()
+def latent_summary(sae, model, images: torch.Tensor, opts: BrowseOptions) -> dict:
+    """Everything the page shows, as arrays: patch latents (N, g, g, w) of the chosen latents, their top images,
+    histograms, logit effects and neighbours."""
+    block = int(sae.cfg.block[0])
+    z = patch_latents(sae, model, images, opts.batch_size)
+    g = z.shape[1]
     density = (z > 0).float().mean((0, 1, 2))
     order = torch.argsort(density, descending=True, stable=True)
     chosen = [int(i) for i in order[: opts.latents] if density[i] > 0]
-    W = sae.W_dec[0] / sae.W_dec[0].norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    cos = W @ W.T
-    cos.fill_diagonal_(-2)
     classes = list((getattr(model, "meta", None) or {}).get("classes") or model.cfg.meta.get("classes") or [])
-    effect = None
-    if model.cfg.head != "none":
-        effect = model.project_to_logits(sae.W_dec[0].to(next(model.parameters()).device)).float().cpu()
+    effect = logit_effects(sae, model, chosen) if chosen else None
+    neighbours = nearest_latents(sae, chosen, opts.neighbours) if chosen else []
     out = {"block": block, "grid": g, "density": density.numpy(), "latents": []}
-    for lat in chosen:
+    for j, lat in enumerate(chosen):
         za = z[..., lat]
         peak = za.flatten(1).max(1).values
         top = torch.argsort(peak, descending=True, stable=True)[: opts.top]
         top = [int(i) for i in top if peak[i] > 0]
-        nb = torch.topk(cos[lat], min(opts.neighbours, cos.shape[0] - 1))
         item = {"id": lat, "density": float(density[lat]), "top": top, "peak": [float(peak[i]) for i in top],
-                "heat": [za[i].numpy() for i in top], "values": za[za > 0].numpy(),
-                "neighbours": [(int(i), float(c)) for c, i in zip(nb.values, nb.indices)]}
+                "heat": [za[i].numpy() for i in top], "values": za[za > 0].numpy(), "neighbours": neighbours[j]}
         if effect is not None:
-            e = effect[lat]
-            e = e - e.mean()
             name = (lambda c: classes[c] if c < len(classes) else str(c))
-            up = torch.topk(e, min(opts.logits, len(e)))
-            down = torch.topk(-e, min(opts.logits, len(e)))
-            item["logits_up"] = [(name(int(i)), float(v)) for v, i in zip(up.values, up.indices)]
-            item["logits_down"] = [(name(int(i)), float(-v)) for v, i in zip(down.values, down.indices)]
+            item["logits_up"], item["logits_down"] = top_logits(effect[j], opts.logits, name)
         out["latents"].append(item)
     return out
+
+
+def provenance(sae) -> str:
+    """One line on what the SAE reads: its model, block and tokens, and the folder name of the store it was trained
+    on (the name only: the page may be shared, the path on disk is the author's)."""
+    meta = sae.cfg.meta or {}
+    model = meta.get("model") or meta.get("model_name")
+    store = PureWindowsPath(str(meta["store"])).name if meta.get("store") else ""
+    return ", ".join(part for part in (f"model {model}" if model else "", f"block {int(sae.cfg.block[0])}",
+                                 f"{sae.cfg.tokens} tokens", f"store {store}" if store else "") if part)
 
 
 def write_browser(sae, model, data, out: str | Path, options: BrowseOptions | None = None,
@@ -150,11 +194,9 @@ def write_browser(sae, model, data, out: str | Path, options: BrowseOptions | No
             f"<section class='latent' id='latent-{lat}' data-id='{lat}'><h2>latent {lat}</h2>"
             f"<p>active on {100 * it['density']:.2f}% of patches; nearest by decoder cosine: {nbs}</p>"
             f"<div class='tops'>{''.join(figs)}</div>{_hist_svg(it['values'])}{logit}</section>")
-    meta = {k: sae.cfg.meta.get(k) for k in ("name", "model", "store") if sae.cfg.meta.get(k)}
-    head = (f"<h1>{html.escape(title)}</h1><p>{html.escape(sae.arch)} SAE, {sae.cfg.width} latents on "
-            f"block {info['block']} ({html.escape(sae.cfg.tokens)} tokens) of {len(images)} images; "
-            f"{len(info['latents'])} latents shown, the most often active first. "
-            f"{html.escape(json.dumps(meta))}</p>"
+    head = (f"<h1>{html.escape(title)}</h1><p>{html.escape(sae.arch)} SAE, {sae.cfg.width} latents; "
+            f"{html.escape(provenance(sae))}; {len(images)} images searched, "
+            f"{len(info['latents'])} latents shown, the most often active first.</p>"
             "<p><label>latent id <input id='q' type='number' min='0'></label> "
             "<button id='go'>show</button> <span id='msg'></span></p>")
     script = ("<script>document.getElementById('go').onclick=function(){var v=document.getElementById('q').value;"

@@ -103,6 +103,30 @@ def load_sae(path: str | Path) -> SAE:
                      f"sae_weights.safetensors (SAELens) or one saev .pt file")
 
 
+def _is_sae(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix == ".pt"
+    return (((path / CONFIG).exists() and (path / WEIGHTS).exists())
+            or ((path / "cfg.json").exists() and (path / "sae_weights.safetensors").exists())
+            or len(list(path.glob("*.pt"))) == 1)
+
+
+def sae_paths(path: str | Path) -> list[Path]:
+    """``path`` itself when it is an SAE (what :func:`load_sae` reads), else the SAEs directly inside it (the
+    output folder of ``vitscope sae train``), sorted by name."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no SAE at {path}; give a folder written by `vitscope sae train` (one SAE or the "
+                                f"folder of a grid), a SAELens folder or a saev .pt file")
+    if _is_sae(path):
+        return [path]
+    found = sorted(p for p in path.iterdir() if p.is_dir() and _is_sae(p)) if path.is_dir() else []
+    if not found:
+        raise ValueError(f"{path} holds no SAE, neither itself nor in a subfolder: expected {CONFIG} + {WEIGHTS} "
+                         f"(vitscope), cfg.json + sae_weights.safetensors (SAELens) or one saev .pt file")
+    return found
+
+
 def _load_vitscope(path: Path) -> SAE:
     from safetensors.torch import load_file
 
