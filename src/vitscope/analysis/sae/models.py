@@ -165,7 +165,7 @@ def topk_per_token(pre: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     kmax = int(k.max())
     vals, idx = pre.topk(kmax, dim=-1, sorted=True)
     keep = torch.arange(kmax, device=pre.device) < k.view(-1, 1, 1)
-    return torch.zeros_like(pre).scatter(-1, idx, vals.relu() * keep)
+    return torch.zeros_like(pre).scatter_(-1, idx, vals.relu() * keep)      # in place: no copy of the zeros
 
 
 def topk_per_batch(pre: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +178,7 @@ def topk_per_batch(pre: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, to
     vals, idx = flat.topk(kmax, dim=-1, sorted=True)
     keep = torch.arange(kmax, device=pre.device) < kk.view(-1, 1)
     kept = vals * keep
-    z = torch.zeros_like(flat).scatter(-1, idx, kept).reshape(g, b, w)
+    z = torch.zeros_like(flat).scatter_(-1, idx, kept).reshape(g, b, w)
     pos = torch.where(keep & (vals > 0), vals, torch.full_like(vals, float("inf"))).amin(-1)
     return z, torch.where(torch.isinf(pos), torch.full_like(pos, float("nan")), pos)
 
@@ -359,7 +359,7 @@ def auxk_loss(pre: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor, W_d
     masked = torch.where(dead.unsqueeze(1), pre, torch.full_like(pre, float("-inf")))
     vals, idx = masked.topk(k_aux, dim=-1)
     vals = torch.where(torch.isinf(vals), torch.zeros_like(vals), vals).relu()
-    z_aux = torch.zeros_like(pre).scatter(-1, idx, vals)
+    z_aux = torch.zeros_like(pre).scatter_(-1, idx, vals)
     e_hat = torch.bmm(z_aux, W_dec)
     num = (e_hat - residual).pow(2).sum(-1).mean(-1)
     den = (residual - residual.mean(1, keepdim=True)).pow(2).sum(-1).mean(-1).clamp_min(1e-12)

@@ -343,7 +343,7 @@ class Trainer:
             if sae.arch in ("batchtopk", "matryoshka"):
                 sae.update_threshold()
             with torch.no_grad():
-                fired = (out["z"] > 0).any(1)
+                fired = out["z"].amax(1) > 0                   # latents are >= 0: one pass, no mask
                 st.since.add_(bsz).masked_fill_(fired, 0)
                 if (sae.arch == "relu" and opts.resample_every and (step + 1) % opts.resample_every == 0
                         and step + 1 < opts.steps * (1 - opts.decay)):
