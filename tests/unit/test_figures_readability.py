@@ -187,7 +187,17 @@ TRAIN = "synthetic:n=24,size=32,classes=8,split=train"
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)                     # tiny models: threads only contend on a shared machine
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(one_thread):
     """A random 2-block ViT (32 px, patch 8, width 32) with an 8-class head."""
     import torch
 
@@ -207,6 +217,20 @@ def assert_context(fig, data: str, n: int, tokens: str | None = None):
     assert data in text and f"{n} images" in text, text
     if tokens:
         assert f"{tokens} tokens" in text, text
+    assert_titles_inside(fig)
+
+
+def assert_titles_inside(fig):
+    """No title runs off the figure (the context line makes titles longer)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not hasattr(fig.canvas, "get_renderer"):                # a pyplot-free Figure: give it a renderer
+        FigureCanvasAgg(fig)
+    fig.set_dpi(100)
+    titles = all_titles(fig)
+    W, H = fig.canvas.get_width_height()
+    for t, bb in zip(titles, extents(fig, *titles)):
+        assert bb.x0 >= -0.5 and bb.x1 <= W + 0.5 and bb.y1 <= H + 0.5, f"cut by the figure's edge: {t.get_text()!r}"
 
 
 def test_knn_figures_name_the_data_and_draw_the_chance_level(tiny):
@@ -332,4 +356,51 @@ def test_davis_and_keypoint_figures_name_the_set_and_its_images(tiny):
     n = len({p for pair in pairs for p in (pair.src_path, pair.trg_path)})
     assert n == 8                                                         # two views per pair
     assert_context(result.figures()["keypoints_pck_0.1"], "SPair", n)
+    plt.close("all")
+
+
+def test_sae_figures_name_the_data_the_images_and_the_tokens(tiny):
+    from vitscope.analysis.sae import SAEOptions, evaluate
+    from vitscope.analysis.sae.models import SAE, SAEConfig
+
+    sae = SAE(SAEConfig(d_in=32, width=64, arch="relu", block=(1,), tokens="patches"))
+    result = evaluate({"relu": sae}, DATA, SAEOptions(limit=6, splice=False), model=tiny)
+    figs = result.figures()
+    assert {"sae_density", "sae_sparsity_fidelity", "sae_factors"} <= set(figs)
+    for fig in figs.values():
+        assert_context(fig, DATA, 6, "patch")
+    plt.close("all")
+
+
+def test_patching_and_ablation_figures_name_the_data(tiny):
+    from vitscope.analysis.patching import PatchOptions, ablation, evaluate
+
+    result = evaluate({"tiny": tiny}, DATA, PatchOptions(corrupt="blur:1", limit=2, method="both"))
+    figs = result.figures()
+    assert {"patching_resid_pre", "patching_resid_pre_agreement"} <= set(figs)
+    for fig in figs.values():
+        text = title_text(fig)
+        assert "2 pairs" in text and "synthetic test (16 images, 8 classes" in text, text
+        assert_titles_inside(fig)
+    result = ablation.evaluate({"tiny": tiny}, DATA, ablation.AblateOptions(limit=12, prune=True, prune_step=2,
+                                                                            prune_images=6))
+    figs = result.figures()
+    assert_context(figs["ablation_accuracy_drop"], DATA, 12)
+    assert_context(figs["ablation_pruning"], DATA, 6)
+    (line,) = chance_lines(figs["ablation_pruning"].axes[0])              # accuracy in %
+    np.testing.assert_allclose(line.get_ydata(), 100 / 8)
+    plt.close("all")
+
+
+def test_attribution_benchmark_figures_name_the_data_and_the_images(tiny):
+    from vitscope.analysis.attribution_maps import ExplainOptions, evaluate
+
+    result = evaluate({"tiny": tiny}, DATA, ExplainOptions(methods=("saliency", "random"), metrics=("deletion",),
+                                                           limit=4, sanity=True, sanity_methods=("saliency",),
+                                                           sanity_images=2, target="predicted"))
+    figs = result.figures()
+    assert_context(figs["attribution_ranking"], DATA, 4)
+    assert_context(figs["attribution_curves"], DATA, 4)
+    assert_context(figs["attribution_sanity"], DATA, 2)
+    assert DATA in title_text(figs["attribution_examples"])
     plt.close("all")

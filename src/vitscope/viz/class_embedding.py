@@ -163,8 +163,8 @@ def plot_perturbation(rows, title: str | None = None, order: Sequence[str] = ("n
     df = df[df["metric"] == "identifiable_rate"]
     models = list(dict.fromkeys(df["model"]))
     kinds = [k for k in order if k in set(df["perturbation"])]
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(kinds) * max(1, len(models)) ** 0.5, 3.2),
-                           layout="constrained")
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 1.1 * len(kinds) * max(1, len(models)) ** 0.5), 3.2),
+                           layout="constrained")                       # at least the width of a two-line title
     w = 0.8 / max(len(models), 1)
     for j, name in enumerate(models):
         part = df[df["model"] == name].set_index("perturbation")

@@ -5,6 +5,8 @@ import re
 
 #: the longest context line, in characters; longer ones are broken (a 4-inch figure holds about 65 at 10 pt)
 WIDTH = 60
+#: how a token mode reads in a title ("mean" is the mean of the patch tokens)
+TOKEN_WORDS = {"mean": "mean of patch", "ap": "mean of patch", "patches": "patch"}
 
 
 def context_line(data: str | None = None, n_images: int | None = None, tokens: str | None = None,
@@ -20,7 +22,7 @@ def context_line(data: str | None = None, n_images: int | None = None, tokens: s
     if n_images is not None:
         parts.append(f"{int(n_images)} image{'s' if int(n_images) != 1 else ''}")
     if tokens:
-        parts.append(f"{tokens} tokens")
+        parts.append(f"{TOKEN_WORDS.get(str(tokens), tokens)} tokens")
     lines: list[str] = []
     for part in parts:
         for piece in _break(part, width):
