@@ -349,7 +349,7 @@ def test_davis_and_keypoint_figures_name_the_set_and_its_images(tiny):
                                          video_segmentation.DavisOptions(resolution="squash", radius=3, n_last=1))
     fig = result.figures()["davis_J_F-Mean"]
     assert_context(fig, "DAVIS", 3)                                       # one video of three frames
-    assert not chance_lines(fig.axes[0])
+    assert not chance_lines(fig.axes[0]) and fig.axes[0].get_ylim() == (0.0, 1.0)     # J&F on its whole range
     result = correspondence.evaluate({"tiny": tiny}, "synthetic:size=32,pairs=4",
                                      correspondence.KeypointsOptions(pairs_per_category=0))
     pairs = correspondence.spair_sample("synthetic:size=32,pairs=4", result.options)[0]
@@ -403,4 +403,45 @@ def test_attribution_benchmark_figures_name_the_data_and_the_images(tiny):
     assert_context(figs["attribution_curves"], DATA, 4)
     assert_context(figs["attribution_sanity"], DATA, 2)
     assert DATA in title_text(figs["attribution_examples"])
+    plt.close("all")
+
+
+def test_probe_gain_figure_names_its_dataset_or_counts_them():
+    import pandas as pd
+
+    from vitscope.analysis.probes.stats import evaluate
+
+    def table(datasets):
+        return pd.DataFrame([{"model": m, "dataset": d, "experiment": e, "probe": p, "layer_set": e, "split": "test",
+                              "metric": "balanced_top1", "value": float(rng.random())}
+                             for m in ("a", "b") for d in datasets
+                             for p, e in (("linear", "last_cls"), ("attentive", "all"))])
+
+    fig = evaluate(table([DATA])).figures()["gains"]
+    assert DATA in title_text(fig)
+    assert_titles_inside(fig)
+    fig = evaluate(table(["x", "y", "z"])).figures()["gains"]
+    assert "mean over 3 datasets" in title_text(fig)
+    plt.close("all")
+
+
+def test_study_figures_name_the_dataset_and_give_percentages_their_range(monkeypatch, tmp_path):
+    """``vitscope results`` draws from the table alone: the dataset goes on the context line, and a metric the
+    analyses write in percent (k-NN top-1) spans 0-100."""
+    import pandas as pd
+
+    import vitscope.viz.save as save
+    from vitscope.experiments.figures import metric_label, write_figures
+
+    drawn = {}
+    real = save.save_figure
+    monkeypatch.setattr(save, "save_figure", lambda fig, stem, *a, **k: (drawn.__setitem__(stem.name, fig),
+                                                                         real(fig, stem, *a, **k))[1])
+    rows = [{"status": "ok", "analysis": "knn", "dataset": "shapes", "task": None, "model": m, "block": b,
+             "head": None, "model2": None, "block2": None, "metric": "top1_k20", "value": v}
+            for m in ("a", "b") for b, v in enumerate((92.3, 93.2))]
+    write_figures(pd.DataFrame(rows), tmp_path)
+    ax = drawn["knn__top1_k20__shapes"].axes[0]
+    assert ax.get_title().split("\n")[1] == "shapes" and ax.get_ylim() == (0.0, 100.0)
+    assert metric_label("mAP_medium") == "mAP_medium (%)" and metric_label("nmi") == "nmi"
     plt.close("all")
