@@ -250,6 +250,10 @@ def test_knn_chance_counts_the_classes_the_labels_do_not_reach(tiny):
     """Chance is 1 / C of the classes the data has, also where the first images hold only some of them."""
     from vitscope.analysis.knn import KNNOptions, evaluate
 
+    result = evaluate({"tiny": tiny}, (TRAIN, DATA), KNNOptions(k=(3,), limit=4))     # labels 0-3 of 8 classes
+    assert result.meta["num_classes"] == {"tiny": 8}
+    (line,) = chance_lines(result.figures()["knn_top1_k3"].axes[0])
+    np.testing.assert_allclose(line.get_ydata(), 100 / 8)
     result = evaluate({"tiny": tiny}, (TRAIN, DATA), KNNOptions(k=(3,), num_classes=10, limit=8))
     fig = result.figures()["knn_top1_k3"]
     (line,) = chance_lines(fig.axes[0])
