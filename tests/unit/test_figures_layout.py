@@ -206,7 +206,9 @@ INPUTS = {
     "removal": {
         "plot_removal_curves": lambda f: f(_removal_curves(), title="demo-vit: token removal"),
         "plot_token_probe_accuracy": lambda f: f(rng.random((6, 20)), ["cls", "reg0"] + [f"patch{i}" for i in range(18)],
-                                                 title="per-token probe accuracy", blocks=list(range(6))),
+                                                 title="demo-vit: per-token ridge probes, resid_post (test accuracy)"
+                                                       "\nsynthetic:n=16,size=32,classes=8,split=test · 16 images",
+                                                 blocks=list(range(6)), chance=0.125),
     },
     "attribution_maps": {
         "plot_ranking": lambda f: f(pd.DataFrame(

@@ -202,6 +202,35 @@ class Result:
     def rows(self) -> list[dict]:
         return self.table.to_dict("records")
 
+    # ------------------------------------------------------------------ what the figures were measured on
+    def context(self, model: str | None = None, **changes) -> dict[str, Any]:
+        """``{data, n_images, tokens}`` for the second title line of a figure (``vitscope.viz.titles``), from
+        ``meta["context"]`` (which ``evaluate`` fills in; ``n_images`` may be ``{model: n}``, then ``model`` picks
+        one, and a figure of several models shows the count they share, or none when they differ), with
+        ``changes`` on top."""
+        ctx = {"data": None, "n_images": None, "tokens": None, **(self.meta.get("context") or {}), **changes}
+        n = ctx["n_images"]
+        if isinstance(n, Mapping):
+            counts = {int(v) for v in n.values() if v is not None}
+            ctx["n_images"] = n.get(model) if model is not None else (counts.pop() if len(counts) == 1 else None)
+        return ctx
+
+    def titled(self, title: str | None, model: str | None = None, **changes) -> str | None:
+        """``title`` with the context line below it (``builtin:demo · 64 images · cls tokens``): see
+        :meth:`context`."""
+        from vitscope.viz.titles import context_title
+
+        return context_title(title, **self.context(model, **changes))
+
+    def set_context(self, **context) -> "Result":
+        """Name what the figures were measured on where ``evaluate`` could not know it (in-memory images have no
+        name): ``data``, ``n_images`` or ``tokens`` replace ``meta["context"]``'s; returns the result."""
+        bad = set(context) - {"data", "n_images", "tokens"}
+        if bad:
+            raise ValueError(f"the context takes data, n_images and tokens; got {sorted(bad)}")
+        self.meta["context"] = {**(self.meta.get("context") or {}), **context}
+        return self
+
     def save(self, out: str | Path, formats: Sequence[str] = ("png",), stem: str | None = None,
              figures: bool = True, table: bool = True) -> list[Path]:
         """Write ``<stem>.csv`` / ``.parquet`` (stem: the analysis name) and every figure as ``<name>.<fmt>`` with
@@ -222,6 +251,17 @@ class Result:
 
     def __str__(self) -> str:
         return self.summary or f"{self.analysis}: {len(self.table)} rows"
+
+
+def data_label(data) -> str | None:
+    """What a figure title says the images were: a spec string, a dataset's description or a store's folder."""
+    if data is None:
+        return None
+    if isinstance(data, str):
+        return data
+    if hasattr(data, "reductions"):
+        return f"store {Path(str(data.path)).name}"
+    return getattr(data, "description", None)
 
 
 def _unpack(drawn) -> tuple:

@@ -301,8 +301,9 @@ def evaluate(models, data, options: KeypointsOptions | None = None, **overrides)
     best = max((r for r in rows if r["metric"] == "pck@0.1"), key=lambda r: r["value"])
     summary = (f"SPair PCK@0.1 of {len(items)} model(s) on {len(pairs)} pair(s): best {best['value']:.1f}% "
                f"({best['model']}, block {best['block']})")
+    n_images = len({path for p in pairs for path in (p.src_path, p.trg_path)})
     return Result("keypoints", table, summary, opts, draw=_draw, arrays={"categories": cats, "matches": matches},
-                  meta={"pairs": [p.name for p in pairs]})
+                  meta={"pairs": [p.name for p in pairs], "context": {"data": desc, "n_images": n_images}})
 
 
 def _draw(result: Result) -> dict:
@@ -316,7 +317,8 @@ def _draw(result: Result) -> dict:
     for metric in sorted(set(result.table["metric"])):
         shown = result.table[result.table["metric"] == metric]
         out[f"keypoints_{slug(metric)}"] = (plot_metric_per_block(
-            shown, title=f"SPair keypoint transfer, {n} pairs", ylabel=f"PCK ({metric}, %)"), shown)
+            shown, title=f"SPair keypoint transfer, {n} pairs", ylabel=f"PCK ({metric}, %)", **result.context()),
+            shown)
     for label, (block, kept, _) in result.arrays["matches"].items():
         if kept:
             out[f"matches_{slug(label)}"] = plot_keypoint_matches(kept, title=f"{label}, block {block}")

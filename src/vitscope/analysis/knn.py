@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from vitscope.analysis.api import Options, Result, tidy_table
+from vitscope.analysis.api import Options, Result, data_label, tidy_table
 from vitscope.features.access import TOKENS
 
 KS = (10, 20, 100, 200)            # DINO --nb_knn
@@ -400,7 +400,7 @@ def evaluate(models_or_stores, data=None, options: KNNOptions | None = None, **o
     kind, items = _as_pairs(models_or_stores)
     ks = sorted(set(opts.k))
     rows: list[dict] = []
-    dataset = None
+    dataset, data_name, classes = None, None, {}
     if kind == "stores":
         for label, (tr_store, te_store) in items.items():
             layers = store_layers(tr_store, opts.blocks)
@@ -414,12 +414,15 @@ def evaluate(models_or_stores, data=None, options: KNNOptions | None = None, **o
                                  "synthetic)")
             nc = opts.num_classes or max(len(getattr(tr_store, "classes", []) or []), int(ytr.max()) + 1,
                                          int(yte.max()) + 1)
+            classes[label] = nc
+            data_name = data_name or (tr_store.manifest.get("dataset") or {}).get("description")
             rows += knn_per_block(store_features(tr_store, opts.site, opts.tokens, layers), ytr,
                                   store_features(te_store, opts.site, opts.tokens, layers), yte, ks, label,
                                   opts.temperature, nc, normalize=opts.normalize, count_unvoted=opts.count_unvoted,
                                   device=opts.device, progress=_bar(opts, label))
     elif kind == "features":
         for label, f in items.items():
+            classes[label] = _classes_of(opts, f.train_labels, f.test_labels)
             rows += knn_per_block(f.train, f.train_labels, f.test, f.test_labels, ks, label, opts.temperature,
                                   opts.num_classes, normalize=opts.normalize, count_unvoted=opts.count_unvoted,
                                   device=opts.device, progress=_bar(opts, label))
@@ -429,9 +432,12 @@ def evaluate(models_or_stores, data=None, options: KNNOptions | None = None, **o
                              "pair")
         if isinstance(data, (tuple, list)):
             ds_train, ds_test = (open_dataset_any(d) for d in data)
+            names = [data_label(d) or data_label(o) for d, o in zip(data, (ds_train, ds_test))]
+            data_name = " / ".join(n or "?" for n in names) if any(names) else None
         else:
             ds = open_dataset_any(data)
             dataset = getattr(ds, "description", None)
+            data_name = data_label(data) or dataset
             ds_train, ds_test = split_dataset(ds, opts.test_fraction, opts.seed)
         want = {n: resolve_blocks(m, opts.blocks, opts.tokens) for n, m in items.items()}
         ftr, ytr = collect_block_features(items, ds_train, want, opts.tokens, opts.batch_size, opts.limit,
@@ -439,6 +445,7 @@ def evaluate(models_or_stores, data=None, options: KNNOptions | None = None, **o
         fte, yte = collect_block_features(items, ds_test, want, opts.tokens, opts.batch_size, opts.limit,
                                           progress=opts.progress)
         for n in items:
+            classes[n] = _classes_of(opts, ytr, yte, getattr(ds_train, "classes", None))
             rows += knn_per_block(ftr[n], ytr, fte[n], yte, ks, n, opts.temperature, opts.num_classes,
                                   normalize=opts.normalize, count_unvoted=opts.count_unvoted, device=opts.device,
                                   progress=_bar(opts, n))
@@ -450,8 +457,26 @@ def evaluate(models_or_stores, data=None, options: KNNOptions | None = None, **o
     best = max((r for r in rows if r["metric"] == f"top1_k{fk}"), key=lambda r: r["value"])
     summary = (f"k-NN of {len(items)} model(s) on {n_train} train / {n_test} test images, k={','.join(map(str, ks))}"
                f": best top-1 (k={fk}) {best['value']:.1f}% ({best['model']}, block {best['block']})")
-    return Result("knn", table, summary, opts, meta={"k_shown": fk, "n_train": n_train, "n_test": n_test},
-                  draw=_draw)
+    counts = {r["model"]: int(r["n_train"]) + int(r["n_test"]) for r in rows}
+    return Result("knn", table, summary, opts, draw=_draw,
+                  meta={"k_shown": fk, "n_train": n_train, "n_test": n_test, "num_classes": classes,
+                        "context": {"data": data_name, "n_images": counts, "tokens": opts.tokens}})
+
+
+def _classes_of(opts: KNNOptions, train_labels, test_labels, classes=None) -> int:
+    """The number of classes of the data (its class list, else the labels), for the chance level of the figures:
+    ``num_classes`` when given, else the most of the data's class list and the largest label + 1."""
+    if opts.num_classes:
+        return int(opts.num_classes)
+    seen = [int(np.max(np.asarray(y))) + 1 for y in (train_labels, test_labels) if np.asarray(y).size]
+    return max([len(classes or ()), *seen])
+
+
+def chance_percent(num_classes: int | None, top: int = 1) -> float | None:
+    """Top-``top`` accuracy (%) of a guess among ``num_classes`` equally likely classes: 100 min(top, C) / C."""
+    if not num_classes:
+        return None
+    return 100.0 * min(int(top), int(num_classes)) / int(num_classes)
 
 
 def _bar(opts: KNNOptions, name: str):
@@ -467,10 +492,13 @@ def _draw(result: Result) -> dict:
     from vitscope.viz.per_block import plot_metric_per_block
 
     fk, n_train, n_test = (result.meta[k] for k in ("k_shown", "n_train", "n_test"))
+    shown = {result.meta.get("num_classes", {}).get(m) for m in dict.fromkeys(result.table["model"])}
+    classes = shown.pop() if len(shown) == 1 else None           # models on other class sets: no single chance
     figs = {}
     for m in ("top1", "top5"):
         name = m.replace("top", "top-")
         fig = plot_metric_per_block(result.table, metric=f"{m}_k{fk}", ylabel=f"{name} accuracy (%)",
-                                    title=f"k-NN {name}, k={fk} ({n_train} train / {n_test} test)")
+                                    title=f"k-NN {name}, k={fk} ({n_train} train / {n_test} test)",
+                                    chance=chance_percent(classes, int(m[3:])), **result.context())
         figs[f"knn_{m}_k{fk}"] = (fig, result.table[result.table["metric"] == f"{m}_k{fk}"])
     return figs

@@ -420,9 +420,13 @@ def evaluate(models_or_stores, data, options: RetrievalOptions | None = None, **
     note = f"; skipped {n_skip} unreadable image(s)" if n_skip else ""
     summary = f"retrieval of {len(items)} model(s) on {desc}: {tail}{note}"
     name = getattr(gt, "name", "synthetic")
+    n_db = len(gt.imlist) if hasattr(gt, "imlist") else len(gt.db_images)
     return Result("retrieval", table, summary, opts, draw=_draw,
                   meta={"protocols": protos, "name": name, "crop": opts.crop,
-                        "skipped": skipped["database"] + skipped["queries"], "skipped_by_part": skipped})
+                        "skipped": skipped["database"] + skipped["queries"], "skipped_by_part": skipped,
+                        "n_queries": len(gnd) - len(skipped["queries"]),
+                        "context": {"data": name, "n_images": n_db - len(skipped["database"]),
+                                    "tokens": opts.tokens}})
 
 
 def _bar(opts: RetrievalOptions, what: str):
@@ -434,14 +438,18 @@ def _bar(opts: RetrievalOptions, what: str):
 
 
 def _draw(result: Result) -> dict:
-    """mAP per block for every protocol (dashed: random twins), each with the rows it shows."""
+    """mAP per block for every protocol (dashed: random twins), each with the rows it shows; the context line counts
+    the database images searched. mAP has no simple chance level (it depends on how many positives each query has
+    and where the junk images are), so no chance line is drawn."""
     from vitscope.viz.per_block import plot_metric_per_block
 
     out = {}
     crop = "cropped" if result.meta["crop"] else "full"
+    nq = result.meta.get("n_queries")
+    queries = f"{nq} {crop} queries" if nq is not None else f"{crop} queries"
     for p in result.meta["protocols"]:
         shown = result.table[result.table["metric"] == f"mAP_{p}"]
-        fig = plot_metric_per_block(shown, title=f"{result.meta['name']}: mAP, {p} ({crop} queries)",
-                                    ylabel="mAP (%)")
+        fig = plot_metric_per_block(shown, title=f"{result.meta['name']}: mAP, {p} ({queries})",
+                                    ylabel="mAP (%)", **result.context())
         out[f"retrieval_mAP_{p}"] = (fig, shown)
     return out

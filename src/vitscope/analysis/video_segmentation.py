@@ -575,7 +575,8 @@ def evaluate(models, data, options: DavisOptions | None = None, **overrides) -> 
                f"({best['model']}, block {best['block']})")
     return Result("davis", table, summary, opts, draw=_draw,
                   arrays={"objects": objects, "predictions": shown, "sequence": seqs[0]},
-                  meta={"sequences": [s.name for s in seqs]})
+                  meta={"sequences": [s.name for s in seqs],
+                        "context": {"data": desc, "n_images": sum(len(s) for s in seqs)}})
 
 
 def _draw(result: Result) -> dict:
@@ -590,7 +591,8 @@ def _draw(result: Result) -> dict:
     for metric in ("J&F-Mean", "J-Mean", "F-Mean"):
         shown = result.table[result.table["metric"] == metric]
         out[f"davis_{slug(metric)}"] = (plot_metric_per_block(
-            shown, title=f"DAVIS label propagation ({res}), {n} sequence(s)"), shown)
+            shown, title=f"DAVIS label propagation ({res}), {n} sequence(s)", ylim=(0.0, 1.0),   # J, F in [0, 1]
+            **result.context()), shown)
     seq, preds = result.arrays["sequence"], result.arrays["predictions"]
     for label, (block, ids) in preds.items():
         name = f"propagation_{slug(label)}_{slug(seq.name)}" if len(preds) > 1 else f"propagation_{slug(seq.name)}"

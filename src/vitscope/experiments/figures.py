@@ -44,6 +44,15 @@ _HIGHER = re.compile(r"^(top\d|acc|accuracy|mAP|mP@|pck|[JF]&?F?-(Mean|Recall)|J
 _LOWER = re.compile(r"(-Decay$|^fvu|^kl$|^error|_drop$)", re.I)
 
 
+_PERCENT = re.compile(r"^(top\d+_k\d+|mAP_|mP@|pck@)")
+
+
+def metric_label(metric: str) -> str:
+    """The y label of a metric in the study table: ``"<metric> (%)"`` for the metrics the analyses write in percent
+    (k-NN top-k, retrieval mAP / mP@k, keypoint PCK), so that their axis spans 0-100; else the metric's name."""
+    return f"{metric} (%)" if _PERCENT.search(str(metric)) else str(metric)
+
+
 def metric_direction(metric: str) -> str | None:
     """"higher" or "lower" for metrics where a better block has a higher (accuracy, mAP, PCK, J&F, NMI ...) or
     lower (decay, FVU, KL) value; None where "best" means nothing (attention distance, CKA, norm ratios, gains)."""
@@ -116,15 +125,17 @@ def write_figures(df, out_dir: str | Path, formats: Sequence[str] = ("png",)) ->
     for (ana, metric, ds, task), g in pb.groupby(["analysis", "metric", "dataset", pb["task"].fillna("")],
                                                sort=False):
         stem = out_dir / "per_block" / "__".join(slug(x) for x in (ana, metric, ds, task) if x)
-        title = f"{metric} ({ana}, {ds}{', ' + task if task else ''})"
+        title = f"{metric} ({ana}{', ' + task if task else ''})"        # the dataset: the title's second line
         table = g[["model", "block", "metric", "value", "task", "dataset", "analysis"]]
         if metric == IDENTIFIABILITY:
             from vitscope.viz.experiments import plot_identifiability
 
-            paths = save_figure(plot_identifiability(table, title=title, chance=_chance(ok, ana, ds)), stem, formats)
+            paths = save_figure(plot_identifiability(table, title=title, chance=_chance(ok, ana, ds), data=ds), stem,
+                                formats)
             table.to_csv(stem.with_name(stem.name + ".csv"), index=False)
         else:
-            paths = save_metric_per_block(table, stem, metric=metric, formats=formats, title=title)
+            paths = save_metric_per_block(table, stem, metric=metric, formats=formats, title=title, data=ds,
+                                          ylabel=metric_label(metric))
         written += [p for p in paths if p.suffix == f".{fmt0}"]
 
     cka = ok[(ok["metric"] == CKA) & ok["model2"].notna() & ok["block2"].notna()]
@@ -132,7 +143,7 @@ def write_figures(df, out_dir: str | Path, formats: Sequence[str] = ("png",)) ->
         from vitscope.viz.similarity import save_cka_grid
 
         stem = out_dir / "cka" / f"{slug(ana)}__{slug(ds)}"
-        paths = save_cka_grid(_cka_pairs(g), stem, formats, title=f"{ana} across models ({ds})")
+        paths = save_cka_grid(_cka_pairs(g), stem, formats, title=f"{ana} across models", data=ds)
         g.to_csv(stem.with_name(stem.name + ".csv"), index=False)
         written += [p for p in paths if p.suffix == f".{fmt0}"]
 
@@ -141,9 +152,10 @@ def write_figures(df, out_dir: str | Path, formats: Sequence[str] = ("png",)) ->
         from vitscope.viz.experiments import plot_probe_gains
 
         stem = out_dir / "probes" / f"{slug(ana)}__gains"
-        n_ds = g["dataset"].nunique()
-        paths = save_figure(plot_probe_gains(g, title=f"{ana}: gain per model and experiment"
-                                                      + (f" (mean over {n_ds} datasets)" if n_ds > 1 else "")),
+        sets = list(dict.fromkeys(g["dataset"].dropna()))
+        paths = save_figure(plot_probe_gains(g, title=f"{ana}: gain per model and experiment",
+                                             data=sets[0] if len(sets) == 1 else
+                                             f"mean over {len(sets)} datasets" if sets else None),
                             stem, formats)
         g.to_csv(stem.with_name(stem.name + ".csv"), index=False)
         written += [p for p in paths if p.suffix == f".{fmt0}"]

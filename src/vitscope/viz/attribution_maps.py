@@ -20,7 +20,8 @@ def plot_ranking(table, title: str | None = None):
     vals = table.pivot_table(index="method", columns="metric", values="value", aggfunc="first")[metrics]
     order = ranks.mean(axis=1).sort_values().index
     ranks, vals = ranks.loc[order], vals.loc[order]
-    fig, ax = plt.subplots(figsize=(1.15 * len(metrics) + 2.6, 0.34 * len(order) + 1.4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(max(4.8, 1.15 * len(metrics) + 2.6), 0.34 * len(order) + 1.4),
+                           layout="constrained")                       # at least the width of a two-line title
     im = ax.imshow(ranks.to_numpy(float), cmap="viridis_r", aspect="auto")
     for i in range(len(order)):
         for j in range(len(metrics)):
@@ -49,8 +50,8 @@ def plot_examples(examples: dict, title: str | None = None, max_images: int = 4)
 
     methods = list(examples["maps"])
     n = min(max_images, examples["images"].shape[0])
-    fig, axes = plt.subplots(n, len(methods) + 1, figsize=(1.35 * (len(methods) + 1), 1.4 * n + 0.4),
-                             layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(n, len(methods) + 1, figsize=(max(4.6, 1.35 * (len(methods) + 1)), 1.4 * n + 0.4),
+                             layout="constrained", squeeze=False)           # at least the width of a two-line title
     for i in range(n):
         img = _show_image(examples["images"][i], examples.get("mean"), examples.get("std"))
         axes[i, 0].imshow(img)
@@ -100,7 +101,8 @@ def plot_curves(curves: dict, title: str | None = None):
 
     kinds = [k for k in ("deletion", "insertion", "road_morf", "road_lerf") if any(c == k for _, c in curves)]
     methods = list(dict.fromkeys(m for m, _ in curves))
-    fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3.2), layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(max(4.6, 3.2 * len(kinds)), 3.2), layout="constrained",
+                             squeeze=False)                                  # at least the width of a two-line title
     cmap = plt.get_cmap("tab20")
     for ax, k in zip(axes[0], kinds):
         for i, m in enumerate(methods):

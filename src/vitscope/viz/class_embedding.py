@@ -152,17 +152,19 @@ def plot_memories(rows, title: str | None = None):
 
 
 def plot_perturbation(rows, title: str | None = None, order: Sequence[str] = ("none", "self_only", "no_cls",
-                                                                              "no_context", "no_class")):
+                                                                              "no_context", "no_class"),
+                      chance: float | None = None):
     """Share of identifiable tokens at the last block, unperturbed and under each perturbation (bars); for token
-    dropping, the unperturbed share of the same kind of patches is drawn as a grey tick."""
+    dropping, the unperturbed share of the same kind of patches is drawn as a grey tick. ``chance`` (in %, 100 / C:
+    a token is identifiable when its true class ranks first of C): a dashed grey line labelled "chance"."""
     import matplotlib.pyplot as plt
 
     df = _df(rows)
     df = df[df["metric"] == "identifiable_rate"]
     models = list(dict.fromkeys(df["model"]))
     kinds = [k for k in order if k in set(df["perturbation"])]
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(kinds) * max(1, len(models)) ** 0.5, 3.2),
-                           layout="constrained")
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 1.1 * len(kinds) * max(1, len(models)) ** 0.5), 3.2),
+                           layout="constrained")                       # at least the width of a two-line title
     w = 0.8 / max(len(models), 1)
     for j, name in enumerate(models):
         part = df[df["model"] == name].set_index("perturbation")
@@ -176,6 +178,8 @@ def plot_perturbation(rows, title: str | None = None, order: Sequence[str] = ("n
             for x, k in zip(xs, kinds):
                 if k in part.index and np.isfinite(part.loc[k, "baseline"]):
                     ax.hlines(100 * part.loc[k, "baseline"], x - w * 0.45, x + w * 0.45, color="k", lw=2)
+    if chance is not None:
+        ax.axhline(float(chance), color="grey", lw=0.9, ls="--", zorder=0, label=f"chance ({float(chance):.3g})")
     ax.set_xticks(np.arange(len(kinds)), [k.replace("_", " ") for k in kinds], fontsize=8)
     ax.set_ylabel("% identifiable tokens (last block)")
     ax.set_ylim(0, 105)

@@ -9,16 +9,19 @@ from __future__ import annotations
 import numpy as np
 
 
-def plot_probe_gains(table, title: str | None = None, ylabel: str = "gain over the last-layer probe (points)"):
+def plot_probe_gains(table, title: str | None = None, ylabel: str = "gain over the last-layer probe (points)",
+                     data: str | None = None, n_images: int | None = None):
     """Grouped bars: one group per model, one bar per experiment (``task``), mean over datasets.
 
     ``table``: rows with ``model``, ``task`` (the experiment), ``dataset`` and ``value`` (the gain). With several
-    datasets, each dataset's gain is drawn as a dot on its bar.
+    datasets, each dataset's gain is drawn as a dot on its bar. ``data``, ``n_images``: the title's context line
+    (:mod:`vitscope.viz.titles`).
     """
     import matplotlib.pyplot as plt
     import pandas as pd
 
     from vitscope.viz.style import bar_hatch, distinct_colours, legend_outside
+    from vitscope.viz.titles import context_title
 
     df = table if isinstance(table, pd.DataFrame) else pd.DataFrame(list(table))
     missing = {"model", "task", "value"} - set(df.columns)
@@ -52,13 +55,15 @@ def plot_probe_gains(table, title: str | None = None, ylabel: str = "gain over t
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
     legend_outside(ax, title="experiment")
+    title = context_title(title, data, n_images)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
     return fig
 
 
-def plot_identifiability(table, title: str | None = None, chance: float | None = 0.5):
-    """Identifiability score per block, one line per model (random twins dashed), with the chance level."""
+def plot_identifiability(table, title: str | None = None, chance: float | None = 0.5, **context):
+    """Identifiability score per block, one line per model (random twins dashed), with the chance level;
+    ``context``: ``data``, ``n_images``, ``tokens`` for the title's second line."""
     from vitscope.viz.per_block import plot_metric_per_block
 
-    return plot_metric_per_block(table, title=title, ylabel="class identifiability score", chance=chance)
+    return plot_metric_per_block(table, title=title, ylabel="class identifiability score", chance=chance, **context)

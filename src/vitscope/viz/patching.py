@@ -93,7 +93,7 @@ def plot_head_effects(values: np.ndarray, blocks: Sequence[int], title: str | No
     """A block x head grid (L, H) (``columns`` names the columns, e.g. heads and "MLP")."""
     v = np.asarray(values, float)
     L, H = v.shape
-    fig, axes = subplots(1, 1, figsize=(1.6 + 0.42 * H, 1.0 + 0.36 * L))
+    fig, axes = subplots(1, 1, figsize=(max(4.6, 1.6 + 0.42 * H), 1.0 + 0.36 * L))   # room for a two-line title
     ax = axes[0, 0]
     vmax = _vmax(v)
     im = ax.imshow(v, cmap=CMAP if symmetric else "viridis", vmin=-vmax if symmetric else None,
@@ -137,7 +137,7 @@ def plot_pattern_effects(values: np.ndarray, blocks: Sequence[int], token_names:
 def plot_agreement(points: Mapping[str, tuple[np.ndarray, np.ndarray, float]], title: str | None = None):
     """Attribution estimate against the real patching effect, one panel per grid: ``{name: (real, estimate, r)}``."""
     n = len(points)
-    fig, axes = subplots(1, n, figsize=(3.1 * n, 3.0))
+    fig, axes = subplots(1, n, figsize=(max(4.6, 3.1 * n), 3.0))      # at least the width of a two-line title
     for ax, (name, (x, y, r)) in zip(axes[0], points.items()):
         ax.scatter(x, y, s=6, alpha=0.6)
         lo = float(np.nanmin([np.nanmin(x), np.nanmin(y)]))
@@ -152,9 +152,10 @@ def plot_agreement(points: Mapping[str, tuple[np.ndarray, np.ndarray, float]], t
     return fig
 
 
-def plot_pruning(curve, title: str | None = None):
+def plot_pruning(curve, title: str | None = None, chance: float | None = None):
     """Accuracy (%) and mean true-class logit against the number of heads pruned (``curve``: rows with
-    ``n_pruned``, ``metric`` in ("accuracy", "logit"), ``value``; one line per model)."""
+    ``n_pruned``, ``metric`` in ("accuracy", "logit"), ``value``; one line per model). ``chance`` (%, 100 / C): a
+    dashed grey line labelled "chance" on the accuracy panel."""
     import pandas as pd
 
     df = curve if isinstance(curve, pd.DataFrame) else pd.DataFrame(list(curve))
@@ -163,6 +164,13 @@ def plot_pruning(curve, title: str | None = None):
         for model, sub in df[df["metric"] == metric].groupby("model", sort=False):
             sub = sub.sort_values("n_pruned")
             ax.plot(sub["n_pruned"], sub["value"], marker=".", label=str(model))
+        if metric == "accuracy":                    # a percentage on 0-100, so that small changes look small
+            vals = df[df["metric"] == "accuracy"]["value"].to_numpy(dtype=float)
+            ax.set_ylim(min(0.0, *vals), max(100.0, *vals))
+            if chance is not None:
+                ax.axhline(float(chance), color="grey", lw=0.9, ls="--", zorder=1,
+                           label=f"chance ({float(chance):.3g})")
+                ax.legend(fontsize=7)
         ax.set_xlabel("heads pruned")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

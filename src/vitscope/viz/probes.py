@@ -66,5 +66,5 @@ def plot_gains(gain_table, runs: Sequence[str] | None = None, title: str | None 
     legend_outside(ax, title="run")
     ax.grid(axis="y", alpha=0.3)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
     return fig

@@ -15,12 +15,12 @@ def _auc_text(aucs, order: str, direction: str) -> str:
     return f"{aucs[(order, direction, 'auc_seed')]:.3f} | {aucs[(order, direction, 'auc_trapezoid')]:.3f}"
 
 
-def plot_removal_curves(curves, title: str | None = None):
+def plot_removal_curves(curves, title: str | None = None, chance: float | None = None):
     """Accuracy against the fraction of patch tokens removed: ``negative`` (least important first) and
     ``positive`` (most important first) side by side, one line per order; random orders in both panels, their
     mean as a line and their range shaded. ``curves``: a :class:`~vitscope.analysis.class_embedding.removal.
     RemovalCurves`. The legend gives each curve's two AUCs: the seed's (normalised by the curve's maximum) and
-    the trapezoid."""
+    the trapezoid. ``chance`` (1 / C): a dashed grey line labelled "chance"."""
     import matplotlib.pyplot as plt
 
     x = curves.fraction
@@ -38,6 +38,8 @@ def plot_removal_curves(curves, title: str | None = None):
             ax.fill_between(x, per.min(0), per.max(0), color=ORDER_COLOURS["random"], alpha=0.2, lw=0)
             ax.plot(x, per.mean(0), ls="--", color=ORDER_COLOURS["random"],
                     label=f"random ({len(per)} orders): {_auc_text(aucs, 'random', 'both')}")
+        if chance is not None:
+            ax.axhline(float(chance), color="grey", lw=0.9, ls=":", zorder=1, label=f"chance ({float(chance):.3g})")
         ax.set_title(f"{direction}: {what} important removed first", fontsize=10)
         ax.set_xlabel("fraction of patch tokens removed")
         ax.grid(alpha=0.3)
@@ -74,14 +76,16 @@ def save_removal_curves(curves, stem: str | Path, formats: Sequence[str] = ("png
 
 
 def plot_token_probe_accuracy(accuracy: np.ndarray, tokens: Sequence[str], title: str | None = None,
-                              blocks: Sequence[int] | None = None, label: str = "accuracy"):
-    """Heat map of a per-token probe metric, blocks x token positions (NaN where a token is absent)."""
+                              blocks: Sequence[int] | None = None, label: str = "accuracy",
+                              chance: float | None = None):
+    """Heat map of a per-token probe metric, blocks x token positions (NaN where a token is absent); ``chance``
+    (1 / C for accuracy) is marked on the colour bar by a dashed line labelled "chance"."""
     import matplotlib.pyplot as plt
 
     a = np.asarray(accuracy, float)
     L, T = a.shape
     blocks = list(blocks) if blocks is not None else list(range(L))
-    fig, ax = plt.subplots(figsize=(min(2.0 + 0.13 * T, 14.0), 1.2 + 0.32 * L), layout="constrained")
+    fig, ax = plt.subplots(figsize=(min(max(4.6, 2.0 + 0.13 * T), 14.0), 1.2 + 0.32 * L), layout="constrained")
     im = ax.imshow(np.ma.masked_invalid(a), aspect="auto", cmap="viridis", vmin=0,
                    vmax=1 if label == "accuracy" else None, interpolation="nearest")
     ax.set_yticks(range(L), [str(b) for b in blocks])
@@ -91,7 +95,10 @@ def plot_token_probe_accuracy(accuracy: np.ndarray, tokens: Sequence[str], title
     ticks = sorted(set(range(0, T, step)) | set(special))
     ax.set_xticks(ticks, [tokens[i].replace("patch", "") for i in ticks], rotation=90, fontsize=6)
     ax.set_xlabel("token (patch index; cls, dist, reg<k> named)")
-    fig.colorbar(im, ax=ax, label=label, shrink=0.9)
+    bar = fig.colorbar(im, ax=ax, label=label, shrink=0.9)
+    if chance is not None:
+        bar.ax.axhline(float(chance), color="white", ls="--", lw=1.2, label=f"chance ({float(chance):.3g})")
+        bar.ax.axhline(float(chance), color="black", ls=":", lw=1.2)
     if title:
-        ax.set_title(title, fontsize=10)
+        fig.suptitle(title, fontsize=10)             # centred on the figure: the colour bar narrows the axes
     return fig

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from vitscope.viz.titles import context_title
 
-def plot_density(density: dict[str, np.ndarray], bins: int = 30):
-    """Histogram of log10 latent firing frequency, one line per SAE (dead latents counted in the title)."""
+
+def plot_density(density: dict[str, np.ndarray], bins: int = 30, data: str | None = None,
+                 n_images: int | None = None, tokens: str | None = None):
+    """Histogram of log10 latent firing frequency, one line per SAE (dead latents counted in the title); ``data``,
+    ``n_images``, ``tokens``: the title's context line (:mod:`vitscope.viz.titles`)."""
     import matplotlib.pyplot as plt
 
     from vitscope.analysis.sae.metrics import density_histogram
@@ -19,15 +23,17 @@ def plot_density(density: dict[str, np.ndarray], bins: int = 30):
         dead.append(int((np.asarray(d) == 0).sum()))
     ax.set_xlabel("log10 firing frequency")
     ax.set_ylabel("latents")
-    ax.set_title(f"latent density (dead: {', '.join(map(str, dead))})")
+    ax.set_title(context_title(f"latent density (dead: {', '.join(map(str, dead))})", data, n_images, tokens),
+                 fontsize=10)
     if len(density) <= 8:
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def plot_sparsity_fidelity(table):
-    """FVU against L0, one point per SAE (the sparsity / reconstruction trade-off)."""
+def plot_sparsity_fidelity(table, data: str | None = None, n_images: int | None = None, tokens: str | None = None):
+    """FVU against L0, one point per SAE (the sparsity / reconstruction trade-off); ``data``, ``n_images``,
+    ``tokens``: the title's context line."""
     import matplotlib.pyplot as plt
 
     w = table.pivot_table(index="sae", columns="metric", values="value", aggfunc="first")
@@ -39,13 +45,14 @@ def plot_sparsity_fidelity(table):
     ax.set_xlabel("L0 (active latents per token)")
     ax.set_ylabel("FVU")
     ax.set_xscale("log")
-    ax.set_title("sparsity vs reconstruction")
+    ax.set_title(context_title("sparsity vs reconstruction", data, n_images, tokens), fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def plot_factors(rows):
-    """Per generating factor: the best unit's AUROC (best concept of the factor) for each basis."""
+def plot_factors(rows, data: str | None = None, n_images: int | None = None, tokens: str | None = None):
+    """Per generating factor: the best unit's AUROC (best concept of the factor) for each basis (the axis starts at
+    0.5, an AUROC's chance level); ``data``, ``n_images``, ``tokens``: the title's context line."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
@@ -61,7 +68,8 @@ def plot_factors(rows):
     ax.set_xticks(x, g.index, rotation=20)
     ax.set_ylim(0.5, 1.0)
     ax.set_ylabel("best-unit AUROC")
-    ax.set_title("best unit per generating factor (AUROC, mean over its values)", fontsize=10)
+    ax.set_title(context_title("best unit per generating factor (AUROC, mean over its values)", data, n_images,
+                               tokens), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from vitscope.analysis.api import Result, tidy_table
+from vitscope.analysis.api import Result, data_label, tidy_table
 from vitscope.analysis.attribution_maps.explain import FAMILIES, METHODS, explain
 from vitscope.analysis.attribution_maps.metrics import (
     curve_auc, energy_pointing_game, map_auroc, map_iou, pointing_game, road, token_removal,
@@ -180,8 +180,9 @@ def evaluate(models, data=None, options: ExplainOptions | None = None, **overrid
               "curves": {k: (f, np.concatenate(v, axis=1)) for k, (f, v) in curves_all.items()},
               "examples": examples}
     summary = _summary(rows, len(methods), n_seen, has_masks)
+    context = {"data": None if isinstance(data, tuple) else data_label(data) or dataset, "n_images": n_seen}
     return Result("attribution-maps", table, summary, opts, arrays=arrays,
-                  meta={"n_images": n_seen, "has_masks": has_masks}, draw=_draw)
+                  meta={"n_images": n_seen, "has_masks": has_masks, "context": context}, draw=_draw)
 
 
 def _sanity_rows(model, label, sanity_x, opts) -> list[dict]:
@@ -241,16 +242,19 @@ def _draw(result: Result) -> dict:
         sub = ranked[ranked["model"] == model]
         tag = "" if t["model"].nunique() == 1 else f"_{_slug(model)}"
         if len(sub):
-            figs[f"attribution_ranking{tag}"] = (plot_ranking(sub, title=f"attribution maps: {model}"), sub)
+            figs[f"attribution_ranking{tag}"] = (plot_ranking(sub, title=result.titled(f"attribution maps: {model}")),
+                                                 sub)
         ex = result.arrays.get("examples", {}).get(model)
-        if ex:
-            figs[f"attribution_examples{tag}"] = plot_examples(ex, title=f"{model}")
+        if ex:                                                   # a few of the images: the data named, not counted
+            figs[f"attribution_examples{tag}"] = plot_examples(ex, title=result.titled(f"{model}", n_images=None))
         cur = {k[1:]: v for k, v in result.arrays.get("curves", {}).items() if k[0] == model}
         if cur:
-            figs[f"attribution_curves{tag}"] = plot_curves(cur, title=f"{model}")
+            figs[f"attribution_curves{tag}"] = plot_curves(cur, title=result.titled(f"{model}"))
         san = t[(t["metric"] == "sanity_spearman") & (t["model"] == model)]
         if len(san):
-            figs[f"attribution_sanity{tag}"] = (plot_sanity(san, title=f"cascading randomisation: {model}"), san)
+            n = min(result.options.sanity_images, result.meta["n_images"])
+            figs[f"attribution_sanity{tag}"] = (plot_sanity(san, title=result.titled(
+                f"cascading randomisation: {model}", n_images=n)), san)
     return figs
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vitscope.analysis.api import Result, tidy_table
+from vitscope.analysis.api import Result, data_label, tidy_table
 from vitscope.analysis.class_embedding.inputs import ClassSpaceOptions
 from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings, check_targets, resolve_class_embeddings
 
@@ -179,7 +179,7 @@ def evaluate(models, data=None, options: AttributionOptions | None = None, **ove
     from vitscope.features.access import resolve_blocks
 
     opts = I.options_of(AttributionOptions, options, overrides)
-    rows, summary, ds = [], [], None
+    rows, summary, ds, counts = [], [], None, {}
     for label, model in I.as_models(models).items():
         emb = I.class_embeddings(model, label, opts)
         ds = I.labelled_dataset(data, model, opts)
@@ -191,12 +191,14 @@ def evaluate(models, data=None, options: AttributionOptions | None = None, **ove
         mine = [dict(model=r["model"], block=r["block"], task="attribution", metric=r["metric"], value=r["value"],
                      head=r["head"], tokens=r["tokens"], n_images=acc.n_images) for r in acc.rows(label)]
         rows += mine
+        counts[label] = acc.n_images
         group = "cls" if any(r["tokens"] == "cls" for r in mine) else "patches"
         top = max((r for r in mine if r["tokens"] == group and r["value"] == r["value"]), key=lambda r: r["value"])
         summary.append(f"{label}: largest direct share block {top['block']} head {top['head']} "
                        f"({top['value']:.3f} at {top['tokens']}) over {acc.n_images} images")
     table = tidy_table(rows, "attribution", opts, dataset=getattr(ds, "description", None))
-    return Result("attribution", table, "; ".join(summary), opts, meta={"dataset": ds}, draw=_draw)
+    return Result("attribution", table, "; ".join(summary), opts, draw=_draw,
+                  meta={"dataset": ds, "context": {"data": data_label(data) or data_label(ds), "n_images": counts}})
 
 
 def _draw(result: Result) -> dict:
@@ -204,5 +206,6 @@ def _draw(result: Result) -> dict:
     from vitscope.viz.logit_attribution import plot_head_attribution
 
     return {f"{slug(label)}/head_attribution": (
-        plot_head_attribution(part, tokens="all", title=f"{label}: direct true-class logit per head"), part)
+        plot_head_attribution(part, tokens="all", title=result.titled(f"{label}: direct true-class logit per head",
+                                                                      label)), part)
         for label, part in result.table.groupby("model", sort=False)}

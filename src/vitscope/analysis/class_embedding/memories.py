@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vitscope.analysis.api import Result, tidy_table
+from vitscope.analysis.api import Result, data_label, tidy_table
 from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings
 from vitscope.analysis.class_embedding.inputs import ClassSpaceOptions
 from vitscope.analysis.class_embedding.metrics import wilcoxon_greater
@@ -272,7 +272,7 @@ def evaluate(models, data=None, options: MemoriesOptions | None = None, *, rando
     from vitscope.runtime import random_twin
 
     opts = I.options_of(MemoriesOptions, options, overrides)
-    rows, summary, ds = [], [], None
+    rows, summary, ds, counts = [], [], None, {}
     for label, model in I.as_models(models).items():
         emb = I.class_embeddings(model, label, opts)
         ds = I.labelled_dataset(data, model, opts)
@@ -280,15 +280,18 @@ def evaluate(models, data=None, options: MemoriesOptions | None = None, *, rando
         twin = (random_models or {}).get(label) or random_twin(model, opts.seed)
         mine = class_value_rows(model, twin, emb, emb, model_name=label)
         acc = MemoryAgreement(model, emb, k=opts.k, seed=opts.seed)
+        counts[label] = 0
         for images, labels, _, _ in I.labelled_batches([model], ds, opts):
             acc.update(images[0], labels)
+            counts[label] += len(labels)
         mine += acc.result().rows(label, opts.permutations, opts.seed)
         rows += mine
         last = [r for r in mine if r["metric"] == "class_value_agreement" and r["block"] == model.cfg.depth - 1]
         summary.append(f"{label}: last-block class-value agreement " + ", ".join(
             f"{r['kind']} {r['value']:.2f} (random {r.get('random', float('nan')):.2f})" for r in last))
     table = tidy_table(rows, "memories", opts, dataset=getattr(ds, "description", None))
-    return Result("memories", table, "; ".join(summary), opts, meta={"dataset": ds}, draw=_draw)
+    return Result("memories", table, "; ".join(summary), opts, draw=_draw,
+                  meta={"dataset": ds, "context": {"data": data_label(data) or data_label(ds), "n_images": counts}})
 
 
 def _draw(result: Result) -> dict:
@@ -296,5 +299,5 @@ def _draw(result: Result) -> dict:
     from vitscope.viz.class_embedding import plot_memories
 
     t = result.table
-    return {f"{slug(label)}/memories": (plot_memories(part, title=f"{label}: memories"), part)
+    return {f"{slug(label)}/memories": (plot_memories(part, title=result.titled(f"{label}: memories", label)), part)
             for label, part in t.groupby("model", sort=False)}

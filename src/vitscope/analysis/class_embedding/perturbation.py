@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vitscope.analysis.api import OptionError, Result, tidy_table
+from vitscope.analysis.api import OptionError, Result, data_label, tidy_table
 from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings
 from vitscope.analysis.class_embedding.inputs import MASK_RULES, ClassSpaceOptions
 from vitscope.analysis.class_embedding.metrics import class_rank
@@ -223,9 +223,10 @@ def evaluate(models, data=None, options: PerturbationOptions | None = None, **ov
 
     opts = I.options_of(PerturbationOptions, options, overrides)
     kinds = ["none", *opts.attention]
-    rows, summary, notes, ds = [], [], [], None
+    rows, summary, notes, ds, classes = [], [], [], None, {}
     for label, model in I.as_models(models).items():
         emb = I.class_embeddings(model, label, opts)
+        classes[label] = emb.num_classes if emb is not None else model.cfg.num_classes
         ds = I.labelled_dataset(data, model, opts)
         I.check_classes(model, ds, emb, names_given=opts.class_index is not None)
         blk = None if opts.blocks is None else resolve_blocks(model, opts.blocks, "mean")
@@ -243,15 +244,18 @@ def evaluate(models, data=None, options: PerturbationOptions | None = None, **ov
         rate = {r["perturbation"]: r["value"] for r in mine if r["metric"] == "identifiable_rate"}
         summary.append(f"{label}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in rate.items()))
     table = tidy_table(rows, "perturbation", opts, dataset=getattr(ds, "description", None))
+    counts = {r["model"]: r["n_images"] for r in rows if r.get("perturbation") == "none"}
     return Result("perturbation", table, "identifiable tokens at the last block: " + "; ".join(summary), opts,
-                  meta={"dataset": ds, "notes": notes}, draw=_draw)
+                  meta={"dataset": ds, "notes": notes, "num_classes": classes,
+                        "context": {"data": data_label(data) or data_label(ds), "n_images": counts}}, draw=_draw)
 
 
 def _draw(result: Result) -> dict:
     from vitscope.runtime import slug
     from vitscope.viz.class_embedding import plot_perturbation
 
-    tokens = result.options.tokens
-    return {f"{slug(label)}/perturbation": (plot_perturbation(part, title=f"{label}: identifiable tokens ({tokens})"),
-                                            part)
+    tokens, classes = result.options.tokens, result.meta.get("num_classes", {})
+    return {f"{slug(label)}/perturbation": (plot_perturbation(
+        part, title=result.titled(f"{label}: identifiable tokens ({tokens})", label),
+        chance=100 / classes[label] if classes.get(label) else None), part)
             for label, part in result.table.groupby("model", sort=False)}

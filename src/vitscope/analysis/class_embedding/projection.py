@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitscope.analysis.api import OptionError, Result, tidy_table
+from vitscope.analysis.api import OptionError, Result, data_label, tidy_table
 from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings, ClassProjection  # noqa: F401
 from vitscope.analysis.class_embedding.inputs import MASK_RULES, ClassSpaceOptions
 from vitscope.analysis.class_embedding.metrics import class_rank
@@ -569,8 +569,11 @@ def evaluate(models, data=None, options: LogitLensOptions | None = None, *, rand
                        f"{'' if emb is None else 'of the class embeddings '}{100 * res.accuracy:.1f}% over "
                        f"{res.n_images} images")
     table = tidy_table(rows, ANALYSIS, opts, dataset=getattr(ds, "description", None))
+    context = {"data": data_label(data) or data_label(ds), "n_images": {k: r.n_images for k, (r, _) in
+                                                                         lenses_out.items()}}
     return Result(ANALYSIS, table, "; ".join(summary), opts,
-                  meta={"lens": lenses_out, "site": sites_shown, "notes": notes, "dataset": ds}, draw=_draw)
+                  meta={"lens": lenses_out, "site": sites_shown, "notes": notes, "dataset": ds, "context": context},
+                  draw=_draw)
 
 
 def _draw(result: Result) -> dict:
@@ -586,18 +589,17 @@ def _draw(result: Result) -> dict:
         sub = slug(label)
         evo = mine[(mine["metric"] == "identifiability") & (mine["site"] == result.meta["site"][label])]
         figs[f"{sub}/identifiability_evolution"] = (V.plot_identifiability_evolution(
-            evo, res.num_classes, title=f"{label}: class identifiability"), evo)
+            evo, res.num_classes, title=result.titled(f"{label}: class identifiability", label)), evo)
         if "resid" in res.sites:
             change = mine[mine["metric"].isin(("block_change", "attn_change", "mlp_change"))]
-            figs[f"{sub}/change_rates"] = (V.plot_change_rates(change,
-                                                               title=f"{label}: change rates"), change)
+            figs[f"{sub}/change_rates"] = (V.plot_change_rates(change, title=result.titled(f"{label}: change rates",
+                                                                                           label)), change)
             match = mine[mine["metric"].str.startswith(("match_", "composition"))]
             if len(match):
-                figs[f"{sub}/residual_match"] = (V.plot_residual_match(match,
-                                                                       title=f"{label}: residual match"), match)
+                figs[f"{sub}/residual_match"] = (V.plot_residual_match(
+                    match, title=result.titled(f"{label}: residual match", label)), match)
         ctx = mine[mine["metric"].str.startswith("class_minus_context")]
         if len(ctx):
-            figs[f"{sub}/class_context"] = (V.plot_class_context(ctx,
-                                                                 title=f"{label}: class- vs context-labelled tokens"),
-                                            ctx)
+            figs[f"{sub}/class_context"] = (V.plot_class_context(
+                ctx, title=result.titled(f"{label}: class- vs context-labelled tokens", label)), ctx)
     return figs

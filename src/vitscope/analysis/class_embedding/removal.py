@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitscope.analysis.api import Options, OptionError, Result, tidy_table
+from vitscope.analysis.api import Options, OptionError, Result, data_label, tidy_table
 
 from vitscope.analysis.class_embedding.importance import (
     IMPORTANCE_METHODS, check_classifier, check_labels, importance, importance_order, random_orders,
@@ -414,8 +414,11 @@ def evaluate(models, data=None, options: RemovalOptions | None = None, *, probe_
     for col in ("removed", "n_images", "n_patches"):            # integers, missing on the other kind of row
         if col in table:
             table[col] = table[col].astype("Int64")
+    context = {"data": data_label(data) or data_label(ds), "n_images": {k: c.n_images for k, c in curves.items()}}
     return Result("removal", table, "removal curves (seed AUC negative/positive): " + "; ".join(summary), opts,
-                  arrays=arrays, meta={"curves": curves, "work": work, "dataset": ds}, draw=_draw)
+                  arrays=arrays, meta={"curves": curves, "work": work, "dataset": ds, "context": context,
+                                       "num_classes": {k: m.cfg.num_classes for k, m in items.items()}},
+                  draw=_draw)
 
 
 def _draw(result: Result) -> dict:
@@ -428,7 +431,9 @@ def _draw(result: Result) -> dict:
         shown = result.table[(result.table["model"] == label) & (result.table["metric"] != "accuracy")]
         arrays, info = removal_figure_files(res, {"model": label, "orders": list(result.options.orders),
                                                   "step": result.options.step})
-        figs[f"removal_{slug(label)}"] = (plot_removal_curves(res, title=f"{label}: token removal ({res.n_images} "
-                                                                         "images)"),
+        C = result.meta.get("num_classes", {}).get(label)
+        figs[f"removal_{slug(label)}"] = (plot_removal_curves(res, title=result.titled(f"{label}: token removal",
+                                                                                       label),
+                                                              chance=1 / C if C else None),
                                           shown, {"arrays": arrays, "meta": info})
     return figs

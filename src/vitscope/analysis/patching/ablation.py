@@ -339,7 +339,7 @@ def evaluate(models, data=None, options: AblateOptions | None = None, **override
     opts = (options or AblateOptions()).replace(**overrides) if overrides else (options or AblateOptions())
     if data is None:
         raise ValueError("ablations need images: a labelled dataset (spec) or a tensor of images")
-    rows, curves, desc = [], {}, None
+    rows, curves, desc, counts, pruned, classes = [], {}, None, {}, {}, {}
     for label, model in model_items(models).items():
         if opts.device is not None:
             model = model.to(opts.device)
@@ -356,6 +356,7 @@ def evaluate(models, data=None, options: AblateOptions | None = None, **override
                                     opts.batch_size)
         if opts.method == "resample" and x.shape[0] < 2:
             raise ValueError(f"resample ablation needs at least two images, got {x.shape[0]}")
+        counts[label], classes[label] = int(x.shape[0]), model.cfg.num_classes
         for r in ablate_components(model, x, y, opts.method, opts.components, blocks, means, opts.seed,
                                    opts.batch_size, opts.progress):
             rows.append({"model": label, "method": opts.method, "n_images": int(x.shape[0]), **r})
@@ -363,11 +364,13 @@ def evaluate(models, data=None, options: AblateOptions | None = None, **override
             k = min(opts.prune_images, x.shape[0])
             curve = prune_heads(model, x[:k], y[:k], opts.method, means, opts.prune_step, opts.seed,
                                 opts.batch_size, opts.progress)
-            curves[label] = curve
+            curves[label], pruned[label] = curve, k
             rows += [{"model": label, "method": opts.method, "n_images": k, "block": None,
                       **{**c, "metric": f"pruned_{c['metric']}"}} for c in curve]
     table = tidy_table(rows, "ablation", opts, dataset=desc)
-    return Result("ablation", table, _summary(table, opts), opts, meta={"curves": curves}, draw=_draw)
+    context = {"data": data if isinstance(data, str) else None if desc == "tensor" else desc, "n_images": counts}
+    return Result("ablation", table, _summary(table, opts), opts, draw=_draw,
+                  meta={"curves": curves, "context": context, "num_classes": classes, "pruned_images": pruned})
 
 
 def _summary(table, opts: AblateOptions) -> str:
@@ -412,13 +415,18 @@ def _draw(result: Result) -> dict:
             grid, blocks, cols = ablation_grid(t, model, metric)
             if not grid.size:
                 continue
-            fig = plot_head_effects(grid, blocks, title=f"{model}: {result.options.method} ablation, {label}",
+            fig = plot_head_effects(grid, blocks, title=result.titled(f"{model}: {result.options.method} ablation, "
+                                                                      f"{label}", model),
                                     label=label, columns=cols, xlabel="head (and MLP)")
             figs[f"{pre}ablation_{metric}"] = (fig, t[(t["model"] == model)
                                                      & t["metric"].isin([f"head_{metric}", f"mlp_{metric}"])])
     if result.meta["curves"]:
         curve = t[t["metric"].isin(["pruned_accuracy", "pruned_logit"])].copy()
         curve["metric"] = curve["metric"].str.replace("pruned_", "", regex=False)
-        figs["ablation_pruning"] = (plot_pruning(curve, title=f"iterative head pruning "
-                                                              f"({result.options.method} ablation)"), curve)
+        pruned, classes = (set(result.meta.get(k, {}).values()) for k in ("pruned_images", "num_classes"))
+        C = classes.pop() if len(classes) == 1 else None
+        figs["ablation_pruning"] = (plot_pruning(
+            curve, title=result.titled(f"iterative head pruning ({result.options.method} ablation)",
+                                       n_images=pruned.pop() if len(pruned) == 1 else None),
+            chance=100 / C if C else None), curve)
     return figs

@@ -145,7 +145,8 @@ def evaluate(models, data=None, options: PatchOptions | None = None, **overrides
     first = next(iter(pairs_of.values()))
     table = tidy_table(rows, "patching", opts, dataset=first.description)
     return Result("patching", table, _summary(grids, first, opts), opts,
-                  meta={"grids": grids, "pairs": pairs_of, "models": items}, draw=_draw)
+                  meta={"grids": grids, "pairs": pairs_of, "models": items,
+                        "context": {"data": first.description or None}}, draw=_draw)   # the title counts the pairs
 
 
 def _summary(grids: dict, pairs, opts: PatchOptions) -> str:
@@ -186,7 +187,7 @@ def _draw(result: Result) -> dict:
                       & (t["site"] == grid.site)]
             name = f"{pre}patching_{'path' if method == 'path' else grid.site}" + \
                 ("_attribution" if method == "attribution" else "")
-            figs[name] = (draw_grid(grid, model, pairs, title=_title(label, grid, pairs)), shown)
+            figs[name] = (draw_grid(grid, model, pairs, title=result.titled(_title(label, grid, pairs))), shown)
         if len(g) == 2:
             a, e = g["activation"], g["attribution"]
             r = t[(t["model"] == label) & (t["metric"] == "agreement_r")]
@@ -195,8 +196,8 @@ def _draw(result: Result) -> dict:
                             np.concatenate([e.effect(b) for b in e.blocks]), overall)}
             from vitscope.viz.patching import plot_agreement
 
-            figs[f"{pre}patching_{a.site}_agreement"] = (plot_agreement(pts, title=f"{label}: attribution vs "
-                                                                                  "activation patching"), r)
+            figs[f"{pre}patching_{a.site}_agreement"] = (plot_agreement(pts, title=result.titled(
+                f"{label}: attribution vs activation patching ({len(pairs)} pairs)")), r)
     return figs
 
 

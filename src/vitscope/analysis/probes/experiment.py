@@ -33,6 +33,9 @@ class ProbeRun:
     per_layer: list[dict] = field(default_factory=list)          # model, block, task, metric, value, input
     classes: list[str] = field(default_factory=list)
     depth: int = 0
+    num_classes: int | None = None                               # C of the probes (chance: 1 / C)
+    n_train: int | None = None                                   # images the probes were trained / tested on
+    n_test: int | None = None
 
 
 def experiment_name(spec: str, reductions: tuple[str, ...]) -> str:
@@ -106,6 +109,7 @@ def probe_store(train_store, test_store=None, experiments=("last", "all"), probe
         fte, yte = load_inputs(test_store, inputs, rows=te_rows, **load)
         check_pair(ftr, fte, inputs)
         check_labels(ytr, yte, train_store.classes)
+        run.n_train, run.n_test = len(ytr), len(yte)
         return ftr, ytr, fte, yte
 
     C = None
@@ -181,6 +185,7 @@ def probe_store(train_store, test_store=None, experiments=("last", "all"), probe
                 run.per_layer.append({"model": f"{model} {red}", "block": block, "task": "linear probe",
                                       "metric": f"test {metric}", "value": fit.test_metrics[metric],
                                       "input": inp.name})
+    run.num_classes = C
     return run
 
 
@@ -359,13 +364,14 @@ def evaluate(stores, test=None, options: ProbeOptions | None = None, **overrides
                     f"({best[0][0]}:{best[0][1]})")
     if base is not None:
         summary += f", last-layer CLS linear {100 * base[0].test_metrics['balanced_top1']:.1f}%"
+    n = None if run.n_train is None else run.n_train + run.n_test
     return Result("probe", tidy_table(rows, "probe", opts, dataset=run.dataset), summary, opts,
-                  meta={"run": run, "gains": g}, draw=_draw)
+                  meta={"run": run, "gains": g, "context": {"data": run.dataset, "n_images": n}}, draw=_draw)
 
 
 def _draw(result: Result) -> dict:
     """The attention of each attentive probe over its inputs (mean and std over the test images beside it) and the
-    per-layer linear accuracy."""
+    per-layer linear accuracy (balanced top-1 as a fraction, on 0-1, with chance 1 / C)."""
     from vitscope.runtime import slug
     from vitscope.viz.per_block import plot_metric_per_block
     from vitscope.viz.probes import plot_attention_heads
@@ -378,17 +384,18 @@ def _draw(result: Result) -> dict:
         labels = [i.label for i in inputs] if len(inputs) == fit.attention.shape[-1] else None
         shown = result.table[result.table["task"] == f"{probe}:{exp}"]
         figs[f"attention_{slug(exp)}"] = (
-            plot_attention_heads(fit.attention, labels, title=f"{run.model}: attentive probe, {exp}"), shown,
+            plot_attention_heads(fit.attention, labels, title=result.titled(f"{run.model}: attentive probe, {exp}")),
+            shown,
             {"arrays": {"mean": fit.attention.mean(0), "std": fit.attention.std(0)},
              "meta": {"inputs": labels, "experiment": exp}})
     if run.per_layer:
         import pandas as pd
 
         per = pd.DataFrame(run.per_layer)
-        figs["accuracy_per_layer"] = (plot_metric_per_block(per, metric="test balanced_top1",
-                                                            title=f"{run.model}: linear probe per layer "
-                                                                  f"({run.dataset[:40]})",
-                                                            ylabel="test balanced top-1"), per)
+        figs["accuracy_per_layer"] = (plot_metric_per_block(
+            per, metric="test balanced_top1", title=f"{run.model}: linear probe per layer",
+            ylabel="test balanced top-1", chance=1 / run.num_classes if run.num_classes else None, ylim=(0.0, 1.0),
+            **result.context()), per)
     return figs
 
 

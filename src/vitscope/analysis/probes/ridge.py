@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vitscope.analysis.api import Options, OptionError, Result, tidy_table
+from vitscope.analysis.api import Options, OptionError, Result, data_label, tidy_table
 from vitscope.analysis.attention.tokens import grid_of, token_names
 
 # probe sites: the block output and the two branches as they are added to the stream (vilas2023's hs, attn, mlp)
@@ -391,8 +391,9 @@ def evaluate(models, data=None, options: TokenProbeOptions | None = None, *, tra
         cls = f", CLS {100 * res.accuracy(s0, last)[lay.cls]:.1f}%" if lay.cls is not None else ""
         summary.append(f"{label} block {last} {s0}: patch tokens {100 * patch_acc:.1f}%{cls}")
     table = tidy_table(rows, "probe_tokens", opts, dataset=getattr(te, "description", None))
+    context = {"data": data_label(data) or data_label(te), "n_images": n_test}
     return Result("probe_tokens", table, "per-token ridge probes (mean test accuracy): " + "; ".join(summary), opts,
-                  arrays=arrays, meta={"probes": fits}, draw=_draw)
+                  arrays=arrays, meta={"probes": fits, "context": context}, draw=_draw)
 
 
 def _draw(result: Result) -> dict:
@@ -407,8 +408,9 @@ def _draw(result: Result) -> dict:
             name = f"probe_tokens_{slug(label)}_{site}"
             acc = result.arrays[name]
             shown = t[(t["model"] == label) & (t["site"] == site) & (t["metric"] == "accuracy")]
-            fig = plot_token_probe_accuracy(acc, names, blocks=probes.blocks,
-                                            title=f"{label}: per-token ridge probes, {site} (test accuracy)")
+            fig = plot_token_probe_accuracy(acc, names, blocks=probes.blocks, chance=1 / probes.num_classes,
+                                            title=result.titled(f"{label}: per-token ridge probes, {site} (test "
+                                                                "accuracy)"))
             figs[name] = (fig, shown, {"arrays": {"accuracy": acc},
                                        "meta": {"model": label, "site": site, "alpha": probes.alpha,
                                                 "num_classes": probes.num_classes, "n_train": probes.n_train,

@@ -279,4 +279,7 @@ def _draw(result: Result) -> dict:
     from vitscope.viz.probes import plot_gains
 
     g = result.meta["gains"]
-    return {"gains": (plot_gains(g, result.meta["runs"], title="gain over the last-layer CLS linear probe"), g)}
+    sets = list(dict.fromkeys(g["dataset"].dropna().astype(str)))
+    where = sets[0] if len(sets) == 1 else f"mean over {len(sets)} datasets" if sets else None
+    return {"gains": (plot_gains(g, result.meta["runs"], title=result.titled(
+        "gain over the last-layer CLS linear probe", data=where)), g)}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitscope.analysis.api import Options, Result, tidy_table
+from vitscope.analysis.api import Options, Result, data_label, tidy_table
 from vitscope.analysis.sae.train import TrainOptions
 
 SPLICE_METRICS = ("top1_agreement", "kl", "accuracy", "knn_top1")
@@ -185,8 +185,11 @@ def evaluate(saes, data=None, options: SAEOptions | None = None, model=None, **o
                f"FVU {v['fvu']:.3f}")
     if "sae_top1_agreement" in v:
         summary += f", spliced top-1 agreement {100 * v['sae_top1_agreement']:.1f}%, KL {v['sae_kl']:.3f}"
+    modes = {s.cfg.tokens for s in items.values()}
+    context = {"data": data_label(data) or data_label(ds), "n_images": len(images),
+               "tokens": modes.pop() if len(modes) == 1 else None}
     return Result("sae", table, summary, opts, arrays={"density": density, "factors": factor_rows},
-                  meta={"n_images": len(images)}, draw=_draw)
+                  meta={"n_images": len(images), "context": context}, draw=_draw)
 
 
 def _draw(result: Result) -> dict:
@@ -195,12 +198,13 @@ def _draw(result: Result) -> dict:
     from vitscope.viz.sae import plot_density, plot_factors, plot_sparsity_fidelity
 
     t = result.table
-    figs = {"sae_density": plot_density(result.arrays["density"])}
+    ctx = result.context()
+    figs = {"sae_density": plot_density(result.arrays["density"], **ctx)}
     core = t[t["metric"].isin(["l0", "fvu"])]
-    figs["sae_sparsity_fidelity"] = (plot_sparsity_fidelity(core), core)
+    figs["sae_sparsity_fidelity"] = (plot_sparsity_fidelity(core, **ctx), core)
     if result.arrays.get("factors"):
         df = pd.DataFrame(result.arrays["factors"])
         first = df["sae"].iloc[0]
         shown = df[df["sae"] == first]
-        figs["sae_factors"] = (plot_factors(shown), shown)
+        figs["sae_factors"] = (plot_factors(shown, **result.context(tokens="patches")), shown)  # patch SAEs only
     return figs

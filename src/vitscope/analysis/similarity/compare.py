@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitscope.analysis.api import Result
+from vitscope.analysis.api import Result, data_label  # noqa: F401  (data_label: kept for callers)
 from vitscope.analysis.similarity.cka_core import BANDWIDTH_ALIASES, cka_matrix
 from vitscope.analysis.similarity.minibatch import MinibatchCKA
 from vitscope.analysis.similarity.rsa_core import rsa_matrix
@@ -167,19 +167,6 @@ def _is_store(x) -> bool:
 
 def _model_name(m) -> str:
     return str((getattr(m, "meta", None) or {}).get("name") or "model")
-
-
-def data_label(data) -> str | None:
-    """What a figure title says the images were: a spec string, a dataset's description or a store's folder."""
-    if data is None:
-        return None
-    if isinstance(data, str):
-        return data
-    if hasattr(data, "reductions"):
-        from pathlib import Path
-
-        return f"store {Path(str(data.path)).name}"
-    return getattr(data, "description", None)
 
 
 def n_images(ds, limit: int | None) -> int | None:

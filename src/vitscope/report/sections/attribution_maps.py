@@ -26,7 +26,7 @@ def attribution_maps_section(ctx) -> Section:
                           batch_size=n)
     result = evaluate({ctx.name: ctx.model}, (ctx.images[:n], torch.as_tensor(ctx.labels[:n]).long(), masks),
                       opts)
-    figs = result.figures()
+    figs = result.set_context(data=ctx.data_label).figures()         # images given as tensors have no name
     sec = Section()
     sec.add_text(f"{len(METHODS)} attribution methods on {n} images, explaining the true class. Deletion removes the "
                  f"most relevant patch tokens first (lower AUC is better), insertion keeps only the most relevant "

@@ -24,6 +24,7 @@ def logit_lens_section(ctx) -> Section:
     twin (stars: one-sided Wilcoxon p < 0.05), and the share of identifiable (rank-0) patch tokens."""
     from vitscope.analysis.class_embedding.projection import evaluate
     from vitscope.viz.class_embedding import plot_identifiability_evolution
+    from vitscope.viz.titles import context_title
 
     n = min(LENS_IMAGES, len(ctx.eval_labels))
     result = evaluate({ctx.name: ctx.model}, _batches(ctx, ctx.eval_images[:n], ctx.eval_labels[:n], ctx.batch_size),
@@ -35,7 +36,8 @@ def logit_lens_section(ctx) -> Section:
     rows = evo[["model", "block", "task", "metric", "value", "token", "site", "random", "p_value",
                 "significant"]].to_dict("records")
     sec = Section()
-    fig = plot_identifiability_evolution(evo, res.num_classes, title=f"{ctx.name}: {res.n_images} images")
+    fig = plot_identifiability_evolution(evo, res.num_classes, title=context_title(
+        f"{ctx.name}: class identifiability", ctx.data_label, res.n_images))
     sec.figure(ctx, fig, "evolution", "Identifiability of the true class per block; dashed: random weights.",
                meta={"rows": rows})
     sec.add_text(f"Last block: {100 * res.token_rate():.1f}% of patch tokens identify the true class "

@@ -27,7 +27,7 @@ def correspondence_section(ctx) -> Section:
     n_pairs = len(result.meta["pairs"])
     sec = Section()
     fig = plot_metric_per_block(result.table, metric="pck@0.1", ylabel="PCK@0.1 (%)",
-                                title=f"keypoint transfer, {n_pairs} synthetic pairs")
+                                title=f"keypoint transfer, {n_pairs} synthetic pairs", **result.context())
     sec.figure(ctx, fig, "pck", "PCK@0.1 per block (dashed: random weights).")
     last, matches, _ = result.arrays["matches"][ctx.name]
     fig = plot_keypoint_matches(matches, n_show=3, title=f"block {last}")

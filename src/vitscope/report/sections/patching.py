@@ -52,6 +52,7 @@ def patching_section(ctx) -> Section:
     y = torch.as_tensor(ctx.eval_labels[:N_ABLATE]).long() if ctx.has("labels") else \
         ctx.model(x.to(ctx.model.device)).argmax(-1).cpu()
     ablated = abl.evaluate({ctx.name: ctx.model}, (x, y), abl.AblateOptions(method="mean"))
+    ablated.set_context(data=ctx.data_label)                        # images given as tensors have no name
     figs = ablated.figures()
     sec.figure(ctx, figs["ablation_logit_drop"], "ablation_logit_drop",
                f"Mean ablation (per position, over the same {len(x)} images) of each head and MLP: the drop of the "

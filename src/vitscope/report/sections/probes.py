@@ -20,8 +20,10 @@ def probes_section(ctx) -> Section:
     from sklearn.model_selection import train_test_split
 
     from vitscope.analysis.probes import TrainConfig, l2_normalize, tune_attentive, tune_linear
+    from vitscope.analysis.probes.tuning import num_classes_of
     from vitscope.viz.per_block import plot_metric_per_block
     from vitscope.viz.probes import plot_attention_heads
+    from vitscope.viz.titles import context_title
 
     y = np.asarray(ctx.eval_labels)
     counts = np.bincount(y[y >= 0])
@@ -42,15 +44,18 @@ def probes_section(ctx) -> Section:
     rows = [{"model": f"{ctx.name} {r}", "block": int(b), "metric": "test balanced top-1",
              "value": f.test_metrics["balanced_top1"]} for (b, r, _), f in zip(inputs, fits)]
     sec = Section()
-    fig = plot_metric_per_block(rows, title="linear probe per block", ylabel="test balanced top-1")
-    sec.figure(ctx, fig, "probe_per_block", f"Linear probe per block ({len(tr)} train / {len(te)} test images; "
-               f"demo budget: {DEMO_STEPS} steps and a {len(DEMO_LRS) * len(DEMO_WDS)}-point grid instead of seed "
-               "000's >= 1000 steps and 21 points).")
+    where = {"data": ctx.data_label, "n_images": len(tr) + len(te)}
+    chance = 1 / num_classes_of(y[tr], y[te])                      # the probes' classes
+    fig = plot_metric_per_block(rows, title="linear probe per block", ylabel="test balanced top-1", chance=chance,
+                                ylim=(0.0, 1.0), **where)
+    sec.figure(ctx, fig, "probe_per_block", f"Linear probe per block; grey: chance ({len(tr)} train / {len(te)} test "
+               f"images; demo budget: {DEMO_STEPS} steps and a {len(DEMO_LRS) * len(DEMO_WDS)}-point grid instead of "
+               "ciernik2025's >= 1000 steps and 21 points).")
     stacked = np.stack([x for _, _, x in inputs], axis=1)                     # n, 2 * depth, D
     att = tune_attentive(stacked[tr], y[tr], stacked[te], y[te], num_heads=len(inputs), cfg=cfg, lrs=DEMO_LRS,
                          wds=DEMO_WDS, attn_drops=(0.0,))
     labels = [f"{b} {r}" for b, r, _ in inputs]
-    fig = plot_attention_heads(att.attention, labels, title="attentive probe over all blocks")
+    fig = plot_attention_heads(att.attention, labels, title=context_title("attentive probe over all blocks", **where))
     sec.figure(ctx, fig, "probe_attention", "Attentive probe over every block's CLS and patch mean: attention of "
                "its query per head (rows) and input (columns), mean and std over the test images.",
                arrays={"mean": att.attention.mean(0)})

@@ -18,6 +18,7 @@ def removal_section(ctx) -> Section:
 
     from vitscope.analysis.class_embedding.removal import default_orders, evaluate
     from vitscope.viz.removal import plot_removal_curves
+    from vitscope.viz.titles import context_title
 
     x, y = ctx.eval_images, torch.as_tensor(ctx.eval_labels).long()
     n = min(N_CURVE, len(x) // 2) if len(x) >= 4 else len(x)
@@ -38,7 +39,8 @@ def removal_section(ctx) -> Section:
         f"relevance, the per-token ridge probes' rank sum (fitted on {n_probe} "
         f"other images), and {N_RANDOM} random orders. vilas2023 reports on ViT-B/32 (seed AUC): negative 0.836 "
         f"(gradients), 0.845 (Chefer), 0.739 (linear probe), 0.716 (random); positive 0.413, 0.393, 0.683.")
-    sec.figure(ctx, plot_removal_curves(res, title=f"{ctx.title}: token removal"), "curves",
+    title = context_title(f"{ctx.title}: token removal", ctx.data_label, res.n_images)
+    sec.figure(ctx, plot_removal_curves(res, title=title, chance=1 / ctx.model.cfg.num_classes), "curves",
                "Accuracy against the fraction of patch tokens removed; the legend gives the seed's AUC (normalised "
                "by the curve's maximum) and the trapezoid AUC.",
                arrays={"removed": res.removed, **{f"{o}_{d}": a for (o, d), a in res.curves().items()}})

@@ -44,8 +44,9 @@ def retrieval_section(ctx) -> Section:
     for crop in (True, False):
         part = [r for r in rows if r["crop"] is crop]
         fig = plot_metric_per_block(part, metric="mAP_medium", ylabel="mAP, medium (%)",
-                                    title=f"retrieval, {'cropped' if crop else 'full'} queries ({n_q} queries, "
-                                          f"{n_db} images)")
+                                    title=f"retrieval, {n_q} {'cropped' if crop else 'full'} queries",
+                                    data="synthetic retrieval set", n_images=n_db,
+                                    tokens="cls" if ctx.model.cfg.class_token else "mean")
         sec.figure(ctx, fig, f"map_medium_{'crop' if crop else 'full'}", f"mAP (medium protocol) per block, queries "
                    f"{'cropped to their box' if crop else 'uncropped'}; dashed: random weights.")
     last = max(r["block"] for r in rows if r["model"] == ctx.name)

@@ -36,6 +36,7 @@ def sae_section(ctx) -> Section:
                                  sites=("resid_post",), tokens=("patches",), batch_size=ctx.batch_size, progress=False)
         saes = train_saes(store, TrainOptions(blocks=str(block), **TRAIN), provenance={"model": ctx.name})
     res = evaluate(saes, ds, SAEOptions(limit=n_eval, batch_size=ctx.batch_size), model=ctx.model)
+    res.set_context(data=ctx.data_label)
     t = res.table
     core = t[t["basis"].isna()] if "basis" in t else t
     sec = Section()

@@ -36,7 +36,8 @@ def video_segmentation_section(ctx) -> Section:
     models = {ctx.name: ctx.model, f"{ctx.name} (random)": ctx.random_model}
     result = evaluate(models, ds, DavisOptions(short_side=2 * int(ctx.model.cfg.img_size[0])))
     sec = Section()
-    fig = plot_metric_per_block(result.table, metric="J&F-Mean", title=f"J&F per block, {len(ds)} synthetic clip(s)")
+    fig = plot_metric_per_block(result.table, metric="J&F-Mean", title=f"J&F per block, {len(ds)} synthetic clip(s)",
+                                ylim=(0.0, 1.0), **result.context())                    # J&F in [0, 1]
     sec.figure(ctx, fig, "jf", "DAVIS-2017 J&F-Mean of label propagation from each block's patch tokens "
                "(dashed: random weights).")
     seq, (last, ids) = result.arrays["sequence"], result.arrays["predictions"][ctx.name]
