@@ -44,7 +44,9 @@ def plot_sparsity_fidelity(table, data: str | None = None, n_images: int | None 
     ax.margins(x=0.25, y=0.2)                          # room for the labels beside the outermost points
     ax.set_xlabel("L0 (active latents per token)")
     ax.set_ylabel("FVU")
-    ax.set_xscale("log")
+    l0 = w["l0"].to_numpy(dtype=float)
+    if l0.size and l0.min() > 0 and l0.max() / l0.min() >= 10:     # log only over a decade or more: a narrow
+        ax.set_xscale("log")                                        # log axis labels every minor tick
     ax.set_title(context_title("sparsity vs reconstruction", data, n_images, tokens), fontsize=10)
     fig.tight_layout()
     return fig
