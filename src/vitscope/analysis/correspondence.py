@@ -8,10 +8,10 @@ order on ties). A keypoint is correct when ||pred - gt|| < alpha x L, L = the lo
 letterboxed pixels; PCK is pooled over all keypoints of a category's pairs, then averaged over categories.
 
 Bilinear upsampling is linear, so the score map of a keypoint is the upsampled map of its dot products with the
-target tokens: nothing of size D x size x size is ever built. Differences from the seed's code: a keypoint on the
+target tokens: nothing of size D x size x size is ever built. Differences from walmer2023's code: a keypoint on the
 last pixel row (y >= size - 0.5) reads row size - 1 instead of failing, source keypoints outside the letterboxed
 image are left out (counted in ``n_outside``), and the pair sample is drawn per category from its own seeded
-generator, without replacement by default (``with_replacement=True``: the seed's draw).
+generator, without replacement by default (``with_replacement=True``: walmer2023's draw).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def pck(pred_kps, gt_kps, threshold_len, alpha):
 
 # ----------------------------------------------------------------------------- letterbox
 def letterbox_geometry(width: int, height: int, size: int = 224) -> tuple[float, tuple[int, int], tuple[int, int]]:
-    """(scale, (new_w, new_h), (off_x, off_y)) of the seed's letterbox: the long side becomes ``size``, the
+    """(scale, (new_w, new_h), (off_x, off_y)) of walmer2023's letterbox: the long side becomes ``size``, the
     short side round-half-even(size x short / long), centred with offset floor((size - short') / 2)."""
     scale = size / max(width, height)
     if width >= height:
@@ -117,7 +117,7 @@ def sample_pairs(pairs: Sequence, per_category: int | None = 20, seed: int = 42,
                  with_replacement: bool = False) -> list:
     """Up to ``per_category`` pairs of each category, the same whatever order the files were listed in:
     categories and their pairs are sorted by name, each category draws from its own generator seeded by
-    (``seed``, the category's name). ``with_replacement``: draw ``per_category`` with replacement (the seed's
+    (``seed``, the category's name). ``with_replacement``: draw ``per_category`` with replacement (walmer2023's
     sample, duplicates included). ``None``: every pair."""
     by_cat: dict[str, list] = {}
     for p in pairs:
@@ -142,7 +142,7 @@ def evaluate_spair(model, pairs: Sequence, blocks=None, size: int | None = None,
                    batch_size: int = 16, progress: bool = False, keep_matches: int = 0) -> dict:
     """PCK of every block of ``model`` on SPair pairs (e.g. ``sample_pairs(load_spair(root))``).
 
-    ``size``: the letterbox side, default the model's input size (224 for the seed's models). Returns
+    ``size``: the letterbox side, default the model's input size (224 for walmer2023's models). Returns
     ``{"pck": {block: {alpha: PCK in %}}, "per_category": {block: {category: {alpha: %}}}, "counts": {category:
     keypoints}, "n_outside": int, "matches": [...]}`` (``keep_matches`` pairs' predictions, for figures).
     """

@@ -428,7 +428,7 @@ def evaluate_davis(model, davis, blocks=None, resolution: str = "dino", short_si
 
     Returns ``{"global": {block: global table}, "objects": {block: per-object rows}, "predictions":
     {block: {sequence: (T, H, W) uint8}} (with ``keep_predictions``; ``"first"``: only the first sequence at the
-    last block, for a figure), "info": {...}}``. ``tile`` defaults to the model's input size (224 for the seed's
+    last block, for a figure), "info": {...}}``. ``tile`` defaults to the model's input size (224 for walmer2023's
     models). ``upscale=False``: frames whose short side is below ``short_side`` keep their size (the "dino"
     resolution; DAVIS's own 480p frames are not affected).
     """

@@ -32,7 +32,7 @@ def davis_cmd(
     upscale: bool = typer.Option(False, "--upscale", help="dino resolution: also enlarge frames smaller than "
                                                           "--short-side (DINO's code resizes every frame)."),
     tile: Optional[int] = typer.Option(None, "--tile", help="squash / dense size (default: the model's input "
-                                                            "size, 224 for the seed's models)."),
+                                                            "size, 224 for walmer2023's models)."),
     n_last: int = typer.Option(7, "--n-last", help="Previous frames in the context (besides the first)."),
     radius: int = typer.Option(12, "--radius", help="Neighbourhood radius in tokens (0: none)."),
     topk: int = typer.Option(5, "--topk", help="Affinities kept per token, over all context frames."),

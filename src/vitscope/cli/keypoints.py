@@ -29,7 +29,7 @@ def keypoints_cmd(
     with_replacement: bool = typer.Option(False, "--with-replacement",
                                           help="Draw the pairs with replacement (walmer2023's sample)."),
     size: Optional[int] = typer.Option(None, "--size", help="Letterbox side, a multiple of the patch size "
-                                                            "(default: the model's input size, 224 for the seed's "
+                                                            "(default: the model's input size, 224 for walmer2023's "
                                                             "models)."),
     out: Path = typer.Option(Path("runs/keypoints"), "--out", "-o", help=OUT_HELP),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),

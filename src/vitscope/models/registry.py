@@ -57,7 +57,7 @@ class ModelEntry:
     sources: tuple[WeightSource, ...] = ()
     aliases: tuple[str, ...] = ()
     notes: str = ""
-    extra: bool = False             # not one of the seeds' models (listed all the same)
+    extra: bool = False             # not one of the papers' models (listed all the same)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def build_config(self) -> ViTConfig:

@@ -19,7 +19,7 @@ def plot_removal_curves(curves, title: str | None = None, chance: float | None =
     """Accuracy against the fraction of patch tokens removed: ``negative`` (least important first) and
     ``positive`` (most important first) side by side, one line per order; random orders in both panels, their
     mean as a line and their range shaded. ``curves``: a :class:`~vitscope.analysis.class_embedding.removal.
-    RemovalCurves`. The legend gives each curve's two AUCs: the seed's (normalised by the curve's maximum) and
+    RemovalCurves`. The legend gives each curve's two AUCs: vilas2023's (normalised by the curve's maximum) and
     the trapezoid. ``chance`` (1 / C): a dashed grey line labelled "chance"."""
     import matplotlib.pyplot as plt
 

@@ -81,7 +81,7 @@ def seed_gradient_importance(model, x: torch.Tensor, labels) -> torch.Tensor:
         for b in blocks:
             lay = model.token_layout(b, grid)
             logits = model.project_to_logits(outs[b][:, lay.cls])                    # B, C
-            loss = F.cross_entropy(logits.softmax(-1), y, reduction="sum")           # the seed's double softmax
+            loss = F.cross_entropy(logits.softmax(-1), y, reduction="sum")           # vilas2023's double softmax
             (g,) = torch.autograd.grad(loss, pats[b], retain_graph=True)            # B, H, T, T
             importance -= g[:, :, lay.cls, lay.patches].float().sum(1)
     return importance.detach()

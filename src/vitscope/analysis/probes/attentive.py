@@ -6,9 +6,9 @@ scores scaled by Dh^-0.5, softmax over the N inputs per head, attention dropout;
 projection ``proj`` (A -> D, with bias), projection dropout; no residual, no MLP. The query's output goes through
 ``BatchNorm1d(D)`` (affine, running statistics) and a linear ``classifier``.
 
-The parameter names are the seed's (``query_token``, ``attn_block.norm_{q,k,v}``, ``attn_block.cross_attn.{q,k,v,
+The parameter names are ciernik2025's (``query_token``, ``attn_block.norm_{q,k,v}``, ``attn_block.cross_attn.{q,k,v,
 proj}``, ``bn``, ``classifier``), so a state dict saved by ciernik2025's code loads with ``strict=True``. Modules are
-built in the seed's order (attention block, BatchNorm, classifier, then the query), so the same seed gives the same
+built in ciernik2025's order (attention block, BatchNorm, classifier, then the query), so the same seed gives the same
 initial weights.
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ class AttentiveBlock(nn.Module):
 class AttentiveProbe(nn.Module):
     """``AttentiveProbe(dim, num_heads, num_classes)``: (B, N, dim) -> logits (B, num_classes).
 
-    ``attn_drop`` / ``proj_drop``: dropout on the attention weights / after the output projection (the seed's
+    ``attn_drop`` / ``proj_drop``: dropout on the attention weights / after the output projection (ciernik2025's
     ``--attention_dropout PROJ ATTN``). Set ``record_attention = True`` to keep the softmax weights of every forward
     (``attention_weights()`` returns them as (B, H, N)).
     """

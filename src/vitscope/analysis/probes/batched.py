@@ -14,7 +14,7 @@ weight decay per configuration. Only the data pass and the matrix products are s
 
 Three parameters of the attentive probe get no gradient in exact arithmetic: ``norm_k.bias`` (a shift of every
 score, removed by the softmax) and, without dropout, ``norm_v.bias`` and ``proj.bias`` (a shift of every sample,
-removed by BatchNorm's batch mean). Their float-rounding gradients are amplified by Adam, in the seed's module as
+removed by BatchNorm's batch mean). Their float-rounding gradients are amplified by Adam, in ciernik2025's module as
 well, so they drift differently under any other summation order (and with them BatchNorm's running mean). Every
 other parameter, and the outputs with batch statistics, agree with one-at-a-time training to float tolerance.
 """
@@ -97,7 +97,7 @@ def weighted_ce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch
 
 
 def _batching(n: int, cfg: ProbeTrainConfig, batch_size: int | None) -> tuple[int, int, int]:
-    """(batch size, batches per epoch, epochs): the seed's batch-size rule unless ``batch_size`` is given, and the
+    """(batch size, batches per epoch, epochs): ciernik2025's batch-size rule unless ``batch_size`` is given, and the
     1000-step minimum."""
     bs = batch_size or adjust_batch_size(cfg.batch_size, n)
     nb, epochs = schedule(n, bs, cfg.epochs, cfg.min_steps)

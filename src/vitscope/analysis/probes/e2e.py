@@ -3,7 +3,7 @@
 - ``attentive-frozen``: the attentive probe on a **frozen** backbone. Each step runs the backbone under ``no_grad``
   (eval mode) with hooks on the chosen layer set's sites, reduces the tokens as the feature store would (same
   :func:`vitscope.features.plan.reduce_tokens`), L2-normalises **per token over the feature axis**, zero-pads to one
-  width and stacks, then trains :class:`~vitscope.analysis.probes.AttentiveProbe`. Defaults (the seed's
+  width and stacks, then trains :class:`~vitscope.analysis.probes.AttentiveProbe`. Defaults (ciernik2025's
   ``get_hyperparams("small")``): lr 1e-3, weight decay 0.1, 10 epochs (at least 1,000 steps), batch 256, attention
   dropout 0.1 (projection 0), layer set ``tokens`` (all tokens of the last layer), heads 8 for all tokens, else the
   number of inputs.
@@ -97,7 +97,7 @@ class E2EConfig:
 
 
 def recipe_defaults(recipe: str) -> dict:
-    """The seed's hyper-parameters of each recipe (``get_hyperparams("small")`` / ``("small_finetuning")``)."""
+    """ciernik2025's hyper-parameters of each recipe (``get_hyperparams("small")`` / ``("small_finetuning")``)."""
     if recipe == "attentive-frozen":
         return {"lr": 1e-3, "weight_decay": 0.1, "epochs": 10, "attn_drop": 0.1}
     return {"lr": 1e-3, "weight_decay": 0.1, "epochs": 40, "attn_drop": 0.0}

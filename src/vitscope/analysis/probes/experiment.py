@@ -232,7 +232,7 @@ class ProbeOptions(Options):
     wds: tuple[float, ...] | None = None                   # default logspace(-6, 0, 7)
     epochs: int = 40                                       # at least min_steps steps
     min_steps: int = 1000
-    batch_size: int = 2048                                 # before the seed's rule
+    batch_size: int = 2048                                 # before ciernik2025's rule
     token_norm: str = "token"                              # all-token inputs: token, or over_tokens
     normalize: bool = True                                 # L2 per sample and input at load
     clean_val: bool = False                                # score validation without jitter (the seed jitters it)

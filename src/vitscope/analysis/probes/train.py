@@ -9,7 +9,7 @@
 - at least 1,000 steps: when batches x epochs < 1000, epochs := ceil(1000 / batches);
 - total gradient-norm clip 5;
 - Gaussian jitter: each training sample gets N(0, 0.05^2) noise on its whole feature with probability 0.5;
-- batch 2048 lowered by the seed's rule (:func:`adjust_batch_size`).
+- batch 2048 lowered by ciernik2025's rule (:func:`adjust_batch_size`).
 
 Random numbers (vitscope's protocol, the same for every trainer in this package, so that the batched trainers equal
 training each configuration alone): the module is built after ``torch.manual_seed(seed)`` inside a forked RNG (the
@@ -64,7 +64,7 @@ TrainConfig = ProbeTrainConfig          # the old name, kept for old code
 
 
 def grid(lrs=LR_GRID, wds=WD_GRID) -> list[tuple[float, float]]:
-    """The tuning grid in the seed's order: lr outer (0.1, 0.01, 0.001), weight decay inner (ascending)."""
+    """The tuning grid in ciernik2025's order: lr outer (0.1, 0.01, 0.001), weight decay inner (ascending)."""
     return [(float(lr), float(wd)) for lr in lrs for wd in wds]
 
 
@@ -128,7 +128,7 @@ def make_optimizer(groups) -> torch.optim.AdamW:
 def set_cosine_lrs(opt: torch.optim.Optimizer, bases: list[float], step: int, total: int,
                    min_lr: float = MIN_LR) -> list[float]:
     """Set each group's lr for 0-based ``step``: the cosine schedule from its base, with several groups ending at
-    ``min_g = min_lr * base_g / max(base)`` (the seed's rule: 1e-6 for the head, 1e-9 for a 1000x smaller backbone)."""
+    ``min_g = min_lr * base_g / max(base)`` (ciernik2025's rule: 1e-6 for the head, 1e-9 for a 1000x smaller backbone)."""
     top = max(bases)
     lrs = []
     for g, base in zip(opt.param_groups, bases):
@@ -182,7 +182,7 @@ def train_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ProbeTr
                 batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> dict:
     """Train ``model`` in place on features ``x`` (N, ...) and labels ``y`` (N,) with ciernik2025's recipe.
 
-    ``batch_size`` overrides the seed's rule (the tuning loaders pass theirs). Returns what was run: batch size,
+    ``batch_size`` overrides ciernik2025's rule (the tuning loaders pass theirs). Returns what was run: batch size,
     epochs, steps and the last loss.
     """
     dev = x.device

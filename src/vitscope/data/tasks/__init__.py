@@ -1,4 +1,4 @@
-"""Task formats of the seeds' benchmarks, each read into one documented structure.
+"""Task formats of the papers' benchmarks, each read into one documented structure.
 
 | loader | format | returns |
 |---|---|---|

@@ -118,5 +118,5 @@ class SPair(TaskImages):
 
 def load_spair(root: str | Path, split: str = "test", categories: list[str] | None = None,
                max_pairs_per_category: int | None = None) -> SPair:
-    """Read SPair-71k pairs of a split (``max_pairs_per_category=20`` is the seeds' evaluation subset)."""
+    """Read SPair-71k pairs of a split (``max_pairs_per_category=20`` is walmer2023's evaluation subset)."""
     return SPair(root, split, categories, max_pairs_per_category)

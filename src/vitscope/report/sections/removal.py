@@ -13,7 +13,7 @@ N_RANDOM = 3
 def removal_section(ctx) -> Section:
     """Accuracy as patch tokens are removed, least important first (negative) or most important first
     (positive), for vilas2023's class-embedding gradients, Chefer relevance, the per-token ridge probes' order
-    and random orders; with the seed's AUC and the trapezoid AUC."""
+    and random orders; with vilas2023's AUC and the trapezoid AUC."""
     import torch
 
     from vitscope.analysis.class_embedding.removal import default_orders, evaluate
@@ -41,7 +41,7 @@ def removal_section(ctx) -> Section:
         f"(gradients), 0.845 (Chefer), 0.739 (linear probe), 0.716 (random); positive 0.413, 0.393, 0.683.")
     title = context_title(f"{ctx.title}: token removal", ctx.data_label, res.n_images)
     sec.figure(ctx, plot_removal_curves(res, title=title, chance=1 / ctx.model.cfg.num_classes), "curves",
-               "Accuracy against the fraction of patch tokens removed; the legend gives the seed's AUC (normalised "
+               "Accuracy against the fraction of patch tokens removed; the legend gives vilas2023's AUC (normalised "
                "by the curve's maximum) and the trapezoid AUC.",
                arrays={"removed": res.removed, **{f"{o}_{d}": a for (o, d), a in res.curves().items()}})
     aucs = res.aucs()
