@@ -104,6 +104,32 @@ def test_stream_reads_one_chunk_at_a_time(store):
         assert torch.equal(a, b)
 
 
+def test_initialisation_sample_reads_only_its_images(store):
+    """The sample for initialisation and normalisation is drawn over the whole store: only its images are read from
+    the memmap (reading the span between the first and the last would hold most of the store in memory)."""
+    from vitscope.analysis.sae.data import StoreStream
+    from vitscope.features import open_store
+
+    s = open_store(store[0])
+    st = StoreStream(s, "resid_post", [2], "patches", batch_size=32, chunk_images=10, seed=0)
+    arr = st.arrays[2]
+    read = []
+
+    class Spy:
+        shape, ndim = arr.shape, arr.ndim
+
+        def __getitem__(self, key):
+            out = np.asarray(arr[key])
+            read.append(out.shape[0] if isinstance(key, slice) else 1)
+            return out
+
+    st.arrays[2] = Spy()
+    got = st.sample(3 * st.per_image)                                  # 3 images spread over the store
+    assert sum(read) == 3, read
+    st.arrays[2] = arr
+    assert torch.equal(got[2], st.sample(3 * st.per_image)[2])        # the same rows as a plain read
+
+
 def test_lr_schedule():
     assert [round(lr_at(s, 100, 10, 0.2), 3) for s in (0, 4, 9, 50, 80, 90, 99)] == [0.1, 0.5, 1, 1, 1, 0.5, 0.05]
 

@@ -95,11 +95,12 @@ class StoreStream:
     def read_chunk(self, images: np.ndarray) -> dict[int, torch.Tensor]:
         """The rows of ``images`` (sorted indices) of every block, float32 (rows, D)."""
         out = {}
+        images = np.asarray(images)
+        lo, hi = int(images[0]), int(images[-1]) + 1
         for b, arr in self.arrays.items():
-            lo, hi = int(images[0]), int(images[-1]) + 1
-            part = np.asarray(arr[lo:hi])
-            if hi - lo != len(images):
-                part = part[images - lo]
+            # a contiguous run is one slice; scattered images (the initialisation sample) are read one by one,
+            # never the whole span between them (that would hold most of the store in memory)
+            part = np.asarray(arr[lo:hi]) if hi - lo == len(images) else np.stack([arr[int(i)] for i in images])
             out[b] = torch.from_numpy(np.array(part.reshape(-1, self.d), dtype=np.float32))   # a writable copy
         return out
 
