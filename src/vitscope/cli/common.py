@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import functools
 import re
 from pathlib import Path
 from typing import Optional
@@ -309,6 +310,7 @@ def threads_limited(threads: int | None):
             pools.restore_original_limits()
 
 
+@functools.lru_cache(maxsize=None)
 def _threads_option():
     """A ``--threads`` option made by typer itself (from a one-option command), copied into each command."""
     import typer.main
@@ -322,9 +324,6 @@ def _threads_option():
     return next(p for p in typer.main.get_command(probe).params if p.name == "threads")
 
 
-_THREADS_OPTION = []
-
-
 class Command(typer.core.TyperCommand):
     """Every vitscope command: old option spellings (``options_table.OPTIONS[...].old``) are accepted but left out
     of ``--help``; the ones typed are remembered so that messages name them (:func:`flag`); commands that run
@@ -336,10 +335,8 @@ class Command(typer.core.TyperCommand):
         super().__init__(*args, **kwargs)
         self.adds_threads = self.name not in NO_THREADS and not any(p.name == "threads" for p in self.params)
         if self.adds_threads:
-            if not _THREADS_OPTION:
-                _THREADS_OPTION.append(_threads_option())
             at = next((i for i, p in enumerate(self.params) if p.name == "quiet"), len(self.params))
-            self.params.insert(at, copy.copy(_THREADS_OPTION[0]))
+            self.params.insert(at, copy.copy(_threads_option()))
 
     def parse_args(self, ctx, args):
         ctx.meta[_TYPED] = _typed_old_spellings(self.params, args)

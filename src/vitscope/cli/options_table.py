@@ -218,7 +218,7 @@ def markdown(app) -> str:
         "every short flag and every renamed option. Old spellings still work but are left out of `--help`; an old",
         "spelling keeps its old meaning only in the commands listed beside it (`vitscope attention -b 3` is still",
         "`--block 3`, while `-b` is `--batch-size` everywhere else). An option of a single command is described by",
-        "that command's `--help`. Messages name an option as you typed it.",
+        "that command's `--help`. Most messages about a renamed option name it the way you typed it.",
         "",
         "This page is written by `python scripts/make_options_table.py` from `src/vitscope/cli/options_table.py`;",
         "`tests/unit/test_cli_conventions.py` checks every command against the table and this page against both.",
