@@ -64,7 +64,7 @@ def kmeans(features: Any, k: int = DEFAULT_K, seed: int = DEFAULT_SEED, n_init: 
 
     x = as_features(features, "features").cpu().numpy()
     if not 1 <= k <= x.shape[0]:
-        raise ValueError(f"k={k} clusters need at least k samples, got {x.shape[0]}; lower k (--k)")
+        raise ValueError(f"k={k} clusters need at least k samples, got {x.shape[0]}; lower k (--clusters)")
     return KMeans(n_clusters=k, random_state=seed, n_init=n_init).fit(x).labels_
 
 

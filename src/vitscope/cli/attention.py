@@ -27,11 +27,6 @@ def _model(name: str, random: bool, seed: int, device: Optional[str]) -> dict:
     return {model_label(model, name, random): model}
 
 
-def _opacity(opacity: float, alpha: Optional[float]) -> float:
-    """--opacity, or the old spelling --alpha."""
-    return opacity if alpha is None else alpha
-
-
 def _run_on_images(evaluate, name, random, seed, device, data, images, limit, out, opts, formats, quiet):
     """Load the model, read the images, run ``evaluate``, save its result under ``out``; returns the result."""
     from vitscope.cli.common import image_data, images_reported, parse_formats
@@ -56,16 +51,15 @@ def attention_cmd(
     block: int = typer.Option(-1, "--block", "-b", help="Block whose attention is drawn (-1 = last)."),
     query: str = typer.Option("cls", "--query", help=QUERY_HELP),
     heads: Optional[str] = typer.Option(None, "--heads", help="Heads to draw, comma-separated (default all)."),
-    fusion: str = typer.Option("mean", "--fusion", help="Head fusion for the batch overlay figure: mean, max, min "
-                                                        "or sum."),
+    fusion: str = typer.Option("mean", "--head-fusion", "--fusion",
+                               help="Head fusion for the batch overlay figure: mean, max, min or sum."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Also draw DINO-style masks keeping this "
                                                                         "share of attention mass (e.g. 0.6)."),
     all_blocks: bool = typer.Option(False, "--all-blocks", help="Also draw the block x head grid (blocks where "
                                                                 "the query exists)."),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Draw maps over the image."),
     cmap: str = typer.Option("inferno", "--cmap", help="Matplotlib colour map."),
-    opacity: float = typer.Option(0.6, "--opacity", help=OPACITY_HELP),
-    alpha: Optional[float] = typer.Option(None, "--alpha", hidden=True),
+    opacity: float = typer.Option(0.6, "--opacity", "--alpha", help=OPACITY_HELP),
     limit: int = typer.Option(8, "--limit", help="At most this many images."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
@@ -78,7 +72,7 @@ def attention_cmd(
 
     opts = cli_options(AttentionMapOptions, block=block, query=query, heads=heads, fusion=fusion,
                        threshold=threshold, all_blocks=all_blocks, overlay=overlay, cmap=cmap,
-                       opacity=_opacity(opacity, alpha), limit=limit, batch_size=batch_size, progress=not quiet)
+                       opacity=opacity, limit=limit, batch_size=batch_size, progress=not quiet)
     result = _run_on_images(evaluate, model_name, random, seed, device, data, images, limit, out, opts, formats,
                             quiet)
     typer.echo(f"wrote {len(result.meta['ids'])} image(s) of attention maps to {out}")
@@ -104,7 +98,7 @@ def rollout_cmd(
                                      help="Which entries the discard zeroes: exclude-cls (the k lowest other than "
                                           "CLS->CLS), vit-explain (that code's rule: rollout spares CLS->CLS among "
                                           "the k lowest, grad-rollout spares nothing), spare-cls or all."),
-    normalize: str = typer.Option("max", "--normalize",
+    normalize: str = typer.Option("max", "--map-scaling", "--normalize",
                                   help="Map scaling: max (divide by the max), minmax (to [0, 1], as Chefer et al.'s "
                                        "notebooks show) or none."),
     start_block: int = typer.Option(0, "--start-block", help="First block of the rollout."),
@@ -112,10 +106,9 @@ def rollout_cmd(
     target: Optional[int] = typer.Option(None, "--target", help="Class explained by grad / chefer (default: the "
                                                                 "predicted one)."),
     cmap: str = typer.Option("inferno", "--cmap", help="Matplotlib colour map."),
-    opacity: float = typer.Option(0.6, "--opacity", help=OPACITY_HELP),
-    alpha: Optional[float] = typer.Option(None, "--alpha", hidden=True),
+    opacity: float = typer.Option(0.6, "--opacity", "--alpha", help=OPACITY_HELP),
     limit: int = typer.Option(8, "--limit", help="At most this many images."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Images per forward pass."),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
@@ -126,7 +119,7 @@ def rollout_cmd(
 
     opts = cli_options(RolloutOptions, method=method, head_fusion=head_fusion, discard_ratio=discard_ratio,
                        discard_rule=discard_rule, normalize=normalize, start_block=start_block, query=query,
-                       target=target, cmap=cmap, opacity=_opacity(opacity, alpha), limit=limit,
+                       target=target, cmap=cmap, opacity=opacity, limit=limit,
                        batch_size=batch_size, progress=not quiet)
     result = _run_on_images(evaluate, model_name, random, seed, device, data, images, limit, out, opts, formats,
                             quiet)
@@ -143,13 +136,12 @@ def video_cmd(
                              help="Output video: .mp4 or .gif (frames go to <name>_frames/ beside it)."),
     block: int = typer.Option(-1, "--block", "-b", help="Block (-1 = last)."),
     query: str = typer.Option("cls", "--query", help="Query token (cls, reg<k>, mean, centre, ...)."),
-    fusion: str = typer.Option("mean", "--fusion", help="Head fusion: mean, max, min or sum."),
+    fusion: str = typer.Option("mean", "--head-fusion", "--fusion", help="Head fusion: mean, max, min or sum."),
     short_side: Optional[int] = typer.Option(None, "--short-side", help="Resize frames to this short side "
                                                                         "(default: the model's size)."),
     layout: str = typer.Option("overlay", "--layout", help="overlay (map over the frame) or side (frame | map)."),
     cmap: str = typer.Option("inferno", "--cmap", help="Matplotlib colour map."),
-    opacity: float = typer.Option(0.6, "--opacity", help=OPACITY_HELP),
-    alpha: Optional[float] = typer.Option(None, "--alpha", hidden=True),
+    opacity: float = typer.Option(0.6, "--opacity", "--alpha", help=OPACITY_HELP),
     fps: Optional[float] = typer.Option(None, "--fps", help="Output frame rate (default: the source's)."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after this many frames."),
     step: int = typer.Option(1, "--step", help="Use every k-th frame."),
@@ -163,8 +155,8 @@ def video_cmd(
     from vitscope.analysis.attention.video import VideoOptions, evaluate
     from vitscope.cli.common import cli_options, parse_formats
 
-    opts = cli_options(VideoOptions, flags={"video": "--out"}, block=block, query=query, fusion=fusion, short_side=short_side,
-                       layout=layout, cmap=cmap, opacity=_opacity(opacity, alpha), fps=fps, max_frames=max_frames,
+    opts = cli_options(VideoOptions, flags={"video": "--out"}, block=block, query=query, fusion=fusion,
+                       short_side=short_side, layout=layout, cmap=cmap, opacity=opacity, fps=fps, max_frames=max_frames,
                        step=step, batch_size=batch_size, video=str(out), save_frames=not no_frames,
                        progress=not quiet)
     fmts = parse_formats(formats)
@@ -206,8 +198,9 @@ def pos_embed_cmd(
     random: bool = typer.Option(False, "--random", help=RANDOM_HELP),
     seed: int = typer.Option(0, "--seed", help=SEED_HELP),
     out: Path = typer.Option(Path("runs/pos-embed"), "--out", "-o", help=OUT_HELP),
-    grid: Optional[str] = typer.Option(None, "--grid", help="Token grid 'rows,cols' (default: the model's); "
-                                                            "learned embeddings are resampled."),
+    grid: Optional[str] = typer.Option(None, "--token-grid", "--grid",
+                                       help="Token grid 'rows,cols' (default: the model's); learned embeddings "
+                                            "are resampled."),
     filters: int = typer.Option(28, "--filters", help="Number of patch-embedding filters to draw."),
     filter_mode: str = typer.Option("pca", "--filter-mode", help="pca (principal components, ViT paper) or raw "
                                                                  "(first filters)."),

@@ -51,7 +51,7 @@ def distance_cmd(
                                  help="A: normalised coordinates, prefix tokens dropped and rows renormalised "
                                       "(walmer2023); B: pixels, not renormalised (probing-vits)."),
     limit: Optional[int] = typer.Option(1000, "--limit", help="At most this many images (probing-vits: 1000)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
     relative_depth: bool = typer.Option(False, "--relative-depth",
                                         help="Comparison figure: blocks on [0, 1] (models of different depth)."),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
@@ -88,7 +88,7 @@ def stats_cmd(
     data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
     out: Path = typer.Option(Path("runs/attention-stats"), "--out", "-o", help=OUT_HELP),
     limit: Optional[int] = typer.Option(1000, "--limit", help="At most this many images."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
@@ -135,7 +135,7 @@ def saliency_cmd(
                                    help="Heads summed: sum (raw maps, then renormalised) or walmer2023 (CLS and centre "
                                         "maps renormalised per head first, as that code does; old spelling seed002)."),
     limit: Optional[int] = typer.Option(5000, "--limit", help="At most this many images (walmer2023: 5000)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),

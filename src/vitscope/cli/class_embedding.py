@@ -11,8 +11,8 @@ from typing import List, Optional
 
 import typer
 
-from vitscope.cli.common import (DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP, locks_out,
-                                 parse_formats)
+from vitscope.cli.common import (DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP, cli_options,
+                                 locks_out, parse_formats)
 
 LIMIT_HELP = "Use only the first N images."
 IMAGENET_S_HELP = "ImageNet-S root (vilas2023's images; masks of each image's own category)."
@@ -90,10 +90,10 @@ def logit_lens_cmd(
     class_embeddings: Optional[Path] = typer.Option(None, "--class-embeddings", help=EMB_HELP),
     class_names: Optional[Path] = typer.Option(None, "--class-names", help=NAMES_HELP),
     head: Optional[Path] = typer.Option(None, "--head", help=HEAD_HELP),
-    baseline: bool = typer.Option(True, "--random-baseline/--no-random-baseline", "--with-random/--without-random",
+    baseline: bool = typer.Option(True, "--with-random/--without-random", "--random-baseline/--no-random-baseline",
                                   help="Compare with the same architecture at random weights (seeded by --seed)."),
     out: Path = typer.Option(Path("runs/logit-lens"), "--out", "-o", help=OUT_HELP),
-    sites: str = typer.Option("resid,attn,mlp", "--sites",
+    sites: str = typer.Option("resid,attn,mlp", "--sites", "-s",
                               help="What to project: resid (block output), attn, mlp (branch outputs)."),
     topk: int = typer.Option(5, "--topk", help="Top classes recorded per token (1 .. number of classes)."),
     prescale: bool = typer.Option(False, "--prescale", help="Project the branches before LayerScale (vilas2023 "
@@ -103,13 +103,14 @@ def logit_lens_cmd(
     permutations: int = typer.Option(300, "--permutations", help="Permutations of the class-vs-context test."),
     seed: int = typer.Option(0, "--seed", help="Seed of the permutations and the random-weight model."),
     limit: Optional[int] = typer.Option(None, "--limit", help=LIMIT_HELP),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Logit lens: every block, token and branch projected on the class embeddings; identifiability over
-    blocks against random weights, change rates, residual match, class- vs context-labelled tokens."""
+    blocks against random weights, change rates, residual match, class- vs context-labelled tokens. The table
+    holds rates as fractions (0-1); the summary line prints percent."""
     from vitscope.analysis.class_embedding.projection import LogitLensOptions, evaluate
 
     fmts = parse_formats(formats)
@@ -134,24 +135,26 @@ def memories_cmd(
     class_names: Optional[Path] = typer.Option(None, "--class-names", help=NAMES_HELP),
     head: Optional[Path] = typer.Option(None, "--head", help=HEAD_HELP),
     out: Path = typer.Option(Path("runs/memories"), "--out", "-o", help=OUT_HELP),
-    k: int = typer.Option(5, "--k", help="Memories per class and key coefficients per token (vilas2023: 5)."),
+    k: int = typer.Option(5, "--top-memories", "--k",
+                          help="Memories per class and key coefficients per token (vilas2023's k: 5)."),
     permutations: int = typer.Option(300, "--permutations", help="Permutations of the correct-vs-wrong test."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random-class baseline, the permutations and the "
                                                "random-weight model."),
     limit: Optional[int] = typer.Option(None, "--limit", help=LIMIT_HELP),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Memories: attention and MLP value vectors in class space; class-value agreement against random weights,
-    key-value agreement against a random class, compositionality, correctly vs wrongly classified images."""
+    key-value agreement against a random class, compositionality, correctly vs wrongly classified images. The
+    table holds percentages."""
     from vitscope.analysis.class_embedding.memories import MemoriesOptions, evaluate
 
     fmts = parse_formats(formats)
-    opts = MemoriesOptions(k=k, permutations=permutations, seed=seed,
-                           **_space(imagenet_s, class_index, per_class, class_embeddings, class_names, head, limit,
-                                    batch_size, device, quiet))
+    opts = cli_options(MemoriesOptions, k=k, permutations=permutations, seed=seed,
+                       **_space(imagenet_s, class_index, per_class, class_embeddings, class_names, head, limit,
+                                batch_size, device, quiet))
     models = _models(model_names, random, device, seed)
     _finish(evaluate(models, _data(models, data, imagenet_s), opts), out, fmts, quiet)
 
@@ -173,25 +176,26 @@ def perturb_cmd(
                               help="Attention perturbations in every block: self_only, no_cls."),
     tokens_drop: bool = typer.Option(True, "--token-drop/--no-token-drop",
                                      help="Also drop context or object tokens (needs object masks)."),
-    tokens: str = typer.Option("patches", "--tokens",
-                               help="Tokens counted: patches (default) or all (CLS included, vilas2023)."),
+    tokens: str = typer.Option("patches", "--counted-tokens", "--tokens",
+                               help="Tokens counted in the rates: patches (default) or all (CLS included, vilas2023)."),
     blocks: Optional[str] = typer.Option(None, "--blocks", help="Perturbed blocks: '0,3,-1' or '2:4' (default all)."),
     mask_rule: str = typer.Option("majority", "--mask-rule", help=MASK_RULE_HELP),
     seed: int = typer.Option(0, "--seed", help=SEED_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", help=LIMIT_HELP),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Perturbations: identifiable tokens at the last block under self_only / no_cls attention and with context
-    or object tokens dropped, against the unperturbed model (vilas2023's tables)."""
+    or object tokens dropped, against the unperturbed model (vilas2023's tables). The table holds rates as
+    fractions (0-1); the summary line prints percent."""
     from vitscope.analysis.class_embedding.perturbation import PerturbationOptions, evaluate
 
     fmts = parse_formats(formats)
-    opts = PerturbationOptions(attention=kinds, token_drop=tokens_drop, tokens=tokens, blocks=blocks,
-                               mask_rule=mask_rule, **_space(imagenet_s, class_index, per_class, class_embeddings,
-                                                             class_names, head, limit, batch_size, device, quiet))
+    opts = cli_options(PerturbationOptions, attention=kinds, token_drop=tokens_drop, tokens=tokens, blocks=blocks,
+                       mask_rule=mask_rule, **_space(imagenet_s, class_index, per_class, class_embeddings,
+                                                     class_names, head, limit, batch_size, device, quiet))
     models = _models(model_names, random, device, seed)
     _finish(evaluate(models, _data(models, data, imagenet_s), opts), out, fmts, quiet)
 
@@ -210,7 +214,7 @@ def attribution_cmd(
     blocks: Optional[str] = typer.Option(None, "--blocks", help="Blocks: '0,3,-1' or '2:4' (default all)."),
     seed: int = typer.Option(0, "--seed", help=SEED_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", help=LIMIT_HELP),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),

@@ -1,15 +1,21 @@
 """Helpers shared by every command module: option help texts, formats, device, model loading, images.
 
 Commands import from here so that every command reads ``--model``, ``--data``, ``--formats`` and ``--out`` the
-same way.
+same way. :class:`Command` is the class of every command: it hides old option spellings from ``--help``
+(``options_table.py``), remembers which ones were typed (:func:`flag`) and adds ``--threads``.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import copy
+import functools
 import re
 from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 
 from vitscope.runtime import load_model, load_models, model_meta, resolve_device, save_tidy, slug  # noqa: F401
 
@@ -21,6 +27,7 @@ IMAGES_HELP = "Image files (used when --data is not given)."
 OUT_HELP = "Output folder (created)."
 FORMATS_HELP = "Figure formats, comma-separated: png, pdf, svg."
 DEVICE_HELP = "Device: cpu, cuda, cuda:1, ... (default: cuda when available)."
+THREADS_HELP = "CPU threads of torch and of the BLAS / OpenMP pools (default: torch's)."
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -176,15 +183,26 @@ def echo_skips(skipped, out: Path, quiet: bool = False) -> None:
 def cli_options(build, *args, flags: dict | None = None, **values):
     """An analysis's options built from the command's values (``build``: the dataclass or a constructor such as
     ``CKAOptions.from_preset``); a bad value is an ``OptionError`` whose message names the command's flag
-    (``--discard-rule`` for the field ``discard_rule``; ``flags`` maps a field to another flag, e.g.
-    ``{"video": "--out"}``)."""
+    (``--discard-rule`` for the field ``discard_rule``; a renamed option by the spelling typed, see :func:`flag`;
+    ``flags`` maps a field to another flag, e.g. ``{"video": "--out"}``)."""
     from vitscope.analysis.api import OptionError
 
     try:
         return build(*args, **values)
     except OptionError as e:
-        flag = (flags or {}).get(e.field) or "--" + e.field.replace("_", "-")
-        raise OptionError(e.field, str(e).replace(f"`{e.field}`", flag)) from None
+        plain = "--" + e.field.replace("_", "-")
+        name = (flags or {}).get(e.field) or _renamed_flag(e.field) or plain
+        msg = re.sub(rf"(?<![\w-]){re.escape(plain)}(?![\w-])", name, str(e).replace(f"`{e.field}`", name))
+        raise OptionError(e.field, msg) from None
+
+
+def _renamed_flag(field: str) -> str | None:
+    """:func:`flag` for a field that is a parameter of the current command with old spellings, else None."""
+    from vitscope.cli.options_table import old_spellings
+
+    state = _INVOCATION.get()
+    param = None if state is None else next((p for p in state[0].params if p.name == field), None)
+    return flag(field) if param is not None and old_spellings(param) else None
 
 
 def image_data(model_names, data: str | None, images: list[Path] | None, limit: int | None, quiet: bool = False):
@@ -225,3 +243,133 @@ def images_reported(ds, out: Path):
         finish_skips(ds, out)
 
     return reported()
+
+
+# ----------------------------------------------------------------------------- the command class: option spellings
+_INVOCATION: contextvars.ContextVar = contextvars.ContextVar("vitscope_invocation", default=None)
+_TYPED = "vitscope.old_spellings"
+
+
+def _typed_old_spellings(params, args) -> dict[str, str]:
+    """``{param name: old spelling}`` for the options of ``args`` typed with an old spelling (before ``--``)."""
+    from vitscope.cli.options_table import old_spellings
+
+    old = {o: p.name for p in params for o in old_spellings(p)}
+    typed = {}
+    for a in args:
+        if a == "--":
+            break
+        name = a.split("=", 1)[0] if a.startswith("--") else a[:2]
+        if name in old:
+            typed[old[name]] = name
+    return typed
+
+
+def flag(name: str) -> str:
+    """How a message names the current command's option ``name`` (its Python parameter): the old spelling the
+    user typed (or, when they typed old spellings elsewhere on the line, this option's old spelling too), else its
+    name in ``--help``."""
+    from vitscope.cli.options_table import canonical, old_spellings
+
+    state = _INVOCATION.get()
+    param = None if state is None else next((p for p in state[0].params if p.name == name), None)
+    if param is None:
+        return "--" + name.replace("_", "-")
+    typed = state[1]
+    if typed.get(name, "").startswith("--"):
+        return typed[name]
+    old = [o for o in old_spellings(param) if o.startswith("--")]
+    if old and any(t.startswith("--") for t in typed.values()):
+        return old[0]
+    return canonical(param)
+
+
+@contextlib.contextmanager
+def threads_limited(threads: int | None):
+    """Torch and the BLAS / OpenMP pools (k-means) on ``threads`` CPU threads while the block runs; None leaves
+    them alone."""
+    if threads is None:
+        yield
+        return
+    check_range(threads, "--threads", 1)
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        from threadpoolctl import threadpool_limits
+
+        pools = threadpool_limits(threads)
+    except ImportError:
+        pools = None
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if pools is not None:
+            pools.restore_original_limits()
+
+
+@functools.lru_cache(maxsize=None)
+def _threads_option():
+    """A ``--threads`` option made by typer itself (from a one-option command), copied into each command."""
+    import typer.main
+
+    probe = typer.Typer()
+
+    @probe.command()
+    def _threads(threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP)) -> None:
+        """(only its option is used)"""
+
+    return next(p for p in typer.main.get_command(probe).params if p.name == "threads")
+
+
+class Command(typer.core.TyperCommand):
+    """Every vitscope command: old option spellings (``options_table.OPTIONS[...].old``) are accepted but left out
+    of ``--help``; the ones typed are remembered so that messages name them (:func:`flag`); commands that run
+    torch get ``--threads``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        from vitscope.cli.options_table import NO_THREADS
+
+        super().__init__(*args, **kwargs)
+        self.adds_threads = self.name not in NO_THREADS and not any(p.name == "threads" for p in self.params)
+        if self.adds_threads:
+            at = next((i for i, p in enumerate(self.params) if p.name == "quiet"), len(self.params))
+            self.params.insert(at, copy.copy(_threads_option()))
+
+    def parse_args(self, ctx, args):
+        ctx.meta[_TYPED] = _typed_old_spellings(self.params, args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        threads = ctx.params.pop("threads", None) if self.adds_threads else None
+        token = _INVOCATION.set((self, ctx.meta.get(_TYPED, {})))
+        try:
+            with threads_limited(threads):
+                return super().invoke(ctx)
+        finally:
+            _INVOCATION.reset(token)
+
+    def format_help(self, ctx, formatter) -> None:
+        from vitscope.cli.options_table import old_spellings
+
+        saved = [(p, p.opts, p.secondary_opts) for p in self.params if old_spellings(p)]
+        for p, opts, secondary in saved:
+            hidden = set(old_spellings(p))
+            p.opts = [o for o in opts if o not in hidden]
+            p.secondary_opts = [o for o in secondary if o not in hidden]
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            for p, opts, secondary in saved:
+                p.opts, p.secondary_opts = opts, secondary
+
+
+def use_command_class(app: typer.Typer) -> None:
+    """Make :class:`Command` the class of every command registered on ``app`` and its sub-apps."""
+    for info in app.registered_commands:
+        if info.cls in (None, typer.core.TyperCommand):
+            info.cls = Command
+    for group in app.registered_groups:
+        use_command_class(group.typer_instance)

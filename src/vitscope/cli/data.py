@@ -34,9 +34,10 @@ def register(app: typer.Typer) -> None:
         frames: int = typer.Option(12, "--frames", help="Frames per sequence."),
         pairs: int = typer.Option(40, "--pairs", help="SPair-style keypoint pairs."),
         landmarks: int = typer.Option(6, "--landmarks", help="Revisited-style landmarks (three queries each)."),
-        formats: str = typer.Option(",".join(("imagefolder", "coco", "partimagenet", "imagenet_s", "davis", "spair",
-                                              "revisited")), "--formats",
-                                    help="Comma-separated parts to write."),
+        parts: str = typer.Option(",".join(("imagefolder", "coco", "partimagenet", "imagenet_s", "davis", "spair",
+                                            "revisited")), "--parts", "--formats",
+                                  help="Parts to write, comma-separated: imagefolder, coco, partimagenet, "
+                                       "imagenet_s, davis, spair, revisited."),
         force: bool = typer.Option(False, "--force", help="Write into a non-empty folder (files are overwritten)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
@@ -51,7 +52,7 @@ def register(app: typer.Typer) -> None:
         given = {k: v for k, v in dict(size=size, n_classes=classes, seed=seed, difficulty=difficulty, noise=noise,
                                        clutter=clutter).items() if v is not None}
         cfg = synthetic_config(like).with_options(**given) if like else SynthConfig(**given)
-        manifest = write(out_dir, cfg, formats=[f.strip() for f in formats.split(",") if f.strip()],
+        manifest = write(out_dir, cfg, formats=[f.strip() for f in parts.split(",") if f.strip()],
                          train_per_class=train_per_class, val_per_class=val_per_class, scenes=scenes,
                          part_images=part_images, semantic_images=semantic_images, videos=videos, frames=frames,
                          pairs=pairs, landmarks=landmarks, progress=not quiet)
@@ -66,15 +67,20 @@ def register(app: typer.Typer) -> None:
                                              "synthetic:... (see docs/data.md)."),
         report: Optional[Path] = typer.Option(None, "--report", help="Write the skipped files here (CSV); "
                                                                      "default: no file."),
-        batch_size: int = typer.Option(64, "--batch-size", help="Images decoded per batch."),
-        workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+        batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images decoded per batch."),
+        workers: int = typer.Option(0, "--workers", "-w", help="DataLoader worker processes."),
+        limit: Optional[int] = typer.Option(None, "--limit", help="Decode only the first N images."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Decode every image of a dataset once; list the files that cannot be read, and why."""
+        from vitscope.cli.common import check_limit
         from vitscope.data import open_dataset
         from vitscope.models.preprocess import PreprocessConfig, Preprocessor
 
+        check_limit(limit)
         ds = open_dataset(data, transform=Preprocessor(PreprocessConfig(input_size=16, crop_pct=1.0)))
+        if limit is not None and limit < len(ds):
+            ds = ds.subset(range(limit))
         typer.echo(f"{ds.description}: {len(ds)} images, {len(ds.classes)} classes")
         for _ in ds.batches(batch_size=batch_size, num_workers=workers, progress=not quiet):
             pass

@@ -39,7 +39,7 @@ def davis_cmd(
     temperature: float = typer.Option(0.1, "--temperature", help="Affinity temperature."),
     out: Path = typer.Option(Path("runs/davis"), "--out", "-o", help=OUT_HELP),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
-    batch_size: int = typer.Option(8, "--batch-size", help="Frames per forward pass."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Frames per forward pass."),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from vitscope.cli.common import (DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP,
-                                 locks_out)
+                                 cli_options, locks_out)
 
 METHOD_HELP = ("Attribution method: gradcam, gradcam++, xgradcam, layercam, eigencam, scorecam, ablationcam, "
                "hirescam, saliency, input-x-gradient, integrated-gradients, smoothgrad, smoothgrad-sq, vargrad, "
@@ -32,10 +32,10 @@ def explain_cmd(
                                                                 "predicted class of each image)."),
     block: int = typer.Option(-1, "--block", help=BLOCK_HELP),
     site: str = typer.Option("ln1", "--site", help=SITE_HELP),
-    steps: int = typer.Option(64, "--steps", help=STEPS_HELP),
+    steps: int = typer.Option(64, "--ig-steps", "--steps", help=STEPS_HELP),
     ig_rule: str = typer.Option("gausslegendre", "--ig-rule", help="Integrated Gradients: gausslegendre, "
                                 "riemann_left, riemann_right, riemann_middle, riemann_trapezoid (Captum's)."),
-    baseline: str = typer.Option("black", "--baseline", help=BASELINE_HELP),
+    baseline: str = typer.Option("black", "--ig-baseline", "--baseline", help=BASELINE_HELP),
     samples: int = typer.Option(16, "--samples", help=SAMPLES_HELP),
     stdev: float = typer.Option(0.15, "--stdev", help=STDEV_HELP),
     ablation_value: str = typer.Option("zero", "--ablation-value", help="Ablation-CAM: zero (the paper) or "
@@ -62,8 +62,8 @@ def explain_cmd(
 
     fmts = parse_formats(formats)
     check_limit(limit)
-    opts = ExplainOptions(block=block, site=site, steps=steps, ig_rule=ig_rule, baseline=baseline,
-                          samples=samples, stdev=stdev, ablation_value=ablation_value, seed=seed, device=device)
+    opts = cli_options(ExplainOptions, block=block, site=site, steps=steps, ig_rule=ig_rule, baseline=baseline,
+                       samples=samples, stdev=stdev, ablation_value=ablation_value, seed=seed, device=device)
     method = resolve_method(method)
     model = load_model(model_name, random=random, seed=seed, device=device)
     if target is not None and not 0 <= target < model.cfg.num_classes:
@@ -110,8 +110,8 @@ def explain_bench_cmd(
     target: str = typer.Option("label", "--target", help="Explain the true class (label) or the predicted one."),
     block: int = typer.Option(-1, "--block", help=BLOCK_HELP),
     site: str = typer.Option("ln1", "--site", help=SITE_HELP),
-    steps: int = typer.Option(64, "--steps", help=STEPS_HELP),
-    baseline: str = typer.Option("black", "--baseline", help=BASELINE_HELP),
+    steps: int = typer.Option(64, "--ig-steps", "--steps", help=STEPS_HELP),
+    baseline: str = typer.Option("black", "--ig-baseline", "--baseline", help=BASELINE_HELP),
     samples: int = typer.Option(16, "--samples", help=SAMPLES_HELP),
     stdev: float = typer.Option(0.15, "--stdev", help=STDEV_HELP),
     removal_step: int = typer.Option(1, "--removal-step", help="Deletion / insertion: patches per step."),
@@ -123,7 +123,7 @@ def explain_bench_cmd(
     limit: Optional[int] = typer.Option(64, "--limit", help="At most this many images (every method runs on "
                                                             "each: Score-CAM, Ablation-CAM and occlusion cost "
                                                             "one forward pass per channel or patch)."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Images per batch."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Images per batch."),
     random: bool = typer.Option(False, "--random", help=RANDOM_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of SmoothGrad's and ROAD's noise, the random control, the "
                                                "randomisation and --random weights."),
@@ -139,10 +139,10 @@ def explain_bench_cmd(
 
     fmts = parse_formats(formats)
     check_limit(limit)
-    opts = ExplainOptions(methods=methods, metrics=metrics, target=target, block=block, site=site, steps=steps,
-                          baseline=baseline, samples=samples, stdev=stdev, removal_step=removal_step,
-                          sanity=sanity, sanity_methods=sanity_methods, sanity_images=sanity_images, limit=limit,
-                          batch_size=batch_size, seed=seed, device=device, progress=not quiet)
+    opts = cli_options(ExplainOptions, methods=methods, metrics=metrics, target=target, block=block, site=site,
+                       steps=steps, baseline=baseline, samples=samples, stdev=stdev, removal_step=removal_step,
+                       sanity=sanity, sanity_methods=sanity_methods, sanity_images=sanity_images, limit=limit,
+                       batch_size=batch_size, seed=seed, device=device, progress=not quiet)
     data = default_data(model_names, data, quiet)
     if not data:
         raise ValueError("the benchmark needs images: --data SPEC (e.g. 'synthetic:n=64' or builtin:demo)")

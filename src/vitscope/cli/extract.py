@@ -40,8 +40,8 @@ def register(app: typer.Typer) -> None:
                                                         "video, or synthetic[:n=...] (see docs/data.md)."),
         out: str = typer.Option(..., "--out", "-o", help="Store folder (one per model, weights, preprocessing, "
                                                        "dataset and split). Re-running resumes it."),
-        layers: str = typer.Option("all", "--layers", "-l", help="Blocks: all, a comma list (0,3,11; -1 = last) "
-                                                              "or a range a:b."),
+        layers: str = typer.Option("all", "--blocks", "--layers", "-l",
+                                   help="Blocks: all, a comma list (0,3,11; -1 = last) or a range a:b."),
         sites: str = typer.Option("resid_post", "--sites", "-s", help="Comma list of sites: resid_pre, resid_mid, "
                                   "resid_post, ln1, ln2, attn_out, mlp_out, ln_final, embed, clip_proj (CLIP: final "
                                   "norm + projection on every token), or hook names (blocks.{i}.mlp.hook_pre)."),

@@ -33,11 +33,12 @@ def keypoints_cmd(
                                                             "models)."),
     out: Path = typer.Option(Path("runs/keypoints"), "--out", "-o", help=OUT_HELP),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
-    batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Images per forward pass."),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
-    """PCK@{0.1, 0.05, 0.01} of nearest-neighbour keypoint transfer from every block's patch tokens."""
+    """PCK@{0.1, 0.05, 0.01} of nearest-neighbour keypoint transfer from every block's patch tokens. The table
+    holds percentages."""
     import pandas as pd
 
     from vitscope.analysis.correspondence import KeypointsOptions, evaluate, spair_sample

@@ -62,11 +62,14 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register_all() -> None:
+    from vitscope.cli.common import use_command_class
+
     for name in COMMAND_MODULES:
         mod_name = f"vitscope.cli.{name}"
         if importlib.util.find_spec(mod_name) is None:
             continue
         importlib.import_module(mod_name).register(app)
+    use_command_class(app)                 # old option spellings hidden from --help, --threads (cli/common.py)
 
 
 _flags_without_type()

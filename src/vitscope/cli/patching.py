@@ -52,7 +52,7 @@ def patch_cmd(
                                                                   "--limit images (default 8)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Images taken from --data (default 8)."),
     per_pair: bool = typer.Option(False, "--per-pair", help="Also one row per pair (column pair)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Patched runs per forward pass."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Patched runs per forward pass."),
     out: Path = typer.Option(Path("runs/patching"), "--out", "-o", help=OUT_HELP),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
@@ -126,14 +126,14 @@ def ablate_cmd(
     prune_step: int = typer.Option(4, "--prune-step", help="Heads pruned per step."),
     prune_images: int = typer.Option(64, "--prune-images", help="Images that rank the heads and draw the curve."),
     limit: Optional[int] = typer.Option(256, "--limit", help="Images of the data used."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
     out: Path = typer.Option(Path("runs/ablation"), "--out", "-o", help=OUT_HELP),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or messages."),
 ) -> None:
     """Ablate every attention head and MLP (zero, mean or resample) over a dataset: accuracy and true-class logit
-    drops per component; --prune adds the iterative head-pruning curve."""
+    drops per component; --prune adds the iterative head-pruning curve. Accuracies are percentages."""
     from vitscope.analysis.patching.ablation import AblateOptions, evaluate
     from vitscope.cli.common import default_data, load_models, parse_formats
 

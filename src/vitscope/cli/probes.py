@@ -10,7 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from vitscope.cli.common import DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, RANDOM_HELP, locks_out, parse_formats
+from vitscope.cli.common import (DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, RANDOM_HELP, cli_options, flag,
+                                 locks_out, parse_formats)
 
 
 @locks_out("vitscope probe")
@@ -31,8 +32,8 @@ def probe_cmd(
     reductions: str = typer.Option("cls,ap", "--reductions", "-r", help="Reductions of each layer: cls, ap "
                                                                         "(patch mean), ap_all."),
     site: str = typer.Option("ln2", "--site", help="Store site of the intermediate layers (ciernik2025: ln2)."),
-    heads: Optional[int] = typer.Option(None, "--heads", help="Attentive heads (default: number of inputs; "
-                                                              "8 for all tokens)."),
+    heads: Optional[int] = typer.Option(None, "--num-heads", "--heads", help="Attentive probe heads (default: "
+                                                                           "number of inputs; 8 for all tokens)."),
     attn_drops: str = typer.Option("0,0.1,0.3", "--attn-drops", help="Attention dropouts searched (each its own "
                                                                      "grid; the best by validation is kept)."),
     lrs: Optional[str] = typer.Option(None, "--lrs", help="Learning rates (default 0.1,0.01,0.001)."),
@@ -47,7 +48,7 @@ def probe_cmd(
                                                               "jitters it)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, initialisation, order and jitter."),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Model label in the results table."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "--dataset-name",
+    dataset: Optional[str] = typer.Option(None, "--dataset-name", "--dataset",
                                           help="Dataset label in the results table."),
     save_heads: bool = typer.Option(True, "--save-heads/--no-save-heads", help="Save the trained probes "
                                                                                "(safetensors + JSON)."),
@@ -57,15 +58,18 @@ def probe_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary."),
 ):
     """Linear and attentive probes over one, several or all layers of a feature store (ciernik2025's recipe,
-    tuned over lr x weight decay as one batched computation); tidy results, heads, logits, figures."""
+    tuned over lr x weight decay as one batched computation); tidy results, heads, logits, figures. The table
+    holds accuracies as fractions (0-1) and gains in percentage points; the summary lines print percent."""
     from vitscope.analysis.probes.experiment import ProbeOptions, evaluate, save_run
 
     fmts = parse_formats(formats)
-    opts = ProbeOptions(experiments=tuple(layer_set), probes=probe, reductions=reductions, per_layer=per_layer,
-                        site=site, heads=heads, attn_drops=attn_drops, lrs=lrs, wds=wds, epochs=epochs,
-                        min_steps=min_steps, batch_size=batch_size, token_norm=token_norm,
-                        normalize=not no_normalize, clean_val=clean_val, seed=seed, test_fraction=test_fraction,
-                        model_name=model_name, dataset_name=dataset, device=device, progress=not quiet)
+    opts = cli_options(ProbeOptions, flags={"experiments": "--layer-set", "probes": "--probe",
+                                            "normalize": "--no-normalize", "dataset_name": flag("dataset")},
+                       experiments=tuple(layer_set), probes=probe, reductions=reductions, per_layer=per_layer,
+                       site=site, heads=heads, attn_drops=attn_drops, lrs=lrs, wds=wds, epochs=epochs,
+                       min_steps=min_steps, batch_size=batch_size, token_norm=token_norm, normalize=not no_normalize,
+                       clean_val=clean_val, seed=seed, test_fraction=test_fraction, model_name=model_name,
+                       dataset_name=dataset, device=device, progress=not quiet)
     t0 = time.time()
     result = evaluate(list(store), list(test_store) if test_store else None, opts)
     run = result.meta["run"]
@@ -83,8 +87,8 @@ def probe_cmd(
 def probe_e2e_cmd(
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     data: str = typer.Option(..., "--data", "-d", help="Training images. " + DATA_HELP),
-    test_data: Optional[str] = typer.Option(None, "--test-data", "--test", help="Test images (same classes); without it "
-                                            "only training runs."),
+    test_data: Optional[str] = typer.Option(None, "--test-data", "--test", help="Test images (same classes); "
+                                            "without it only training runs."),
     recipe: str = typer.Option("attentive-frozen", "--recipe", help="attentive-frozen (attentive probe on a "
                                "frozen backbone) or finetune (linear head, backbone trained)."),
     layer_set: Optional[str] = typer.Option(None, "--layer-set", "-l", help="last, middle, quarterly, all, "
@@ -102,8 +106,8 @@ def probe_e2e_cmd(
     backbone_lr_scale: float = typer.Option(1e-3, "--backbone-lr-scale", help="finetune: backbone lr = lr x "
                                                                              "this."),
     backbone_wd: float = typer.Option(1e-6, "--backbone-weight-decay", help="finetune: backbone weight decay."),
-    heads: Optional[int] = typer.Option(None, "--heads", help="Attentive heads (default: number of inputs; 8 "
-                                                              "for all tokens)."),
+    heads: Optional[int] = typer.Option(None, "--num-heads", "--heads", help="Attentive probe heads (default: "
+                                                                           "number of inputs; 8 for all tokens)."),
     attn_drop: Optional[float] = typer.Option(None, "--attn-drop", help="Attention dropout (default 0.1)."),
     save_every: int = typer.Option(200, "--save-every", help="Checkpoint every N steps (and at the end)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
@@ -111,9 +115,9 @@ def probe_e2e_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the probe / head, the data order, jitter and dropout "
                                                "(and of --random weights)."),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Model label in the results table."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "--dataset-name",
+    dataset: Optional[str] = typer.Option(None, "--dataset-name", "--dataset",
                                           help="Dataset label in the results table."),
-    num_workers: int = typer.Option(0, "--num-workers", help="Image-loading processes."),
+    num_workers: int = typer.Option(0, "--workers", "-w", "--num-workers", help="Image-loading processes."),
     device: str = typer.Option("auto", "--device", help="'auto', 'cpu' or 'cuda'."),
     out: Path = typer.Option(Path("runs/probe-e2e"), "--out", "-o", help="Output folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary."),
@@ -121,17 +125,20 @@ def probe_e2e_cmd(
     """End-to-end probes (ciernik2025): the attentive probe on a frozen backbone with features computed every step
     from the images (no feature store), or fine-tuning with a linear head (two parameter groups); resumable.
 
+    The table holds accuracies as fractions (0-1); the summary line prints percent.
+
     Data parallel: torchrun --nproc_per_node=N -m vitscope probe-e2e ..."""
     import os
 
     from vitscope.analysis.probes.e2e import E2EOptions, evaluate
     from vitscope.runtime import load_model, model_label
 
-    opts = E2EOptions(recipe=recipe, layer_set=layer_set, lr=lr, weight_decay=weight_decay,
-                      backbone_lr_scale=backbone_lr_scale, backbone_weight_decay=backbone_wd, epochs=epochs,
-                      steps=steps, min_steps=min_steps, batch_size=batch_size, heads=heads, attn_drop=attn_drop,
-                      seed=seed, save_every=save_every, out=str(out), resume=resume, num_workers=num_workers,
-                      device=device, model_name=model_name, dataset_name=dataset, progress=not quiet)
+    opts = cli_options(E2EOptions, flags={"dataset_name": flag("dataset")},
+                       recipe=recipe, layer_set=layer_set, lr=lr, weight_decay=weight_decay,
+                       backbone_lr_scale=backbone_lr_scale, backbone_weight_decay=backbone_wd, epochs=epochs,
+                       steps=steps, min_steps=min_steps, batch_size=batch_size, heads=heads, attn_drop=attn_drop,
+                       seed=seed, save_every=save_every, out=str(out), resume=resume, num_workers=num_workers,
+                       device=device, model_name=model_name, dataset_name=dataset, progress=not quiet)
     m = load_model(model, random=random, seed=seed, device="cpu")
     result = evaluate({model_label(m, model, random): m}, data, opts, test_data=test_data)
     if not quiet and int(os.environ.get("RANK", "0")) == 0:
@@ -142,11 +149,11 @@ def probe_e2e_cmd(
 def probe_stats_cmd(
     results: List[Path] = typer.Argument(..., help="results.csv / .parquet files of `vitscope probe` runs, or "
                                                    "their output folders (several models and datasets)."),
-    pairs: Optional[str] = typer.Option(None, "--pairs", help="Run pairs a>b to test, e.g. "
+    pairs: Optional[str] = typer.Option(None, "--comparisons", "--pairs", help="Run pairs a>b to test, e.g. "
                                         "'attentive:all>attentive:last,linear:all>linear:last' (default: "
                                         "ciernik2025's Figure 2 pairs present in the table)."),
     baseline: str = typer.Option("linear:last_cls", "--baseline", help="Run the gains are measured against."),
-    alpha: float = typer.Option(0.05, "--alpha", help="Significance level."),
+    alpha: float = typer.Option(0.05, "--significance", "--alpha", help="Significance level of the tests."),
     out: Path = typer.Option(Path("runs/probe-stats"), "--out", "-o", help="Output folder."),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary."),
@@ -157,7 +164,7 @@ def probe_stats_cmd(
     from vitscope.cli.common import save_tidy
 
     fmts = parse_formats(formats)
-    result = evaluate(list(results), None, ProbeStatsOptions(pairs=pairs, baseline=baseline, alpha=alpha))
+    result = evaluate(list(results), None, cli_options(ProbeStatsOptions, pairs=pairs, baseline=baseline, alpha=alpha))
     result.save(out, fmts, table=False)
     for name in ("gains", "wilcoxon_over_datasets", "per_dataset_tests"):
         if result.meta[name] is not None:

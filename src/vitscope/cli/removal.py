@@ -9,8 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from vitscope.cli.common import (DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP, locks_out,
-                                 parse_formats, save_tidy)
+from vitscope.cli.common import (DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP, cli_options,
+                                 locks_out, parse_formats, save_tidy)
 
 
 def _save(result, out: Path, formats, quiet: bool, tables: dict) -> None:
@@ -49,21 +49,23 @@ def removal_cmd(
     probe_data: Optional[str] = typer.Option(None, "--probe-data",
                                              help="Labelled images to fit the per-token ridge probes of the "
                                                   "probe order on (vilas2023: another split than --data)."),
-    n_random: int = typer.Option(10, "--random-orders", "--n-random", help="Number of random orders (vilas2023: 10)."),
+    n_random: int = typer.Option(10, "--n-random", "--random-orders", help="Number of random token orders "
+                                                                          "(vilas2023: 10)."),
     seed: int = typer.Option(0, "--seed", help="Random order i uses seed SEED + i (vilas2023: 0..9); also the seed "
                                                "of --random weights."),
     step: int = typer.Option(1, "--step", help="Evaluate every STEP-th number of removed tokens (1 = all)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images of --data."),
     probe_limit: Optional[int] = typer.Option(None, "--probe-limit",
                                               help="Use only the first N images of --probe-data."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per batch (every curve of a batch runs in one "
-                                                            "stacked pass per number of removed tokens)."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per batch (every curve of a batch runs in "
+                                                                  "one stacked pass per number of removed tokens)."),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Token-removal curves: accuracy as patch tokens are removed, least (negative) or most (positive)
-    important first, for gradient, Chefer, linear-probe and random orders, with both AUCs."""
+    important first, for gradient, Chefer, linear-probe and random orders, with both AUCs. The tables hold
+    accuracies as fractions (0-1)."""
     from vitscope.analysis.class_embedding.removal import RemovalOptions, default_orders, evaluate
     from vitscope.cli.common import default_data, load_models
 
@@ -92,28 +94,29 @@ def probe_tokens_cmd(
     random: bool = typer.Option(False, "--random", help=RANDOM_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of --random weights."),
     out: Path = typer.Option(Path("runs/probe-tokens"), "--out", "-o", help=OUT_HELP),
-    sites: str = typer.Option("resid_post,attn_out,mlp_out", "--sites",
+    sites: str = typer.Option("resid_post,attn_out,mlp_out", "--sites", "-s",
                               help="Sites, comma-separated: resid_post, attn_out, mlp_out (vilas2023's hs, attn, "
                                    "mlp)."),
-    alpha: float = typer.Option(1.0, "--alpha", help="Ridge penalty (vilas2023: 1.0)."),
+    alpha: float = typer.Option(1.0, "--ridge-alpha", "--alpha", help="Ridge penalty (vilas2023: 1.0)."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes",
                                               help="Classes of the targets (default: the training set's)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images of --data."),
     train_limit: Optional[int] = typer.Option(None, "--train-limit",
                                               help="Use only the first N images of --train-data."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Per-token ridge probes (vilas2023): one probe per site, block and token position; accuracy and
-    true-class rank per token, and the rank sum over blocks that orders patches for `vitscope removal`."""
+    true-class rank per token, and the rank sum over blocks that orders patches for `vitscope removal`. The
+    table holds accuracies as fractions (0-1); the summary line prints percent."""
     from vitscope.analysis.probes.ridge import TokenProbeOptions, evaluate
     from vitscope.cli.common import load_models
 
     fmts = parse_formats(formats)
-    opts = TokenProbeOptions(sites=sites, alpha=alpha, num_classes=num_classes, batch_size=batch_size, limit=limit,
-                             train_limit=train_limit, progress=not quiet)
+    opts = cli_options(TokenProbeOptions, sites=sites, alpha=alpha, num_classes=num_classes, batch_size=batch_size,
+                       limit=limit, train_limit=train_limit, progress=not quiet)
     if not train_data:
         raise ValueError("per-token probes need labelled training images: pass --train-data SPEC (and the test "
                          "images with --data)")

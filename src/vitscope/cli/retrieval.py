@@ -33,7 +33,7 @@ def retrieval_cmd(
                                                                                 "images, paired with --db-store."),
     site: str = typer.Option("resid_post", "--site", help="Store site to read."),
     blocks: str = typer.Option("all", "--blocks", help=BLOCKS_HELP),
-    tokens: str = typer.Option("cls", "--tokens", help="cls (the protocol) or mean (of the patch tokens)."),
+    tokens: str = typer.Option("cls", "--tokens", "-t", help="cls (the protocol) or mean (of the patch tokens)."),
     protocols: str = typer.Option("easy,medium,hard", "--protocols", help="Protocols, comma-separated."),
     imsize: Optional[int] = typer.Option(None, "--imsize", help="Longer side of the thumbnail (DINO: 224 Oxford, "
                                                                 "512 Paris; default: the model's input size)."),
@@ -42,14 +42,15 @@ def retrieval_cmd(
                                                                      "centre crop)."),
     multiscale: bool = typer.Option(False, "--multiscale", help="Mean descriptor over scales 1, 1/sqrt 2, 1/2."),
     no_crop: bool = typer.Option(False, "--no-crop", help="Do not crop queries to their box (DINO, walmer2023)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass (equal sizes batched)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass (equal sizes batched)."),
     seed: int = typer.Option(0, "--seed", help=SEED_HELP),
     out: Path = typer.Option(Path("runs/retrieval"), "--out", "-o", help=OUT_HELP),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or messages."),
 ) -> None:
-    """Retrieval mAP and mP@k of every block on Revisited Oxford / Paris, one line per model."""
+    """Retrieval mAP and mP@k of every block on Revisited Oxford / Paris, one line per model. The table holds
+    percentages."""
     from vitscope.analysis.retrieval import RetrievalOptions, evaluate, open_revisited
     from vitscope.cli.common import load_models, parse_formats
     from vitscope.data.tasks.synthetic import task_root

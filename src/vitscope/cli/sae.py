@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from vitscope.cli.common import DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP
+from vitscope.cli.common import DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, cli_options, flag
 
 app = typer.Typer(help="Sparse autoencoders on ViT activations: train a grid from a feature store, measure, browse.",
                   no_args_is_help=True)
@@ -23,16 +23,17 @@ def train_cmd(
     out: Path = typer.Option(Path("runs/sae"), "--out", "-o", help="Folder for the SAEs (one sub-folder each), "
                                                                    "checkpoints and training_log.csv."),
     site: str = typer.Option("resid_post", "--site", help="Store site to read."),
-    block: str = typer.Option("-2", "--block", "--blocks", help="Block(s): '8', '4,8', '-2' (from the end). "
+    block: str = typer.Option("-2", "--blocks", "--block", help="Block(s): '8', '4,8', '-2' (from the end). "
                                                                 "Several blocks train in the same pass."),
-    tokens: str = typer.Option("patches", "--tokens", help="patches, cls, mean or all (the store's reduction)."),
+    tokens: str = typer.Option("patches", "--tokens", "-t", help="patches, cls, mean or all (the store's reduction)."),
     arch: str = typer.Option("topk", "--arch", help="relu, topk, batchtopk, jumprelu or matryoshka."),
     width: str = typer.Option("512", "--width", help="Latents; comma-separated for a grid."),
-    k: str = typer.Option("32", "--k", help="Active latents per token (topk, batchtopk, matryoshka); a grid."),
+    k: str = typer.Option("32", "--active-latents", "--k",
+                          help="Active latents per token (the k of topk, batchtopk, matryoshka); a grid."),
     l1: str = typer.Option("1.0", "--l1", help="Sparsity coefficient (relu: L1, jumprelu: L0); a grid."),
     lr: str = typer.Option("4e-4", "--lr", help="Learning rate(s); a grid."),
     steps: int = typer.Option(2000, "--steps", help="Training steps (batches)."),
-    batch_size: int = typer.Option(1024, "--batch-size", help="Tokens per step."),
+    batch_size: int = typer.Option(1024, "--batch-size", "-b", help="Tokens per step."),
     chunk_images: int = typer.Option(256, "--chunk-images", help="Images per chunk read from the store: the "
                                                                  "memory bound."),
     warmup: int = typer.Option(100, "--warmup", help="LR warm-up steps."),
@@ -46,9 +47,10 @@ def train_cmd(
     from vitscope.analysis.sae.train import Trainer, TrainOptions
     from vitscope.features import open_store
 
-    opts = TrainOptions(site=site, blocks=block, tokens=tokens, arch=arch, width=width, k=k, l1=l1, lr=lr,
-                        steps=steps, batch_size=batch_size, chunk_images=chunk_images, warmup=min(warmup, steps),
-                        resample_every=resample_every, seed=seed, limit=limit, progress=not quiet)
+    opts = cli_options(TrainOptions, flags={"blocks": flag("block")}, site=site, blocks=block, tokens=tokens,
+                       arch=arch, width=width, k=k, l1=l1, lr=lr, steps=steps, batch_size=batch_size,
+                       chunk_images=chunk_images, warmup=min(warmup, steps), resample_every=resample_every, seed=seed,
+                       limit=limit, progress=not quiet)
     st = open_store(store)
     tr = Trainer(st, opts, out)                # every check of the store happens here, before anything is written
     if resume:

@@ -69,9 +69,9 @@ def cka_command(
     preset: Optional[str] = typer.Option(None, "--preset", help="Preset: default, ciernik2025 (L2-normalised, full "
                                                                 "data) or walmer2023 (minibatch, min-max kernels, "
                                                                 "all tokens, ln1/ln2)."),
-    sites: Optional[str] = typer.Option(None, "--sites", help=SITES_HELP),
-    tokens: Optional[str] = typer.Option(None, "--tokens", help="Token mode: cls (default; all with --residual), "
-                                                                "mean, all, patches."),
+    sites: Optional[str] = typer.Option(None, "--sites", "-s", help=SITES_HELP),
+    tokens: Optional[str] = typer.Option(None, "--tokens", "-t", help="Token mode: cls (default; all with "
+                                                                      "--residual), mean, all, patches."),
     kernel: Optional[str] = typer.Option(None, "--kernel", help="linear (default) or rbf."),
     sigma: Optional[float] = typer.Option(None, "--sigma", help="Fixed RBF bandwidth; default: one per input and "
                                                                 "batch from its distances (--bandwidth)."),
@@ -89,7 +89,8 @@ def cka_command(
     full: Optional[bool] = typer.Option(None, "--full/--minibatch", help="Models: collect every feature and compute "
                                                                          "exact CKA (--full) or stream minibatch "
                                                                          "CKA (default, memory independent of N)."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Images per batch (the minibatch size of minibatch CKA)."),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", help="Images per batch (the minibatch size of "
+                                                                   "minibatch CKA)."),
     limit: Optional[int] = typer.Option(None, "--limit", help=LIMIT_HELP),
     last_layer: bool = typer.Option(False, "--last-layer", help="Compare the last block of every model (or store)."),
     residual: bool = typer.Option(False, "--residual", help="Residual CKA: skip input vs attention / MLP branch "
@@ -131,11 +132,11 @@ def rsa_command(
     out: Path = typer.Option(Path("runs/similarity"), "--out", "-o", help="Output folder."),
     rdm_method: str = typer.Option("correlation", "--rdm", help="RDM: correlation (default), cosine or euclidean."),
     compare: str = typer.Option("spearman", "--compare", help="RDM comparison: spearman (default) or pearson."),
-    tokens: str = typer.Option("cls", "--tokens", help="Token mode: cls (default), mean, all, patches."),
-    sites: str = typer.Option("resid_post", "--sites", help=SITES_HELP),
+    tokens: str = typer.Option("cls", "--tokens", "-t", help="Token mode: cls (default), mean, all, patches."),
+    sites: str = typer.Option("resid_post", "--sites", "-s", help=SITES_HELP),
     site: str = typer.Option("resid_post", "--site", help="Store site to read (--store)."),
     clusters: Optional[int] = typer.Option(None, "--clusters", help="Spectral clustering of the layers into K groups."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
     limit: Optional[int] = typer.Option(None, "--limit", help=LIMIT_HELP + " (RDMs are N x N)"),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     fmt: str = typer.Option("png", "--formats", help=FORMATS_HELP),
@@ -176,8 +177,9 @@ def cluster_command(
     store: Optional[List[Path]] = typer.Option(None, "--store", help="Feature store(s) with labels; repeat for "
                                                                      "several models."),
     out: Path = typer.Option(Path("runs/similarity"), "--out", "-o", help="Output folder."),
-    tokens: str = typer.Option("cls", "--tokens", help="cls (default) or mean (mean-pooled patch tokens)."),
-    k: Optional[int] = typer.Option(None, "--k", help="Clusters; default 50 (images) or 80 (--dense), as walmer2023."),
+    tokens: str = typer.Option("cls", "--tokens", "-t", help="cls (default) or mean (mean-pooled patch tokens)."),
+    k: Optional[int] = typer.Option(None, "--clusters", "--k", help="Clusters of k-means (its k); default 50 (images) "
+                                                                    "or 80 (--dense), as walmer2023."),
     seed: int = typer.Option(0, "--seed", help="Seed of k-means (its random_state; walmer2023: 0) and of the "
                                                "random-weight twins."),
     n_init: int = typer.Option(10, "--n-init", help="k-means restarts (scikit-learn's old default, used by walmer2023)."),
@@ -189,9 +191,9 @@ def cluster_command(
                                                 help="--dense object|part on PartImageNet: the annotation json (with "
                                                      "--image-root); objects labelled by super-category, parts by part."),
     image_root: Optional[Path] = typer.Option(None, "--image-root", help="Image folder of --coco / --partimagenet."),
-    sites: str = typer.Option("resid_post", "--sites", help=SITES_HELP),
+    sites: str = typer.Option("resid_post", "--sites", "-s", help=SITES_HELP),
     site: str = typer.Option("resid_post", "--site", help="Store site to read (--store)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
     limit: Optional[int] = typer.Option(None, "--limit", help=LIMIT_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     fmt: str = typer.Option("png", "--formats", help=FORMATS_HELP),

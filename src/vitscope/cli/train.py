@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
                                            help="Add a distillation token and head (DeiT); averaged at test time."),
         drop_path: float = typer.Option(0.1, "--drop-path", help="Stochastic depth rate of the last block."),
         epochs: int = typer.Option(30, "--epochs", help="Passes over the training set."),
-        batch_size: int = typer.Option(128, "--batch-size", help="Global batch size (split over processes)."),
+        batch_size: int = typer.Option(128, "--batch-size", "-b", help="Global batch size (split over processes)."),
         opt: str = typer.Option("adamw", "--opt", help="'adamw' or 'lamb' (timm's NVLAMB, as DeiT III and cls-register)."),
         lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
         min_lr: float = typer.Option(1e-5, "--min-lr", help="Learning rate at the end of the cosine decay."),
@@ -59,7 +59,8 @@ def register(app: typer.Typer) -> None:
                                                    "augmentations."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
         device: str = typer.Option("auto", "--device", help="'auto', 'cpu' or 'cuda'."),
-        num_workers: int = typer.Option(0, "--num-workers", help="Data-loading processes (large datasets)."),
+        num_workers: int = typer.Option(0, "--workers", "-w", "--num-workers",
+                                        help="Data-loading processes (large datasets)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Train a ViT from scratch: AdamW or LAMB, cosine schedule, label smoothing, crop/flip (+ mixup/cutmix),

@@ -218,7 +218,7 @@ class CellContext:
         spec, limit = self._spec(split)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "vitscope", "extract", "-m", m.name, "-d", spec, "-o", str(path),
-               "-l", ",".join(map(str, kw["layers"])), "-s", ",".join(kw["sites"]), "-t", ",".join(kw["tokens"]),
+               "--blocks", ",".join(map(str, kw["layers"])), "-s", ",".join(kw["sites"]), "-t", ",".join(kw["tokens"]),
                "-b", str(kw["batch_size"]), "--dtype", kw["dtype"], "-w", "0", "-q"]
         if m.random:
             cmd += ["--random", "--seed", str(m.seed)]

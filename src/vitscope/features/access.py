@@ -283,7 +283,7 @@ def store_layers(store, blocks: Iterable[int] | str | None = None) -> list[int]:
     want = list(dict.fromkeys(b + depth if b < 0 else b for b in want))
     missing = [b for b in want if b not in layers]
     if missing:
-        raise ValueError(f"the store holds layers {layers}, not {missing}; extract them with --layers")
+        raise ValueError(f"the store holds layers {layers}, not {missing}; extract them with --blocks")
     return want
 
 

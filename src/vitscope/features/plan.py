@@ -311,7 +311,7 @@ def make_plan(model, sites: str | Sequence[str] = ("resid_post",), layers: str |
                 if r in ("cls", "cls+mean", "dist") and model.cfg.class_token and model.cfg.cls_block > 0:
                     start = model.cfg.cls_block
                     raise ValueError(f"token reduction {r!r} at {where}: no CLS token yet, it enters at block "
-                                     f"{start}; use --tokens mean for every block, or --layers "
+                                     f"{start}; use --tokens mean for every block, or --blocks "
                                      f"{start}:{model.cfg.depth} for the CLS token") from None
                 raise ValueError(f"token reduction {r!r} at {where}: {err}; drop it from tokens or choose other "
                                  f"layers") from None

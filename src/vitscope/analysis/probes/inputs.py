@@ -258,7 +258,7 @@ def check_input(store, inp: ProbeInput):
         hint = (f"; its model's CLS enters at block {late}, so give a second store with the patch mean of every block "
                 f"(--store CLS_STORE --store AP_STORE)" if late and inp.reduction not in CLS_REDUCTIONS else "")
         raise ValueError(f"the store {store.path} has no layer {inp.layer} (it holds {store.layers}); extract it with "
-                         f"--layers {inp.layer} or choose another layer set{hint}")
+                         f"--blocks {inp.layer} or choose another layer set{hint}")
     if _stored_as(store, inp.reduction) is None:
         raise _no_reduction(store, inp.reduction)
     return store

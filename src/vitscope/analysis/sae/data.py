@@ -37,7 +37,7 @@ def check_store(store, site: str, blocks: Sequence[int], tokens: str) -> None:
     missing = [b for b in blocks if b not in store.layers]
     if missing:
         raise ValueError(f"the store at {path} holds blocks {store.layers}, not {missing}; extract them with "
-                         f"`vitscope extract ... --layers {','.join(map(str, missing))}`")
+                         f"`vitscope extract ... --blocks {','.join(map(str, missing))}`")
 
 
 def resolve_store_blocks(store, blocks) -> list[int]:

@@ -71,7 +71,7 @@ class SAEConfig:
         if self.arch in USES_K:
             bad = [k for k in self.k if not 1 <= int(k) <= self.width]
             if bad:
-                raise ValueError(f"k must be between 1 and the width ({self.width}), got {bad[0]}; lower --k or "
+                raise ValueError(f"k must be between 1 and the width ({self.width}), got {bad[0]}; lower --active-latents or "
                                  f"raise --width")
         if self.arch == "matryoshka":
             p = tuple(int(m) for m in (self.prefixes or _default_prefixes(self.width)))
