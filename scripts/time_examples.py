@@ -17,68 +17,77 @@ import tempfile
 import time
 from pathlib import Path
 
-D = ("synthetic:size=64,classes=8,difficulty=easy,jitter=0,scale_min=0.1,scale_max=0.2,noise=0.02,clutter=0,"
-     "texture=0.15,contrast=0.45,rotation=30,stripes=0,stretch=0.05")
-
-# (name, where it is written, command) in the order the docs give them
+# (name, the page, how its command starts there): each command is read from its page as written, in this order
+# (later examples read what earlier ones wrote, as in the docs)
 EXAMPLES = [
-    ("knn", "README", 'vitscope knn -m demo-vit --with-random -d builtin:demo -o runs/knn'),
-    ("knn-two-models", "docs/downstream.md",
-     f'vitscope knn -m demo-vit -m demo-vit-reg4 --with-random --train "{D},n=1024,split=train" '
-     f'--test "{D},n=512,split=test" -o runs/knn2'),
-    ("synth-revisited", "docs/downstream.md",
-     "vitscope synth runs/synth --difficulty easy --landmarks 24 --formats revisited -q"),
-    ("retrieval", "docs/downstream.md",
-     "vitscope retrieval -m demo-vit -m demo-vit-reg4 --with-random --root runs/synth/revisited/rsynth "
-     "-o runs/retrieval"),
-    ("davis", "docs/downstream.md",
-     "vitscope davis -m demo-vit --with-random --davis synthetic:videos=4,frames=12 --out runs/davis"),
-    ("keypoints", "docs/downstream.md",
-     "vitscope keypoints -m demo-vit --with-random --spair synthetic:pairs=40 --out runs/keypoints"),
-    ("perturb", "README", "vitscope perturb -m demo-vit -d builtin:demo --tokens all --out runs/perturb"),
-    ("logit-lens", "docs/class-embedding.md",
-     f'vitscope logit-lens -m demo-vit -d "{D},n=128,split=test" -o runs/logit-lens'),
-    ("memories", "docs/class-embedding.md",
-     f'vitscope memories -m demo-vit -d "{D},n=128,split=test" -o runs/memories'),
-    ("attribution", "README", "vitscope attribution -m demo-vit -o runs/attribution"),
-    ("removal", "README",
-     'vitscope removal -m demo-vit -d "builtin:demo?n=256" --probe-data "builtin:demo?n=500,split=val" '
-     "-o runs/removal"),
-    ("probe-tokens", "docs/class-embedding.md",
-     f'vitscope probe-tokens -m demo-vit-reg4 --train-data "{D},n=500,split=val" -d "{D},n=256,split=test" '
-     "--sites resid_post,attn_out,mlp_out -o runs/probe-tokens"),
-    ("extract-probe-train", "docs/probes.md",
-     'vitscope extract -m demo-vit -d "builtin:demo?n=400,split=train" -o feats/train -l all -s ln2,ln_final '
-     "-t cls,mean,all -q"),
-    ("extract-probe-test", "docs/probes.md",
-     'vitscope extract -m demo-vit -d "builtin:demo?n=200,split=test" -o feats/test -l all -s ln2,ln_final '
-     "-t cls,mean,all -q"),
-    ("probe", "docs/probes.md",
-     "vitscope probe --store feats/train --test-store feats/test -l last -l all -l tokens --per-layer "
-     "--dataset synthetic -o runs/probe"),
-    ("probe-stats", "docs/probes.md", "vitscope probe-stats runs/probe -o runs/probe-stats"),
-    ("probe-e2e", "README",
-     'vitscope probe-e2e -m demo-vit --recipe attentive-frozen -l all -d "builtin:demo?n=160,split=train" '
-     '--test-data "builtin:demo?n=80" --steps 100 -b 32 -o runs/e2e'),
-    ("explain", "docs/attribution.md",
-     'vitscope explain -m demo-vit -d "builtin:demo?n=8" --method rollout --limit 6 -o runs/explain'),
-    ("explain-bench", "docs/attribution.md",
-     'vitscope explain-bench -m demo-vit -d "builtin:demo?n=64" --limit 16 --sanity --sanity-images 4 '
-     "-o runs/explain-bench"),
-    ("attention-stats", "docs/figures.md",
-     "vitscope attention-stats -m demo-vit -d builtin:demo --limit 16 -o runs/stats"),
-    ("sae-extract", "docs/sae.md",
-     'vitscope extract -m demo-vit -d "builtin:demo?n=2048,split=train" -o feats/demo-train --layers 3 '
-     "--sites resid_post --tokens patches -q"),
-    ("sae-train", "docs/sae.md",
-     "vitscope sae train --store feats/demo-train --block 3 --tokens patches --arch topk --width 256,512 --k 8,16 "
-     "--lr 1e-3 --steps 1500 -o runs/sae"),
-    ("sae-eval", "docs/sae.md",
-     'vitscope sae eval runs/sae/topk-b3-w512-k16-lr0.001 -d "builtin:demo?n=512,split=test" -o runs/sae-eval'),
-    ("sae-browse", "docs/sae.md", "vitscope sae browse runs/sae/topk-b3-w512-k16-lr0.001 -o runs/sae-page"),
-    ("study", "README", "vitscope run {repo}/examples/walmer2023_study.yaml --threads 1 --out runs/walmer2023-demo"),
-    ("results", "README", "vitscope results runs/walmer2023-demo"),
+    ("knn", "README.md", "vitscope knn -m demo-vit --with-random"),
+    ("knn-two-models", "docs/downstream.md", "vitscope knn -m demo-vit -m demo-vit-reg4"),
+    ("synth-revisited", "docs/downstream.md", "vitscope synth runs/synth"),
+    ("retrieval", "docs/downstream.md", "vitscope retrieval -m demo-vit"),
+    ("davis", "docs/downstream.md", "vitscope davis -m demo-vit"),
+    ("keypoints", "docs/downstream.md", "vitscope keypoints -m demo-vit"),
+    ("perturb", "README.md", "vitscope perturb -m demo-vit"),
+    ("logit-lens", "docs/class-embedding.md", "vitscope logit-lens -m demo-vit"),
+    ("memories", "docs/class-embedding.md", "vitscope memories -m demo-vit"),
+    ("attribution", "README.md", "vitscope attribution -m demo-vit"),
+    ("removal", "README.md", "vitscope removal -m demo-vit"),
+    ("probe-tokens", "docs/class-embedding.md", "vitscope probe-tokens -m demo-vit-reg4"),
+    ("extract-probe-train", "docs/probes.md", "vitscope extract -m demo-vit -d \"builtin:demo?n=400,split=train\""),
+    ("extract-probe-test", "docs/probes.md", "vitscope extract -m demo-vit -d \"builtin:demo?n=200,split=test\""),
+    ("probe", "docs/probes.md", "vitscope probe --store feats/train --test-store feats/test"),
+    ("probe-stats", "docs/probes.md", "vitscope probe-stats runs/probe"),
+    ("probe-e2e", "README.md", "vitscope probe-e2e -m demo-vit"),
+    ("explain-bench", "docs/attribution.md", "vitscope explain-bench -m demo-vit"),
+    ("attention-stats", "docs/figures.md", "vitscope attention-stats -m demo-vit"),
+    ("sae-extract", "docs/sae.md", "vitscope extract -m demo-vit"),
+    ("sae-train", "docs/sae.md", "vitscope sae train"),
+    ("sae-eval", "docs/sae.md", "vitscope sae eval"),
+    ("sae-browse", "docs/sae.md", "vitscope sae browse"),
+    ("study", "README.md", "vitscope run examples/walmer2023_study.yaml"),
+    ("results", "README.md", "vitscope results runs/walmer2023-demo"),
 ]
+
+
+def page_commands(path: Path) -> list[str]:
+    """The shell commands of a page's ```bash blocks: continuation lines joined, comments dropped, the page's
+    ``NAME="..."`` variables expanded."""
+    import re
+    import shlex
+
+    out, vars_, block, pending = [], {}, False, ""
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            block = line.strip() == "```bash"
+            continue
+        if not block:
+            continue
+        line = pending + line.strip()
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1].rstrip() + " "
+            continue
+        m = re.fullmatch(r'([A-Z_]+)="([^"]*)"', line)
+        if m:
+            vars_[m.group(1)] = m.group(2)
+            continue
+        try:
+            words = shlex.split(line, comments=True, posix=False)
+        except ValueError:
+            continue
+        cmd = " ".join(words)
+        for k, v in vars_.items():
+            cmd = cmd.replace("${" + k + "}", v).replace("$" + k, v)
+        if cmd:
+            out.append(cmd)
+    return out
+
+
+def find(repo: Path, page: str, start: str) -> str:
+    """The first command of ``page`` that starts with ``start`` (ValueError when none does)."""
+    for cmd in page_commands(repo / page):
+        if cmd.startswith(start):
+            return cmd
+    raise ValueError(f"{page} has no command starting with {start!r}")
 
 
 def main() -> int:
@@ -94,13 +103,14 @@ def main() -> int:
     repo = Path(__file__).resolve().parents[1]
     work = a.keep or Path(tempfile.mkdtemp(prefix="vitscope-examples-"))
     work.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(repo / "examples", work / "examples", dirs_exist_ok=True)    # the study file, as in a checkout
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     rows, failed = [], 0
     try:
-        for name, where, cmd in EXAMPLES:
+        for name, where, start in EXAMPLES:
             if only and name not in only:
                 continue
-            cmd = cmd.format(repo=repo)
+            cmd = find(repo, where, start)
             t = time.perf_counter()
             r = subprocess.run(["bash", "-c", cmd], cwd=work, env=env, capture_output=True, text=True)
             dt = time.perf_counter() - t
