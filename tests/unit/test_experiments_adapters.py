@@ -241,9 +241,9 @@ def test_results_figures_read_the_rows_the_adapters_write(setup, tmp_path):
     seen = {}
     real = vx.plot_identifiability
 
-    def spy(table, title=None, chance=0.5):
+    def spy(table, title=None, chance=0.5, **context):
         seen[title] = chance
-        return real(table, title=title, chance=chance)
+        return real(table, title=title, chance=chance, **context)
 
     vx.plot_identifiability = spy
     try:
