@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from vitscope.cli.common import (BLOCKS_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP,
-                                 WITH_RANDOM_HELP, cli_options, locks_out)
+                                 SEED_HELP, WITH_RANDOM_HELP, cli_options, locks_out)
 
 
 @locks_out("vitscope keypoints")
@@ -17,15 +17,14 @@ def keypoints_cmd(
     root: str = typer.Option(..., "--spair", help="SPair-71k folder (JPEGImages/, PairAnnotation/, Layout/), or "
                                                   "synthetic[:pairs=N,...] (written into --out/data)."),
     random: bool = typer.Option(False, "--random", help=RANDOM_HELP + " Applies to every --model."),
-    with_random: bool = typer.Option(False, "--with-random", help=WITH_RANDOM_HELP.replace("--seed",
-                                                                                           "--model-seed")),
-    model_seed: int = typer.Option(0, "--model-seed", help="Seed of the random-weight twins (--seed draws the "
-                                                           "pairs here)."),
+    with_random: bool = typer.Option(False, "--with-random", help=WITH_RANDOM_HELP),
+    seed: int = typer.Option(0, "--seed", "--model-seed", help=SEED_HELP),
     blocks: str = typer.Option("all", "--blocks", help=BLOCKS_HELP),
     split: str = typer.Option("test", "--split", help="Pair split: test, val or trn."),
     pairs_per_category: int = typer.Option(20, "--pairs-per-category", help="Pairs drawn per category (0: every "
                                                                             "pair)."),
-    seed: int = typer.Option(42, "--seed", help="Seed of the pair sample."),
+    pair_seed: int = typer.Option(42, "--pair-seed", help="Seed of the pair sample (each category draws from "
+                                                          "(this seed, its name); the study option `seed`)."),
     with_replacement: bool = typer.Option(False, "--with-replacement",
                                           help="Draw the pairs with replacement (walmer2023's sample)."),
     size: Optional[int] = typer.Option(None, "--size", help="Letterbox side, a multiple of the patch size "
@@ -48,15 +47,15 @@ def keypoints_cmd(
 
     fmts = parse_formats(formats)
     opts = cli_options(KeypointsOptions, blocks=blocks, split=split, pairs_per_category=pairs_per_category,
-                       seed=seed, with_replacement=with_replacement, size=size, batch_size=batch_size, device=device,
-                       progress=not quiet)
+                       seed=pair_seed, with_replacement=with_replacement, size=size, batch_size=batch_size, device=device,
+                       progress=not quiet, flags={"seed": "--pair-seed"})
     folder = task_root(root, "spair", Path(out) / "data")
     spair_sample(folder, opts)                                      # a bad folder or split fails before loading
-    models = load_models(model_names, random, device, seed=model_seed, with_random=with_random)
+    models = load_models(model_names, random, device, seed=seed, with_random=with_random)
     result = evaluate(models, folder, opts)
     result.save(out, fmts)
     pd.DataFrame(result.arrays["categories"]).to_csv(Path(out) / "keypoints_categories.csv", index=False)
-    save_json({"root": str(root), "split": split, "pairs": result.meta["pairs"], "seed": seed,
+    save_json({"root": str(root), "split": split, "pairs": result.meta["pairs"], "pair_seed": pair_seed,
                "with_replacement": with_replacement}, Path(out) / "keypoints.json")
     typer.echo(f"{result.summary}; wrote {out}")
 

@@ -76,7 +76,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--threads", "CPU threads of torch and of the BLAS / OpenMP pools (default: torch's)."),
     Option("--workers", "Data-loading worker processes.", short="-w", old=("--num-workers",)),
     Option("--seed", "Seed of the command's randomness: random-weight twins, splits, sampling, initialisation "
-                     "(the command's --help says which)."),
+                     "(the command's --help says which).", old=("--model-seed",)),
     Option("--resume", "Continue an interrupted run (or store) in --out.", negation="--no-resume"),
     Option("--method", "The variant of the command's method (values in its --help)."),
     Option("--target", "The class explained (default: the predicted class)."),
