@@ -11,8 +11,8 @@ from typing import List, Optional
 
 import typer
 
-from vitscope.cli.common import (DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP, cli_options,
-                                 locks_out, parse_formats)
+from vitscope.cli.common import (DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP,
+                                 WITH_RANDOM_HELP, cli_options, locks_out, parse_formats)
 
 LIMIT_HELP = "Use only the first N images."
 IMAGENET_S_HELP = "ImageNet-S root (vilas2023's images; masks of each image's own category)."
@@ -30,10 +30,10 @@ SEED_HELP = "Seed of the random-weight model (--random)."
 QUIET_HELP = "No progress output."
 
 
-def _models(names, random: bool, device, seed: int):
+def _models(names, random: bool, device, seed: int, with_random: bool = False):
     from vitscope.cli.common import load_models
 
-    return load_models(list(names), random, device, seed=seed)
+    return load_models(list(names), random, device, seed=seed, with_random=with_random)
 
 
 def _data(models: dict, data: Optional[str], imagenet_s: Optional[Path] = None):
@@ -168,6 +168,7 @@ def perturb_cmd(
     class_index: Optional[Path] = typer.Option(None, "--class-index", help=CLASS_INDEX_HELP),
     per_class: Optional[int] = typer.Option(None, "--per-class", help=PER_CLASS_HELP),
     random: bool = typer.Option(False, "--random", help=RANDOM_HELP),
+    with_random: bool = typer.Option(False, "--with-random", help=WITH_RANDOM_HELP),
     class_embeddings: Optional[Path] = typer.Option(None, "--class-embeddings", help=EMB_HELP),
     class_names: Optional[Path] = typer.Option(None, "--class-names", help=NAMES_HELP),
     head: Optional[Path] = typer.Option(None, "--head", help=HEAD_HELP),
@@ -196,7 +197,7 @@ def perturb_cmd(
     opts = cli_options(PerturbationOptions, attention=kinds, token_drop=tokens_drop, tokens=tokens, blocks=blocks,
                        mask_rule=mask_rule, **_space(imagenet_s, class_index, per_class, class_embeddings,
                                                      class_names, head, limit, batch_size, device, quiet))
-    models = _models(model_names, random, device, seed)
+    models = _models(model_names, random, device, seed, with_random)
     _finish(evaluate(models, _data(models, data, imagenet_s), opts), out, fmts, quiet)
 
 
@@ -207,6 +208,7 @@ def attribution_cmd(
     data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
     per_class: Optional[int] = typer.Option(None, "--per-class", help="Keep the first N images of each class."),
     random: bool = typer.Option(False, "--random", help=RANDOM_HELP),
+    with_random: bool = typer.Option(False, "--with-random", help=WITH_RANDOM_HELP),
     class_embeddings: Optional[Path] = typer.Option(None, "--class-embeddings", help=EMB_HELP),
     class_names: Optional[Path] = typer.Option(None, "--class-names", help=NAMES_HELP),
     head: Optional[Path] = typer.Option(None, "--head", help=HEAD_HELP),
@@ -226,7 +228,7 @@ def attribution_cmd(
     fmts = parse_formats(formats)
     opts = AttributionOptions(blocks=blocks, **_space(None, None, per_class, class_embeddings, class_names, head,
                                                       limit, batch_size, device, quiet))
-    models = _models(model_names, random, device, seed)
+    models = _models(model_names, random, device, seed, with_random)
     _finish(evaluate(models, _data(models, data), opts), out, fmts, quiet)
 
 

@@ -37,7 +37,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--data", "Images: a dataset spec (folder, list file, shards, hf:NAME, video, synthetic:...; "
                      "docs/data.md).", short="-d"),
     Option("--train-data", "Labelled images (a dataset spec) that the command fits on: the k-NN memory, the "
-                           "per-token probes.", old=("--train",)),
+                           "per-token probes, the probe order of the removal curves.", old=("--train", "--probe-data")),
     Option("--test-data", "Labelled images (a dataset spec) that the command scores on, when --data is the "
                           "training set or --train-data is given.", old=("--test",)),
     Option("--test-fraction", "Share of the data held out as test when no separate test set is given."),
@@ -47,6 +47,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--test-store", "The feature store of the test images, paired with the training store."),
     Option("--limit", "Use at most this many items: the first N images (davis: sequences; check-data: images "
                       "decoded)."),
+    Option("--train-limit", "Use only the first N images of --train-data.", old=("--probe-limit",)),
     Option("--per-class", "Keep the first N images of each class."),
     Option("--imagenet-s", "ImageNet-S root folder (images with per-category masks)."),
     Option("--coco", "A COCO instances json (with --image-root)."),

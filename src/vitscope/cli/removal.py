@@ -9,8 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from vitscope.cli.common import (DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP, cli_options,
-                                 locks_out, parse_formats, save_tidy)
+from vitscope.cli.common import (DATA_HELP, DEVICE_HELP, FORMATS_HELP, MODEL_HELP, OUT_HELP, RANDOM_HELP,
+                                 WITH_RANDOM_HELP, cli_options, locks_out, parse_formats, save_tidy)
 
 
 def _save(result, out: Path, formats, quiet: bool, tables: dict) -> None:
@@ -40,13 +40,14 @@ def removal_cmd(
     model_names: List[str] = typer.Option(..., "--model", "-m", help=MODEL_HELP + " Repeat for several."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP + " Needs class labels."),
     random: bool = typer.Option(False, "--random", help=RANDOM_HELP),
+    with_random: bool = typer.Option(False, "--with-random", help=WITH_RANDOM_HELP),
     out: Path = typer.Option(Path("runs/removal"), "--out", "-o", help=OUT_HELP),
     orders: Optional[str] = typer.Option(None, "--orders",
                                          help="Token orders, comma-separated: grads (vilas2023's class-embedding "
                                               "gradients), chefer, probe (per-token ridge probes; needs "
-                                              "--probe-data), random. Default: grads,chefer,random, and probe "
-                                              "when --probe-data is given."),
-    probe_data: Optional[str] = typer.Option(None, "--probe-data",
+                                              "--train-data), random. Default: grads,chefer,random, and probe "
+                                              "when --train-data is given."),
+    probe_data: Optional[str] = typer.Option(None, "--train-data", "--probe-data",
                                              help="Labelled images to fit the per-token ridge probes of the "
                                                   "probe order on (vilas2023: another split than --data)."),
     n_random: int = typer.Option(10, "--n-random", "--random-orders", help="Number of random token orders "
@@ -55,8 +56,8 @@ def removal_cmd(
                                                "of --random weights."),
     step: int = typer.Option(1, "--step", help="Evaluate every STEP-th number of removed tokens (1 = all)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images of --data."),
-    probe_limit: Optional[int] = typer.Option(None, "--probe-limit",
-                                              help="Use only the first N images of --probe-data."),
+    probe_limit: Optional[int] = typer.Option(None, "--train-limit", "--probe-limit",
+                                              help="Use only the first N images of --train-data."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per batch (every curve of a batch runs in "
                                                                   "one stacked pass per number of removed tokens)."),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),
@@ -76,7 +77,7 @@ def removal_cmd(
     if not data:
         raise ValueError("removal curves need labelled images: pass --data SPEC (a folder with one sub-folder per "
                          "class, a list file with labels, or synthetic:...)")
-    models = load_models(list(model_names), random, device, seed=seed)
+    models = load_models(list(model_names), random, device, seed=seed, with_random=with_random)
     result = evaluate(models, data, opts, probe_data=probe_data,
                       log=None if quiet else (lambda line: typer.echo(line, err=True)))
     t = result.table
@@ -92,6 +93,7 @@ def probe_tokens_cmd(
                                              help="Labelled images the probes are fitted on (vilas2023: another "
                                                   "split than --data)."),
     random: bool = typer.Option(False, "--random", help=RANDOM_HELP),
+    with_random: bool = typer.Option(False, "--with-random", help=WITH_RANDOM_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of --random weights."),
     out: Path = typer.Option(Path("runs/probe-tokens"), "--out", "-o", help=OUT_HELP),
     sites: str = typer.Option("resid_post,attn_out,mlp_out", "--sites", "-s",
@@ -123,7 +125,8 @@ def probe_tokens_cmd(
     if not data:
         raise ValueError("per-token probes need labelled test images: pass --data SPEC (another split than "
                          "--train-data)")
-    result = evaluate(load_models(list(model_names), random, device, seed=seed), data, opts, train_data=train_data)
+    result = evaluate(load_models(list(model_names), random, device, seed=seed, with_random=with_random), data, opts,
+                      train_data=train_data)
     _save(result, out, fmts, quiet, {"token_probes": result.table})
 
 

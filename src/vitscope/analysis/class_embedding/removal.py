@@ -236,7 +236,7 @@ def removal_curves(model, batches: Iterable, orders: str | Iterable[str] = ("gra
     orders_l = resolve_orders(orders)
     if "probe" in orders_l and probes is None:
         raise ValueError("the probe order needs fitted per-token ridge probes (fit_token_probes on a training set; "
-                         "in the command line: --probe-data SPEC)")
+                         "in the command line: --train-data SPEC)")
     res: RemovalCurves | None = None
     rand = None
     bar = None
@@ -362,8 +362,8 @@ def evaluate(models, data=None, options: RemovalOptions | None = None, *, probe_
     opts = options_of(RemovalOptions, options, overrides)
     items = as_models(models)
     if "probe" in opts.orders and probe_data is None:
-        raise ValueError("the probe order needs --probe-data SPEC: labelled images to fit the per-token ridge probes "
-                         "on (another split than --data)")
+        raise ValueError("the probe order needs --train-data SPEC (old spelling --probe-data): labelled images to "
+                         "fit the per-token ridge probes on (another split than --data)")
     for label, model in items.items():
         if model.cfg.head == "none":
             raise ValueError(f"{label} has no classification head: removal curves measure class accuracy; use a "
@@ -391,7 +391,7 @@ def evaluate(models, data=None, options: RemovalOptions | None = None, *, probe_
                 + (", after fitting the per-token probes" if "probe" in opts.orders else ""))
         probes = None
         if "probe" in opts.orders:
-            pds, plabels = labelled_images(probe_data, "--probe-data", "the probe order", opts.probe_limit)
+            pds, plabels = labelled_images(probe_data, "--train-data", "the probe order", opts.probe_limit)
             pn = None if plabels is None else len(plabels)
             probes = fit_token_probes(model, model_batches(model, pds, opts.batch_size),
                                       model.cfg.num_classes, sites=("resid_post",), progress=opts.progress,
@@ -415,7 +415,7 @@ def evaluate(models, data=None, options: RemovalOptions | None = None, *, probe_
         if col in table:
             table[col] = table[col].astype("Int64")
     context = {"data": data_label(data) or data_label(ds), "n_images": {k: c.n_images for k, c in curves.items()}}
-    return Result("removal", table, "removal curves (seed AUC negative/positive): " + "; ".join(summary), opts,
+    return Result("removal", table, "removal curves (vilas2023 AUC negative/positive): " + "; ".join(summary), opts,
                   arrays=arrays, meta={"curves": curves, "work": work, "dataset": ds, "context": context,
                                        "num_classes": {k: m.cfg.num_classes for k, m in items.items()}},
                   draw=_draw)

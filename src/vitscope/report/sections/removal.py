@@ -37,7 +37,7 @@ def removal_section(ctx) -> Section:
         f"least important first, so a good importance keeps the accuracy up; positive: most important first, so a "
         f"good importance makes it fall. Orders: vilas2023's gradients of a class-embedding loss at CLS, Chefer "
         f"relevance, the per-token ridge probes' rank sum (fitted on {n_probe} "
-        f"other images), and {N_RANDOM} random orders. vilas2023 reports on ViT-B/32 (seed AUC): negative 0.836 "
+        f"other images), and {N_RANDOM} random orders. vilas2023 reports on ViT-B/32 (its AUC): negative 0.836 "
         f"(gradients), 0.845 (Chefer), 0.739 (linear probe), 0.716 (random); positive 0.413, 0.393, 0.683.")
     title = context_title(f"{ctx.title}: token removal", ctx.data_label, res.n_images)
     sec.figure(ctx, plot_removal_curves(res, title=title, chance=1 / ctx.model.cfg.num_classes), "curves",
