@@ -35,7 +35,8 @@ def test_planted_dictionary_is_recovered(store):
 
 def _opts(**kw):
     base = dict(blocks="2,3", arch="topk", width=(32, 48), k=(2, 4), lr=(1e-3,), steps=24, batch_size=64,
-                chunk_images=20, warmup=5, dead_after=300, log_every=4, checkpoint_every=10, init_rows=256)
+                chunk_images=20, warmup=5, dead_after=300, log_every=4, checkpoint_every=10, init_rows=256,
+                device="cpu")                       # bit-identical comparisons: the CPU whatever the machine
     base.update(kw)
     return TrainOptions(**base)
 
@@ -60,6 +61,38 @@ def test_resume_is_bit_identical(store, tmp_path, arch):
         back = load_sae(tmp_path / "run" / name)
         x = torch.randn(5, 16)
         torch.testing.assert_close(back.reconstruct(x), sae.reconstruct(x), rtol=0, atol=0)
+
+
+def test_resume_ignores_device_threads_and_progress(store, tmp_path):
+    """A run interrupted with one progress / thread / device setting resumes with another (they do not change the
+    SAEs); any other option still refuses."""
+    path, _ = store
+    opts = _opts(arch="topk")
+    tr = Trainer(path, opts, out=tmp_path / "run")
+    tr.run(steps=13)
+    again = Trainer(path, opts.replace(progress=True, threads=1, device="cpu"), out=tmp_path / "run")
+    assert again.try_resume() and again.step == 10
+    with pytest.raises(ValueError, match="other training options"):
+        Trainer(path, opts.replace(seed=1), out=tmp_path / "run").try_resume()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_device_option(store, device):
+    """``device``: the SAEs train there and come back on the CPU; on the CPU the result is the default run's."""
+    path, _ = store
+    opts = _opts(arch="topk")
+    base = Trainer(path, opts).run()
+    got = Trainer(path, opts.replace(device=device)).run()
+    for name, sae in got.items():
+        assert all(t.device.type == "cpu" for t in sae.state_dict().values())
+        for k, v in base[name].state_dict().items():
+            if device == "cpu":
+                assert torch.equal(v, sae.state_dict()[k]), (name, k)
+        if device != "cpu":                   # another device's kernels: the same quality, not the same bits
+            x = Trainer(path, opts).stream.sample(512)[sae.cfg.block[0]]
+            err = [float((m.reconstruct(x) - x).pow(2).sum(-1).mean()) for m in (sae, base[name])]
+            assert err[0] <= 1.5 * err[1] + 1e-6, (name, err)
 
 
 def test_grid_equals_members_trained_alone(store):

@@ -41,6 +41,7 @@ def train_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the data order and the initialisation."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use at most this many images of the store."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run in --out."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a grid of SAEs (width x k or L1 x learning rate x block) on a feature store in one pass."""
@@ -50,7 +51,7 @@ def train_cmd(
     opts = cli_options(TrainOptions, flags={"blocks": flag("block")}, site=site, blocks=block, tokens=tokens,
                        arch=arch, width=width, k=k, l1=l1, lr=lr, steps=steps, batch_size=batch_size,
                        chunk_images=chunk_images, warmup=min(warmup, steps), resample_every=resample_every, seed=seed,
-                       limit=limit, progress=not quiet)
+                       limit=limit, device=device, progress=not quiet)
     st = open_store(store)
     tr = Trainer(st, opts, out)                # every check of the store happens here, before anything is written
     if resume:

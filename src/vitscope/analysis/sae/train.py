@@ -10,7 +10,8 @@ Per SAE: activations scaled so that their mean squared norm is ``d_in`` (the fac
 zero over the last ``decay`` fraction of the steps (Anthropic's schedule); dead latents (no activation over
 ``dead_after`` tokens) trained by AuxK (TopK family) or resampled (ReLU, Anthropic's recipe). Checkpoints every
 ``checkpoint_every`` steps hold the parameters, the optimiser state and the counters (safetensors + JSON), so a
-resumed run continues bit-identically on CPU.
+resumed run continues bit-identically on CPU. ``device`` (``--device``): where the SAEs train; the
+store is read on the CPU and each batch copied over.
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ class TrainOptions(Options):
     limit: int | None = None              # at most this many images of the store
     progress: bool = False
     threads: int | None = None
+    device: str | None = None             # where the SAEs train (default: cuda when available, else cpu)
 
     def validate(self) -> None:
         self.check_choice("arch", ARCHS)
@@ -115,6 +117,11 @@ class TrainOptions(Options):
         return [{"width": w, key: v, "lr": lr} for w in self.width for key, v in sparsity for lr in self.lr]
 
 
+def _identity(options: dict) -> dict:
+    """The options that make a run what it is: a run resumes on another device, thread count or progress setting."""
+    return {k: v for k, v in options.items() if k not in ("device", "threads", "progress")}
+
+
 def _err(name, msg):
     from vitscope.analysis.api import OptionError
 
@@ -134,22 +141,22 @@ def lr_at(step: int, total: int, warmup: int, decay: float) -> float:
 
 
 class _Stack:
-    """One stacked SAE (an architecture and a width), its optimiser and its dead-latent counters."""
+    """One stacked SAE (an architecture and a width) on ``device``, its optimiser and its dead-latent counters."""
 
-    def __init__(self, sae: SAE, lrs: Sequence[float], names: Sequence[str]) -> None:
-        self.sae, self.names = sae, list(names)
-        self.lr = torch.tensor(list(lrs), dtype=torch.float32)
+    def __init__(self, sae: SAE, lrs: Sequence[float], names: Sequence[str], device: str = "cpu") -> None:
+        self.sae, self.names = sae.to(device), list(names)
+        self.lr = torch.tensor(list(lrs), dtype=torch.float32, device=device)
         self.params = {k: p for k, p in sae.named_parameters()}
-        self.opt = StackedAdamW(self.params, torch.zeros(sae.n), nconf=1)
-        self.since = torch.zeros(sae.n, sae.cfg.width, dtype=torch.long)      # tokens since each latent fired
+        self.opt = StackedAdamW(self.params, torch.zeros(sae.n, device=device), nconf=1)
+        self.since = torch.zeros(sae.n, sae.cfg.width, dtype=torch.long, device=device)  # tokens since each fired
         self.log: list[dict] = []
 
     def state(self, prefix: str) -> dict[str, torch.Tensor]:
-        out = {f"{prefix}.sae.{k}": v.detach().clone().contiguous() for k, v in self.sae.state_dict().items()}
+        out = {f"{prefix}.sae.{k}": v.detach().cpu().clone().contiguous() for k, v in self.sae.state_dict().items()}
         for k in self.params:
-            out[f"{prefix}.m.{k}"] = self.opt.m[k].contiguous()
-            out[f"{prefix}.v.{k}"] = self.opt.v[k].contiguous()
-        out[f"{prefix}.since"] = self.since
+            out[f"{prefix}.m.{k}"] = self.opt.m[k].cpu().contiguous()
+            out[f"{prefix}.v.{k}"] = self.opt.v[k].cpu().contiguous()
+        out[f"{prefix}.since"] = self.since.cpu()
         return out
 
     def load(self, prefix: str, t: dict[str, torch.Tensor], step_t: int) -> None:
@@ -234,7 +241,10 @@ class Trainer:
         self.provenance = {"model": model.get("name"), "store": str(getattr(self.store, "path", "")),
                            **(provenance or {})}
         torch.manual_seed(opts.seed)
-        self.stacks = [_Stack(*s) for s in build_stacks(opts, self.blocks, self.stream.d)]
+        from vitscope.runtime import resolve_device
+
+        self.device = resolve_device(opts.device)
+        self.stacks = [_Stack(*s, device=self.device) for s in build_stacks(opts, self.blocks, self.stream.d)]
         self.step = 0
         self._initialised = False
 
@@ -243,7 +253,7 @@ class Trainer:
         sample = self.stream.sample(self.opts.init_rows)
         for st in self.stacks:
             cfg = st.sae.cfg
-            x = torch.stack([sample[b] for b in cfg.block])                    # G, N, d (raw)
+            x = torch.stack([sample[b] for b in cfg.block]).to(self.device)    # G, N, d (raw)
             st.sae.scale.copy_(scale_factor(x))
             # one generator per member from (seed, width, block): its start does not depend on the grid
             gens = [torch.Generator().manual_seed(self.opts.seed * 1_000_003 + cfg.width * 1009 + b)
@@ -280,7 +290,7 @@ class Trainer:
         from safetensors.torch import load_file
 
         meta = json.loads((d / "state.json").read_text())
-        if meta["options"] != json.loads(self.opts.as_json()):
+        if _identity(meta["options"]) != _identity(json.loads(self.opts.as_json())):
             raise ValueError(f"{d} holds a checkpoint of other training options; use another --out or delete it")
         t = load_file(str(d / "state.safetensors"))
         for i, st in enumerate(self.stacks):
@@ -305,6 +315,8 @@ class Trainer:
                        dynamic_ncols=True)
         try:
             for step, batch in self.stream(self.step, end - self.step):
+                if self.device != "cpu":
+                    batch = {b: x.to(self.device, non_blocking=True) for b, x in batch.items()}
                 self._step(step, batch)
                 self.step = step + 1
                 if bar is not None:
@@ -347,7 +359,7 @@ class Trainer:
                 st.since.add_(bsz).masked_fill_(fired, 0)
                 if (sae.arch == "relu" and opts.resample_every and (step + 1) % opts.resample_every == 0
                         and step + 1 < opts.steps * (1 - opts.decay)):
-                    gen = torch.Generator().manual_seed(opts.seed * 1_000_003 + step)
+                    gen = torch.Generator(device=self.device).manual_seed(opts.seed * 1_000_003 + step)
                     if resample_dead(sae, st.opt, st.since >= opts.dead_after, x, out["x_hat"].detach(), gen):
                         st.since.masked_fill_(st.since >= opts.dead_after, 0)
                 if (step + 1) % opts.log_every == 0 or step + 1 == opts.steps:
@@ -363,7 +375,7 @@ class Trainer:
         out = {}
         for st in self.stacks:
             for g, name in enumerate(st.names):
-                m = st.sae.member(g)
+                m = st.sae.member(g).cpu()
                 m.cfg.meta.update(self.provenance, name=name, lr=float(st.lr[g]), steps=self.step,
                                   tokens_seen=self.step * self.opts.batch_size, options=json.loads(
                                       self.opts.as_json()))
