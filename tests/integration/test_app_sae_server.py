@@ -3,8 +3,6 @@ through ``gradio_client``; an uploaded image's latents at a clicked patch are th
 image without the server."""
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import torch
@@ -14,14 +12,9 @@ pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
 
 from gradio_client import Client, handle_file  # noqa: E402
+from test_app_server import free_port  # noqa: E402  (one copy of the helper)
 
 torch.set_num_threads(1)
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +31,7 @@ def app_with_sae(tmp_path_factory):
         sae.scale[0] = 0.5
     save_sae(sae, tmp / "saes" / "topk-b3")
     demo, state = build_app(models=["demo-vit"], tmp_dir=tmp / "app", saes=[tmp / "saes"], concurrency=2)
-    _, url, _ = launch(demo, state, port=_port(), block=False, quiet=True)
+    _, url, _ = launch(demo, state, port=free_port(), block=False, quiet=True)
     rng = np.random.default_rng(1)
     a = rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)        # not square, not the model's size
     a[20:60, 30:70] = [30, 200, 60]
