@@ -163,6 +163,13 @@ def test_messages_name_the_spelling_typed():
     assert "--train-data SPEC --test-data SPEC" in _error(runner, "knn", "-m", "demo-vit", "--train-data", "x")
 
 
+@pytest.mark.parametrize("typed,other", [("--clusters", "--k"), ("--k", "--clusters")])
+def test_a_bad_value_names_one_spelling(typed, other):
+    """click names every spelling of an option in a bad-value message ('--clusters' / '--k'): only the typed one."""
+    r = CliRunner(env={"COLUMNS": "250"}).invoke(app, ["cluster", "demo-vit", typed, "x"])
+    assert r.exit_code != 0 and f"'{typed}'" in r.output and f"'{other}'" not in r.output, r.output
+
+
 def test_threads(monkeypatch):
     import torch
 

@@ -339,8 +339,16 @@ class Command(typer.core.TyperCommand):
             self.params.insert(at, copy.copy(_threads_option()))
 
     def parse_args(self, ctx, args):
-        ctx.meta[_TYPED] = _typed_old_spellings(self.params, args)
-        return super().parse_args(ctx, args)
+        from vitscope.cli.options_table import canonical, old_spellings
+
+        typed = ctx.meta[_TYPED] = _typed_old_spellings(self.params, args)
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as e:                     # click's BadParameter (typer may vendor its own click): it
+            p = getattr(e, "param", None)          # would name every spelling, '--clusters' / '--k'
+            if p is not None and getattr(e, "param_hint", "") is None and old_spellings(p):
+                e.param_hint = f"'{typed.get(p.name) or canonical(p)}'"
+            raise
 
     def invoke(self, ctx):
         threads = ctx.params.pop("threads", None) if self.adds_threads else None
