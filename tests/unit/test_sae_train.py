@@ -181,3 +181,17 @@ def test_store_without_what_is_asked(store, kw, msg, tmp_path):
 def test_bad_options(kw, msg):
     with pytest.raises(ValueError, match=msg):
         _opts(**kw)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_read_rows_equals_the_memory_map(tmp_path, dtype):
+    """The stream's file read of a store array gives the memory map's rows, for every span and storage dtype."""
+    from vitscope.analysis.sae.data import read_rows
+
+    a = np.random.default_rng(0).normal(size=(9, 5, 3)).astype(dtype)
+    np.save(tmp_path / "a.npy", a)
+    mm = np.load(tmp_path / "a.npy", mmap_mode="r")
+    for lo, hi in ((0, 9), (0, 1), (3, 7), (8, 9)):
+        got = read_rows(mm, lo, hi)
+        assert got.dtype == a.dtype and np.array_equal(got, a[lo:hi])
+    assert np.array_equal(read_rows(mm[2:], 1, 3), a[3:5])        # a view of a map: sliced, not read by offset

@@ -56,6 +56,21 @@ def resolve_store_blocks(store, blocks) -> list[int]:
     return list(dict.fromkeys(out))
 
 
+def read_rows(arr, lo: int, hi: int) -> np.ndarray:
+    """Rows ``lo:hi`` of a store array. A memory map of a whole ``.npy`` file is read with a plain file read: the
+    pages go through the page cache instead of staying mapped in this process, so its memory does not grow with
+    the part of the store a long run has read. Anything else is sliced."""
+    import mmap
+
+    if isinstance(arr, np.memmap) and isinstance(arr.base, mmap.mmap) and arr.flags.c_contiguous and arr.ndim:
+        per_row = int(np.prod(arr.shape[1:], dtype=np.int64))
+        with open(arr.filename, "rb") as f:
+            f.seek(int(arr.offset) + lo * per_row * arr.dtype.itemsize)
+            out = np.fromfile(f, dtype=arr.dtype, count=(hi - lo) * per_row)
+        return out.reshape(hi - lo, *arr.shape[1:])
+    return np.asarray(arr[lo:hi])
+
+
 class StoreStream:
     """Shuffled batches ``{block: (B, D) float32}`` of one site and token reduction of a store (module docstring)."""
 
@@ -98,9 +113,10 @@ class StoreStream:
         images = np.asarray(images)
         lo, hi = int(images[0]), int(images[-1]) + 1
         for b, arr in self.arrays.items():
-            # a contiguous run is one slice; scattered images (the initialisation sample) are read one by one,
+            # a contiguous run is one read; scattered images (the initialisation sample) are read one by one,
             # never the whole span between them (that would hold most of the store in memory)
-            part = np.asarray(arr[lo:hi]) if hi - lo == len(images) else np.stack([arr[int(i)] for i in images])
+            part = read_rows(arr, lo, hi) if hi - lo == len(images) else \
+                np.concatenate([read_rows(arr, int(i), int(i) + 1) for i in images])
             out[b] = torch.from_numpy(np.array(part.reshape(-1, self.d), dtype=np.float32))   # a writable copy
         return out
 
