@@ -195,3 +195,26 @@ def test_read_rows_equals_the_memory_map(tmp_path, dtype):
         got = read_rows(mm, lo, hi)
         assert got.dtype == a.dtype and np.array_equal(got, a[lo:hi])
     assert np.array_equal(read_rows(mm[2:], 1, 3), a[3:5])        # a view of a map: sliced, not read by offset
+
+
+def test_stacks_split_at_the_byte_cap_and_train_the_same(store, monkeypatch):
+    """On the CPU a width's members are split into stacks of at most CPU_STACK_BYTES of latents per batch; every
+    member, its name and its learning rate stay, and the SAEs are those of one stack."""
+    import vitscope.analysis.sae.train as T
+
+    path, _ = store
+    opts = _opts(lr=(1e-3, 2e-3))
+    whole = T.build_stacks(opts, [2, 3], 16)
+    cap = 4 * opts.batch_size * 48 * 3                       # three members of width 48, seven of width 32
+    parts = T.build_stacks(opts, [2, 3], 16, cap)
+    assert [sae.n for sae, _, _ in whole] == [8, 8] and [sae.n for sae, _, _ in parts] == [4, 4, 3, 3, 2]
+    assert all(4 * opts.batch_size * sae.cfg.width * sae.n <= cap for sae, _, _ in parts)
+    flat = lambda stacks: [(n, lr) for _, lrs, names in stacks for n, lr in zip(names, lrs)]  # noqa: E731
+    assert sorted(flat(parts)) == sorted(flat(whole))
+    one = Trainer(path, opts).run()
+    monkeypatch.setattr(T, "CPU_STACK_BYTES", cap)
+    split = Trainer(path, opts).run()
+    assert set(split) == set(one)
+    for name in one:
+        for key, v in one[name].state_dict().items():
+            torch.testing.assert_close(split[name].state_dict()[key], v, rtol=1e-5, atol=1e-6)
