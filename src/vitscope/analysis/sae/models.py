@@ -159,6 +159,16 @@ def step(x: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
     return _Step.apply(x, theta, eps)
 
 
+# ----------------------------------------------------------------------------- stacked products
+def stacked_addmm(bias: torch.Tensor | None, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``bias + x @ w`` per member: (G, 1, n) + (G, B, m) @ (G, m, n). One member goes through ``addmm`` / ``mm``,
+    which the CPU runs faster than a batched product of one (``torch.baddbmm``: 0.80x of saev's plain loop)."""
+    if x.shape[0] == 1:
+        out = torch.mm(x[0], w[0]) if bias is None else torch.addmm(bias[0], x[0], w[0])
+        return out.unsqueeze(0)
+    return torch.bmm(x, w) if bias is None else torch.baddbmm(bias, x, w)
+
+
 # ----------------------------------------------------------------------------- k-sparse activations (stacked)
 def topk_per_token(pre: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """(G, B, w) pre-activations -> the ``k[g]`` largest of ReLU(pre) per token kept, the rest zero."""
@@ -255,7 +265,7 @@ class SAE(nn.Module):
     # ------------------------------------------------------------------ forward
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         """(G, B, d) normalised inputs -> (G, B, w) encoder pre-activations."""
-        return torch.baddbmm(self.b_enc.unsqueeze(1), x - self.b_dec.unsqueeze(1), self.W_enc)
+        return stacked_addmm(self.b_enc.unsqueeze(1), x - self.b_dec.unsqueeze(1), self.W_enc)
 
     def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
         """Pre-activations -> latents. ``training`` selects BatchTopK's batch rule (else its threshold)."""
@@ -283,7 +293,7 @@ class SAE(nn.Module):
     def decode(self, z: torch.Tensor, normalised: bool = False) -> torch.Tensor:
         """Latents -> reconstruction (raw units unless ``normalised``)."""
         z, single = self._stack(z)
-        xh = torch.baddbmm(self.b_dec.unsqueeze(1), z, self.W_dec)
+        xh = stacked_addmm(self.b_dec.unsqueeze(1), z, self.W_dec)
         if not normalised:
             xh = self.denormalise(xh)
         return xh[0] if single else xh
@@ -315,7 +325,7 @@ class SAE(nn.Module):
             self._last_min = kept_min.detach()
         else:
             z = self.activate(pre, training=True)
-        x_hat = torch.baddbmm(self.b_dec.unsqueeze(1), z, self.W_dec)
+        x_hat = stacked_addmm(self.b_dec.unsqueeze(1), z, self.W_dec)
         if a == "matryoshka":
             mse = zero
             ends = self.prefixes.tolist()
@@ -360,7 +370,7 @@ def auxk_loss(pre: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor, W_d
     vals, idx = masked.topk(k_aux, dim=-1)
     vals = torch.where(torch.isinf(vals), torch.zeros_like(vals), vals).relu()
     z_aux = torch.zeros_like(pre).scatter_(-1, idx, vals)
-    e_hat = torch.bmm(z_aux, W_dec)
+    e_hat = stacked_addmm(None, z_aux, W_dec)
     num = (e_hat - residual).pow(2).sum(-1).mean(-1)
     den = (residual - residual.mean(1, keepdim=True)).pow(2).sum(-1).mean(-1).clamp_min(1e-12)
     any_dead = dead.any(-1).to(pre.dtype)
