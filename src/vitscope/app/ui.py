@@ -476,8 +476,8 @@ def build_blocks(state: AppState):
                     with gr.Row(visible=have):
                         s_sae = gr.Dropdown([SV.sae_choice(n, v) for n, v in state.saes.items()],
                                             value=next(iter(state.saes), None), label="sparse autoencoder")
-                        s_latent = gr.Number(None, precision=0, minimum=0,
-                                             label="latent id (empty: the strongest at the patch or on the image)")
+                        s_latent = gr.Textbox("", max_lines=1,        # a Number shows (and sends) 0 when empty
+                                              label="latent id (empty: the strongest at the patch or on the image)")
                         s_patch = gr.Textbox("", label="clicked patch (row,col; empty: the whole image)",
                                              max_lines=1)
                     s_fig = gr.Image(label="the latent over the patches (click a patch to list the latents active "
@@ -557,7 +557,7 @@ def build_blocks(state: AppState):
         if state.saes:
             # the SAE tab: another SAE starts from its strongest latent; a clicked patch lists the latents active
             # there; a clicked row of that list shows the latent
-            s_sae.change(lambda: None, None, [s_latent], **private).then(h["sae"], *ev["sae"], **private)
+            s_sae.change(lambda: "", None, [s_latent], **private).then(h["sae"], *ev["sae"], **private)
             gr.on([s_latent.submit, s_patch.submit], h["sae"], *ev["sae"], **private)
             s_fig.select(on_patch_click, [model, random], [s_patch], **private).then(h["sae"], *ev["sae"],
                                                                                       **private)
