@@ -139,4 +139,6 @@ def listing(view: View) -> pd.DataFrame:
     image) and the number of patches where the latent is active."""
     a = view.arrays
     empty = np.zeros(0)
-    return pd.DataFrame({k: a.get(f"listed_{v}", empty) for k, v in zip(LISTING, ("latents", "values", "patches"))})
+    t = pd.DataFrame({k: a.get(f"listed_{v}", empty) for k, v in zip(LISTING, ("latents", "values", "patches"))})
+    t[LISTING[1]] = t[LISTING[1]].astype(float).round(4)       # for reading; the downloads keep every digit
+    return t
