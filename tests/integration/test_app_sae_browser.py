@@ -8,6 +8,7 @@ Regenerate the documentation's screenshot (with the SAE of docs/sae.md's example
 """
 from __future__ import annotations
 
+import json
 import socket
 import sys
 from pathlib import Path
@@ -57,18 +58,26 @@ def run_page(png: Path, upload: Path, saes: Path, width: int = 1280, height: int
             b.js(f"{tabs}.at(-1).click()")
             b.wait_js("(() => { const e = document.querySelector('#vs-sae'); return e && e.offsetParent !== null })()",
                       60)
+            first = b.js(f"(() => {{ const i = {FIGURE}; return i ? i.src : null }})()")
             b.set_files("#vs-upload input[type=file]", [str(upload)])
-            seen = b.wait_js(f"(() => {{ const i = {FIGURE}; return i && i.complete && i.naturalWidth > 0 "
-                             f"? {{src: i.src, w: i.naturalWidth}} : null }})()", 120)
+            # the upload's figure, once every event of the upload has finished (an upload clears the patch)
+            seen = b.wait_js(f"(() => {{ const i = {FIGURE}; const busy = document.querySelector('#vs-sae-note')"
+                             f".innerText.includes('processing'); return i && i.complete && i.naturalWidth > 0 && "
+                             f"i.src !== {json.dumps(first)} && !busy ? {{src: i.src, w: i.naturalWidth}} : null }})()", 180)
             before = b.js(NOTE)
-            left, top, w, h = b.js(f"(() => {{ const r = {FIGURE}.getBoundingClientRect(); "
-                                   f"return [r.left, r.top, r.width, r.height] }})()")
-            for kind in ("mousePressed", "mouseReleased"):           # row 2, column 5 of the 8 x 8 patches
-                b.call("Input.dispatchMouseEvent", session=True, type=kind, x=left + w * 5.5 / 8,
-                       y=top + h * 2.5 / 8, button="left", clickCount=1)
-            # the note of the clicked patch (Gradio shows "processing" over the old one meanwhile)
-            patch = b.wait_js("(() => { const t = document.querySelector('#vs-sae-note').innerText; "
-                              "return t.includes('(2, 5)') && !t.includes('processing') ? t : null })()", 120)
+            patch = None
+            for _ in range(3):                                        # a click while the page is busy may be lost
+                left, top, w, h = b.js(f"(() => {{ const r = {FIGURE}.getBoundingClientRect(); "
+                                       f"return [r.left, r.top, r.width, r.height] }})()")
+                for kind in ("mousePressed", "mouseReleased"):       # row 2, column 5 of the 8 x 8 patches
+                    b.call("Input.dispatchMouseEvent", session=True, type=kind, x=left + w * 5.5 / 8,
+                           y=top + h * 2.5 / 8, button="left", clickCount=1)
+                try:       # the note of the clicked patch (Gradio shows "processing" over the old one meanwhile)
+                    patch = b.wait_js("(() => { const t = document.querySelector('#vs-sae-note').innerText; "
+                                      "return t.includes('(2, 5)') && !t.includes('processing') ? t : null })()", 60)
+                    break
+                except TimeoutError:
+                    continue
             rows = b.js("document.querySelectorAll('#vs-sae-latents tbody tr').length")
             b.screenshot(png)
             return {"seen": seen, "before": before, "patch": patch, "rows": rows, "errors": list(b.errors)}
@@ -83,7 +92,7 @@ def test_sae_tab_on_an_uploaded_image_without_console_errors(tmp_path):
     res = run_page(tmp_path / "sae.png", _photo(tmp_path / "upload.png"), _sae(tmp_path / "saes"))
     assert res["errors"] == [], res["errors"]
     assert "/results/" in res["seen"]["src"] and res["seen"]["w"] > 0
-    assert res["patch"] != res["before"], res["patch"]
+    assert res["patch"] is not None and res["patch"] != res["before"], res["before"]
     assert "not active" not in res["patch"], res["patch"]     # the strongest latent at the patch is shown
     assert res["rows"] >= 1
 
