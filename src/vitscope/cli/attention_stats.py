@@ -133,7 +133,7 @@ def saliency_cmd(
                                        "bicubic-union (the union resized once), any, majority."),
     merge_rule: str = typer.Option("sum", "--merge-rule",
                                    help="Heads summed: sum (raw maps, then renormalised) or walmer2023 (CLS and centre "
-                                        "maps renormalised per head first, as that code does; old spelling seed002)."),
+                                        "maps renormalised per head first, as that code does)."),
     limit: Optional[int] = typer.Option(5000, "--limit", help="At most this many images (walmer2023: 5000)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
     formats: str = typer.Option("png", "--formats", help=FORMATS_HELP),

@@ -12,7 +12,7 @@ Named options where walmer2023's code and vitscope's first rule differ:
   grid (bicubic, any value > 0) and ORs them; ``"bicubic-union"`` resizes the union of the objects once
   (a little tighter where objects are small and apart); ``"any"`` / ``"majority"`` work on the union.
 - merged heads (``merge_rule``): ``"sum"`` (default) sums the heads' raw maps, then renormalises;
-  ``"walmer2023"`` (old spelling ``"seed002"``) reproduces walmer2023's numbers, whose CLS and centre maps reach
+  ``"walmer2023"`` (its old spelling in :data:`MERGE_RULE_ALIASES`) reproduces walmer2023's numbers, whose CLS and centre maps reach
   the merge already renormalised per head (its per-head pass divides the attention tensor in place), so every head
   weighs the same in the sum; its mean-query maps are unaffected.
 """

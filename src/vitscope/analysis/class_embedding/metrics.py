@@ -59,16 +59,19 @@ def branch_change_rate(true_branch: np.ndarray, true_prev: np.ndarray) -> float:
     return float((np.asarray(true_branch) - np.asarray(true_prev) > 0).mean())
 
 
+COUNT_ALIASES = {"composition_seed001": "composition_vilas2023"}      # old names: the same numbers, not in rows()
+
+
 def residual_match(top_out, top_attn, top_mlp, top_prev) -> dict[str, float]:
     """Shares of tokens whose top-1 class of the block output equals that of the attention output, the MLP
     output, the previous block; "composition": differs from all three; "composition_vilas2023": differs from the
-    previous block and the attention output (vilas2023's code; also under its old name "composition_seed001")."""
+    previous block and the attention output (vilas2023's code; also under its old name, :data:`COUNT_ALIASES`)."""
     o, a, m, p = (np.asarray(t) for t in (top_out, top_attn, top_mlp, top_prev))
     vilas = float(((o != p) & (o != a)).mean())
-    return {"match_attn": float((o == a).mean()), "match_mlp": float((o == m).mean()),
-            "match_prev": float((o == p).mean()),
-            "composition": float(((o != p) & (o != a) & (o != m)).mean()),
-            "composition_vilas2023": vilas, "composition_seed001": vilas}
+    out = {"match_attn": float((o == a).mean()), "match_mlp": float((o == m).mean()),
+           "match_prev": float((o == p).mean()),
+           "composition": float(((o != p) & (o != a) & (o != m)).mean()), "composition_vilas2023": vilas}
+    return {**out, **{old: out[new] for old, new in COUNT_ALIASES.items()}}
 
 
 # ----------------------------------------------------------------------------- tests

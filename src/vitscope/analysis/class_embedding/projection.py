@@ -31,7 +31,7 @@ import torch
 from vitscope.analysis.api import OptionError, Result, data_label, tidy_table
 from vitscope.analysis.class_embedding.embeddings import ClassEmbeddings, ClassProjection  # noqa: F401
 from vitscope.analysis.class_embedding.inputs import MASK_RULES, ClassSpaceOptions
-from vitscope.analysis.class_embedding.metrics import class_rank
+from vitscope.analysis.class_embedding.metrics import COUNT_ALIASES, class_rank
 
 SITES = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
 
@@ -238,7 +238,6 @@ class LensResult:
 COUNT_NAMES = ("block_change:patches", "block_change:cls", "attn_change:patches", "attn_change:cls",
                "mlp_change:patches", "mlp_change:cls", "match_attn", "match_mlp", "match_prev", "composition",
                "composition_vilas2023")
-COUNT_ALIASES = {"composition_seed001": "composition_vilas2023"}      # old names: the same counts, not in rows()
 
 
 class LogitLens:

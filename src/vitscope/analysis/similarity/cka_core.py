@@ -8,7 +8,7 @@ Definitions (``reference/algorithms.md``, "Representation similarity and cluster
   - ``"kornblith"`` (default; Kornblith et al. 2019, ``gram_rbf(x, threshold)`` of their reference code):
     ``sigma = threshold * sqrt(median of all n x n squared distances)``, the zeros of the diagonal included
     and numpy's median (the mean of the two middle values for an even count);
-  - ``"ciernik2025"`` (old spelling ``"seed000"``; vitscope's former default, ciernik2025's median heuristic):
+  - ``"ciernik2025"`` (old spelling in :data:`BANDWIDTH_ALIASES`; vitscope's former default, ciernik2025's median heuristic):
     ``sigma = threshold * sqrt(median of the non-zero pairwise squared distances)``.
 
   ``threshold`` (default 1) scales either. Minibatch CKA takes each batch's own bandwidth.
@@ -357,8 +357,8 @@ def cka(x: Any, y: Any, kernel: str = "linear", unbiased: bool = True, sigma: fl
         sigma: fixed RBF bandwidth; None = one per input from its distances (``bandwidth``, ``threshold``).
         threshold: RBF only, scales the data bandwidth (Kornblith et al.'s ``threshold``, default 1).
         bandwidth: "kornblith" (default: ``threshold * sqrt(median squared distance)`` over the whole distance
-            matrix) or "ciernik2025" (the median of the non-zero distances, vitscope's former default; old
-            spelling "seed000").
+            matrix) or "ciernik2025" (the median of the non-zero distances, vitscope's former default; its old
+            spelling is in ``BANDWIDTH_ALIASES``).
         minmax: walmer2023's kernel quirk (Gram scaled to [0, 1], diagonal zeroed); only for reproducing its figures.
         normalize: L2-normalise each sample first (ciernik2025 loads features that way).
         method: "auto" (feature-space form for the linear kernel when cheaper), "gram" or "features".

@@ -14,7 +14,7 @@ Token modes (where the tokens sit comes from ``model.token_layout``, never from 
 
 Presets (:data:`PRESETS`): ``"default"`` is full-data unbiased linear CKA on raw features; ``"ciernik2025"`` the
 same on L2-normalised features; ``"walmer2023"`` minibatch unbiased CKA with the min-max kernel quirk, all tokens, on
-the ``ln1`` / ``ln2`` outputs of every block. The old spellings ``"seed000"`` / ``"seed002"`` are still accepted
+the ``ln1`` / ``ln2`` outputs of every block. Old spellings are still accepted
 (:data:`PRESET_ALIASES`).
 """
 from __future__ import annotations
