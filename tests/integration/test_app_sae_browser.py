@@ -17,24 +17,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_app_browser import _photo, needs_chromium  # noqa: E402
+from test_app_sae_server import saved_sae as _sae  # noqa: E402
 from test_report_browser import find_chromium  # noqa: E402
 
 FIGURE = "document.querySelector('#vs-sae img')"
 NOTE = "document.querySelector('#vs-sae-note').innerText"
-
-
-def _sae(folder: Path) -> Path:
-    import torch
-
-    from vitscope.analysis.sae import SAE, SAEConfig, save_sae
-
-    g = torch.Generator().manual_seed(0)
-    sae = SAE(SAEConfig(d_in=64, width=96, arch="topk", k=(6,), block=(3,), meta={"model": "demo-vit"}))
-    with torch.no_grad():
-        sae.W_enc[0] = torch.randn(64, 96, generator=g) / 8
-        sae.W_dec[0] = torch.randn(96, 64, generator=g)
-        sae.scale[0] = 0.5
-    return save_sae(sae, folder / "topk-b3") and folder
 
 
 def run_page(png: Path, upload: Path, saes: Path, width: int = 1280, height: int = 1400) -> dict:

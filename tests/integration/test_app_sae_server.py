@@ -17,19 +17,27 @@ from test_app_server import free_port  # noqa: E402  (one copy of the helper)
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def app_with_sae(tmp_path_factory):
+def saved_sae(folder):
+    """A TopK SAE for demo-vit's block 3 (random weights, a saved scale of 0.5), saved as ``folder/topk-b3``;
+    returns ``folder`` (what `vitscope app --sae` takes)."""
     from vitscope.analysis.sae import SAE, SAEConfig, save_sae
-    from vitscope.app.ui import build_app, launch
 
-    tmp = tmp_path_factory.mktemp("sae-app")
     g = torch.Generator().manual_seed(0)
     sae = SAE(SAEConfig(d_in=64, width=96, arch="topk", k=(6,), block=(3,), meta={"model": "demo-vit"}))
     with torch.no_grad():
         sae.W_enc[0] = torch.randn(64, 96, generator=g) / 8
         sae.W_dec[0] = torch.randn(96, 64, generator=g)
         sae.scale[0] = 0.5
-    save_sae(sae, tmp / "saes" / "topk-b3")
+    save_sae(sae, folder / "topk-b3")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app_with_sae(tmp_path_factory):
+    from vitscope.app.ui import build_app, launch
+
+    tmp = tmp_path_factory.mktemp("sae-app")
+    saved_sae(tmp / "saes")
     demo, state = build_app(models=["demo-vit"], tmp_dir=tmp / "app", saes=[tmp / "saes"], concurrency=2)
     _, url, _ = launch(demo, state, port=free_port(), block=False, quiet=True)
     rng = np.random.default_rng(1)

@@ -81,22 +81,17 @@ class Token:
 def tokens_at(model, block: int, grid: tuple[int, int] | None = None) -> list[Token]:
     """Every token entering ``block`` in sequence order, named through ``model.token_layout`` (late CLS,
     registers and DIST land where the layout says)."""
+    from vitscope.analysis.attention.tokens import token_names
+
     lay = model.token_layout(block, grid)
-    kinds = {}
-    if lay.cls is not None:
-        kinds[lay.cls] = "cls"
-    if lay.dist is not None:
-        kinds[lay.dist] = "dist"
-    for k, r in enumerate(lay.registers):
-        kinds[r] = f"reg{k}"
     cols = lay.grid[1]
     out = []
-    for i in range(lay.n_tokens):
-        if i in kinds:
-            out.append(Token(i, kinds[i]))
-        else:
+    for i, name in enumerate(token_names(lay)):
+        if name.startswith("patch"):
             p = i - lay.patches.start
             out.append(Token(i, "patch", p // cols, p % cols))
+        else:
+            out.append(Token(i, name))
     return out
 
 
