@@ -1,5 +1,6 @@
 """The SAE on the demo model (what docs/sae.md shows): a TopK SAE on a middle block's patch tokens reconstructs
-well at low L0, and finds features of the synthetic benchmark's generating factors that no raw neuron carries."""
+well at low L0, and its latents make generating factors of the synthetic benchmark linearly readable that no linear
+read-out of the raw stream reaches (the issue's single-latent criterion is recorded as an expected failure)."""
 import pytest
 
 
@@ -29,16 +30,19 @@ def test_demo_sae_reconstructs(demo_table):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "not met on demo-vit (block 3, 512 latents, k=16, 600 steps; FVU 0.019 at L0 16): the best single latent's "
-    "AUROC per factor, SAE / best raw neuron: shape 0.89 / 0.94, colour 0.83 / 0.89, object 0.64 / 0.62, "
-    "part 0.67 / 0.66, position 0.66 / 0.64, texture 0.58 / 0.58. Class information spreads over every patch, and "
-    "object / part / position patches are split over many sparse latents (16-32 latents reach AUROC 0.9 with a "
-    "linear probe where all 64 neurons do not); see docs/sae.md"))
+    "not met on demo-vit (block 3, 512 latents, k=16, 600 steps; FVU 0.019 at L0 16). Best concept per factor, "
+    "best single latent / best raw neuron / linear probe on all 64 neurons (held out): shape 0.89 / 0.94 / 1.00, "
+    "colour 0.83 / 0.89 / 0.93, object 0.64 / 0.62 / 0.72, part 0.67 / 0.66 / 0.84, position 0.65 / 0.64 / 0.77, "
+    "texture 0.58 / 0.58 / 0.65. Object, part, position and texture stay below AUROC 0.9 even for a linear probe on "
+    "all the neurons, which bounds a ReLU-type latent (a non-decreasing function of one direction); shape and "
+    "colour reach every patch, where the dense neurons are as good as any latent; see docs/sae.md"))
 def test_demo_sae_finds_factors_no_neuron_carries(demo_table):
+    """The issue's criterion, per concept: a latent with AUROC >= 0.9 where the best raw neuron is at least 0.05
+    lower, for concepts of at least three factors."""
     t = demo_table
-    f = t[t.metric == "factor_best_auroc"].groupby(["factor", "basis"]).value.max().unstack()
+    f = t[t.metric == "factor_best_auroc"].pivot_table(index=["factor", "concept"], columns="basis", values="value")
     wins = f[(f["sae"] >= 0.9) & (f["sae"] - f["neurons"] >= 0.05)]
-    assert len(wins) >= 3, f
+    assert len(set(wins.index.get_level_values("factor"))) >= 3, f
 
 
 @pytest.mark.slow
@@ -52,3 +56,7 @@ def test_demo_sae_latents_make_factors_linearly_readable(demo_table):
     sae_only = reached[(reached["sae"] <= 32) & reached["neurons"].isna() & reached["random"].isna()]
     factors = set(sae_only.index.get_level_values("factor"))
     assert len(factors) >= 3, reached
+    # the same from the probes' AUROCs: 64 latents read these concepts far above the stream's linear ceiling
+    p = t[t.metric == "factor_probe_auroc"].pivot_table(index=["factor", "concept"], columns="basis", values="value")
+    above = p[(p["sae"] >= 0.9) & (p["neurons"] <= p["sae"] - 0.1)]
+    assert len(set(above.index.get_level_values("factor"))) >= 3, p

@@ -174,3 +174,40 @@ def test_bad_configs_are_one_line(bad):
     with pytest.raises(ValueError) as e:
         SAEConfig(**kw)
     assert "\n" not in str(e.value)
+
+
+def test_topk_loss_decodes_sparsely_as_the_dense_definition():
+    """TopK's training step decodes its k values per token without the dense latents; the loss, AuxK and every
+    gradient equal the dense definition (z @ W_dec with z the k largest of ReLU(pre), Gao et al. 2024), for a stack
+    of two members with different k and some dead latents."""
+    torch.manual_seed(0)
+    s = SAE(SAEConfig(d_in=6, width=12, arch="topk", k=(2, 4), block=(0, 0), aux_k=3))
+    with torch.no_grad():
+        for p in s.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    ref = SAE(s.cfg)
+    ref.load_state_dict(s.state_dict())
+    x = torch.randn(2, 9, 6)
+    dead = torch.zeros(2, 12, dtype=torch.bool)
+    dead[0, [1, 5, 7, 8]] = True
+    dead[1, [0, 3]] = True
+    out = s.loss(x, dead)
+    out["loss"].sum().backward()
+    # the dense definition, written out
+    pre = torch.einsum("gbd,gdw->gbw", x - ref.b_dec.unsqueeze(1), ref.W_enc) + ref.b_enc.unsqueeze(1)
+    z = torch.zeros_like(pre)
+    for g, k in enumerate((2, 4)):
+        v, i = pre[g].topk(k, dim=-1)
+        z[g] = torch.zeros_like(pre[g]).scatter(-1, i, v.relu())
+    x_hat = torch.einsum("gbw,gwd->gbd", z, ref.W_dec) + ref.b_dec.unsqueeze(1)
+    mse = (x - x_hat).pow(2).sum(-1).mean(-1)
+    aux = auxk_loss(pre, dead, (x - x_hat).detach(), ref.W_dec, 3)
+    want = mse + ref.cfg.aux_coef * aux
+    want.sum().backward()
+    torch.testing.assert_close(out["loss"], want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["x_hat"], x_hat, rtol=1e-5, atol=1e-6)
+    for name, p in s.named_parameters():
+        torch.testing.assert_close(p.grad, dict(ref.named_parameters())[name].grad, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(out["fired"].numpy(), (z > 0).any(1).numpy())
+    np.testing.assert_allclose(out["l0"].numpy(), (z > 0).sum(-1).float().mean(-1).numpy())  # TopK only
+

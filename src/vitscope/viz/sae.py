@@ -53,26 +53,32 @@ def plot_sparsity_fidelity(table, data: str | None = None, n_images: int | None 
 
 
 def plot_factors(rows, data: str | None = None, n_images: int | None = None, tokens: str | None = None):
-    """Per generating factor: the best unit's AUROC (best concept of the factor) for each basis (the axis starts at
-    0.5, an AUROC's chance level); ``data``, ``n_images``, ``tokens``: the title's context line."""
+    """Per generating factor: the best unit's AUROC (mean over the factor's concepts) for each basis, and as a black
+    tick the held-out AUROC of a linear probe on the raw neurons (the stream's linear ceiling when it is no wider than
+    the probe; the axis starts at 0.5, an AUROC's chance level); ``data``, ``n_images``, ``tokens``: the title's
+    context line."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
     df = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
     g = df.groupby(["factor", "basis"])["best_auroc"].mean().unstack("basis")
-    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.5))
     bases = list(g.columns)
     x = np.arange(len(g))
     width = 0.8 / max(1, len(bases))
     for j, b in enumerate(bases):
         ax.bar(x + j * width - 0.4 + width / 2, g[b].values, width, label=b)
+    if "probe_auroc" in df and (df["basis"] == "neurons").any():     # the stream's linear ceiling, per factor
+        ceil = df[df["basis"] == "neurons"].groupby("factor")["probe_auroc"].mean().reindex(g.index)
+        ax.scatter(x, ceil.values, marker="_", s=900, color="k", lw=1.5, zorder=3,
+                   label="linear probe on the neurons")
     ax.axhline(0.9, color="k", lw=0.8, ls="--")
     ax.set_xticks(x, g.index, rotation=20)
     ax.set_ylim(0.5, 1.0)
     ax.set_ylabel("best-unit AUROC")
     ax.set_title(context_title("best unit per generating factor (AUROC, mean over its values)", data, n_images,
                                tokens), fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), markerscale=0.3, frameon=False)
     fig.tight_layout()
     return fig
 

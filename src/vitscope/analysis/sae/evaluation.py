@@ -122,8 +122,10 @@ def evaluate(saes, data=None, options: SAEOptions | None = None, model=None, **o
 
     Returns a :class:`~vitscope.analysis.api.Result`; rows per SAE: ``l0``, ``fvu``, ``cosine``, ``dead_fraction``,
     ``dense_fraction``; ``<variant>_<metric>`` for variants ``sae``, ``zero``, ``mean``, ``original`` and metrics
-    ``top1_agreement``, ``kl``, ``accuracy``, ``knn_top1``, plus ``sae_kl_recovered``; ``factor_best_auroc`` /
-    ``factor_units_to_0.9`` per basis and concept (columns ``basis``, ``factor``, ``concept``).
+    ``top1_agreement``, ``kl``, ``accuracy``, ``knn_top1``, plus ``sae_kl_recovered``; ``factor_best_auroc``,
+    ``factor_units_to_0.9`` and ``factor_probe_auroc`` (a linear probe on the basis' 64 best units; on the raw
+    neurons of a stream of width <= 64, its linear ceiling) per basis and concept (columns ``basis``, ``factor``,
+    ``concept``).
     """
     from vitscope.analysis.sae.factors import factor_bases, factor_scores, patch_concepts
     from vitscope.analysis.sae.hooks import check_width, model_name
@@ -174,10 +176,9 @@ def evaluate(saes, data=None, options: SAEOptions | None = None, model=None, **o
             for r in fr:
                 r.update(sae=sname)
                 factor_rows.append(r)
-                rows.append({**base, "metric": "factor_best_auroc", "value": r["best_auroc"], "basis": r["basis"],
-                             "factor": r["factor"], "concept": r["concept"]})
-                rows.append({**base, "metric": "factor_units_to_0.9", "value": r["units_to_0.9"],
-                             "basis": r["basis"], "factor": r["factor"], "concept": r["concept"]})
+                for key in ("best_auroc", "units_to_0.9", "probe_auroc"):
+                    rows.append({**base, "metric": f"factor_{key}", "value": r[key], "basis": r["basis"],
+                                 "factor": r["factor"], "concept": r["concept"]})
     table = tidy_table(rows, "sae", opts, dataset=getattr(ds, "description", None))
     first = next(iter(items))
     v = {r["metric"]: r["value"] for r in rows if r["sae"] == first and "basis" not in r}

@@ -16,6 +16,12 @@ stream, or as many random unit directions as the SAE has latents) we report the 
 train half (by their AUROC there), measured on the other half (1, 2, 4, ... 64; NaN when 64 do not reach it). SAE
 latents are non-negative, so their AUROC is taken as is (a latent detects a concept by firing); raw neurons and
 random directions have no sign, so each gets max(AUROC, 1 - AUROC), the benefit of the doubt.
+
+Each basis also gets the **probe's AUROC on its 64 best units** (all of them when it has fewer), on the held-out half.
+For the raw neurons of a stream of width <= 64 this is the stream's **linear ceiling**: a ReLU or JumpReLU latent is
+a non-decreasing function of one direction of the stream, so its AUROC is at most that direction's, and a concept no
+linear probe reads well (below 0.9) cannot have such a latent at 0.9 either. (TopK latents also depend on which
+other latents win the selection, so they can in principle exceed it.)
 """
 from __future__ import annotations
 
@@ -113,6 +119,27 @@ def halves(n: int, seed: int = 0, max_rows: int = 8000) -> tuple[np.ndarray, np.
     return perm[: n // 2][:max_rows], perm[n // 2:][:max_rows]
 
 
+def _probe_rows(scores: np.ndarray, y: np.ndarray, order: np.ndarray, seed: int, sizes: Sequence[int],
+                max_rows: int):
+    """(train x, held-out x, train y, held-out y) over the best-ranked units the largest probe uses, or None when
+    a half holds one class only."""
+    tr, te = halves(len(y), seed, max_rows)
+    if y[tr].all() or not y[tr].any() or y[te].all() or not y[te].any():
+        return None
+    usable = [n for n in sizes if n <= scores.shape[1]]
+    top = order[:max(usable)] if usable else order[:0]
+    return (scores[tr][:, top].astype(np.float64), scores[te][:, top].astype(np.float64), y[tr], y[te])
+
+
+def _probe_auroc(xtr, xte, ytr, yte, n: int) -> float:
+    """Held-out AUROC of Fisher's linear discriminant with Ledoit-Wolf shrinkage on the first ``n`` columns."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.metrics import roc_auc_score
+
+    lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(xtr[:, :n], ytr)
+    return float(roc_auc_score(yte, lda.decision_function(xte[:, :n])))
+
+
 def units_needed(scores: np.ndarray, y: np.ndarray, order: np.ndarray, seed: int = 0, target: float = 0.9,
                  sizes: Sequence[int] = SIZES, max_rows: int = 8000) -> float:
     """The fewest of the best-ranked units (``order``) whose linear probe reaches ``target`` AUROC on held-out
@@ -121,26 +148,30 @@ def units_needed(scores: np.ndarray, y: np.ndarray, order: np.ndarray, seed: int
     The probe is Fisher's linear discriminant with Ledoit-Wolf shrinkage (scikit-learn's
     ``LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")``): closed form, so every prefix of every concept
     costs one small solve instead of an iterative fit."""
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-    from sklearn.metrics import roc_auc_score
-
-    tr, te = halves(len(y), seed, max_rows)
-    if y[tr].all() or not y[tr].any() or y[te].all() or not y[te].any():
+    rows = _probe_rows(scores, y, order, seed, sizes, max_rows)
+    if rows is None:
         return float("nan")
-    top = order[:max(n for n in sizes if n <= scores.shape[1])] if min(sizes) <= scores.shape[1] else order[:0]
-    xtr, xte = scores[tr][:, top].astype(np.float64), scores[te][:, top].astype(np.float64)
     for n in sizes:
         if n > scores.shape[1]:
             break
-        lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(xtr[:, :n], y[tr])
-        if roc_auc_score(y[te], lda.decision_function(xte[:, :n])) >= target:
+        if _probe_auroc(*rows, n) >= target:
             return float(n)
     return float("nan")
 
 
+def probe_auroc(scores: np.ndarray, y: np.ndarray, order: np.ndarray, seed: int = 0, units: int = max(SIZES),
+                max_rows: int = 8000) -> float:
+    """Held-out AUROC of the linear probe of :func:`units_needed` on the ``units`` best-ranked units (all of them
+    when there are fewer); NaN when a half holds one class only. On the raw neurons of a stream no wider than
+    ``units`` it is the stream's linear ceiling for the concept."""
+    n = min(units, scores.shape[1])
+    rows = _probe_rows(scores, y, order, seed, (n,), max_rows)
+    return float("nan") if rows is None else _probe_auroc(*rows, n)
+
+
 def factor_scores(bases: dict[str, tuple[np.ndarray, bool]], concepts: dict[str, tuple[str, np.ndarray]],
                   seed: int = 0, sizes: Sequence[int] = SIZES) -> list[dict]:
-    """Rows ``{basis, factor, concept, best_auroc, best_unit, units_to_0.9, positives}`` for every basis
+    """Rows ``{basis, factor, concept, best_auroc, best_unit, units_to_0.9, probe_auroc, positives}`` for every basis
     ``{name: (scores (N, U), signed)}`` and concept; ``signed`` False takes max(AUROC, 1 - AUROC)."""
     rows = []
     for basis, (scores, signed) in bases.items():
@@ -157,7 +188,8 @@ def factor_scores(bases: dict[str, tuple[np.ndarray, bool]], concepts: dict[str,
             order = np.argsort(-a_tr, kind="stable")      # the probe's units: ranked on its train half only
             rows.append({"basis": basis, "factor": factor, "concept": concept, "best_auroc": float(a[best]),
                          "best_unit": best, "positives": int(y.sum()),
-                         "units_to_0.9": units_needed(scores, y, order, seed, sizes=sizes)})
+                         "units_to_0.9": units_needed(scores, y, order, seed, sizes=sizes),
+                         "probe_auroc": probe_auroc(scores, y, order, seed, units=max(sizes))})
     return rows
 
 

@@ -169,13 +169,53 @@ def stacked_addmm(bias: torch.Tensor | None, x: torch.Tensor, w: torch.Tensor) -
     return torch.bmm(x, w) if bias is None else torch.baddbmm(bias, x, w)
 
 
+class _SparseDecode(torch.autograd.Function):
+    """``sum_j vals[g, b, j] * W_dec[g, idx[g, b, j]]``: the forward pass gathers the k rows per token
+    (``embedding_bag``, B k d multiply-adds instead of B w d); the backward pass uses the dense products, which the
+    CPU runs faster than scattered row updates."""
+
+    @staticmethod
+    def forward(ctx, vals, idx, W_dec):
+        g, b, k = idx.shape
+        w, d = W_dec.shape[1:]
+        flat = (idx + torch.arange(g, device=idx.device).view(g, 1, 1) * w).reshape(g * b, k)
+        out = torch.nn.functional.embedding_bag(flat, W_dec.reshape(g * w, d), mode="sum",
+                                                per_sample_weights=vals.reshape(g * b, k))
+        ctx.save_for_backward(vals, idx, W_dec)
+        return out.view(g, b, d)
+
+    @staticmethod
+    def backward(ctx, grad):
+        vals, idx, W_dec = ctx.saved_tensors
+        g_vals = g_w = None
+        if ctx.needs_input_grad[0]:
+            g_vals = stacked_addmm(None, grad, W_dec.transpose(1, 2)).gather(-1, idx)
+        if ctx.needs_input_grad[2]:
+            z = vals.new_zeros(*idx.shape[:2], W_dec.shape[1]).scatter_(-1, idx, vals)
+            g_w = stacked_addmm(None, z.transpose(1, 2), grad)
+        return g_vals, None, g_w
+
+
+def sparse_decode(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """The decoder product of k-sparse latents: (G, B, k) values at latent indices ``idx`` (G, B, k) and atoms
+    (G, w, d) -> (G, B, d), without building the dense (G, B, w) latents in the forward pass."""
+    return _SparseDecode.apply(vals, idx, W_dec)
+
+
 # ----------------------------------------------------------------------------- k-sparse activations (stacked)
-def topk_per_token(pre: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """(G, B, w) pre-activations -> the ``k[g]`` largest of ReLU(pre) per token kept, the rest zero."""
+def topk_values(pre: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(G, B, w) pre-activations -> (values, indices) (G, B, max k) of the ``k[g]`` largest of ReLU(pre) per token
+    (entries past ``k[g]`` are zero)."""
     kmax = int(k.max())
     vals, idx = pre.topk(kmax, dim=-1, sorted=True)
     keep = torch.arange(kmax, device=pre.device) < k.view(-1, 1, 1)
-    return torch.zeros_like(pre).scatter_(-1, idx, vals.relu() * keep)      # in place: no copy of the zeros
+    return vals.relu() * keep, idx
+
+
+def topk_per_token(pre: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(G, B, w) pre-activations -> the ``k[g]`` largest of ReLU(pre) per token kept, the rest zero."""
+    vals, idx = topk_values(pre, k)
+    return torch.zeros_like(pre).scatter_(-1, idx, vals)      # in place: no copy of the zeros
 
 
 def topk_per_batch(pre: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,17 +355,33 @@ class SAE(nn.Module):
     # ------------------------------------------------------------------ training loss
     def loss(self, x: torch.Tensor, dead: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training losses on normalised inputs (G, B, d): ``{"loss": (G,), "mse": (G,), "sparsity": (G,),
-        "aux": (G,), "z": latents, "x_hat": reconstruction}``. ``mse`` is the squared error summed over the input
-        dims, averaged over tokens; ``dead`` (G, w) bool marks dead latents for AuxK (TopK-family archs)."""
+        "aux": (G,), "x_hat": reconstruction, "fired": (G, w) bool}`` plus the latents ``"z"`` (G, B, w), except
+        for TopK, which decodes its k values per token sparsely and returns them as ``"topk": (values, indices)``
+        with ``"l0"`` (G,). ``mse`` is the squared error summed over the input dims, averaged over tokens;
+        ``dead`` (G, w) bool marks dead latents for AuxK (TopK-family archs)."""
         a = self.arch
         pre = self.pre_acts(x)
         zero = x.new_zeros(self.n)
-        if a in ("batchtopk", "matryoshka"):
-            z, kept_min = topk_per_batch(pre, self.k)
-            self._last_min = kept_min.detach()
+        out = {}
+        if a == "topk":
+            vals, idx = topk_values(pre, self.k)
+            x_hat = sparse_decode(vals, idx, self.W_dec) + self.b_dec.unsqueeze(1)
+            with torch.no_grad():
+                on = (vals > 0).to(pre.dtype)
+                out["fired"] = pre.new_zeros(self.n, pre.shape[-1]).scatter_add_(
+                    -1, idx.flatten(1), on.flatten(1)) > 0
+                out["l0"] = on.sum(-1).mean(-1)
+                out["topk"] = (vals.detach(), idx)
         else:
-            z = self.activate(pre, training=True)
-        x_hat = stacked_addmm(self.b_dec.unsqueeze(1), z, self.W_dec)
+            if a in ("batchtopk", "matryoshka"):
+                z, kept_min = topk_per_batch(pre, self.k)
+                self._last_min = kept_min.detach()
+            else:
+                z = self.activate(pre, training=True)
+            x_hat = stacked_addmm(self.b_dec.unsqueeze(1), z, self.W_dec)
+            with torch.no_grad():
+                out["fired"] = z.amax(1) > 0                       # latents are >= 0: one pass, no mask
+            out["z"] = z
         if a == "matryoshka":
             mse = zero
             ends = self.prefixes.tolist()
@@ -346,7 +402,7 @@ class SAE(nn.Module):
         if a in USES_K and dead is not None and bool(dead.any()):
             aux = auxk_loss(pre, dead, (x - x_hat).detach(), self.W_dec, self.cfg.aux_k or max(1, x.shape[-1] // 2))
         loss = mse + self.l1 * sparsity + self.cfg.aux_coef * aux
-        return {"loss": loss, "mse": mse, "sparsity": sparsity, "aux": aux, "z": z, "x_hat": x_hat}
+        return {**out, "loss": loss, "mse": mse, "sparsity": sparsity, "aux": aux, "x_hat": x_hat}
 
     @torch.no_grad()
     def update_threshold(self) -> None:
@@ -369,8 +425,7 @@ def auxk_loss(pre: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor, W_d
     masked = torch.where(dead.unsqueeze(1), pre, torch.full_like(pre, float("-inf")))
     vals, idx = masked.topk(k_aux, dim=-1)
     vals = torch.where(torch.isinf(vals), torch.zeros_like(vals), vals).relu()
-    z_aux = torch.zeros_like(pre).scatter_(-1, idx, vals)
-    e_hat = stacked_addmm(None, z_aux, W_dec)
+    e_hat = sparse_decode(vals, idx, W_dec)
     num = (e_hat - residual).pow(2).sum(-1).mean(-1)
     den = (residual - residual.mean(1, keepdim=True)).pow(2).sum(-1).mean(-1).clamp_min(1e-12)
     any_dead = dead.any(-1).to(pre.dtype)

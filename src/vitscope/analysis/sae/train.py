@@ -368,8 +368,7 @@ class Trainer:
             if sae.arch in ("batchtopk", "matryoshka"):
                 sae.update_threshold()
             with torch.no_grad():
-                fired = out["z"].amax(1) > 0                   # latents are >= 0: one pass, no mask
-                st.since.add_(bsz).masked_fill_(fired, 0)
+                st.since.add_(bsz).masked_fill_(out["fired"], 0)
                 if (sae.arch == "relu" and opts.resample_every and (step + 1) % opts.resample_every == 0
                         and step + 1 < opts.steps * (1 - opts.decay)):
                     gen = torch.Generator(device=self.device).manual_seed(opts.seed * 1_000_003 + step)
@@ -377,7 +376,7 @@ class Trainer:
                         st.since.masked_fill_(st.since >= opts.dead_after, 0)
                 if (step + 1) % opts.log_every == 0 or step + 1 == opts.steps:
                     fvu = out["mse"] / (x - x.mean(1, keepdim=True)).pow(2).sum(-1).mean(-1)
-                    l0 = (out["z"] > 0).sum(-1).float().mean(-1)
+                    l0 = out["l0"] if "l0" in out else (out["z"] > 0).sum(-1).float().mean(-1)
                     for g, name in enumerate(st.names):
                         st.log.append({"sae": name, "step": step + 1, "loss": float(out["loss"][g]),
                                        "fvu": float(fvu[g]), "l0": float(l0[g]), "lr": float(st.lr[g] * f),

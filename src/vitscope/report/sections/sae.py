@@ -50,15 +50,20 @@ def sae_section(ctx) -> Section:
         caption = {"sae_density": "How often each latent fires (log10 of its firing frequency).",
                    "sae_sparsity_fidelity": "Sparsity (L0) against reconstruction error (FVU).",
                    "sae_factors": "Per generating factor: the best SAE latent's AUROC against the best raw neuron "
-                                  "and the best random direction."}.get(name, "")
+                                  "and the best random direction; the black tick is a linear probe on all the raw "
+                                  "neurons (the stream's linear ceiling)."}.get(name, "")
         sec.figure(ctx, fig, name, caption)
     sec.table(ctx, core.to_dict("records"), "sae_metrics", "The SAE's metrics (spliced variants: sae, zero, mean)",
               columns=["block", "metric", "value"])
     if "basis" in t and t["basis"].notna().any():
         f = t[t["metric"] == "factor_best_auroc"].pivot_table(index=["factor", "concept"], columns="basis",
-                                                               values="value").reset_index()
+                                                               values="value")
+        probe = t[(t["metric"] == "factor_probe_auroc") & (t["basis"] == "neurons")]
+        f["neuron probe"] = probe.set_index(["factor", "concept"])["value"].reindex(f.index)
+        f = f.reset_index()
         sec.table(ctx, f.to_dict("records"), "sae_factors", "Best AUROC per concept: SAE latents, raw neurons, "
-                  "random directions", columns=[c for c in ("factor", "concept", "sae", "neurons", "random")
-                                                if c in f.columns])
+                  "random directions; and a linear probe on the raw neurons (held out)",
+                  columns=[c for c in ("factor", "concept", "sae", "neurons", "random", "neuron probe")
+                           if c in f.columns])
     ctx.save_table(t.to_dict("records"), "sae_all")
     return sec
