@@ -185,6 +185,7 @@ def test_topk_loss_decodes_sparsely_as_the_dense_definition():
     with torch.no_grad():
         for p in s.parameters():
             p.copy_(torch.randn_like(p) * 0.5)
+        s.b_enc[0, 0] += 5.0          # latent 0 fires on every token of member 0, where k = 2 is padded at latent 0
     ref = SAE(s.cfg)
     ref.load_state_dict(s.state_dict())
     x = torch.randn(2, 9, 6)

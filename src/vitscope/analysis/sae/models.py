@@ -191,7 +191,7 @@ class _SparseDecode(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             g_vals = stacked_addmm(None, grad, W_dec.transpose(1, 2)).gather(-1, idx)
         if ctx.needs_input_grad[2]:
-            z = vals.new_zeros(*idx.shape[:2], W_dec.shape[1]).scatter_(-1, idx, vals)
+            z = vals.new_zeros(*idx.shape[:2], W_dec.shape[1]).scatter_add_(-1, idx, vals)   # pads add zero
             g_w = stacked_addmm(None, z.transpose(1, 2), grad)
         return g_vals, None, g_w
 
@@ -204,18 +204,26 @@ def sparse_decode(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor) ->
 
 # ----------------------------------------------------------------------------- k-sparse activations (stacked)
 def topk_values(pre: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(G, B, w) pre-activations -> (values, indices) (G, B, max k) of the ``k[g]`` largest of ReLU(pre) per token
-    (entries past ``k[g]`` are zero)."""
-    kmax = int(k.max())
-    vals, idx = pre.topk(kmax, dim=-1, sorted=True)
+    """(G, B, w) pre-activations -> (values, indices) (G, B, max k) of the ``k[g]`` largest of ReLU(pre) per token,
+    in no particular order. A member with a smaller k selects only its own k (a selection costs with k) and is
+    padded with zero values at latent 0, so consumers add, never overwrite (``scatter_add_``)."""
+    ks = k.tolist()
+    kmax = max(ks)
+    if len(set(ks)) == 1:
+        vals, idx = pre.topk(kmax, dim=-1, sorted=False)
+        return vals.relu(), idx
+    with torch.no_grad():                       # the selection; the values are gathered below, with their gradient
+        idx = torch.zeros(*pre.shape[:2], kmax, dtype=torch.long, device=pre.device)
+        for g, kg in enumerate(ks):
+            idx[g, :, :kg] = pre[g].topk(kg, dim=-1, sorted=False).indices
     keep = torch.arange(kmax, device=pre.device) < k.view(-1, 1, 1)
-    return vals.relu() * keep, idx
+    return pre.gather(-1, idx).relu() * keep, idx
 
 
 def topk_per_token(pre: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """(G, B, w) pre-activations -> the ``k[g]`` largest of ReLU(pre) per token kept, the rest zero."""
     vals, idx = topk_values(pre, k)
-    return torch.zeros_like(pre).scatter_(-1, idx, vals)      # in place: no copy of the zeros
+    return torch.zeros_like(pre).scatter_add_(-1, idx, vals)      # in place: no copy of the zeros
 
 
 def topk_per_batch(pre: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
