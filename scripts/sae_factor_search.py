@@ -1,4 +1,4 @@
-"""Do SAEs on demo-vit find latents that detect the synthetic benchmark's generating factors better than any raw
+"""Do SAEs on demo-vit (or --model) find latents that detect the synthetic benchmark's generating factors better than any raw
 neuron? Trains a grid of SAEs (widths x k) on one block's patch tokens and prints, per SAE and factor, the best
 unit's AUROC for the SAE's latents, the raw neurons and random directions, and the held-out AUROC of a linear probe
 on the raw neurons (the stream's linear ceiling) and on 64 latents (docs/sae.md, "Features against the generating
@@ -34,15 +34,16 @@ def main() -> None:
     ap.add_argument("--ceilings", action="store_true", help="no SAE: the raw neurons' best AUROC and linear probe "
                     "per block and factor on --data")
     ap.add_argument("--data", default="builtin:demo", help="synthetic data for --ceilings (a synthetic: spec)")
+    ap.add_argument("--model", default="demo-vit", help="the model whose patch tokens are searched")
     a = ap.parse_args()
     if a.ceilings:
-        return ceilings(a.data, a.test_images)
+        return ceilings(a.model, a.data, a.test_images)
 
     import vitscope as vs
     from vitscope.analysis.sae import SAEOptions, TrainOptions, evaluate, train_saes
     from vitscope.features import extract_features
 
-    model = vs.load_model("demo-vit")
+    model = vs.load_model(a.model)
     store = a.out / f"store-b{a.block}"
     extract_features(model, f"builtin:demo?n={a.train_images},split=train", store, layers=str(a.block),
                      sites=("resid_post",), tokens=("patches",), progress=True)
@@ -63,9 +64,10 @@ def main() -> None:
         print(best.round(3).to_string())
 
 
-def ceilings(data: str, n: int) -> None:
-    """Per block of demo-vit and factor (best concept): the best raw neuron's AUROC and the held-out AUROC of a
-    linear probe on all the neurons, on ``n`` test images of ``data``."""
+def ceilings(name: str, data: str, n: int) -> None:
+    """Per block of the model and factor (best concept): the best raw neuron's AUROC and the held-out AUROC of a
+    linear probe on all the neurons (64 at most: the probe of ``factor_probe_auroc``), on ``n`` test images of
+    ``data``."""
     import numpy as np
     import pandas as pd
     import torch
@@ -74,19 +76,18 @@ def ceilings(data: str, n: int) -> None:
     from vitscope.analysis.sae.evaluation import _images
     from vitscope.analysis.sae.factors import auroc, patch_concepts, probe_auroc
 
-    model = vs.load_model("demo-vit")
+    model = vs.load_model(name)
     sep = "," if data.startswith("synthetic:") or "?" in data else "?"
     images, _, ds, idx = _images(model, f"{data}{sep}n={n},split=test", n)
     grid = model.cfg.img_size[0] // model.cfg.patch_size
     concepts = patch_concepts(ds.source, idx, grid)
     hooks = [f"blocks.{b}.hook_resid_post" for b in range(model.cfg.depth)]
     acts = {h: [] for h in hooks}
-    patches = model.token_layout(0).patches
     with torch.no_grad():
         for s in range(0, len(images), 64):
-            _, cache = model.run_with_cache(images[s:s + 64], names_filter=lambda name: name in hooks)
-            for h in hooks:
-                acts[h].append(cache[h][:, patches].reshape(-1, model.cfg.embed_dim))
+            _, cache = model.run_with_cache(images[s:s + 64], names_filter=lambda h: h in hooks)
+            for b, h in enumerate(hooks):
+                acts[h].append(cache[h][:, model.token_layout(b).patches].reshape(-1, model.cfg.embed_dim))
     rows = []
     for b, h in enumerate(hooks):
         x = torch.cat(acts[h]).numpy()
@@ -94,7 +95,7 @@ def ceilings(data: str, n: int) -> None:
             a = auroc(x, y)
             rows.append({"block": b, "factor": factor, "concept": concept,
                          "best_neuron": float(np.maximum(a, 1 - a).max()),
-                         "probe_all_neurons": probe_auroc(x, y, np.arange(x.shape[1]), units=x.shape[1])})
+                         "probe_all_neurons": probe_auroc(x, y, np.argsort(-np.maximum(a, 1 - a)))})
     t = pd.DataFrame(rows).groupby(["factor", "block"])[["best_neuron", "probe_all_neurons"]].max().unstack("block")
     print(t.round(3).to_string())
 
