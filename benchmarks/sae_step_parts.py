@@ -3,7 +3,8 @@ one run (min / median / max over interleaved rounds, milliseconds per call).
 
 The rows: one batched product of the step's size (B x d by d x w; a step does five), the top-k over every latent
 of every token, the scatter of the k values into dense (G, B, w) latents, one elementwise pass over them (ReLU), and
-the sparse decoder's forward pass (``embedding_bag`` over the k rows per token, which replaces a product). The last
+the sparse decoder's forward pass (``embedding_bag`` over the k rows per token, which replaces a product), and the
+decoder's gradient as scattered row updates against the dense product (why the backward pass stays dense). The last
 line prints top-k's time in products.
 
     PYTHONPATH=src python benchmarks/sae_step_parts.py [--d 64 --width 512 --k 32 --members 4 --batch 1024]
@@ -49,12 +50,18 @@ def main() -> None:
     pre = torch.bmm(x, W_enc)
     vals, idx = pre.topk(k, dim=-1)
     vals = vals.relu()
+    grad = torch.randn(g, b, d)                                      # the gradient of the reconstruction
+    z = torch.zeros_like(pre).scatter_(-1, idx, vals)
+    flat = (idx + torch.arange(g).view(g, 1, 1) * w).reshape(-1)
     res = interleave({
         "one product (B x d by d x w)": lambda: timed(lambda: torch.bmm(x, W_enc), a.reps),
         f"top-{k} of {w} per token": lambda: timed(lambda: pre.topk(k, dim=-1, sorted=False), a.reps),
         "scatter into dense latents": lambda: timed(lambda: torch.zeros_like(pre).scatter_(-1, idx, vals), a.reps),
         "one elementwise pass (ReLU)": lambda: timed(lambda: pre.relu(), a.reps),
         "sparse decode (forward)": lambda: timed(lambda: sparse_decode(vals, idx, W_dec), a.reps),
+        "decoder gradient, scattered rows": lambda: timed(lambda: torch.zeros(g * w, d).index_add_(
+            0, flat, (vals.reshape(g * b, k, 1) * grad.reshape(g * b, 1, d)).reshape(-1, d)), a.reps),
+        "decoder gradient, dense product": lambda: timed(lambda: torch.bmm(z.transpose(1, 2), grad), a.reps),
     }, a.rounds)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; G={g} B={b} d={d} w={w} k={k}; "
           f"ms per call, min / median / max over {a.rounds} rounds")
