@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _spread import interleave, spread  # noqa: E402
+from _spread import header, interleave, ratio_spread, row  # noqa: E402
 
 
 def make_store(path: Path, images: int, tokens: int = 64, d: int = 64, seed: int = 0) -> Path:
@@ -158,14 +158,13 @@ def main() -> None:
     }, a.rounds)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {a.steps} steps of {bs} tokens, "
           f"d={d}; rounds={a.rounds}")
+    print(header("", "s"))
     for name, xs in res.items():
-        lo, med, hi = spread(xs)
-        print(f"  {name:<28} {lo:8.3f} {med:8.3f} {hi:8.3f} s")
-    r = lambda num, den: [x / y for x, y in zip(res[num], res[den])]  # noqa: E731
-    for label, xs in (("GEMM-rate fraction (GEMMs / grid)", r("GEMMs of the grid", "grid of 8, one pass")),
-                      ("grid speed-up (sequential / grid)", r("8 one after another", "grid of 8, one pass")),
-                      ("vitscope vs saev (saev / vitscope)", r("saev loop (w=512)", "vitscope ReLU SAE (w=512)"))):
-        lo, med, hi = spread(xs)
+        print(row(name, xs, fmt="10.3f"))
+    for label, num, den in (("GEMM-rate fraction (GEMMs / grid)", "GEMMs of the grid", "grid of 8, one pass"),
+                            ("grid speed-up (sequential / grid)", "8 one after another", "grid of 8, one pass"),
+                            ("vitscope vs saev (saev / vitscope)", "saev loop (w=512)", "vitscope ReLU SAE (w=512)")):
+        lo, med, hi = ratio_spread(res[num], res[den])
         print(f"{label:<40} min {lo:.2f}  median {med:.2f}  max {hi:.2f}")
     m1, m4 = peak_memory(store, a.steps), peak_memory(big, a.steps)
     print(f"peak RSS: store of {a.images} images {m1:.1f} MiB, 4x larger {m4:.1f} MiB ({100 * (m4 / m1 - 1):+.1f}%)")

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _spread import interleave, spread  # noqa: E402
+from _spread import header, interleave, ratio_spread, row  # noqa: E402
 
 
 def timed(fn, reps: int) -> float:
@@ -64,12 +64,11 @@ def main() -> None:
         "decoder gradient, dense product": lambda: timed(lambda: torch.bmm(z.transpose(1, 2), grad), a.reps),
     }, a.rounds)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; G={g} B={b} d={d} w={w} k={k}; "
-          f"ms per call, min / median / max over {a.rounds} rounds")
+          f"{a.rounds} rounds")
+    print(header("", "ms"))
     for name, xs in res.items():
-        lo, med, hi = spread(xs)
-        print(f"  {name:<32} {lo:8.2f} {med:8.2f} {hi:8.2f}")
-    ratio = [t / p for t, p in zip(res[f"top-{k} of {w} per token"], res["one product (B x d by d x w)"])]
-    lo, med, hi = spread(ratio)
+        print(row(name, xs))
+    lo, med, hi = ratio_spread(res[f"top-{k} of {w} per token"], res["one product (B x d by d x w)"])
     print(f"top-k / one product: min {lo:.1f}  median {med:.1f}  max {hi:.1f}")
 
 

@@ -43,15 +43,15 @@ def main() -> None:
     from vitscope.analysis.sae import SAEOptions, TrainOptions, evaluate, train_saes
     from vitscope.features import extract_features
 
+    prefixes = tuple(int(p) for p in a.prefixes.split(",") if p)
+    opts = TrainOptions(blocks=str(a.block), arch=a.arch, prefixes=prefixes,          # checked before any work
+                        width=tuple(int(w) for w in a.widths.split(",")),
+                        k=tuple(int(k) for k in a.k.split(",")), lr=(1e-3,), steps=a.steps, batch_size=1024,
+                        chunk_images=512, warmup=50, dead_after=100_000, aux_k=64, progress=True)
     model = vs.load_model(a.model)
     store = a.out / f"store-b{a.block}"
     extract_features(model, f"builtin:demo?n={a.train_images},split=train", store, layers=str(a.block),
                      sites=("resid_post",), tokens=("patches",), progress=True)
-    prefixes = tuple(int(p) for p in a.prefixes.split(",") if p)
-    opts = TrainOptions(blocks=str(a.block), arch=a.arch, prefixes=prefixes,
-                        width=tuple(int(w) for w in a.widths.split(",")),
-                        k=tuple(int(k) for k in a.k.split(",")), lr=(1e-3,), steps=a.steps, batch_size=1024,
-                        chunk_images=512, warmup=50, dead_after=100_000, aux_k=64, progress=True)
     saes = train_saes(store, opts, out=a.out / f"saes-b{a.block}-{a.arch}")
     res = evaluate(saes, f"builtin:demo?n={a.test_images},split=test",
                    SAEOptions(limit=a.test_images, splice=False), model=model)
@@ -76,6 +76,9 @@ def ceilings(name: str, data: str, n: int) -> None:
     from vitscope.analysis.sae.evaluation import _images
     from vitscope.analysis.sae.factors import auroc, patch_concepts, probe_auroc
 
+    if not data.startswith(("synthetic:", "builtin:demo")):
+        raise ValueError(f"--data must be a synthetic: spec or builtin:demo (the factors come from the generator), "
+                         f"got {data!r}")
     model = vs.load_model(name)
     sep = "," if data.startswith("synthetic:") or "?" in data else "?"
     images, _, ds, idx = _images(model, f"{data}{sep}n={n},split=test", n)
@@ -101,4 +104,7 @@ def ceilings(name: str, data: str, n: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, KeyError, FileNotFoundError) as e:      # bad input: one line, not a traceback
+        raise SystemExit(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from None

@@ -119,15 +119,13 @@ def halves(n: int, seed: int = 0, max_rows: int = 8000) -> tuple[np.ndarray, np.
     return perm[: n // 2][:max_rows], perm[n // 2:][:max_rows]
 
 
-def _probe_rows(scores: np.ndarray, y: np.ndarray, order: np.ndarray, seed: int, sizes: Sequence[int],
-                max_rows: int):
-    """(train x, held-out x, train y, held-out y) over the best-ranked units the largest probe uses, or None when
-    a half holds one class only."""
+def _probe_rows(scores: np.ndarray, y: np.ndarray, order: np.ndarray, seed: int, n: int, max_rows: int):
+    """(train x, held-out x, train y, held-out y) over the ``n`` best-ranked units, or None when a half holds one
+    class only."""
     tr, te = halves(len(y), seed, max_rows)
     if y[tr].all() or not y[tr].any() or y[te].all() or not y[te].any():
         return None
-    usable = [n for n in sizes if n <= scores.shape[1]]
-    top = order[:max(usable)] if usable else order[:0]
+    top = order[:n]
     return (scores[tr][:, top].astype(np.float64), scores[te][:, top].astype(np.float64), y[tr], y[te])
 
 
@@ -140,33 +138,43 @@ def _probe_auroc(xtr, xte, ytr, yte, n: int) -> float:
     return float(roc_auc_score(yte, lda.decision_function(xte[:, :n])))
 
 
-def units_needed(scores: np.ndarray, y: np.ndarray, order: np.ndarray, seed: int = 0, target: float = 0.9,
-                 sizes: Sequence[int] = SIZES, max_rows: int = 8000) -> float:
-    """The fewest of the best-ranked units (``order``) whose linear probe reaches ``target`` AUROC on held-out
-    patches (a seeded half / half split, at most ``max_rows`` each); NaN when none does.
+def probe_scores(scores: np.ndarray, y: np.ndarray, order: np.ndarray, seed: int = 0, target: float = 0.9,
+                 sizes: Sequence[int] = SIZES, max_rows: int = 8000) -> tuple[float, float]:
+    """(units needed, probe AUROC on the most units): the fewest of the best-ranked units (``order``) whose linear
+    probe reaches ``target`` AUROC on held-out patches (a seeded half / half split, at most ``max_rows`` each; NaN
+    when none does), and the held-out AUROC of the probe on the ``max(sizes)`` best units, all of them when there
+    are fewer (NaN when a half holds one class only). Each size is fitted once.
 
     The probe is Fisher's linear discriminant with Ledoit-Wolf shrinkage (scikit-learn's
     ``LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")``): closed form, so every prefix of every concept
     costs one small solve instead of an iterative fit."""
-    rows = _probe_rows(scores, y, order, seed, sizes, max_rows)
+    top = min(max(sizes), scores.shape[1])
+    rows = _probe_rows(scores, y, order, seed, top, max_rows)
     if rows is None:
-        return float("nan")
+        return float("nan"), float("nan")
+    needed, got = float("nan"), {}
     for n in sizes:
         if n > scores.shape[1]:
             break
-        if _probe_auroc(*rows, n) >= target:
-            return float(n)
-    return float("nan")
+        got[n] = _probe_auroc(*rows, n)
+        if got[n] >= target:
+            needed = float(n)
+            break
+    return needed, got[top] if top in got else _probe_auroc(*rows, top)
+
+
+def units_needed(scores: np.ndarray, y: np.ndarray, order: np.ndarray, seed: int = 0, target: float = 0.9,
+                 sizes: Sequence[int] = SIZES, max_rows: int = 8000) -> float:
+    """The first half of :func:`probe_scores`: the fewest best-ranked units whose probe reaches ``target``."""
+    return probe_scores(scores, y, order, seed, target, sizes, max_rows)[0]
 
 
 def probe_auroc(scores: np.ndarray, y: np.ndarray, order: np.ndarray, seed: int = 0, units: int = max(SIZES),
                 max_rows: int = 8000) -> float:
-    """Held-out AUROC of the linear probe of :func:`units_needed` on the ``units`` best-ranked units (all of them
+    """Held-out AUROC of the linear probe of :func:`probe_scores` on the ``units`` best-ranked units (all of them
     when there are fewer); NaN when a half holds one class only. On the raw neurons of a stream no wider than
     ``units`` it is the stream's linear ceiling for the concept."""
-    n = min(units, scores.shape[1])
-    rows = _probe_rows(scores, y, order, seed, (n,), max_rows)
-    return float("nan") if rows is None else _probe_auroc(*rows, n)
+    return probe_scores(scores, y, order, seed, target=float("inf"), sizes=(units,), max_rows=max_rows)[1]
 
 
 def factor_scores(bases: dict[str, tuple[np.ndarray, bool]], concepts: dict[str, tuple[str, np.ndarray]],
@@ -188,8 +196,8 @@ def factor_scores(bases: dict[str, tuple[np.ndarray, bool]], concepts: dict[str,
             order = np.argsort(-a_tr, kind="stable")      # the probe's units: ranked on its train half only
             rows.append({"basis": basis, "factor": factor, "concept": concept, "best_auroc": float(a[best]),
                          "best_unit": best, "positives": int(y.sum()),
-                         "units_to_0.9": units_needed(scores, y, order, seed, sizes=sizes),
-                         "probe_auroc": probe_auroc(scores, y, order, seed, units=max(sizes))})
+                         **dict(zip(("units_to_0.9", "probe_auroc"), probe_scores(scores, y, order, seed,
+                                                                                   sizes=sizes)))})
     return rows
 
 

@@ -368,8 +368,8 @@ class SAE(nn.Module):
     def loss(self, x: torch.Tensor, dead: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training losses on normalised inputs (G, B, d): ``{"loss": (G,), "mse": (G,), "sparsity": (G,),
         "aux": (G,), "x_hat": reconstruction, "fired": (G, w) bool}`` plus the latents ``"z"`` (G, B, w), except
-        for TopK, which decodes its k values per token sparsely and returns them as ``"topk": (values, indices)``
-        with ``"l0"`` (G,). ``mse`` is the squared error summed over the input dims, averaged over tokens;
+        for TopK, which decodes its k values per token sparsely, builds no dense latents and returns ``"l0"`` (G,)
+        instead. ``mse`` is the squared error summed over the input dims, averaged over tokens;
         ``dead`` (G, w) bool marks dead latents for AuxK (TopK-family archs)."""
         a = self.arch
         pre = self.pre_acts(x)
@@ -383,7 +383,6 @@ class SAE(nn.Module):
                 out["fired"] = pre.new_zeros(self.n, pre.shape[-1]).scatter_add_(
                     -1, idx.flatten(1), on.flatten(1)) > 0
                 out["l0"] = on.sum(-1).mean(-1)
-                out["topk"] = (vals.detach(), idx)
         else:
             if a in ("batchtopk", "matryoshka"):
                 z, kept_min = topk_per_batch(pre, self.k)
