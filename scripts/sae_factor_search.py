@@ -35,27 +35,30 @@ def main() -> None:
                     "per block and factor on --data")
     ap.add_argument("--data", default="builtin:demo", help="synthetic data for --ceilings (a synthetic: spec)")
     ap.add_argument("--model", default="demo-vit", help="the model whose patch tokens are searched")
+    ap.add_argument("--site", default="resid_post", help="the block site: resid_post, mlp_out, attn_out, resid_mid "
+                    "(--ceilings: several, comma-separated)")
     a = ap.parse_args()
     if a.ceilings:
-        return ceilings(a.model, a.data, a.test_images)
+        return ceilings(a.model, a.data, a.test_images, a.site)
 
     import vitscope as vs
     from vitscope.analysis.sae import SAEOptions, TrainOptions, evaluate, train_saes
     from vitscope.features import extract_features
 
     prefixes = tuple(int(p) for p in a.prefixes.split(",") if p)
-    opts = TrainOptions(blocks=str(a.block), arch=a.arch, prefixes=prefixes,          # checked before any work
+    opts = TrainOptions(site=a.site, blocks=str(a.block), arch=a.arch, prefixes=prefixes,  # checked before any work
                         width=tuple(int(w) for w in a.widths.split(",")),
                         k=tuple(int(k) for k in a.k.split(",")), lr=(1e-3,), steps=a.steps, batch_size=1024,
                         chunk_images=512, warmup=50, dead_after=100_000, aux_k=64, progress=True)
     model = vs.load_model(a.model)
-    store = a.out / f"store-b{a.block}"
+    tag = f"b{a.block}" if a.site == "resid_post" else f"b{a.block}-{a.site}"
+    store = a.out / f"store-{tag}"
     extract_features(model, f"builtin:demo?n={a.train_images},split=train", store, layers=str(a.block),
-                     sites=("resid_post",), tokens=("patches",), progress=True)
-    saes = train_saes(store, opts, out=a.out / f"saes-b{a.block}-{a.arch}")
+                     sites=(a.site,), tokens=("patches",), progress=True)
+    saes = train_saes(store, opts, out=a.out / f"saes-{tag}-{a.arch}")
     res = evaluate(saes, f"builtin:demo?n={a.test_images},split=test",
                    SAEOptions(limit=a.test_images, splice=False), model=model)
-    res.table.to_csv(a.out / f"factors-b{a.block}-{a.arch}.csv", index=False)
+    res.table.to_csv(a.out / f"factors-{tag}-{a.arch}.csv", index=False)
     t = res.table
     print(t[t["basis"].isna()].pivot_table(index="sae", columns="metric", values="value").round(4).to_string())
     for metric in ("factor_best_auroc", "factor_probe_auroc"):
@@ -64,9 +67,9 @@ def main() -> None:
         print(best.round(3).to_string())
 
 
-def ceilings(name: str, data: str, n: int) -> None:
-    """Per block of the model and factor (best concept): the best raw neuron's AUROC and the held-out AUROC of a
-    linear probe on all the neurons (64 at most: the probe of ``factor_probe_auroc``), on ``n`` test images of
+def ceilings(name: str, data: str, n: int, sites: str = "resid_post") -> None:
+    """Per site, block of the model and factor (best concept): the best raw neuron's AUROC and the held-out AUROC of
+    a linear probe on all the neurons (64 at most: the probe of ``factor_probe_auroc``), on ``n`` test images of
     ``data``."""
     import numpy as np
     import pandas as pd
@@ -75,31 +78,38 @@ def ceilings(name: str, data: str, n: int) -> None:
     import vitscope as vs
     from vitscope.analysis.sae.evaluation import _images
     from vitscope.analysis.sae.factors import auroc, patch_concepts, probe_auroc
+    from vitscope.features.plan import BLOCK_SHORT
 
     if not data.startswith(("synthetic:", "builtin:demo")):
         raise ValueError(f"--data must be a synthetic: spec or builtin:demo (the factors come from the generator), "
                          f"got {data!r}")
+    names = [x.strip() for x in sites.split(",") if x.strip()]
+    bad = [x for x in names if x not in BLOCK_SHORT]
+    if bad or not names:
+        raise ValueError(f"--site takes block sites of the stream's width ({', '.join(BLOCK_SHORT)}), got {sites!r}")
     model = vs.load_model(name)
     sep = "," if data.startswith("synthetic:") or "?" in data else "?"
     images, _, ds, idx = _images(model, f"{data}{sep}n={n},split=test", n)
     grid = model.cfg.img_size[0] // model.cfg.patch_size
     concepts = patch_concepts(ds.source, idx, grid)
-    hooks = [f"blocks.{b}.hook_resid_post" for b in range(model.cfg.depth)]
-    acts = {h: [] for h in hooks}
+    hooks = {(site, b): f"blocks.{b}.{BLOCK_SHORT[site]}" for site in names for b in range(model.cfg.depth)}
+    wanted = set(hooks.values())
+    acts = {h: [] for h in wanted}
     with torch.no_grad():
         for s in range(0, len(images), 64):
-            _, cache = model.run_with_cache(images[s:s + 64], names_filter=lambda h: h in hooks)
-            for b, h in enumerate(hooks):
+            _, cache = model.run_with_cache(images[s:s + 64], names_filter=lambda h: h in wanted)
+            for (_, b), h in hooks.items():
                 acts[h].append(cache[h][:, model.token_layout(b).patches].reshape(-1, model.cfg.embed_dim))
     rows = []
-    for b, h in enumerate(hooks):
+    for (site, b), h in hooks.items():
         x = torch.cat(acts[h]).numpy()
         for concept, (factor, y) in concepts.items():
             a = auroc(x, y)
-            rows.append({"block": b, "factor": factor, "concept": concept,
+            rows.append({"site": site, "block": b, "factor": factor, "concept": concept,
                          "best_neuron": float(np.maximum(a, 1 - a).max()),
                          "probe_all_neurons": probe_auroc(x, y, np.argsort(-np.maximum(a, 1 - a)))})
-    t = pd.DataFrame(rows).groupby(["factor", "block"])[["best_neuron", "probe_all_neurons"]].max().unstack("block")
+    t = (pd.DataFrame(rows).groupby(["site", "factor", "block"])[["best_neuron", "probe_all_neurons"]].max()
+         .unstack("block"))
     print(t.round(3).to_string())
 
 

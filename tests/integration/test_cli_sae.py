@@ -24,8 +24,8 @@ def setup(tmp_path_factory):
                             meta={"classes": ["circle", "square", "triangle", "cross"]}),
                   PreprocessConfig(input_size=32, crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3))
     save_model(m, root / "model")
-    extract_features(m, DATA, root / "store", layers=(1, 2), sites=("resid_post",), tokens=("patches", "cls"),
-                     progress=False)
+    extract_features(m, DATA, root / "store", layers=(1, 2), sites=("resid_post", "mlp_out"),
+                     tokens=("patches", "cls"), progress=False)
     return root
 
 
@@ -66,6 +66,34 @@ def test_train_eval_browse(setup, tmp_path):
     assert text.count("class='latent'") >= 1 and "<img " in text and "logit effect" in text
     for src in __import__("re").findall(r"src='([^']+)'", text):
         assert (tmp_path / "page" / src).exists()
+
+
+def test_an_mlp_out_sae_is_measured_on_the_mlp_output(setup, tmp_path):
+    """`sae train --site mlp_out` then `sae eval`: the reconstruction metrics are those of the block's MLP output
+    (its patch tokens read here with a plain forward hook), not of the residual stream."""
+    import pandas as pd
+
+    from vitscope.analysis.sae import load_sae
+    from vitscope.analysis.sae.evaluation import _images
+    from vitscope.analysis.sae.metrics import activation_metrics
+    from vitscope.runtime import load_model
+
+    root = setup
+    _train(root, tmp_path / "saes", "--site", "mlp_out")
+    sae_dir = tmp_path / "saes" / "topk-b1-w64-k4-lr0.0004"
+    run_cli("sae", "eval", sae_dir, "-m", root / "model", "-d", DATA, "--limit", "24", "-o", tmp_path / "ev", "-q")
+    t = pd.read_csv(tmp_path / "ev" / "sae.csv")
+    assert set(t["site"]) == {"mlp_out"}
+    model = load_model(str(root / "model"))
+    images = _images(model, DATA, 24)[0]
+    seen = []
+    h = model.blocks[1].hook_mlp_out.register_forward_hook(lambda mod, i, o: seen.append(o[:, 1:].reshape(-1, 32)))
+    with torch.no_grad():
+        model(images)
+    h.remove()
+    want, _ = activation_metrics(load_sae(sae_dir), [torch.cat(seen)])
+    got = t[t["basis"].isna()].set_index("metric")["value"]
+    assert got["fvu"] == pytest.approx(want["fvu"], rel=1e-4) and got["l0"] == pytest.approx(want["l0"])
 
 
 def test_browser_page_in_chromium(setup, tmp_path):

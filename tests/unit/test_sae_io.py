@@ -51,7 +51,22 @@ def test_saelens_folder(tmp_path, arch, apply_b_dec):
         z = pre * (pre > t["threshold"])
     torch.testing.assert_close(sae.encode(x), z, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sae.reconstruct(x), z @ t["W_dec"] + t["b_dec"], rtol=1e-5, atol=1e-5)
-    assert sae.cfg.block == (4,)
+    assert sae.cfg.block == (4,) and sae.cfg.site == "resid_post"
+
+
+@pytest.mark.parametrize("hook, block, site", [("blocks.7.hook_mlp_out", 7, "mlp_out"),
+                                               ("blocks.2.hook_resid_pre", 2, "resid_pre"),
+                                               ("blocks.5.mlp.hook_post", 5, "mlp.hook_post")])
+def test_saelens_hook_name_gives_block_and_site(tmp_path, hook, block, site):
+    from safetensors.torch import save_file
+
+    save_file(_weights(), str(tmp_path / "sae_weights.safetensors"))
+    (tmp_path / "cfg.json").write_text(json.dumps({"d_in": 6, "d_sae": 10, "hook_name": hook}))
+    sae = load_sae(tmp_path)
+    assert sae.cfg.block == (block,) and sae.cfg.site == site
+    (tmp_path / "cfg.json").write_text(json.dumps({"d_in": 6, "d_sae": 10, "hook_name": "blocks.1.hook_nowhere"}))
+    with pytest.raises(ValueError, match="not a block hook vitscope has"):
+        load_sae(tmp_path)
 
 
 def _saev_file(path, header, sd):

@@ -108,3 +108,92 @@ def test_spliced_metrics_identity_and_bounds(model):
         o = model(x).log_softmax(-1)
         z = model.run_with_hooks(x, fwd_hooks=[("blocks.1.hook_resid_post", zero)]).log_softmax(-1)
     assert r["zero"]["kl"] == pytest.approx(float((o.exp() * (o - z)).sum(-1).mean()), rel=1e-5)
+
+
+def _site_sae(d, site, block=1):
+    s = identity_sae(d, block=block)
+    s.cfg.site = site
+    return s
+
+
+@pytest.mark.parametrize("site, hook, d", [("mlp_out", "blocks.1.hook_mlp_out", 32),
+                                           ("resid_mid", "blocks.1.hook_resid_mid", 32),
+                                           ("blocks.{i}.mlp.hook_post", "blocks.1.mlp.hook_post", 128)])
+def test_an_sae_replaces_the_site_it_was_trained_on(model, site, hook, d):
+    """Ablating latent 3 (and its negative twin) of an identity SAE of ``site`` is zeroing coordinate 3 of that
+    hook's patch tokens, written here as a plain hook; the residual stream's coordinate 3 is another intervention."""
+    x = torch.randn(2, 3, 32, 32)
+    sae = _site_sae(d, site)
+
+    def ablate(z, h):
+        z[..., 3] = 0
+        z[..., d + 3] = 0
+        return z
+
+    def zero3(t, h):
+        t = t.clone()
+        t[:, 1:, 3] = 0
+        return t
+
+    with torch.no_grad():
+        with sae.hooks(model, 1) as m:
+            got = m.run_with_hooks(x, fwd_hooks=[("blocks.1.sae.hook_latents", ablate)])
+        want = model.run_with_hooks(x, fwd_hooks=[(hook, zero3)])
+        other = model.run_with_hooks(x, fwd_hooks=[("blocks.1.hook_resid_post", zero3)])
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, other)
+
+
+def test_a_head_split_site_is_read_and_replaced_flat(model):
+    """attn.hook_z (B, T, H, Dh) is read as the store keeps it, (B, T, H * Dh): the identity SAE leaves the model
+    as it is, and the bases of the factor table are that flattened activation."""
+    from vitscope.analysis.sae.factors import factor_bases
+
+    x = torch.randn(3, 3, 32, 32)
+    sae = _site_sae(32, "blocks.{i}.attn.hook_z")
+    with torch.no_grad():
+        ref = model(x)
+        with sae.hooks(model, 1) as m:
+            got = m(x)
+        _, cache = model.run_with_cache(x, names_filter="blocks.1.attn.hook_z")
+    torch.testing.assert_close(got, ref)
+    bases = factor_bases(model, sae, x, 1)
+    want = cache["blocks.1.attn.hook_z"][:, 1:].reshape(3 * 16, 4 * 8)
+    np.testing.assert_array_equal(bases["neurons"][0], want.numpy())
+
+
+def test_metrics_read_the_sae_site(model):
+    """The spliced metrics' zero bound zeroes the SAE's own site: for an mlp_out SAE, the model with the block's MLP
+    output zeroed at the patches (by hand), not the residual stream."""
+    torch.manual_seed(2)
+    x = torch.randn(8, 3, 32, 32)
+    r = spliced_metrics(model, _site_sae(32, "mlp_out"), x, None, block=1)
+    assert r["sae"]["kl"] == pytest.approx(0, abs=1e-10)
+
+    def zero(t, h):
+        t = t.clone()
+        t[:, 1:] = 0
+        return t
+
+    with torch.no_grad():
+        o = model(x).log_softmax(-1)
+        z = model.run_with_hooks(x, fwd_hooks=[("blocks.1.hook_mlp_out", zero)]).log_softmax(-1)
+    assert r["zero"]["kl"] == pytest.approx(float((o.exp() * (o - z)).sum(-1).mean()), rel=1e-5)
+
+
+def test_site_width_and_logit_effects():
+    """An SAE of an MLP hidden layer has the MLP's width; its atoms are not in the stream's space, so it has no
+    logit effect; a stream SAE of the wrong width or a site outside a block is one line."""
+    from vitscope.analysis.sae.browse import logit_effects
+    from vitscope.analysis.sae.hooks import check_width
+
+    torch.manual_seed(0)
+    m = HookedViT(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, num_classes=5)).eval()
+    check_width(_site_sae(128, "blocks.{i}.mlp.hook_post"), m)
+    assert logit_effects(_site_sae(128, "blocks.{i}.mlp.hook_post"), m, [0]) is None
+    assert logit_effects(_site_sae(32, "mlp_out"), m, [0]).shape == (1, 5)
+    with pytest.raises(ValueError, match="width 128 at mlp.hook_post") as e:
+        check_width(_site_sae(32, "blocks.{i}.mlp.hook_post"), m)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="not a block's activation"):
+        check_width(_site_sae(32, "ln_final"), m)

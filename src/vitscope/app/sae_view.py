@@ -2,9 +2,9 @@
 
 :func:`sae_view` is a pure view like those of ``vitscope.app.views``: (model, image, SAE, options) -> a
 :class:`~vitscope.app.views.View`. The numbers come from ``vitscope.analysis.sae.browse`` (the static feature
-browser's helpers): the latents of every patch token at ``blocks.{block}.hook_resid_post`` through the SAE's
-``encode`` (with its saved normalisation), each latent's logit effect through the final norm and the head, and the
-nearest latents by decoder cosine. Nothing here knows about Gradio.
+browser's helpers): the latents of every patch token at the SAE's site (``blocks.{block}.hook_resid_post``, ...)
+through the SAE's ``encode`` (with its saved normalisation), each latent's logit effect through the final norm and
+the head, and the nearest latents by decoder cosine. Nothing here knows about Gradio.
 """
 from __future__ import annotations
 

@@ -22,7 +22,9 @@ def train_cmd(
     store: Path = typer.Option(..., "--store", "-s", help="Feature store (`vitscope extract ... --tokens patches`)."),
     out: Path = typer.Option(Path("runs/sae"), "--out", "-o", help="Folder for the SAEs (one sub-folder each), "
                                                                    "checkpoints and training_log.csv."),
-    site: str = typer.Option("resid_post", "--site", help="Store site to read."),
+    site: str = typer.Option("resid_post", "--site", help="Store site to read (resid_post, mlp_out, attn_out, "
+                                                          "resid_mid, ... or blocks.{i}.mlp.hook_post). The SAE "
+                                                          "remembers it: eval, browse and splicing use the same."),
     block: str = typer.Option("-2", "--blocks", "--block", help="Block(s): '8', '4,8', '-2' (from the end). "
                                                                 "Several blocks train in the same pass."),
     tokens: str = typer.Option("patches", "--tokens", "-t", help="patches, cls, mean or all (the store's reduction)."),

@@ -71,12 +71,13 @@ def _hist_svg(values: np.ndarray, bins: int = 24, w: int = 220, h: int = 60) -> 
 
 @torch.no_grad()
 def patch_latents(sae, model, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """The SAE's latents of every patch token of ``blocks.{block}.hook_resid_post``: (N, rows, cols, w), through
-    its ``encode`` (with its saved normalisation). ``images``: a preprocessed batch (N, 3, H, W)."""
+    """The SAE's latents of every patch token at its site (``blocks.{block}.hook_resid_post``, ...): (N, rows, cols,
+    w), through its ``encode`` (with its saved normalisation). ``images``: a preprocessed batch (N, 3, H, W)."""
     from vitscope.analysis.sae.evaluation import block_patch_acts
+    from vitscope.analysis.sae.hooks import site_hook
 
     block = int(sae.cfg.block[0])
-    x = block_patch_acts(model, images, block, "patches", batch_size)
+    x = block_patch_acts(model, images, block, "patches", batch_size, site_hook(sae, block))
     n, p = len(images), model.cfg.patch_size
     rows, cols = images.shape[-2] // p, images.shape[-1] // p
     if x.shape[0] != n * rows * cols:
@@ -102,8 +103,11 @@ def nearest_latents(sae, latents, n: int) -> list[list[tuple[int, float]]]:
 @torch.no_grad()
 def logit_effects(sae, model, latents) -> torch.Tensor | None:
     """Each latent's atom read through the final norm and the head (``model.project_to_logits``, the logit-lens
-    path), centred over the classes: (len(latents), C); None for a model without a head."""
-    if model.cfg.head == "none":
+    path), centred over the classes: (len(latents), C); None for a model without a head, and for an SAE whose atoms
+    are not in the residual stream's space (an MLP hidden layer, a normalised input, attention heads)."""
+    from vitscope.analysis.sae.hooks import writes_to_stream
+
+    if model.cfg.head == "none" or not writes_to_stream(sae):
         return None
     p = next(model.parameters())
     atoms = sae.W_dec[0][torch.as_tensor(list(latents), dtype=torch.long, device=sae.W_dec.device)]

@@ -92,16 +92,19 @@ def _images(model, data, limit: int | None):
 
 
 @torch.no_grad()
-def block_patch_acts(model, images, block: int, tokens: str, batch_size: int = 64) -> torch.Tensor:
-    """Raw activations (rows, d) at ``blocks.{block}.hook_resid_post`` of the tokens an SAE reads."""
+def block_patch_acts(model, images, block: int, tokens: str, batch_size: int = 64,
+                     hook: str | None = None) -> torch.Tensor:
+    """Raw activations (rows, d) of the tokens an SAE reads at ``hook`` (default ``blocks.{block}.hook_resid_post``;
+    an SAE's own: :func:`~.hooks.site_hook`); head-split activations flattened to (H * Dh)."""
     from vitscope.analysis.sae.hooks import token_index
 
-    hook = f"blocks.{block}.hook_resid_post"
+    hook = hook or f"blocks.{block}.hook_resid_post"
     out = []
     dev = next(model.parameters()).device
     for s in range(0, len(images), batch_size):
         _, cache = model.run_with_cache(images[s:s + batch_size].to(dev), names_filter=hook)
         a = cache[hook]
+        a = a.flatten(2) if a.ndim == 4 else a
         if tokens == "mean":
             a = a[:, token_index(model, block, "patches", a.shape[1])].mean(1, keepdim=True)
         else:
@@ -128,7 +131,7 @@ def evaluate(saes, data=None, options: SAEOptions | None = None, model=None, **o
     ``concept``).
     """
     from vitscope.analysis.sae.factors import factor_bases, factor_scores, patch_concepts
-    from vitscope.analysis.sae.hooks import check_width, model_name
+    from vitscope.analysis.sae.hooks import check_width, model_name, sae_site, site_hook
     from vitscope.analysis.sae.metrics import activation_metrics, spliced_metrics
 
     opts = (options or SAEOptions()).replace(**overrides) if overrides else (options or SAEOptions())
@@ -156,8 +159,9 @@ def evaluate(saes, data=None, options: SAEOptions | None = None, model=None, **o
     for sname, sae in items.items():
         block, tokens = int(sae.cfg.block[0]), sae.cfg.tokens
         base = {"model": label, "block": block, "sae": sname, "arch": sae.arch, "width": sae.cfg.width,
-                "k": sae.cfg.k[0] if sae.arch in ("topk", "batchtopk", "matryoshka") else None, "tokens": tokens}
-        x = block_patch_acts(model, images, block, tokens, opts.batch_size)
+                "k": sae.cfg.k[0] if sae.arch in ("topk", "batchtopk", "matryoshka") else None, "tokens": tokens,
+                "site": sae_site(sae)[0]}
+        x = block_patch_acts(model, images, block, tokens, opts.batch_size, site_hook(sae, block))
         m, dens = activation_metrics(sae, x.split(4096), opts.dense)
         density[sname] = dens
         rows += [{**base, "metric": k, "value": v} for k, v in m.items() if k != "tokens"]

@@ -210,19 +210,13 @@ def _orient(a: np.ndarray, signed: bool) -> np.ndarray:
 @torch.no_grad()
 def factor_bases(model, sae, images: torch.Tensor, block: int, seed: int = 0, batch_size: int = 64
                  ) -> dict[str, tuple[np.ndarray, bool]]:
-    """The patch activations of ``images`` at ``blocks.{block}.hook_resid_post`` in three bases: the SAE's latents,
-    the raw neurons, and random unit directions (as many as the SAE has latents)."""
-    from vitscope.analysis.sae.hooks import check_width
+    """The patch activations of ``images`` at the SAE's site in ``block`` (``blocks.{block}.hook_resid_post``, ...) in
+    three bases: the SAE's latents, the raw neurons, and random unit directions (as many as the SAE has latents)."""
+    from vitscope.analysis.sae.evaluation import block_patch_acts
+    from vitscope.analysis.sae.hooks import check_width, site_hook
 
     check_width(sae, model)
-    hook = f"blocks.{block}.hook_resid_post"
-    lay = model.token_layout(block)
-    acts = []
-    dev = next(model.parameters()).device
-    for s in range(0, len(images), batch_size):
-        _, cache = model.run_with_cache(images[s:s + batch_size].to(dev), names_filter=hook)
-        acts.append(cache[hook][:, lay.patches].reshape(-1, model.cfg.embed_dim).float().cpu())
-    x = torch.cat(acts)
+    x = block_patch_acts(model, images, block, "patches", batch_size, site_hook(sae, block))
     gen = torch.Generator().manual_seed(seed)
     r = torch.randn(x.shape[1], sae.cfg.width, generator=gen)
     r /= r.norm(dim=0, keepdim=True)

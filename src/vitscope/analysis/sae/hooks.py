@@ -1,4 +1,5 @@
-"""The SAE spliced into the model: ``blocks.{i}.hook_resid_post`` replaced by the reconstruction, with hook points
+"""The SAE spliced into the model: the activation it was trained on (its config's ``site``, by default
+``blocks.{i}.hook_resid_post``; :func:`site_hook`) replaced by the reconstruction, with hook points
 ``blocks.{i}.sae.hook_latents`` (B, T_sel, w) and ``blocks.{i}.sae.hook_recons`` (B, T_sel, d) for interventions.
 
 >>> with sae.hooks(model, 3) as m:                              # or vitscope.analysis.sae.hooks.spliced(...)
@@ -10,6 +11,10 @@
 Only the tokens the SAE was trained on are replaced (``patches``: the patch tokens, ``cls``: the CLS token,
 ``all``: every token; an SAE on patch means is applied to each patch token). ``keep_error=True`` adds the SAE's
 reconstruction error back, so that only an intervention on the latents changes the stream.
+
+Every block site of the feature store can be read and spliced: ``resid_pre``, ``resid_mid``, ``resid_post``,
+``attn_out``, ``mlp_out``, ``ln1``, ``ln2`` and ``blocks.{i}.<hook>`` (an MLP hidden layer, ``attn.hook_z``: head-split
+hooks are read flattened, (B, T, H * Dh), as the store keeps them).
 """
 from __future__ import annotations
 
@@ -61,11 +66,39 @@ class SAESplice(nn.Module):
         return self.hook_recons(r.reshape(shape).to(x.dtype))
 
 
+def sae_site(sae) -> tuple[str, str]:
+    """(the store's name of the SAE's site, its hook suffix in a block), e.g. ``("mlp_out", "hook_mlp_out")``;
+    a one-line error for a site that is not a block's."""
+    from vitscope.features.plan import BLOCK_SHORT, canonical_site
+
+    site = getattr(sae.cfg, "site", None) or "resid_post"
+    name, is_block, _ = canonical_site(site)
+    if not is_block:
+        raise ValueError(f"the SAE was trained on {site!r}, which is not a block's activation; vitscope reads and "
+                         f"splices SAEs of block sites ({', '.join(BLOCK_SHORT)} or blocks.{{i}}.<hook>)")
+    return name, BLOCK_SHORT.get(name, name)
+
+
+def site_hook(sae, block: int) -> str:
+    """The hook an SAE reads and replaces in ``block``: ``blocks.{block}.hook_resid_post`` for a residual-stream SAE,
+    ``blocks.{block}.hook_mlp_out`` for one trained on ``--site mlp_out``, and so on."""
+    return f"blocks.{int(block)}.{sae_site(sae)[1]}"
+
+
+def writes_to_stream(sae) -> bool:
+    """Whether the SAE's atoms live in the residual stream's space (the stream itself or what a block adds to it),
+    so that reading them through the head (the logit lens) means something."""
+    return sae_site(sae)[0] in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+
+
 def check_width(sae, model) -> None:
-    d = model.cfg.embed_dim
+    from vitscope.features.plan import site_width
+
+    name, suffix = sae_site(sae)
+    d = site_width(model.cfg, name, suffix)
     if sae.cfg.d_in != d:
-        raise ValueError(f"the SAE reads {sae.cfg.d_in}-dim activations but {model_name(model)} has width {d}; "
-                         f"use an SAE trained on this model")
+        raise ValueError(f"the SAE reads {sae.cfg.d_in}-dim activations but {model_name(model)} has width {d} at "
+                         f"{name}; use an SAE trained on this model")
 
 
 def model_name(model) -> str:
@@ -73,13 +106,15 @@ def model_name(model) -> str:
 
 
 def replace_hook(model, block: int, tokens: str, fn):
-    """A hook for ``blocks.{block}.hook_resid_post`` that replaces the ``tokens`` positions by ``fn(selected)``."""
+    """A hook for a block's activation (``blocks.{block}.hook_resid_post``, ...) that replaces the ``tokens``
+    positions by ``fn(selected)``; a head-split activation (B, T, H, Dh) is replaced as (B, T, H * Dh)."""
 
     def hook(t: torch.Tensor, hp):
         idx = token_index(model, block, tokens, t.shape[1])
-        out = t.clone()
-        out[:, idx] = fn(t[:, idx])
-        return out
+        flat = t.flatten(2) if t.ndim == 4 else t
+        out = flat.clone()
+        out[:, idx] = fn(flat[:, idx])
+        return out.view_as(t)
 
     return hook
 
@@ -87,7 +122,7 @@ def replace_hook(model, block: int, tokens: str, fn):
 @contextlib.contextmanager
 def spliced(model, sae, block: int | None = None, tokens: str | None = None,
             keep_error: bool = False) -> Iterator:
-    """Context manager: ``model`` runs with the SAE replacing ``blocks.{block}.hook_resid_post`` at its tokens;
+    """Context manager: ``model`` runs with the SAE replacing its site (:func:`site_hook`) at its tokens;
     the hook points ``blocks.{block}.sae.hook_latents`` / ``hook_recons`` exist inside the ``with``."""
     check_width(sae, model)
     block = int(sae.cfg.block[0] if block is None else block)
@@ -102,7 +137,7 @@ def spliced(model, sae, block: int | None = None, tokens: str | None = None,
     blk.add_module("sae", splice)
     model.setup_hooks()
     try:
-        with model.hooks([(f"blocks.{block}.hook_resid_post", replace_hook(model, block, tokens, splice))]):
+        with model.hooks([(site_hook(sae, block), replace_hook(model, block, tokens, splice))]):
             yield model
     finally:
         del blk.sae

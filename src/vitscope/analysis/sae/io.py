@@ -162,18 +162,36 @@ def load_saelens(path: str | Path) -> SAE:
     if not c.get("apply_b_dec_to_input", True):
         b_enc = b_enc + b_dec @ W_enc            # x W + b = (x - b_dec) W + (b + b_dec W)
     k = int(kwargs.get("k", c.get("k", 1))) if mapping[arch] == "topk" else 1
-    layer = c.get("hook_layer")
-    if layer is None:
-        import re
-
-        m = re.search(r"blocks\.(\d+)\.", str(c.get("hook_name", "")))
-        layer = int(m.group(1)) if m else 0
-    cfg = SAEConfig(d_in=d_in, width=width, arch=mapping[arch], k=(k,), block=(int(layer),),
+    layer, site = _saelens_hook(c)
+    cfg = SAEConfig(d_in=d_in, width=width, arch=mapping[arch], k=(k,), block=(int(layer),), site=site,
                     meta={"source": "saelens", "hook_name": c.get("hook_name"), "model_name": c.get("model_name")})
     logt = None
     if mapping[arch] == "jumprelu":
         logt = t["threshold"].float().clamp_min(1e-12).log()
     return _from_tensors(cfg, W_enc, b_enc, W_dec, b_dec, log_threshold=logt)
+
+
+def _saelens_hook(c: dict) -> tuple[int, str]:
+    """(block, vitscope site) of a SAELens config's ``hook_name``, whose TransformerLens / ViT-Prisma names are
+    vitscope's (``blocks.8.hook_mlp_out`` -> (8, ``mlp_out``)); (``hook_layer`` or 0, ``resid_post``) without one."""
+    import re
+
+    from vitscope.features.plan import canonical_site
+
+    name = str(c.get("hook_name") or "")
+    m = re.match(r"^blocks\.(\d+)\.", name)
+    layer = c.get("hook_layer")
+    layer = int(layer) if layer is not None else int(m.group(1)) if m else 0
+    if not name:
+        return layer, "resid_post"
+    try:
+        site, is_block, _ = canonical_site(name)
+    except ValueError:
+        is_block = False
+    if not m or not is_block:
+        raise ValueError(f"the SAELens SAE reads {name!r}, which is not a block hook vitscope has (e.g. "
+                         f"blocks.8.hook_resid_post, blocks.8.hook_mlp_out)")
+    return layer, site
 
 
 def load_saev(path: str | Path, scale: float = 1.0) -> SAE:

@@ -4,10 +4,11 @@
   ``sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``), mean cosine of reconstruction and input, dead latents (never
   active), dense latents (active on more than ``dense`` of the tokens) and the latent density histogram
   (log10 of each latent's firing frequency).
-* :func:`spliced_metrics`: the model run on images with ``blocks.{i}.hook_resid_post`` replaced at the SAE's tokens
-  by (a) the reconstruction, (b) zeros, (c) the mean activation (the bounds): top-1 agreement with the original
-  prediction, KL(original || spliced) of the logits, accuracy, and weighted k-NN top-1 accuracy (k = 20) from the
-  final CLS features of the spliced stream (a seeded half / half split); ``kl_recovered = 1 - KL_sae / KL_zero``.
+* :func:`spliced_metrics`: the model run on images with the SAE's site (``blocks.{i}.hook_resid_post``, ...)
+  replaced at the SAE's tokens by (a) the reconstruction, (b) zeros, (c) the mean activation (the bounds): top-1
+  agreement with the original prediction, KL(original || spliced) of the logits, accuracy, and weighted k-NN
+  top-1 accuracy (k = 20) from the final CLS features of the spliced stream (a seeded half / half split);
+  ``kl_recovered = 1 - KL_sae / KL_zero``.
 """
 from __future__ import annotations
 
@@ -63,13 +64,13 @@ def spliced_metrics(model, sae, images, labels=None, block: int | None = None, t
                     batch_size: int = 64, knn_k: int = 20, seed: int = 0) -> dict[str, dict[str, float]]:
     """``{"sae" | "zero" | "mean": {top1_agreement, kl, accuracy, knn_top1}, "original": {...}}`` on ``images``
     (B, 3, H, W) tensor; see the module docstring."""
-    from vitscope.analysis.sae.hooks import check_width, replace_hook, spliced, token_index
+    from vitscope.analysis.sae.hooks import check_width, replace_hook, site_hook, spliced, token_index
 
     check_width(sae, model)
     block = int(sae.cfg.block[0] if block is None else block)
     tokens = tokens or sae.cfg.tokens
     dev = next(model.parameters()).device
-    hook = f"blocks.{block}.hook_resid_post"
+    hook = site_hook(sae, block)
     # the original run and the mean activation of the spliced tokens
     orig_logits, orig_feats, total, count = [], [], None, 0
     for s in range(0, len(images), batch_size):
@@ -77,7 +78,8 @@ def spliced_metrics(model, sae, images, labels=None, block: int | None = None, t
         acts = {}
         with model.hooks([(hook, lambda t, hp: acts.__setitem__("a", t))]):
             f = model.forward_features(x)
-        a = acts["a"][:, token_index(model, block, tokens, acts["a"].shape[1])]
+        a = acts["a"].flatten(2) if acts["a"].ndim == 4 else acts["a"]
+        a = a[:, token_index(model, block, tokens, a.shape[1])]
         total = a.double().sum((0, 1)) if total is None else total + a.double().sum((0, 1))
         count += a.shape[0] * a.shape[1]
         orig_feats.append(_cls(model, f))

@@ -358,8 +358,8 @@ class SAE(nn.Module):
         return self.reconstruct(x)
 
     def hooks(self, model, block: int | None = None, tokens: str | None = None, keep_error: bool = False):
-        """Context manager splicing this SAE into ``model`` at ``blocks.{block}.hook_resid_post`` with hook points
-        ``blocks.{block}.sae.hook_latents`` / ``hook_recons`` (see :mod:`vitscope.analysis.sae.hooks`)."""
+        """Context manager splicing this SAE into ``model`` at its site (``blocks.{block}.hook_resid_post``, ...)
+        with hook points ``blocks.{block}.sae.hook_latents`` / ``hook_recons`` (:mod:`vitscope.analysis.sae.hooks`)."""
         from vitscope.analysis.sae.hooks import spliced
 
         return spliced(model, self, block, tokens, keep_error)
