@@ -194,7 +194,7 @@ def test_browser_page_names_the_store_by_its_folder_only(model, tmp_path):
                          BrowseOptions(limit=8, latents=3, top=2))
     text = page.read_text()
     assert str(store) not in text and str(tmp_path) not in text and "machine" not in text
-    assert "store demo-train" in text and "model tiny" in text and f"block {BLOCK}" in text
+    assert "store demo-train" in text and "model tiny" in text and f"block {BLOCK}, resid_post," in text
     assert "patches tokens" in text
 
 

@@ -73,8 +73,7 @@ def _hist_svg(values: np.ndarray, bins: int = 24, w: int = 220, h: int = 60) -> 
 def patch_latents(sae, model, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """The SAE's latents of every patch token at its site (``blocks.{block}.hook_resid_post``, ...): (N, rows, cols,
     w), through its ``encode`` (with its saved normalisation). ``images``: a preprocessed batch (N, 3, H, W)."""
-    from vitscope.analysis.sae.evaluation import block_patch_acts
-    from vitscope.analysis.sae.hooks import site_hook
+    from vitscope.analysis.sae.hooks import block_patch_acts, site_hook
 
     block = int(sae.cfg.block[0])
     x = block_patch_acts(model, images, block, "patches", batch_size, site_hook(sae, block))
@@ -152,13 +151,15 @@ def latent_summary(sae, model, images: torch.Tensor, opts: BrowseOptions) -> dic
 
 
 def provenance(sae) -> str:
-    """One line on what the SAE reads: its model, block and tokens, and the folder name of the store it was trained
-    on (the name only: the page may be shared, the path on disk is the author's)."""
+    """One line on what the SAE reads: its model, block, site and tokens, and the folder name of the store it was
+    trained on (the name only: the page may be shared, the path on disk is the author's)."""
+    from vitscope.analysis.sae.hooks import sae_site
+
     meta = sae.cfg.meta or {}
     model = meta.get("model") or meta.get("model_name")
     store = PureWindowsPath(str(meta["store"])).name if meta.get("store") else ""
     return ", ".join(part for part in (f"model {model}" if model else "", f"block {int(sae.cfg.block[0])}",
-                                 f"{sae.cfg.tokens} tokens", f"store {store}" if store else "") if part)
+                                 sae_site(sae)[0], f"{sae.cfg.tokens} tokens", f"store {store}" if store else "") if part)
 
 
 def write_browser(sae, model, data, out: str | Path, options: BrowseOptions | None = None,

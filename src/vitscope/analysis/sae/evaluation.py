@@ -91,28 +91,6 @@ def _images(model, data, limit: int | None):
     return torch.stack(imgs), np.asarray(labels), ds, idx
 
 
-@torch.no_grad()
-def block_patch_acts(model, images, block: int, tokens: str, batch_size: int = 64,
-                     hook: str | None = None) -> torch.Tensor:
-    """Raw activations (rows, d) of the tokens an SAE reads at ``hook`` (default ``blocks.{block}.hook_resid_post``;
-    an SAE's own: :func:`~.hooks.site_hook`); head-split activations flattened to (H * Dh)."""
-    from vitscope.analysis.sae.hooks import token_index
-
-    hook = hook or f"blocks.{block}.hook_resid_post"
-    out = []
-    dev = next(model.parameters()).device
-    for s in range(0, len(images), batch_size):
-        _, cache = model.run_with_cache(images[s:s + batch_size].to(dev), names_filter=hook)
-        a = cache[hook]
-        a = a.flatten(2) if a.ndim == 4 else a
-        if tokens == "mean":
-            a = a[:, token_index(model, block, "patches", a.shape[1])].mean(1, keepdim=True)
-        else:
-            a = a[:, token_index(model, block, tokens, a.shape[1])]
-        out.append(a.reshape(-1, a.shape[-1]).float().cpu())
-    return torch.cat(out)
-
-
 def evaluate(saes, data=None, options: SAEOptions | None = None, model=None, **overrides) -> Result:
     """Measure SAEs on images: reconstruction and sparsity, the model with each SAE spliced in (with zero- and
     mean-ablation bounds), and, on the synthetic benchmark, features against the generating factors.
@@ -131,7 +109,7 @@ def evaluate(saes, data=None, options: SAEOptions | None = None, model=None, **o
     ``concept``).
     """
     from vitscope.analysis.sae.factors import factor_bases, factor_scores, patch_concepts
-    from vitscope.analysis.sae.hooks import check_width, model_name, sae_site, site_hook
+    from vitscope.analysis.sae.hooks import block_patch_acts, check_width, model_name, sae_site, site_hook
     from vitscope.analysis.sae.metrics import activation_metrics, spliced_metrics
 
     opts = (options or SAEOptions()).replace(**overrides) if overrides else (options or SAEOptions())

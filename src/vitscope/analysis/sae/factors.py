@@ -212,8 +212,7 @@ def factor_bases(model, sae, images: torch.Tensor, block: int, seed: int = 0, ba
                  ) -> dict[str, tuple[np.ndarray, bool]]:
     """The patch activations of ``images`` at the SAE's site in ``block`` (``blocks.{block}.hook_resid_post``, ...) in
     three bases: the SAE's latents, the raw neurons, and random unit directions (as many as the SAE has latents)."""
-    from vitscope.analysis.sae.evaluation import block_patch_acts
-    from vitscope.analysis.sae.hooks import check_width, site_hook
+    from vitscope.analysis.sae.hooks import block_patch_acts, check_width, site_hook
 
     check_width(sae, model)
     x = block_patch_acts(model, images, block, "patches", batch_size, site_hook(sae, block))

@@ -43,6 +43,26 @@ def token_index(model, block: int, tokens: str, n_tokens: int) -> torch.Tensor |
     raise ValueError(f"tokens must be patches, cls, mean or all, got {tokens!r}")
 
 
+@torch.no_grad()
+def block_patch_acts(model, images, block: int, tokens: str, batch_size: int = 64,
+                     hook: str | None = None) -> torch.Tensor:
+    """Raw activations (rows, d) of the tokens an SAE reads at ``hook`` (default ``blocks.{block}.hook_resid_post``;
+    an SAE's own: :func:`site_hook`); head-split activations flattened to (H * Dh)."""
+    hook = hook or f"blocks.{block}.hook_resid_post"
+    out = []
+    dev = next(model.parameters()).device
+    for s in range(0, len(images), batch_size):
+        _, cache = model.run_with_cache(images[s:s + batch_size].to(dev), names_filter=hook)
+        a = cache[hook]
+        a = a.flatten(2) if a.ndim == 4 else a
+        if tokens == "mean":
+            a = a[:, token_index(model, block, "patches", a.shape[1])].mean(1, keepdim=True)
+        else:
+            a = a[:, token_index(model, block, tokens, a.shape[1])]
+        out.append(a.reshape(-1, a.shape[-1]).float().cpu())
+    return torch.cat(out)
+
+
 class SAESplice(nn.Module):
     """Encode -> ``hook_latents`` -> decode -> ``hook_recons`` (raw activation units)."""
 
