@@ -51,10 +51,10 @@ def make_sae(arch: str, d_in: int = 32, width: int = 48, seed: int = 0, **meta) 
     return sae
 
 
-def plain_latents(model, photo, sae) -> np.ndarray:
-    """(rows, cols, w) from the definition: x * scale - b_dec, times W_enc, plus b_enc, then the activation."""
+def plain_latents(model, photo, sae, name: str = f"blocks.{BLOCK}.hook_resid_post") -> np.ndarray:
+    """(rows, cols, w) from the definition: x * scale - b_dec, times W_enc, plus b_enc, then the activation, on the
+    activation ``name``."""
     x = model.preprocess([photo])
-    name = f"blocks.{BLOCK}.hook_resid_post"
     with torch.no_grad():
         _, cache = model.run_with_cache(x, names_filter=name)
     lay = model.token_layout(BLOCK)
@@ -132,6 +132,23 @@ def test_logit_effect_nearest_latents_and_a_chosen_latent(model, photo):
         SV.sae_view(model, photo, sae, latent=48, name="tiny-sae")
     with pytest.raises(ValueError, match="outside the 4 x 4 patch grid"):
         SV.sae_view(model, photo, sae, patch=(4, 0))
+
+
+def test_an_sae_of_the_mlp_hidden_layer(model, photo, tmp_path):
+    """An SAE of ``blocks.{i}.mlp.hook_post`` (4 x wider): the tab's latents follow the definition on that
+    activation; its atoms are not in the stream's space, so neither the tab nor the browser page shows a logit
+    effect, and both name the site."""
+    from vitscope.analysis.sae.browse import BrowseOptions, write_browser
+
+    sae = make_sae("relu", d_in=128)
+    sae.cfg.site = "blocks.{i}.mlp.hook_post"
+    want = plain_latents(model, photo, sae, f"blocks.{BLOCK}.mlp.hook_post")
+    v = SV.sae_view(model, photo, sae, latent=3, name="mlp-sae")
+    np.testing.assert_allclose(v.arrays["heat"], want[..., 3], atol=1e-5)
+    assert "logit_effect" not in v.arrays and "logit effect" not in v.note and "mlp.hook_post" in v.note
+    page = write_browser(sae, model, "synthetic:size=32,classes=4,n=8,split=test", tmp_path / "page",
+                         BrowseOptions(limit=8, latents=3, top=2)).read_text()
+    assert "class='latent'" in page and "logit effect" not in page and "mlp.hook_post" in page
 
 
 def test_width_mismatch_is_one_message(model, photo):
