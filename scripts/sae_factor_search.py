@@ -9,10 +9,14 @@ factors").
         --prefixes 8,32,128 --steps 1500
     PYTHONPATH=src .venv/bin/python scripts/sae_factor_search.py --ceilings \
         --data "synthetic:size=64,classes=8,difficulty=easy,jitter=1,scale_min=0.25,scale_max=0.4,texture=0.35"
+    PYTHONPATH=src .venv/bin/python scripts/sae_factor_search.py --ceilings --site resid_mid,mlp_out,resid_post
+    PYTHONPATH=src .venv/bin/python scripts/sae_factor_search.py --block 4 --site mlp_out --arch matryoshka \
+        --widths 512 --k 16,32 --prefixes 8,32,128 --steps 6000 --out runs/sae-factors-mlp
 
 The numbers in docs/sae.md for block 1 come from the defaults below (4096 training images, 2000 steps, widths 512
 and 2048, k 8 and 32); the Matryoshka numbers from the second command; the linear ceilings with larger objects from
-the third (no SAE: per block, the best raw neuron and a linear probe on all of them, per factor).
+the third (no SAE: per block, the best raw neuron and a linear probe on all of them, per factor); the ceilings per
+site from the fourth; the SAEs on the MLP output from the fifth and its variants in docs/sae.md.
 """
 from __future__ import annotations
 
