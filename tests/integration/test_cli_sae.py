@@ -130,6 +130,7 @@ def _one_line(r, needle):
 @pytest.mark.parametrize("extra, needle", [
     (("--site", "ln2"), "holds sites"), (("--block", "0"), "holds blocks"), (("--tokens", "all"), "reductions"),
     (("--width", "0"), "--width"), (("--k", "99", "--width", "64"), "--k"),
+    (("--site", "ln_final"), "takes a block site"), (("--site", "nowhere"), "takes a block site"),
 ])
 def test_bad_train_input(setup, tmp_path, extra, needle):
     out = tmp_path / "o"
