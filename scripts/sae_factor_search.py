@@ -32,7 +32,9 @@ def main() -> None:
     ap.add_argument("--test-images", type=int, default=512)
     ap.add_argument("--widths", default="512,2048")
     ap.add_argument("--k", default="8,32")
-    ap.add_argument("--arch", default="topk", help="topk, batchtopk, matryoshka (k-sparse architectures)")
+    ap.add_argument("--arch", default="topk", help="topk, batchtopk, matryoshka (k-sparse: --k), relu or jumprelu "
+                    "(--l1)")
+    ap.add_argument("--l1", default="1", help="relu: L1 coefficients, jumprelu: L0 coefficients (a grid)")
     ap.add_argument("--prefixes", default="", help="Matryoshka's nested prefix sizes, e.g. 8,32,128")
     ap.add_argument("--out", type=Path, default=Path("runs/sae-factors"))
     ap.add_argument("--ceilings", action="store_true", help="no SAE: the raw neurons' best AUROC and linear probe "
@@ -52,7 +54,7 @@ def main() -> None:
     prefixes = tuple(int(p) for p in a.prefixes.split(",") if p)
     opts = TrainOptions(site=a.site, blocks=str(a.block), arch=a.arch, prefixes=prefixes,  # checked before any work
                         width=tuple(int(w) for w in a.widths.split(",")),
-                        k=tuple(int(k) for k in a.k.split(",")), lr=(1e-3,), steps=a.steps, batch_size=1024,
+                        k=tuple(int(k) for k in a.k.split(",")), l1=a.l1, lr=(1e-3,), steps=a.steps, batch_size=1024,
                         chunk_images=512, warmup=50, dead_after=100_000, aux_k=64, progress=True)
     model = vs.load_model(a.model)
     tag = f"b{a.block}" if a.site == "resid_post" else f"b{a.block}-{a.site}"
