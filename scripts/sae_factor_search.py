@@ -49,6 +49,7 @@ def main() -> None:
 
     import vitscope as vs
     from vitscope.analysis.sae import SAEOptions, TrainOptions, evaluate, train_saes
+    from vitscope.analysis.sae.hooks import block_site
     from vitscope.features import extract_features
 
     prefixes = tuple(int(p) for p in a.prefixes.split(",") if p)
@@ -56,14 +57,15 @@ def main() -> None:
                         width=tuple(int(w) for w in a.widths.split(",")),
                         k=tuple(int(k) for k in a.k.split(",")), l1=a.l1, lr=(1e-3,), steps=a.steps, batch_size=1024,
                         chunk_images=512, warmup=50, dead_after=100_000, aux_k=64, progress=True)
+    eval_opts = SAEOptions(limit=a.test_images, splice=False)                           # checked before any work too
     model = vs.load_model(a.model)
-    tag = f"b{a.block}" if a.site == "resid_post" else f"b{a.block}-{a.site}"
+    site = block_site(a.site)[0]                                  # "blocks.{i}.mlp.hook_post" -> "mlp.hook_post"
+    tag = f"b{a.block}" if site == "resid_post" else f"b{a.block}-{site}"
     store = a.out / f"store-{tag}"
     extract_features(model, f"builtin:demo?n={a.train_images},split=train", store, layers=str(a.block),
                      sites=(a.site,), tokens=("patches",), progress=True)
     saes = train_saes(store, opts, out=a.out / f"saes-{tag}-{a.arch}")
-    res = evaluate(saes, f"builtin:demo?n={a.test_images},split=test",
-                   SAEOptions(limit=a.test_images, splice=False), model=model)
+    res = evaluate(saes, f"builtin:demo?n={a.test_images},split=test", eval_opts, model=model)
     res.table.to_csv(a.out / f"factors-{tag}-{a.arch}.csv", index=False)
     t = res.table
     print(t[t["basis"].isna()].pivot_table(index="sae", columns="metric", values="value").round(4).to_string())

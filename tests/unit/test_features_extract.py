@@ -205,3 +205,12 @@ def test_other_input_size_uses_that_grid(tmp_path):
     assert store["resid_post", 3, "patches"].shape == (5, 36, 32) and store.manifest["input_shape"] == [3, 48, 48]
     np.testing.assert_allclose(store["resid_post", 3, "patches"], t[:, 1:], atol=1e-5)
     np.testing.assert_allclose(store["resid_post", 3, "mean"], t[:, 1:].mean(1), atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [dict(layers="9"), dict(sites=("nowhere",)), dict(tokens=("median",))])
+def test_a_bad_plan_writes_nothing(tmp_path, bad):
+    """A block the model lacks, an unknown site or token reduction: one line, and no folder (not even a lock)."""
+    out = tmp_path / "store"
+    with pytest.raises(ValueError) as e:
+        extract_features(tiny(), ToyData(), out, **bad)
+    assert "\n" not in str(e.value) and not out.exists()

@@ -197,3 +197,54 @@ def test_site_width_and_logit_effects():
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="not a block's activation"):
         check_width(_site_sae(32, "ln_final"), m)
+
+
+@pytest.mark.parametrize("site, hook", [("resid_pre", "hook_resid_pre"), ("mlp_out", "hook_mlp_out")])
+@pytest.mark.parametrize("block", [1, 2])
+def test_sites_with_late_cls_and_registers(site, hook, block):
+    """Registers enter at block 1 and CLS at block 2: an SAE of any site replaces exactly that hook's patch tokens
+    (zeroed here by a plain hook at the token layout's patch positions), including the block the CLS enters."""
+    torch.manual_seed(0)
+    m = HookedViT(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, num_classes=5,
+                            cls_block=2, num_registers=2, register_block=1)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    sae = _site_sae(32, site, block)
+    patches = m.token_layout(block).patches
+
+    def ablate(z, h):
+        z[..., 3] = 0
+        z[..., 35] = 0
+        return z
+
+    def zero3(t, h):
+        t = t.clone()
+        t[:, patches, 3] = 0
+        return t
+
+    with torch.no_grad():
+        with sae.hooks(m, block) as mm:
+            got = mm.run_with_hooks(x, fwd_hooks=[(f"blocks.{block}.sae.hook_latents", ablate)])
+        want = m.run_with_hooks(x, fwd_hooks=[(f"blocks.{block}.{hook}", zero3)])
+    torch.testing.assert_close(got, want)
+
+
+def test_one_image_has_no_knn_and_a_transplanted_sae_is_named():
+    """One usable image: every spliced metric but the k-NN (which needs a train and a test half), no error; an SAE
+    trained on another model of the same width is measured, and the summary says so."""
+    from vitscope import PreprocessConfig
+    from vitscope.analysis.sae import SAEOptions, evaluate
+
+    torch.manual_seed(0)
+    m = HookedViT(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, num_classes=4,
+                            meta={"classes": ["circle", "square", "triangle", "cross"]}),
+                  PreprocessConfig(input_size=32, crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3)).eval()
+    m.meta = {"name": "tiny"}
+    r = spliced_metrics(m, identity_sae(32), torch.randn(1, 3, 32, 32), np.array([2]), block=1)
+    assert "knn_top1" not in r["sae"] and r["sae"]["accuracy"] in (0.0, 1.0)
+    sae = identity_sae(32)
+    sae.cfg.meta = {"model": "elsewhere"}
+    res = evaluate(sae, "synthetic:size=32,classes=4,n=4,split=test", SAEOptions(limit=4, factors=False), model=m)
+    assert "note: trained on elsewhere, measured on tiny" in res.summary
+    sae.cfg.meta = {"model": "tiny"}
+    assert "note:" not in evaluate(sae, "synthetic:size=32,classes=4,n=4,split=test",
+                                   SAEOptions(limit=4, factors=False), model=m).summary

@@ -297,6 +297,7 @@ def extract_features(model, dataset, out_dir, layers="all", sites=("resid_post",
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batch_size = int(batch_size)
     out_dir = Path(out_dir)
+    plan = make_plan(model, sites, layers, tokens)           # bad sites, layers or tokens: before anything is written
     d = setup(device)
     was_training = model.training
     held = contextlib.ExitStack()
@@ -307,7 +308,6 @@ def extract_features(model, dataset, out_dir, layers="all", sites=("resid_post",
         dataset = _open_dataset(dataset, model, on_error)
         if len(dataset) == 0:
             raise ValueError("the dataset is empty")
-        plan = make_plan(model, sites, layers, tokens)
         out_dtype = torch.float32 if STORAGE_DTYPES[dtype] == "float32" else torch.float16
         runner = _Runner(model, plan, out_dtype, round_bf16=(dtype == "bfloat16"))
         amp = (torch.autocast(device_type=dev.type, dtype=_AUTOCAST[str(autocast).lower()])

@@ -168,6 +168,9 @@ def evaluate(saes, data=None, options: SAEOptions | None = None, model=None, **o
                f"FVU {v['fvu']:.3f}")
     if "sae_top1_agreement" in v:
         summary += f", spliced top-1 agreement {100 * v['sae_top1_agreement']:.1f}%, KL {v['sae_kl']:.3f}"
+    other = sorted({str(m) for s in items.values() if (m := (s.cfg.meta or {}).get("model")) and str(m) != label})
+    if other:                                # allowed (same width), but the numbers describe a transplanted SAE
+        summary += f"; note: trained on {', '.join(other)}, measured on {label}"
     modes = {s.cfg.tokens for s in items.values()}
     context = {"data": data_label(data) or data_label(ds), "n_images": len(images),
                "tokens": modes.pop() if len(modes) == 1 else None}

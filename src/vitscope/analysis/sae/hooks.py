@@ -53,8 +53,7 @@ def block_patch_acts(model, images, block: int, tokens: str, batch_size: int = 6
     dev = next(model.parameters()).device
     for s in range(0, len(images), batch_size):
         _, cache = model.run_with_cache(images[s:s + batch_size].to(dev), names_filter=hook)
-        a = cache[hook]
-        a = a.flatten(2) if a.ndim == 4 else a
+        a = flat_tokens(cache[hook])
         if tokens == "mean":
             a = a[:, token_index(model, block, "patches", a.shape[1])].mean(1, keepdim=True)
         else:
@@ -86,17 +85,30 @@ class SAESplice(nn.Module):
         return self.hook_recons(r.reshape(shape).to(x.dtype))
 
 
-def sae_site(sae) -> tuple[str, str]:
-    """(the store's name of the SAE's site, its hook suffix in a block), e.g. ``("mlp_out", "hook_mlp_out")``;
-    a one-line error for a site that is not a block's."""
+def block_site(site: str) -> tuple[str, str]:
+    """(the store's name of a block site, its hook suffix in a block): ``"mlp_out"`` and
+    ``"blocks.8.hook_mlp_out"`` -> ``("mlp_out", "hook_mlp_out")``; a one-line ValueError for a site that is not a
+    block's (an SAE is read and spliced back inside a block)."""
     from vitscope.features.plan import BLOCK_SHORT, canonical_site
 
-    site = getattr(sae.cfg, "site", None) or "resid_post"
-    name, is_block, _ = canonical_site(site)
+    try:
+        name, is_block, _ = canonical_site(str(site))
+    except ValueError:
+        is_block = False
     if not is_block:
-        raise ValueError(f"the SAE was trained on {site!r}, which is not a block's activation; vitscope reads and "
-                         f"splices SAEs of block sites ({', '.join(BLOCK_SHORT)} or blocks.{{i}}.<hook>)")
+        raise ValueError(f"{site!r} is not a block's activation; SAEs read and splice block sites "
+                         f"({', '.join(BLOCK_SHORT)} or blocks.{{i}}.<hook>, e.g. blocks.{{i}}.mlp.hook_post)")
     return name, BLOCK_SHORT.get(name, name)
+
+
+def sae_site(sae) -> tuple[str, str]:
+    """:func:`block_site` of the site the SAE was trained on (its config's ``site``)."""
+    return block_site(getattr(sae.cfg, "site", None) or "resid_post")
+
+
+def flat_tokens(t: torch.Tensor) -> torch.Tensor:
+    """A block activation as (B, T, features): head-split ones (B, T, H, Dh) flattened, as the store keeps them."""
+    return t.flatten(2) if t.ndim == 4 else t
 
 
 def site_hook(sae, block: int) -> str:
@@ -131,7 +143,7 @@ def replace_hook(model, block: int, tokens: str, fn):
 
     def hook(t: torch.Tensor, hp):
         idx = token_index(model, block, tokens, t.shape[1])
-        flat = t.flatten(2) if t.ndim == 4 else t
+        flat = flat_tokens(t)
         out = flat.clone()
         out[:, idx] = fn(flat[:, idx])
         return out.view_as(t)

@@ -176,7 +176,7 @@ def _saelens_hook(c: dict) -> tuple[int, str]:
     vitscope's (``blocks.8.hook_mlp_out`` -> (8, ``mlp_out``)); (``hook_layer`` or 0, ``resid_post``) without one."""
     import re
 
-    from vitscope.features.plan import canonical_site
+    from vitscope.analysis.sae.hooks import block_site
 
     name = str(c.get("hook_name") or "")
     m = re.match(r"^blocks\.(\d+)\.", name)
@@ -185,13 +185,12 @@ def _saelens_hook(c: dict) -> tuple[int, str]:
     if not name:
         return layer, "resid_post"
     try:
-        site, is_block, _ = canonical_site(name)
+        if not m:
+            raise ValueError
+        return layer, block_site(name)[0]
     except ValueError:
-        is_block = False
-    if not m or not is_block:
         raise ValueError(f"the SAELens SAE reads {name!r}, which is not a block hook vitscope has (e.g. "
-                         f"blocks.8.hook_resid_post, blocks.8.hook_mlp_out)")
-    return layer, site
+                         f"blocks.8.hook_resid_post, blocks.8.hook_mlp_out)") from None
 
 
 def load_saev(path: str | Path, scale: float = 1.0) -> SAE:

@@ -64,7 +64,7 @@ def spliced_metrics(model, sae, images, labels=None, block: int | None = None, t
                     batch_size: int = 64, knn_k: int = 20, seed: int = 0) -> dict[str, dict[str, float]]:
     """``{"sae" | "zero" | "mean": {top1_agreement, kl, accuracy, knn_top1}, "original": {...}}`` on ``images``
     (B, 3, H, W) tensor; see the module docstring."""
-    from vitscope.analysis.sae.hooks import check_width, replace_hook, site_hook, spliced, token_index
+    from vitscope.analysis.sae.hooks import check_width, flat_tokens, replace_hook, site_hook, spliced, token_index
 
     check_width(sae, model)
     block = int(sae.cfg.block[0] if block is None else block)
@@ -78,7 +78,7 @@ def spliced_metrics(model, sae, images, labels=None, block: int | None = None, t
         acts = {}
         with model.hooks([(hook, lambda t, hp: acts.__setitem__("a", t))]):
             f = model.forward_features(x)
-        a = acts["a"].flatten(2) if acts["a"].ndim == 4 else acts["a"]
+        a = flat_tokens(acts["a"])
         a = a[:, token_index(model, block, tokens, a.shape[1])]
         total = a.double().sum((0, 1)) if total is None else total + a.double().sum((0, 1))
         count += a.shape[0] * a.shape[1]
@@ -108,7 +108,8 @@ def spliced_metrics(model, sae, images, labels=None, block: int | None = None, t
              "kl": float(_kl(o_logits.float(), lg.float()).mean())}
         if y is not None and (y >= 0).all():
             r["accuracy"] = float((lg.argmax(-1).cpu() == y).float().mean())
-            r["knn_top1"] = _knn(ft.cpu().numpy(), y.numpy(), knn_k, seed)
+            if len(y) >= 2:                                   # the k-NN needs a train and a test half
+                r["knn_top1"] = _knn(ft.cpu().numpy(), y.numpy(), knn_k, seed)
         out[name] = r
     kz = out["zero"]["kl"]
     out["sae"]["kl_recovered"] = 1 - out["sae"]["kl"] / kz if kz > 0 else float("nan")

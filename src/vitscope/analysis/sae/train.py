@@ -26,6 +26,7 @@ import torch
 from vitscope.analysis.api import Options
 from vitscope.analysis.probes.batched import StackedAdamW
 from vitscope.analysis.sae.data import StoreStream, check_store, resolve_store_blocks
+from vitscope.analysis.sae.hooks import block_site
 from vitscope.analysis.sae.models import ARCHS, SAE, UNIT_NORM, USES_K, SAEConfig, init_from_data, scale_factor
 
 CHECKPOINT = "checkpoint"
@@ -65,22 +66,13 @@ class TrainOptions(Options):
     threads: int | None = None
     device: str | None = None             # where the SAEs train (default: cuda when available, else cpu)
 
-    def _check_site(self) -> None:
-        """A block site (what the SAE is spliced back into): one line for a global or unknown one."""
-        from vitscope.features.plan import BLOCK_SHORT, canonical_site
-
-        try:
-            is_block = canonical_site(str(self.site))[1]
-        except ValueError:
-            is_block = False
-        if not is_block:
-            raise _err("site", f"`site` takes a block site ({', '.join(BLOCK_SHORT)} or blocks.{{i}}.<hook>, e.g. "
-                               f"blocks.{{i}}.mlp.hook_post), got {self.site!r}")
-
     def validate(self) -> None:
         self.check_choice("arch", ARCHS)
         self.check_choice("tokens", ("patches", "cls", "mean", "all"))
-        self._check_site()
+        try:                                                   # what the SAE is spliced back into
+            block_site(self.site)
+        except ValueError as e:
+            raise _err("site", f"`site` takes a block site: {e}") from None
         self.check_ints("width")
         self.check_ints("k")
         for name in ("l1", "lr"):
