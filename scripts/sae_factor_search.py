@@ -12,11 +12,14 @@ factors").
     PYTHONPATH=src .venv/bin/python scripts/sae_factor_search.py --ceilings --site resid_mid,mlp_out,resid_post
     PYTHONPATH=src .venv/bin/python scripts/sae_factor_search.py --block 4 --site mlp_out --arch matryoshka \
         --widths 512 --k 16,32 --prefixes 8,32,128 --steps 6000 --out runs/sae-factors-mlp
+    PYTHONPATH=src .venv/bin/python scripts/sae_factor_search.py --block 4 --site mlp_out --arch matryoshka \
+        --widths 512 --k 16 --prefixes 8,32,128 --steps 6000 --explain object,part=right,position=top-left
 
 The numbers in docs/sae.md for block 1 come from the defaults below (4096 training images, 2000 steps, widths 512
 and 2048, k 8 and 32); the Matryoshka numbers from the second command; the linear ceilings with larger objects from
 the third (no SAE: per block, the best raw neuron and a linear probe on all of them, per factor); the ceilings per
-site from the fourth; the SAEs on the MLP output from the fifth and its variants in docs/sae.md.
+site from the fourth; the SAEs on the MLP output from the fifth and its variants in docs/sae.md; where the best
+latents of object, part and position fire (per shape and colour) from the sixth.
 """
 from __future__ import annotations
 
@@ -41,6 +44,8 @@ def main() -> None:
                     "per block and factor on --data")
     ap.add_argument("--data", default="builtin:demo", help="synthetic data for --ceilings (a synthetic: spec)")
     ap.add_argument("--model", default="demo-vit", help="the model whose patch tokens are searched")
+    ap.add_argument("--explain", default="", help="concepts (comma-separated, e.g. object,part=right) whose best "
+                    "latents are broken down: where each fires among the concept's patches, per shape and colour")
     ap.add_argument("--site", default="resid_post", help="the block site: resid_post, mlp_out, attn_out, resid_mid "
                     "(--ceilings: several, comma-separated)")
     a = ap.parse_args()
@@ -58,14 +63,17 @@ def main() -> None:
                         k=tuple(int(k) for k in a.k.split(",")), l1=a.l1, lr=(1e-3,), steps=a.steps, batch_size=1024,
                         chunk_images=512, warmup=50, dead_after=100_000, aux_k=64, progress=True)
     eval_opts = SAEOptions(limit=a.test_images, splice=False)                           # checked before any work too
+    explain = [c.strip() for c in a.explain.split(",") if c.strip()]
     model = vs.load_model(a.model)
+    test_data = f"builtin:demo?n={a.test_images},split=test"
+    explained = test_concepts(model, test_data, explain) if explain else None    # names checked before any work
     site = block_site(a.site)[0]                                  # "blocks.{i}.mlp.hook_post" -> "mlp.hook_post"
     tag = f"b{a.block}" if site == "resid_post" else f"b{a.block}-{site}"
     store = a.out / f"store-{tag}"
     extract_features(model, f"builtin:demo?n={a.train_images},split=train", store, layers=str(a.block),
                      sites=(a.site,), tokens=("patches",), progress=True)
     saes = train_saes(store, opts, out=a.out / f"saes-{tag}-{a.arch}")
-    res = evaluate(saes, f"builtin:demo?n={a.test_images},split=test", eval_opts, model=model)
+    res = evaluate(saes, test_data, eval_opts, model=model)
     res.table.to_csv(a.out / f"factors-{tag}-{a.arch}.csv", index=False)
     t = res.table
     print(t[t["basis"].isna()].pivot_table(index="sae", columns="metric", values="value").round(4).to_string())
@@ -73,6 +81,43 @@ def main() -> None:
         best = t[t["metric"] == metric].groupby(["sae", "factor", "basis"])["value"].max().unstack()
         print(f"{metric}, best concept per factor:")
         print(best.round(3).to_string())
+    if explain:
+        explain_concepts(model, saes, a.block, *explained, explain, a.out / f"split-{tag}-{a.arch}.csv")
+
+
+def test_concepts(model, data: str, names: list[str]):
+    """(test images, their patch concepts) for --explain, with every name in ``names`` checked before any work."""
+    from vitscope.analysis.sae.evaluation import _images
+    from vitscope.analysis.sae.factors import patch_concepts
+
+    images, _, ds, idx = _images(model, data, None)
+    concepts = patch_concepts(ds.source, idx, model.cfg.img_size[0] // model.cfg.patch_size)
+    unknown = [c for c in names if c not in concepts]
+    if unknown:
+        raise ValueError(f"--explain: unknown concept(s) {', '.join(unknown)}; the data has: "
+                         f"{', '.join(sorted(concepts))}")
+    return images, concepts
+
+
+def explain_concepts(model, saes: dict, block: int, images, concepts, names: list[str], out: Path) -> None:
+    """Per SAE and concept, the best latents' firing fractions (``factors.concept_split``), printed as a table
+    (rows: latent and its AUROC; columns: the concept's positives, negatives, and positives per shape and colour)
+    and written to ``out``."""
+    import pandas as pd
+
+    from vitscope.analysis.sae.factors import concept_split, factor_bases
+
+    frames = []
+    for name, sae in saes.items():
+        z = factor_bases(model, sae, images, block)["sae"][0]
+        for c in names:
+            t = concept_split(z, concepts, c).assign(sae=name)
+            frames.append(t)
+            print(f"{name}, {c} ({int(concepts[c][1].sum())} of {len(z)} patches): fraction of each group's "
+                  "patches on which the best latents fire")
+            wide = t.pivot_table(index=["rank", "unit", "auroc"], columns="group", values="fires", sort=False)
+            print(wide[list(dict.fromkeys(t.group))].round(2).to_string())
+    pd.concat(frames).to_csv(out, index=False)
 
 
 def ceilings(name: str, data: str, n: int, sites: str = "resid_post") -> None:

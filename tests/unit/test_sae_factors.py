@@ -119,3 +119,35 @@ def test_factor_scores_report_the_probe_auroc_per_basis():
     s[:, 1] += 2 * y
     r = factor_scores({"b": (s, False)}, {"c": ("f", y)}, sizes=(1, 2, 4))[0]
     assert r["probe_auroc"] > r["best_auroc"] > 0.85
+
+
+def test_concept_split_counts_where_each_latent_fires():
+    """A planted split: the concept `object` is carried by one latent per shape, plus a dense latent that fires
+    everywhere; the firing fractions against a plain loop over the patches."""
+    from vitscope.analysis.sae.factors import concept_split
+
+    rng = np.random.default_rng(0)
+    n = 400
+    obj = rng.random(n) < 0.3
+    shape = rng.integers(0, 2, n)
+    concepts = {"object": ("object", obj), "shape=a": ("shape", obj & (shape == 0)),
+                "shape=b": ("shape", obj & (shape == 1)), "colour=red": ("colour", obj & (rng.random(n) < 0.5)),
+                "texture=x": ("texture", ~obj)}
+    z = np.zeros((n, 4))
+    z[:, 0] = np.where(obj & (shape == 0), 1 + rng.random(n), 0)       # object of shape a
+    z[:, 1] = np.where(obj & (shape == 1) & (rng.random(n) < 0.8), 2.0, 0)
+    z[:, 2] = 0.5 + obj + 0.3 * rng.random(n)                            # dense, larger on objects
+    z[:, 3] = np.where(rng.random(n) < 0.1, 1.0, 0)                      # unrelated
+    t = concept_split(z, concepts, "object", top=3)
+    assert list(t.group.unique()) == ["positives", "negatives", "shape=a", "shape=b", "colour=red"]
+    assert t.groupby("unit").auroc.first().sort_values(ascending=False).index[0] == 2   # the dense one ranks first
+    for _, r in t.iterrows():
+        mask = {"positives": obj, "negatives": ~obj}.get(r.group, obj & concepts.get(r.group, (0, obj))[1])
+        fires = sum(z[i, r.unit] > 0 for i in range(n) if mask[i]) / sum(mask)
+        assert r.fires == pytest.approx(fires) and r.patches == sum(mask)
+    f = t.set_index(["unit", "group"]).fires
+    assert f[(0, "shape=a")] == 1 and f[(0, "shape=b")] == 0 and f[(2, "negatives")] == 1
+    with pytest.raises(ValueError, match="unknown concept 'part=left'"):
+        concept_split(z, concepts, "part=left")
+    with pytest.raises(ValueError, match="rows of scores"):
+        concept_split(z[:10], concepts, "object")

@@ -221,3 +221,34 @@ def factor_bases(model, sae, images: torch.Tensor, block: int, seed: int = 0, ba
     r /= r.norm(dim=0, keepdim=True)
     return {"sae": (sae.encode(x).numpy(), True), "neurons": (x.numpy(), False),
             "random": ((x @ r).numpy(), False)}
+
+
+def concept_split(scores: np.ndarray, concepts: dict[str, tuple[str, np.ndarray]], concept: str, top: int = 6,
+                  by: Sequence[str] = ("shape", "colour")):
+    """How the best units of ``concept`` share it out, to tell a split feature from a missing one.
+
+    For the ``top`` units by AUROC (``scores`` (N, U): SAE latents, scored as they are), a tidy frame with one row per
+    unit and group: ``group`` is ``positives`` or ``negatives`` of the concept, or ``<concept of a factor in by>``
+    for the positives that also carry it (``shape=circle``, ...), and ``fires`` the fraction of that group's patches
+    on which the unit is active (score > 0). Columns: ``concept``, ``unit``, ``rank``, ``auroc``, ``group``,
+    ``patches``, ``fires``. A latent firing on nearly every patch (positives and negatives) ranks by its magnitude,
+    as a dense neuron does; latents each firing on one shape's or colour's share of the positives are the concept
+    split into conjunctions."""
+    import pandas as pd
+
+    if concept not in concepts:
+        raise ValueError(f"unknown concept {concept!r}; the data has: {', '.join(sorted(concepts))}")
+    y = concepts[concept][1]
+    scores = np.asarray(scores)
+    if len(y) != len(scores):
+        raise ValueError(f"{len(scores)} rows of scores for {len(y)} patches of the concepts")
+    a = np.nan_to_num(auroc(scores, y), nan=0.5)
+    groups = {"positives": y, "negatives": ~y}
+    groups.update({c: y & v for c, (f, v) in concepts.items() if f in by and c != concept and (y & v).any()})
+    rows = []
+    for rank, u in enumerate(np.argsort(-a, kind="stable")[:top]):
+        active = scores[:, u] > 0
+        for g, m in groups.items():
+            rows.append({"concept": concept, "unit": int(u), "rank": rank, "auroc": float(a[u]), "group": g,
+                         "patches": int(m.sum()), "fires": float(active[m].mean())})
+    return pd.DataFrame(rows)
