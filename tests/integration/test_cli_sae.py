@@ -147,3 +147,40 @@ def test_sae_of_another_width(setup, tmp_path):
     out = tmp_path / "ev"
     _one_line(_run("sae", "eval", tmp_path / "s48", "-m", setup / "model", "-d", DATA, "-o", out), "width 32")
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_second_writer_of_an_output_folder_is_refused(setup, tmp_path):
+    """`sae train`, `eval` and `browse` into a folder another process is writing: one line naming that process, and
+    nothing of theirs in it (the holder is a plain `output_lock` in another process)."""
+    import os
+    import textwrap
+
+    from vitscope.analysis.sae import TrainOptions, train_saes
+    from vitscope.outlock import OutputLockedError
+
+    _train(setup, tmp_path / "saes")
+    sae = next(p for p in (tmp_path / "saes").iterdir() if (p / "config.json").exists())
+    busy = tmp_path / "busy"
+    holder = textwrap.dedent("""
+        import sys, time
+        from vitscope.outlock import output_lock
+        with output_lock(sys.argv[1], "another writer"):
+            print("locked", flush=True)
+            time.sleep(120)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", holder, str(busy)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        for cmd in (("sae", "train", "--store", setup / "store", "-o", busy, "--block", "1", "--width", "64",
+                     "--k", "4", "--steps", "30", "--batch-size", "64", "-q"),
+                    ("sae", "eval", sae, "-m", setup / "model", "-d", DATA, "--limit", "8", "-o", busy, "-q"),
+                    ("sae", "browse", sae, "-m", setup / "model", "-d", DATA, "--limit", "8", "-o", busy, "-q")):
+            _one_line(_run(*cmd), f"pid {p.pid}")
+        with pytest.raises(OutputLockedError, match=f"pid {p.pid}"):
+            train_saes(setup / "store", TrainOptions(blocks="1", width=(64,), k=(4,), steps=5, batch_size=64),
+                       out=busy)
+        assert sorted(os.listdir(busy)) == [".vitscope-lock"]
+    finally:
+        p.kill()
+        p.wait()

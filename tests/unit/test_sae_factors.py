@@ -151,3 +151,25 @@ def test_concept_split_counts_where_each_latent_fires():
         concept_split(z, concepts, "part=left")
     with pytest.raises(ValueError, match="rows of scores"):
         concept_split(z[:10], concepts, "object")
+
+
+@pytest.mark.parametrize("train_positives", [0, 1])
+def test_a_probe_without_two_train_patches_of_a_class_is_nan_and_silent(train_positives):
+    """A rare concept (as on a handful of images): with fewer than two positives in the probe's train half there is
+    no class covariance to fit; the probe gives NaN instead of a fit on one sample (and scikit-learn's warnings)."""
+    import warnings
+
+    from vitscope.analysis.sae.factors import halves, probe_scores
+
+    n = 200
+    tr, te = halves(n)
+    y = np.zeros(n, bool)
+    y[te[:3]] = True
+    y[tr[:train_positives]] = True
+    s = np.random.default_rng(0).normal(size=(n, 4)) + y[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        needed, got = probe_scores(s, y, np.arange(4), sizes=(1, 2, 4))
+    assert np.isnan(needed) and np.isnan(got)
+    y[tr[:2]] = True                                  # two train positives: fitted
+    assert not np.isnan(probe_scores(s, y, np.arange(4), sizes=(1, 2, 4))[1])

@@ -56,9 +56,10 @@ def train_cmd(
                        limit=limit, device=device, progress=not quiet)
     st = open_store(store)
     tr = Trainer(st, opts, out)                # every check of the store happens here, before anything is written
-    if resume:
-        tr.try_resume()
-    saes = tr.run()
+    with tr.writing():                         # one writer per --out: a second `sae train` is refused in one line
+        if resume:
+            tr.try_resume()
+        saes = tr.run()
     log = tr.training_log()
     last = log.groupby("sae").tail(1).set_index("sae") if len(log) else None
     for name in saes:
@@ -104,7 +105,10 @@ def eval_cmd(
         check_width(s, model)                  # before anything is written
     data = default_data([name], data, quiet)
     result = evaluate(items, data, opts, model=model)
-    result.save(out, fmts)
+    from vitscope.outlock import output_lock
+
+    with output_lock(out, "vitscope sae eval"):            # one writer per folder; taken after the checks above
+        result.save(out, fmts)
     typer.echo(f"{result.summary} -> {Path(out) / 'sae.csv'}")
 
 
@@ -137,7 +141,10 @@ def browse_cmd(
     model = load_model(name, device=device)
     check_width(sae, model)
     data = default_data([name], data, quiet)
-    page = write_browser(sae, model, data, out, opts, title=sae_dir.name)
+    from vitscope.outlock import output_lock
+
+    with output_lock(out, "vitscope sae browse"):          # one writer per folder; taken after the checks above
+        page = write_browser(sae, model, data, out, opts, title=sae_dir.name)
     typer.echo(f"{opts.latents} latents of {sae_dir.name} -> {page}")
 
 

@@ -120,10 +120,10 @@ def halves(n: int, seed: int = 0, max_rows: int = 8000) -> tuple[np.ndarray, np.
 
 
 def _probe_rows(scores: np.ndarray, y: np.ndarray, order: np.ndarray, seed: int, n: int, max_rows: int):
-    """(train x, held-out x, train y, held-out y) over the ``n`` best-ranked units, or None when a half holds one
-    class only."""
+    """(train x, held-out x, train y, held-out y) over the ``n`` best-ranked units, or None when the train half holds
+    fewer than two patches of a class (no class covariance to fit) or the held-out half one class only."""
     tr, te = halves(len(y), seed, max_rows)
-    if y[tr].all() or not y[tr].any() or y[te].all() or not y[te].any():
+    if min(int(y[tr].sum()), int((~y[tr]).sum())) < 2 or y[te].all() or not y[te].any():
         return None
     top = order[:n]
     return (scores[tr][:, top].astype(np.float64), scores[te][:, top].astype(np.float64), y[tr], y[te])
@@ -143,7 +143,7 @@ def probe_scores(scores: np.ndarray, y: np.ndarray, order: np.ndarray, seed: int
     """(units needed, probe AUROC on the most units): the fewest of the best-ranked units (``order``) whose linear
     probe reaches ``target`` AUROC on held-out patches (a seeded half / half split, at most ``max_rows`` each; NaN
     when none does), and the held-out AUROC of the probe on the ``max(sizes)`` best units, all of them when there
-    are fewer (NaN when a half holds one class only). Each size is fitted once.
+    are fewer (NaN when a half is too small: :func:`_probe_rows`). Each size is fitted once.
 
     The probe is Fisher's linear discriminant with Ledoit-Wolf shrinkage (scikit-learn's
     ``LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")``): closed form, so every prefix of every concept
@@ -172,8 +172,8 @@ def units_needed(scores: np.ndarray, y: np.ndarray, order: np.ndarray, seed: int
 def probe_auroc(scores: np.ndarray, y: np.ndarray, order: np.ndarray, seed: int = 0, units: int = max(SIZES),
                 max_rows: int = 8000) -> float:
     """Held-out AUROC of the linear probe of :func:`probe_scores` on the ``units`` best-ranked units (all of them
-    when there are fewer); NaN when a half holds one class only. On the raw neurons of a stream no wider than
-    ``units`` it is the stream's linear ceiling for the concept."""
+    when there are fewer); NaN when a half is too small (:func:`_probe_rows`). On the raw neurons of a stream no
+    wider than ``units`` it is the stream's linear ceiling for the concept."""
     return probe_scores(scores, y, order, seed, target=float("inf"), sizes=(units,), max_rows=max_rows)[1]
 
 

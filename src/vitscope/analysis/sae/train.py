@@ -15,9 +15,10 @@ store is read on the CPU and each batch copied over.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,6 +280,19 @@ class Trainer:
             init_from_data(st.sae, st.sae.normalise(x), gens, self.opts.b_dec_init)
         self._initialised = True
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold ``out``'s write lock (:func:`vitscope.outlock.output_lock`) around :meth:`try_resume` and :meth:`run`:
+        a second trainer of the same folder is refused with one line naming the first, instead of mixing two runs'
+        checkpoints. Taken after the checks of ``__init__``, so bad input writes nothing; a no-op without ``out``."""
+        if self.out is None:
+            yield
+            return
+        from vitscope.outlock import output_lock
+
+        with output_lock(self.out, "vitscope sae train"):
+            yield
+
     def _ckpt_dir(self) -> Path | None:
         return self.out / CHECKPOINT if self.out is not None else None
 
@@ -426,8 +440,9 @@ def train_saes(store, options: TrainOptions | None = None, out: str | Path | Non
         torch.set_num_threads(threads)
     try:
         tr = Trainer(store, opts, out, provenance)
-        if resume:
-            tr.try_resume()
-        return tr.run()
+        with tr.writing():
+            if resume:
+                tr.try_resume()
+            return tr.run()
     finally:
         torch.set_num_threads(prev)
