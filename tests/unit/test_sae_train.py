@@ -218,3 +218,45 @@ def test_stacks_split_at_the_byte_cap_and_train_the_same(store, monkeypatch):
     for name in one:
         for key, v in one[name].state_dict().items():
             torch.testing.assert_close(split[name].state_dict()[key], v, rtol=1e-5, atol=1e-6)
+
+
+def test_ctrl_c_finishes_the_step_and_saves_it(store, tmp_path):
+    """SIGINT in the middle of step 7 (checkpoints every 10): the step finishes, a checkpoint of 8 steps is written,
+    the run stops with a line saying so, and resuming gives the uninterrupted run bit for bit."""
+    import signal
+
+    path, _ = store
+    opts = _opts(arch="topk")
+    straight = Trainer(path, opts).run()
+    tr = Trainer(path, opts, out=tmp_path / "run")
+    step = tr._step
+    before = signal.getsignal(signal.SIGINT)
+
+    def step_with_ctrl_c(i, batch):
+        if i == 7:
+            signal.raise_signal(signal.SIGINT)            # arrives before the step's work
+        step(i, batch)
+
+    tr._step = step_with_ctrl_c
+    with pytest.raises(KeyboardInterrupt, match=r"interrupted after step 8 of \d+: saved to .*checkpoint; run "
+                                                r"the same command to resume"):
+        tr.run()
+    assert signal.getsignal(signal.SIGINT) is before                          # the handler is put back
+    resumed = Trainer(path, opts, out=tmp_path / "run")
+    assert resumed.try_resume() and resumed.step == 8
+    got = resumed.run()
+    for name in straight:
+        for k, v in straight[name].state_dict().items():
+            assert torch.equal(v, got[name].state_dict()[k]), (name, k)
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    import signal
+
+    from vitscope.analysis.sae.train import stop_at_step_end
+
+    with stop_at_step_end() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.asked
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)

@@ -10,7 +10,8 @@ Per SAE: activations scaled so that their mean squared norm is ``d_in`` (the fac
 zero over the last ``decay`` fraction of the steps (Anthropic's schedule); dead latents (no activation over
 ``dead_after`` tokens) trained by AuxK (TopK family) or resampled (ReLU, Anthropic's recipe). Checkpoints every
 ``checkpoint_every`` steps hold the parameters, the optimiser state and the counters (safetensors + JSON), so a
-resumed run continues bit-identically on CPU. ``device`` (``--device``): where the SAEs train; the
+resumed run continues bit-identically on CPU; Ctrl-C ends the current step and writes one before stopping
+(:func:`stop_at_step_end`). ``device`` (``--device``): where the SAEs train; the
 store is read on the CPU and each batch copied over.
 """
 from __future__ import annotations
@@ -132,6 +133,39 @@ def _err(name, msg):
     from vitscope.analysis.api import OptionError
 
     return OptionError(name, msg)
+
+
+class _Stop:
+    asked = False
+
+
+@contextlib.contextmanager
+def stop_at_step_end() -> Iterator[_Stop]:
+    """Ctrl-C (SIGINT) while training only sets ``asked``: the loop finishes its step, writes a checkpoint and
+    stops, so no finished step is lost; a second Ctrl-C stops at once. Left as it is off the main thread or where
+    SIGINT is ignored."""
+    import signal
+    import threading
+
+    stop = _Stop()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        yield stop
+        return
+
+    def ask(signum, frame):
+        if stop.asked:
+            raise KeyboardInterrupt
+        stop.asked = True
+
+    signal.signal(signal.SIGINT, ask)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def lr_at(step: int, total: int, warmup: int, decay: float) -> float:
@@ -314,6 +348,12 @@ class Trainer:
         tmp.replace(d / "state.safetensors")
         (d / "state.json.tmp").replace(d / "state.json")
 
+    def _interrupted(self) -> str:
+        """The line a Ctrl-C ends the run with: where it stopped and how to go on."""
+        where = (f"saved to {self._ckpt_dir()}; run the same command to resume" if self.out is not None
+                 else "nothing saved (no output folder)")
+        return f"interrupted after step {self.step} of {self.opts.steps}: {where}"
+
     def try_resume(self) -> bool:
         """Continue from ``out/checkpoint`` when it holds a run of the same options (a different one is an error)."""
         d = self._ckpt_dir()
@@ -346,15 +386,18 @@ class Trainer:
             bar = tqdm(total=opts.steps, initial=self.step, desc="training SAEs", unit="step",
                        dynamic_ncols=True)
         try:
-            for step, batch in self.stream(self.step, end - self.step):
-                if self.device != "cpu":
-                    batch = {b: x.to(self.device, non_blocking=True) for b, x in batch.items()}
-                self._step(step, batch)
-                self.step = step + 1
-                if bar is not None:
-                    bar.update(1)
-                if self.step % opts.checkpoint_every == 0 and self.step < opts.steps:
-                    self.save_checkpoint()
+            with stop_at_step_end() as stop:
+                for step, batch in self.stream(self.step, end - self.step):
+                    if self.device != "cpu":
+                        batch = {b: x.to(self.device, non_blocking=True) for b, x in batch.items()}
+                    self._step(step, batch)
+                    self.step = step + 1
+                    if bar is not None:
+                        bar.update(1)
+                    if self.step % opts.checkpoint_every == 0 and self.step < opts.steps or stop.asked:
+                        self.save_checkpoint()
+                    if stop.asked and self.step < end:
+                        raise KeyboardInterrupt(self._interrupted())
         finally:
             if bar is not None:
                 bar.close()
