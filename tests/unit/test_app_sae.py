@@ -226,3 +226,54 @@ def test_app_command_refuses_a_path_without_an_sae(tmp_path):
         # the error `vitscope.cli.main.main` prints as one line with exit 1
         assert isinstance(r.exception, (FileNotFoundError, ValueError)), r.output
         assert says in str(r.exception) and "\n" not in str(r.exception) and not (tmp_path / "app").exists()
+
+
+@pytest.mark.parametrize("tokens", ["cls", "mean"])
+def test_browser_ranks_images_on_the_token_an_image_sae_reads(model, tokens, tmp_path):
+    """An SAE of CLS (or mean patch) tokens: the page ranks images by the latent on that row of each image (read
+    here with a plain hook and the definition), its density and histogram are over images, and the heat maps show
+    the latent on the patch tokens (:func:`plain_latents`' definition)."""
+    from vitscope.analysis.sae.browse import BrowseOptions, latent_summary, write_browser
+    from vitscope.analysis.sae.evaluation import _images
+
+    sae = make_sae("relu")
+    sae.cfg = dataclasses.replace(sae.cfg, tokens=tokens)
+    data = "synthetic:size=32,classes=4,n=12,split=test"
+    images = _images(model, data, None)[0]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(images, names_filter=f"blocks.{BLOCK}.hook_resid_post")
+    a, lay = cache[f"blocks.{BLOCK}.hook_resid_post"].double(), model.token_layout(BLOCK)
+    rows = a[:, lay.cls] if tokens == "cls" else a[:, lay.patches].mean(1)
+    W, be = sae.W_enc[0].detach().double(), sae.b_enc[0].detach().double()
+    ref = torch.relu((rows * float(sae.scale[0]) - sae.b_dec[0].detach().double()) @ W + be).numpy()    # N, w
+    info = latent_summary(sae, model, images, BrowseOptions(limit=12, latents=4, top=3))
+    assert info["unit"] == "images"
+    np.testing.assert_allclose(info["density"], (ref > 0).mean(0), atol=1e-6)
+    for it in info["latents"]:
+        col = ref[:, it["id"]]
+        want = [i for i in np.argsort(-col, kind="stable")[:3] if col[i] > 0]
+        assert it["top"] == want
+        np.testing.assert_allclose(it["peak"], col[want], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.sort(it["values"]), np.sort(col[col > 0]), rtol=1e-4, atol=1e-5)
+        for i, heat in zip(it["top"], it["heat"]):
+            img = Image.fromarray(((images[i].permute(1, 2, 0).numpy() * 0.5 + 0.5) * 255).round().astype(np.uint8))
+            np.testing.assert_allclose(heat, plain_latents(model, img, sae)[..., it["id"]], rtol=1e-3, atol=1e-3)
+    text = write_browser(sae, model, data, tmp_path / "page", BrowseOptions(limit=12, latents=4, top=3)).read_text()
+    assert "% of images" in text and ("CLS token" if tokens == "cls" else "mean patch token") in text
+
+
+def test_the_tab_gives_an_image_sae_its_value_on_its_own_token(model, photo):
+    """A CLS-token SAE in the tab: shown on the patches, and the note gives the latent on the CLS token (plain
+    hook and definition)."""
+    sae = make_sae("relu")
+    sae.cfg = dataclasses.replace(sae.cfg, tokens="cls")
+    x = model.preprocess([photo])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(x, names_filter=f"blocks.{BLOCK}.hook_resid_post")
+    row = cache[f"blocks.{BLOCK}.hook_resid_post"][0, model.token_layout(BLOCK).cls].double()
+    ref = torch.relu((row * float(sae.scale[0]) - sae.b_dec[0].detach().double()) @ sae.W_enc[0].detach().double()
+                     + sae.b_enc[0].detach().double())
+    lat = int(torch.argmax(ref))
+    v = SV.sae_view(model, photo, sae, latent=lat)
+    assert f"on the CLS token, latent {lat} is {float(ref[lat]):.3g}" in v.note, v.note
+    assert "shown on the patch tokens" in v.note

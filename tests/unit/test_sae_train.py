@@ -169,6 +169,11 @@ def test_lr_schedule():
 
 @pytest.mark.parametrize("kw, msg", [
     (dict(site="ln2"), "holds sites"), (dict(blocks="1"), "holds blocks"), (dict(tokens="cls"), "token reductions"),
+    (dict(batch_size=2000), r"150 images x 8 tokens are 1200 rows, fewer than one batch of 2000; lower "
+                            r"--batch-size to at most 1200"),
+    (dict(limit=5), r"5 images x 8 tokens are 40 rows, fewer than one batch of 64; lower --batch-size to at most 40"),
+    (dict(batch_size=100, chunk_images=10), r"a chunk of 10 images x 8 tokens holds fewer rows than one batch of "
+                                            r"100; raise --chunk-images"),
 ])
 def test_store_without_what_is_asked(store, kw, msg, tmp_path):
     with pytest.raises(ValueError, match=msg) as e:

@@ -56,7 +56,8 @@ def sae_view(model, image, sae, latent: int | None = None, patch: tuple[int, int
     listing). Table: every non-zero latent of every patch (row, col, latent, value). An SAE whose input width is not
     the model's gives no figure and a one-line note.
     """
-    from vitscope.analysis.sae.browse import logit_effects, nearest_latents, patch_latents, provenance, top_logits
+    from vitscope.analysis.sae.browse import (IMAGE_TOKENS, image_latents, logit_effects, nearest_latents,
+                                              patch_latents, provenance, top_logits)
     from vitscope.analysis.sae.hooks import check_width
     from vitscope.analysis.attention.tokens import grid_of
     from vitscope.app.models import class_label
@@ -94,8 +95,11 @@ def sae_view(model, image, sae, latent: int | None = None, patch: tuple[int, int
              + ("" if patch is not None else " (click a patch to list those active there)")]
     if trained_on and str(trained_on) != mname:
         notes.append(f"this SAE was trained on {trained_on}, the model here is {mname}")
-    if sae.cfg.tokens == "cls":
-        notes.append("it was trained on CLS tokens and is shown on the patch tokens")
+    if sae.cfg.tokens in IMAGE_TOKENS:
+        on = image_latents(sae, model, x)[0]
+        notes.append(f"it was trained on the {IMAGE_TOKENS[sae.cfg.tokens]} and is shown on the patch tokens"
+                     + (f"; on the {IMAGE_TOKENS[sae.cfg.tokens]}, latent {lat} is {float(on[lat]):.3g}"
+                        if lat is not None else ""))
     arrays = {"listed_latents": listed.astype(np.int64), "listed_values": score[listed].astype(np.float32),
               "listed_patches": counts[listed].astype(np.int64)}
     img = enlarge(base, size)

@@ -86,6 +86,21 @@ def patch_latents(sae, model, images: torch.Tensor, batch_size: int = 64) -> tor
     return torch.cat([sae.encode(c) for c in x.split(4096)]).cpu().view(n, rows, cols, -1)
 
 
+IMAGE_TOKENS = {"cls": "CLS token", "mean": "mean patch token"}      # SAEs that read one row per image
+
+
+@torch.no_grad()
+def image_latents(sae, model, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """(N, w): the latents of an SAE trained on one row per image (``tokens`` ``cls`` or ``mean``) on that row of
+    each image, at its site, through its ``encode``."""
+    from vitscope.analysis.sae.hooks import block_patch_acts, site_hook
+
+    block = int(sae.cfg.block[0])
+    x = block_patch_acts(model, images, block, sae.cfg.tokens, batch_size, site_hook(sae, block))
+    x = x.to(sae.W_enc.device)
+    return torch.cat([sae.encode(c) for c in x.split(4096)]).cpu()
+
+
 @torch.no_grad()
 def nearest_latents(sae, latents, n: int) -> list[list[tuple[int, float]]]:
     """For each of ``latents``: the ``n`` other latents whose decoder atoms have the largest cosine with its atom,
@@ -129,20 +144,29 @@ def latent_summary(sae, model, images: torch.Tensor, opts: BrowseOptions) -> dic
     block = int(sae.cfg.block[0])
     z = patch_latents(sae, model, images, opts.batch_size)
     g = z.shape[1]
-    density = (z > 0).float().mean((0, 1, 2))
+    if sae.cfg.tokens in IMAGE_TOKENS:          # ranked on the row it was trained on; heat maps on the patches
+        per_image = image_latents(sae, model, images, opts.batch_size)
+        density = (per_image > 0).float().mean(0)
+    else:
+        per_image = z.flatten(1, 2).max(1).values
+        density = (z > 0).float().mean((0, 1, 2))
     order = torch.argsort(density, descending=True, stable=True)
     chosen = [int(i) for i in order[: opts.latents] if density[i] > 0]
     classes = list((getattr(model, "meta", None) or {}).get("classes") or model.cfg.meta.get("classes") or [])
     effect = logit_effects(sae, model, chosen) if chosen else None
     neighbours = nearest_latents(sae, chosen, opts.neighbours) if chosen else []
-    out = {"block": block, "grid": g, "density": density.numpy(), "latents": []}
+    out = {"block": block, "grid": g, "density": density.numpy(), "latents": [],
+           "unit": "images" if sae.cfg.tokens in IMAGE_TOKENS else "patches"}
     for j, lat in enumerate(chosen):
         za = z[..., lat]
-        peak = za.flatten(1).max(1).values
+        peak = per_image[:, lat]
         top = torch.argsort(peak, descending=True, stable=True)[: opts.top]
         top = [int(i) for i in top if peak[i] > 0]
+        values = peak[peak > 0] if sae.cfg.tokens in IMAGE_TOKENS else za[za > 0]
+        heat = [za[i].numpy() for i in top]
         item = {"id": lat, "density": float(density[lat]), "top": top, "peak": [float(peak[i]) for i in top],
-                "heat": [za[i].numpy() for i in top], "values": za[za > 0].numpy(), "neighbours": neighbours[j]}
+                "heat": heat, "vmax": max([float(h.max()) for h in heat] + [1e-12]), "values": values.numpy(),
+                "neighbours": neighbours[j]}
         if effect is not None:
             name = (lambda c: classes[c] if c < len(classes) else str(c))
             item["logits_up"], item["logits_down"] = top_logits(effect[j], opts.logits, name)
@@ -182,7 +206,7 @@ def write_browser(sae, model, data, out: str | Path, options: BrowseOptions | No
     cards = []
     for it in info["latents"]:
         lat = it["id"]
-        vmax = max(it["peak"]) if it["peak"] else 1.0
+        vmax = it["vmax"]
         figs = []
         for rank, (i, heat) in enumerate(zip(it["top"], it["heat"])):
             name = f"img/l{lat}_{rank}.png"
@@ -197,11 +221,14 @@ def write_browser(sae, model, data, out: str | Path, options: BrowseOptions | No
             logit = f"<p class='logit'>logit effect: up {up}; down {down}</p>"
         cards.append(
             f"<section class='latent' id='latent-{lat}' data-id='{lat}'><h2>latent {lat}</h2>"
-            f"<p>active on {100 * it['density']:.2f}% of patches; nearest by decoder cosine: {nbs}</p>"
+            f"<p>active on {100 * it['density']:.2f}% of {info['unit']}; nearest by decoder cosine: {nbs}</p>"
             f"<div class='tops'>{''.join(figs)}</div>{_hist_svg(it['values'])}{logit}</section>")
+    reads = (f"<p>The SAE reads the {IMAGE_TOKENS[sae.cfg.tokens]}: images are ranked by the latent there (the "
+             f"value under each image; the histogram is over images), and each heat map shows the same latent "
+             f"applied to the image's patch tokens.</p>" if sae.cfg.tokens in IMAGE_TOKENS else "")
     head = (f"<h1>{html.escape(title)}</h1><p>{html.escape(sae.arch)} SAE, {sae.cfg.width} latents; "
             f"{html.escape(provenance(sae))}; {len(images)} images searched, "
-            f"{len(info['latents'])} latents shown, the most often active first.</p>"
+            f"{len(info['latents'])} latents shown, the most often active first.</p>{reads}"
             "<p><label>latent id <input id='q' type='number' min='0'></label> "
             "<button id='go'>show</button> <span id='msg'></span></p>")
     script = ("<script>document.getElementById('go').onclick=function(){var v=document.getElementById('q').value;"

@@ -93,6 +93,11 @@ class StoreStream:
         self.chunks = [self.images[s:s + self.chunk_images] for s in range(0, len(self.images), self.chunk_images)]
         self.batches_per_chunk = [len(c) * self.per_image // self.batch_size for c in self.chunks]
         if sum(self.batches_per_chunk) == 0:
+            rows = len(self.images) * self.per_image
+            if rows < self.batch_size:                     # a larger chunk cannot help: the store is too small
+                raise ValueError(f"{len(self.images)} images x {self.per_image} tokens are {rows} rows, fewer than "
+                                 f"one batch of {self.batch_size}; lower --batch-size to at most {rows}, or use "
+                                 f"more images")
             raise ValueError(f"a chunk of {self.chunk_images} images x {self.per_image} tokens holds fewer rows than "
                              f"one batch of {self.batch_size}; raise --chunk-images or lower --batch-size")
 
