@@ -265,3 +265,24 @@ def test_a_second_ctrl_c_stops_at_once():
         assert stop.asked
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
+
+
+def test_without_an_output_folder_ctrl_c_stops_at_once(store):
+    """Nowhere to save (``out=None``, as the report trains its SAE): Ctrl-C is a plain KeyboardInterrupt, raised
+    where it lands."""
+    import signal
+
+    tr = Trainer(store[0], _opts(arch="topk"))
+    step = tr._step
+    done = []
+
+    def step_with_ctrl_c(i, batch):
+        if i == 7:
+            signal.raise_signal(signal.SIGINT)
+        step(i, batch)
+        done.append(i)
+
+    tr._step = step_with_ctrl_c
+    with pytest.raises(KeyboardInterrupt) as e:
+        tr.run()
+    assert not e.value.args and done == list(range(7))

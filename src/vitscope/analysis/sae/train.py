@@ -140,15 +140,15 @@ class _Stop:
 
 
 @contextlib.contextmanager
-def stop_at_step_end() -> Iterator[_Stop]:
+def stop_at_step_end(enabled: bool = True) -> Iterator[_Stop]:
     """Ctrl-C (SIGINT) while training only sets ``asked``: the loop finishes its step, writes a checkpoint and
-    stops, so no finished step is lost; a second Ctrl-C stops at once. Left as it is off the main thread or where
-    SIGINT is ignored."""
+    stops, so no finished step is lost; a second Ctrl-C stops at once. Left as it is when not ``enabled`` (nowhere
+    to save), off the main thread, or where SIGINT is ignored."""
     import signal
     import threading
 
     stop = _Stop()
-    if threading.current_thread() is not threading.main_thread():
+    if not enabled or threading.current_thread() is not threading.main_thread():
         yield stop
         return
     previous = signal.getsignal(signal.SIGINT)
@@ -350,9 +350,8 @@ class Trainer:
 
     def _interrupted(self) -> str:
         """The line a Ctrl-C ends the run with: where it stopped and how to go on."""
-        where = (f"saved to {self._ckpt_dir()}; run the same command to resume" if self.out is not None
-                 else "nothing saved (no output folder)")
-        return f"interrupted after step {self.step} of {self.opts.steps}: {where}"
+        return (f"interrupted after step {self.step} of {self.opts.steps}: saved to {self._ckpt_dir()}; run the same "
+                f"command to resume")
 
     def try_resume(self) -> bool:
         """Continue from ``out/checkpoint`` when it holds a run of the same options (a different one is an error)."""
@@ -386,7 +385,7 @@ class Trainer:
             bar = tqdm(total=opts.steps, initial=self.step, desc="training SAEs", unit="step",
                        dynamic_ncols=True)
         try:
-            with stop_at_step_end() as stop:
+            with stop_at_step_end(self.out is not None) as stop:
                 for step, batch in self.stream(self.step, end - self.step):
                     if self.device != "cpu":
                         batch = {b: x.to(self.device, non_blocking=True) for b, x in batch.items()}
