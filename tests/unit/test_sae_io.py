@@ -109,3 +109,70 @@ def test_unknown_layouts_are_one_line(tmp_path):
     save_file(_weights(), str(tmp_path / "gated" / "sae_weights.safetensors"))
     with pytest.raises(ValueError, match="gated"):
         load_sae(tmp_path / "gated")
+
+
+def _saelens(tmp_path, cfg, **extra):
+    from safetensors.torch import save_file
+
+    t = {**_weights(), **extra}
+    save_file(t, str(tmp_path / "sae_weights.safetensors"))
+    (tmp_path / "cfg.json").write_text(json.dumps({"d_in": 6, "d_sae": 10, **cfg}))
+    return t
+
+
+@pytest.mark.parametrize("cfg, block, site, k", [
+    # before SAELens 6 (and ViT-Prisma): hook_point / hook_point_layer / activation_fn_str
+    ({"hook_point": "blocks.9.hook_mlp_out", "hook_point_layer": 9, "hook_point_head_index": None,
+      "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 3}}, 9, "mlp_out", 3),
+    ({"hook_point": "blocks.{layer}.hook_resid_post", "hook_point_layer": 3}, 3, "resid_post", None),
+    # SAELens 6: the hook in "meta", k at the top level
+    ({"architecture": "topk", "k": 3, "meta": {"model_name": "vit", "hook_name": "blocks.2.hook_resid_pre",
+                                               "hook_layer": 2, "hook_head_index": None}}, 2, "resid_pre", 3),
+])
+def test_saelens_layouts_of_every_version(tmp_path, cfg, block, site, k):
+    """The three cfg.json layouts SAELens has written give the same SAE: block, site and the encoder of SAELens'
+    definition (pre = (x - b_dec) W_enc + b_enc; ReLU or the k largest)."""
+    t = _saelens(tmp_path, cfg)
+    sae = load_sae(tmp_path)
+    assert sae.cfg.block == (block,) and sae.cfg.site == site
+    x = torch.randn(5, 6)
+    pre = (x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]
+    if k is None:
+        z = pre.relu()
+    else:
+        v, i = pre.topk(k, dim=-1)
+        z = torch.zeros_like(pre).scatter(-1, i, v.relu())
+    torch.testing.assert_close(sae.encode(x), z, rtol=1e-5, atol=1e-5)
+    if "meta" in cfg:
+        assert sae.cfg.meta["model_name"] == "vit"
+
+
+def test_saelens_expected_average_scale(tmp_path):
+    """``normalize_activations: expected_average_only_in``: the factor kept outside the folder is given to
+    ``load_saelens``; inputs are multiplied by it and the reconstruction divided by it, as SAELens runs it."""
+    from vitscope.analysis.sae import load_saelens
+
+    t = _saelens(tmp_path, {"hook_name": "blocks.1.hook_resid_post",
+                            "normalize_activations": "expected_average_only_in"})
+    with pytest.raises(ValueError, match=r"scale=\.\.\."):
+        load_sae(tmp_path)
+    sae = load_saelens(tmp_path, scale=2.5)
+    x = torch.randn(5, 6)
+    z = ((2.5 * x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]).relu()
+    torch.testing.assert_close(sae.encode(x), z, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae.reconstruct(x), (z @ t["W_dec"] + t["b_dec"]) / 2.5, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg, extra, says", [
+    ({"hook_name": "blocks.1.attn.hook_z", "hook_head_index": 3}, {}, "reads one attention head"),
+    ({"hook_point": "blocks.1.attn.hook_z", "hook_point_head_index": 0}, {}, "reads one attention head"),
+    ({"hook_name": "blocks.1.hook_resid_post", "normalize_activations": "constant_norm_rescale"}, {},
+     "normalises each input at run time"),
+    ({"hook_name": "blocks.1.hook_resid_post", "normalize_activations": "layer_norm"}, {}, "at run time"),
+    ({"hook_name": "blocks.1.hook_resid_post"}, {"scaling_factor": torch.full((10,), 2.0)}, "scaling factor"),
+])
+def test_saelens_what_vitscope_cannot_run_is_one_line(tmp_path, cfg, extra, says):
+    _saelens(tmp_path, cfg, **extra)
+    with pytest.raises(ValueError, match=says) as e:
+        load_sae(tmp_path)
+    assert "\n" not in str(e.value)

@@ -141,13 +141,50 @@ def _load_vitscope(path: Path) -> SAE:
                          t.get("log_threshold"))
 
 
-def load_saelens(path: str | Path) -> SAE:
-    """A SAELens SAE folder (``cfg.json`` + ``sae_weights.safetensors``)."""
+SAELENS_KEYS = {"hook_point": "hook_name", "hook_point_layer": "hook_layer",        # before SAELens 6 (and ViT-
+                "hook_point_head_index": "hook_head_index"}                        # Prisma) -> SAELens 6 names
+
+
+def saelens_config(c: dict) -> dict:
+    """A SAELens ``cfg.json`` in one layout, whatever its version: the pre-6 key names (``hook_point``,
+    ``hook_point_layer``, ``hook_point_head_index``, as ViT-Prisma writes them too) renamed to SAELens 6's, and SAELens
+    6's ``meta`` (``model_name``, ``hook_name``, ``hook_layer``, ``hook_head_index``) brought to the top level."""
+    out = {SAELENS_KEYS.get(k, k): v for k, v in c.items() if k not in ("meta", "metadata")}
+    for key in ("meta", "metadata"):
+        for k, v in (c.get(key) or {}).items():
+            if v is not None:
+                out.setdefault(SAELENS_KEYS.get(k, k), v)
+    return out
+
+
+def load_saelens(path: str | Path, scale: float | None = None) -> SAE:
+    """A SAELens SAE folder (``cfg.json`` + ``sae_weights.safetensors``), of SAELens 6 or earlier (and ViT-Prisma's,
+    which writes the earlier layout). ``scale``: the activation-norm factor of an SAE saved with
+    ``normalize_activations: expected_average_only_in`` (SAELens keeps it outside the folder); inputs are multiplied
+    by it before encoding and the reconstruction divided by it."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    c = json.loads((path / "cfg.json").read_text())
+    c = saelens_config(json.loads((path / "cfg.json").read_text()))
     t = load_file(str(path / "sae_weights.safetensors"))
+    if c.get("hook_head_index") is not None:
+        raise ValueError(f"the SAELens SAE at {path} reads one attention head (hook_head_index "
+                         f"{c['hook_head_index']}); vitscope's SAEs read a whole site")
+    norm = c.get("normalize_activations") or "none"
+    if norm in ("constant_norm_rescale", "layer_norm"):
+        raise ValueError(f"the SAELens SAE at {path} normalises each input at run time ({norm}), which vitscope's "
+                         f"SAEs do not; supported: none, expected_average_only_in (with its scale)")
+    if norm == "expected_average_only_in" and scale is None:
+        raise ValueError(f"the SAELens SAE at {path} was trained on inputs scaled by a factor kept outside the folder "
+                         f"(normalize_activations: expected_average_only_in); give it: load_saelens(path, scale=...), "
+                         f"then save_sae(sae, DIR) to use DIR on the command line")
+    if norm == "none" and scale is not None:
+        raise ValueError(f"the SAELens SAE at {path} has no activation normalisation (normalize_activations: none); "
+                         f"load it without scale")
+    unfolded = t.get("scaling_factor")
+    if unfolded is not None and not torch.allclose(unfolded, torch.ones_like(unfolded)):
+        raise ValueError(f"the SAELens SAE at {path} has an unfolded fine-tuning scaling factor, which vitscope's "
+                         f"SAEs do not have; fold it into W_dec first")
     arch = c.get("architecture", "standard")
     act = c.get("activation_fn_str") or c.get("activation_fn") or "relu"
     kwargs = c.get("activation_fn_kwargs") or {}
@@ -168,7 +205,8 @@ def load_saelens(path: str | Path) -> SAE:
     logt = None
     if mapping[arch] == "jumprelu":
         logt = t["threshold"].float().clamp_min(1e-12).log()
-    return _from_tensors(cfg, W_enc, b_enc, W_dec, b_dec, log_threshold=logt)
+    return _from_tensors(cfg, W_enc, b_enc, W_dec, b_dec, 1.0 if scale is None else float(scale),
+                         log_threshold=logt)
 
 
 def _saelens_hook(c: dict) -> tuple[int, str]:
@@ -179,8 +217,10 @@ def _saelens_hook(c: dict) -> tuple[int, str]:
     from vitscope.analysis.sae.hooks import block_site
 
     name = str(c.get("hook_name") or "")
-    m = re.match(r"^blocks\.(\d+)\.", name)
     layer = c.get("hook_layer")
+    if "{layer}" in name and layer is not None:              # ViT-Prisma's template, e.g. blocks.{layer}.hook_mlp_out
+        name = name.replace("{layer}", str(int(layer)))
+    m = re.match(r"^blocks\.(\d+)\.", name)
     layer = int(layer) if layer is not None else int(m.group(1)) if m else 0
     if not name:
         return layer, "resid_post"
