@@ -9,9 +9,12 @@ vitscope's format, one folder per SAE::
 Other formats (read only; never unpickled: safetensors, or ``torch.load(weights_only=True)``):
 
 * **SAELens** (a folder with ``cfg.json`` and ``sae_weights.safetensors``): ``architecture`` ``standard`` (ReLU),
-  ``topk`` (``activation_fn_kwargs.k``) and ``jumprelu`` (``threshold`` per latent) map; ``apply_b_dec_to_input``
-  false is folded into ``b_enc``. SAELens folds its activation normalisation into the weights when it saves, so the
-  scale is 1. ``gated`` and other architectures are refused.
+  ``topk`` (``k``, or ``activation_fn_kwargs.k`` before SAELens 6) and ``jumprelu`` (``threshold`` per latent)
+  map; ``apply_b_dec_to_input`` false is folded into ``b_enc``. Every ``cfg.json`` layout is read
+  (:func:`saelens_config`: SAELens 6's ``meta``, the earlier ``hook_point`` keys that ViT-Prisma writes too).
+  SAELens folds its activation normalisation into the weights when it saves, so the scale is 1; an
+  ``expected_average_only_in`` SAE saved without folding needs its factor (``load_saelens(path, scale=...)``).
+  ``gated`` and other architectures, one head's SAEs and run-time normalisations are refused.
 * **saev** (a ``.pt`` file: one JSON header line, then ``torch.save(state_dict)``; schema 1 and 2 and the older
   header of bare config fields): ReLU, TopK and BatchTopK map (saev encodes ``x W_enc + b_enc`` without subtracting
   ``b_dec``: folded into ``b_enc``; its BatchTopK SAEs are run per token with their ``top_k`` at inference, as saev
