@@ -78,6 +78,9 @@ def _saev_file(path, header, sd):
 @pytest.mark.parametrize("header", [
     {"schema": 2, "cfg": {"d_vit": 6, "exp_factor": 2, "activation": {"cls": "TopK", "params": {"top_k": 3}}}},
     {"schema": 1, "cls": "Relu", "cfg": {"d_vit": 6, "exp_factor": 2}},
+    {"schema": 1, "cls": "TopK", "cfg": {"d_vit": 6, "exp_factor": 2, "top_k": 3}},   # schema 1, saev's "1A"
+    {"schema": 1, "cls": "SparseAutoencoderConfig",                                  # schema 1, saev's "1B"
+     "cfg": {"d_vit": 6, "exp_factor": 2, "activation": {"cls": "TopK", "params": {"top_k": 3}}}},
     {"d_vit": 6, "exp_factor": 2, "l1_coeff": 0.1},                                  # the pre-schema header
 ])
 def test_saev_checkpoint(tmp_path, header):
@@ -87,7 +90,7 @@ def test_saev_checkpoint(tmp_path, header):
     sae = load_sae(p)
     x = torch.randn(5, 6)
     pre = x @ t["W_enc"] + t["b_enc"]                                                # saev's encode
-    if "schema" in header and header["schema"] == 2:
+    if "TopK" in json.dumps(header):
         v, i = pre.topk(3, dim=-1)
         z = torch.zeros_like(pre).scatter(-1, i, v.relu())
     else:
@@ -100,6 +103,9 @@ def test_unknown_layouts_are_one_line(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"\x80\x02not json")
     with pytest.raises(ValueError, match="not a saev checkpoint"):
         load_sae(tmp_path / "x.pt")
+    _saev_file(tmp_path / "s3.pt", {"schema": 3, "cfg": {"d_vit": 6}}, _weights())
+    with pytest.raises(ValueError, match="schema 3; vitscope reads schemas 1 and 2"):
+        load_sae(tmp_path / "s3.pt")
     with pytest.raises(FileNotFoundError):
         load_sae(tmp_path / "missing")
     (tmp_path / "gated").mkdir()

@@ -246,6 +246,9 @@ def load_saev(path: str | Path, scale: float = 1.0) -> SAE:
         header = json.loads(first)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ValueError(f"{path} is not a saev checkpoint (its first line is not a JSON header)") from None
+    if header.get("schema", 1) not in (1, 2):
+        raise ValueError(f"{path} is a saev checkpoint of schema {header['schema']}; vitscope reads schemas 1 and 2 "
+                         f"and the earlier header")
     cfg_d = header.get("cfg", header) if "schema" in header else header
     act = cfg_d.get("activation") or {}
     cls = act.get("cls") if isinstance(act, dict) else None
