@@ -23,14 +23,22 @@ def interrupt(out, sigint=signal.SIG_DFL) -> tuple[int, int, str]:
     """Start an extraction with SIGINT set to ``sigint`` (SIG_DFL whatever this process inherited), send it
     SIGINT once it has written images -> (exit status, images done, stderr)."""
     p = subprocess.Popen(extract_args(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "VITSCOPE_DEBUG": ""},
+                         env={**os.environ, "VITSCOPE_DEBUG": "", "PYTHONFAULTHANDLER": "1"},
                          preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     deadline = time.time() + 120
     while time.time() < deadline and not list((out / "progress").glob("rank-0.json")):
         time.sleep(0.2)
     time.sleep(1.0)
+    sent = time.time()
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
+    try:
+        _, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:           # say where it is stuck: faulthandler prints every thread on SIGABRT
+        p.send_signal(signal.SIGABRT)
+        _, err = p.communicate(timeout=60)
+        done = sorted((out / "progress").glob("*.json"))
+        pytest.fail(f"no exit {time.time() - sent:.0f} s after SIGINT; progress files {[f.name for f in done]}; "
+                    f"its stderr ends:\n" + "\n".join(err.splitlines()[-80:]))
     last = [ln for ln in err.splitlines() if ln.strip()][-1]
     n_done = int(last.split("interrupted at ")[1].split("/")[0]) if last.startswith("interrupted at ") else -1
     return p.returncode, n_done, err
