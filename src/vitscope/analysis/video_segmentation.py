@@ -358,7 +358,7 @@ def prepare_video(frames: np.ndarray, first_mask: np.ndarray, patch_size: int, r
             th, tw = s, int(s * W / H) // p * p
         from PIL import Image
 
-        x = torch.stack([torch.from_numpy(np.asarray(Image.fromarray(f).resize((tw, th), Image.BICUBIC))).permute(
+        x = torch.stack([torch.from_numpy(np.array(Image.fromarray(f).resize((tw, th), Image.BICUBIC))).permute(
             2, 0, 1).float() / 255.0 for f in frames])
         grid = (th // p, tw // p)
     x = _normalise(x, mean, std)
