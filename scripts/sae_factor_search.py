@@ -66,7 +66,7 @@ def main() -> None:
     explain = [c.strip() for c in a.explain.split(",") if c.strip()]
     model = vs.load_model(a.model)
     test_data = f"builtin:demo?n={a.test_images},split=test"
-    explained = test_concepts(model, test_data, explain) if explain else None    # names checked before any work
+    explained = heldout_concepts(model, test_data, explain) if explain else None    # names checked before any work
     site = block_site(a.site)[0]                                  # "blocks.{i}.mlp.hook_post" -> "mlp.hook_post"
     tag = f"b{a.block}" if site == "resid_post" else f"b{a.block}-{site}"
     store = a.out / f"store-{tag}"
@@ -85,7 +85,7 @@ def main() -> None:
         explain_concepts(model, saes, a.block, *explained, explain, a.out / f"split-{tag}-{a.arch}.csv")
 
 
-def test_concepts(model, data: str, names: list[str]):
+def heldout_concepts(model, data: str, names: list[str]):
     """(test images, their patch concepts) for --explain, with every name in ``names`` checked before any work."""
     from vitscope.analysis.sae.evaluation import _images
     from vitscope.analysis.sae.factors import patch_concepts

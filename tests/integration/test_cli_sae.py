@@ -184,3 +184,16 @@ def test_a_second_writer_of_an_output_folder_is_refused(setup, tmp_path):
     finally:
         p.kill()
         p.wait()
+
+
+@pytest.mark.slow
+def test_browse_and_eval_on_data_without_a_usable_image_write_nothing(setup, tmp_path):
+    _train(setup, tmp_path / "saes")
+    sae = next(p for p in (tmp_path / "saes").iterdir() if (p / "config.json").exists())
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_bytes(b"not a png")
+    for cmd in ("browse", "eval"):
+        out = tmp_path / cmd
+        _one_line(_run("sae", cmd, sae, "-m", setup / "model", "-d", tmp_path / "bad", "-o", out, "-q"),
+                  "no usable image")
+        assert not out.exists()

@@ -56,8 +56,8 @@ def sae_view(model, image, sae, latent: int | None = None, patch: tuple[int, int
     listing). Table: every non-zero latent of every patch (row, col, latent, value). An SAE whose input width is not
     the model's gives no figure and a one-line note.
     """
-    from vitscope.analysis.sae.browse import (IMAGE_TOKENS, image_latents, logit_effects, nearest_latents,
-                                              patch_latents, provenance, top_logits)
+    from vitscope.analysis.sae.browse import (IMAGE_TOKENS, logit_effects, nearest_latents, provenance, sae_latents,
+                                              top_logits)
     from vitscope.analysis.sae.hooks import check_width
     from vitscope.analysis.attention.tokens import grid_of
     from vitscope.app.models import class_label
@@ -84,7 +84,8 @@ def sae_view(model, image, sae, latent: int | None = None, patch: tuple[int, int
         if not (0 <= r < grid[0] and 0 <= c < grid[1]):
             raise ValueError(f"patch ({r}, {c}) is outside the {grid[0]} x {grid[1]} patch grid")
         patch = (r, c)
-    z = patch_latents(sae, model, x)[0].numpy()                                      # rows, cols, w
+    zs, own = sae_latents(sae, model, x)                    # one forward pass: the patches and the SAE's own row
+    z = zs[0].numpy()                                                                # rows, cols, w
     counts = (z > 0).sum((0, 1))
     score = z[patch] if patch is not None else z.max((0, 1))
     listed = np.flatnonzero(score > 0)
@@ -95,10 +96,9 @@ def sae_view(model, image, sae, latent: int | None = None, patch: tuple[int, int
              + ("" if patch is not None else " (click a patch to list those active there)")]
     if trained_on and str(trained_on) != mname:
         notes.append(f"this SAE was trained on {trained_on}, the model here is {mname}")
-    if sae.cfg.tokens in IMAGE_TOKENS:
-        on = image_latents(sae, model, x)[0]
+    if own is not None:
         notes.append(f"it was trained on the {IMAGE_TOKENS[sae.cfg.tokens]} and is shown on the patch tokens"
-                     + (f"; on the {IMAGE_TOKENS[sae.cfg.tokens]}, latent {lat} is {float(on[lat]):.3g}"
+                     + (f"; on the {IMAGE_TOKENS[sae.cfg.tokens]}, latent {lat} is {float(own[0, lat]):.3g}"
                         if lat is not None else ""))
     arrays = {"listed_latents": listed.astype(np.int64), "listed_values": score[listed].astype(np.float32),
               "listed_patches": counts[listed].astype(np.int64)}

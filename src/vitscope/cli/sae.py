@@ -91,6 +91,7 @@ def eval_cmd(
     from vitscope.analysis.sae.evaluation import SAEOptions, _as_saes, evaluate
     from vitscope.analysis.sae.hooks import check_width
     from vitscope.cli.common import default_data, parse_formats
+    from vitscope.outlock import output_lock
 
     fmts = parse_formats(formats)
     opts = SAEOptions(limit=limit, factors=factors, splice=splice, seed=seed, device=device, progress=not quiet)
@@ -105,8 +106,6 @@ def eval_cmd(
         check_width(s, model)                  # before anything is written
     data = default_data([name], data, quiet)
     result = evaluate(items, data, opts, model=model)
-    from vitscope.outlock import output_lock
-
     with output_lock(out, "vitscope sae eval"):            # one writer per folder; taken after the checks above
         result.save(out, fmts)
     typer.echo(f"{result.summary} -> {Path(out) / 'sae.csv'}")
@@ -141,11 +140,8 @@ def browse_cmd(
     model = load_model(name, device=device)
     check_width(sae, model)
     data = default_data([name], data, quiet)
-    from vitscope.outlock import output_lock
-
-    with output_lock(out, "vitscope sae browse"):          # one writer per folder; taken after the checks above
-        page = write_browser(sae, model, data, out, opts, title=sae_dir.name)
-    typer.echo(f"{opts.latents} latents of {sae_dir.name} -> {page}")
+    page = write_browser(sae, model, data, out, opts, title=sae_dir.name)     # holds the folder's lock as it writes
+    typer.echo(f"the most often active latents of {sae_dir.name} (at most {opts.latents}) -> {page}")
 
 
 def register(main: typer.Typer) -> None:

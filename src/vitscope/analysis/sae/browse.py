@@ -69,36 +69,39 @@ def _hist_svg(values: np.ndarray, bins: int = 24, w: int = 220, h: int = 60) -> 
             f"<text x='{w - 30}' y='{h + 12}' font-size='10'>{edges[-1]:.2g}</text></svg>")
 
 
+IMAGE_TOKENS = {"cls": "CLS token", "mean": "mean patch token"}      # SAEs that read one row per image
+
+
+def _encode_rows(sae, x: torch.Tensor) -> torch.Tensor:
+    """``sae.encode`` of raw activation rows (with its saved normalisation), in chunks, on the SAE's device."""
+    x = x.to(sae.W_enc.device)
+    return torch.cat([sae.encode(c) for c in x.split(4096)]).cpu()
+
+
 @torch.no_grad()
-def patch_latents(sae, model, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """The SAE's latents of every patch token at its site (``blocks.{block}.hook_resid_post``, ...): (N, rows, cols,
-    w), through its ``encode`` (with its saved normalisation). ``images``: a preprocessed batch (N, 3, H, W)."""
-    from vitscope.analysis.sae.hooks import block_patch_acts, site_hook
+def sae_latents(sae, model, images: torch.Tensor, batch_size: int = 64, own_row: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The SAE's latents at its site (``blocks.{block}.hook_resid_post``, ...), from one forward pass: of every patch
+    token, (N, rows, cols, w), and, for an SAE trained on one row per image (``tokens`` ``cls`` or ``mean``, with
+    ``own_row``), of that row, (N, w); else None. ``images``: a preprocessed batch (N, 3, H, W)."""
+    from vitscope.analysis.sae.hooks import block_token_acts, site_hook
 
     block = int(sae.cfg.block[0])
-    x = block_patch_acts(model, images, block, "patches", batch_size, site_hook(sae, block))
+    own = sae.cfg.tokens if own_row and sae.cfg.tokens in IMAGE_TOKENS else None
+    acts = block_token_acts(model, images, block, ("patches",) + ((own,) if own else ()), batch_size,
+                            site_hook(sae, block))
+    x = acts["patches"]
     n, p = len(images), model.cfg.patch_size
     rows, cols = images.shape[-2] // p, images.shape[-1] // p
     if x.shape[0] != n * rows * cols:
         raise ValueError(f"block {block} has {x.shape[0] // n} patch tokens per image, expected a {rows} x {cols} "
                          f"grid for {tuple(images.shape[-2:])} pixels with patch {p}")
-    x = x.to(sae.W_enc.device)
-    return torch.cat([sae.encode(c) for c in x.split(4096)]).cpu().view(n, rows, cols, -1)
+    return _encode_rows(sae, x).view(n, rows, cols, -1), (_encode_rows(sae, acts[own]) if own else None)
 
 
-IMAGE_TOKENS = {"cls": "CLS token", "mean": "mean patch token"}      # SAEs that read one row per image
-
-
-@torch.no_grad()
-def image_latents(sae, model, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """(N, w): the latents of an SAE trained on one row per image (``tokens`` ``cls`` or ``mean``) on that row of
-    each image, at its site, through its ``encode``."""
-    from vitscope.analysis.sae.hooks import block_patch_acts, site_hook
-
-    block = int(sae.cfg.block[0])
-    x = block_patch_acts(model, images, block, sae.cfg.tokens, batch_size, site_hook(sae, block))
-    x = x.to(sae.W_enc.device)
-    return torch.cat([sae.encode(c) for c in x.split(4096)]).cpu()
+def patch_latents(sae, model, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The SAE's latents of every patch token at its site: (N, rows, cols, w) (:func:`sae_latents`)."""
+    return sae_latents(sae, model, images, batch_size, own_row=False)[0]
 
 
 @torch.no_grad()
@@ -142,27 +145,25 @@ def latent_summary(sae, model, images: torch.Tensor, opts: BrowseOptions) -> dic
     """Everything the page shows, as arrays: patch latents (N, g, g, w) of the chosen latents, their top images,
     histograms, logit effects and neighbours."""
     block = int(sae.cfg.block[0])
-    z = patch_latents(sae, model, images, opts.batch_size)
+    z, own = sae_latents(sae, model, images, opts.batch_size)
     g = z.shape[1]
-    if sae.cfg.tokens in IMAGE_TOKENS:          # ranked on the row it was trained on; heat maps on the patches
-        per_image = image_latents(sae, model, images, opts.batch_size)
-        density = (per_image > 0).float().mean(0)
+    if own is not None:                         # ranked on the row it was trained on; heat maps on the patches
+        per_image, density = own, (own > 0).float().mean(0)
     else:
-        per_image = z.flatten(1, 2).max(1).values
-        density = (z > 0).float().mean((0, 1, 2))
+        per_image, density = z.flatten(1, 2).max(1).values, (z > 0).float().mean((0, 1, 2))
     order = torch.argsort(density, descending=True, stable=True)
     chosen = [int(i) for i in order[: opts.latents] if density[i] > 0]
     classes = list((getattr(model, "meta", None) or {}).get("classes") or model.cfg.meta.get("classes") or [])
     effect = logit_effects(sae, model, chosen) if chosen else None
     neighbours = nearest_latents(sae, chosen, opts.neighbours) if chosen else []
     out = {"block": block, "grid": g, "density": density.numpy(), "latents": [],
-           "unit": "images" if sae.cfg.tokens in IMAGE_TOKENS else "patches"}
+           "unit": "images" if own is not None else "patches"}
     for j, lat in enumerate(chosen):
         za = z[..., lat]
         peak = per_image[:, lat]
         top = torch.argsort(peak, descending=True, stable=True)[: opts.top]
         top = [int(i) for i in top if peak[i] > 0]
-        values = peak[peak > 0] if sae.cfg.tokens in IMAGE_TOKENS else za[za > 0]
+        values = peak[peak > 0] if own is not None else za[za > 0]
         heat = [za[i].numpy() for i in top]
         item = {"id": lat, "density": float(density[lat]), "top": top, "peak": [float(peak[i]) for i in top],
                 "heat": heat, "vmax": max([float(h.max()) for h in heat] + [1e-12]), "values": values.numpy(),
@@ -188,9 +189,8 @@ def provenance(sae) -> str:
 
 def write_browser(sae, model, data, out: str | Path, options: BrowseOptions | None = None,
                   title: str = "SAE") -> Path:
-    """Write ``out/index.html`` (and ``out/img/*.png``) for ``sae`` on the images of ``data``; returns the page."""
-    from PIL import Image
-
+    """Write ``out/index.html`` (and ``out/img/*.png``) for ``sae`` on the images of ``data``; returns the page.
+    ``out`` is written under its lock (:func:`vitscope.outlock.output_lock`), and only once the latents are known."""
     from vitscope.analysis.sae.evaluation import _images
     from vitscope.analysis.sae.hooks import check_width
     from vitscope.features.access import preprocess_config
@@ -201,7 +201,16 @@ def write_browser(sae, model, data, out: str | Path, options: BrowseOptions | No
     images, _, _, _ = _images(model, data, opts.limit)
     info = latent_summary(sae, model, images, opts)
     shown = _display(images, preprocess_config(model))
-    out = Path(out)
+    from vitscope.outlock import output_lock
+
+    with output_lock(out, "vitscope sae browse"):     # one writer per folder; bad input has failed above, unwritten
+        return _write_page(sae, info, shown, len(images), Path(out), title)
+
+
+def _write_page(sae, info: dict, shown: np.ndarray, n_images: int, out: Path, title: str) -> Path:
+    """The page of :func:`write_browser`: ``out/index.html`` (written beside, then renamed) and its images."""
+    from PIL import Image
+
     (out / "img").mkdir(parents=True, exist_ok=True)
     cards = []
     for it in info["latents"]:
@@ -227,7 +236,7 @@ def write_browser(sae, model, data, out: str | Path, options: BrowseOptions | No
              f"value under each image; the histogram is over images), and each heat map shows the same latent "
              f"applied to the image's patch tokens.</p>" if sae.cfg.tokens in IMAGE_TOKENS else "")
     head = (f"<h1>{html.escape(title)}</h1><p>{html.escape(sae.arch)} SAE, {sae.cfg.width} latents; "
-            f"{html.escape(provenance(sae))}; {len(images)} images searched, "
+            f"{html.escape(provenance(sae))}; {n_images} images searched, "
             f"{len(info['latents'])} latents shown, the most often active first.</p>{reads}"
             "<p><label>latent id <input id='q' type='number' min='0'></label> "
             "<button id='go'>show</button> <span id='msg'></span></p>")

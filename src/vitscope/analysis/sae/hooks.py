@@ -19,7 +19,7 @@ hooks are read flattened, (B, T, H * Dh), as the store keeps them).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -44,22 +44,30 @@ def token_index(model, block: int, tokens: str, n_tokens: int) -> torch.Tensor |
 
 
 @torch.no_grad()
-def block_patch_acts(model, images, block: int, tokens: str, batch_size: int = 64,
-                     hook: str | None = None) -> torch.Tensor:
-    """Raw activations (rows, d) of the tokens an SAE reads at ``hook`` (default ``blocks.{block}.hook_resid_post``;
-    an SAE's own: :func:`site_hook`); head-split activations flattened to (H * Dh)."""
+def block_token_acts(model, images, block: int, tokens: Sequence[str], batch_size: int = 64,
+                     hook: str | None = None) -> dict[str, torch.Tensor]:
+    """``{selection: raw activations (rows, d)}`` for each token selection in ``tokens`` (``patches``, ``cls``,
+    ``mean``, ``all``) at ``hook`` (default ``blocks.{block}.hook_resid_post``; an SAE's own: :func:`site_hook`),
+    all from one forward pass per batch; head-split activations flattened to (H * Dh)."""
     hook = hook or f"blocks.{block}.hook_resid_post"
-    out = []
+    out = {t: [] for t in tokens}
     dev = next(model.parameters()).device
     for s in range(0, len(images), batch_size):
         _, cache = model.run_with_cache(images[s:s + batch_size].to(dev), names_filter=hook)
-        a = flat_tokens(cache[hook])
-        if tokens == "mean":
-            a = a[:, token_index(model, block, "patches", a.shape[1])].mean(1, keepdim=True)
-        else:
-            a = a[:, token_index(model, block, tokens, a.shape[1])]
-        out.append(a.reshape(-1, a.shape[-1]).float().cpu())
-    return torch.cat(out)
+        full = flat_tokens(cache[hook])
+        for t in out:
+            if t == "mean":
+                a = full[:, token_index(model, block, "patches", full.shape[1])].mean(1, keepdim=True)
+            else:
+                a = full[:, token_index(model, block, t, full.shape[1])]
+            out[t].append(a.reshape(-1, a.shape[-1]).float().cpu())
+    return {t: torch.cat(v) for t, v in out.items()}
+
+
+def block_patch_acts(model, images, block: int, tokens: str, batch_size: int = 64,
+                     hook: str | None = None) -> torch.Tensor:
+    """Raw activations (rows, d) of the tokens an SAE reads (one selection of :func:`block_token_acts`)."""
+    return block_token_acts(model, images, block, (tokens,), batch_size, hook)[tokens]
 
 
 class SAESplice(nn.Module):
