@@ -14,12 +14,15 @@ factors").
         --widths 512 --k 16,32 --prefixes 8,32,128 --steps 6000 --out runs/sae-factors-mlp
     PYTHONPATH=src .venv/bin/python scripts/sae_factor_search.py --block 4 --site mlp_out --arch matryoshka \
         --widths 512 --k 16 --prefixes 8,32,128 --steps 6000 --explain object,part=right,position=top-left
+    PYTHONPATH=src .venv/bin/python scripts/sae_factor_search.py --block 4 --site mlp_out --centre image \
+        --arch matryoshka --widths 512 --k 16 --prefixes 8,32,128 --steps 6000
 
 The numbers in docs/sae.md for block 1 come from the defaults below (4096 training images, 2000 steps, widths 512
 and 2048, k 8 and 32); the Matryoshka numbers from the second command; the linear ceilings with larger objects from
 the third (no SAE: per block, the best raw neuron and a linear probe on all of them, per factor); the ceilings per
 site from the fourth; the SAEs on the MLP output from the fifth and its variants in docs/sae.md; where the best
-latents of object, part and position fire (per shape and colour) from the sixth.
+latents of object, part and position fire (per shape and colour) from the sixth; the SAE of the centred patch
+tokens that meets the single-latent criterion from the seventh.
 """
 from __future__ import annotations
 
@@ -48,6 +51,8 @@ def main() -> None:
                     "latents are broken down: where each fires among the concept's patches, per shape and colour")
     ap.add_argument("--site", default="resid_post", help="the block site: resid_post, mlp_out, attn_out, resid_mid "
                     "(--ceilings: several, comma-separated)")
+    ap.add_argument("--centre", default="none", help="none or image: the SAE reads each patch token less its image's "
+                    "mean patch token")
     a = ap.parse_args()
     if a.ceilings:
         return ceilings(a.model, a.data, a.test_images, a.site)
@@ -58,7 +63,8 @@ def main() -> None:
     from vitscope.features import extract_features
 
     prefixes = tuple(int(p) for p in a.prefixes.split(",") if p)
-    opts = TrainOptions(site=a.site, blocks=str(a.block), arch=a.arch, prefixes=prefixes,  # checked before any work
+    opts = TrainOptions(site=a.site, blocks=str(a.block), centre=a.centre, arch=a.arch,  # checked before any work
+                        prefixes=prefixes,
                         width=tuple(int(w) for w in a.widths.split(",")),
                         k=tuple(int(k) for k in a.k.split(",")), l1=a.l1, lr=(1e-3,), steps=a.steps, batch_size=1024,
                         chunk_images=512, warmup=50, dead_after=100_000, aux_k=64, progress=True)
@@ -72,6 +78,7 @@ def main() -> None:
     store = a.out / f"store-{tag}"
     extract_features(model, f"builtin:demo?n={a.train_images},split=train", store, layers=str(a.block),
                      sites=(a.site,), tokens=("patches",), progress=True)
+    tag += "" if a.centre == "none" else f"-centre-{a.centre}"
     saes = train_saes(store, opts, out=a.out / f"saes-{tag}-{a.arch}")
     res = evaluate(saes, test_data, eval_opts, model=model)
     res.table.to_csv(a.out / f"factors-{tag}-{a.arch}.csv", index=False)

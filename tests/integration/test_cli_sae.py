@@ -68,6 +68,31 @@ def test_train_eval_browse(setup, tmp_path):
         assert (tmp_path / "page" / src).exists()
 
 
+@pytest.mark.slow
+def test_a_centred_sae_in_the_cli(setup, tmp_path):
+    """`--centre image`: the SAE remembers it, eval measures it on the centred patch tokens (the same table as the
+    Python API, with the centred neurons as a basis), and browse writes its page, which says what the SAE reads."""
+    from vitscope.analysis.sae import SAEOptions, evaluate, load_sae
+    from vitscope.runtime import load_model
+
+    root = setup
+    _train(root, tmp_path / "saes", "--centre", "image")
+    sae_dir = tmp_path / "saes" / "topk-b1-w64-k4-lr0.0004"
+    assert load_sae(sae_dir).cfg.centre == "image"
+    run_cli("sae", "eval", sae_dir, "-m", root / "model", "-d", DATA, "--limit", "24", "-o", tmp_path / "ev", "-q")
+    import pandas as pd
+
+    cli = pd.read_csv(tmp_path / "ev" / "sae.csv")
+    assert "centred_neurons" in set(cli["basis"].dropna())
+    api = evaluate([sae_dir], DATA, SAEOptions(limit=24), model=load_model(str(root / "model")))
+    keys = ("block", "metric", "basis", "concept")
+    assert_same_values(values(api.table, keys), values(cli, keys))
+    run_cli("sae", "browse", sae_dir, "-m", root / "model", "-d", DATA, "--limit", "24", "--latents", "4",
+            "-o", tmp_path / "page", "-q")
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert "class='latent'" in page and "patches tokens less their image's mean" in __import__("html").unescape(page)
+
+
 def test_an_mlp_out_sae_is_measured_on_the_mlp_output(setup, tmp_path):
     """`sae train --site mlp_out` then `sae eval`: the reconstruction metrics are those of the block's MLP output
     (its patch tokens read here with a plain forward hook), not of the residual stream."""
@@ -131,6 +156,7 @@ def _one_line(r, needle):
     (("--site", "ln2"), "holds sites"), (("--block", "0"), "holds blocks"), (("--tokens", "all"), "reductions"),
     (("--width", "0"), "--width"), (("--k", "99", "--width", "64"), "--k"),
     (("--site", "ln_final"), "takes a block site"), (("--site", "nowhere"), "takes a block site"),
+    (("--centre", "image", "--tokens", "cls"), "--centre"), (("--centre", "patch"), "--centre"),
 ])
 def test_bad_train_input(setup, tmp_path, extra, needle):
     out = tmp_path / "o"

@@ -28,6 +28,11 @@ def train_cmd(
     block: str = typer.Option("-2", "--blocks", "--block", help="Block(s): '8', '4,8', '-2' (from the end). "
                                                                 "Several blocks train in the same pass."),
     tokens: str = typer.Option("patches", "--tokens", "-t", help="patches, cls, mean or all (the store's reduction)."),
+    centre: str = typer.Option("none", "--centre", help="none, or image: the SAE reads each patch token less its "
+                                                        "image's mean patch token (and splices that mean back), "
+                                                        "so its latents go to what is local to a patch rather than "
+                                                        "to what every patch of the image shares (--tokens "
+                                                        "patches only; docs/sae.md)."),
     arch: str = typer.Option("topk", "--arch", help="relu, topk, batchtopk, jumprelu or matryoshka."),
     width: str = typer.Option("512", "--width", help="Latents; comma-separated for a grid."),
     k: str = typer.Option("32", "--active-latents", "--k",
@@ -51,7 +56,7 @@ def train_cmd(
     from vitscope.features import open_store
 
     opts = cli_options(TrainOptions, flags={"blocks": flag("block")}, site=site, blocks=block, tokens=tokens,
-                       arch=arch, width=width, k=k, l1=l1, lr=lr, steps=steps, batch_size=batch_size,
+                       centre=centre, arch=arch, width=width, k=k, l1=l1, lr=lr, steps=steps, batch_size=batch_size,
                        chunk_images=chunk_images, warmup=min(warmup, steps), resample_every=resample_every, seed=seed,
                        limit=limit, device=device, progress=not quiet)
     st = open_store(store)

@@ -84,13 +84,14 @@ def sae_latents(sae, model, images: torch.Tensor, batch_size: int = 64, own_row:
     """The SAE's latents at its site (``blocks.{block}.hook_resid_post``, ...), from one forward pass: of every patch
     token, (N, rows, cols, w), and, for an SAE trained on one row per image (``tokens`` ``cls`` or ``mean``, with
     ``own_row``), of that row, (N, w); else None. ``images``: a preprocessed batch (N, 3, H, W)."""
-    from vitscope.analysis.sae.hooks import block_token_acts, site_hook
+    from vitscope.analysis.sae.hooks import block_token_acts, input_tokens, site_hook
 
     block = int(sae.cfg.block[0])
     own = sae.cfg.tokens if own_row and sae.cfg.tokens in IMAGE_TOKENS else None
-    acts = block_token_acts(model, images, block, ("patches",) + ((own,) if own else ()), batch_size,
+    patches = "centred" if input_tokens(sae) == "centred" else "patches"     # the patch rows the SAE reads
+    acts = block_token_acts(model, images, block, (patches,) + ((own,) if own else ()), batch_size,
                             site_hook(sae, block))
-    x = acts["patches"]
+    x = acts[patches]
     n, p = len(images), model.cfg.patch_size
     rows, cols = images.shape[-2] // p, images.shape[-1] // p
     if x.shape[0] != n * rows * cols:
@@ -183,8 +184,12 @@ def provenance(sae) -> str:
     meta = sae.cfg.meta or {}
     model = meta.get("model") or meta.get("model_name")
     store = PureWindowsPath(str(meta["store"])).name if meta.get("store") else ""
-    return ", ".join(part for part in (f"model {model}" if model else "", f"block {int(sae.cfg.block[0])}",
-                                 sae_site(sae)[0], f"{sae.cfg.tokens} tokens", f"store {store}" if store else "") if part)
+    tokens = f"{sae.cfg.tokens} tokens"
+    if getattr(sae.cfg, "centre", "none") == "image":
+        tokens += " less their image's mean"
+    parts = (f"model {model}" if model else "", f"block {int(sae.cfg.block[0])}", sae_site(sae)[0], tokens,
+             f"store {store}" if store else "")
+    return ", ".join(part for part in parts if part)
 
 
 def write_browser(sae, model, data, out: str | Path, options: BrowseOptions | None = None,

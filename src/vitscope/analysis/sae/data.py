@@ -5,7 +5,8 @@ A store array ``store[site, block, tokens]`` is (N, D) for ``cls`` / ``mean`` or
 consecutive images, the chunks in a seeded random order; the tokens of a chunk (every requested block read for the
 same images) are shuffled with a seeded permutation and cut into batches; a chunk's last partial batch is dropped.
 The order is a pure function of (seed, epoch, chunk), so a resumed run picks up at any step without reading the
-batches before it.
+batches before it. With ``centre="image"`` each image's patch tokens are read less their mean (``hooks.centre_tokens``),
+before the shuffle: what a centred SAE reads.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+
+from vitscope.analysis.sae.hooks import centre_tokens
 
 TOKENS = ("patches", "cls", "mean", "all")
 
@@ -75,9 +78,12 @@ class StoreStream:
     """Shuffled batches ``{block: (B, D) float32}`` of one site and token reduction of a store (module docstring)."""
 
     def __init__(self, store, site: str, blocks: Sequence[int], tokens: str, batch_size: int,
-                 chunk_images: int, seed: int = 0, limit: int | None = None) -> None:
+                 chunk_images: int, seed: int = 0, limit: int | None = None, centre: str = "none") -> None:
         check_store(store, site, blocks, tokens)
-        self.store, self.site, self.blocks, self.tokens = store, site, list(blocks), tokens
+        if centre != "none" and tokens != "patches":
+            raise ValueError(f"centre={centre!r} centres an image's patch tokens; it needs tokens 'patches', got "
+                             f"{tokens!r}")
+        self.store, self.site, self.blocks, self.tokens, self.centre = store, site, list(blocks), tokens, centre
         self.arrays = {b: store[site, b, tokens] for b in self.blocks}
         a = self.arrays[self.blocks[0]]
         self.per_image = int(a.shape[1]) if a.ndim == 3 else 1
@@ -122,7 +128,10 @@ class StoreStream:
             # never the whole span between them (that would hold most of the store in memory)
             part = read_rows(arr, lo, hi) if hi - lo == len(images) else \
                 np.concatenate([read_rows(arr, int(i), int(i) + 1) for i in images])
-            out[b] = torch.from_numpy(np.array(part.reshape(-1, self.d), dtype=np.float32))   # a writable copy
+            t = torch.from_numpy(np.array(part, dtype=np.float32))                        # a writable copy
+            if self.centre != "none":
+                t = centre_tokens(t.view(len(images), self.per_image, self.d), self.centre)
+            out[b] = t.reshape(-1, self.d)
         return out
 
     def sample(self, n: int) -> dict[int, torch.Tensor]:

@@ -109,7 +109,8 @@ def evaluate(saes, data=None, options: SAEOptions | None = None, model=None, **o
     ``concept``).
     """
     from vitscope.analysis.sae.factors import factor_bases, factor_scores, patch_concepts
-    from vitscope.analysis.sae.hooks import block_patch_acts, check_width, model_name, sae_site, site_hook
+    from vitscope.analysis.sae.hooks import (block_patch_acts, check_width, input_tokens, model_name, sae_site,
+                                             site_hook)
     from vitscope.analysis.sae.metrics import activation_metrics, spliced_metrics
 
     opts = (options or SAEOptions()).replace(**overrides) if overrides else (options or SAEOptions())
@@ -139,7 +140,7 @@ def evaluate(saes, data=None, options: SAEOptions | None = None, model=None, **o
         base = {"model": label, "block": block, "sae": sname, "arch": sae.arch, "width": sae.cfg.width,
                 "k": sae.cfg.k[0] if sae.arch in ("topk", "batchtopk", "matryoshka") else None, "tokens": tokens,
                 "site": sae_site(sae)[0]}
-        x = block_patch_acts(model, images, block, tokens, opts.batch_size, site_hook(sae, block))
+        x = block_patch_acts(model, images, block, input_tokens(sae), opts.batch_size, site_hook(sae, block))
         m, dens = activation_metrics(sae, x.split(4096), opts.dense)
         density[sname] = dens
         rows += [{**base, "metric": k, "value": v} for k, v in m.items() if k != "tokens"]

@@ -11,7 +11,8 @@ Every patch token of an image of the synthetic benchmark gets ground truth from 
 * ``position=<q>`` an object patch of an object centred in image quadrant q (top-left, ...)
 
 Each concept is a binary label over patches. For a basis of units (the SAE's latents, the raw neurons of the
-stream, or as many random unit directions as the SAE has latents) we report the **best unit's AUROC** and the
+stream, or as many random unit directions of the SAE's input as the SAE has latents; for an SAE of centred patch
+tokens also the neurons of that input) we report the **best unit's AUROC** and the
 **number of units needed to reach AUROC 0.9** with a linear probe (shrinkage LDA) on the units ranked best on a
 train half (by their AUROC there), measured on the other half (1, 2, 4, ... 64; NaN when 64 do not reach it). SAE
 latents are non-negative, so their AUROC is taken as is (a latent detects a concept by firing); raw neurons and
@@ -211,16 +212,25 @@ def _orient(a: np.ndarray, signed: bool) -> np.ndarray:
 def factor_bases(model, sae, images: torch.Tensor, block: int, seed: int = 0, batch_size: int = 64
                  ) -> dict[str, tuple[np.ndarray, bool]]:
     """The patch activations of ``images`` at the SAE's site in ``block`` (``blocks.{block}.hook_resid_post``, ...) in
-    three bases: the SAE's latents, the raw neurons, and random unit directions (as many as the SAE has latents)."""
-    from vitscope.analysis.sae.hooks import block_patch_acts, check_width, site_hook
+    three bases: the SAE's latents, the raw neurons, and random unit directions of the SAE's input (as many as the SAE
+    has latents). An SAE of centred patch tokens (``centre="image"``) adds a fourth, ``centred_neurons``: the neurons
+    of its input (each patch less its image's mean), so that a latent is compared with the neurons it reads too."""
+    from vitscope.analysis.sae.hooks import block_token_acts, check_width, input_tokens, site_hook
 
     check_width(sae, model)
-    x = block_patch_acts(model, images, block, "patches", batch_size, site_hook(sae, block))
+    centred = input_tokens(sae) == "centred"
+    acts = block_token_acts(model, images, block, ("patches", "centred") if centred else ("patches",), batch_size,
+                            site_hook(sae, block))
+    x = acts["patches"]
+    xin = acts["centred"] if centred else x
     gen = torch.Generator().manual_seed(seed)
     r = torch.randn(x.shape[1], sae.cfg.width, generator=gen)
     r /= r.norm(dim=0, keepdim=True)
-    return {"sae": (sae.encode(x).numpy(), True), "neurons": (x.numpy(), False),
-            "random": ((x @ r).numpy(), False)}
+    out = {"sae": (sae.encode(xin).numpy(), True), "neurons": (x.numpy(), False),
+           "random": ((xin @ r).numpy(), False)}
+    if centred:
+        out["centred_neurons"] = (xin.numpy(), False)
+    return out
 
 
 def concept_split(scores: np.ndarray, concepts: dict[str, tuple[str, np.ndarray]], concept: str, top: int = 6,

@@ -27,6 +27,16 @@ from torch import nn
 from vitscope.hooks.hook_points import HookPoint
 
 
+def centre_tokens(x: torch.Tensor, centre: str = "image") -> torch.Tensor:
+    """An image's patch tokens (..., P, d) as a centred SAE reads them: less their mean over the P patches
+    (``centre="image"``), or as they are (``"none"``)."""
+    if centre == "none":
+        return x
+    if centre != "image":
+        raise ValueError(f"centre must be none or image, got {centre!r}")
+    return x - x.mean(-2, keepdim=True)
+
+
 def token_index(model, block: int, tokens: str, n_tokens: int) -> torch.Tensor | slice:
     """The positions of ``tokens`` in the stream leaving ``block`` (``n_tokens`` tokens)."""
     lay = model.token_layout(block)
@@ -34,21 +44,22 @@ def token_index(model, block: int, tokens: str, n_tokens: int) -> torch.Tensor |
         prefix = lay.n_tokens - len(range(lay.n_tokens)[lay.patches])
         side = int(round((n_tokens - prefix) ** 0.5))
         lay = model.token_layout(block, (side, side))
-    if tokens in ("patches", "mean"):
+    if tokens in ("patches", "mean", "centred"):
         return lay.patches
     if tokens == "cls":
         return slice(lay.index_of("cls"), lay.index_of("cls") + 1)
     if tokens == "all":
         return slice(None)
-    raise ValueError(f"tokens must be patches, cls, mean or all, got {tokens!r}")
+    raise ValueError(f"tokens must be patches, cls, mean, centred or all, got {tokens!r}")
 
 
 @torch.no_grad()
 def block_token_acts(model, images, block: int, tokens: Sequence[str], batch_size: int = 64,
                      hook: str | None = None) -> dict[str, torch.Tensor]:
     """``{selection: raw activations (rows, d)}`` for each token selection in ``tokens`` (``patches``, ``cls``,
-    ``mean``, ``all``) at ``hook`` (default ``blocks.{block}.hook_resid_post``; an SAE's own: :func:`site_hook`),
-    all from one forward pass per batch; head-split activations flattened to (H * Dh)."""
+    ``mean``, ``all``, ``centred``: the patches less their image's mean patch) at ``hook`` (default
+    ``blocks.{block}.hook_resid_post``; an SAE's own: :func:`site_hook`), all from one forward pass per batch;
+    head-split activations flattened to (H * Dh). An SAE's own inputs: the selection :func:`input_tokens`."""
     hook = hook or f"blocks.{block}.hook_resid_post"
     out = {t: [] for t in tokens}
     dev = next(model.parameters()).device
@@ -58,10 +69,18 @@ def block_token_acts(model, images, block: int, tokens: Sequence[str], batch_siz
         for t in out:
             if t == "mean":
                 a = full[:, token_index(model, block, "patches", full.shape[1])].mean(1, keepdim=True)
+            elif t == "centred":
+                a = centre_tokens(full[:, token_index(model, block, "patches", full.shape[1])])
             else:
                 a = full[:, token_index(model, block, t, full.shape[1])]
             out[t].append(a.reshape(-1, a.shape[-1]).float().cpu())
     return {t: torch.cat(v) for t, v in out.items()}
+
+
+def input_tokens(sae) -> str:
+    """The token selection of :func:`block_token_acts` that gives an SAE its inputs: its config's ``tokens``, or
+    ``centred`` for an SAE of centred patch tokens (``centre="image"``)."""
+    return "centred" if getattr(sae.cfg, "centre", "none") == "image" else sae.cfg.tokens
 
 
 def block_patch_acts(model, images, block: int, tokens: str, batch_size: int = 64,
@@ -81,8 +100,14 @@ class SAESplice(nn.Module):
         self.hook_recons = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1]).float()
+        """``x`` (B, T, d): the tokens the SAE replaces (for a centred SAE, an image's patch tokens)."""
+        shape, dtype = x.shape, x.dtype
+        x = x.float()
+        mean = None
+        if getattr(self.sae.cfg, "centre", "none") != "none":          # the SAE reads, and rebuilds, x - mean
+            mean = x.mean(-2, keepdim=True)
+            x = x - mean
+        flat = x.reshape(-1, shape[-1])
         z = self.sae.encode(flat)
         z = self.hook_latents(z.reshape(*shape[:-1], -1))
         r = self.sae.decode(z.reshape(flat.shape[0], -1))
@@ -90,7 +115,10 @@ class SAESplice(nn.Module):
             with torch.no_grad():
                 err = flat - self.sae.reconstruct(flat)
             r = r + err
-        return self.hook_recons(r.reshape(shape).to(x.dtype))
+        r = r.reshape(shape)
+        if mean is not None:
+            r = r + mean
+        return self.hook_recons(r.to(dtype))
 
 
 def block_site(site: str) -> tuple[str, str]:
@@ -170,6 +198,9 @@ def spliced(model, sae, block: int | None = None, tokens: str | None = None,
     if not 0 <= block < model.cfg.depth:
         raise ValueError(f"block {block} does not exist in a model of depth {model.cfg.depth}")
     tokens = tokens or sae.cfg.tokens
+    if getattr(sae.cfg, "centre", "none") != "none" and tokens != "patches":
+        raise ValueError(f"this SAE reads patch tokens less their image's mean (centre={sae.cfg.centre!r}); it "
+                         f"replaces the patch tokens only, not {tokens!r}")
     splice = SAESplice(sae, keep_error).to(next(model.parameters()).device)
     blk = model.blocks[block]
     if hasattr(blk, "sae"):

@@ -21,6 +21,12 @@ Architectures (``arch``) and their papers:
                  kernel of bandwidth ``bandwidth`` (Rajamanoharan et al. 2024, Gemma Scope); unit-norm decoder.
 * ``matryoshka`` BatchTopK latents, loss summed over nested prefixes ``m_1 < ... < m_n = w`` of the dictionary
                  (Bussmann et al. 2025, "Learning multi-level features with Matryoshka SAEs"); unit-norm decoder.
+
+Centring (``centre``, patch-token SAEs only): ``"none"`` reads each patch token as it is; ``"image"`` reads it less
+its image's mean patch token (``hooks.centre_tokens``), and the splice adds that mean back to the reconstruction. In
+a ViT most of a patch token's variance is shared by the patches of its image (95 % of demo-vit's block-4 MLP output);
+an SAE of the raw tokens spends its active latents on that image-level part, one of the centred tokens on what is
+local to the patch. The image's mean itself is what an SAE with ``tokens="mean"`` reads.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from torch import nn
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
 UNIT_NORM = {"relu": False, "topk": True, "batchtopk": True, "jumprelu": True, "matryoshka": True}
 USES_K = ("topk", "batchtopk", "matryoshka")
+CENTRES = ("none", "image")                # what an SAE subtracts from its patch tokens (hooks.centre_tokens)
 
 
 @dataclass
@@ -53,6 +60,7 @@ class SAEConfig:
     aux_k: int = 0                          # AuxK latents (0: d_in // 2)
     aux_coef: float = 1 / 32
     threshold_rate: float = 0.01            # BatchTopK: EMA rate of the inference threshold
+    centre: str = "none"                    # "image": patch tokens less their image's mean patch token
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,6 +71,11 @@ class SAEConfig:
             raise ValueError(f"width must be a positive number of latents, got {self.width}")
         if int(self.d_in) < 1:
             raise ValueError(f"d_in must be positive, got {self.d_in}")
+        if self.centre not in CENTRES:
+            raise ValueError(f"centre must be one of {', '.join(CENTRES)}, got {self.centre!r}")
+        if self.centre != "none" and self.tokens != "patches":
+            raise ValueError(f"centre={self.centre!r} centres an image's patch tokens; it needs tokens='patches', "
+                             f"got {self.tokens!r}")
         g = max(len(self.k), len(self.l1), len(self.block))
         self.k, self.l1, self.block = (v * g if len(v) == 1 else v for v in (self.k, self.l1, self.block))
         if not len(self.k) == len(self.l1) == len(self.block):

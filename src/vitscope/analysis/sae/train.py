@@ -29,7 +29,8 @@ from vitscope.analysis.api import Options
 from vitscope.analysis.probes.batched import StackedAdamW
 from vitscope.analysis.sae.data import StoreStream, check_store, resolve_store_blocks
 from vitscope.analysis.sae.hooks import block_site
-from vitscope.analysis.sae.models import ARCHS, SAE, UNIT_NORM, USES_K, SAEConfig, init_from_data, scale_factor
+from vitscope.analysis.sae.models import (ARCHS, CENTRES, SAE, UNIT_NORM, USES_K, SAEConfig, init_from_data,
+                                        scale_factor)
 
 CHECKPOINT = "checkpoint"
 
@@ -41,6 +42,7 @@ class TrainOptions(Options):
     site: str = "resid_post"
     blocks: str = "-2"                    # '8', '4,8', '-2' (negatives from the end)
     tokens: str = "patches"
+    centre: str = "none"                  # "image": each patch token less its image's mean patch token
     arch: str = "topk"
     width: tuple = (512,)                 # latents; several: a grid
     k: tuple = (32,)                      # TopK / BatchTopK / Matryoshka: latents per token
@@ -71,6 +73,10 @@ class TrainOptions(Options):
     def validate(self) -> None:
         self.check_choice("arch", ARCHS)
         self.check_choice("tokens", ("patches", "cls", "mean", "all"))
+        self.check_choice("centre", CENTRES)
+        if self.centre != "none" and self.tokens != "patches":
+            raise _err("centre", f"`centre` {self.centre!r} centres an image's patch tokens; use it with tokens "
+                                 f"'patches', not {self.tokens!r}")
         try:                                                   # what the SAE is spliced back into
             block_site(self.site)
         except ValueError as e:
@@ -230,7 +236,7 @@ def build_stacks(opts: TrainOptions, blocks: Sequence[int], d_in: int, max_bytes
     for width, members in split:
         cfg = SAEConfig(d_in=d_in, width=width, arch=opts.arch, k=tuple(c.get("k", 1) for _, c in members),
                         l1=tuple(c.get("l1", 0.0) for _, c in members), block=tuple(b for b, _ in members),
-                        site=opts.site, tokens=opts.tokens, bandwidth=opts.bandwidth,
+                        site=opts.site, tokens=opts.tokens, centre=opts.centre, bandwidth=opts.bandwidth,
                         threshold_init=opts.threshold_init, prefixes=tuple(opts.prefixes), aux_k=opts.aux_k,
                         aux_coef=opts.aux_coef)
         names = [member_name(opts.arch, b, c) for b, c in members]
@@ -287,7 +293,7 @@ class Trainer:
         self.blocks = resolve_store_blocks(self.store, opts.blocks)
         check_store(self.store, opts.site, self.blocks, opts.tokens)
         self.stream = StoreStream(self.store, opts.site, self.blocks, opts.tokens, opts.batch_size,
-                                  opts.chunk_images, seed=opts.seed, limit=opts.limit)
+                                  opts.chunk_images, seed=opts.seed, limit=opts.limit, centre=opts.centre)
         self.out = Path(out) if out is not None else None
         model = getattr(self.store, "model", {}) or {}
         self.provenance = {"model": model.get("name"), "store": str(getattr(self.store, "path", "")),
