@@ -51,6 +51,7 @@ def main() -> None:
                     "latents are broken down: where each fires among the concept's patches, per shape and colour")
     ap.add_argument("--site", default="resid_post", help="the block site: resid_post, mlp_out, attn_out, resid_mid "
                     "(--ceilings: several, comma-separated)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the SAEs' data order and initialisation")
     ap.add_argument("--centre", default="none", help="none or image: the SAE reads each patch token less its image's "
                     "mean patch token")
     a = ap.parse_args()
@@ -67,7 +68,7 @@ def main() -> None:
                         prefixes=prefixes,
                         width=tuple(int(w) for w in a.widths.split(",")),
                         k=tuple(int(k) for k in a.k.split(",")), l1=a.l1, lr=(1e-3,), steps=a.steps, batch_size=1024,
-                        chunk_images=512, warmup=50, dead_after=100_000, aux_k=64, progress=True)
+                        chunk_images=512, warmup=50, dead_after=100_000, aux_k=64, seed=a.seed, progress=True)
     eval_opts = SAEOptions(limit=a.test_images, splice=False)                           # checked before any work too
     explain = [c.strip() for c in a.explain.split(",") if c.strip()]
     model = vs.load_model(a.model)
@@ -78,7 +79,7 @@ def main() -> None:
     store = a.out / f"store-{tag}"
     extract_features(model, f"builtin:demo?n={a.train_images},split=train", store, layers=str(a.block),
                      sites=(a.site,), tokens=("patches",), progress=True)
-    tag += "" if a.centre == "none" else f"-centre-{a.centre}"
+    tag += ("" if a.centre == "none" else f"-centre-{a.centre}") + (f"-seed{a.seed}" if a.seed else "")
     saes = train_saes(store, opts, out=a.out / f"saes-{tag}-{a.arch}")
     res = evaluate(saes, test_data, eval_opts, model=model)
     res.table.to_csv(a.out / f"factors-{tag}-{a.arch}.csv", index=False)
