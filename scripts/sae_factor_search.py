@@ -83,6 +83,7 @@ def main() -> None:
     saes = train_saes(store, opts, out=a.out / f"saes-{tag}-{a.arch}")
     res = evaluate(saes, test_data, eval_opts, model=model)
     res.table.to_csv(a.out / f"factors-{tag}-{a.arch}.csv", index=False)
+    res.save(a.out / f"eval-{tag}-{a.arch}")                   # sae.csv and the figures (sae_factors.png: first SAE)
     t = res.table
     print(t[t["basis"].isna()].pivot_table(index="sae", columns="metric", values="value").round(4).to_string())
     for metric in ("factor_best_auroc", "factor_probe_auroc"):
