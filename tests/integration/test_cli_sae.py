@@ -83,7 +83,7 @@ def test_a_centred_sae_in_the_cli(setup, tmp_path):
     import pandas as pd
 
     cli = pd.read_csv(tmp_path / "ev" / "sae.csv")
-    assert "centred_neurons" in set(cli["basis"].dropna())
+    assert "centred_neurons" in set(cli["basis"].dropna()) and set(cli["centre"]) == {"image"}
     api = evaluate([sae_dir], DATA, SAEOptions(limit=24), model=load_model(str(root / "model")))
     keys = ("block", "metric", "basis", "concept")
     assert_same_values(values(api.table, keys), values(cli, keys))

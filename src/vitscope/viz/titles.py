@@ -6,7 +6,8 @@ import re
 #: the longest context line, in characters; longer ones are broken (a 4-inch figure holds about 65 at 10 pt)
 WIDTH = 60
 #: how a token mode reads in a title ("mean" is the mean of the patch tokens)
-TOKEN_WORDS = {"mean": "mean of patch", "ap": "mean of patch", "patches": "patch"}
+TOKEN_WORDS = {"mean": "mean of patch", "ap": "mean of patch", "patches": "patch",
+               "centred": "centred patch"}                       # an SAE of patch tokens less their image's mean
 
 
 def context_line(data: str | None = None, n_images: int | None = None, tokens: str | None = None,

@@ -140,6 +140,8 @@ def evaluate(saes, data=None, options: SAEOptions | None = None, model=None, **o
         base = {"model": label, "block": block, "sae": sname, "arch": sae.arch, "width": sae.cfg.width,
                 "k": sae.cfg.k[0] if sae.arch in ("topk", "batchtopk", "matryoshka") else None, "tokens": tokens,
                 "site": sae_site(sae)[0]}
+        if getattr(sae.cfg, "centre", "none") != "none":           # a column only where an SAE is centred
+            base["centre"] = sae.cfg.centre
         x = block_patch_acts(model, images, block, input_tokens(sae), opts.batch_size, site_hook(sae, block))
         m, dens = activation_metrics(sae, x.split(4096), opts.dense)
         density[sname] = dens
@@ -172,7 +174,7 @@ def evaluate(saes, data=None, options: SAEOptions | None = None, model=None, **o
     other = sorted({str(m) for s in items.values() if (m := (s.cfg.meta or {}).get("model")) and str(m) != label})
     if other:                                # allowed (same width), but the numbers describe a transplanted SAE
         summary += f"; note: trained on {', '.join(other)}, measured on {label}"
-    modes = {s.cfg.tokens for s in items.values()}
+    modes = {input_tokens(s) for s in items.values()}
     context = {"data": data_label(data) or data_label(ds), "n_images": len(images),
                "tokens": modes.pop() if len(modes) == 1 else None}
     return Result("sae", table, summary, opts, arrays={"density": density, "factors": factor_rows},
@@ -193,5 +195,6 @@ def _draw(result: Result) -> dict:
         df = pd.DataFrame(result.arrays["factors"])
         first = df["sae"].iloc[0]
         shown = df[df["sae"] == first]
-        figs["sae_factors"] = (plot_factors(shown, **result.context(tokens="patches")), shown)  # patch SAEs only
+        tokens = "centred" if ctx.get("tokens") == "centred" else "patches"                   # patch SAEs only
+        figs["sae_factors"] = (plot_factors(shown, **result.context(tokens=tokens)), shown)
     return figs
