@@ -225,7 +225,18 @@ def test_stacks_split_at_the_byte_cap_and_train_the_same(store, monkeypatch):
             torch.testing.assert_close(split[name].state_dict()[key], v, rtol=1e-5, atol=1e-6)
 
 
-def test_ctrl_c_finishes_the_step_and_saves_it(store, tmp_path):
+@pytest.fixture
+def ctrl_c():
+    """SIGINT as an interactive shell delivers it (Python's KeyboardInterrupt handler), whatever the test process
+    inherited: a process started in the background of a non-interactive shell ignores SIGINT."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_finishes_the_step_and_saves_it(store, tmp_path, ctrl_c):
     """SIGINT in the middle of step 7 (checkpoints every 10): the step finishes, a checkpoint of 8 steps is written,
     the run stops with a line saying so, and resuming gives the uninterrupted run bit for bit."""
     import signal
@@ -255,7 +266,7 @@ def test_ctrl_c_finishes_the_step_and_saves_it(store, tmp_path):
             assert torch.equal(v, got[name].state_dict()[k]), (name, k)
 
 
-def test_a_second_ctrl_c_stops_at_once():
+def test_a_second_ctrl_c_stops_at_once(ctrl_c):
     import signal
 
     from vitscope.analysis.sae.train import stop_at_step_end
@@ -267,7 +278,25 @@ def test_a_second_ctrl_c_stops_at_once():
             signal.raise_signal(signal.SIGINT)
 
 
-def test_without_an_output_folder_ctrl_c_stops_at_once(store):
+def test_where_sigint_is_ignored_training_leaves_it_ignored():
+    """A run started with SIGINT ignored (nohup, a background job of a script) keeps ignoring it: no handler is
+    installed, and the disposition is the same afterwards."""
+    import signal
+
+    from vitscope.analysis.sae.train import stop_at_step_end
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stop_at_step_end() as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+            assert not stop.asked
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_without_an_output_folder_ctrl_c_stops_at_once(store, ctrl_c):
     """Nowhere to save (``out=None``, as the report trains its SAE): Ctrl-C is a plain KeyboardInterrupt, raised
     where it lands."""
     import signal
