@@ -137,3 +137,23 @@ def test_measured_and_browsed_latents_are_those_of_the_centred_tokens(model):
     lat, own = sae_latents(sae, model, x)
     assert own is None
     np.testing.assert_allclose(lat.reshape(-1, 24).numpy(), want, atol=1e-4)
+
+
+def test_a_checkpoint_from_before_centring_resumes_as_uncentred(store, tmp_path):
+    """A checkpoint whose options have no ``centre`` (written before the option existed) resumes a run without
+    centring, and is refused for a centred one."""
+    import json
+
+    from vitscope.analysis.sae import TrainOptions, Trainer
+
+    path, _ = store
+    kw = dict(blocks="2", arch="topk", width=(32,), k=(2,), lr=(1e-3,), steps=20, batch_size=64, chunk_images=20,
+              warmup=5, init_rows=480, checkpoint_every=10, device="cpu")
+    Trainer(path, TrainOptions(**kw), out=tmp_path / "run").run()
+    state = tmp_path / "run" / "checkpoint" / "state.json"
+    meta = json.loads(state.read_text())
+    del meta["options"]["centre"]
+    state.write_text(json.dumps(meta))
+    assert Trainer(path, TrainOptions(**kw), out=tmp_path / "run").try_resume()
+    with pytest.raises(ValueError, match="other training options"):
+        Trainer(path, TrainOptions(**kw, centre="image"), out=tmp_path / "run").try_resume()

@@ -131,8 +131,9 @@ class TrainOptions(Options):
 
 
 def _identity(options: dict) -> dict:
-    """The options that make a run what it is: a run resumes on another device, thread count or progress setting."""
-    return {k: v for k, v in options.items() if k not in ("device", "threads", "progress")}
+    """The options that make a run what it is: a run resumes on another device, thread count or progress setting.
+    A checkpoint written before ``centre`` existed is of an uncentred run."""
+    return {k: v for k, v in {"centre": "none", **options}.items() if k not in ("device", "threads", "progress")}
 
 
 def _err(name, msg):
