@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vitscope.analysis.sae.hooks import centre_tokens
+from vitscope.analysis.sae.models import check_centre
 
 TOKENS = ("patches", "cls", "mean", "all")
 
@@ -80,9 +81,7 @@ class StoreStream:
     def __init__(self, store, site: str, blocks: Sequence[int], tokens: str, batch_size: int,
                  chunk_images: int, seed: int = 0, limit: int | None = None, centre: str = "none") -> None:
         check_store(store, site, blocks, tokens)
-        if centre != "none" and tokens != "patches":
-            raise ValueError(f"centre={centre!r} centres an image's patch tokens; it needs tokens 'patches', got "
-                             f"{tokens!r}")
+        check_centre(centre, tokens)
         self.store, self.site, self.blocks, self.tokens, self.centre = store, site, list(blocks), tokens, centre
         self.arrays = {b: store[site, b, tokens] for b in self.blocks}
         a = self.arrays[self.blocks[0]]

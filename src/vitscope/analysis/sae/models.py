@@ -42,6 +42,16 @@ USES_K = ("topk", "batchtopk", "matryoshka")
 CENTRES = ("none", "image")                # what an SAE subtracts from its patch tokens (hooks.centre_tokens)
 
 
+def check_centre(centre: str, tokens: str) -> None:
+    """A one-line ValueError unless ``centre`` is one of :data:`CENTRES` and, when it centres, ``tokens`` is
+    ``patches`` (an image's mean is taken over its patch tokens)."""
+    if centre not in CENTRES:
+        raise ValueError(f"centre must be one of {', '.join(CENTRES)}, got {centre!r}")
+    if centre != "none" and tokens != "patches":
+        raise ValueError(f"centre {centre!r} centres an image's patch tokens; use it with tokens 'patches', not "
+                         f"{tokens!r}")
+
+
 @dataclass
 class SAEConfig:
     """What one stack of SAEs is. Per-configuration values (``k``, ``l1``, ``block``) are tuples of length G."""
@@ -71,11 +81,7 @@ class SAEConfig:
             raise ValueError(f"width must be a positive number of latents, got {self.width}")
         if int(self.d_in) < 1:
             raise ValueError(f"d_in must be positive, got {self.d_in}")
-        if self.centre not in CENTRES:
-            raise ValueError(f"centre must be one of {', '.join(CENTRES)}, got {self.centre!r}")
-        if self.centre != "none" and self.tokens != "patches":
-            raise ValueError(f"centre={self.centre!r} centres an image's patch tokens; it needs tokens='patches', "
-                             f"got {self.tokens!r}")
+        check_centre(self.centre, self.tokens)
         g = max(len(self.k), len(self.l1), len(self.block))
         self.k, self.l1, self.block = (v * g if len(v) == 1 else v for v in (self.k, self.l1, self.block))
         if not len(self.k) == len(self.l1) == len(self.block):

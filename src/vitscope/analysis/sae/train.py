@@ -29,8 +29,8 @@ from vitscope.analysis.api import Options
 from vitscope.analysis.probes.batched import StackedAdamW
 from vitscope.analysis.sae.data import StoreStream, check_store, resolve_store_blocks
 from vitscope.analysis.sae.hooks import block_site
-from vitscope.analysis.sae.models import (ARCHS, CENTRES, SAE, UNIT_NORM, USES_K, SAEConfig, init_from_data,
-                                        scale_factor)
+from vitscope.analysis.sae.models import (ARCHS, CENTRES, SAE, UNIT_NORM, USES_K, SAEConfig, check_centre,
+                                        init_from_data, scale_factor)
 
 CHECKPOINT = "checkpoint"
 
@@ -74,9 +74,10 @@ class TrainOptions(Options):
         self.check_choice("arch", ARCHS)
         self.check_choice("tokens", ("patches", "cls", "mean", "all"))
         self.check_choice("centre", CENTRES)
-        if self.centre != "none" and self.tokens != "patches":
-            raise _err("centre", f"`centre` {self.centre!r} centres an image's patch tokens; use it with tokens "
-                                 f"'patches', not {self.tokens!r}")
+        try:
+            check_centre(self.centre, self.tokens)
+        except ValueError as e:
+            raise _err("centre", str(e).replace("centre", "`centre`", 1)) from None      # the front end's name
         try:                                                   # what the SAE is spliced back into
             block_site(self.site)
         except ValueError as e:
